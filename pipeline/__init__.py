@@ -1,0 +1,1 @@
+"""speechpipe pipeline: orchestration, I/O, config and CLI."""

@@ -1,0 +1,123 @@
+"""The ``speechpipe`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from speechpipe.pipeline.config import ConfigError, load_config, parse_override
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by every command that runs the pipeline; each overrides the config file."""
+    g = parser.add_argument_group("pipeline settings (override --config)")
+    g.add_argument("--config", metavar="TOML", help="config file with [pipeline], [vad], [asr], [output] tables")
+    g.add_argument("--model", help="faster-whisper model name or local model directory (default: bundled tiny.en)")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="inference device (default: auto)")
+    g.add_argument("--compute-type", help="CTranslate2 compute type (default: auto = int8 on CPU, float16 on GPU)")
+    g.add_argument("--beam-size", type=int, help="decoder beam width (default: 1)")
+    g.add_argument("--language", help="language code (default: en)")
+    g.add_argument("--threads", type=int, help="CPU threads for the model (default: 0 = automatic)")
+    g.add_argument("--vad-aggressiveness", type=int, choices=[0, 1, 2, 3], help="webrtcvad mode")
+    g.add_argument("--vad-backend", choices=["webrtc", "silero"], help="VAD backend")
+    g.add_argument("--variant", help="variant name carried on telemetry (default: default)")
+    g.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="TABLE.KEY=VALUE",
+        help="set any config key, e.g. --set vad.hangover_ms=300 (repeatable)",
+    )
+
+
+def config_from_args(args: argparse.Namespace):
+    """Build the :class:`~speechpipe.pipeline.config.Config` from ``--config`` and the flags."""
+    overrides: dict[str, Any] = {}
+    for text in args.overrides:
+        key, value = parse_override(text)
+        overrides[key] = value
+    flags = {
+        "asr.model": args.model,
+        "asr.device": args.device,
+        "asr.compute_type": args.compute_type,
+        "asr.beam_size": args.beam_size,
+        "asr.language": args.language,
+        "asr.threads": args.threads,
+        "vad.aggressiveness": args.vad_aggressiveness,
+        "vad.backend": args.vad_backend,
+        "pipeline.variant": args.variant,
+    }
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    return load_config(args.config, overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="speechpipe",
+        description="Streaming speech recognition: webrtcvad segmentation, faster-whisper transcription.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("transcribe", help="transcribe files and folders", description="Transcribe audio files and folders (recursively).")
+    t.add_argument("paths", nargs="+", help="audio files or folders")
+    t.add_argument("-o", "--output", default="transcripts", help="output folder (default: ./transcripts)")
+    t.add_argument("--force", action="store_true", help="redo files whose results already exist")
+    t.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show a progress bar")
+    t.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
+    t.add_argument("-q", "--quiet", action="store_true", help="do not print transcripts")
+    add_config_arguments(t)
+    t.set_defaults(func=cmd_transcribe)
+    return parser
+
+
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    from speechpipe.pipeline import offline
+
+    config = config_from_args(args)
+
+    def on_result(result) -> None:
+        if args.quiet:
+            return
+        wer = f"  WER {result.wer.wer * 100:5.1f}%" if result.wer is not None and result.wer.wer is not None else ""
+        print(f"{result.file}  ({result.duration:.1f} s){wer}\n    {result.text or '(no speech)'}", flush=True)
+
+    def on_failure(failure) -> None:
+        print(f"speechpipe: error: {failure.file}: {failure.error}", file=sys.stderr, flush=True)
+
+    summary = offline.run(
+        args.paths,
+        args.output,
+        config,
+        force=args.force,
+        progress=args.progress,
+        on_result=on_result,
+        on_failure=on_failure,
+    )
+    wer = f", WER {summary.wer.wer * 100:.2f}% over {summary.wer.ref_words} words" if summary.wer else ""
+    print(
+        f"{summary.files} file(s): {summary.transcribed} transcribed, {summary.skipped} already done, "
+        f"{len(summary.failed)} failed; {summary.audio_s:.1f} s of audio in {summary.wall_s:.1f} s{wer}. "
+        f"Results in {Path(args.output)}/",
+        file=sys.stderr,
+    )
+    return 1 if summary.failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"speechpipe: config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("speechpipe: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Pipeline configuration: dataclasses loaded from TOML, overridden by flags.
+
+A config file has up to four tables, every key optional::
+
+    [pipeline]
+    variant = "default"        # name carried on every span and metric
+
+    [vad]                      # speechpipe.stages.vad.VadConfig
+    backend = "webrtc"
+    aggressiveness = 2
+    frame_ms = 30
+    pre_roll_ms = 300
+    hangover_ms = 500
+    min_speech_ms = 150
+    max_segment_s = 29.0
+
+    [asr]                      # speechpipe.stages.asr.AsrConfig
+    model = "tiny.en"
+    device = "auto"
+    compute_type = "auto"
+    beam_size = 1
+    language = "en"
+
+    [output]
+    formats = ["json", "txt", "srt", "vtt"]
+
+An unknown table or key is an error that names it, so a typo never silently falls back to a
+default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from speechpipe.stages.asr import AsrConfig
+from speechpipe.stages.vad import VadConfig
+
+OUTPUT_FORMATS = ("json", "txt", "srt", "vtt")
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the offending key."""
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """What the offline runner writes. JSON is always written: it marks a file as done."""
+
+    formats: tuple[str, ...] = OUTPUT_FORMATS
+
+    def __post_init__(self) -> None:
+        formats = tuple(self.formats)
+        bad = [f for f in formats if f not in OUTPUT_FORMATS]
+        if bad:
+            raise ValueError(f"output.formats: unknown format(s) {bad}; choose from {list(OUTPUT_FORMATS)}")
+        if "json" not in formats:
+            formats = ("json",) + formats
+        object.__setattr__(self, "formats", formats)
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """Settings of the pipeline as a whole."""
+
+    variant: str = "default"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a run needs; immutable, so a config can be shared between streams."""
+
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    vad: VadConfig = field(default_factory=VadConfig)
+    asr: AsrConfig = field(default_factory=AsrConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Config:
+        """A copy with dotted keys replaced, e.g. ``{"vad.aggressiveness": 3}``."""
+        tables: dict[str, dict[str, Any]] = {}
+        for dotted, value in overrides.items():
+            if value is None:
+                continue
+            table, _, key = dotted.partition(".")
+            if not key:
+                raise ConfigError(f"override {dotted!r} must be written table.key")
+            tables.setdefault(table, {})[key] = value
+        return _apply(self, tables, source="override")
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Load ``path`` (TOML) if given, then apply dotted ``overrides``."""
+    config = Config()
+    if path is not None:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        config = _apply(config, data, source=str(path))
+    if overrides:
+        config = config.with_overrides(overrides)
+    return config
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"vad.aggressiveness=3"`` -> ``("vad.aggressiveness", 3)``; the value is read as TOML when it
+    parses as TOML (numbers, booleans, lists), else taken as a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must be written table.key=value")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.strip(), value
+
+
+def _apply(config: Config, data: dict[str, Any], source: str) -> Config:
+    changes = {}
+    known = {f.name: f for f in dataclasses.fields(Config)}
+    for table, values in data.items():
+        if table not in known:
+            raise ConfigError(f"{source}: unknown table [{table}] (known: {', '.join(known)})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: [{table}] must be a table")
+        current = getattr(config, table)
+        changes[table] = _replace(current, values, f"{source}: {table}")
+    try:
+        return dataclasses.replace(config, **changes)
+    except ValueError as exc:  # re-raised as ConfigError for a uniform message
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def _replace(obj: Any, values: dict[str, Any], where: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    hints = typing.get_type_hints(type(obj))
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(fields)})")
+        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
+    try:
+        return dataclasses.replace(obj, **kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check ``value`` against a simple type hint, widening int to float and lists to tuples."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
+        return tuple(_coerce(v, item, where) for v in value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value

@@ -1,0 +1,304 @@
+"""Offline transcription of files and folders through the same :class:`StreamSession` as live.
+
+Each file is decoded block by block at its native rate and fed to a session, exactly as a live
+stream would be, only faster; the session packs its segments into windows of up to 30 s and the
+jobs run inline on the shared engine. Results are written atomically per file (JSON last, so a
+complete JSON marks a finished file and a rerun skips it), and a ``summary.json`` covers the whole
+output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import soundfile as sf
+
+from speechpipe.pipeline.config import Config
+from speechpipe.pipeline.outputs import FileResult, atomic_write_text, is_complete, output_path, write_outputs
+from speechpipe.pipeline.session import FinalTranscript, SessionHooks, StreamSession, drive
+from speechpipe.stages.asr import AsrEngine
+from speechpipe.stages.audio import AudioError, iter_file_blocks, probe
+from speechpipe.telemetry.wer import WerResult, score, score_corpus
+
+#: extensions looked for in folders: whatever libsndfile decodes.
+AUDIO_EXTENSIONS = frozenset("." + ext.lower() for ext in sf.available_formats()) | {".mp3", ".oga", ".opus"}
+BLOCK_S = 5.0
+
+
+@dataclass
+class Failure:
+    """A file that could not be transcribed, and why."""
+
+    file: str
+    error: str
+
+
+@dataclass
+class InputFile:
+    """An audio file to transcribe and the root its output path is relative to."""
+
+    path: Path
+    root: Path
+
+    @property
+    def reference_path(self) -> Path:
+        """``name.txt`` beside ``name.wav``: the reference transcript, when present."""
+        return self.path.with_suffix(".txt")
+
+
+@dataclass
+class RunSummary:
+    """Totals of a run over an output folder (written as ``summary.json``)."""
+
+    files: int = 0
+    transcribed: int = 0
+    skipped: int = 0
+    failed: list[Failure] = field(default_factory=list)
+    audio_s: float = 0.0
+    wall_s: float = 0.0
+    asr_audio_s: float = 0.0
+    segments: int = 0
+    wer: WerResult | None = None
+    vad_config_id: str = ""
+    asr_model: str = ""
+    variant: str = ""
+    per_file: list[dict] = field(default_factory=list)
+
+    @property
+    def rtf(self) -> float:
+        """Wall time per second of audio transcribed in this run."""
+        return self.wall_s / self.audio_s if self.audio_s else 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["failed"] = [asdict(f) for f in self.failed]
+        d["wer"] = self.wer.to_dict() if self.wer else None
+        d["rtf"] = round(self.rtf, 4)
+        for key in ("audio_s", "wall_s", "asr_audio_s"):
+            d[key] = round(d[key], 3)
+        return d
+
+
+def find_inputs(paths: Iterable[str | Path], exclude: Path | None = None) -> tuple[list[InputFile], list[Failure]]:
+    """Expand files and folders (recursively, sorted) into audio files; missing paths are failures.
+
+    Files under ``exclude`` (the output folder) are skipped, so an output folder inside an input
+    folder is never read back as input.
+    """
+    found: list[InputFile] = []
+    missing: list[Failure] = []
+    exclude = exclude.resolve() if exclude else None
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if not f.is_file() or f.suffix.lower() not in AUDIO_EXTENSIONS:
+                    continue
+                if exclude and f.resolve().is_relative_to(exclude):
+                    continue
+                found.append(InputFile(f, p))
+        elif p.is_file():
+            found.append(InputFile(p, p.parent))
+        else:
+            missing.append(Failure(str(p), "no such file or directory"))
+    return found, missing
+
+
+def read_reference(item: InputFile) -> str | None:
+    """The reference transcript beside the audio, or None."""
+    ref = item.reference_path
+    if ref.is_file():
+        return " ".join(ref.read_text(encoding="utf-8", errors="replace").split())
+    return None
+
+
+def transcribe_file(
+    path: Path,
+    config: Config,
+    engine: AsrEngine,
+    *,
+    hooks: SessionHooks | None = None,
+    reference: str | None = None,
+    stream_id: str | None = None,
+) -> FileResult:
+    """Transcribe one file through a :class:`StreamSession` (raises :class:`AudioError`)."""
+    t0 = time.perf_counter()
+    info = probe(path)
+    session = StreamSession(
+        config.vad,
+        sample_rate=info.sample_rate,
+        channels=info.channels,
+        pack_s=engine.config.window_s,
+        stream_id=stream_id or str(path),
+        hooks=hooks,
+    )
+    finals: list[FinalTranscript] = []
+    for event in drive(session, engine, iter_file_blocks(path, BLOCK_S)):
+        if isinstance(event, FinalTranscript):
+            finals.append(event)
+    finals.sort(key=lambda f: f.segment.start_sample)
+    segments = [f.transcript for f in finals if f.transcript.text]
+    text = " ".join(s.text for s in segments)
+    result = FileResult(
+        file=str(path),
+        duration=info.duration_s,
+        text=text,
+        segments=segments,
+        sample_rate=info.sample_rate,
+        channels=info.channels,
+        vad_config_id=session.vad_config_id,
+        asr_model=engine.model_name,
+        reference=reference,
+        wer=score(reference, text) if reference is not None else None,
+        wall_s=time.perf_counter() - t0,
+    )
+    result.extra.update(
+        {
+            "variant": config.pipeline.variant,
+            "vad_segments": len(finals),
+            "asr_audio_s": round(sum(f.segment.duration_s for f in finals), 3),
+            "speech_ratio": round(session.vad.speech_frames / session.vad.total_frames, 4)
+            if session.vad.total_frames
+            else 0.0,
+            "hallucination_drops": sum(f.transcript.dropped for f in finals),
+        }
+    )
+    return result
+
+
+def run(
+    paths: Iterable[str | Path],
+    out_dir: str | Path,
+    config: Config,
+    *,
+    engine: AsrEngine | None = None,
+    force: bool = False,
+    progress: bool | None = None,
+    on_result: Callable[[FileResult], None] | None = None,
+    on_failure: Callable[[Failure], None] | None = None,
+    hooks_factory: Callable[[InputFile], SessionHooks | None] | None = None,
+) -> RunSummary:
+    """Transcribe every input into ``out_dir`` and write ``summary.json``.
+
+    A file whose complete JSON already exists is skipped unless ``force``; its figures still count
+    in the summary. A file that fails is reported (``on_failure``, ``summary.failed``) and the run
+    goes on.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    inputs, failures = find_inputs(paths, exclude=out)
+    summary = RunSummary(files=len(inputs) + len(failures), failed=failures, variant=config.pipeline.variant)
+    for f in failures:
+        if on_failure:
+            on_failure(f)
+    summary.vad_config_id = config.vad.config_id
+    summary.asr_model = config.asr.model
+    pairs: list[tuple[str, str]] = []
+
+    bar = _Progress(inputs, enabled=progress)
+    try:
+        for item in inputs:
+            json_path = output_path(item.path, item.root, out)
+            bar.start(item)
+            if not force and is_complete(json_path):
+                data = json.loads(json_path.read_text(encoding="utf-8"))
+                summary.skipped += 1
+                _account(summary, pairs, data)
+                bar.advance(item)
+                continue
+            try:
+                if engine is None:
+                    engine = AsrEngine(config.asr)
+                hooks = hooks_factory(item) if hooks_factory else None
+                result = transcribe_file(item.path, config, engine, hooks=hooks, reference=read_reference(item))
+            except (AudioError, sf.LibsndfileError, RuntimeError, ValueError, OSError) as exc:
+                failure = Failure(str(item.path), _describe(exc))
+                summary.failed.append(failure)
+                if on_failure:
+                    on_failure(failure)
+                bar.advance(item)
+                continue
+            result.extra["input_root"] = str(item.root)
+            write_outputs(result, json_path, formats=config.output.formats)
+            summary.transcribed += 1
+            _account(summary, pairs, json.loads(json_path.read_text(encoding="utf-8")))
+            if on_result:
+                on_result(result)
+            bar.advance(item, result)
+    finally:
+        bar.close()
+    summary.wall_s = time.perf_counter() - t_start
+    summary.wer = score_corpus(pairs) if pairs else None
+    atomic_write_text(out / "summary.json", json.dumps(summary.to_dict(), indent=2) + "\n")
+    return summary
+
+
+def _account(summary: RunSummary, pairs: list[tuple[str, str]], data: dict) -> None:
+    """Add one file's JSON to the run totals."""
+    summary.audio_s += float(data.get("duration", 0.0))
+    summary.segments += len(data.get("segments", []))
+    summary.asr_audio_s += float(data.get("asr_audio_s", 0.0))
+    row = {"file": data.get("file"), "duration": data.get("duration")}
+    if data.get("reference") is not None:
+        pairs.append((data["reference"], data.get("text", "")))
+        row["wer"] = (data.get("wer") or {}).get("wer")
+    summary.per_file.append(row)
+
+
+def _describe(exc: BaseException) -> str:
+    msg = str(exc) or type(exc).__name__
+    return msg if isinstance(exc, AudioError) else f"{type(exc).__name__}: {msg}"
+
+
+class _Progress:
+    """A rich progress bar over seconds of audio, shown only on a terminal."""
+
+    def __init__(self, inputs: list[InputFile], enabled: bool | None) -> None:
+        if enabled is None:
+            enabled = sys.stderr.isatty() and not os.environ.get("CI")
+        self._bar = None
+        if not enabled or not inputs:
+            return
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        total = 0.0
+        self._dur: dict[Path, float] = {}
+        for item in inputs:
+            try:
+                d = probe(item.path).duration_s
+            except AudioError:
+                d = 0.0
+            self._dur[item.path] = d
+            total += d
+        self._bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed:.0f}/{task.total:.0f} s audio"),
+            TimeRemainingColumn(),
+            transient=True,
+        )
+        self._task = self._bar.add_task("transcribing", total=max(total, 1e-9))
+        self._bar.start()
+
+    @property
+    def console(self):
+        return self._bar.console if self._bar else None
+
+    def start(self, item: InputFile) -> None:
+        if self._bar:
+            self._bar.update(self._task, description=item.path.name[:40])
+
+    def advance(self, item: InputFile, result: FileResult | None = None) -> None:
+        if self._bar:
+            self._bar.advance(self._task, self._dur.get(item.path, 0.0))
+
+    def close(self) -> None:
+        if self._bar:
+            self._bar.stop()

@@ -1,0 +1,278 @@
+"""One stream's pipeline, Sans-I/O: audio in, events out, ASR work handed to whoever runs it.
+
+A :class:`StreamSession` strings the stages together for one stream (a live connection or a
+file): resampler -> VAD segmenter -> ASR jobs. It performs no I/O and never calls the model
+itself. Whoever drives it (the offline runner, the WebSocket server) feeds audio, takes the
+:class:`AsrJob` objects it produces, runs them on an :class:`~speechpipe.stages.asr.AsrEngine`
+(directly, or through a shared scheduler), and hands the transcripts back with
+:meth:`StreamSession.complete`, which turns them into :class:`FinalTranscript` events.
+
+That split is what keeps live and offline on one code path: a file is a stream fed fast.
+Offline, closed segments are packed into jobs of up to ``pack_s`` seconds (Whisper costs a 30 s
+encoder pass per call, so packing saves most of the compute); live, ``pack_s = 0`` makes one job
+per segment as soon as the VAD closes it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from speechpipe.stages.asr import AudioPiece, Transcript
+from speechpipe.stages.audio import StreamResampler, pcm_to_float, to_mono
+from speechpipe.stages.vad import (
+    SAMPLE_RATE,
+    SpeechDiscarded,
+    SpeechSegment,
+    SpeechStarted,
+    VadConfig,
+    VadSegmenter,
+)
+
+FINAL = "final"
+PARTIAL = "partial"
+
+_job_ids = itertools.count(1)
+
+
+@dataclass
+class AsrJob:
+    """Work for the ASR stage: pieces of one stream's audio to transcribe together.
+
+    ``segments`` are the VAD segments behind a final job (one piece per segment); a partial job
+    carries the open segment's audio so far and no segment.
+    """
+
+    stream_id: str
+    kind: str
+    pieces: list[AudioPiece]
+    segments: list[SpeechSegment] = field(default_factory=list)
+    created: float = field(default_factory=time.monotonic)
+    job_id: int = field(default_factory=lambda: next(_job_ids))
+
+    @property
+    def audio_s(self) -> float:
+        return sum(p.duration_s for p in self.pieces)
+
+
+@dataclass
+class FinalTranscript:
+    """The final transcript of one VAD segment."""
+
+    stream_id: str
+    segment: SpeechSegment
+    transcript: Transcript
+
+
+@dataclass
+class PartialTranscript:
+    """A provisional transcript of the still-open segment ``segment_index``."""
+
+    stream_id: str
+    segment_index: int
+    transcript: Transcript
+
+
+Event = SpeechStarted | SpeechSegment | SpeechDiscarded | FinalTranscript | PartialTranscript
+
+
+class SessionError(ValueError):
+    """Audio that the session cannot take (wrong shape, wrong encoding, fed after finish)."""
+
+
+class StreamSession:
+    """Per-stream state: resampling, VAD, packing of segments into ASR jobs.
+
+    Args:
+        vad: VAD configuration (its ``config_id`` tags every segment).
+        sample_rate: rate of the audio that will be fed.
+        channels: channel count of the audio that will be fed (mixed down to mono).
+        pack_s: pack closed segments into final jobs of up to this many seconds of audio; 0 gives
+            one job per segment as soon as it closes (live).
+        stream_id: identifier used in events and telemetry; random when not given.
+        hooks: optional observer (see :class:`SessionHooks`); telemetry plugs in here.
+    """
+
+    def __init__(
+        self,
+        vad: VadConfig | None = None,
+        *,
+        sample_rate: int = SAMPLE_RATE,
+        channels: int = 1,
+        pack_s: float = 0.0,
+        stream_id: str | None = None,
+        hooks: SessionHooks | None = None,
+    ) -> None:
+        if channels < 1:
+            raise SessionError(f"channels must be at least 1, not {channels}")
+        self.stream_id = stream_id or uuid.uuid4().hex[:12]
+        self.sample_rate = sample_rate
+        self.channels = channels
+        self.pack_s = pack_s
+        self.hooks = hooks or SessionHooks()
+        self.vad = VadSegmenter(vad or VadConfig())
+        self.vad_config_id = self.vad.config_id
+        self._resampler = StreamResampler(sample_rate, SAMPLE_RATE)
+        self._closed: list[SpeechSegment] = []  # closed segments not yet in a job
+        self._in_flight: dict[int, AsrJob] = {}
+        self._finished = False
+        self.segments_closed = 0
+        self.finals_emitted = 0
+        self.hooks.stream_started(self)
+
+    # -- audio in -----------------------------------------------------------------------------
+
+    @property
+    def stream_samples(self) -> int:
+        """16 kHz samples consumed by the VAD so far (stream time = this / 16000)."""
+        return self.vad.samples_seen
+
+    def feed(self, samples: np.ndarray) -> list[Event]:
+        """Feed audio at the session's rate: shape (n,) or (n, channels), float32 in [-1, 1]."""
+        if self._finished:
+            raise SessionError("audio fed after the end of the stream")
+        x = np.asarray(samples, dtype=np.float32)
+        if x.ndim == 2:
+            if x.shape[1] != self.channels:
+                raise SessionError(f"expected {self.channels} channel(s), got {x.shape[1]}")
+            x = to_mono(x)
+        elif x.ndim != 1 or (self.channels != 1 and x.size):
+            raise SessionError(f"expected audio of shape (n, {self.channels}), got {x.shape}")
+        return self._vad_events(self.vad.feed(self._resampler.process(x)))
+
+    def feed_pcm(self, data: bytes, encoding: str = "pcm_s16le") -> list[Event]:
+        """Feed raw interleaved PCM bytes (``pcm_s16le`` or ``pcm_f32le``)."""
+        try:
+            x = pcm_to_float(data, encoding, self.channels)
+        except ValueError as exc:
+            raise SessionError(str(exc)) from None
+        return self.feed(x)
+
+    def finish(self) -> list[Event]:
+        """End of stream: flush the resampler and close any open segment."""
+        if self._finished:
+            return []
+        tail = self._resampler.flush()
+        events = self._vad_events(self.vad.feed(tail)) if tail.size else []
+        events += self._vad_events(self.vad.flush())
+        self._finished = True
+        return events
+
+    # -- ASR work -----------------------------------------------------------------------------
+
+    def take_jobs(self) -> list[AsrJob]:
+        """Final jobs ready to run: packed per ``pack_s``; everything left once the stream ended."""
+        jobs: list[AsrJob] = []
+        while self._closed:
+            if self.pack_s <= 0:
+                batch = [self._closed.pop(0)]
+            else:
+                total, n = 0.0, 0
+                for seg in self._closed:
+                    if n and total + seg.duration_s > self.pack_s:
+                        break
+                    total += seg.duration_s
+                    n += 1
+                # Keep filling the window unless it is full or nothing more will come.
+                if n == len(self._closed) and not self._finished:
+                    break
+                batch, self._closed = self._closed[:n], self._closed[n:]
+            job = AsrJob(
+                self.stream_id,
+                FINAL,
+                [AudioPiece(s.index, s.start_sample, s.audio) for s in batch],
+                segments=batch,
+            )
+            self._in_flight[job.job_id] = job
+            jobs.append(job)
+        return jobs
+
+    def partial_job(self, min_audio_s: float = 0.5) -> AsrJob | None:
+        """A job re-transcribing the open segment so far, or None if no segment is open yet."""
+        open_seg = self.vad.open_segment()
+        if open_seg is None:
+            return None
+        index, start, audio = open_seg
+        if audio.size < min_audio_s * SAMPLE_RATE:
+            return None
+        return AsrJob(self.stream_id, PARTIAL, [AudioPiece(index, start, audio)])
+
+    def complete(self, job: AsrJob, transcripts: list[Transcript]) -> list[Event]:
+        """Hand back the transcripts of ``job``; returns final (or partial) transcript events."""
+        if job.kind == PARTIAL:
+            return [PartialTranscript(self.stream_id, t.index, t) for t in transcripts]
+        if self._in_flight.pop(job.job_id, None) is None:
+            raise SessionError(f"job {job.job_id} is not in flight for stream {self.stream_id}")
+        if len(transcripts) != len(job.segments):
+            raise SessionError("one transcript per segment expected")
+        events: list[Event] = []
+        for seg, tr in zip(job.segments, transcripts):
+            events.append(FinalTranscript(self.stream_id, seg, tr))
+            self.finals_emitted += 1
+            self.hooks.final(self, seg, tr)
+        return events
+
+    def abandon(self) -> int:
+        """Forget queued and in-flight work (a client went away); returns how many segments were dropped."""
+        n = len(self._closed) + sum(len(j.segments) for j in self._in_flight.values())
+        self._closed.clear()
+        self._in_flight.clear()
+        self._finished = True
+        return n
+
+    @property
+    def pending(self) -> int:
+        """Segments closed by the VAD whose final transcript has not been produced yet."""
+        return len(self._closed) + sum(len(j.segments) for j in self._in_flight.values())
+
+    @property
+    def done(self) -> bool:
+        """The stream ended and every final has been produced."""
+        return self._finished and self.pending == 0
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _vad_events(self, events: list) -> list[Event]:
+        for ev in events:
+            if isinstance(ev, SpeechSegment):
+                self._closed.append(ev)
+                self.segments_closed += 1
+            self.hooks.vad_event(self, ev)
+        return events
+
+
+class SessionHooks:
+    """Observer of a session's life; the default does nothing. Telemetry subclasses it."""
+
+    def stream_started(self, session: StreamSession) -> None:
+        """Called once when the session is created."""
+
+    def vad_event(self, session: StreamSession, event: SpeechStarted | SpeechSegment | SpeechDiscarded) -> None:
+        """Called for every VAD event, in stream order."""
+
+    def final(self, session: StreamSession, segment: SpeechSegment, transcript: Transcript) -> None:
+        """Called for every final transcript."""
+
+
+def run_job(engine, job: AsrJob) -> list[Transcript]:
+    """Run one job on an engine synchronously (the scheduler does the same from a worker thread)."""
+    transcripts, _stats = engine.transcribe(job.pieces)
+    return transcripts
+
+
+def drive(session: StreamSession, engine, chunks: Iterable[np.ndarray]) -> Iterator[Event]:
+    """Feed ``chunks`` through ``session`` and run its jobs inline: the synchronous driver used
+    offline. Yields every event in order; ends once the stream is finished and drained."""
+
+    for chunk in chunks:
+        yield from session.feed(chunk)
+        for job in session.take_jobs():
+            yield from session.complete(job, run_job(engine, job))
+    yield from session.finish()
+    for job in session.take_jobs():
+        yield from session.complete(job, run_job(engine, job))

@@ -1,0 +1,1 @@
+"""speechpipe stages: pure, synchronous processing (arrays in, dataclasses out)."""

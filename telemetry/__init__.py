@@ -1,0 +1,1 @@
+"""speechpipe telemetry: OpenTelemetry setup, names, features, evaluation."""
