@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from speechpipe.stages.asr import AudioPiece, Transcript
+from speechpipe.stages.asr import AudioPiece, Transcript, WindowStats
 from speechpipe.stages.audio import StreamResampler, pcm_to_float, to_mono
 from speechpipe.stages.vad import (
     SAMPLE_RATE,
@@ -78,6 +78,24 @@ class PartialTranscript:
     transcript: Transcript
 
 
+@dataclass
+class AsrRun:
+    """How a job was executed, for telemetry: wall-clock times (ns since the epoch, as OpenTelemetry
+    wants them), time spent queued, and what each Whisper call covered."""
+
+    started_ns: int
+    ended_ns: int
+    queue_wait_s: float = 0.0
+    windows: list[WindowStats] = field(default_factory=list)
+    model: str = ""
+    device: str = ""
+    compute_type: str = ""
+
+    @property
+    def wall_s(self) -> float:
+        return (self.ended_ns - self.started_ns) / 1e9
+
+
 Event = SpeechStarted | SpeechSegment | SpeechDiscarded | FinalTranscript | PartialTranscript
 
 
@@ -121,6 +139,7 @@ class StreamSession:
         self._closed: list[SpeechSegment] = []  # closed segments not yet in a job
         self._in_flight: dict[int, AsrJob] = {}
         self._finished = False
+        self._closed_notified = False
         self.segments_closed = 0
         self.finals_emitted = 0
         self.hooks.stream_started(self)
@@ -202,14 +221,16 @@ class StreamSession:
             return None
         return AsrJob(self.stream_id, PARTIAL, [AudioPiece(index, start, audio)])
 
-    def complete(self, job: AsrJob, transcripts: list[Transcript]) -> list[Event]:
-        """Hand back the transcripts of ``job``; returns final (or partial) transcript events."""
+    def complete(self, job: AsrJob, transcripts: list[Transcript], run: AsrRun | None = None) -> list[Event]:
+        """Hand back the transcripts of ``job`` (and how it ran); returns final or partial transcript events."""
         if job.kind == PARTIAL:
+            self.hooks.asr_completed(self, job, transcripts, run)
             return [PartialTranscript(self.stream_id, t.index, t) for t in transcripts]
         if self._in_flight.pop(job.job_id, None) is None:
             raise SessionError(f"job {job.job_id} is not in flight for stream {self.stream_id}")
         if len(transcripts) != len(job.segments):
             raise SessionError("one transcript per segment expected")
+        self.hooks.asr_completed(self, job, transcripts, run)
         events: list[Event] = []
         for seg, tr in zip(job.segments, transcripts):
             events.append(FinalTranscript(self.stream_id, seg, tr))
@@ -219,11 +240,18 @@ class StreamSession:
 
     def abandon(self) -> int:
         """Forget queued and in-flight work (a client went away); returns how many segments were dropped."""
-        n = len(self._closed) + sum(len(j.segments) for j in self._in_flight.values())
+        n = self.pending
         self._closed.clear()
         self._in_flight.clear()
         self._finished = True
+        self.close()
         return n
+
+    def close(self) -> None:
+        """Mark the stream over for observers (idempotent); call once it is drained or abandoned."""
+        if not self._closed_notified:
+            self._closed_notified = True
+            self.hooks.stream_ended(self)
 
     @property
     def pending(self) -> int:
@@ -255,14 +283,32 @@ class SessionHooks:
     def vad_event(self, session: StreamSession, event: SpeechStarted | SpeechSegment | SpeechDiscarded) -> None:
         """Called for every VAD event, in stream order."""
 
+    def asr_completed(
+        self, session: StreamSession, job: AsrJob, transcripts: list[Transcript], run: AsrRun | None
+    ) -> None:
+        """Called when an ASR job's results come back, before the final events are made."""
+
     def final(self, session: StreamSession, segment: SpeechSegment, transcript: Transcript) -> None:
         """Called for every final transcript."""
 
+    def stream_ended(self, session: StreamSession) -> None:
+        """Called once the stream is finished and drained (or abandoned)."""
 
-def run_job(engine, job: AsrJob) -> list[Transcript]:
+
+def run_job(engine, job: AsrJob, queue_wait_s: float = 0.0) -> tuple[list[Transcript], AsrRun]:
     """Run one job on an engine synchronously (the scheduler does the same from a worker thread)."""
-    transcripts, _stats = engine.transcribe(job.pieces)
-    return transcripts
+    started = time.time_ns()
+    transcripts, windows = engine.transcribe(job.pieces)
+    run = AsrRun(
+        started_ns=started,
+        ended_ns=time.time_ns(),
+        queue_wait_s=queue_wait_s,
+        windows=windows,
+        model=engine.model_name,
+        device=engine.device,
+        compute_type=engine.compute_type,
+    )
+    return transcripts, run
 
 
 def drive(session: StreamSession, engine, chunks: Iterable[np.ndarray]) -> Iterator[Event]:
@@ -272,7 +318,8 @@ def drive(session: StreamSession, engine, chunks: Iterable[np.ndarray]) -> Itera
     for chunk in chunks:
         yield from session.feed(chunk)
         for job in session.take_jobs():
-            yield from session.complete(job, run_job(engine, job))
+            yield from session.complete(job, *run_job(engine, job))
     yield from session.finish()
     for job in session.take_jobs():
-        yield from session.complete(job, run_job(engine, job))
+        yield from session.complete(job, *run_job(engine, job))
+    session.close()
