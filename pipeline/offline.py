@@ -135,6 +135,7 @@ def transcribe_file(
         sample_rate=info.sample_rate,
         channels=info.channels,
         pack_s=engine.config.window_s,
+        pack_gap_s=engine.config.gap_s,
         stream_id=stream_id or str(path),
         hooks=hooks,
     )

