@@ -1,0 +1,150 @@
+"""StreamSession: one code path for live and offline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import SPEECH, VAD_CLIPS
+
+from speechpipe.pipeline.session import (
+    FINAL,
+    FinalTranscript,
+    SessionError,
+    SessionHooks,
+    StreamSession,
+    drive,
+    run_jobs,
+)
+from speechpipe.stages.vad import SpeechSegment, SpeechStarted, VadConfig
+
+JFK = SPEECH / "jfk_inaugural_ask-not.flac"  # 44.1 kHz stereo, 24-bit
+
+
+def vad_events(session: StreamSession, audio: np.ndarray, chunk: int) -> list:
+    events = []
+    for i in range(0, audio.shape[0], chunk):
+        events += session.feed(audio[i : i + chunk])
+    return events + session.finish()
+
+
+def test_chunking_does_not_change_segments_through_resampling():
+    audio, rate = sf.read(JFK, dtype="float32", always_2d=True)
+    runs = []
+    for chunk in (rate // 100, rate, 12345):
+        session = StreamSession(VadConfig(), sample_rate=rate, channels=2)
+        segs = [e for e in vad_events(session, audio, chunk) if isinstance(e, SpeechSegment)]
+        runs.append(segs)
+    assert len(runs[0]) >= 1
+    for other in runs[1:]:
+        assert [(s.start_sample, s.end_sample) for s in other] == [(s.start_sample, s.end_sample) for s in runs[0]]
+        for a, b in zip(other, runs[0]):
+            assert np.array_equal(a.audio, b.audio)
+
+
+def test_pcm_bytes_feed_like_arrays():
+    audio, rate = sf.read(SPEECH / "librispeech-dev-clean_1272-128104-0000.wav", dtype="int16")
+    a = StreamSession(VadConfig(), sample_rate=rate)
+    b = StreamSession(VadConfig(), sample_rate=rate)
+    ev_a = vad_events(a, audio.astype(np.float32) / 32768.0, 320)
+    ev_b = []
+    raw = audio.tobytes()
+    for i in range(0, len(raw), 640):  # 20 ms frames of s16le
+        ev_b += b.feed_pcm(raw[i : i + 640])
+    ev_b += b.finish()
+    assert [(type(e), e.start_sample) for e in ev_a] == [(type(e), e.start_sample) for e in ev_b]
+
+
+def test_live_mode_one_job_per_segment_and_offline_packs():
+    audio, _ = sf.read(VAD_CLIPS / "ami-excerpt_pyannote-dev01.wav", dtype="float32")
+    live = StreamSession(VadConfig(), pack_s=0)
+    segs = [e for e in vad_events(live, audio, 1600) if isinstance(e, SpeechSegment)]
+    jobs = live.take_jobs()
+    assert len(jobs) == len(segs) >= 3 and all(len(j.segments) == 1 and j.kind == FINAL for j in jobs)
+    assert live.pending == len(segs) and not live.done
+
+    offline = StreamSession(VadConfig(), pack_s=24.0, pack_lookahead_s=120.0)
+    vad_events(offline, audio, 16000)
+    packed = offline.take_jobs()
+    assert sum(len(j.segments) for j in packed) == len(segs)
+    assert len(packed) < len(segs)
+    assert all(j.audio_s <= 24.0 for j in packed)
+
+
+def test_offline_waits_for_lookahead_before_packing():
+    audio, _ = sf.read(VAD_CLIPS / "ami-excerpt_pyannote-dev01.wav", dtype="float32")
+    session = StreamSession(VadConfig(), pack_s=24.0, pack_lookahead_s=120.0)
+    session.feed(audio)
+    assert session.take_jobs() == []  # 15 s of speech closed: not enough to pack well yet
+    session.finish()
+    assert session.take_jobs()
+
+
+def test_bad_audio_is_refused():
+    session = StreamSession(VadConfig(), sample_rate=16000, channels=2)
+    with pytest.raises(SessionError):
+        session.feed(np.zeros((100, 3), dtype=np.float32))
+    with pytest.raises(SessionError):
+        session.feed_pcm(b"\x00" * 7)  # not a whole stereo s16 frame
+    session.finish()
+    with pytest.raises(SessionError):
+        session.feed(np.zeros((10, 2), dtype=np.float32))
+    with pytest.raises(ValueError):
+        StreamSession(VadConfig(), sample_rate=1000)
+
+
+class Recorder(SessionHooks):
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def stream_started(self, session):
+        self.calls.append("started")
+
+    def vad_event(self, session, event):
+        self.calls.append(type(event).__name__)
+
+    def asr_completed(self, session, job, transcripts, run):
+        assert run is not None and run.ended_ns >= run.started_ns and run.windows
+        self.calls.append("asr")
+
+    def final(self, session, segment, transcript):
+        self.calls.append("final")
+
+    def stream_ended(self, session):
+        self.calls.append("ended")
+
+
+def test_drive_yields_finals_and_calls_hooks(engine):
+    audio, rate = sf.read(JFK, dtype="float32", always_2d=True)
+    hooks = Recorder()
+    session = StreamSession(VadConfig(), sample_rate=rate, channels=2, pack_s=24.0, hooks=hooks)
+    events = list(drive(session, engine, (audio[i : i + rate] for i in range(0, len(audio), rate))))
+    finals = [e for e in events if isinstance(e, FinalTranscript)]
+    starts = [e for e in events if isinstance(e, SpeechStarted)]
+    assert finals and len(starts) >= len(finals)
+    assert "ask not what your country can do for you" in " ".join(f.transcript.text for f in finals).lower().replace(",", "")
+    assert session.done
+    assert hooks.calls[0] == "started" and hooks.calls[-1] == "ended"
+    assert hooks.calls.count("final") == len(finals) and "asr" in hooks.calls
+    assert hooks.calls.index("asr") < hooks.calls.index("final")
+
+
+def test_run_jobs_of_several_streams_share_one_call(engine):
+    sessions, all_jobs = [], []
+    for name in ("ljspeech_LJ001-0002.wav", "cmuarctic_aew_a0001.wav"):
+        audio, rate = sf.read(SPEECH / name, dtype="float32")
+        s = StreamSession(VadConfig(), sample_rate=rate, pack_s=0)
+        s.feed(audio)
+        s.finish()
+        sessions.append(s)
+        all_jobs.append(s.take_jobs())
+    flat = [j for jobs in all_jobs for j in jobs]
+    results = run_jobs(engine, flat)
+    texts = {}
+    for job, (transcripts, run) in zip(flat, results):
+        session = next(s for s in sessions if s.stream_id == job.stream_id)
+        for ev in session.complete(job, transcripts, run):
+            texts.setdefault(job.stream_id, []).append(ev.transcript.text)
+    a, b = (" ".join(texts[s.stream_id]).lower() for s in sessions)
+    assert "comparatively modern" in a and "danger trail" in b  # no words crossed streams
+    assert all(s.done for s in sessions)
