@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from speechpipe.pipeline.config import ConfigError, load_config, parse_override
+from speechpipe.pipeline.offline import ModelError
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -113,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as exc:
         print(f"speechpipe: config error: {exc}", file=sys.stderr)
+        return 2
+    except ModelError as exc:
+        print(f"speechpipe: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("speechpipe: interrupted", file=sys.stderr)

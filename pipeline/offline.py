@@ -110,6 +110,18 @@ def find_inputs(paths: Iterable[str | Path], exclude: Path | None = None) -> tup
     return found, missing
 
 
+class ModelError(RuntimeError):
+    """The ASR model could not be loaded; nothing can be transcribed."""
+
+
+def load_engine(config: Config) -> AsrEngine:
+    """The shared engine for ``config.asr``; a model that cannot be loaded raises :class:`ModelError`."""
+    try:
+        return AsrEngine(config.asr)
+    except Exception as exc:  # noqa: BLE001 - CTranslate2 and the hub client raise many types
+        raise ModelError(f"cannot load ASR model {config.asr.model!r}: {exc}") from exc
+
+
 def read_reference(item: InputFile) -> str | None:
     """The reference transcript beside the audio, or None."""
     ref = item.reference_path
@@ -214,9 +226,9 @@ def run(
                 _account(summary, pairs, data)
                 bar.advance(item)
                 continue
+            if engine is None:
+                engine = load_engine(config)
             try:
-                if engine is None:
-                    engine = AsrEngine(config.asr)
                 hooks = hooks_factory(item) if hooks_factory else None
                 result = transcribe_file(item.path, config, engine, hooks=hooks, reference=read_reference(item))
             except (AudioError, sf.LibsndfileError, RuntimeError, ValueError, OSError) as exc:

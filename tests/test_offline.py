@@ -136,3 +136,10 @@ def test_cli_exit_code_reports_failures(dataset, tmp_path, capsys):
 def test_missing_path_is_reported(tmp_path, engine):
     summary = run([tmp_path / "nope.wav"], tmp_path / "out", engine)
     assert [f.error for f in summary.failed] == ["no such file or directory"]
+
+
+def test_unloadable_model_is_one_clear_error(tmp_path, capsys):
+    code = main(["transcribe", str(SAMPLES / SHORT[0]), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "none")])
+    assert code == 2
+    assert "cannot load ASR model" in capsys.readouterr().err
+    assert not (tmp_path / "o" / f"{SHORT[0]}.json").exists()
