@@ -118,7 +118,7 @@ def load_engine(config: Config) -> AsrEngine:
     """The shared engine for ``config.asr``; a model that cannot be loaded raises :class:`ModelError`."""
     try:
         return AsrEngine(config.asr)
-    except Exception as exc:  # noqa: BLE001 - CTranslate2 and the hub client raise many types
+    except Exception as exc:  # CTranslate2 and the hub client raise many types
         raise ModelError(f"cannot load ASR model {config.asr.model!r}: {exc}") from exc
 
 
