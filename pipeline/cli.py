@@ -14,7 +14,7 @@ from speechpipe.pipeline.offline import ModelError
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared by every command that runs the pipeline; each overrides the config file."""
     g = parser.add_argument_group("pipeline settings (override --config)")
-    g.add_argument("--config", metavar="TOML", help="config file with [pipeline], [vad], [asr], [output] tables")
+    g.add_argument("--config", metavar="TOML", help="config file with [pipeline], [vad], [asr], [output], [telemetry] tables")
     g.add_argument("--model", help="faster-whisper model name or local model directory (default: bundled tiny.en)")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="inference device (default: auto)")
     g.add_argument("--compute-type", help="CTranslate2 compute type (default: auto = int8 on CPU, float16 on GPU)")
@@ -32,6 +32,25 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="TABLE.KEY=VALUE",
         help="set any config key, e.g. --set vad.hangover_ms=300 (repeatable)",
     )
+    add_telemetry_arguments(parser)
+
+
+def add_telemetry_arguments(parser: argparse.ArgumentParser) -> None:
+    """OpenTelemetry flags; each overrides the config file's [telemetry] table and the OTEL_* variables."""
+    g = parser.add_argument_group(
+        "telemetry (override [telemetry] and OTEL_* variables; nothing is exported unless asked)"
+    )
+    g.add_argument("--otlp-endpoint", metavar="URL", help="send traces and metrics to this OTLP collector, "
+                   "e.g. http://localhost:4317 (gRPC) or http://localhost:4318 (HTTP)")
+    g.add_argument("--otlp-protocol", choices=["grpc", "http", "http/protobuf"],
+                   help="OTLP transport (default: gRPC on port 4317, else HTTP)")
+    g.add_argument("--trace-file", metavar="FILE.jsonl", help="write spans as OTLP JSON lines (Jaeger UI opens it)")
+    g.add_argument("--console-telemetry", action="store_true", default=None, help="print spans and metrics to stderr")
+    g.add_argument("--trace-text", action="store_true", default=None,
+                   help="put transcript text on spans (off by default: it is personal data)")
+    g.add_argument("--service-name", help="service.name of spans and metrics (default: speechpipe)")
+    g.add_argument("--prometheus-port", type=int, metavar="PORT",
+                   help="serve Prometheus /metrics on this port while running (0: any free port)")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -50,6 +69,13 @@ def config_from_args(args: argparse.Namespace):
         "vad.aggressiveness": args.vad_aggressiveness,
         "vad.backend": args.vad_backend,
         "pipeline.variant": args.variant,
+        "telemetry.otlp_endpoint": getattr(args, "otlp_endpoint", None),
+        "telemetry.otlp_protocol": getattr(args, "otlp_protocol", None),
+        "telemetry.trace_file": getattr(args, "trace_file", None),
+        "telemetry.console": getattr(args, "console_telemetry", None),
+        "telemetry.trace_text": getattr(args, "trace_text", None),
+        "telemetry.service_name": getattr(args, "service_name", None),
+        "telemetry.prometheus_port": getattr(args, "prometheus_port", None),
     }
     overrides.update({k: v for k, v in flags.items() if v is not None})
     return load_config(args.config, overrides)
@@ -74,10 +100,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def start_telemetry(config, mode: str):
+    """Telemetry for a command, from the config's [telemetry] table and the environment; says on
+    stderr where traces and metrics go (nothing when nothing is exported)."""
+    from speechpipe.telemetry.setup import Telemetry, TelemetryError
+
+    try:
+        telemetry = Telemetry.start(config, mode=mode)
+    except TelemetryError as exc:
+        raise ConfigError(str(exc)) from None
+    for line in telemetry.plan.describe():
+        print(f"speechpipe: telemetry: {line}", file=sys.stderr)
+    return telemetry
+
+
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from speechpipe.pipeline import offline
+    from speechpipe.telemetry.instrument import classify_input_error
 
     config = config_from_args(args)
+    telemetry = start_telemetry(config, mode="offline")
 
     def on_result(result) -> None:
         if args.quiet:
@@ -86,17 +128,25 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         print(f"{result.file}  ({result.duration:.1f} s){wer}\n    {result.text or '(no speech)'}", flush=True)
 
     def on_failure(failure) -> None:
+        telemetry.instrumentation.input_error(classify_input_error(failure.error))
         print(f"speechpipe: error: {failure.file}: {failure.error}", file=sys.stderr, flush=True)
 
-    summary = offline.run(
-        args.paths,
-        args.output,
-        config,
-        force=args.force,
-        progress=args.progress,
-        on_result=on_result,
-        on_failure=on_failure,
-    )
+    try:
+        summary = offline.run(
+            args.paths,
+            args.output,
+            config,
+            force=args.force,
+            progress=args.progress,
+            on_result=on_result,
+            on_failure=on_failure,
+            hooks_factory=lambda item: telemetry.stream_hooks(file=str(item.path)),
+            metrics=telemetry.metrics_snapshot,
+        )
+    finally:
+        telemetry.shutdown()
+        for line in telemetry.problems():
+            print(f"speechpipe: {line}", file=sys.stderr)
     wer = f", WER {summary.wer.wer * 100:.2f}% over {summary.wer.ref_words} words" if summary.wer else ""
     print(
         f"{summary.files} file(s): {summary.transcribed} transcribed, {summary.skipped} already done, "

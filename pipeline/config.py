@@ -1,6 +1,6 @@
 """Pipeline configuration: dataclasses loaded from TOML, overridden by flags.
 
-A config file has up to four tables, every key optional::
+A config file has up to five tables, every key optional::
 
     [pipeline]
     variant = "default"        # name carried on every span and metric
@@ -24,6 +24,14 @@ A config file has up to four tables, every key optional::
     [output]
     formats = ["json", "txt", "srt", "vtt"]
 
+    [telemetry]                # speechpipe.telemetry.settings.TelemetryConfig
+    service_name = "speechpipe"
+    otlp_endpoint = "http://localhost:4317"
+    otlp_protocol = "grpc"     # or "http"
+    trace_file = "traces.jsonl"
+    trace_text = false
+    prometheus_port = 9464
+
 An unknown table or key is an error that names it, so a typo never silently falls back to a
 default.
 """
@@ -40,6 +48,7 @@ from typing import Any
 
 from speechpipe.stages.asr import AsrConfig
 from speechpipe.stages.vad import VadConfig
+from speechpipe.telemetry.settings import TelemetryConfig
 
 OUTPUT_FORMATS = ("json", "txt", "srt", "vtt")
 
@@ -79,6 +88,7 @@ class Config:
     vad: VadConfig = field(default_factory=VadConfig)
     asr: AsrConfig = field(default_factory=AsrConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

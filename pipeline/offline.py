@@ -69,6 +69,8 @@ class RunSummary:
     asr_model: str = ""
     variant: str = ""
     per_file: list[dict] = field(default_factory=list)
+    #: final figures of the run's OpenTelemetry metrics (see speechpipe.telemetry.snapshot), when collected.
+    metrics: dict | None = None
 
     @property
     def rtf(self) -> float:
@@ -152,9 +154,13 @@ def transcribe_file(
         hooks=hooks,
     )
     finals: list[FinalTranscript] = []
-    for event in drive(session, engine, iter_file_blocks(path, BLOCK_S)):
-        if isinstance(event, FinalTranscript):
-            finals.append(event)
+    try:
+        for event in drive(session, engine, iter_file_blocks(path, BLOCK_S)):
+            if isinstance(event, FinalTranscript):
+                finals.append(event)
+    except BaseException as exc:
+        session.abandon(error=exc)  # observers (telemetry) see the stream end, with its cause
+        raise
     finals.sort(key=lambda f: f.segment.start_sample)
     segments = [f.transcript for f in finals if f.transcript.text]
     text = " ".join(s.text for s in segments)
@@ -196,12 +202,14 @@ def run(
     on_result: Callable[[FileResult], None] | None = None,
     on_failure: Callable[[Failure], None] | None = None,
     hooks_factory: Callable[[InputFile], SessionHooks | None] | None = None,
+    metrics: Callable[[], dict] | None = None,
 ) -> RunSummary:
     """Transcribe every input into ``out_dir`` and write ``summary.json``.
 
     A file whose complete JSON already exists is skipped unless ``force``; its figures still count
     in the summary. A file that fails is reported (``on_failure``, ``summary.failed``) and the run
-    goes on.
+    goes on. ``metrics``, when given, is called once at the end and its figures are written into
+    ``summary.json`` under ``"metrics"``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -249,6 +257,8 @@ def run(
         bar.close()
     summary.wall_s = time.perf_counter() - t_start
     summary.wer = score_corpus(pairs) if pairs else None
+    if metrics is not None:
+        summary.metrics = metrics()
     atomic_write_text(out / "summary.json", json.dumps(summary.to_dict(), indent=2) + "\n")
     return summary
 

@@ -149,6 +149,8 @@ class StreamSession:
         self._closed_notified = False
         self.segments_closed = 0
         self.finals_emitted = 0
+        #: what stopped the stream early, when :meth:`abandon` was given a reason.
+        self.error: BaseException | None = None
         self.hooks.stream_started(self)
 
     # -- audio in -----------------------------------------------------------------------------
@@ -163,13 +165,17 @@ class StreamSession:
         if self._finished:
             raise SessionError("audio fed after the end of the stream")
         x = np.asarray(samples, dtype=np.float32)
+        raw = x
         if x.ndim == 2:
             if x.shape[1] != self.channels:
                 raise SessionError(f"expected {self.channels} channel(s), got {x.shape[1]}")
             x = to_mono(x)
         elif x.ndim != 1 or (self.channels != 1 and x.size):
             raise SessionError(f"expected audio of shape (n, {self.channels}), got {x.shape}")
-        return self._vad_events(self.vad.feed(self._resampler.process(x)))
+        t0 = time.perf_counter_ns()
+        events = self.vad.feed(self._resampler.process(x))
+        self.hooks.audio_fed(self, raw, time.perf_counter_ns() - t0)
+        return self._vad_events(events)
 
     def feed_pcm(self, data: bytes, encoding: str = "pcm_s16le") -> list[Event]:
         """Feed raw interleaved PCM bytes (``pcm_s16le`` or ``pcm_f32le``)."""
@@ -253,8 +259,11 @@ class StreamSession:
             self.hooks.final(self, seg, tr)
         return events
 
-    def abandon(self) -> int:
-        """Forget queued and in-flight work (a client went away); returns how many segments were dropped."""
+    def abandon(self, error: BaseException | None = None) -> int:
+        """Forget queued and in-flight work (a client went away, or ``error`` stopped the stream);
+        returns how many segments were dropped. ``error`` is kept in :attr:`error` for observers."""
+        if error is not None and self.error is None:
+            self.error = error
         n = self.pending
         self._closed.clear()
         self._in_flight.clear()
@@ -295,8 +304,18 @@ class SessionHooks:
     def stream_started(self, session: StreamSession) -> None:
         """Called once when the session is created."""
 
+    def audio_fed(self, session: StreamSession, samples: np.ndarray, vad_ns: int) -> None:
+        """Called for every chunk fed, as received (float32, ``(n,)`` or ``(n, channels)``), with the
+        time resampling and VAD took on it, before its VAD events are reported."""
+
     def vad_event(self, session: StreamSession, event: SpeechStarted | SpeechSegment | SpeechDiscarded) -> None:
         """Called for every VAD event, in stream order."""
+
+    def asr_queued(self, session: StreamSession, job: AsrJob) -> None:
+        """Called by a scheduler when it queues ``job`` (the inline offline driver does not queue)."""
+
+    def asr_started(self, session: StreamSession, job: AsrJob) -> None:
+        """Called by a scheduler when a queued ``job`` leaves the queue for the engine."""
 
     def asr_completed(
         self, session: StreamSession, job: AsrJob, transcripts: list[Transcript], run: AsrRun | None
