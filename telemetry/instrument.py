@@ -313,14 +313,15 @@ class StreamTelemetry(SessionHooks):
     def _metric(self, name: str):
         return self.inst.instruments[name]
 
-    def _asr_attrs(self, kind: str, model: str = "", device: str = "") -> dict[str, str]:
+    def _asr_attrs(self, kind: str, model: str | None = None, device: str | None = None) -> dict[str, str]:
+        """Metric attributes of ASR work: the stream's, the job kind, and (when given) model and device."""
         key = f"{kind}|{model}|{device}"
         attrs = self._kind_attrs.get(key)
         if attrs is None:
             attrs = {**self._attrs, n.ASR_KIND: kind}
-            if model or device:
+            if model is not None:
                 attrs[n.ASR_MODEL] = model
-                attrs[n.ASR_DEVICE] = device
+                attrs[n.ASR_DEVICE] = device or ""
             self._kind_attrs[key] = attrs
         return attrs
 

@@ -200,7 +200,10 @@ def test_metric_points(long_run) -> None:
     metrics = t.metrics()
     config_id = t.config.vad.config_id
     for name, m in metrics.items():
+        spec = n.METRICS_BY_NAME[name]
+        assert m["unit"] == spec.unit, name
         for p in m["points"]:
+            assert set(p["attributes"]) == set(n.BASE_METRIC_ATTRIBUTES) | set(spec.attributes), name
             assert p["attributes"][n.PIPELINE_VARIANT] == VARIANT, name
             assert p["attributes"][n.VAD_CONFIG_ID] == config_id, name
             assert p["attributes"][n.PIPELINE_MODE] == "offline", name
