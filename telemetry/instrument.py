@@ -9,7 +9,7 @@ Span tree (see ``docs/telemetry.md`` for the full attribute list)::
 
     stream                      root of the stream's trace (layout "stream", offline default)
     ├── vad.segment             one per closed speech segment
-    ├── asr.transcribe          one per Whisper call; links -> the vad.segment spans it transcribed
+    ├── asr.transcribe          one per ASR job (a packed window); links -> the vad.segment spans in it
     └── ...
 
     stream                      layout "utterance" (live default): a trace of its own, one span
@@ -18,8 +18,8 @@ Span tree (see ``docs/telemetry.md`` for the full attribute list)::
     ├── vad.segment
     └── asr.transcribe          the final (asr.kind=final); links both ways with vad.segment
 
-``asr.transcribe`` is a sibling of the ``vad.segment`` spans it covers, because offline one Whisper
-call transcribes several segments packed together and a span has one parent. The relation is
+``asr.transcribe`` is a sibling of the ``vad.segment`` spans it covers, because offline one job
+(one Whisper window) transcribes several segments packed together and a span has one parent. The relation is
 carried by span links in both directions: the ``asr.transcribe`` span links to each segment it
 transcribed, and each ``vad.segment`` links to the ``asr.transcribe`` span that transcribed it
 (Jaeger shows both as references).
@@ -27,8 +27,9 @@ transcribed, and each ``vad.segment`` links to the ``asr.transcribe`` span that 
 Times: span start and end are wall-clock times of what happened: a ``vad.segment`` runs from the
 moment the VAD reported its start to the moment it closed it (offline, where the driver runs ASR
 inline between feeds, from the end of the last ASR call if that is later), an ``asr.transcribe``
-from the start to the end of the Whisper call (the job's queue wait is an attribute). Positions in the audio are
-attributes (``segment.start_s``...). A ``vad.segment`` is kept open until its transcript is known
+from the start to the end of the engine call that ran the job (jobs decoded together in one batched
+call share its span times; ``asr.compute_s`` is the job's own share, ``asr.queue_wait_s`` its
+wait). Positions in the audio are attributes (``segment.start_s``...). A ``vad.segment`` is kept open until its transcript is known
 so that it can carry the outcome (``asr.words``, ``asr.empty``...), then ended at the time it closed.
 
 State is bounded: only segments that are open or waiting for their transcript are held, so a
@@ -480,102 +481,91 @@ class StreamTelemetry(SessionHooks):
         now = time.time_ns()
         inst = self.inst
         if run is not None:
-            started, ended = run.started_ns, run.ended_ns
+            started, ended = run.started_ns, max(run.ended_ns, run.started_ns)
             model, device, compute = run.model or inst.asr_model, run.device, run.compute_type
             windows = list(run.windows)
             queue_wait = run.queue_wait_s
         else:
             started = ended = now
             model, device, compute, windows, queue_wait = inst.asr_model, "", "", [], 0.0
-        # One span per Whisper call: the engine packs the job's pieces into consecutive windows.
-        if windows and sum(w.pieces for w in windows) == len(transcripts) == len(job.pieces):
-            groups, k = [], 0
-            for w in windows:
-                groups.append((w, k, k + w.pieces))
-                k += w.pieces
-        else:
-            groups = [(None, 0, len(transcripts))]
+        # The job's own compute: its windows' wall times (shares of the engine call when several
+        # jobs were decoded in one batch; then the span covers the whole call that ran it).
+        compute_s = sum(w.wall_s for w in windows) if windows else (ended - started) / 1e9
+        first = [w for w in windows if w.attempt == 0]
+        window_s = sum(w.audio_s for w in first) if first else sum(p.duration_s for p in job.pieces)
+        dropped = sum(w.dropped for w in windows) if windows else sum(t.dropped for t in transcripts)
+        speech_s = sum(p.duration_s for p in job.pieces)
+        segs = job.segments if job.kind != PARTIAL else []
+        weights = [max(p.duration_s, 1e-3) for p in job.pieces] or [1.0]
+        wsum = sum(weights)
+        words = sum(len(t.words) for t in transcripts)
+        attrs: dict[str, Any] = {
+            **self._span_attrs,
+            n.ASR_MODEL: model,
+            n.ASR_DEVICE: device,
+            n.ASR_COMPUTE_TYPE: compute,
+            n.ASR_KIND: job.kind,
+            n.ASR_JOB_ID: job.job_id,
+            n.AUDIO_DURATION_S: round(speech_s, 3),
+            n.ASR_WINDOW_S: round(window_s, 3),
+            n.ASR_WINDOWS: len(windows) or 1,
+            n.ASR_RETRIES: sum(1 for w in windows if w.attempt > 0),
+            n.ASR_COMPUTE_S: round(compute_s, 4),
+            n.ASR_QUEUE_WAIT_S: round(queue_wait, 4),
+            n.ASR_RTF: round(compute_s / speech_s, 4) if speech_s else 0.0,
+            n.ASR_AVG_LOGPROB: round(sum(w * t.avg_logprob for w, t in zip(weights, transcripts)) / wsum, 4),
+            n.ASR_NO_SPEECH_PROB: round(sum(w * t.no_speech_prob for w, t in zip(weights, transcripts)) / wsum, 4),
+            n.ASR_WORDS: words,
+            n.ASR_DROPPED: dropped,
+            n.ASR_SEGMENTS: len(job.pieces),
+            n.ASR_SEGMENT_INDICES: [p.index for p in job.pieces],
+        }
+        config_ids = sorted({s.config_id for s in segs})
+        if config_ids:
+            attrs[n.VAD_CONFIG_ID] = config_ids[0] if len(config_ids) == 1 else ",".join(config_ids)
+        if inst.trace_text:
+            attrs[n.ASR_TEXT] = " ".join(t.text for t in transcripts if t.text)
+        first_index = job.pieces[0].index if job.pieces else None
+        with self._lock:
+            states = [self._segments.get(s.index) for s in segs]
+            links = [
+                Link(st.span.get_span_context(), {n.SEGMENT_INDEX: s.index})
+                for s, st in zip(segs, states)
+                if st is not None
+            ]
+            span = inst.tracer.start_span(
+                n.SPAN_ASR_TRANSCRIBE,
+                context=self._parent_ctx(first_index),
+                links=links,
+                attributes=attrs,
+                start_time=started,
+            )
+            span.end(end_time=ended)
+            ctx = span.get_span_context()
+            for s, t, st in zip(segs, transcripts, states):
+                if st is None or st.ended:
+                    continue
+                outcome: dict[str, Any] = {
+                    n.ASR_WORDS: len(t.words),
+                    n.ASR_EMPTY: not t.text,
+                    n.ASR_AVG_LOGPROB: round(t.avg_logprob, 4),
+                    n.ASR_NO_SPEECH_PROB: round(t.no_speech_prob, 4),
+                    n.ASR_DROPPED: t.dropped,
+                }
+                if inst.trace_text:
+                    outcome[n.ASR_TEXT] = t.text
+                st.span.set_attributes(outcome)
+                st.span.add_link(ctx, {n.ASR_JOB_ID: job.job_id})
+                st.span.end(end_time=st.close_ns)
+                st.ended = True
+            self._last_asr_end_ns = max(self._last_asr_end_ns, ended)
         metric_attrs = self._asr_attrs(job.kind, model, device)
         self._metric(n.ASR_QUEUE_WAIT).record(queue_wait, self._asr_attrs(job.kind))
-        first_index = job.pieces[0].index if job.pieces else None
-        t0 = started
-        for g, (w, a, b) in enumerate(groups):
-            trs = transcripts[a:b]
-            pieces = job.pieces[a:b]
-            segs = job.segments[a:b] if job.kind != PARTIAL else []
-            speech_s = sum(p.duration_s for p in pieces)
-            if w is not None:
-                wall_ns = int(w.wall_s * 1e9)
-                t1 = ended if g == len(groups) - 1 else min(t0 + wall_ns, ended)
-                wall_s, dropped, window_s = w.wall_s, w.dropped, w.audio_s
-            else:
-                t1 = ended
-                wall_s, dropped, window_s = (ended - started) / 1e9, sum(t.dropped for t in trs), speech_s
-            weights = [max(p.duration_s, 1e-3) for p in pieces] or [1.0]
-            wsum = sum(weights)
-            words = sum(len(t.words) for t in trs)
-            attrs: dict[str, Any] = {
-                **self._span_attrs,
-                n.ASR_MODEL: model,
-                n.ASR_DEVICE: device,
-                n.ASR_COMPUTE_TYPE: compute,
-                n.ASR_KIND: job.kind,
-                n.ASR_JOB_ID: job.job_id,
-                n.AUDIO_DURATION_S: round(speech_s, 3),
-                n.ASR_WINDOW_S: round(window_s, 3),
-                n.ASR_QUEUE_WAIT_S: round(queue_wait, 4),
-                n.ASR_RTF: round(wall_s / speech_s, 4) if speech_s else 0.0,
-                n.ASR_AVG_LOGPROB: round(sum(wt * t.avg_logprob for wt, t in zip(weights, trs)) / wsum, 4),
-                n.ASR_NO_SPEECH_PROB: round(sum(wt * t.no_speech_prob for wt, t in zip(weights, trs)) / wsum, 4),
-                n.ASR_WORDS: words,
-                n.ASR_DROPPED: dropped,
-                n.ASR_SEGMENTS: len(pieces),
-                n.ASR_SEGMENT_INDICES: [p.index for p in pieces],
-            }
-            config_ids = sorted({s.config_id for s in segs})
-            if config_ids:
-                attrs[n.VAD_CONFIG_ID] = config_ids[0] if len(config_ids) == 1 else ",".join(config_ids)
-            if inst.trace_text:
-                attrs[n.ASR_TEXT] = " ".join(t.text for t in trs if t.text)
-            with self._lock:
-                states = [self._segments.get(s.index) for s in segs]
-                links = [
-                    Link(st.span.get_span_context(), {n.SEGMENT_INDEX: s.index})
-                    for s, st in zip(segs, states)
-                    if st is not None
-                ]
-                span = inst.tracer.start_span(
-                    n.SPAN_ASR_TRANSCRIBE,
-                    context=self._parent_ctx(first_index),
-                    links=links,
-                    attributes=attrs,
-                    start_time=t0,
-                )
-                span.end(end_time=max(t1, t0))
-                ctx = span.get_span_context()
-                for s, t, st in zip(segs, trs, states):
-                    if st is None or st.ended:
-                        continue
-                    outcome: dict[str, Any] = {
-                        n.ASR_WORDS: len(t.words),
-                        n.ASR_EMPTY: not t.text,
-                        n.ASR_AVG_LOGPROB: round(t.avg_logprob, 4),
-                        n.ASR_NO_SPEECH_PROB: round(t.no_speech_prob, 4),
-                        n.ASR_DROPPED: t.dropped,
-                    }
-                    if inst.trace_text:
-                        outcome[n.ASR_TEXT] = t.text
-                    st.span.set_attributes(outcome)
-                    st.span.add_link(ctx, {n.ASR_JOB_ID: job.job_id})
-                    st.span.end(end_time=st.close_ns)
-                    st.ended = True
-            self._last_asr_end_ns = max(self._last_asr_end_ns, t1)
-            self._metric(n.ASR_DURATION).record(wall_s, metric_attrs)
-            if speech_s:
-                self._metric(n.ASR_RTF_METRIC).record(wall_s / speech_s, metric_attrs)
-            if dropped:
-                self._metric(n.OUTPUT_HALLUCINATION_DROPS).add(dropped, self._asr_attrs(job.kind))
-            t0 = t1
+        self._metric(n.ASR_DURATION).record(compute_s, metric_attrs)
+        if speech_s:
+            self._metric(n.ASR_RTF_METRIC).record(compute_s / speech_s, metric_attrs)
+        if dropped:
+            self._metric(n.OUTPUT_HALLUCINATION_DROPS).add(dropped, self._asr_attrs(job.kind))
 
     def final(self, session: StreamSession, segment: SpeechSegment, transcript: Transcript) -> None:
         now = time.time_ns()

@@ -21,7 +21,7 @@ SPAN_UTTERANCE = "utterance"
 SPAN_VAD_SEGMENT = "vad.segment"
 """One closed speech segment."""
 SPAN_ASR_TRANSCRIBE = "asr.transcribe"
-"""One Whisper call (a window of one or more packed segments, or a partial)."""
+"""One ASR job: a packed window of segments (offline), one segment (live) or a partial."""
 
 # -- span events ----------------------------------------------------------------------------------
 
@@ -69,6 +69,9 @@ ASR_COMPUTE_TYPE = "asr.compute_type"
 ASR_KIND = "asr.kind"  # final | partial
 ASR_JOB_ID = "asr.job_id"
 ASR_WINDOW_S = "asr.window_s"
+ASR_WINDOWS = "asr.windows"
+ASR_RETRIES = "asr.retries"
+ASR_COMPUTE_S = "asr.compute_s"
 ASR_SEGMENTS = "asr.segments"
 ASR_SEGMENT_INDICES = "asr.segment_indices"
 AUDIO_DURATION_S = "audio.duration_s"
@@ -164,9 +167,11 @@ METRICS: tuple[MetricSpec, ...] = (
                "VAD stage wall time (resampling + frame classification) per chunk of audio fed", _SECONDS_FAST),
     MetricSpec(VAD_AUDIO, COUNTER, "s", (), "software",
                "audio consumed by the VAD, in stream seconds (VAD RTF = sum of vad.duration / this)"),
-    MetricSpec(ASR_DURATION, HISTOGRAM, "s", _ASR, "software", "ASR stage wall time per Whisper call", _SECONDS_SLOW),
+    MetricSpec(ASR_DURATION, HISTOGRAM, "s", _ASR, "software",
+               "ASR stage wall time per job (its Whisper windows and retries; its share of a batched engine call)",
+               _SECONDS_SLOW),
     MetricSpec(ASR_RTF_METRIC, HISTOGRAM, "1", _ASR, "software",
-               "real-time factor of one Whisper call: wall time / seconds of speech it transcribed", _RTF),
+               "real-time factor of one ASR job: its wall time / seconds of speech it transcribed", _RTF),
     MetricSpec(ASR_QUEUE_WAIT, HISTOGRAM, "s", (ASR_KIND,), "software",
                "time an ASR job waited for the engine before it started", _SECONDS_SLOW),
     MetricSpec(ASR_QUEUE_DEPTH, UP_DOWN_COUNTER, "{job}", (ASR_KIND,), "software",
