@@ -178,7 +178,7 @@ def resolve_device(device: str, compute_type: str) -> tuple[str, str]:
             import ctranslate2
 
             device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
-        except Exception:  # noqa: BLE001  # a broken CUDA install must not stop a CPU run
+        except Exception:  # noqa: BLE001 - a broken CUDA install must not stop a CPU run
             device = "cpu"
     if compute_type == "auto":
         compute_type = "float16" if device == "cuda" else "int8"
