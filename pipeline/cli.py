@@ -97,6 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-q", "--quiet", action="store_true", help="do not print transcripts")
     add_config_arguments(t)
     t.set_defaults(func=cmd_transcribe)
+
+    from speechpipe.pipeline import evaluate
+
+    e = sub.add_parser(
+        "eval",
+        help="compare pipeline variants on labelled datasets",
+        description="Run pipeline variants over datasets with references and VAD labels; write eval.json and report.html.",
+    )
+    evaluate.add_arguments(e)
+    e.set_defaults(func=evaluate.run_cli)
     return parser
 
 

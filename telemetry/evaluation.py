@@ -1,0 +1,472 @@
+"""Evaluation figures of pipeline variants: per file, per variant, and between two variants.
+
+Pure computations over what a run produced (:class:`FileRun`) and what is known about the file
+(:class:`FileTruth`); :mod:`speechpipe.pipeline.evaluate` collects both by running the real
+pipeline, and :mod:`speechpipe.telemetry.report` draws the result. The JSON written from these
+dicts is documented in docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+from speechpipe.telemetry.attribution import (
+    BOUNDARY_TOLERANCE_S,
+    CATEGORIES,
+    RawWord,
+    Segments,
+    TimedWord,
+    attribute,
+    speech_regions,
+    timed_tokens,
+)
+from speechpipe.telemetry.vad_metrics import Interval, frame_score, pooled_score
+from speechpipe.telemetry.wer import WerResult, normalized_words, score, score_corpus
+
+#: an onset or offset counts as clipped when the VAD misses more than this much of it (seconds).
+CLIP_MIN_S = 0.05
+#: a segment boundary moved by more than this between two variants counts as changed (seconds).
+BOUNDARY_CHANGE_S = 0.01
+END_MAX_LENGTH = "max_length"
+
+# Span and attribute names of an evaluation run (see docs/evaluation.md, "Traces").
+SPAN_EVAL_UTTERANCE = "eval.utterance"
+ATTR_RUN_ID = "eval.run_id"
+ATTR_VARIANT = "pipeline.variant"
+ATTR_VAD_CONFIG_ID = "vad.config_id"
+ATTR_FILE = "file"
+ATTR_WER = "eval.wer"
+ATTR_REF_WORDS = "eval.ref_words"
+ATTR_ERRORS = "eval.errors"  # + ".vad_dropped" / ".boundary" / ".asr"
+ATTR_BASELINE = "eval.baseline"
+ATTR_WER_DELTA = "eval.wer_delta"
+ATTR_WORSE = "eval.worse"
+
+
+@dataclass
+class SegmentInfo:
+    """A VAD segment as the evaluation sees it."""
+
+    index: int
+    start: float
+    end: float
+    end_reason: str
+    speech_ratio: float
+    text: str = ""
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["start"], d["end"] = round(self.start, 3), round(self.end, 3)
+        d["speech_ratio"] = round(self.speech_ratio, 4)
+        return d
+
+
+@dataclass
+class FileRun:
+    """What one variant of the pipeline produced on one file."""
+
+    file: str
+    duration: float
+    text: str
+    segments: list[SegmentInfo]
+    words: list[RawWord]
+    discarded: int = 0
+    speech_frames: int = 0
+    total_frames: int = 0
+    asr_wall_s: float = 0.0
+    asr_calls: int = 0
+    hallucination_drops: int = 0
+    vad_config_id: str = ""
+
+    @property
+    def asr_audio_s(self) -> float:
+        return sum(s.duration for s in self.segments)
+
+
+@dataclass
+class FileTruth:
+    """What is known about a file: its reference transcript, its human VAD labels, and the
+    timed reference words (when a reference exists)."""
+
+    file: str
+    duration: float
+    reference: str | None = None
+    labels: list[Interval] | None = None
+    ref_words: list[TimedWord] | None = None
+
+    def speech(self) -> list[Interval] | None:
+        """Reference speech: the labels when present, else regions of the timed reference words."""
+        if self.labels is not None:
+            return self.labels
+        if self.ref_words:
+            return speech_regions(self.ref_words)
+        if self.reference is not None and not normalized_words(self.reference):
+            return []
+        return None
+
+
+def _r(x: float | None, digits: int = 4) -> float | None:
+    return None if x is None else round(float(x), digits)
+
+
+def clipping(speech: Sequence[Interval], segments: Sequence[SegmentInfo]) -> dict:
+    """Onset and offset clipping of the reference speech regions by the segments.
+
+    For each region that some segment touches, the onset clip is the time from the region's start
+    to the first instant a segment covers, the offset clip the time from the last covered instant
+    to the region's end; a clip above :data:`CLIP_MIN_S` counts. Regions no segment touches are
+    ``missed``.
+    """
+    out = {"regions": 0, "missed": 0, "onset_clipped": 0, "onset_clip_s": 0.0, "offset_clipped": 0, "offset_clip_s": 0.0}
+    for a, b in speech:
+        if b <= a:
+            continue
+        out["regions"] += 1
+        covered = [(max(a, s.start), min(b, s.end)) for s in segments if s.end > a and s.start < b]
+        if not covered:
+            out["missed"] += 1
+            continue
+        first = min(c[0] for c in covered)
+        last = max(c[1] for c in covered)
+        if first - a > CLIP_MIN_S:
+            out["onset_clipped"] += 1
+            out["onset_clip_s"] += first - a
+        if b - last > CLIP_MIN_S:
+            out["offset_clipped"] += 1
+            out["offset_clip_s"] += b - last
+    out["onset_clip_s"] = round(out["onset_clip_s"], 3)
+    out["offset_clip_s"] = round(out["offset_clip_s"], 3)
+    return out
+
+
+def hypothesis_words(run: FileRun) -> list[TimedWord]:
+    """The normalized words of the run's text, timed, with their segment."""
+    return timed_tokens(run.words, normalized_words(run.text))
+
+
+def evaluate_file(run: FileRun, truth: FileTruth, tolerance: float = BOUNDARY_TOLERANCE_S) -> dict:
+    """All per-file figures of one variant on one file (a row of ``per_file`` in eval.json)."""
+    segs = run.segments
+    minutes = run.duration / 60 if run.duration else 0.0
+    vad: dict = {
+        "segments": len(segs),
+        "segments_per_min": _r(len(segs) / minutes if minutes else 0.0, 3),
+        "mean_segment_s": _r(sum(s.duration for s in segs) / len(segs), 3) if segs else 0.0,
+        "forced_splits": sum(s.end_reason == END_MAX_LENGTH for s in segs),
+        "discarded": run.discarded,
+        "speech_ratio": _r(run.speech_frames / run.total_frames if run.total_frames else 0.0),
+        "coverage": _r(run.asr_audio_s / run.duration if run.duration else 0.0),
+        "labelled": truth.labels is not None,
+    }
+    predicted = [(s.start, s.end) for s in segs]
+    if truth.labels is not None:
+        fs = frame_score(predicted, truth.labels, run.duration)
+        vad.update(precision=_r(fs.precision), recall=_r(fs.recall), f1=_r(fs.f1))
+    speech = truth.speech()
+    if speech is not None:
+        vad["clipping"] = clipping(speech, segs)
+
+    row: dict = {
+        "file": run.file,
+        "duration": round(run.duration, 3),
+        "vad_config_id": run.vad_config_id,
+        "text": run.text,
+        "vad": vad,
+        "asr": {
+            "words": len(normalized_words(run.text)),
+            "empty_segments": sum(not s.text.strip() for s in segs),
+            "hallucination_drops": run.hallucination_drops,
+        },
+        "compute": {
+            "asr_audio_s": round(run.asr_audio_s, 3),
+            "asr_wall_s": round(run.asr_wall_s, 3),
+            "asr_calls": run.asr_calls,
+            "asr_s_per_audio_s": _r(run.asr_wall_s / run.duration if run.duration else 0.0),
+        },
+        "segments": [s.to_dict() for s in segs],
+        "wer": None,
+        "errors": None,
+        "error_list": [],
+    }
+    hyp = hypothesis_words(run)
+    if truth.reference is not None:
+        wer = score(truth.reference, run.text)
+        row["wer"] = wer.to_dict()
+        row["asr"]["empty_output"] = wer.ref_words > 0 and not normalized_words(run.text)
+        if truth.ref_words is not None:
+            att = attribute(
+                truth.reference,
+                run.text,
+                truth.ref_words,
+                hyp,
+                Segments([(s.index, s.start, s.end) for s in segs], run.duration),
+                tolerance=tolerance,
+                speech=speech,
+            )
+            row["errors"] = att.counts
+            row["error_list"] = [e.to_dict() for e in att.errors]
+            row["asr"]["hallucinated_words"] = att.hallucinations
+    elif truth.labels is not None:
+        # No transcript: every word emitted on labelled non-speech is a hallucination.
+        row["asr"]["hallucinated_words"] = sum(
+            not any(w.start < b + tolerance and w.end > a - tolerance for a, b in truth.labels) for w in hyp
+        )
+        row["asr"]["hallucinations"] = [
+            w.to_dict() for w in hyp if not any(w.start < b + tolerance and w.end > a - tolerance for a, b in truth.labels)
+        ]
+    return row
+
+
+@dataclass
+class VariantInput:
+    """Everything needed to summarise a variant: its rows and the truths and runs behind them."""
+
+    name: str
+    rows: list[dict]
+    runs: list[FileRun]
+    truths: list[FileTruth]
+    config: dict = field(default_factory=dict)
+    params: dict | None = None
+    failed: list[dict] = field(default_factory=list)
+
+
+def summarize_variant(v: VariantInput) -> dict:
+    """Variant-level figures: pooled over files (errors and reference words summed before
+    dividing; VAD frames pooled over the labelled files)."""
+    rows, runs, truths = v.rows, v.runs, v.truths
+    audio_s = sum(r.duration for r in runs)
+    pairs = [(t.reference, r.text) for r, t in zip(runs, truths) if t.reference is not None]
+    wer: WerResult | None = score_corpus(pairs) if pairs else None
+    errors = dict.fromkeys(CATEGORIES, 0)
+    attributed = 0
+    for row in rows:
+        if row["errors"]:
+            attributed += 1
+            for k in CATEGORIES:
+                errors[k] += row["errors"][k]
+    ref_words = wer.ref_words if wer else 0
+    labelled = [(r, t) for r, t in zip(runs, truths) if t.labels is not None]
+    if labelled:
+        fs = pooled_score([([(s.start, s.end) for s in r.segments], t.labels, r.duration) for r, t in labelled])
+        vad_score = {
+            "precision": _r(fs.precision),
+            "recall": _r(fs.recall),
+            "f1": _r(fs.f1),
+            "labelled_files": len(labelled),
+            "labelled_speech_s": round(fs.labelled_s, 2),
+        }
+    else:
+        vad_score = {"precision": None, "recall": None, "f1": None, "labelled_files": 0, "labelled_speech_s": 0.0}
+    n_segs = sum(len(r.segments) for r in runs)
+    seg_s = sum(r.asr_audio_s for r in runs)
+    clip = {"regions": 0, "missed": 0, "onset_clipped": 0, "onset_clip_s": 0.0, "offset_clipped": 0, "offset_clip_s": 0.0}
+    for row in rows:
+        for k, val in row["vad"].get("clipping", {}).items():
+            clip[k] += val
+    clip["onset_clip_s"] = round(clip["onset_clip_s"], 3)
+    clip["offset_clip_s"] = round(clip["offset_clip_s"], 3)
+    asr_wall = sum(r.asr_wall_s for r in runs)
+    total_frames = sum(r.total_frames for r in runs)
+    return {
+        "name": v.name,
+        "config": v.config,
+        "params": v.params,
+        "vad_config_id": runs[0].vad_config_id if runs else "",
+        "files": len(runs),
+        "failed": v.failed,
+        "audio_s": round(audio_s, 3),
+        "wer": _r(wer.wer) if wer else None,
+        "cer": _r(wer.cer) if wer else None,
+        "substitutions": wer.substitutions if wer else 0,
+        "deletions": wer.deletions if wer else 0,
+        "insertions": wer.insertions if wer else 0,
+        "ref_words": ref_words,
+        "hyp_words": wer.hyp_words if wer else 0,
+        "scored_files": len(pairs),
+        "attributed_files": attributed,
+        "errors": errors,
+        "errors_wer": {k: _r(n / ref_words if ref_words else 0.0) for k, n in errors.items()},
+        "empty_outputs": sum(bool(row["asr"].get("empty_output")) for row in rows),
+        "empty_segments": sum(row["asr"]["empty_segments"] for row in rows),
+        "hallucinated_words": sum(row["asr"].get("hallucinated_words", 0) for row in rows),
+        "hallucination_drops": sum(r.hallucination_drops for r in runs),
+        "vad": {
+            **vad_score,
+            "speech_ratio": _r(sum(r.speech_frames for r in runs) / total_frames if total_frames else 0.0),
+            "coverage": _r(seg_s / audio_s if audio_s else 0.0),
+            "segments": n_segs,
+            "segments_per_min": _r(n_segs / (audio_s / 60) if audio_s else 0.0, 3),
+            "mean_segment_s": _r(seg_s / n_segs if n_segs else 0.0, 3),
+            "forced_splits": sum(row["vad"]["forced_splits"] for row in rows),
+            "discarded": sum(r.discarded for r in runs),
+            "clipping": clip,
+        },
+        "asr_audio_s": round(seg_s, 3),
+        "asr_wall_s": round(asr_wall, 3),
+        "asr_calls": sum(r.asr_calls for r in runs),
+        "asr_s_per_audio_s": _r(asr_wall / audio_s if audio_s else 0.0),
+        "per_file": rows,
+    }
+
+
+# --------------------------------------------------------------------------------- comparing
+
+
+def _segment_changes(a: Sequence[dict], b: Sequence[dict]) -> list[dict]:
+    """Groups of overlapping segments whose boundaries differ between two runs of one file."""
+    def same(x: dict, y: dict) -> bool:
+        return abs(x["start"] - y["start"]) <= BOUNDARY_CHANGE_S and abs(x["end"] - y["end"]) <= BOUNDARY_CHANGE_S
+
+    changed_a = [x for x in a if not any(same(x, y) for y in b)]
+    changed_b = [y for y in b if not any(same(x, y) for x in a)]
+    # Cluster changed segments of either side that overlap in time.
+    items = sorted([("a", x) for x in changed_a] + [("b", y) for y in changed_b], key=lambda t: t[1]["start"])
+    groups: list[dict] = []
+    for side, s in items:
+        if groups and s["start"] < groups[-1]["end"]:
+            g = groups[-1]
+            g["end"] = max(g["end"], s["end"])
+        else:
+            g = {"start": s["start"], "end": s["end"], "baseline": [], "variant": []}
+            groups.append(g)
+        g["baseline" if side == "a" else "variant"].append({k: s[k] for k in ("index", "start", "end", "end_reason", "text")})
+    return groups
+
+
+def _word_states(row: dict, n_ref: int) -> tuple[list[dict | None], list[dict]]:
+    """Per reference word: its error (or None when correct); plus the insertions."""
+    per: list[dict | None] = [None] * n_ref
+    ins = []
+    for e in row["error_list"]:
+        if e["ref_index"] is None:
+            ins.append(e)
+        else:
+            per[e["ref_index"]] = e
+    return per, ins
+
+
+def compare_files(base: dict, var: dict, truth: FileTruth) -> dict | None:
+    """How one file changed from ``base`` to ``var`` (rows of :func:`evaluate_file`); None when
+    neither the transcript nor the segments changed."""
+    seg_groups = _segment_changes(base["segments"], var["segments"])
+    if base["text"] == var["text"] and not seg_groups:
+        return None
+    out: dict = {
+        "file": base["file"],
+        "wer_baseline": base["wer"]["wer"] if base["wer"] else None,
+        "wer_variant": var["wer"]["wer"] if var["wer"] else None,
+        "wer_delta": None,
+        "errors_delta": None,
+        "text_baseline": base["text"],
+        "text_variant": var["text"],
+        "segments_changed": seg_groups,
+        "words_changed": [],
+        "new_errors": None,
+        "fixed_errors": None,
+    }
+    if base["wer"] and var["wer"]:
+        out["wer_delta"] = round(var["wer"]["wer"] - base["wer"]["wer"], 4)
+    if base["errors"] and var["errors"]:
+        out["errors_delta"] = {k: var["errors"][k] - base["errors"][k] for k in CATEGORIES}
+    if truth.reference is not None and truth.ref_words is not None:
+        ref = normalized_words(truth.reference)
+        pa, ia = _word_states(base, len(ref))
+        pb, ib = _word_states(var, len(ref))
+        changes = []
+        new = dict.fromkeys(CATEGORIES, 0)
+        fixed = dict.fromkeys(CATEGORIES, 0)
+        for i, (x, y) in enumerate(zip(pa, pb)):
+            if (x and (x["op"], x["hyp_word"])) == (y and (y["op"], y["hyp_word"])):
+                continue
+            if x:
+                fixed[x["category"]] += 1
+            if y:
+                new[y["category"]] += 1
+            w = truth.ref_words[i]
+            changes.append({
+                "ref_index": i,
+                "ref_word": ref[i],
+                "start": round(w.start, 3),
+                "end": round(w.end, 3),
+                "baseline": _state(x, ref[i]),
+                "variant": _state(y, ref[i]),
+            })
+        key = lambda e: (e["hyp_word"], round(e["start"], 1))
+        for side, mine, other in (("variant", ib, ia), ("baseline", ia, ib)):
+            others = {key(e) for e in other}
+            for e in mine:
+                if key(e) not in others:
+                    (new if side == "variant" else fixed)[e["category"]] += 1
+                    changes.append({
+                        "ref_index": None, "ref_word": None, "start": e["start"], "end": e["end"],
+                        "baseline": ("+" + e["hyp_word"] + f" ({e['category']})") if side == "baseline" else "",
+                        "variant": ("+" + e["hyp_word"] + f" ({e['category']})") if side == "variant" else "",
+                    })
+        changes.sort(key=lambda c: c["start"])
+        for c in changes:
+            c["in_changed_segment"] = any(g["start"] - 0.25 <= c["end"] and c["start"] <= g["end"] + 0.25 for g in seg_groups)
+        out["words_changed"] = changes
+        out["new_errors"], out["fixed_errors"] = new, fixed
+    return out
+
+
+def _state(err: dict | None, ref_word: str) -> str:
+    if err is None:
+        return ref_word
+    if err["op"] == "delete":
+        return f"- ({err['category']})"
+    return f"{err['hyp_word']} ({err['category']})"
+
+
+def compare_variants(base: dict, var: dict, truths: dict[str, FileTruth]) -> dict:
+    """Per-file WER deltas of ``var`` against ``base`` (variant summaries), with details of the
+    files that changed."""
+    base_rows = {r["file"]: r for r in base["per_file"]}
+    files = []
+    for row in var["per_file"]:
+        b = base_rows.get(row["file"])
+        if b is None:
+            continue
+        change = compare_files(b, row, truths[row["file"]])
+        if change is not None:
+            files.append(change)
+    files.sort(key=lambda f: -(abs(f["wer_delta"]) if f["wer_delta"] is not None else 0.0))
+    return {
+        "baseline": base["name"],
+        "variant": var["name"],
+        "wer_delta": None if base["wer"] is None or var["wer"] is None else round(var["wer"] - base["wer"], 4),
+        "errors_delta": {k: var["errors"][k] - base["errors"][k] for k in CATEGORIES},
+        # Errors the variant made that the baseline did not (by the variant's cause), and errors of
+        # the baseline the variant no longer makes (by the baseline's cause): new - fixed = delta.
+        "new_errors": {k: sum((f["new_errors"] or {}).get(k, 0) for f in files) for k in CATEGORIES},
+        "fixed_errors": {k: sum((f["fixed_errors"] or {}).get(k, 0) for f in files) for k in CATEGORIES},
+        "files_compared": sum(1 for r in var["per_file"] if r["file"] in base_rows),
+        "files_changed": len(files),
+        "files_worse": sum(1 for f in files if (f["wer_delta"] or 0) > 0),
+        "files_better": sum(1 for f in files if (f["wer_delta"] or 0) < 0),
+        "files": files,
+    }
+
+
+def sweep_rows(variants: Sequence[dict]) -> list[dict]:
+    """One row per swept combination: its parameters, WER, errors and compute."""
+    return [
+        {
+            "variant": v["name"],
+            "params": v["params"],
+            "wer": v["wer"],
+            "errors": v["errors"],
+            "vad_f1": v["vad"]["f1"],
+            "asr_audio_s": v["asr_audio_s"],
+            "asr_wall_s": v["asr_wall_s"],
+            "asr_s_per_audio_s": v["asr_s_per_audio_s"],
+            "segments": v["vad"]["segments"],
+        }
+        for v in variants
+        if v["params"] is not None
+    ]

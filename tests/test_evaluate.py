@@ -1,0 +1,234 @@
+"""``speechpipe eval`` end to end on a tiny real dataset: JSON schema, report, sweep, traces, CLI."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from html.parser import HTMLParser
+
+import pytest
+from conftest import SPEECH, VAD_CLIPS
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from speechpipe.pipeline.cli import main
+from speechpipe.pipeline.config import Config
+from speechpipe.pipeline.evaluate import (
+    EvalError,
+    EvalOptions,
+    Variant,
+    evaluate,
+    expand_sweep,
+    variant_from_arg,
+)
+from speechpipe.telemetry.attribution import CATEGORIES
+
+SHORT_SPEECH = ["librispeech-test-clean_1089-134691-0000.flac", "librispeech-test-clean_1089-134686-0001.flac"]
+SHORT_CLIP = "tenvad_testset-audio-02"  # 4 s, four labelled phrases
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ds")
+    (root / "speech").mkdir()
+    (root / "vad").mkdir()
+    for name in SHORT_SPEECH:
+        shutil.copy(SPEECH / name, root / "speech" / name)
+        shutil.copy((SPEECH / name).with_suffix(".txt"), root / "speech")
+    for suffix in (".wav", ".segments.txt"):
+        shutil.copy(VAD_CLIPS / f"{SHORT_CLIP}{suffix}", root / "vad")
+    return root
+
+
+def variants() -> list[Variant]:
+    base = Config()
+    harmful = base.with_overrides({"vad.aggressiveness": 3, "vad.pre_roll_ms": 0, "vad.hangover_ms": 90})
+    return [
+        Variant("default", base.with_overrides({"pipeline.variant": "default"})),
+        Variant("harmful", harmful.with_overrides({"pipeline.variant": "harmful"})),
+    ]
+
+
+@pytest.fixture(scope="module")
+def run(dataset, engine, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    result = evaluate(
+        [dataset / "speech", dataset / "vad"],
+        variants(),
+        out,
+        options=EvalOptions(timelines=3),
+        engine_factory=lambda cfg: engine,
+        tracer_provider=provider,
+    )
+    return result, exporter.get_finished_spans()
+
+
+def test_eval_json_schema(run):
+    result, _ = run
+    doc = json.loads(result.json_path.read_text())
+    assert doc == json.loads(json.dumps(result.doc))
+    assert doc["schema"] == "speechpipe.eval/1" and doc["baseline"] == "default" and doc["files"] == 3
+    assert set(doc["variants"]) == {"default", "harmful"}
+    for v in doc["variants"].values():
+        assert isinstance(v["wer"], float) and 0.0 <= v["wer"] < 1.0
+        assert isinstance(v["vad"]["f1"], float) and v["vad"]["labelled_files"] == 1
+        assert set(v["errors"]) == set(CATEGORIES)
+        # Every word error of the WER is attributed to exactly one cause.
+        assert sum(v["errors"].values()) == v["substitutions"] + v["deletions"] + v["insertions"]
+        assert v["asr_audio_s"] > 0 and v["asr_s_per_audio_s"] > 0 and v["asr_calls"] >= 1
+        rows = {r["file"]: r for r in v["per_file"]}
+        assert set(rows) == {f"speech/{n}" for n in SHORT_SPEECH} | {f"vad/{SHORT_CLIP}.wav"}
+        for fid, r in rows.items():
+            assert r["compute"]["asr_audio_s"] == pytest.approx(sum(s["end"] - s["start"] for s in r["segments"]), abs=0.01)
+            if fid.startswith("speech/"):
+                assert r["wer"] is not None and set(r["errors"]) == set(CATEGORIES)
+                assert len(r["error_list"]) == r["wer"]["substitutions"] + r["wer"]["deletions"] + r["wer"]["insertions"]
+                assert "clipping" in r["vad"] and r["vad"]["labelled"] is False
+            else:
+                assert r["wer"] is None and r["vad"]["labelled"] is True
+                assert 0.0 <= r["vad"]["f1"] <= 1.0 and "hallucinated_words" in r["asr"]
+    assert doc["variants"]["default"]["vad_config_id"] == Config().vad.config_id
+    assert doc["variants"]["harmful"]["vad_config_id"] != Config().vad.config_id
+    (comp,) = doc["comparisons"]
+    assert (comp["baseline"], comp["variant"]) == ("default", "harmful")
+    assert comp["wer_delta"] == pytest.approx(doc["variants"]["harmful"]["wer"] - doc["variants"]["default"]["wer"], abs=1e-4)
+    for f in comp["files"]:
+        assert f["segments_changed"] or f["text_baseline"] != f["text_variant"]
+    rt = doc["reference_timing"]
+    assert rt["files"] == 2 and rt["forced_files"] == 2 and 0.0 < rt["anchored_fraction"] <= 1.0
+    assert doc["unsegmented"]["files"] == 2
+
+
+def test_harmful_vad_is_worse_and_blamed_on_the_vad(run):
+    doc = run[0].doc
+    default, harmful = doc["variants"]["default"], doc["variants"]["harmful"]
+    assert harmful["wer"] > default["wer"]
+    d = {k: harmful["errors"][k] - default["errors"][k] for k in CATEGORIES}
+    assert d["vad_dropped"] + d["boundary"] > d["asr"]
+    worse = [f for f in doc["comparisons"][0]["files"] if (f["wer_delta"] or 0) > 0]
+    assert worse and all(f["words_changed"] and f["segments_changed"] for f in worse)
+
+
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.stack, self.images, self.headings = [], [], []
+        self._in_h = False
+
+    def handle_starttag(self, tag, attrs):
+        if tag not in ("meta", "img", "br", "link", "input"):
+            self.stack.append(tag)
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+        self._in_h = tag in ("h1", "h2")
+
+    def handle_endtag(self, tag):
+        assert self.stack and self.stack[-1] == tag, (tag, self.stack[-3:])
+        self.stack.pop()
+        self._in_h = False
+
+    def handle_data(self, data):
+        if self._in_h and data.strip():
+            self.headings.append(data.strip())
+
+
+def test_report_is_self_contained_html_with_plots(run):
+    result, _ = run
+    text = result.report_path.read_text(encoding="utf-8")
+    page = _Page()
+    page.feed(text)
+    page.close()
+    assert page.stack == []  # every element closed
+    assert {"Variants", "WER against compute", "What changed between variants", "Timelines", "Reference timing", "Per file"} <= set(page.headings)
+    # Attribution bars, compute plot, three timelines; all inline PNGs.
+    assert len(page.images) == 5
+    for src in page.images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "http://" not in text and "https://" not in text
+
+
+def test_eval_spans_carry_run_variant_config_and_wer(run):
+    result, spans = run
+    doc = result.doc
+    utterances = [s for s in spans if s.name == "eval.utterance"]
+    assert len(utterances) == 2 * 3
+    for s in utterances:
+        a = s.attributes
+        v = doc["variants"][a["pipeline.variant"]]
+        row = next(r for r in v["per_file"] if r["file"] == a["file"])
+        assert a["eval.run_id"] == doc["run_id"]
+        assert a["vad.config_id"] == v["vad_config_id"]
+        if row["wer"] is not None:
+            assert a["eval.wer"] == row["wer"]["wer"]
+            assert a["eval.errors.vad_dropped"] == row["errors"]["vad_dropped"]
+            if a["pipeline.variant"] == "harmful":
+                base = next(r for r in doc["variants"]["default"]["per_file"] if r["file"] == a["file"])
+                assert a["eval.wer_delta"] == pytest.approx(row["wer"]["wer"] - base["wer"]["wer"], abs=1e-4)
+                assert a["eval.worse"] == (row["wer"]["wer"] > base["wer"]["wer"])
+        else:
+            assert "eval.wer" not in a
+
+
+def test_sweep_cli_one_row_per_combination(dataset, tmp_path, capsys):
+    clip = dataset / "speech" / SHORT_SPEECH[1]
+    out = tmp_path / "sweep"
+    args = ["eval", str(clip), "--sweep", "vad.aggressiveness=1,3", "--sweep", "vad.hangover_ms=90,600", "-o", str(out), "--threads", "2", "--timelines", "1"]
+    assert main(args) == 0
+    doc = json.loads((out / "eval.json").read_text())
+    rows = doc["sweep"]["rows"]
+    assert doc["sweep"]["keys"] == ["vad.aggressiveness", "vad.hangover_ms"]
+    assert [r["params"] for r in rows] == [
+        {"vad.aggressiveness": a, "vad.hangover_ms": h} for a in (1, 3) for h in (90, 600)
+    ]
+    assert len({doc["variants"][r["variant"]]["vad_config_id"] for r in rows}) == 4
+    for r in rows:
+        assert r["wer"] is not None and r["asr_audio_s"] > 0
+    printed = capsys.readouterr().out
+    assert "aggressiveness=3,hangover_ms=90" in printed
+    assert doc["settings"]["reference_timing"]["computed"] == 1
+    # A second run reuses the cached reference timing.
+    assert main(args + ["--no-report"]) == 0
+    doc2 = json.loads((out / "eval.json").read_text())
+    assert doc2["settings"]["reference_timing"] == {**doc["settings"]["reference_timing"], "computed": 0, "cached": 1}
+
+
+def test_bad_file_is_reported_and_the_rest_evaluated(dataset, tmp_path, capsys):
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    shutil.copy(dataset / "speech" / SHORT_SPEECH[0], ds)
+    shutil.copy((dataset / "speech" / SHORT_SPEECH[0]).with_suffix(".txt"), ds)
+    (ds / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    assert main(["eval", str(ds), "-o", str(tmp_path / "out"), "--threads", "2", "--no-report"]) == 1
+    doc = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert doc["files"] == 1 and [f["file"] for f in doc["failed"]] == ["ds/broken.wav"]
+    assert "broken.wav" in capsys.readouterr().err
+
+
+def test_variant_and_sweep_arguments(tmp_path):
+    base = Config()
+    good = tmp_path / "v.toml"
+    good.write_text("[vad]\naggressiveness = 3\nhangover_ms = 90\n")
+    v = variant_from_arg(f"choppy={good}", base)
+    assert (v.name, v.config.vad.aggressiveness, v.config.vad.hangover_ms, v.config.pipeline.variant) == ("choppy", 3, 90, "choppy")
+    assert variant_from_arg("plain", base).config.vad == base.vad
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[vad]\nagressiveness = 3\n")
+    with pytest.raises(EvalError, match="agressiveness"):
+        variant_from_arg(f"x={bad}", base)
+    with pytest.raises(EvalError, match="not found"):
+        variant_from_arg(f"x={tmp_path / 'missing.toml'}", base)
+    sweep = expand_sweep(base, ["vad.aggressiveness=0,3", "vad.backend=webrtc,silero"])
+    assert [s.name for s in sweep] == [
+        "aggressiveness=0,backend=webrtc", "aggressiveness=0,backend=silero",
+        "aggressiveness=3,backend=webrtc", "aggressiveness=3,backend=silero",
+    ]
+    with pytest.raises(EvalError, match="aggressiveness"):
+        expand_sweep(base, ["vad.aggressiveness=2,7"])
+    with pytest.raises(EvalError):
+        expand_sweep(base, ["vad.aggressiveness"])
