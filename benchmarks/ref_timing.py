@@ -29,26 +29,12 @@ import numpy as np
 from speechpipe.stages.align import ForcedAligner
 from speechpipe.stages.asr import AsrConfig, AsrEngine, AudioPiece
 from speechpipe.stages.audio import load_audio
-from speechpipe.telemetry.attribution import BOUNDARY_TOLERANCE_S, RawWord, TimedWord, snap_to_energy, timed_tokens
+from speechpipe.telemetry.attribution import BOUNDARY_TOLERANCE_S, RawWord, edge_errors, snap_to_energy, timed_tokens
 from speechpipe.telemetry.vad_metrics import read_segments
 from speechpipe.telemetry.wer import normalized_words
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CLIPS = HERE.parent.parent / "shared" / "corpus" / "vad"
-
-
-def edge_errors(words: list[TimedWord], labels: list[tuple[float, float]]) -> tuple[list[float], list[float], int, int]:
-    onsets, offsets = [], []
-    inside = 0
-    for w in words:
-        mid = (w.start + w.end) / 2
-        inside += any(a <= mid <= b for a, b in labels)
-    for a, b in labels:
-        ws = [w for w in words if a <= (w.start + w.end) / 2 <= b]
-        if ws:
-            onsets.append(ws[0].start - a)
-            offsets.append(ws[-1].end - b)
-    return onsets, offsets, inside, len(words)
 
 
 def main() -> int:
@@ -87,7 +73,8 @@ def main() -> int:
         by_method["forced+snap"] = snap_to_energy(by_method["forced"], audio)
         group = wav.name.split("_")[0]
         for m, words in by_method.items():
-            on, off, inside, n = edge_errors(words, labels)
+            e = edge_errors(words, labels)
+            on, off, inside, n = e["onset"], e["offset"], e["words_in_speech"], e["words"]
             for g in ("all", group):
                 r = results[(g, m)]
                 r["on"] += on

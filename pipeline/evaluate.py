@@ -41,6 +41,7 @@ from speechpipe.telemetry.attribution import (
     BOUNDARY_TOLERANCE_S,
     RawWord,
     TimedWord,
+    edge_errors,
     plan_windows,
     snap_to_energy,
     timed_tokens,
@@ -294,9 +295,7 @@ class ReferenceTimer:
         h.update(json.dumps([reference, cfg.model, cfg.beam_size, cfg.language, TIMING_VERSION]).encode())
         return h.hexdigest()[:24]
 
-    def timing(self, path: Path, reference: str, audio: np.ndarray | None = None) -> dict:
-        """The reference timing of one file (a dict, see :meth:`compute`)."""
-        key = self._key(path, reference)
+    def _cached(self, key: str, make: Callable[[], dict]) -> dict:
         cache = self.cache_dir / f"{key}.json" if self.cache_dir else None
         if cache is not None and cache.is_file():
             try:
@@ -305,19 +304,38 @@ class ReferenceTimer:
                 return doc
             except ValueError:
                 pass
-        if audio is None:
-            audio, _ = load_audio(path)
-        doc = self.compute(audio, reference)
+        doc = make()
         self.computed += 1
         if cache is not None:
             atomic_write_text(cache, json.dumps(doc) + "\n")
         return doc
 
-    def compute(self, audio: np.ndarray, reference: str) -> dict:
-        """Transcript pass, forced pass, energy snap; returns the words and reliability figures."""
+    def timing(self, path: Path, reference: str, audio: np.ndarray | None = None) -> dict:
+        """The reference timing of one file (a dict, see :meth:`compute`)."""
+        return self._cached(self._key(path, reference), lambda: self.compute(audio if audio is not None else load_audio(path)[0], reference))
+
+    def label_check(self, path: Path, labels: list[tuple[float, float]], audio: np.ndarray | None = None) -> dict:
+        """Check the timing method against human VAD labels on a file without a reference: time the
+        words of its own whole-file transcript exactly as references are timed, then measure how far
+        the first and last word of each labelled region fall from the region's edges
+        (:func:`~speechpipe.telemetry.attribution.edge_errors`)."""
+
+        def make() -> dict:
+            a = audio if audio is not None else load_audio(path)[0]
+            trs, _ = self.engine.transcribe([AudioPiece(0, 0, a)])
+            text = " ".join(t.text for t in trs if t.text)
+            if not normalized_words(text):
+                return edge_errors([], labels)
+            return edge_errors(_timed(self.compute(a, text, transcription=trs)), labels)
+
+        return self._cached(self._key(path, "label-check " + json.dumps(labels)), make)
+
+    def compute(self, audio: np.ndarray, reference: str, transcription: list[Transcript] | None = None) -> dict:
+        """Transcript pass, forced pass, energy snap; returns the words and reliability figures.
+        ``transcription`` reuses an existing whole-file transcription for the transcript pass."""
         duration = audio.size / SAMPLE_RATE
         t0 = time.perf_counter()
-        trs, _ = self.engine.transcribe([AudioPiece(0, 0, audio)])
+        trs = transcription if transcription is not None else self.engine.transcribe([AudioPiece(0, 0, audio)])[0]
         text = " ".join(t.text for t in trs if t.text)
         raw = [RawWord(w.word, w.start, w.end) for t in trs for w in t.words]
         transcript_words = timed_tokens(raw, normalized_words(text))
@@ -386,6 +404,28 @@ class ReferenceTimer:
 
 def _timed(doc: dict, key: str = "words") -> list[TimedWord]:
     return [TimedWord(w["word"], w["start"], w["end"], w.get("segment"), w.get("source", "word")) for w in doc[key]]
+
+
+def label_check_summary(checks: dict[str, dict], tolerance: float) -> dict | None:
+    """Pooled :meth:`ReferenceTimer.label_check` figures: how far timed words fall from the edges
+    of human-labelled speech regions."""
+    on = np.abs([x for c in checks.values() for x in c["onset"]])
+    off = np.abs([x for c in checks.values() for x in c["offset"]])
+    if on.size == 0:
+        return None
+    words = sum(c["words"] for c in checks.values())
+    both = np.concatenate([on, off])
+    return {
+        "files": len(checks),
+        "regions": int(on.size),
+        "onset_median_s": round(float(np.median(on)), 3),
+        "onset_p90_s": round(float(np.percentile(on, 90)), 3),
+        "offset_median_s": round(float(np.median(off)), 3),
+        "offset_p90_s": round(float(np.percentile(off, 90)), 3),
+        "edges_within_tolerance": round(float(np.mean(both <= tolerance)), 4),
+        "words": words,
+        "words_in_speech": round(sum(c["words_in_speech"] for c in checks.values()) / words, 4) if words else None,
+    }
 
 
 def timing_summary(timings: dict[str, dict]) -> dict:
@@ -462,6 +502,9 @@ class EvalOptions:
     report: bool = True
     timelines: int = 6
     run_id: str | None = None
+    #: time the transcripts of labelled files without a reference too, to measure the timing
+    #: method against the human labels (one extra whole-file transcription per such file, cached).
+    label_check: bool = True
 
 
 @dataclass
@@ -537,6 +580,7 @@ def evaluate(
     timer = ReferenceTimer(engines(variants[0].config.asr), opts.cache_dir or out / "cache" / "ref_timing")
     truths: dict[str, ev.FileTruth] = {}
     timings: dict[str, dict] = {}
+    label_checks: dict[str, dict] = {}
     envelopes: dict[str, list[float]] = {}
     usable: list[DatasetItem] = []
     for n, item in enumerate(items, 1):
@@ -554,6 +598,11 @@ def evaluate(
             timings[item.file_id] = doc
             truth.ref_words = _timed(doc)
             log(f"reference timing {n}/{len(items)}: {item.file_id} ({doc['method']})")
+            if item.labels is not None:
+                label_checks[item.file_id] = edge_errors(truth.ref_words, item.labels)
+        elif item.labels and opts.label_check:
+            label_checks[item.file_id] = timer.label_check(item.path, item.labels, audio)
+            log(f"timing check against labels {n}/{len(items)}: {item.file_id}")
         truths[item.file_id] = truth
         usable.append(item)
 
@@ -624,7 +673,7 @@ def evaluate(
         "unsegmented": unsegmented,
         "comparisons": comparisons,
         "sweep": {"keys": sorted({k for v in variants if v.params for k in v.params}), "rows": ev.sweep_rows([summaries[n] for n in names])},
-        "reference_timing": timing_summary(timings),
+        "reference_timing": {**timing_summary(timings), "label_check": label_check_summary(label_checks, opts.tolerance)},
         "wall_s": round(time.perf_counter() - t_start, 2),
     }
     atomic_write_text(out / "eval.json", json.dumps(doc, indent=1, ensure_ascii=False) + "\n")

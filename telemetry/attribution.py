@@ -272,6 +272,24 @@ def timing_agreement(a: Sequence[TimedWord], b: Sequence[TimedWord]) -> dict:
     }
 
 
+def edge_errors(words: Sequence[TimedWord], labels: Sequence[Interval]) -> dict:
+    """Word times against human speech labels, where the truth is known.
+
+    For every labelled speech region holding words (by their middle): ``onset`` = first word
+    start - region start, ``offset`` = last word end - region end (signed seconds). Also counts
+    the words whose middle lies in labelled speech.
+    """
+    onsets, offsets = [], []
+    mids = [(w.start + w.end) / 2 for w in words]
+    for a, b in labels:
+        inside = [w for w, m in zip(words, mids) if a <= m <= b]
+        if inside:
+            onsets.append(round(inside[0].start - a, 3))
+            offsets.append(round(inside[-1].end - b, 3))
+    in_speech = sum(any(a <= m <= b for a, b in labels) for m in mids)
+    return {"onset": onsets, "offset": offsets, "words": len(words), "words_in_speech": in_speech}
+
+
 def speech_regions(words: Sequence[TimedWord], merge_gap: float = SPEECH_MERGE_GAP_S) -> list[Interval]:
     """Regions of reference speech: word spans merged across pauses shorter than ``merge_gap``."""
     regions: list[list[float]] = []

@@ -396,11 +396,10 @@ def compare_files(base: dict, var: dict, truth: FileTruth) -> dict | None:
                 "baseline": _state(x, ref[i]),
                 "variant": _state(y, ref[i]),
             })
-        key = lambda e: (e["hyp_word"], round(e["start"], 1))
         for side, mine, other in (("variant", ib, ia), ("baseline", ia, ib)):
-            others = {key(e) for e in other}
             for e in mine:
-                if key(e) not in others:
+                # The same inserted word within 0.3 s in both runs is the same insertion.
+                if not any(o["hyp_word"] == e["hyp_word"] and abs(o["start"] - e["start"]) <= 0.3 for o in other):
                     (new if side == "variant" else fixed)[e["category"]] += 1
                     changes.append({
                         "ref_index": None, "ref_word": None, "start": e["start"], "end": e["end"],

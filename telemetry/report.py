@@ -91,11 +91,10 @@ def plot_attribution(variants: Mapping[str, dict], unsegmented: dict | None = No
             ax.bar([n], [unattributed], bottom=[bottoms[i]], color="#cccccc", width=0.6)
         ax.text(i, max(bottoms[i], v["wer"] * 100) * 1.02 + 0.05, label, ha="center", va="bottom", fontsize=9)
     if unsegmented:
-        ax.axhline(unsegmented["wer"] * 100, color="#555", ls="--", lw=1)
-        ax.text(len(names) - 0.5, unsegmented["wer"] * 100, " whole files, no VAD", va="bottom", ha="right", fontsize=8, color="#555")
+        ax.axhline(unsegmented["wer"] * 100, color="#555", ls="--", lw=1, label="whole files, no VAD")
     ax.set_ylabel("WER (%), by cause")
     ax.set_title("Word error rate and where the errors came from")
-    ax.legend(fontsize=8, loc="upper left", frameon=False)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     ax.set_ylim(0, max(bottoms + [1.0]) * 1.25)
     plt.setp(ax.get_xticklabels(), rotation=20 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center", fontsize=9)
@@ -267,7 +266,13 @@ def _comparison_html(c: dict, limit: int = 12) -> str:
             "</table><p class=note>Errors present in both runs are left out here: an error the baseline already made may move "
             "from 'ASR' to 'boundary' only because a new edge appeared next to it.</p>"
         )
-    files = c["files"][:limit]
+    with_words = [f for f in c["files"] if f["words_changed"] or (f["wer_delta"] or 0) != 0]
+    if len(with_words) < len(c["files"]):
+        out.append(
+            f"<p class=note>{len(c['files']) - len(with_words)} of the changed files only moved segment edges without "
+            "changing a word; they are listed in eval.json.</p>"
+        )
+    files = with_words[:limit]
     if not files:
         return "".join(out)
     rows = []
@@ -292,7 +297,7 @@ def _comparison_html(c: dict, limit: int = 12) -> str:
             f"<tr><td class=l>{_e(f['file'])}</td><td>{_pct(f['wer_baseline'], 1)}</td><td>{_pct(f['wer_variant'], 1)}</td>"
             f"<td class={cls}>{'+' if (d or 0) > 0 else ''}{_pct(d, 1)}</td><td class=l>{segs}</td><td class=l>{words}</td></tr>"
         )
-    more = f"<p class=note>… and {len(c['files']) - limit} more changed files in eval.json.</p>" if len(c["files"]) > limit else ""
+    more = f"<p class=note>… and {len(with_words) - limit} more files with changed words in eval.json.</p>" if len(with_words) > limit else ""
     out.append(
         "<table><tr><th class=l>file</th><th>WER before</th><th>WER after</th><th>Δ</th>"
         "<th class=l>segments whose boundaries differ (before → after)</th><th class=l>words that changed (before → after, cause)</th></tr>"
@@ -324,8 +329,10 @@ def _per_file_table(v: dict) -> str:
 
 def _timing_html(doc: dict) -> str:
     rt = doc.get("reference_timing") or {}
+    if not rt.get("files") and not rt.get("label_check"):
+        return "<p class=note>No file has a reference transcript or labels, so no reference timing was needed.</p>"
     if not rt.get("files"):
-        return "<p class=note>No file has a reference transcript, so no reference timing was needed.</p>"
+        rt = {**rt, "forced_files": 0, "files": 0, "anchored_fraction": None, "ref_words": 0, "exact_transcript_files": 0}
     s = doc["settings"]["reference_timing"]
     parts = [
         (f"<p class=note>Reference words were timed on the unsegmented audio with <code>{_e(s['model'])}</code> "
@@ -341,6 +348,18 @@ def _timing_html(doc: dict) -> str:
             "<th>end median</th><th>end p90</th><th>both within tolerance</th></tr>"
             f"<tr><td class=l>agreement</td><td>{agr['words']}</td><td>{agr['start_median_s']:.3f} s</td><td>{agr['start_p90_s']:.3f} s</td>"
             f"<td>{agr['end_median_s']:.3f} s</td><td>{agr['end_p90_s']:.3f} s</td><td>{_pct(agr['within_tolerance'], 1)}</td></tr></table>"
+        )
+    lc = rt.get("label_check")
+    if lc:
+        parts.append(
+            "<table><tr><th class=l>word times against human labels</th><th>files</th><th>regions</th><th>|onset| median</th>"
+            "<th>p90</th><th>|offset| median</th><th>p90</th><th>edges within tolerance</th><th>words inside labelled speech</th></tr>"
+            f"<tr><td class=l>first/last word vs labelled region edge</td><td>{lc['files']}</td><td>{lc['regions']}</td>"
+            f"<td>{lc['onset_median_s']:.3f} s</td><td>{lc['onset_p90_s']:.3f} s</td><td>{lc['offset_median_s']:.3f} s</td>"
+            f"<td>{lc['offset_p90_s']:.3f} s</td><td>{_pct(lc['edges_within_tolerance'], 1)}</td><td>{_pct(lc['words_in_speech'], 1)}</td></tr></table>"
+            "<p class=note>On the labelled files the same timing method runs on each file's own whole-file transcript; "
+            "the distance of the first and last word of each labelled speech region from the region's edges bounds the "
+            "timing error from above (a region may start with a breath or a word the recognizer missed).</p>"
         )
     snap = rt.get("energy_snap")
     if snap:

@@ -102,6 +102,9 @@ def test_eval_json_schema(run):
     rt = doc["reference_timing"]
     assert rt["files"] == 2 and rt["forced_files"] == 2 and 0.0 < rt["anchored_fraction"] <= 1.0
     assert doc["unsegmented"]["files"] == 2
+    # The labelled clip measures the timing method against its human labels.
+    lc = rt["label_check"]
+    assert lc["files"] == 1 and lc["regions"] >= 1 and 0.0 <= lc["edges_within_tolerance"] <= 1.0
 
 
 def test_harmful_vad_is_worse_and_blamed_on_the_vad(run):
