@@ -33,7 +33,7 @@ from speechpipe.pipeline.offline import find_inputs, read_reference, transcribe_
 from speechpipe.pipeline.outputs import atomic_write_text
 from speechpipe.pipeline.session import AsrJob, AsrRun, SessionHooks, StreamSession
 from speechpipe.stages.align import ForcedAligner
-from speechpipe.stages.asr import AsrConfig, AsrEngine, AudioPiece, Transcript
+from speechpipe.stages.asr import AsrConfig, AsrEngine, Transcript
 from speechpipe.stages.audio import AudioError, load_audio
 from speechpipe.stages.vad import SpeechDiscarded, SpeechSegment
 from speechpipe.telemetry import evaluation as ev
@@ -53,7 +53,7 @@ from speechpipe.telemetry.wer import normalized_words, score
 
 SCHEMA = "speechpipe.eval/1"
 #: bump when the reference-timing method changes, so cached timings are recomputed.
-TIMING_VERSION = 2
+TIMING_VERSION = 3
 SAMPLE_RATE = 16000
 
 
@@ -322,22 +322,39 @@ class ReferenceTimer:
 
         def make() -> dict:
             a = audio if audio is not None else load_audio(path)[0]
-            trs, _ = self.engine.transcribe([AudioPiece(0, 0, a)])
-            text = " ".join(t.text for t in trs if t.text)
-            if not normalized_words(text):
+            transcription = self.transcribe_whole(a)
+            if not normalized_words(transcription[0]):
                 return edge_errors([], labels)
-            return edge_errors(_timed(self.compute(a, text, transcription=trs)), labels)
+            return edge_errors(_timed(self.compute(a, transcription[0], transcription=transcription)), labels)
 
         return self._cached(self._key(path, "label-check " + json.dumps(labels)), make)
 
-    def compute(self, audio: np.ndarray, reference: str, transcription: list[Transcript] | None = None) -> dict:
+    def transcribe_whole(self, audio: np.ndarray) -> tuple[str, list[RawWord]]:
+        """Plain faster-whisper over the whole, unsegmented audio (its own 30 s seeking for long
+        files), with the engine's decoding settings and word timestamps."""
+        cfg = self.engine.config
+        segments, _info = self.engine.model.transcribe(
+            audio,
+            language=cfg.language,
+            beam_size=cfg.beam_size,
+            temperature=list(cfg.temperatures),
+            compression_ratio_threshold=cfg.compression_ratio_threshold,
+            log_prob_threshold=cfg.logprob_threshold,
+            condition_on_previous_text=False,
+            word_timestamps=True,
+            vad_filter=False,
+        )
+        segments = list(segments)
+        text = " ".join(s.text.strip() for s in segments if s.text.strip())
+        raw = [RawWord(w.word, float(w.start), float(w.end)) for s in segments for w in (s.words or [])]
+        return text, raw
+
+    def compute(self, audio: np.ndarray, reference: str, transcription: tuple[str, list[RawWord]] | None = None) -> dict:
         """Transcript pass, forced pass, energy snap; returns the words and reliability figures.
-        ``transcription`` reuses an existing whole-file transcription for the transcript pass."""
+        ``transcription`` reuses an existing :meth:`transcribe_whole` result."""
         duration = audio.size / SAMPLE_RATE
         t0 = time.perf_counter()
-        trs = transcription if transcription is not None else self.engine.transcribe([AudioPiece(0, 0, audio)])[0]
-        text = " ".join(t.text for t in trs if t.text)
-        raw = [RawWord(w.word, w.start, w.end) for t in trs for w in t.words]
+        text, raw = transcription if transcription is not None else self.transcribe_whole(audio)
         transcript_words = timed_tokens(raw, normalized_words(text))
         by_transcript = transcript_times(reference, transcript_words)
         ref_norm = normalized_words(reference)
