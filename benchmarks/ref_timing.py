@@ -6,8 +6,8 @@ speech/non-speech labels, where the truth is known: the VAD clips of ../shared/c
 test set: manual labels to the millisecond; AMI: human speaker turns).
 
 For every clip: transcribe it whole with word timestamps (the *transcript* pass), force-align that
-transcript's text to the audio (the *forced* pass) and trim silent edges (*forced+snap*), exactly
-as the evaluation does for references. Then, for every labelled speech region holding at least one
+transcript's text to the audio (the *forced* pass) and trim silent edges (*forced+snap*, what the
+evaluation uses), exactly as the evaluation does for references (same code: ReferenceTimer). Then, for every labelled speech region holding at least one
 word (by its middle): onset error = first word start - region start, offset error = last word end
 - region end. Words whose middle falls in labelled non-speech are counted too.
 
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from speechpipe.stages.align import ForcedAligner
-from speechpipe.stages.asr import AsrConfig, AsrEngine, AudioPiece
+from speechpipe.pipeline.evaluate import ReferenceTimer, _timed
+from speechpipe.stages.asr import AsrConfig, AsrEngine
 from speechpipe.stages.audio import load_audio
-from speechpipe.telemetry.attribution import BOUNDARY_TOLERANCE_S, RawWord, edge_errors, snap_to_energy, timed_tokens
+from speechpipe.telemetry.attribution import BOUNDARY_TOLERANCE_S, edge_errors
 from speechpipe.telemetry.vad_metrics import read_segments
 from speechpipe.telemetry.wer import normalized_words
 
@@ -43,8 +43,7 @@ def main() -> int:
     p.add_argument("--tolerance", type=float, default=BOUNDARY_TOLERANCE_S)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
-    engine = AsrEngine(AsrConfig(threads=args.threads))
-    aligner = ForcedAligner(engine.model)
+    timer = ReferenceTimer(AsrEngine(AsrConfig(threads=args.threads)))
     methods = ("transcript", "forced", "forced+snap")
     groups = ("all", "tenvad", "ami-excerpt", "musanmix")
     results: dict[tuple[str, str], dict[str, list]] = {(g, m): {"on": [], "off": [], "in": [0], "n": [0]} for g in groups for m in methods}
@@ -56,21 +55,16 @@ def main() -> int:
             continue
         labels = read_segments(labels_path)
         audio, _ = load_audio(wav)
-        if wav.name.startswith("ami-excerpt"):
-            audio = audio[: 30 * 16000]  # the labelled span
-        trs, _ = engine.transcribe([AudioPiece(0, 0, audio)])
-        text = " ".join(t.text for t in trs if t.text)
-        target = normalized_words(text)
-        if not target:
+        text, raw = timer.transcribe_whole(audio)
+        if not normalized_words(text):
             continue
-        by_method = {"transcript": timed_tokens([RawWord(w.word, w.start, w.end) for t in trs for w in t.words], target)}
-        aligned = []
-        for a in range(0, audio.size, 30 * 16000):  # clips are at most ~75 s; 30 s windows at word gaps are not needed here
-            chunk_words = [w for w in by_method["transcript"] if a / 16000 <= (w.start + w.end) / 2 < a / 16000 + 30]
-            if chunk_words:
-                aligned += aligner.align(audio[a : a + 30 * 16000], " ".join(w.word for w in chunk_words), offset_s=a / 16000)
-        by_method["forced"] = timed_tokens([RawWord(w.word, w.start, w.end) for w in aligned], target)
-        by_method["forced+snap"] = snap_to_energy(by_method["forced"], audio)
+        # Time the clip's own transcript exactly as the evaluation times a reference.
+        doc = timer.compute(audio, text, transcription=(text, raw))
+        by_method = {
+            "transcript": _timed(doc, "transcript_words"),
+            "forced": _timed(doc, "forced_words") if doc["forced_words"] else _timed(doc, "transcript_words"),
+            "forced+snap": _timed(doc),
+        }
         group = wav.name.split("_")[0]
         for m, words in by_method.items():
             e = edge_errors(words, labels)

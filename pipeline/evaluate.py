@@ -574,6 +574,8 @@ def evaluate(
     log = log or (lambda msg: None)
     if not variants:
         raise EvalError("no variants to evaluate")
+    if not opts.tolerance >= 0:
+        raise EvalError(f"--tolerance must be a non-negative number of seconds, not {opts.tolerance}")
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise EvalError(f"variant names must be unique: {names}")

@@ -35,6 +35,7 @@ h1{font-size:24px;margin-bottom:4px}h2{font-size:19px;margin-top:34px;border-bot
 h3{font-size:15px;margin:18px 0 6px}
 table{border-collapse:collapse;margin:8px 0 14px;font-size:13px}
 th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;vertical-align:top}
+td{white-space:nowrap}td.l{white-space:normal}
 th{background:#f4f4f4}td.l,th.l{text-align:left}
 .meta{color:#666;font-size:13px}.note{color:#555;font-size:13px;max-width:900px}
 .worse{color:#b00020}.better{color:#1b7a1b}
@@ -129,7 +130,7 @@ def plot_compute(variants: Mapping[str, dict], sweep_keys: Sequence[str]) -> str
                 label = ", ".join(f"{k.split('.')[-1]}={val}" for k, val in zip(group_keys, g)) or "sweep"
                 ax.plot(xs, ys, "-o", color=cmap(gi), label=label, ms=5)
                 for (lv, v), x, y in zip(members, xs, ys):
-                    ax.annotate(f"{line_key.split('.')[-1]}={lv}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+                    ax.annotate(str(lv), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         for n, v in others:
             ax.plot([v[key]], [v["wer"] * 100], "s", ms=7, label=n)
             ax.annotate(n, (v[key], v["wer"] * 100), fontsize=8, xytext=(4, -10), textcoords="offset points")
@@ -137,7 +138,9 @@ def plot_compute(variants: Mapping[str, dict], sweep_keys: Sequence[str]) -> str
         ax.set_ylabel("WER (%)")
         ax.spines[["top", "right"]].set_visible(False)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, frameon=False)
+    swept_keys = [k.split(".")[-1] for k in sweep_keys]
+    title = f"points: {swept_keys[0]} (value next to each)" if swept_keys else None
+    axes[0].legend(fontsize=7, frameon=False, title=title, title_fontsize=7)
     fig.suptitle("WER against ASR compute (lower left is better)", fontsize=11)
     return _png(fig)
 
