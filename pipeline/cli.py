@@ -69,6 +69,15 @@ def config_from_args(args: argparse.Namespace):
         "vad.aggressiveness": args.vad_aggressiveness,
         "vad.backend": args.vad_backend,
         "pipeline.variant": args.variant,
+        **telemetry_overrides(args),
+    }
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    return load_config(args.config, overrides)
+
+
+def telemetry_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``[telemetry]`` keys set by the flags of :func:`add_telemetry_arguments` (None: not set)."""
+    return {
         "telemetry.otlp_endpoint": getattr(args, "otlp_endpoint", None),
         "telemetry.otlp_protocol": getattr(args, "otlp_protocol", None),
         "telemetry.trace_file": getattr(args, "trace_file", None),
@@ -77,8 +86,6 @@ def config_from_args(args: argparse.Namespace):
         "telemetry.service_name": getattr(args, "service_name", None),
         "telemetry.prometheus_port": getattr(args, "prometheus_port", None),
     }
-    overrides.update({k: v for k, v in flags.items() if v is not None})
-    return load_config(args.config, overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ same for all variants, so it runs once per file and is cached on disk
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import itertools
 import json
@@ -37,6 +38,7 @@ from speechpipe.stages.asr import AsrConfig, AsrEngine, Transcript
 from speechpipe.stages.audio import AudioError, load_audio
 from speechpipe.stages.vad import SpeechDiscarded, SpeechSegment
 from speechpipe.telemetry import evaluation as ev
+from speechpipe.telemetry import names as n
 from speechpipe.telemetry.attribution import (
     BOUNDARY_TOLERANCE_S,
     RawWord,
@@ -559,16 +561,19 @@ def evaluate(
     *,
     options: EvalOptions | None = None,
     engine_factory: Callable[[AsrConfig], AsrEngine] | None = None,
+    instrumentation=None,
     hooks_factory: Callable[[Variant, DatasetItem], SessionHooks | None] | None = None,
-    tracer_provider=None,
     log: Callable[[str], None] | None = None,
 ) -> EvalResult:
     """Run every variant over every file of ``datasets``; write ``eval.json`` (and ``report.html``).
 
     ``engine_factory`` builds the ASR engine for an ASR config (one per distinct config; by
-    default ``AsrEngine(config)``); ``hooks_factory`` adds session observers per variant and file
-    (telemetry); with a ``tracer_provider`` each file of each variant gets an ``eval.utterance``
-    span carrying the run id, variant, VAD config id and the file's WER.
+    default ``AsrEngine(config)``). With an ``instrumentation``
+    (:class:`speechpipe.telemetry.instrument.Instrumentation`) each file of each variant runs
+    inside an ``eval.utterance`` span carrying the run id, the variant, its VAD config id and,
+    once scored, the file's WER and error causes; the pipeline's own ``stream`` span of the file
+    (with all its segment and ASR spans) is its child and carries the run id too, and every metric
+    point carries the variant and VAD config id. ``hooks_factory`` adds further session observers.
     """
     opts = options or EvalOptions()
     log = log or (lambda msg: None)
@@ -593,7 +598,7 @@ def evaluate(
     if not items:
         raise EvalError("no audio files found in " + ", ".join(map(str, datasets)))
     engines = _engine_cache(engine_factory)
-    tracer = tracer_provider.get_tracer("speechpipe.eval") if tracer_provider is not None else None
+    tracer = instrumentation.tracer if instrumentation is not None else None
 
     # Reference timing: once per file with a reference, on the baseline's model.
     timer = ReferenceTimer(engines(variants[0].config.asr), opts.cache_dir or out / "cache" / "ref_timing")
@@ -602,7 +607,7 @@ def evaluate(
     label_checks: dict[str, dict] = {}
     envelopes: dict[str, list[float]] = {}
     usable: list[DatasetItem] = []
-    for n, item in enumerate(items, 1):
+    for k, item in enumerate(items, 1):
         try:
             audio, _info = load_audio(item.path)
         except (AudioError, sf.LibsndfileError, RuntimeError, ValueError, OSError) as exc:
@@ -616,12 +621,12 @@ def evaluate(
             doc = timer.timing(item.path, item.reference, audio)
             timings[item.file_id] = doc
             truth.ref_words = _timed(doc)
-            log(f"reference timing {n}/{len(items)}: {item.file_id} ({doc['method']})")
+            log(f"reference timing {k}/{len(items)}: {item.file_id} ({doc['method']})")
             if item.labels is not None:
                 label_checks[item.file_id] = edge_errors(truth.ref_words, item.labels)
         elif item.labels and opts.label_check:
             label_checks[item.file_id] = timer.label_check(item.path, item.labels, audio)
-            log(f"timing check against labels {n}/{len(items)}: {item.file_id}")
+            log(f"timing check against labels {k}/{len(items)}: {item.file_id}")
         truths[item.file_id] = truth
         usable.append(item)
 
@@ -629,6 +634,7 @@ def evaluate(
     all_failed = list(failures)
     for v_i, variant in enumerate(variants, 1):
         engine = engines(variant.config.asr)
+        inst = _variant_instrumentation(instrumentation, variant)
         rows, runs, vtruths, vfailed = [], [], [], []
         base_rows = {r["file"]: r for r in summaries[baseline]["per_file"]} if baseline in summaries else {}
         for item in usable:
@@ -637,12 +643,19 @@ def evaluate(
             with span_cm as span:
                 collector = EvalCollector()
                 extra = hooks_factory(variant, item) if hooks_factory else None
+                stream_hooks = None
+                if inst is not None:
+                    from opentelemetry import context
+
+                    stream_hooks = inst.stream_hooks(
+                        file=item.file_id, attributes={n.EVAL_RUN_ID: run_id}, parent=context.get_current()
+                    )
                 try:
                     result = transcribe_file(
                         item.path,
                         variant.config,
                         engine,
-                        hooks=ChainedHooks(collector, extra),
+                        hooks=ChainedHooks(collector, stream_hooks, extra),
                         reference=item.reference,
                         stream_id=f"{variant.name}/{item.file_id}",
                     )
@@ -714,6 +727,19 @@ def _unsegmented(timings: dict[str, dict], truths: dict[str, ev.FileTruth]) -> d
     return {"files": len(pairs), "wer": round(w.wer, 4), "substitutions": w.substitutions, "deletions": w.deletions, "insertions": w.insertions, "ref_words": w.ref_words}
 
 
+def _variant_instrumentation(instrumentation, variant: Variant):
+    """The run's instrumentation labelled for one variant: a shallow copy sharing the providers and
+    the instruments (registering them again would duplicate them), with the variant's name, VAD
+    config id and model."""
+    if instrumentation is None:
+        return None
+    inst = copy.copy(instrumentation)
+    inst.variant = variant.name
+    inst.vad_config_id = variant.config.vad.config_id
+    inst.asr_model = variant.config.asr.model
+    return inst
+
+
 def _envelope(audio: np.ndarray, points_per_s: int = 50) -> list[float]:
     """Peak envelope of the audio for timeline plots (``points_per_s`` values per second)."""
     hop = SAMPLE_RATE // points_per_s
@@ -734,32 +760,37 @@ class _NoSpan:
 def _span(tracer, run_id: str, variant: Variant, item: DatasetItem):
     if tracer is None:
         return _NoSpan()
+    from opentelemetry import context
+
+    # A new trace per file and variant: the root of the file's stream span tree.
     return tracer.start_as_current_span(
-        ev.SPAN_EVAL_UTTERANCE,
+        n.SPAN_EVAL_UTTERANCE,
+        context=context.Context(),
         attributes={
-            ev.ATTR_RUN_ID: run_id,
-            ev.ATTR_VARIANT: variant.name,
-            ev.ATTR_VAD_CONFIG_ID: variant.config.vad.config_id,
-            ev.ATTR_FILE: item.file_id,
+            n.EVAL_RUN_ID: run_id,
+            n.PIPELINE_VARIANT: variant.name,
+            n.VAD_CONFIG_ID: variant.config.vad.config_id,
+            n.FILE: item.file_id,
         },
     )
 
 
 def _annotate(span, row: dict, variant: Variant, base_row: dict | None, baseline: str) -> None:
     """Put the file's scores on its ``eval.utterance`` span."""
-    span.set_attribute("vad.segments", row["vad"]["segments"])
+    span.set_attribute(n.EVAL_SEGMENTS, row["vad"]["segments"])
     if row["wer"] is None:
         return
-    span.set_attribute(ev.ATTR_WER, row["wer"]["wer"])
-    span.set_attribute(ev.ATTR_REF_WORDS, row["wer"]["ref_words"])
+    span.set_attribute(n.EVAL_WER, row["wer"]["wer"])
+    span.set_attribute(n.EVAL_REF_WORDS, row["wer"]["ref_words"])
     if row["errors"]:
-        for k, n in row["errors"].items():
-            span.set_attribute(f"{ev.ATTR_ERRORS}.{k}", n)
+        span.set_attribute(n.EVAL_ERRORS_VAD_DROPPED, row["errors"]["vad_dropped"])
+        span.set_attribute(n.EVAL_ERRORS_BOUNDARY, row["errors"]["boundary"])
+        span.set_attribute(n.EVAL_ERRORS_ASR, row["errors"]["asr"])
     if base_row is not None and base_row["wer"] is not None and variant.name != baseline:
         delta = row["wer"]["wer"] - base_row["wer"]["wer"]
-        span.set_attribute(ev.ATTR_BASELINE, baseline)
-        span.set_attribute(ev.ATTR_WER_DELTA, round(delta, 4))
-        span.set_attribute(ev.ATTR_WORSE, delta > 0)
+        span.set_attribute(n.EVAL_BASELINE, baseline)
+        span.set_attribute(n.EVAL_WER_DELTA, round(delta, 4))
+        span.set_attribute(n.EVAL_WORSE, delta > 0)
 
 
 def _pct(x: float | None) -> str:
@@ -788,10 +819,14 @@ def add_arguments(p) -> None:
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="TABLE.KEY=VALUE", help="set a base config key (repeatable)")
     g.add_argument("--model", help="faster-whisper model name or directory")
     g.add_argument("--threads", type=int, help="CPU threads for the model")
+    from speechpipe.pipeline.cli import add_telemetry_arguments
+
+    add_telemetry_arguments(p)
 
 
 def run_cli(args) -> int:
     """Entry point of ``speechpipe eval`` (returns the exit code)."""
+    from speechpipe.pipeline.cli import start_telemetry, telemetry_overrides
     from speechpipe.pipeline.config import load_config
 
     overrides: dict[str, Any] = dict(parse_override(t) for t in args.overrides)
@@ -799,7 +834,9 @@ def run_cli(args) -> int:
         overrides["asr.model"] = args.model
     if args.threads is not None:
         overrides["asr.threads"] = args.threads
+    overrides.update({k: v for k, v in telemetry_overrides(args).items() if v is not None})
     base = load_config(args.config, overrides)
+    telemetry = None
     try:
         variants = [variant_from_arg(v, base) for v in args.variants]
         variants += expand_sweep(base, args.sweep) if args.sweep else []
@@ -812,10 +849,24 @@ def run_cli(args) -> int:
             report=not args.no_report,
             timelines=args.timelines,
         )
-        result = evaluate(args.datasets, variants, args.output, options=opts, log=lambda m: print(m, file=sys.stderr, flush=True))
+        telemetry = start_telemetry(base, mode="offline")
+        result = evaluate(
+            args.datasets,
+            variants,
+            args.output,
+            options=opts,
+            instrumentation=telemetry.instrumentation,
+            log=lambda m: print(m, file=sys.stderr, flush=True),
+        )
     except EvalError as exc:
         print(f"speechpipe: eval: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if telemetry is not None:
+            telemetry.shutdown()
+            for line in telemetry.problems():
+                print(f"speechpipe: {line}", file=sys.stderr)
+    print(f"eval run {result.doc['run_id']}", file=sys.stderr)
     print_summary(result.doc)
     print(f"\nwrote {result.json_path}" + (f" and {result.report_path}" if opts.report else ""), file=sys.stderr)
     for f in result.failed:

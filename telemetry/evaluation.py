@@ -30,20 +30,6 @@ CLIP_MIN_S = 0.05
 BOUNDARY_CHANGE_S = 0.01
 END_MAX_LENGTH = "max_length"
 
-# Span and attribute names of an evaluation run (see docs/evaluation.md, "Traces").
-SPAN_EVAL_UTTERANCE = "eval.utterance"
-ATTR_RUN_ID = "eval.run_id"
-ATTR_VARIANT = "pipeline.variant"
-ATTR_VAD_CONFIG_ID = "vad.config_id"
-ATTR_FILE = "file"
-ATTR_WER = "eval.wer"
-ATTR_REF_WORDS = "eval.ref_words"
-ATTR_ERRORS = "eval.errors"  # + ".vad_dropped" / ".boundary" / ".asr"
-ATTR_BASELINE = "eval.baseline"
-ATTR_WER_DELTA = "eval.wer_delta"
-ATTR_WORSE = "eval.worse"
-
-
 @dataclass
 class SegmentInfo:
     """A VAD segment as the evaluation sees it."""

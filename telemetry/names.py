@@ -84,6 +84,19 @@ ASR_DROPPED = "asr.dropped"
 ASR_EMPTY = "asr.empty"
 ASR_TEXT = "asr.text"  # only with --trace-text: transcripts are personal data
 
+# eval.utterance: one file of one variant in a `speechpipe eval` run (docs/evaluation.md)
+SPAN_EVAL_UTTERANCE = "eval.utterance"
+EVAL_RUN_ID = "eval.run_id"  # also on the stream span of that file
+EVAL_WER = "eval.wer"
+EVAL_REF_WORDS = "eval.ref_words"
+EVAL_ERRORS_VAD_DROPPED = "eval.errors.vad_dropped"
+EVAL_ERRORS_BOUNDARY = "eval.errors.boundary"
+EVAL_ERRORS_ASR = "eval.errors.asr"
+EVAL_SEGMENTS = "eval.segments"
+EVAL_BASELINE = "eval.baseline"
+EVAL_WER_DELTA = "eval.wer_delta"
+EVAL_WORSE = "eval.worse"
+
 # metric-only attributes
 STREAM_REJECT_REASON = "stream.reject_reason"
 INPUT_REASON = "input.reason"

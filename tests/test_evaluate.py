@@ -9,6 +9,8 @@ from html.parser import HTMLParser
 
 import pytest
 from conftest import SPEECH, VAD_CLIPS
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -23,7 +25,9 @@ from speechpipe.pipeline.evaluate import (
     expand_sweep,
     variant_from_arg,
 )
+from speechpipe.telemetry import names as n
 from speechpipe.telemetry.attribution import CATEGORIES
+from speechpipe.telemetry.instrument import Instrumentation
 
 SHORT_SPEECH = ["librispeech-test-clean_1089-134691-0000.flac", "librispeech-test-clean_1089-134686-0001.flac"]
 SHORT_CLIP = "tenvad_testset-audio-02"  # 4 s, four labelled phrases
@@ -57,19 +61,21 @@ def run(dataset, engine, tmp_path_factory):
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
+    reader = InMemoryMetricReader()
+    inst = Instrumentation(provider, MeterProvider(metric_readers=[reader]), variant="ignored", process_metrics=False)
     result = evaluate(
         [dataset / "speech", dataset / "vad"],
         variants(),
         out,
         options=EvalOptions(timelines=3),
         engine_factory=lambda cfg: engine,
-        tracer_provider=provider,
+        instrumentation=inst,
     )
-    return result, exporter.get_finished_spans()
+    return result, exporter.get_finished_spans(), reader.get_metrics_data()
 
 
 def test_eval_json_schema(run):
-    result, _ = run
+    result = run[0]
     doc = json.loads(result.json_path.read_text())
     assert doc == json.loads(json.dumps(result.doc))
     assert doc["schema"] == "speechpipe.eval/1" and doc["baseline"] == "default" and doc["files"] == 3
@@ -141,7 +147,7 @@ class _Page(HTMLParser):
 
 
 def test_report_is_self_contained_html_with_plots(run):
-    result, _ = run
+    result = run[0]
     text = result.report_path.read_text(encoding="utf-8")
     page = _Page()
     page.feed(text)
@@ -156,26 +162,58 @@ def test_report_is_self_contained_html_with_plots(run):
     assert "http://" not in text and "https://" not in text
 
 
-def test_eval_spans_carry_run_variant_config_and_wer(run):
-    result, spans = run
+def test_eval_traces_carry_run_variant_config_and_wer(run):
+    result, spans, metrics = run
     doc = result.doc
-    utterances = [s for s in spans if s.name == "eval.utterance"]
+    utterances = [s for s in spans if s.name == n.SPAN_EVAL_UTTERANCE]
     assert len(utterances) == 2 * 3
+    by_id = {s.context.span_id: s for s in spans}
     for s in utterances:
         a = s.attributes
-        v = doc["variants"][a["pipeline.variant"]]
-        row = next(r for r in v["per_file"] if r["file"] == a["file"])
-        assert a["eval.run_id"] == doc["run_id"]
-        assert a["vad.config_id"] == v["vad_config_id"]
+        assert s.parent is None  # each file of each variant is a trace of its own
+        v = doc["variants"][a[n.PIPELINE_VARIANT]]
+        row = next(r for r in v["per_file"] if r["file"] == a[n.FILE])
+        assert a[n.EVAL_RUN_ID] == doc["run_id"]
+        assert a[n.VAD_CONFIG_ID] == v["vad_config_id"]
+        assert a[n.EVAL_SEGMENTS] == row["vad"]["segments"]
         if row["wer"] is not None:
-            assert a["eval.wer"] == row["wer"]["wer"]
-            assert a["eval.errors.vad_dropped"] == row["errors"]["vad_dropped"]
-            if a["pipeline.variant"] == "harmful":
-                base = next(r for r in doc["variants"]["default"]["per_file"] if r["file"] == a["file"])
-                assert a["eval.wer_delta"] == pytest.approx(row["wer"]["wer"] - base["wer"]["wer"], abs=1e-4)
-                assert a["eval.worse"] == (row["wer"]["wer"] > base["wer"]["wer"])
+            assert a[n.EVAL_WER] == row["wer"]["wer"]
+            assert a[n.EVAL_ERRORS_VAD_DROPPED] == row["errors"]["vad_dropped"]
+            assert a[n.EVAL_ERRORS_BOUNDARY] == row["errors"]["boundary"]
+            assert a[n.EVAL_ERRORS_ASR] == row["errors"]["asr"]
+            if a[n.PIPELINE_VARIANT] == "harmful":
+                base = next(r for r in doc["variants"]["default"]["per_file"] if r["file"] == a[n.FILE])
+                assert a[n.EVAL_WER_DELTA] == pytest.approx(row["wer"]["wer"] - base["wer"]["wer"], abs=1e-4)
+                assert a[n.EVAL_WORSE] == (row["wer"]["wer"] > base["wer"]["wer"])
+                assert a[n.EVAL_BASELINE] == "default"
         else:
-            assert "eval.wer" not in a
+            assert n.EVAL_WER not in a
+    # The pipeline's own span tree of each file hangs under its eval.utterance span, carries the
+    # run id, and is labelled with the variant and its VAD config id all the way down.
+    streams = [s for s in spans if s.name == n.SPAN_STREAM]
+    assert len(streams) == len(utterances)
+    for st in streams:
+        parent = by_id[st.parent.span_id]
+        assert parent.name == n.SPAN_EVAL_UTTERANCE and st.context.trace_id == parent.context.trace_id
+        assert st.attributes[n.EVAL_RUN_ID] == doc["run_id"]
+        assert st.attributes[n.FILE] == parent.attributes[n.FILE]
+        assert st.attributes[n.PIPELINE_VARIANT] == parent.attributes[n.PIPELINE_VARIANT]
+        assert st.attributes[n.VAD_CONFIG_ID] == parent.attributes[n.VAD_CONFIG_ID]
+    for seg in (s for s in spans if s.name == n.SPAN_VAD_SEGMENT):
+        root = seg
+        while root.parent is not None:
+            root = by_id[root.parent.span_id]
+        assert root.name == n.SPAN_EVAL_UTTERANCE
+        assert seg.attributes[n.VAD_CONFIG_ID] == root.attributes[n.VAD_CONFIG_ID]
+    # Metric points are sliced by variant and VAD config id.
+    seen = set()
+    for rm in metrics.resource_metrics:
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                for p in m.data.data_points:
+                    if n.PIPELINE_VARIANT in p.attributes:
+                        seen.add((p.attributes[n.PIPELINE_VARIANT], p.attributes[n.VAD_CONFIG_ID]))
+    assert seen == {(name, v["vad_config_id"]) for name, v in doc["variants"].items()}
 
 
 def test_sweep_cli_one_row_per_combination(dataset, tmp_path, capsys):
@@ -207,10 +245,23 @@ def test_bad_file_is_reported_and_the_rest_evaluated(dataset, tmp_path, capsys):
     shutil.copy(dataset / "speech" / SHORT_SPEECH[0], ds)
     shutil.copy((dataset / "speech" / SHORT_SPEECH[0]).with_suffix(".txt"), ds)
     (ds / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
-    assert main(["eval", str(ds), "-o", str(tmp_path / "out"), "--threads", "2", "--no-report"]) == 1
+    trace = tmp_path / "trace.jsonl"
+    assert main(["eval", str(ds), "-o", str(tmp_path / "out"), "--threads", "2", "--no-report", "--trace-file", str(trace)]) == 1
     doc = json.loads((tmp_path / "out" / "eval.json").read_text())
     assert doc["files"] == 1 and [f["file"] for f in doc["failed"]] == ["ds/broken.wav"]
     assert "broken.wav" in capsys.readouterr().err
+    # The CLI's telemetry flags work for eval too: the utterance span lands in the OTLP JSON file.
+    spans = [
+        sp
+        for line in trace.read_text().splitlines()
+        for rs in json.loads(line)["resourceSpans"]
+        for ss in rs["scopeSpans"]
+        for sp in ss["spans"]
+    ]
+    (utt,) = [sp for sp in spans if sp["name"] == n.SPAN_EVAL_UTTERANCE]
+    attrs = {a["key"]: next(iter(a["value"].values())) for a in utt["attributes"]}
+    assert attrs[n.EVAL_RUN_ID] == doc["run_id"] and attrs[n.PIPELINE_VARIANT] == "default"
+    assert float(attrs[n.EVAL_WER]) == doc["variants"]["default"]["wer"]
 
 
 def test_variant_and_sweep_arguments(tmp_path):
