@@ -50,17 +50,21 @@ class AsrConfig:
             whose no_speech_prob is above the first while its avg_logprob is below the second (the
             model both suspects silence and is unsure of its words: car horns, dog barks).
         min_avg_logprob: the guard drops any Whisper segment whose avg_logprob is below this
-            (running water or clatter decoded into confident-looking phrases at very low probability).
+            (running water or clatter decoded into confident-looking phrases at very low
+            probability). Equal to ``logprob_threshold`` by default: a decode that failed
+            Whisper's own quality check at every temperature is not trusted.
         compression_ratio_threshold: the guard drops a segment whose text compresses better than this
             (repetition loops); Whisper's temperature fallback uses it too.
         logprob_threshold: Whisper's own temperature fallback re-decodes below this avg_logprob.
         temperatures: decoding temperatures tried in turn when a decode fails Whisper's own checks.
         batch_size: windows decoded together when several are ready (offline, or several streams);
-            1 decodes them one by one. Batched decoding uses the first temperature only.
+            1 decodes them one by one. A window of a batch that fails Whisper's checks is decoded
+            again on its own with the full temperature fallback.
 
     The guard thresholds were set on the corpus: over its 40 utterances no speech segment had
     no_speech_prob above 0.45 or avg_logprob below -0.65, while the noise clips that Whisper turns
-    into words sit at no_speech_prob >= 0.64 with avg_logprob <= -0.67, or avg_logprob <= -1.5.
+    into words sit at no_speech_prob >= 0.64 with avg_logprob <= -0.67, or avg_logprob <= -1.19
+    (running tap and dish washing decoded at the fallback temperatures).
     """
 
     model: str = DEFAULT_MODEL
@@ -73,7 +77,7 @@ class AsrConfig:
     gap_s: float = 0.3
     no_speech_threshold: float = 0.6
     no_speech_logprob: float = -0.5
-    min_avg_logprob: float = -1.2
+    min_avg_logprob: float = -1.0
     compression_ratio_threshold: float = 2.4
     logprob_threshold: float = -1.0
     temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
