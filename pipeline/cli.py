@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_arguments(e)
     e.set_defaults(func=evaluate.run_cli)
+    from speechpipe.pipeline import live_cli
+
+    live_cli.register(sub, add_config_arguments)  # serve, stream, mic
     return parser
 
 

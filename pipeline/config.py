@@ -1,6 +1,6 @@
 """Pipeline configuration: dataclasses loaded from TOML, overridden by flags.
 
-A config file has up to five tables, every key optional::
+A config file has up to six tables, every key optional::
 
     [pipeline]
     variant = "default"        # name carried on every span and metric
@@ -31,6 +31,10 @@ A config file has up to five tables, every key optional::
     trace_file = "traces.jsonl"
     trace_text = false
     prometheus_port = 9464
+
+    [server]                   # ServerSettings: speechpipe serve
+    max_streams = 16
+    partial_interval_s = 1.0
 
 An unknown table or key is an error that names it, so a typo never silently falls back to a
 default.
@@ -81,6 +85,59 @@ class PipelineSettings:
 
 
 @dataclass(frozen=True)
+class ServerSettings:
+    """The live server (``speechpipe serve``): limits and scheduling; see docs/protocol.md.
+
+    Attributes:
+        host / port: where to listen.
+        max_streams: concurrent streams; one more is closed with code 1013 and a retry hint.
+        retry_after_s: the retry hint sent to a stream turned away.
+        max_frame_bytes: largest WebSocket message accepted (1009 beyond it).
+        idle_timeout_s: a stream that sends nothing for this long is closed.
+        max_stream_s: longest stream, in seconds of audio or of wall time, whichever comes first.
+        drain_timeout_s: on SIGTERM, how long in-flight streams get to receive their finals.
+        partials: send partial transcripts at all.
+        partial_interval_s: re-transcribe an open segment once it has grown this much since the
+            last partial (only when the ASR worker has nothing better to do).
+        speculative: transcribe a segment while the VAD's hangover runs, so its final is ready
+            (or nearly) when the VAD closes it; reused only when the audio is identical.
+        pack_streams: pack segments of several streams into one Whisper window when they queue up.
+        stream_gap_s: silence between pieces of different streams in a packed window.
+        max_queued_finals: per stream; beyond it the server stops reading that stream's audio
+            until the ASR worker catches up (TCP backpressure), so memory stays bounded.
+        pack_backlog: finals of this many streams waiting make them share Whisper calls.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    max_streams: int = 16
+    retry_after_s: float = 5.0
+    max_frame_bytes: int = 256 * 1024
+    idle_timeout_s: float = 30.0
+    max_stream_s: float = 4 * 3600.0
+    drain_timeout_s: float = 30.0
+    partials: bool = True
+    partial_interval_s: float = 1.0
+    speculative: bool = True
+    pack_streams: bool = True
+    stream_gap_s: float = 1.0
+    max_queued_finals: int = 8
+    pack_backlog: int = 2
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"server.port must be 0-65535, not {self.port}")
+        for name in ("max_streams", "max_frame_bytes", "max_queued_finals", "pack_backlog"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"server.{name} must be at least 1")
+        for name in ("idle_timeout_s", "max_stream_s", "drain_timeout_s", "partial_interval_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"server.{name} must be positive")
+        if self.retry_after_s < 0 or self.stream_gap_s < 0:
+            raise ValueError("server.retry_after_s and server.stream_gap_s must not be negative")
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a run needs; immutable, so a config can be shared between streams."""
 
@@ -89,6 +146,7 @@ class Config:
     asr: AsrConfig = field(default_factory=AsrConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    server: ServerSettings = field(default_factory=ServerSettings)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -242,6 +242,21 @@ class StreamSession:
             return None
         return AsrJob(self.stream_id, PARTIAL, [AudioPiece(index, start, audio)])
 
+    def speculative_job(self, min_audio_s: float = 0.3) -> AsrJob | None:
+        """A partial job holding exactly the audio the open segment will close with if the pause
+        that has begun lasts (see :meth:`VadSegmenter.closing_segment`), or None.
+
+        Live drivers run it during the VAD's hangover; if the segment then closes with the same
+        start and end, its transcript can stand in for the final job's (see :func:`same_audio`).
+        """
+        closing = self.vad.closing_segment()
+        if closing is None:
+            return None
+        index, start, audio = closing
+        if audio.size < min_audio_s * SAMPLE_RATE:
+            return None
+        return AsrJob(self.stream_id, PARTIAL, [AudioPiece(index, start, audio)])
+
     def complete(self, job: AsrJob, transcripts: list[Transcript], run: AsrRun | None = None) -> list[Event]:
         """Hand back the transcripts of ``job`` (and how it ran); returns final or partial transcript events."""
         if job.kind == PARTIAL:
@@ -327,6 +342,18 @@ class SessionHooks:
 
     def stream_ended(self, session: StreamSession) -> None:
         """Called once the stream is finished and drained (or abandoned)."""
+
+
+def same_audio(partial: AsrJob, final: AsrJob) -> bool:
+    """True when a one-piece partial job covers exactly the audio of a one-segment final job."""
+    if len(partial.pieces) != 1 or len(final.segments) != 1:
+        return False
+    piece, seg = partial.pieces[0], final.segments[0]
+    return (
+        piece.index == seg.index
+        and piece.start_sample == seg.start_sample
+        and piece.start_sample + piece.audio.size == seg.end_sample
+    )
 
 
 def run_job(engine, job: AsrJob, queue_wait_s: float = 0.0) -> tuple[list[Transcript], AsrRun]:

@@ -249,6 +249,29 @@ class VadSegmenter:
         off = self._seg_start - self._buf_start
         return self._index, self._seg_start, self._buf[off:].copy()
 
+    @property
+    def pausing(self) -> bool:
+        """True while a segment is open but its latest frames are not speech (the hangover runs)."""
+        return self._triggered and self._silence_run > 0
+
+    def closing_segment(self) -> tuple[int, int, np.ndarray] | None:
+        """The open segment as it will close if no more speech comes, or None.
+
+        While the hangover runs (speech paused, segment still open) the end the segment will get is
+        already known: the last speech frame plus post-roll. Once that much audio has arrived this
+        returns the segment's index, start sample and audio up to that end, sample for sample what
+        the :class:`SpeechSegment` will hold if the silence lasts. A live driver can transcribe it
+        early and reuse the result when the segment closes as predicted.
+        """
+        if not self._triggered or self._silence_run == 0:
+            return None
+        end = self._last_speech_end + self._post_roll
+        decide = self._last_speech_end + self._hangover_frames * self.frame_samples
+        if end > self._pos or decide - self._seg_start >= self._max_len:
+            return None  # the end is not here yet, or the segment will be split at max length instead
+        off = self._seg_start - self._buf_start
+        return self._index, self._seg_start, self._buf[off : end - self._buf_start].copy()
+
     def feed(self, samples: np.ndarray) -> list[VadEvent]:
         """Consume 16 kHz mono float32 samples; return the events they complete."""
         samples = np.asarray(samples, dtype=np.float32).reshape(-1)

@@ -1,0 +1,208 @@
+"""The live streaming protocol (docs/protocol.md), Sans-I/O: parsing client messages, building
+server messages, and the error codes with their WebSocket close codes.
+
+Nothing here touches a socket; the server (:mod:`speechpipe.pipeline.server`) and the clients
+(:mod:`speechpipe.pipeline.client`) both use it, so the two sides cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from speechpipe.stages.asr import Transcript
+from speechpipe.stages.audio import MAX_RATE, MIN_RATE
+
+ENCODINGS = ("pcm_s16le", "pcm_f32le")
+CHANNELS = (1, 2)
+
+# WebSocket close codes (RFC 6455 section 7.4.1).
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_INVALID_PAYLOAD = 1007
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
+CLOSE_TRY_AGAIN_LATER = 1013
+
+#: every error code the server sends, with the close code that follows it.
+ERROR_CLOSE_CODES: dict[str, int] = {
+    "bad_json": CLOSE_INVALID_PAYLOAD,
+    "bad_message": CLOSE_POLICY,
+    "unknown_type": CLOSE_POLICY,
+    "binary_before_start": CLOSE_POLICY,
+    "already_started": CLOSE_POLICY,
+    "bad_audio": CLOSE_INVALID_PAYLOAD,
+    "unsupported_rate": CLOSE_UNSUPPORTED_DATA,
+    "unsupported_encoding": CLOSE_UNSUPPORTED_DATA,
+    "unsupported_channels": CLOSE_UNSUPPORTED_DATA,
+    "unsupported_language": CLOSE_UNSUPPORTED_DATA,
+    "frame_too_large": CLOSE_TOO_BIG,
+    "idle_timeout": CLOSE_POLICY,
+    "stream_too_long": CLOSE_POLICY,
+    "server_busy": CLOSE_TRY_AGAIN_LATER,
+    "not_ready": CLOSE_TRY_AGAIN_LATER,
+    "shutting_down": CLOSE_GOING_AWAY,
+    "slow_reader": CLOSE_POLICY,
+    "internal_error": CLOSE_INTERNAL_ERROR,
+}
+
+
+class ProtocolError(Exception):
+    """Input that ends the stream: carries the error ``code`` and the close code that goes with it."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def close_code(self) -> int:
+        return ERROR_CLOSE_CODES.get(self.code, CLOSE_POLICY)
+
+
+@dataclass(frozen=True)
+class Start:
+    """The client's ``start`` message: the format of the binary frames that follow."""
+
+    sample_rate: int = 16000
+    encoding: str = "pcm_s16le"
+    channels: int = 1
+    language: str = "en"
+    partials: bool = True
+
+    @property
+    def bytes_per_frame(self) -> int:
+        """Bytes of one sample frame (all channels)."""
+        return (2 if self.encoding == "pcm_s16le" else 4) * self.channels
+
+    def to_dict(self) -> dict:
+        return {
+            "type": "start",
+            "sample_rate": self.sample_rate,
+            "encoding": self.encoding,
+            "channels": self.channels,
+            "language": self.language,
+            "partials": self.partials,
+        }
+
+
+@dataclass(frozen=True)
+class Stop:
+    """The client's ``stop`` message: no more audio; send the remaining finals, then ``end``."""
+
+
+_START_FIELDS = {"type", "sample_rate", "encoding", "channels", "language", "partials"}
+
+
+def parse_client_text(text: str, languages: tuple[str, ...] = ("en",)) -> Start | Stop:
+    """Parse one client text message.
+
+    Args:
+        text: the message.
+        languages: language codes the server's model accepts.
+
+    Raises:
+        ProtocolError: malformed JSON (``bad_json``), not an object or bad field (``bad_message``),
+            unknown ``type`` (``unknown_type``), or an unsupported format (``unsupported_*``).
+    """
+    try:
+        msg = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ProtocolError("bad_json", f"message is not valid JSON: {exc}") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError("bad_message", f"message must be a JSON object, got {type(msg).__name__}")
+    kind = msg.get("type")
+    if kind == "stop":
+        return Stop()
+    if kind != "start":
+        raise ProtocolError("unknown_type", f"unknown message type {kind!r}; expected 'start' or 'stop'")
+    unknown = sorted(set(msg) - _START_FIELDS)
+    if unknown:
+        raise ProtocolError(
+            "bad_message",
+            f"unknown field(s) in start: {', '.join(unknown)} (known: {', '.join(sorted(_START_FIELDS))})",
+        )
+    rate = msg.get("sample_rate", 16000)
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate != int(rate):
+        raise ProtocolError("unsupported_rate", f"sample_rate must be a whole number of Hz, got {rate!r}")
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise ProtocolError("unsupported_rate", f"sample_rate {rate} Hz is outside {MIN_RATE}-{MAX_RATE} Hz")
+    encoding = msg.get("encoding", "pcm_s16le")
+    if encoding not in ENCODINGS:
+        raise ProtocolError(
+            "unsupported_encoding", f"encoding {encoding!r} is not supported; use one of {list(ENCODINGS)}"
+        )
+    channels = msg.get("channels", 1)
+    if isinstance(channels, bool) or channels not in CHANNELS:
+        raise ProtocolError("unsupported_channels", f"channels must be 1 or 2, got {channels!r}")
+    language = msg.get("language", "en")
+    if language not in languages:
+        raise ProtocolError(
+            "unsupported_language", f"language {language!r} is not served here; available: {list(languages)}"
+        )
+    partials = msg.get("partials", True)
+    if not isinstance(partials, bool):
+        raise ProtocolError("bad_message", f"partials must be true or false, got {partials!r}")
+    return Start(int(rate), encoding, channels, language, partials)
+
+
+def check_audio(data: bytes, start: Start) -> None:
+    """Reject a binary frame that is not a whole number of sample frames (``bad_audio``)."""
+    if len(data) % start.bytes_per_frame:
+        raise ProtocolError(
+            "bad_audio",
+            f"binary frame of {len(data)} bytes is not a whole number of {start.encoding} frames "
+            f"({start.bytes_per_frame} bytes each with {start.channels} channel(s))",
+        )
+
+
+# -- server messages ------------------------------------------------------------------------------
+
+
+def dumps(msg: dict[str, Any]) -> str:
+    """Serialize a server message (compact JSON, UTF-8 text)."""
+    return json.dumps(msg, ensure_ascii=False, separators=(",", ":"))
+
+
+def ready(session: str, start: Start, **info: Any) -> dict:
+    fmt = {k: v for k, v in start.to_dict().items() if k != "type"}
+    return {"type": "ready", "session": session, **fmt, **info}
+
+
+def speech_start(segment: int, t: float) -> dict:
+    return {"type": "speech_start", "segment": segment, "t": round(t, 3)}
+
+
+def discarded(segment: int, start: float, end: float) -> dict:
+    return {"type": "discarded", "segment": segment, "start": round(start, 3), "end": round(end, 3)}
+
+
+def partial(segment: int, transcript: Transcript) -> dict:
+    return {"type": "partial", "segment": segment, "text": transcript.text}
+
+
+def final(segment: int, start: float, end: float, transcript: Transcript, latency_s: float) -> dict:
+    return {
+        "type": "final",
+        "segment": segment,
+        "start": round(start, 3),
+        "end": round(end, 3),
+        "text": transcript.text,
+        "words": [
+            {"start": w.start, "end": w.end, "word": w.word.strip(), "probability": w.probability}
+            for w in transcript.words
+        ],
+        "latency_s": round(latency_s, 3),
+    }
+
+
+def error(code: str, message: str, **extra: Any) -> dict:
+    return {"type": "error", "code": code, "message": message, **extra}
+
+
+def end(reason: str, segments: int) -> dict:
+    return {"type": "end", "reason": reason, "segments": segments}

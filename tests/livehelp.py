@@ -1,0 +1,80 @@
+"""Helpers for the live-server tests: a real server on 127.0.0.1 in a background event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from dataclasses import replace
+from typing import Self
+
+from speechpipe.pipeline.config import Config, ServerSettings
+from speechpipe.pipeline.server import SpeechServer
+from speechpipe.pipeline.session import SessionHooks
+
+
+class RecordingHooks(SessionHooks):
+    """Counts the session life-cycle calls (the telemetry contract: every stream started ends)."""
+
+    def __init__(self, log: list) -> None:
+        self.log = log
+
+    def stream_started(self, session) -> None:
+        self.log.append(("started", session.stream_id))
+
+    def stream_ended(self, session) -> None:
+        self.log.append(("ended", session.stream_id))
+
+
+class ServerThread:
+    """``with ServerThread(engine, max_streams=2) as srv:`` serves on ``srv.url`` until the block ends."""
+
+    def __init__(self, engine, *, token: str | None = None, config: Config | None = None, **settings) -> None:
+        config = config or Config()
+        config = replace(config, server=replace(ServerSettings(), host="127.0.0.1", port=0, **settings))
+        self.hook_log: list = []
+        self.loop = asyncio.new_event_loop()
+        self.server = SpeechServer(
+            config, engine, token=token, hooks_factory=lambda sid, start: RecordingHooks(self.hook_log)
+        )
+        self.thread = threading.Thread(target=self.loop.run_forever, name="test-server", daemon=True)
+
+    def call(self, coro, timeout: float = 120.0):
+        """Run a coroutine on the server's loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def tasks(self) -> set[str]:
+        """Names of the tasks alive on the server's loop."""
+
+        async def names():
+            return {t.get_name() for t in asyncio.all_tasks() if t is not asyncio.current_task()}
+
+        return self.call(names())
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.server.port}/stream"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.server.port}"
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        self.call(self.server.start())
+        self.call(self.server.wait_ready())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.call(self.server.shutdown())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            self.loop.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

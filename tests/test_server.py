@@ -1,0 +1,356 @@
+"""The live server, end to end: a real server on 127.0.0.1, the real model, real corpus audio.
+
+Audio is sent at full speed (``speed=0``) where real time is not the point; latency targets are
+measured by benchmarks/streaming.py, never asserted here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from conftest import ROOT, SPEECH
+from livehelp import ServerThread, free_port
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from speechpipe.pipeline.client import file_frames, file_start, paced, stream_file, stream_pcm
+from speechpipe.pipeline.config import Config
+from speechpipe.pipeline.offline import transcribe_file
+from speechpipe.pipeline.protocol import Start
+from speechpipe.telemetry.wer import normalized_words, score
+
+JFK = SPEECH / "jfk_inaugural_ask-not.flac"  # 11 s, 44.1 kHz stereo, two sentences
+LJ = SPEECH / "ljspeech_LJ001-0004.wav"  # 5.1 s, 22.05 kHz mono
+QUILTER = SPEECH / "librispeech-dev-clean_1272-128104-0000.wav"  # 5.9 s, 16 kHz mono
+
+
+def reference(path) -> str:
+    return path.with_suffix(".txt").read_text().strip()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def wait_until(condition, timeout: float = 10.0) -> bool:
+    """Poll ``condition`` (the server's side may finish a moment after the client saw the close)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+@pytest.fixture(scope="module")
+def server(engine):
+    with ServerThread(engine) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def offline_wer(engine):
+    """WER of the offline path (the same session, packed) on each test file: the bound to hold."""
+    cache = {}
+
+    def get(path):
+        if path not in cache:
+            text = transcribe_file(path, Config(), engine).text
+            cache[path] = score(reference(path), text).wer
+        return cache[path]
+
+    return get
+
+
+def assert_well_formed(result, path) -> None:
+    assert result.errors == [], result.errors
+    assert result.ready is not None and result.ready["session"]
+    assert result.end == {"type": "end", "reason": "stop", "segments": len(result.finals)}
+    assert result.close_code == 1000
+    assert result.lost == 0
+    segs = [f["segment"] for f in result.finals]
+    assert segs == sorted(segs) == list(range(len(segs)))
+    duration = result.sent_s
+    for f in result.finals:
+        assert 0 <= f["start"] < f["end"] <= duration + 0.05
+        assert f["latency_s"] >= 0
+        for w in f["words"]:
+            assert f["start"] - 0.01 <= w["start"] <= w["end"] <= f["end"] + 0.01
+        assert " ".join(w["word"] for w in f["words"]).split() == f["text"].split()
+
+
+def test_file_in_20ms_frames_gives_its_reference(server, offline_wer):
+    result = run(stream_file(server.url, JFK, speed=0, frame_ms=20))
+    assert_well_formed(result, JFK)
+    assert len(result.finals) >= 2  # two sentences with a pause between them
+    wer = score(reference(JFK), result.text).wer
+    # Streaming must not cost accuracy: within 5 points of the offline path on the same file.
+    assert wer <= offline_wer(JFK) + 0.05, (wer, result.text)
+    assert result.ready["sample_rate"] == 44100 and result.ready["channels"] == 2
+
+
+def test_concurrent_streams_never_mix_words(server, offline_wer):
+    before = server.server.scheduler.stats()
+
+    async def both():
+        return await asyncio.gather(
+            stream_file(server.url, JFK, speed=0),
+            stream_file(server.url, LJ, speed=0),
+            stream_file(server.url, QUILTER, speed=0),
+        )
+
+    results = run(both())
+    paths = [JFK, LJ, QUILTER]
+    refs = {p: set(normalized_words(reference(p))) for p in paths}
+    for path, result in zip(paths, results):
+        assert_well_formed(result, path)
+        assert score(reference(path), result.text).wer <= offline_wer(path) + 0.05, result.text
+        own = refs[path]
+        others = set().union(*(refs[p] for p in paths if p != path)) - own
+        leaked = set(normalized_words(result.text)) & others
+        assert not leaked, f"{path.name} got words of another stream: {leaked}"
+    after = server.server.scheduler.stats()
+    # The check above means something only if streams really shared Whisper calls.
+    assert after.max_batch >= 2 and after.calls > before.calls
+
+
+BAD_INPUTS = [
+    # (name, messages sent, expected error code, expected close code)
+    ("malformed JSON", ["{not json"], "bad_json", 1007),
+    ("unknown type", [{"type": "hello"}], "unknown_type", 1008),
+    ("not an object", ["[1, 2]"], "bad_message", 1008),
+    ("binary before start", [b"\x00\x00" * 160], "binary_before_start", 1008),
+    ("odd byte count", [{"type": "start"}, b"\x00" * 321], "bad_audio", 1007),
+    ("stereo frame split", [{"type": "start", "channels": 2}, b"\x00" * 322], "bad_audio", 1007),
+    ("unsupported rate", [{"type": "start", "sample_rate": 1000}], "unsupported_rate", 1003),
+    ("fractional rate", [{"type": "start", "sample_rate": 16000.5}], "unsupported_rate", 1003),
+    ("unsupported encoding", [{"type": "start", "encoding": "mp3"}], "unsupported_encoding", 1003),
+    ("unsupported channels", [{"type": "start", "channels": 6}], "unsupported_channels", 1003),
+    ("unsupported language", [{"type": "start", "language": "fr"}], "unsupported_language", 1003),
+    ("unknown start field", [{"type": "start", "samplerate": 16000}], "bad_message", 1008),
+    ("start twice", [{"type": "start"}, {"type": "start"}], "already_started", 1008),
+    ("frame too large", [{"type": "start"}, b"\x00" * (256 * 1024 + 2)], "frame_too_large", 1009),
+]
+
+
+async def send_bad(url: str, messages: list) -> tuple[list[dict], int | None]:
+    async with connect(url, max_size=None) as ws:
+        for m in messages:
+            await ws.send(json.dumps(m) if isinstance(m, dict) else m)
+        got = []
+        try:
+            async for raw in ws:
+                got.append(json.loads(raw))
+        except ConnectionClosed:
+            pass
+        return got, ws.close_code
+
+
+def test_bad_inputs_get_their_error_and_spare_a_healthy_stream(server, offline_wer):
+    async def scenario():
+        healthy = asyncio.create_task(stream_file(server.url, QUILTER, speed=1))
+        await asyncio.sleep(0.5)
+        answers = {}
+        for name, messages, _, _ in BAD_INPUTS:
+            answers[name] = await send_bad(server.url, messages)
+        return await healthy, answers
+
+    healthy, answers = run(scenario())
+    for name, _, code, close_code in BAD_INPUTS:
+        got, closed_with = answers[name]
+        errors = [m for m in got if m["type"] == "error"]
+        assert [e["code"] for e in errors] == [code], (name, got)
+        assert errors[0]["message"], name
+        assert closed_with == close_code, (name, closed_with)
+    # Audio accepted before a bad frame is not lost: the stream still ends properly.
+    assert answers["odd byte count"][0][-1]["type"] == "end"
+    assert_well_formed(healthy, QUILTER)
+    assert score(reference(QUILTER), healthy.text).wer <= offline_wer(QUILTER) + 0.05
+    assert wait_until(lambda: server.server.streams == {})
+
+
+def test_busy_server_answers_1013_with_a_retry_hint(engine):
+    with ServerThread(engine, max_streams=1, retry_after_s=3) as srv:
+
+        async def scenario():
+            first = asyncio.create_task(stream_file(srv.url, LJ, speed=1))
+            await asyncio.sleep(0.5)
+            refused = await send_bad(srv.url, [])
+            first = await first
+            again = await stream_file(srv.url, LJ, speed=0)
+            return first, refused, again
+
+        first, (got, code), again = run(scenario())
+        assert code == 1013
+        assert got == [{"type": "error", "code": "server_busy", "message": got[0]["message"], "retry_after_s": 3.0}]
+        assert_well_formed(first, LJ)
+        assert_well_formed(again, LJ)
+        assert srv.server.counters.rejected == 1
+
+
+def test_idle_timeout_and_duration_limit(engine):
+    with ServerThread(engine, idle_timeout_s=0.5, max_stream_s=2.0) as srv:
+        msgs, code = run(send_bad(srv.url, [{"type": "start"}]))  # then nothing: idle
+        assert [m["type"] for m in msgs] == ["ready", "error", "end"]
+        assert msgs[1]["code"] == "idle_timeout" and code == 1008
+
+        result = run(stream_file(srv.url, JFK, speed=0))
+        assert [e["code"] for e in result.errors] == ["stream_too_long"]
+        assert result.close_code == 1008 and result.end["reason"] == "error"
+        # What arrived before the limit is still transcribed: "And so my fellow..."
+        assert result.finals and normalized_words(result.text)[:2] == ["and", "so"]
+        assert result.lost == 0
+
+
+def test_disconnect_mid_utterance_leaks_nothing(server):
+    baseline = server.tasks()
+    frames = list(file_frames(JFK, 20))
+
+    async def vanish():
+        async with connect(server.url) as ws:
+            await ws.send(json.dumps(file_start(JFK).to_dict()))
+            for frame in frames[: len(frames) // 3]:  # 3.7 s: in the middle of the first sentence
+                await ws.send(frame)
+            await asyncio.sleep(0.3)  # partial and speculative work under way
+            ws.transport.abort()  # the client vanishes: no stop, no close frame
+
+    n_hooks = len(server.hook_log)
+    run(vanish())
+    assert wait_until(lambda: server.server.streams == {})
+    assert wait_until(lambda: server.server.scheduler.idle)
+    assert server.server.scheduler.depth() == (0, 0)
+    assert server.server.scheduler.streams() == set()
+    assert server.tasks() == baseline
+    events = server.hook_log[n_hooks:]
+    assert [e[0] for e in events] == ["started", "ended"]  # the session (and its spans) closed
+
+
+def test_token_auth(engine):
+    with ServerThread(engine, token="s3cret") as srv:
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            with pytest.raises(InvalidStatus) as info:
+                run(connect(srv.url, additional_headers=headers).__aenter__())
+            assert info.value.response.status_code == 401
+        ok = run(stream_file(srv.url, LJ, speed=0, token="s3cret"))
+        assert_well_formed(ok, LJ)
+        browser_style = run(stream_file(srv.url + "?token=s3cret", LJ, speed=0))
+        assert_well_formed(browser_style, LJ)
+        # Health and metrics stay open (bind to a private address to keep them private).
+        assert urllib.request.urlopen(srv.http + "/healthz").status == 200
+
+
+def test_http_routes(server):
+    def get(path):
+        try:
+            with urllib.request.urlopen(server.http + path) as r:
+                return r.status, r.headers.get("Content-Type"), r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers.get("Content-Type"), e.read().decode()
+
+    assert get("/healthz")[0] == 200
+    assert get("/readyz")[0] == 200
+    status, ctype, body = get("/")
+    assert status == 200 and ctype.startswith("text/html") and "app.js" in body
+    assert get("/app.js")[0] == 200 and get("/pcm-worklet.js")[0] == 200
+    assert get("/metrics")[0] == 200
+    assert get("/nope")[0] == 404
+    assert get("/stream")[0] in (400, 426)  # a plain GET is not a WebSocket handshake
+
+
+def test_sigterm_drains_pending_finals(tmp_path):
+    port = free_port()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "speechpipe.pipeline.cli", "serve", "--port", str(port), "--threads", "2"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz").status == 200:
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "server did not become ready"
+            time.sleep(0.2)
+        url = f"ws://127.0.0.1:{port}/stream"
+
+        async def scenario():
+            frames = paced(file_frames(JFK, 20), 0.02, speed=1)
+            client = asyncio.create_task(stream_pcm(url, file_start(JFK), frames))
+            await asyncio.sleep(5.0)  # mid-way through the first sentence
+            proc.send_signal(signal.SIGTERM)
+            return await client
+
+        result = run(scenario())
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log = proc.stdout.read()
+    assert result.errors == []
+    assert result.end is not None and result.end["reason"] == "shutdown", log
+    assert result.close_code == 1001
+    assert result.lost == 0 and result.finals
+    # The audio sent before SIGTERM was transcribed: the words of the first sentence so far.
+    words = normalized_words(result.text)
+    assert words[:4] == ["and", "so", "my", "fellow"], result.text
+    assert result.end["segments"] == len(result.finals)
+    assert "stopped" in log
+
+
+def test_stream_command_prints_finals(server, capsys):
+    from speechpipe.pipeline.cli import main
+
+    assert main(["stream", "--url", server.url, "--speed", "0", str(LJ), str(QUILTER)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert any(line.startswith(f"{LJ}: [") and "block books" in line for line in out), out
+    assert any(line.startswith(f"{QUILTER}: [") and "Quilter" in line for line in out), out
+
+
+def test_mic_without_audio_device_says_so(server, capsys):
+    from speechpipe.pipeline.cli import main
+    from speechpipe.pipeline.mic import MicError, open_input
+
+    try:
+        open_input()
+    except MicError:
+        pass
+    else:
+        pytest.skip("this machine has an audio input device")
+    assert main(["mic", "--url", server.url]) == 2
+    err = capsys.readouterr().err
+    assert "no audio input device" in err or "audio capture is unavailable" in err
+
+
+def test_pcm_f32le_and_resampled_input(server, offline_wer):
+    """A float32 client at 48 kHz (what a browser captures) is served like any other."""
+    from speechpipe.stages.audio import load_audio, resample
+
+    audio, _ = load_audio(QUILTER)
+    x48 = resample(audio, 16000, 48000).astype("<f4")
+    frames = [x48[i : i + 960].tobytes() for i in range(0, x48.size, 960)]
+
+    async def gen():
+        for f in frames:
+            yield f
+
+    result = run(stream_pcm(server.url, Start(sample_rate=48000, encoding="pcm_f32le"), gen()))
+    assert_well_formed(result, QUILTER)
+    assert score(reference(QUILTER), result.text).wer <= offline_wer(QUILTER) + 0.05
+    assert np.isclose(result.sent_s, audio.size / 16000, atol=0.01)
