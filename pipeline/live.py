@@ -316,9 +316,15 @@ class LiveStream:
                 side.used = True
                 self.stats.speculative_used += 1
         if fut is None:
-            fut = self.scheduler.submit_final(job)
+            fut = self.scheduler.submit_final(job, on_leave=self._queued(job))
         self._finals.append(_Final(job, asyncio.wrap_future(fut, loop=self.loop), arrival))
         self._finals_changed.set()
+
+    def _queued(self, job: AsrJob):
+        """Tell the session's observers ``job`` is queued; returns the callback for when it leaves."""
+        session = self.session
+        session.hooks.asr_queued(session, job)
+        return lambda: session.hooks.asr_started(session, job)
 
     def _arrival_of(self, end_sample: int) -> float:
         """When the input audio at 16 kHz stream sample ``end_sample`` arrived."""
@@ -363,7 +369,7 @@ class LiveStream:
         old = self._side
         if old is not None and not old.used:
             self._report_unused(old)
-        fut = self.scheduler.offer_partial(job, speculative=speculative)
+        fut = self.scheduler.offer_partial(job, speculative=speculative, on_leave=self._queued(job))
         side = _Side(job, fut, speculative)
         self._side = side
         fut.add_done_callback(lambda f: self.loop.call_soon_threadsafe(self._side_done, side, f))
@@ -409,7 +415,8 @@ class LiveStream:
             result = await item.future
             if result is None:
                 # A speculative job dropped just before it could be promoted: run it as a final now.
-                item.future = asyncio.wrap_future(self.scheduler.submit_final(item.job), loop=self.loop)
+                fut = self.scheduler.submit_final(item.job, on_leave=self._queued(item.job))
+                item.future = asyncio.wrap_future(fut, loop=self.loop)
                 continue
             self._finals.popleft()
             transcripts, run = result

@@ -71,21 +71,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "server.partials": False if args.no_partials else None,
     }
     args.overrides = list(args.overrides) + [f"{k}={_toml(v)}" for k, v in overrides.items() if v is not None]
+    logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # one line per Whisper call otherwise
     config = config_from_args(args)
-    server = SpeechServer(config, token=token_from_env(args.token), **_telemetry(config))
+    from speechpipe.pipeline.cli import ConfigError
+    from speechpipe.pipeline.server_telemetry import server_telemetry
+    from speechpipe.telemetry.setup import TelemetryError
+
+    try:
+        kwargs, telemetry = server_telemetry(config)
+    except TelemetryError as exc:
+        raise ConfigError(str(exc)) from None
+    for line in telemetry.plan.describe():
+        print(f"speechpipe: telemetry: {line}", file=sys.stderr)
+    server = SpeechServer(config, token=token_from_env(args.token), **kwargs)
     asyncio.run(server.serve_forever())
     return 0
 
 
 def _toml(value: Any) -> str:
     return json.dumps(value) if isinstance(value, str | bool) else str(value)
-
-
-def _telemetry(config) -> dict:
-    """Server telemetry: what the telemetry package offers, else Prometheus metrics only."""
-    from speechpipe.pipeline.server_metrics import prometheus_observer
-
-    return prometheus_observer(config)
 
 
 def cmd_stream(args: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 
@@ -54,6 +55,17 @@ class Ticket:
     kind: int
     submitted: float = field(default_factory=time.monotonic)
     future: Future = field(default_factory=Future)
+    #: called once when the ticket leaves the queue (taken by the worker, dropped or cancelled);
+    #: from the worker thread when taken. Telemetry keeps the queue depth with it.
+    on_leave: Callable[[], None] | None = None
+
+    def left(self) -> None:
+        callback, self.on_leave = self.on_leave, None
+        if callback is not None:
+            try:
+                callback()
+            except Exception:  # telemetry must never break scheduling
+                log.exception("on_leave callback failed")
 
     @property
     def stream_id(self) -> str:
@@ -86,6 +98,7 @@ class _Batch:
         return not self.tickets or self.used + self.gap_s + t.job.audio_s <= self.window_s
 
     def take(self, t: Ticket) -> bool:
+        t.left()
         if not t.future.set_running_or_notify_cancel():
             return False  # cancelled by its owner
         self.used += t.job.audio_s + (self.gap_s if self.tickets else 0.0)
@@ -183,22 +196,24 @@ class AsrScheduler:
 
     # -- submissions (any thread) -------------------------------------------------------------
 
-    def submit_final(self, job: AsrJob) -> Future:
+    def submit_final(self, job: AsrJob, on_leave: Callable[[], None] | None = None) -> Future:
         """Queue a final job; its future resolves to ``(transcripts, run)``. Never dropped."""
-        ticket = Ticket(job, FINAL)
+        ticket = Ticket(job, FINAL, on_leave=on_leave)
         with self._lock:
             self._finals.setdefault(job.stream_id, deque()).append(ticket)
             self._touch(job.stream_id)
             self._changed()
         return ticket.future
 
-    def offer_partial(self, job: AsrJob, speculative: bool = False) -> Future:
+    def offer_partial(
+        self, job: AsrJob, speculative: bool = False, on_leave: Callable[[], None] | None = None
+    ) -> Future:
         """Offer a partial (or speculative) job for the stream's single slot, replacing a queued one.
 
         The future resolves to ``(transcripts, run)``, or to ``None`` if the job was dropped
         (replaced, stale, or the scheduler stopped) before it ran.
         """
-        ticket = Ticket(job, SPECULATIVE if speculative else PARTIAL)
+        ticket = Ticket(job, SPECULATIVE if speculative else PARTIAL, on_leave=on_leave)
         with self._lock:
             if self._stopping:
                 self._drop(ticket)
@@ -242,10 +257,12 @@ class AsrScheduler:
             n = 0
             for t in self._finals.pop(stream_id, ()):
                 t.future.cancel()
+                t.left()
                 n += 1
             t = self._side.pop(stream_id, None)
             if t is not None:
                 t.future.cancel()
+                t.left()
                 n += 1
             try:
                 self._order.remove(stream_id)
@@ -425,6 +442,7 @@ class AsrScheduler:
             self._order.append(stream_id)
 
     def _drop(self, ticket: Ticket) -> None:
+        ticket.left()
         if not ticket.future.done():
             ticket.future.set_result(None)
             self._stats.partials_dropped += 1
