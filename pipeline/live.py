@@ -61,6 +61,7 @@ class _Final:
     job: AsrJob
     future: asyncio.Future
     arrival: float  # monotonic time the audio at the segment's end arrived
+    speculative: bool = False  # its transcript comes from a speculative job
 
 
 @dataclass
@@ -114,6 +115,7 @@ class LiveStream:
         self._finals_changed = asyncio.Event()
         self._out: asyncio.Queue[dict] = asyncio.Queue()
         self._writer: asyncio.Task | None = None
+        self._discard: asyncio.Task | None = None
         self._emitter: asyncio.Task | None = None
         self._side: _Side | None = None
         self._spec_seen: set[tuple[int, int, int]] = set()
@@ -165,6 +167,9 @@ class LiveStream:
         except ProtocolError as exc:
             reason, error = "error", exc
             self._send(P.error(exc.code, exc.message))
+        # Whatever the client still sends is read and ignored: unread frames would stall the
+        # closing handshake (the library stops reading the socket while its queue is full).
+        self._discard = asyncio.create_task(self._discard_incoming(), name=f"discard-{self.stream_id}")
         await self._drain(reason)
         if error is not None:
             await self.ws.close(error.close_code, error.message[:120])
@@ -266,6 +271,13 @@ class LiveStream:
             )
         return msg
 
+    async def _discard_incoming(self) -> None:
+        try:
+            while True:
+                await self.ws.recv()
+        except ConnectionClosed:
+            pass
+
     async def _backpressure(self) -> None:
         """Stop reading while this stream has too many finals waiting for the model."""
         while sum(not f.future.done() for f in self._finals) >= self.settings.max_queued_finals:
@@ -305,6 +317,7 @@ class LiveStream:
         arrival = self._segment_arrival.pop(seg.index, time.monotonic())
         side = self._side
         fut: Future | None = None
+        side_used = False
         if side is not None and side.speculative and not side.used and same_audio(side.job, job):
             # The segment closed exactly as predicted during the hangover: reuse that transcription.
             if side.result is not None:
@@ -313,11 +326,11 @@ class LiveStream:
             elif self.scheduler.promote(side.future):
                 fut = side.future
             if fut is not None:
-                side.used = True
+                side.used = side_used = True
                 self.stats.speculative_used += 1
         if fut is None:
             fut = self.scheduler.submit_final(job, on_leave=self._queued(job))
-        self._finals.append(_Final(job, asyncio.wrap_future(fut, loop=self.loop), arrival))
+        self._finals.append(_Final(job, asyncio.wrap_future(fut, loop=self.loop), arrival, speculative=side_used))
         self._finals_changed.set()
 
     def _queued(self, job: AsrJob):
@@ -426,6 +439,16 @@ class LiveStream:
                     seg = ev.segment
                     self.stats.finals += 1
                     self.stats.latencies.append(latency)
+                    if latency > 2.0:
+                        log.info(
+                            "stream %s: segment %d final after %.2f s (ASR queued %.2f s, ran %.2f s; reused speculative: %s)",
+                            self.stream_id,
+                            seg.index,
+                            latency,
+                            run.queue_wait_s if run else -1,
+                            run.wall_s if run else -1,
+                            item.speculative,
+                        )
                     self.server.observe_final(latency)
                     self._send(P.final(seg.index, seg.start_s, seg.end_s, ev.transcript, latency))
             self._finals_changed.set()
@@ -479,6 +502,8 @@ class LiveStream:
 
     async def _fail(self, exc: ProtocolError) -> None:
         """Report an error and close (before the stream started, or when it broke)."""
+        if self._discard is None:
+            self._discard = asyncio.create_task(self._discard_incoming(), name=f"discard-{self.stream_id}")
         try:
             self._send(P.error(exc.code, exc.message, **getattr(exc, "extra", {})))
             await self._flush()
@@ -489,7 +514,7 @@ class LiveStream:
     def _release(self) -> None:
         """Free everything this stream holds; safe to call in any state, more than once."""
         self._closing = True
-        for task in (self._emitter, self._writer):
+        for task in (self._emitter, self._writer, self._discard):
             if task is not None:
                 task.cancel()
         self.scheduler.cancel_stream(self.stream_id)

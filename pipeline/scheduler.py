@@ -125,9 +125,10 @@ class AsrScheduler:
         partial_max_age_s: a partial that waited longer is dropped instead of run.
         pack_backlog: how many streams must have finals waiting before they share calls.
         partial_window_s: the most audio one call of partials carries.
-        partial_rest: after a call of partials that took ``d`` seconds, no partial call starts for
+        partial_rest: after a call that took ``d`` seconds, no partial call starts for
             ``partial_rest * d``: partials use at most 1 / (1 + partial_rest) of the worker, so a
-            final or speculative job that arrives finds it idle more often than not.
+            final or speculative job that arrives finds it idle more often than not, and under
+            load (calls for finals back to back) partials stop.
         tail_filler_s: the first seconds of the call's last piece are appended once more after it,
             and their transcript discarded. Whisper (tiny.en above all) garbles the end of the
             audio it is given when nothing follows it; a live segment is always at the end of its
@@ -164,6 +165,9 @@ class AsrScheduler:
         self.partial_rest = partial_rest
         self.tail_filler_s = tail_filler_s
         self._partials_after = 0.0  # monotonic time before which no partial call starts
+        # Audio one call may carry: the window less room for the filler (a lone long segment
+        # still goes alone, without filler).
+        self._budget = max(1.0, self.window_s - (self.tail_filler_s + gap if tail_filler_s > 0 else 0.0))
         self.observer = observer or QueueObserver()
         self._lock = threading.Condition()
         self._finals: dict[str, deque[Ticket]] = {}
@@ -316,9 +320,15 @@ class AsrScheduler:
 
     def _run(self, batch: list[Ticket]) -> None:
         pieces: list[AudioPiece] = [p for t in batch for p in t.job.pieces]
+        filler = False
         if self.tail_filler_s > 0 and pieces:
-            last = pieces[-1]
-            pieces.append(AudioPiece(last.index, last.start_sample, last.audio[: int(self.tail_filler_s * 16000)]))
+            # Only where it fits the same window: a window of its own would cost a whole call.
+            used = sum(p.duration_s for p in pieces) + self.gap_s * len(pieces)
+            n = int(min(self.tail_filler_s, self.window_s - used - 0.05) * 16000)
+            if n >= 8000:
+                last = pieces[-1]
+                pieces.append(AudioPiece(last.index, last.start_sample, last.audio[:n]))
+                filler = True
         engine = self._packer if len({t.stream_id for t in batch}) > 1 else self.engine
         started_ns = time.time_ns()
         t0 = time.monotonic()
@@ -330,11 +340,14 @@ class AsrScheduler:
                 t.future.set_exception(exc)
             return
         ended_ns = time.time_ns()
-        if self.tail_filler_s > 0:
+        if filler:
             transcripts = transcripts[:-1]
         with self._lock:
-            if all(t.kind == PARTIAL for t in batch):
-                self._partials_after = time.monotonic() + self.partial_rest * (time.monotonic() - t0)
+            # Partials are for spare capacity: after any call of ``d`` seconds, none starts for
+            # ``partial_rest * d``; so they use at most 1 / (1 + partial_rest) of the worker, less
+            # as finals take more of it, and none when finals keep it busy.
+            now = time.monotonic()
+            self._partials_after = max(self._partials_after, now + self.partial_rest * (now - t0))
             st = self._stats
             st.calls += 1
             st.busy_s += time.monotonic() - t0
@@ -377,12 +390,12 @@ class AsrScheduler:
         waiting = [s for s in self._order if self._finals.get(s)]
         if waiting:
             if self.pack_streams and len(waiting) >= self.pack_backlog:
-                return self._pack(waiting, FINAL, self.window_s)
+                return self._pack(waiting, FINAL, self._budget)
             return self._one_stream(waiting[0])
         specs = sorted((t for t in self._side.values() if t.kind == SPECULATIVE), key=lambda t: t.submitted)
         if specs:
             if self.pack_streams and len(specs) >= self.pack_backlog:
-                return self._pack([t.stream_id for t in specs], SPECULATIVE, self.window_s)
+                return self._pack([t.stream_id for t in specs], SPECULATIVE, self._budget)
             return self._one_stream(specs[0].stream_id)
         partials = sorted(self._side.values(), key=lambda t: t.submitted)
         if partials and now >= self._partials_after:
@@ -394,7 +407,7 @@ class AsrScheduler:
     def _one_stream(self, sid: str) -> list[Ticket]:
         """One stream's queued finals (oldest first) and its speculative or partial job, as fit one
         window."""
-        batch = _Batch(self.window_s, self.gap_s)
+        batch = _Batch(self._budget, self.gap_s)
         q = self._finals.get(sid)
         while q and batch.fits(q[0]):
             batch.take(q.popleft())

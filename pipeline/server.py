@@ -344,11 +344,21 @@ class SpeechServer:
 async def _reject(ws: ServerConnection, exc: ProtocolError, extra: dict) -> None:
     from websockets.exceptions import ConnectionClosed
 
+    async def discard() -> None:  # what the client sends meanwhile must not stall the close
+        try:
+            while True:
+                await ws.recv()
+        except ConnectionClosed:
+            pass
+
+    reader = asyncio.create_task(discard())
     try:
         await ws.send(P.dumps(P.error(exc.code, exc.message, **extra)))
         await ws.close(exc.close_code, exc.message[:120])
     except ConnectionClosed:
         pass
+    finally:
+        reader.cancel()
 
 
 def _response(status: int, body: bytes, content_type: str) -> Response:
