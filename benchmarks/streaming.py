@@ -130,6 +130,7 @@ def main() -> int:
         help="server config override, e.g. server.speculative=false",
     )
     ap.add_argument("--no-offline", action="store_true", help="skip the offline WER")
+    ap.add_argument("--dump", metavar="JSON", help="write each stream's reference, live and offline text here")
     args = ap.parse_args()
 
     utts = utterances()
@@ -194,6 +195,19 @@ def main() -> int:
         for k, s in enumerate(streams):
             offline[k] = offline_hypothesis(engine, s.audio, config)
 
+    if args.dump:
+        import json
+
+        last = rows[-1][1]
+        Path(args.dump).write_text(
+            json.dumps(
+                [
+                    {"stream": k, "reference": s.reference, "live": r.text, "offline": offline.get(k)}
+                    for k, (s, r) in enumerate(zip(streams, last))
+                ],
+                indent=1,
+            )
+        )
     print()
     print(
         f"speechpipe live streaming, tiny.en int8, {args.threads} threads, {os.cpu_count()} cores, "

@@ -357,9 +357,14 @@ class LiveStream:
     def _maybe_partial(self) -> None:
         session = self.session
         side = self._side
-        if side is not None and side.speculative and not side.used and not session.vad.pausing:
-            if not side.future.done():
-                self.scheduler.drop_partial(self.stream_id)  # speech resumed: the guess is void
+        if (
+            side is not None
+            and side.speculative
+            and not side.used
+            and not side.future.done()
+            and not session.vad.pausing
+        ):
+            self.scheduler.drop_partial(self.stream_id)  # speech resumed: the guess is void
         if self.settings.speculative:
             job = session.speculative_job()
             if job is not None:
