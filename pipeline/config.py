@@ -151,6 +151,17 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def with_file(self, path: str | Path) -> Config:
+        """A copy with the tables of the TOML file ``path`` applied on top."""
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        return _apply(self, data, source=str(path))
+
     def with_overrides(self, overrides: dict[str, Any]) -> Config:
         """A copy with dotted keys replaced, e.g. ``{"vad.aggressiveness": 3}``."""
         tables: dict[str, dict[str, Any]] = {}
@@ -168,14 +179,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     """Load ``path`` (TOML) if given, then apply dotted ``overrides``."""
     config = Config()
     if path is not None:
-        path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-        config = _apply(config, data, source=str(path))
+        config = config.with_file(path)
     if overrides:
         config = config.with_overrides(overrides)
     return config

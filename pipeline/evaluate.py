@@ -18,7 +18,6 @@ import itertools
 import json
 import sys
 import time
-import tomllib
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -75,22 +74,6 @@ class Variant:
     params: dict[str, Any] | None = None
 
 
-def flatten_toml(data: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"vad": {"aggressiveness": 3}}`` -> ``{"vad.aggressiveness": 3}``."""
-    out: dict[str, Any] = {}
-    for k, v in data.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            if prefix:
-                raise ConfigError(f"nested table [{key}] is not a config table")
-            out.update(flatten_toml(v, key + "."))
-        else:
-            if not prefix:
-                raise ConfigError(f"top-level key {k!r}: put it in a table ([pipeline], [vad], [asr], [output])")
-            out[key] = v
-    return out
-
-
 def variant_from_arg(text: str, base: Config) -> Variant:
     """``NAME=CONFIG.toml`` (the file applied on top of ``base``) or ``NAME`` (``base`` itself)."""
     name, sep, path = text.partition("=")
@@ -99,17 +82,10 @@ def variant_from_arg(text: str, base: Config) -> Variant:
         raise EvalError(f"--variant {text!r}: expected NAME=CONFIG.toml or NAME")
     config = base
     if sep:
-        p = Path(path)
         try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise EvalError(f"--variant {name}: config file not found: {p}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise EvalError(f"--variant {name}: {p}: invalid TOML: {exc}") from None
-        try:
-            config = base.with_overrides(flatten_toml(data))
+            config = base.with_file(path)
         except ConfigError as exc:
-            raise EvalError(f"--variant {name}: {p}: {exc}") from None
+            raise EvalError(f"--variant {name}: {exc}") from None
     return Variant(name, config.with_overrides({"pipeline.variant": name}))
 
 

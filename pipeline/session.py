@@ -357,19 +357,8 @@ def same_audio(partial: AsrJob, final: AsrJob) -> bool:
 
 
 def run_job(engine, job: AsrJob, queue_wait_s: float = 0.0) -> tuple[list[Transcript], AsrRun]:
-    """Run one job on an engine synchronously (the scheduler does the same from a worker thread)."""
-    started = time.time_ns()
-    transcripts, windows = engine.transcribe(job.pieces)
-    run = AsrRun(
-        started_ns=started,
-        ended_ns=time.time_ns(),
-        queue_wait_s=queue_wait_s,
-        windows=windows,
-        model=engine.model_name,
-        device=engine.device,
-        compute_type=engine.compute_type,
-    )
-    return transcripts, run
+    """Run one job on an engine synchronously."""
+    return run_jobs(engine, [job], queue_wait_s)[0]
 
 
 def run_jobs(engine, jobs: list[AsrJob], queue_wait_s: float = 0.0) -> list[tuple[list[Transcript], AsrRun]]:
