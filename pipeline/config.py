@@ -101,7 +101,11 @@ class ServerSettings:
             last partial (only when the ASR worker has nothing better to do).
         speculative: transcribe a segment while the VAD's hangover runs, so its final is ready
             (or nearly) when the VAD closes it; reused only when the audio is identical.
-        pack_streams: pack segments of several streams into one Whisper window when they queue up.
+        pack_streams: let one Whisper call carry segments of several streams when they queue up
+            (more throughput under load). Off by default: Whisper's word times are not exact, and
+            a word at the edge of one stream's piece can land in the next stream's piece (seen on
+            the benchmark: a name moved from one stream's final to another's), which for a
+            multi-user server is a privacy leak, not just an error.
         stream_gap_s: silence between pieces of different streams in a packed window.
         max_queued_finals: per stream; beyond it the server stops reading that stream's audio
             until the ASR worker catches up (TCP backpressure), so memory stays bounded.
@@ -119,7 +123,7 @@ class ServerSettings:
     partials: bool = True
     partial_interval_s: float = 1.0
     speculative: bool = True
-    pack_streams: bool = True
+    pack_streams: bool = False
     stream_gap_s: float = 1.0
     max_queued_finals: int = 8
     pack_backlog: int = 2

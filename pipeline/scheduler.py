@@ -5,14 +5,14 @@ Whisper costs a fixed encoder pass per call (about 0.2-0.45 s for tiny.en on 2 C
 the audio length), plus decoding. Each call is one of, in this order of priority:
 
 1. finals: the next stream in round-robin order that has finals waiting gets all of them that fit
-   one window, plus its speculative job if it fits. When finals of ``pack_backlog`` or more streams wait, one
-   call carries finals of several streams instead, one per stream per round, in one window (a
-   wider silence between streams' pieces keeps their words apart);
+   one window, plus its speculative job if it fits. With ``pack_streams`` (off by default) and
+   finals of ``pack_backlog`` or more streams waiting, one call carries finals of several streams
+   instead, one per stream per round;
 2. speculative jobs (a segment transcribed during the VAD's hangover; see
    :meth:`~speechpipe.pipeline.session.StreamSession.speculative_job`), finals-to-be, the same way;
-3. partials, only when no final or speculative job waits, packed across streams into a window of
-   at most ``partial_window_s`` (short, so that a final arriving meanwhile does not wait long); a
-   partial that waited longer than ``partial_max_age_s`` is dropped as stale.
+3. partials, only when no final or speculative job waits (with ``pack_streams``, several streams'
+   partials in a window of at most ``partial_window_s``); a partial that waited longer than
+   ``partial_max_age_s`` is dropped as stale.
 
 Each stream has one slot for non-final work (a partial or a speculative job): offering a new one
 replaces the one still queued, which is reported as dropped. Finals are never dropped; their queue
@@ -83,6 +83,7 @@ class SchedulerStats:
     partials_dropped: int = 0
     busy_s: float = 0.0
     max_batch: int = 0
+    mixed_calls: int = 0  # calls that carried audio of more than one stream
 
 
 class _Batch:
@@ -119,7 +120,9 @@ class AsrScheduler:
     Args:
         engine: the shared engine (one model).
         pack_streams: let one Whisper call carry pieces of several streams (partials always,
-            finals and speculative jobs under backlog).
+            finals and speculative jobs under backlog). Off by default: Whisper's word times can
+            put a word at the edge of one stream's piece into its neighbour's, i.e. into another
+            user's transcript.
         stream_gap_s: silence between packed pieces (at least the engine's own ``gap_s``); a wider
             gap keeps Whisper from running one stream's words into the next stream's piece.
         partial_max_age_s: a partial that waited longer is dropped instead of run.
@@ -141,7 +144,7 @@ class AsrScheduler:
         self,
         engine: AsrEngine,
         *,
-        pack_streams: bool = True,
+        pack_streams: bool = False,
         stream_gap_s: float = 1.0,
         partial_max_age_s: float = 2.0,
         pack_backlog: int = 2,
@@ -352,6 +355,7 @@ class AsrScheduler:
             st.calls += 1
             st.busy_s += time.monotonic() - t0
             st.max_batch = max(st.max_batch, len(batch))
+            st.mixed_calls += len({t.stream_id for t in batch}) > 1
             for t in batch:
                 if t.kind == FINAL:
                     st.finals += 1

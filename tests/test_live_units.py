@@ -111,7 +111,9 @@ def test_scheduler_order_fairness_and_staleness(engine):
     piece = audio[: 4 * 16000]
     # Window of 10 s, 1 s between pieces: at most two 4 s pieces per call.
     small = type(engine)(replace(engine.config, window_s=10.0), model=engine.model)
-    sched = AsrScheduler(small, stream_gap_s=1.0, partial_max_age_s=60.0, partial_window_s=10.0, tail_filler_s=0)
+    sched = AsrScheduler(
+        small, pack_streams=True, stream_gap_s=1.0, partial_max_age_s=60.0, partial_window_s=10.0, tail_filler_s=0
+    )
     left = []
     futures = {
         "A1": sched.submit_final(job("A", FINAL, piece, 1), on_leave=lambda: left.append("A1")),
@@ -142,6 +144,22 @@ def test_scheduler_order_fairness_and_staleness(engine):
     assert all("Quilter" in r[0][0].text for r in results.values())
     st = sched.stats()
     assert (st.finals, st.speculative, st.partials, st.partials_dropped) == (4, 1, 2, 1)
+
+
+def test_scheduler_keeps_streams_apart_by_default(engine):
+    audio, _ = load_audio(SPEECH / "librispeech-dev-clean_1272-128104-0000.wav")
+    sched = AsrScheduler(engine, partial_max_age_s=60.0)
+    futures = [sched.submit_final(job(s, FINAL, audio[: 2 * 16000], i)) for i in range(2) for s in "AB"]
+    futures.append(sched.offer_partial(job("C", PARTIAL, audio)))
+    futures.append(sched.offer_partial(job("D", PARTIAL, audio)))
+    sched.start()
+    runs = [f.result(60) for f in futures]
+    sched.stop(10)
+    calls: dict[int, set] = {}
+    for (stream, _i), r in zip([(s, i) for i in range(2) for s in "AB"] + [("C", 0), ("D", 0)], runs):
+        calls.setdefault(r[1].started_ns, set()).add(stream)
+    assert all(len(streams) == 1 for streams in calls.values()), calls
+    assert sched.stats().mixed_calls == 0 and sched.stats().max_batch == 2  # A's two finals, B's two
 
 
 def test_scheduler_drops_stale_partials_never_finals(engine):

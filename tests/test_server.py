@@ -120,7 +120,9 @@ def test_concurrent_streams_never_mix_words(server, offline_wer):
         leaked = set(normalized_words(result.text)) & others
         assert not leaked, f"{path.name} got words of another stream: {leaked}"
     after = server.server.scheduler.stats()
-    # The check above means something only if streams really shared Whisper calls.
+    # By default no Whisper call carries two streams' audio (word times at piece edges could move
+    # a word across); the streams still queued up and were served by packed calls of their own.
+    assert after.mixed_calls == before.mixed_calls == 0
     assert after.max_batch >= 2 and after.calls > before.calls
 
 
