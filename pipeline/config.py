@@ -99,6 +99,9 @@ class ServerSettings:
         partials: send partial transcripts at all.
         partial_interval_s: re-transcribe an open segment once it has grown this much since the
             last partial (only when the ASR worker has nothing better to do).
+        partial_rest: after an ASR call of ``d`` seconds no partial starts for ``partial_rest * d``,
+            so partials take at most 1 / (1 + partial_rest) of the worker (a third by default)
+            and stop when finals keep it busy.
         speculative: transcribe a segment while the VAD's hangover runs, so its final is ready
             (or nearly) when the VAD closes it; reused only when the audio is identical.
         pack_streams: let one Whisper call carry segments of several streams when they queue up
@@ -122,6 +125,7 @@ class ServerSettings:
     drain_timeout_s: float = 30.0
     partials: bool = True
     partial_interval_s: float = 1.0
+    partial_rest: float = 2.0
     speculative: bool = True
     pack_streams: bool = False
     stream_gap_s: float = 1.0
@@ -134,7 +138,7 @@ class ServerSettings:
         for name in ("max_streams", "max_frame_bytes", "max_queued_finals", "pack_backlog"):
             if getattr(self, name) < 1:
                 raise ValueError(f"server.{name} must be at least 1")
-        for name in ("idle_timeout_s", "max_stream_s", "drain_timeout_s", "partial_interval_s"):
+        for name in ("idle_timeout_s", "max_stream_s", "drain_timeout_s", "partial_interval_s", "partial_rest"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"server.{name} must be positive")
         if self.retry_after_s < 0 or self.stream_gap_s < 0:

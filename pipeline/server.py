@@ -189,6 +189,7 @@ class SpeechServer:
             stream_gap_s=s.stream_gap_s,
             partial_max_age_s=2 * s.partial_interval_s,
             pack_backlog=s.pack_backlog,
+            partial_rest=s.partial_rest,
             observer=self.observer,
         )
         self.scheduler.start()
