@@ -131,7 +131,9 @@ def main() -> int:
         wall = statistics.median(times[name])
         wer = score(reference, texts[name]).wer * 100
         print(f"{name:44} {wall:8.2f} {wall / duration:7.4f} {wer:7.2f} {ref_wall / wall:15.2f}x")
-    print(f"\n{duration:.1f} s audio; median of {args.repeat} interleaved runs; tiny.en int8, beam 1, {args.threads} threads")
+    print(
+        f"\n{duration:.1f} s audio; median of {args.repeat} interleaved runs; tiny.en int8, beam 1, {args.threads} threads"
+    )
     return 0
 
 

@@ -46,7 +46,9 @@ def main() -> int:
     timer = ReferenceTimer(AsrEngine(AsrConfig(threads=args.threads)))
     methods = ("transcript", "forced", "forced+snap")
     groups = ("all", "tenvad", "ami-excerpt", "musanmix")
-    results: dict[tuple[str, str], dict[str, list]] = {(g, m): {"on": [], "off": [], "in": [0], "n": [0]} for g in groups for m in methods}
+    results: dict[tuple[str, str], dict[str, list]] = {
+        (g, m): {"on": [], "off": [], "in": [0], "n": [0]} for g in groups for m in methods
+    }
     clips = sorted(Path(args.clips).glob("*.wav"))
     t0 = time.perf_counter()
     for wav in clips:
@@ -77,8 +79,12 @@ def main() -> int:
                 r["n"][0] += n
     wall = time.perf_counter() - t0
     tol = args.tolerance
-    print(f"{len(clips)} labelled clips, {results[('all', 'forced')]['n'][0]} recognised words, {len(results[('all', 'forced')]['on'])} labelled speech regions with words; {wall:.0f} s")
-    print(f"{'clips':12s} {'regions':>7s} {'method':12s} {'|onset| med':>11s} {'p90':>6s} {'|offset| med':>12s} {'p90':>6s} {'edges within ' + str(tol) + ' s':>20s} {'words in speech':>15s} {'signed onset med':>16s}")
+    print(
+        f"{len(clips)} labelled clips, {results[('all', 'forced')]['n'][0]} recognised words, {len(results[('all', 'forced')]['on'])} labelled speech regions with words; {wall:.0f} s"
+    )
+    print(
+        f"{'clips':12s} {'regions':>7s} {'method':12s} {'|onset| med':>11s} {'p90':>6s} {'|offset| med':>12s} {'p90':>6s} {'edges within ' + str(tol) + ' s':>20s} {'words in speech':>15s} {'signed onset med':>16s}"
+    )
     for (g, m), r in results.items():
         if not r["on"]:
             continue

@@ -1,7 +1,8 @@
 """Live streaming benchmark: N concurrent real-time streams against a local ``speechpipe serve``.
 
 Each stream is a sequence of corpus utterances (../shared/corpus/speech) joined by pauses of
-digital silence (1.0-2.5 s, seeded), in a different order per stream, sent as 16 kHz s16le frames of
+1.0-2.5 s (seeded), in a different order per stream: digital silence, or with ``--noise-dbfs`` the
+corpus noise clips (../shared/corpus/noise: fans, taps, dishes, traffic) levelled to that RMS, sent as 16 kHz s16le frames of
 20 ms at real-time pace; streams start staggered over the first two seconds. For each N the table
 gives the final latency (``latency_s`` as the server reports it: from the arrival of the audio at a
 segment's end to the final being sent), finals lost (segments that got a ``speech_start`` but no
@@ -13,6 +14,7 @@ into 30 s windows) on exactly the audio of the same streams.
 
     python benchmarks/streaming.py                       # N = 1 2 4 8 12, 75 s per stream
     python benchmarks/streaming.py --streams 1 8 --duration 40 --set server.speculative=false
+    python benchmarks/streaming.py --streams 1 4 --noise-dbfs -35     # a room between sentences
 
 The server runs as a subprocess with the flags given after ``--server-args`` (default: tiny.en,
 2 threads), so its CPU time is measured apart from the clients'.
@@ -45,6 +47,7 @@ from speechpipe.telemetry.wer import score_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEECH = ROOT.parent / "shared" / "corpus" / "speech"
+NOISE = ROOT.parent / "shared" / "corpus" / "noise"
 RATE = 16000
 FRAME_S = 0.02
 
@@ -60,19 +63,38 @@ def utterances() -> list[tuple[np.ndarray, str]]:
     return [(load_audio(p)[0], " ".join(p.with_suffix(".txt").read_text().split())) for p in files]
 
 
-def build_stream(k: int, utts: list, duration_s: float) -> StreamAudio:
+def noises() -> list[np.ndarray]:
+    return [load_audio(p)[0] for p in sorted(NOISE.glob("*.wav"))]
+
+
+def pause_audio(n: int, rng: random.Random, noise: list[np.ndarray] | None, dbfs: float) -> np.ndarray:
+    """``n`` samples of pause: digital silence, or a random stretch of a noise clip at ``dbfs`` RMS."""
+    if not noise:
+        return np.zeros(n, np.float32)
+    src = noise[rng.randrange(len(noise))]
+    if src.size < n:
+        src = np.tile(src, n // src.size + 1)
+    off = rng.randrange(src.size - n + 1)
+    chunk = src[off : off + n].astype(np.float32)
+    rms = float(np.sqrt(np.mean(chunk.astype(np.float64) ** 2))) or 1e-9
+    return (chunk * (10 ** (dbfs / 20) / rms)).astype(np.float32)
+
+
+def build_stream(
+    k: int, utts: list, duration_s: float, noise: list[np.ndarray] | None = None, dbfs: float = -35.0
+) -> StreamAudio:
     """Stream ``k``: utterances in a k-seeded order with 1.0-2.5 s pauses, about ``duration_s`` long."""
     rng = random.Random(1000 + k)
     order = list(range(len(utts)))
     rng.shuffle(order)
-    parts = [np.zeros(int(rng.uniform(0.3, 1.0) * RATE), np.float32)]
+    parts = [pause_audio(int(rng.uniform(0.3, 1.0) * RATE), rng, noise, dbfs)]
     refs = []
     total = parts[0].size
     for i in order:
         audio, ref = utts[i]
         if total / RATE > duration_s - 2:
             break
-        pause = np.zeros(int(rng.uniform(1.0, 2.5) * RATE), np.float32)
+        pause = pause_audio(int(rng.uniform(1.0, 2.5) * RATE), rng, noise, dbfs)
         parts += [audio, pause]
         refs.append(ref)
         total += audio.size + pause.size
@@ -129,12 +151,19 @@ def main() -> int:
         default=[],
         help="server config override, e.g. server.speculative=false",
     )
+    ap.add_argument(
+        "--noise-dbfs",
+        type=float,
+        metavar="DB",
+        help="fill the pauses with the corpus noise clips at this RMS level (e.g. -35); default: digital silence",
+    )
     ap.add_argument("--no-offline", action="store_true", help="skip the offline WER")
     ap.add_argument("--dump", metavar="JSON", help="write each stream's reference, live and offline text here")
     args = ap.parse_args()
 
     utts = utterances()
-    streams = [build_stream(k, utts, args.duration) for k in range(max(args.streams))]
+    noise = noises() if args.noise_dbfs is not None else None
+    streams = [build_stream(k, utts, args.duration, noise, args.noise_dbfs or 0.0) for k in range(max(args.streams))]
     port = free_port()
     cmd = [
         sys.executable,
@@ -211,7 +240,9 @@ def main() -> int:
     print()
     print(
         f"speechpipe live streaming, tiny.en int8, {args.threads} threads, {os.cpu_count()} cores, "
-        f"{args.duration:g} s per stream; load average before: {os.getloadavg()[0]:.2f}"
+        f"{args.duration:g} s per stream; pauses: "
+        + (f"corpus noise at {args.noise_dbfs:g} dBFS" if noise else "digital silence")
+        + f"; load average before: {os.getloadavg()[0]:.2f}"
     )
     if args.overrides:
         print("server overrides: " + ", ".join(args.overrides))

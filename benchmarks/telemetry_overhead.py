@@ -77,7 +77,9 @@ def main() -> int:
     # The receiver runs in a process of its own, as a collector would: its decoding work is not ours.
     rx = subprocess.Popen(
         [sys.executable, "-m", "speechpipe.telemetry.receiver", "--protocol", args.protocol],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     endpoint = rx.stdout.readline().strip()
     cfg = replace(
@@ -105,8 +107,11 @@ def main() -> int:
             tel.meter_provider.force_flush()
         return time.perf_counter() - t0, time.process_time() - c0
 
-    print(f"{len(files)} files, {audio_s:.1f} s of audio per pass; {args.reps} passes per mode; "
-          f"OTLP/{args.protocol} to {endpoint}; model tiny.en int8, {args.threads} threads", file=sys.stderr)
+    print(
+        f"{len(files)} files, {audio_s:.1f} s of audio per pass; {args.reps} passes per mode; "
+        f"OTLP/{args.protocol} to {endpoint}; model tiny.en int8, {args.threads} threads",
+        file=sys.stderr,
+    )
     one_pass(False)  # warm-up: model, caches, decoders
     one_pass(True)
     inline_ns[0] = 0
@@ -135,22 +140,30 @@ def main() -> int:
     wall_oh, wall_r = overhead(walls)
     cpu_oh, cpu_r = overhead(cpus)
     print()
-    print("| telemetry | passes | audio s/pass | median wall s | min wall s | x realtime | median CPU s | "
-          "wall overhead | CPU overhead |")
+    print(
+        "| telemetry | passes | audio s/pass | median wall s | min wall s | x realtime | median CPU s | "
+        "wall overhead | CPU overhead |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for mode in ("off", "on"):
         w, c = walls[mode], cpus[mode]
         med = statistics.median(w)
         oh = ("-", "-") if mode == "off" else (f"{wall_oh:+.1f} %", f"{cpu_oh:+.1f} %")
         label = "off" if mode == "off" else f"on (OTLP/{args.protocol} spans + metrics 1 s + Prometheus)"
-        print(f"| {label} | {len(w)} | {audio_s:.1f} | {med:.2f} | {min(w):.2f} | {audio_s / med:.1f} | "
-              f"{statistics.median(c):.2f} | {oh[0]} | {oh[1]} |")
+        print(
+            f"| {label} | {len(w)} | {audio_s:.1f} | {med:.2f} | {min(w):.2f} | {audio_s / med:.1f} | "
+            f"{statistics.median(c):.2f} | {oh[0]} | {oh[1]} |"
+        )
     print()
     inline_ms = inline_ns[0] / 1e6 / args.reps
-    print(f"time spent in the telemetry hooks on the pipeline thread: {inline_ms:.1f} ms per pass = "
-          f"{100 * inline_ms / 1000 / statistics.median(walls['off']):.2f} % of the median 'off' wall time")
-    print(f"one metric collection + OTLP export: {export_cpu_ms:.1f} ms CPU, {export_wall_ms:.1f} ms wall "
-          f"(every 1 s here, every 10 s by default)")
+    print(
+        f"time spent in the telemetry hooks on the pipeline thread: {inline_ms:.1f} ms per pass = "
+        f"{100 * inline_ms / 1000 / statistics.median(walls['off']):.2f} % of the median 'off' wall time"
+    )
+    print(
+        f"one metric collection + OTLP export: {export_cpu_ms:.1f} ms CPU, {export_wall_ms:.1f} ms wall "
+        f"(every 1 s here, every 10 s by default)"
+    )
     print("overhead = median over the interleaved pairs of (on / off) - 1")
     print(f"  wall ratios: {', '.join(f'{r:.3f}' for r in wall_r)}")
     print(f"  CPU ratios:  {', '.join(f'{r:.3f}' for r in cpu_r)}")

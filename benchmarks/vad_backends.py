@@ -72,7 +72,13 @@ def main() -> int:
             raw.append((frames_to_intervals(flags, fs), labels, audio.size / SAMPLE_RATE))
             vad = VadSegmenter(cfg)
             events = vad.feed(audio) + vad.flush()
-            seg.append(([(e.start_s, e.end_s) for e in events if isinstance(e, SpeechSegment)], labels, audio.size / SAMPLE_RATE))
+            seg.append(
+                (
+                    [(e.start_s, e.end_s) for e in events if isinstance(e, SpeechSegment)],
+                    labels,
+                    audio.size / SAMPLE_RATE,
+                )
+            )
         for view, pairs in (("classifier", raw), ("segmenter", seg)):
             s = pooled_score(pairs)
             cost = f"{cpu / audio_s:17.4f}" if view == "classifier" else ""

@@ -14,7 +14,9 @@ from speechpipe.pipeline.offline import ModelError
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared by every command that runs the pipeline; each overrides the config file."""
     g = parser.add_argument_group("pipeline settings (override --config)")
-    g.add_argument("--config", metavar="TOML", help="config file with [pipeline], [vad], [asr], [output], [telemetry] tables")
+    g.add_argument(
+        "--config", metavar="TOML", help="config file with [pipeline], [vad], [asr], [output], [telemetry] tables"
+    )
     g.add_argument("--model", help="faster-whisper model name or local model directory (default: bundled tiny.en)")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="inference device (default: auto)")
     g.add_argument("--compute-type", help="CTranslate2 compute type (default: auto = int8 on CPU, float16 on GPU)")
@@ -40,17 +42,32 @@ def add_telemetry_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group(
         "telemetry (override [telemetry] and OTEL_* variables; nothing is exported unless asked)"
     )
-    g.add_argument("--otlp-endpoint", metavar="URL", help="send traces and metrics to this OTLP collector, "
-                   "e.g. http://localhost:4317 (gRPC) or http://localhost:4318 (HTTP)")
-    g.add_argument("--otlp-protocol", choices=["grpc", "http", "http/protobuf"],
-                   help="OTLP transport (default: gRPC on port 4317, else HTTP)")
+    g.add_argument(
+        "--otlp-endpoint",
+        metavar="URL",
+        help="send traces and metrics to this OTLP collector, "
+        "e.g. http://localhost:4317 (gRPC) or http://localhost:4318 (HTTP)",
+    )
+    g.add_argument(
+        "--otlp-protocol",
+        choices=["grpc", "http", "http/protobuf"],
+        help="OTLP transport (default: gRPC on port 4317, else HTTP)",
+    )
     g.add_argument("--trace-file", metavar="FILE.jsonl", help="write spans as OTLP JSON lines (Jaeger UI opens it)")
     g.add_argument("--console-telemetry", action="store_true", default=None, help="print spans and metrics to stderr")
-    g.add_argument("--trace-text", action="store_true", default=None,
-                   help="put transcript text on spans (off by default: it is personal data)")
+    g.add_argument(
+        "--trace-text",
+        action="store_true",
+        default=None,
+        help="put transcript text on spans (off by default: it is personal data)",
+    )
     g.add_argument("--service-name", help="service.name of spans and metrics (default: speechpipe)")
-    g.add_argument("--prometheus-port", type=int, metavar="PORT",
-                   help="serve Prometheus /metrics on this port while running (0: any free port)")
+    g.add_argument(
+        "--prometheus-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus /metrics on this port while running (0: any free port)",
+    )
 
 
 def config_from_args(args: argparse.Namespace):
@@ -95,7 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("transcribe", help="transcribe files and folders", description="Transcribe audio files and folders (recursively).")
+    t = sub.add_parser(
+        "transcribe",
+        help="transcribe files and folders",
+        description="Transcribe audio files and folders (recursively).",
+    )
     t.add_argument("paths", nargs="+", help="audio files or folders")
     t.add_argument("-o", "--output", default="transcripts", help="output folder (default: ./transcripts)")
     t.add_argument("--force", action="store_true", help="redo files whose results already exist")

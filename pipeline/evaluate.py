@@ -210,7 +210,9 @@ class EvalCollector(SessionHooks):
         elif isinstance(event, SpeechDiscarded):
             self.discarded += 1
 
-    def asr_completed(self, session: StreamSession, job: AsrJob, transcripts: list[Transcript], run: AsrRun | None) -> None:
+    def asr_completed(
+        self, session: StreamSession, job: AsrJob, transcripts: list[Transcript], run: AsrRun | None
+    ) -> None:
         if run is not None:
             self.asr_wall_s += run.wall_s
             self.asr_calls += len(run.windows)
@@ -227,7 +229,9 @@ class EvalCollector(SessionHooks):
         segs, words = [], []
         for s in sorted(self.segments, key=lambda s: s.start_sample):
             tr = self.finals.get(s.index)
-            segs.append(ev.SegmentInfo(s.index, s.start_s, s.end_s, s.end_reason, s.speech_ratio, tr.text if tr else ""))
+            segs.append(
+                ev.SegmentInfo(s.index, s.start_s, s.end_s, s.end_reason, s.speech_ratio, tr.text if tr else "")
+            )
             if tr is not None:
                 words += [RawWord(w.word, w.start, w.end, s.index) for w in tr.words]
         return ev.FileRun(
@@ -290,7 +294,10 @@ class ReferenceTimer:
 
     def timing(self, path: Path, reference: str, audio: np.ndarray | None = None) -> dict:
         """The reference timing of one file (a dict, see :meth:`compute`)."""
-        return self._cached(self._key(path, reference), lambda: self.compute(audio if audio is not None else load_audio(path)[0], reference))
+        return self._cached(
+            self._key(path, reference),
+            lambda: self.compute(audio if audio is not None else load_audio(path)[0], reference),
+        )
 
     def label_check(self, path: Path, labels: list[tuple[float, float]], audio: np.ndarray | None = None) -> dict:
         """Check the timing method against human VAD labels on a file without a reference: time the
@@ -327,7 +334,9 @@ class ReferenceTimer:
         raw = [RawWord(w.word, float(w.start), float(w.end)) for s in segments for w in (s.words or [])]
         return text, raw
 
-    def compute(self, audio: np.ndarray, reference: str, transcription: tuple[str, list[RawWord]] | None = None) -> dict:
+    def compute(
+        self, audio: np.ndarray, reference: str, transcription: tuple[str, list[RawWord]] | None = None
+    ) -> dict:
         """Transcript pass, forced pass, energy snap; returns the words and reliability figures.
         ``transcription`` reuses an existing :meth:`transcribe_whole` result."""
         duration = audio.size / SAMPLE_RATE
@@ -367,7 +376,9 @@ class ReferenceTimer:
             "wall_s": round(time.perf_counter() - t0, 3),
         }
 
-    def _forced(self, audio: np.ndarray, reference: str, ref_norm: list[str], approx: list[TimedWord]) -> tuple[list[TimedWord], int]:
+    def _forced(
+        self, audio: np.ndarray, reference: str, ref_norm: list[str], approx: list[TimedWord]
+    ) -> tuple[list[TimedWord], int]:
         duration = audio.size / SAMPLE_RATE
         raw_ref = _forced_text(reference).split()
         # Which raw reference words each normalized word came from ("index time" trick), to give
@@ -394,7 +405,10 @@ class ReferenceTimer:
             words = self.aligner.align(audio[a:b], " ".join(raw_ref[first:stop]), offset_s=start)
             aligned += [RawWord(w.word, w.start, w.end) for w in words]
         out = timed_tokens(aligned, ref_norm)
-        return [TimedWord(w.word, w.start, w.end, None, "forced" if w.source != "interpolated" else "interpolated") for w in out], len(plan)
+        return [
+            TimedWord(w.word, w.start, w.end, None, "forced" if w.source != "interpolated" else "interpolated")
+            for w in out
+        ], len(plan)
 
 
 def _timed(doc: dict, key: str = "words") -> list[TimedWord]:
@@ -433,15 +447,17 @@ def timing_summary(timings: dict[str, dict]) -> dict:
     for fid, doc in timings.items():
         wer = doc["transcript_wer"]
         exact += wer["ref_words"] > 0 and wer["substitutions"] + wer["deletions"] + wer["insertions"] == 0
-        per_file.append({
-            "file": fid,
-            "method": doc["method"],
-            "ref_words": doc["ref_words"],
-            "anchored": doc["anchored"],
-            "transcript_wer": wer["wer"],
-            "agreement": doc["agreement"],
-            "forced_error": doc["forced_error"],
-        })
+        per_file.append(
+            {
+                "file": fid,
+                "method": doc["method"],
+                "ref_words": doc["ref_words"],
+                "anchored": doc["anchored"],
+                "transcript_wer": wer["wer"],
+                "agreement": doc["agreement"],
+                "forced_error": doc["forced_error"],
+            }
+        )
         if doc["method"] == "forced":
             fw = _timed(doc, "forced_words")
             tw = _timed(doc, "transcript_words")
@@ -680,15 +696,23 @@ def evaluate(
         "variants": {name: summaries[name] for name in names},
         "unsegmented": unsegmented,
         "comparisons": comparisons,
-        "sweep": {"keys": sorted({k for v in variants if v.params for k in v.params}), "rows": ev.sweep_rows([summaries[n] for n in names])},
-        "reference_timing": {**timing_summary(timings), "label_check": label_check_summary(label_checks, opts.tolerance)},
+        "sweep": {
+            "keys": sorted({k for v in variants if v.params for k in v.params}),
+            "rows": ev.sweep_rows([summaries[n] for n in names]),
+        },
+        "reference_timing": {
+            **timing_summary(timings),
+            "label_check": label_check_summary(label_checks, opts.tolerance),
+        },
         "wall_s": round(time.perf_counter() - t_start, 2),
     }
     atomic_write_text(out / "eval.json", json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
     if opts.report:
         from speechpipe.telemetry.report import render_report
 
-        atomic_write_text(out / "report.html", render_report(doc, truths=truths, envelopes=envelopes, timelines=opts.timelines))
+        atomic_write_text(
+            out / "report.html", render_report(doc, truths=truths, envelopes=envelopes, timelines=opts.timelines)
+        )
     return EvalResult(doc, out, all_failed)
 
 
@@ -700,7 +724,14 @@ def _unsegmented(timings: dict[str, dict], truths: dict[str, ev.FileTruth]) -> d
 
     pairs = [(truths[f].reference, d["transcript"]) for f, d in timings.items()]
     w = score_corpus(pairs)
-    return {"files": len(pairs), "wer": round(w.wer, 4), "substitutions": w.substitutions, "deletions": w.deletions, "insertions": w.insertions, "ref_words": w.ref_words}
+    return {
+        "files": len(pairs),
+        "wer": round(w.wer, 4),
+        "substitutions": w.substitutions,
+        "deletions": w.deletions,
+        "insertions": w.insertions,
+        "ref_words": w.ref_words,
+    }
 
 
 def _variant_instrumentation(instrumentation, variant: Variant):
@@ -778,21 +809,49 @@ def _pct(x: float | None) -> str:
 
 def add_arguments(p) -> None:
     """Arguments of ``speechpipe eval``."""
-    p.add_argument("datasets", nargs="+", help="dataset folders (audio + .txt references + optional <id>.segments.txt labels) or files")
-    p.add_argument("--variant", dest="variants", action="append", default=[], metavar="NAME[=CONFIG.toml]",
-                   help="a pipeline variant: NAME=CONFIG.toml (applied on top of the base settings) or NAME for the base settings; repeatable")
-    p.add_argument("--sweep", action="append", default=[], metavar="TABLE.KEY=V1,V2,...",
-                   help="sweep a config key over values; several --sweep give their cartesian product")
-    p.add_argument("-o", "--output", default="eval", help="output folder for eval.json and report.html (default: ./eval)")
+    p.add_argument(
+        "datasets",
+        nargs="+",
+        help="dataset folders (audio + .txt references + optional <id>.segments.txt labels) or files",
+    )
+    p.add_argument(
+        "--variant",
+        dest="variants",
+        action="append",
+        default=[],
+        metavar="NAME[=CONFIG.toml]",
+        help="a pipeline variant: NAME=CONFIG.toml (applied on top of the base settings) or NAME for the base settings; repeatable",
+    )
+    p.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="TABLE.KEY=V1,V2,...",
+        help="sweep a config key over values; several --sweep give their cartesian product",
+    )
+    p.add_argument(
+        "-o", "--output", default="eval", help="output folder for eval.json and report.html (default: ./eval)"
+    )
     p.add_argument("--baseline", help="variant the others are compared with (default: the first)")
-    p.add_argument("--tolerance", type=float, default=BOUNDARY_TOLERANCE_S,
-                   help=f"seconds from a segment edge within which an error counts as 'boundary' (default: {BOUNDARY_TOLERANCE_S})")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=BOUNDARY_TOLERANCE_S,
+        help=f"seconds from a segment edge within which an error counts as 'boundary' (default: {BOUNDARY_TOLERANCE_S})",
+    )
     p.add_argument("--timelines", type=int, default=6, help="per-file timelines drawn in the report (default: 6)")
     p.add_argument("--no-report", action="store_true", help="write eval.json only")
     p.add_argument("--cache-dir", help="where reference timings are cached (default: OUTPUT/cache/ref_timing)")
     g = p.add_argument_group("base settings (every variant starts from these)")
     g.add_argument("--config", metavar="TOML", help="base config file")
-    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="TABLE.KEY=VALUE", help="set a base config key (repeatable)")
+    g.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="TABLE.KEY=VALUE",
+        help="set a base config key (repeatable)",
+    )
     g.add_argument("--model", help="faster-whisper model name or directory")
     g.add_argument("--threads", type=int, help="CPU threads for the model")
     from speechpipe.pipeline.cli import add_telemetry_arguments
@@ -846,7 +905,10 @@ def run_cli(args) -> int:
     print_summary(result.doc)
     print(f"\nwrote {result.json_path}" + (f" and {result.report_path}" if opts.report else ""), file=sys.stderr)
     for f in result.failed:
-        print(f"speechpipe: error: {f.get('variant', '') + ': ' if f.get('variant') else ''}{f['file']}: {f['error']}", file=sys.stderr)
+        print(
+            f"speechpipe: error: {f.get('variant', '') + ': ' if f.get('variant') else ''}{f['file']}: {f['error']}",
+            file=sys.stderr,
+        )
     return 1 if result.failed else 0
 
 
@@ -867,7 +929,9 @@ def print_summary(doc: dict) -> None:
         )
     if doc.get("unsegmented"):
         u = doc["unsegmented"]
-        print(f"{'(whole files, no VAD)':{w}s} {_pct(u['wer']):>7s} {u['substitutions']:4d} {u['deletions']:4d} {u['insertions']:4d}")
+        print(
+            f"{'(whole files, no VAD)':{w}s} {_pct(u['wer']):>7s} {u['substitutions']:4d} {u['deletions']:4d} {u['insertions']:4d}"
+        )
     for c in doc["comparisons"]:
         if c["new_errors"] is None or not any(c["new_errors"].values()) and not any(c["fixed_errors"].values()):
             continue

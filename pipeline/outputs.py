@@ -125,8 +125,18 @@ def from_json_dict(doc: dict) -> FileResult:
     """Rebuild a :class:`FileResult` from :func:`to_json_dict` output (values as rounded there;
     words get their leading space back)."""
     known = {
-        "file", "duration", "text", "segments", "sample_rate", "channels", "vad_config_id",
-        "asr_model", "wall_s", "wer", "reference", "complete",
+        "file",
+        "duration",
+        "text",
+        "segments",
+        "sample_rate",
+        "channels",
+        "vad_config_id",
+        "asr_model",
+        "wall_s",
+        "wer",
+        "reference",
+        "complete",
     }
 
     def _f(value: float | None) -> float:
@@ -138,10 +148,7 @@ def from_json_dict(doc: dict) -> FileResult:
             start=s["start"],
             end=s["end"],
             text=s["text"],
-            words=[
-                Word(w["start"], w["end"], " " + w["word"], _f(w["probability"]))
-                for w in s["words"]
-            ],
+            words=[Word(w["start"], w["end"], " " + w["word"], _f(w["probability"])) for w in s["words"]],
             avg_logprob=_f(s["avg_logprob"]),
             no_speech_prob=_f(s["no_speech_prob"]),
             compression_ratio=_f(s["compression_ratio"]),
@@ -303,9 +310,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             os.close(dir_fd)
 
 
-def write_outputs(
-    result: FileResult, json_path: Path, formats: Iterable[str] = OUTPUT_FORMATS
-) -> None:
+def write_outputs(result: FileResult, json_path: Path, formats: Iterable[str] = OUTPUT_FORMATS) -> None:
     """Write the side files named in ``formats`` (``"txt"``, ``"srt"``, ``"vtt"``; all by
     default) next to ``json_path`` (same name, other suffix), then the JSON, which is always
     written and marks the set complete. An existing JSON is removed first so that a rewrite

@@ -58,7 +58,9 @@ class ForcedAligner:
 
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         if audio.size > WINDOW_S * SAMPLE_RATE + 1:
-            raise ValueError(f"forced alignment takes at most {WINDOW_S:.0f} s of audio per call, got {audio.size / SAMPLE_RATE:.1f} s")
+            raise ValueError(
+                f"forced alignment takes at most {WINDOW_S:.0f} s of audio per call, got {audio.size / SAMPLE_RATE:.1f} s"
+            )
         text = " ".join(text.split())
         if not text or audio.size == 0:
             return []

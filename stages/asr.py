@@ -254,9 +254,7 @@ class AsrEngine:
         [(transcripts, stats)] = self.transcribe_groups([pieces])
         return transcripts, stats
 
-    def transcribe_groups(
-        self, groups: list[list[AudioPiece]]
-    ) -> list[tuple[list[Transcript], list[WindowStats]]]:
+    def transcribe_groups(self, groups: list[list[AudioPiece]]) -> list[tuple[list[Transcript], list[WindowStats]]]:
         """Transcribe several independent groups of pieces (several jobs) at once, so that their
         windows can share batched decoder calls; one (transcripts, stats) per group.
 
@@ -344,9 +342,7 @@ class AsrEngine:
     ) -> tuple[list[Transcript], WindowStats, list[AudioPiece | None]]:
         """Turn one window's Whisper segments into per-piece transcripts (guard applied), and the
         audio of each piece that the decode did not reach (None where it was covered)."""
-        per_piece: list[dict] = [
-            {"words": [], "kept": [], "all": [], "dropped": 0} for _ in window
-        ]
+        per_piece: list[dict] = [{"words": [], "kept": [], "all": [], "dropped": 0} for _ in window]
         dropped_total = 0
         for seg in segments:
             drop = self.is_hallucination(seg.no_speech_prob, seg.avg_logprob, seg.compression_ratio)

@@ -139,9 +139,7 @@ def probe(path: str | os.PathLike[str]) -> AudioInfo:
     return info
 
 
-def iter_file_blocks(
-    path: str | os.PathLike[str], block_s: float = 5.0
-) -> Iterator[np.ndarray]:
+def iter_file_blocks(path: str | os.PathLike[str], block_s: float = 5.0) -> Iterator[np.ndarray]:
     """Decode a file block by block at its native rate, never holding the whole file.
 
     ``block_s`` is checked at call time; the file is opened, and file errors raised, once
@@ -170,9 +168,7 @@ def _blocks(path: str, block_s: float) -> Iterator[np.ndarray]:
             try:
                 data = f.read(block, dtype="float32", always_2d=True)
             except (sf.LibsndfileError, RuntimeError) as exc:
-                raise _decode_error(
-                    path, exc, f"decoding failed after {total} frames"
-                ) from exc
+                raise _decode_error(path, exc, f"decoding failed after {total} frames") from exc
             if len(data) == 0:
                 break
             total += len(data)
@@ -180,9 +176,7 @@ def _blocks(path: str, block_s: float) -> Iterator[np.ndarray]:
     if total == 0:
         raise _fail(path, "empty audio (0 frames)")
     if exact and total < declared:
-        raise _fail(
-            path, f"truncated: header declares {declared} frames, only {total} decoded"
-        )
+        raise _fail(path, f"truncated: header declares {declared} frames, only {total} decoded")
 
 
 def to_mono(x: np.ndarray) -> np.ndarray:
@@ -198,9 +192,7 @@ def to_mono(x: np.ndarray) -> np.ndarray:
         if a.shape[1] == 1:
             return a[:, 0].astype(np.float32)
         return a.mean(axis=1, dtype=np.float32)
-    raise ValueError(
-        f"expected 1-D or 2-D (frames, channels) audio, got shape {a.shape}"
-    )
+    raise ValueError(f"expected 1-D or 2-D (frames, channels) audio, got shape {a.shape}")
 
 
 def pcm_to_float(data: bytes, encoding: str, channels: int) -> np.ndarray:
@@ -217,14 +209,8 @@ def pcm_to_float(data: bytes, encoding: str, channels: int) -> np.ndarray:
     """
     width = _PCM_WIDTHS.get(encoding)
     if width is None:
-        raise ValueError(
-            f"unsupported PCM encoding {encoding!r}; expected one of {sorted(_PCM_WIDTHS)}"
-        )
-    if (
-        isinstance(channels, bool)
-        or not isinstance(channels, numbers.Integral)
-        or channels < 1
-    ):
+        raise ValueError(f"unsupported PCM encoding {encoding!r}; expected one of {sorted(_PCM_WIDTHS)}")
+    if isinstance(channels, bool) or not isinstance(channels, numbers.Integral) or channels < 1:
         raise ValueError(f"channels must be a positive integer, got {channels!r}")
     frame_bytes = width * channels
     if len(data) % frame_bytes:
@@ -248,9 +234,7 @@ def _check_rate(name: str, rate: int) -> int:
     if value is None or value != rate:
         raise ValueError(f"{name} must be a whole number of Hz, got {rate!r}")
     if not MIN_RATE <= value <= MAX_RATE:
-        raise ValueError(
-            f"{name} must be between {MIN_RATE} and {MAX_RATE} Hz, got {rate!r}"
-        )
+        raise ValueError(f"{name} must be between {MIN_RATE} and {MAX_RATE} Hz, got {rate!r}")
     return value
 
 
@@ -280,9 +264,7 @@ class StreamResampler:
         self._soxr = (
             None
             if self.in_rate == self.out_rate
-            else soxr.ResampleStream(
-                self.in_rate, self.out_rate, 1, dtype="float32", quality="HQ"
-            )
+            else soxr.ResampleStream(self.in_rate, self.out_rate, 1, dtype="float32", quality="HQ")
         )
         self._samples_in = 0
         self._samples_out = 0
@@ -306,9 +288,7 @@ class StreamResampler:
             RuntimeError: called after :meth:`flush`.
         """
         if self._flushed:
-            raise RuntimeError(
-                "StreamResampler.process() called after flush(); create a new resampler"
-            )
+            raise RuntimeError("StreamResampler.process() called after flush(); create a new resampler")
         chunk = _as_mono_chunk(x)
         out = chunk.copy() if self._soxr is None else self._soxr.resample_chunk(chunk)
         self._samples_in += len(chunk)
@@ -338,9 +318,7 @@ def resample(x: np.ndarray, in_rate: int, out_rate: int = TARGET_RATE) -> np.nda
     out_rate = _check_rate("out_rate", out_rate)
     a = np.asarray(x)
     if a.ndim not in (1, 2):
-        raise ValueError(
-            f"expected 1-D or 2-D (frames, channels) audio, got shape {a.shape}"
-        )
+        raise ValueError(f"expected 1-D or 2-D (frames, channels) audio, got shape {a.shape}")
     a = np.ascontiguousarray(a, dtype=np.float32)
     if in_rate == out_rate:
         return a.copy()

@@ -414,7 +414,11 @@ class VadSegmenter:
     def _trim_history(self) -> None:
         """Keep only what a future segment may need: pre-roll while idle, the open segment while triggered."""
         end = self._pos
-        keep_from = self._seg_start if self._triggered else max(end - self._pre_roll - self._trigger_frames * self.frame_samples, self._min_start)
+        keep_from = (
+            self._seg_start
+            if self._triggered
+            else max(end - self._pre_roll - self._trigger_frames * self.frame_samples, self._min_start)
+        )
         keep_from = max(keep_from, self._buf_start)
         drop = keep_from - self._buf_start
         if drop > 0:

@@ -48,15 +48,25 @@ class DecodedSegment:
 class WindowDecoder:
     """Decodes windows of at most 30 s with a faster-whisper ``WhisperModel``."""
 
-    def __init__(self, model, *, language: str | None, beam_size: int, temperatures: tuple[float, ...],
-                 compression_ratio_threshold: float, logprob_threshold: float, no_speech_threshold: float) -> None:
+    def __init__(
+        self,
+        model,
+        *,
+        language: str | None,
+        beam_size: int,
+        temperatures: tuple[float, ...],
+        compression_ratio_threshold: float,
+        logprob_threshold: float,
+        no_speech_threshold: float,
+    ) -> None:
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import TranscriptionOptions
 
         self.model = model
         multilingual = model.model.is_multilingual
-        self.tokenizer = Tokenizer(model.hf_tokenizer, multilingual, task="transcribe",
-                                   language=(language or "en") if multilingual else None)
+        self.tokenizer = Tokenizer(
+            model.hf_tokenizer, multilingual, task="transcribe", language=(language or "en") if multilingual else None
+        )
         self.options = TranscriptionOptions(
             beam_size=beam_size,
             best_of=5,

@@ -172,12 +172,16 @@ def transcript_times(reference: str, transcript: Sequence[TimedWord]) -> list[Ti
     for op in align(reference, hyp_text):
         if op.ref_index is not None and op.hyp_index is not None:
             h = transcript[op.hyp_index]
-            out[op.ref_index] = TimedWord(ref[op.ref_index], h.start, h.end, None, op.op if op.op == "substitute" else "equal")
+            out[op.ref_index] = TimedWord(
+                ref[op.ref_index], h.start, h.end, None, op.op if op.op == "substitute" else "equal"
+            )
     _fill_gaps(out, ref)
     return out  # type: ignore[return-value]
 
 
-def plan_windows(times: Sequence[Interval], duration: float, window_s: float = 30.0, min_fill: float = 0.5) -> list[tuple[float, float, int, int]]:
+def plan_windows(
+    times: Sequence[Interval], duration: float, window_s: float = 30.0, min_fill: float = 0.5
+) -> list[tuple[float, float, int, int]]:
     """Cut ``[0, duration]`` into windows of at most ``window_s`` for forced alignment.
 
     ``times`` are approximate (start, end) times of the words in order. Each cut is placed in the
@@ -214,7 +218,9 @@ def plan_windows(times: Sequence[Interval], duration: float, window_s: float = 3
         start, first = best_cut, best_k
 
 
-def snap_to_energy(words: Sequence[TimedWord], audio: np.ndarray, sample_rate: int = 16000, min_s: float = 0.05) -> list[TimedWord]:
+def snap_to_energy(
+    words: Sequence[TimedWord], audio: np.ndarray, sample_rate: int = 16000, min_s: float = 0.05
+) -> list[TimedWord]:
     """Trim silent 10 ms frames off the start and end of each word.
 
     Frame levels are taken in dB relative to the file's loud level (95th percentile of frame RMS);

@@ -30,6 +30,7 @@ CLIP_MIN_S = 0.05
 BOUNDARY_CHANGE_S = 0.01
 END_MAX_LENGTH = "max_length"
 
+
 @dataclass
 class SegmentInfo:
     """A VAD segment as the evaluation sees it."""
@@ -108,7 +109,14 @@ def clipping(speech: Sequence[Interval], segments: Sequence[SegmentInfo]) -> dic
     to the region's end; a clip above :data:`CLIP_MIN_S` counts. Regions no segment touches are
     ``missed``.
     """
-    out = {"regions": 0, "missed": 0, "onset_clipped": 0, "onset_clip_s": 0.0, "offset_clipped": 0, "offset_clip_s": 0.0}
+    out = {
+        "regions": 0,
+        "missed": 0,
+        "onset_clipped": 0,
+        "onset_clip_s": 0.0,
+        "offset_clipped": 0,
+        "offset_clip_s": 0.0,
+    }
     for a, b in speech:
         if b <= a:
             continue
@@ -203,7 +211,9 @@ def evaluate_file(run: FileRun, truth: FileTruth, tolerance: float = BOUNDARY_TO
             not any(w.start < b + tolerance and w.end > a - tolerance for a, b in truth.labels) for w in hyp
         )
         row["asr"]["hallucinations"] = [
-            w.to_dict() for w in hyp if not any(w.start < b + tolerance and w.end > a - tolerance for a, b in truth.labels)
+            w.to_dict()
+            for w in hyp
+            if not any(w.start < b + tolerance and w.end > a - tolerance for a, b in truth.labels)
         ]
     return row
 
@@ -250,7 +260,14 @@ def summarize_variant(v: VariantInput) -> dict:
         vad_score = {"precision": None, "recall": None, "f1": None, "labelled_files": 0, "labelled_speech_s": 0.0}
     n_segs = sum(len(r.segments) for r in runs)
     seg_s = sum(r.asr_audio_s for r in runs)
-    clip = {"regions": 0, "missed": 0, "onset_clipped": 0, "onset_clip_s": 0.0, "offset_clipped": 0, "offset_clip_s": 0.0}
+    clip = {
+        "regions": 0,
+        "missed": 0,
+        "onset_clipped": 0,
+        "onset_clip_s": 0.0,
+        "offset_clipped": 0,
+        "offset_clip_s": 0.0,
+    }
     for row in rows:
         for k, val in row["vad"].get("clipping", {}).items():
             clip[k] += val
@@ -305,6 +322,7 @@ def summarize_variant(v: VariantInput) -> dict:
 
 def _segment_changes(a: Sequence[dict], b: Sequence[dict]) -> list[dict]:
     """Groups of overlapping segments whose boundaries differ between two runs of one file."""
+
     def same(x: dict, y: dict) -> bool:
         return abs(x["start"] - y["start"]) <= BOUNDARY_CHANGE_S and abs(x["end"] - y["end"]) <= BOUNDARY_CHANGE_S
 
@@ -320,7 +338,9 @@ def _segment_changes(a: Sequence[dict], b: Sequence[dict]) -> list[dict]:
         else:
             g = {"start": s["start"], "end": s["end"], "baseline": [], "variant": []}
             groups.append(g)
-        g["baseline" if side == "a" else "variant"].append({k: s[k] for k in ("index", "start", "end", "end_reason", "text")})
+        g["baseline" if side == "a" else "variant"].append(
+            {k: s[k] for k in ("index", "start", "end", "end_reason", "text")}
+        )
     return groups
 
 
@@ -374,27 +394,36 @@ def compare_files(base: dict, var: dict, truth: FileTruth) -> dict | None:
             if y:
                 new[y["category"]] += 1
             w = truth.ref_words[i]
-            changes.append({
-                "ref_index": i,
-                "ref_word": ref[i],
-                "start": round(w.start, 3),
-                "end": round(w.end, 3),
-                "baseline": _state(x, ref[i]),
-                "variant": _state(y, ref[i]),
-            })
+            changes.append(
+                {
+                    "ref_index": i,
+                    "ref_word": ref[i],
+                    "start": round(w.start, 3),
+                    "end": round(w.end, 3),
+                    "baseline": _state(x, ref[i]),
+                    "variant": _state(y, ref[i]),
+                }
+            )
         for side, mine, other in (("variant", ib, ia), ("baseline", ia, ib)):
             for e in mine:
                 # The same inserted word within 0.3 s in both runs is the same insertion.
                 if not any(o["hyp_word"] == e["hyp_word"] and abs(o["start"] - e["start"]) <= 0.3 for o in other):
                     (new if side == "variant" else fixed)[e["category"]] += 1
-                    changes.append({
-                        "ref_index": None, "ref_word": None, "start": e["start"], "end": e["end"],
-                        "baseline": ("+" + e["hyp_word"] + f" ({e['category']})") if side == "baseline" else "",
-                        "variant": ("+" + e["hyp_word"] + f" ({e['category']})") if side == "variant" else "",
-                    })
+                    changes.append(
+                        {
+                            "ref_index": None,
+                            "ref_word": None,
+                            "start": e["start"],
+                            "end": e["end"],
+                            "baseline": ("+" + e["hyp_word"] + f" ({e['category']})") if side == "baseline" else "",
+                            "variant": ("+" + e["hyp_word"] + f" ({e['category']})") if side == "variant" else "",
+                        }
+                    )
         changes.sort(key=lambda c: c["start"])
         for c in changes:
-            c["in_changed_segment"] = any(g["start"] - 0.25 <= c["end"] and c["start"] <= g["end"] + 0.25 for g in seg_groups)
+            c["in_changed_segment"] = any(
+                g["start"] - 0.25 <= c["end"] and c["start"] <= g["end"] + 0.25 for g in seg_groups
+            )
         out["words_changed"] = changes
         out["new_errors"], out["fixed_errors"] = new, fixed
     return out

@@ -211,15 +211,24 @@ class ExportHealth:
         if not warn:
             return
         if rejected:
-            where = "they stay in summary.json and on --prometheus-port" if self.signal == METRICS else "use another exporter"
+            where = (
+                "they stay in summary.json and on --prometheus-port"
+                if self.signal == METRICS
+                else "use another exporter"
+            )
             log.warning(
                 "telemetry: %s does not accept %s (%s), so they are not sent there; %s",
-                self.destination, self.signal, reason, where,
+                self.destination,
+                self.signal,
+                reason,
+                where,
             )
         else:
             log.warning(
                 "telemetry: cannot export %s to %s%s; dropping them until it answers",
-                self.signal, self.destination, f" ({reason})" if reason else "",
+                self.signal,
+                self.destination,
+                f" ({reason})" if reason else "",
             )
 
     def report(self) -> str | None:

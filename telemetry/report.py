@@ -98,7 +98,12 @@ def plot_attribution(variants: Mapping[str, dict], unsegmented: dict | None = No
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     ax.set_ylim(0, max(bottoms + [1.0]) * 1.25)
-    plt.setp(ax.get_xticklabels(), rotation=20 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center", fontsize=9)
+    plt.setp(
+        ax.get_xticklabels(),
+        rotation=20 if len(names) > 4 else 0,
+        ha="right" if len(names) > 4 else "center",
+        fontsize=9,
+    )
     return _png(fig)
 
 
@@ -145,7 +150,9 @@ def plot_compute(variants: Mapping[str, dict], sweep_keys: Sequence[str]) -> str
     return _png(fig)
 
 
-def plot_timeline(file_id: str, duration: float, variants: Mapping[str, dict], truth, envelope: Sequence[float] | None) -> str:
+def plot_timeline(
+    file_id: str, duration: float, variants: Mapping[str, dict], truth, envelope: Sequence[float] | None
+) -> str:
     """One file: the waveform, reference speech (labels, else the timed reference words), then per
     variant its segments with the errors marked by category (marker shape = substitution,
     deletion, insertion)."""
@@ -168,17 +175,42 @@ def plot_timeline(file_id: str, duration: float, variants: Mapping[str, dict], t
         ax.add_patch(plt.Rectangle((a, y_ref - 0.3), b - a, 0.6, color=SPEECH_COLOR, lw=0))
     if truth is not None and truth.ref_words and duration <= 40:
         for i, w in enumerate(truth.ref_words):
-            ax.text((w.start + w.end) / 2, y_ref + (0.12 if i % 2 else -0.18), w.word, fontsize=6, ha="center", va="center", clip_on=True)
+            ax.text(
+                (w.start + w.end) / 2,
+                y_ref + (0.12 if i % 2 else -0.18),
+                w.word,
+                fontsize=6,
+                ha="center",
+                va="center",
+                clip_on=True,
+            )
     labels = ["reference speech" + (" (labels)" if truth is not None and truth.labels is not None else " (words)")]
     # Variants, top to bottom.
     for k, (name, row) in enumerate(rows):
         y = n_rows - 2 - k
         for s in row["segments"]:
-            ax.add_patch(plt.Rectangle((s["start"], y - 0.3), s["end"] - s["start"], 0.6, facecolor=SEGMENT_COLOR, edgecolor="#3182bd", lw=0.8))
+            ax.add_patch(
+                plt.Rectangle(
+                    (s["start"], y - 0.3),
+                    s["end"] - s["start"],
+                    0.6,
+                    facecolor=SEGMENT_COLOR,
+                    edgecolor="#3182bd",
+                    lw=0.8,
+                )
+            )
             if s["end_reason"] == "max_length":
                 ax.plot([s["end"]], [y + 0.33], "k|", ms=8)
         for e in row["error_list"]:
-            ax.plot([(e["start"] + e["end"]) / 2], [y], MARKERS.get(e["op"], "o"), color=COLORS[e["category"]], ms=6, mec="k", mew=0.4)
+            ax.plot(
+                [(e["start"] + e["end"]) / 2],
+                [y],
+                MARKERS.get(e["op"], "o"),
+                color=COLORS[e["category"]],
+                ms=6,
+                mec="k",
+                mew=0.4,
+            )
         for h in row["asr"].get("hallucinations", []):
             ax.plot([(h["start"] + h["end"]) / 2], [y], "*", color="#9467bd", ms=8, mec="k", mew=0.4)
         wer = f"  WER {row['wer']['wer'] * 100:.1f}%" if row["wer"] else ""
@@ -194,7 +226,10 @@ def plot_timeline(file_id: str, duration: float, variants: Mapping[str, dict], t
     ax.set_xlabel("seconds")
     ax.set_title(file_id, fontsize=10, loc="left")
     ax.spines[["top", "right", "left"]].set_visible(False)
-    handles = [Patch(color=SPEECH_COLOR, label="reference speech"), Patch(facecolor=SEGMENT_COLOR, edgecolor="#3182bd", label="VAD segment")]
+    handles = [
+        Patch(color=SPEECH_COLOR, label="reference speech"),
+        Patch(facecolor=SEGMENT_COLOR, edgecolor="#3182bd", label="VAD segment"),
+    ]
     handles += [Line2D([], [], ls="", marker="s", color=COLORS[c], label=LABELS[c]) for c in CATEGORIES]
     handles += [Line2D([], [], ls="", marker=m, color="#444", label=op) for op, m in MARKERS.items()]
     handles += [Line2D([], [], ls="", marker="*", color="#9467bd", label="word on non-speech")]
@@ -257,15 +292,23 @@ def _comparison_html(c: dict, limit: int = 12) -> str:
     ed = c["errors_delta"]
     out = [
         f"<h3>{_e(c['variant'])} against {_e(c['baseline'])}: WER <span class={cls}>{'+' if (d or 0) > 0 else ''}{_pct(d)}</span></h3>",
-        (f"<p class=note>Error count change by cause: VAD dropped {ed['vad_dropped']:+d}, boundary {ed['boundary']:+d}, ASR {ed['asr']:+d}. "
-        f"{c['files_changed']} of {c['files_compared']} files changed (segments or text); {c['files_worse']} worse, {c['files_better']} better.</p>"),
+        (
+            f"<p class=note>Error count change by cause: VAD dropped {ed['vad_dropped']:+d}, boundary {ed['boundary']:+d}, ASR {ed['asr']:+d}. "
+            f"{c['files_changed']} of {c['files_compared']} files changed (segments or text); {c['files_worse']} worse, {c['files_better']} better.</p>"
+        ),
     ]
     ne, fe = c.get("new_errors"), c.get("fixed_errors")
     if ne is not None:
         out.append(
-            "<table><tr><th class=l>word errors that changed</th>" + "".join(f"<th>{LABELS[k]}</th>" for k in CATEGORIES) + "<th>total</th></tr>"
-            f"<tr><td class=l>new in {_e(c['variant'])}</td>" + "".join(f"<td>{ne[k]}</td>" for k in CATEGORIES) + f"<td>{sum(ne.values())}</td></tr>"
-            f"<tr><td class=l>gone from {_e(c['baseline'])}</td>" + "".join(f"<td>{fe[k]}</td>" for k in CATEGORIES) + f"<td>{sum(fe.values())}</td></tr>"
+            "<table><tr><th class=l>word errors that changed</th>"
+            + "".join(f"<th>{LABELS[k]}</th>" for k in CATEGORIES)
+            + "<th>total</th></tr>"
+            f"<tr><td class=l>new in {_e(c['variant'])}</td>"
+            + "".join(f"<td>{ne[k]}</td>" for k in CATEGORIES)
+            + f"<td>{sum(ne.values())}</td></tr>"
+            f"<tr><td class=l>gone from {_e(c['baseline'])}</td>"
+            + "".join(f"<td>{fe[k]}</td>" for k in CATEGORIES)
+            + f"<td>{sum(fe.values())}</td></tr>"
             "</table><p class=note>Errors present in both runs are left out here: an error the baseline already made may move "
             "from 'ASR' to 'boundary' only because a new edge appeared next to it.</p>"
         )
@@ -292,7 +335,8 @@ def _comparison_html(c: dict, limit: int = 12) -> str:
         if len(f["segments_changed"]) > 6:
             segs += f"<br>… {len(f['segments_changed']) - 6} more"
         words = "<br>".join(
-            f"{w['start']:.2f} s: <i>{_e(w['baseline'])}</i> → <b>{_e(w['variant'])}</b>" for w in f["words_changed"][:8]
+            f"{w['start']:.2f} s: <i>{_e(w['baseline'])}</i> → <b>{_e(w['variant'])}</b>"
+            for w in f["words_changed"][:8]
         )
         if len(f["words_changed"]) > 8:
             words += f"<br>… {len(f['words_changed']) - 8} more"
@@ -300,11 +344,17 @@ def _comparison_html(c: dict, limit: int = 12) -> str:
             f"<tr><td class=l>{_e(f['file'])}</td><td>{_pct(f['wer_baseline'], 1)}</td><td>{_pct(f['wer_variant'], 1)}</td>"
             f"<td class={cls}>{'+' if (d or 0) > 0 else ''}{_pct(d, 1)}</td><td class=l>{segs}</td><td class=l>{words}</td></tr>"
         )
-    more = f"<p class=note>… and {len(with_words) - limit} more files with changed words in eval.json.</p>" if len(with_words) > limit else ""
+    more = (
+        f"<p class=note>… and {len(with_words) - limit} more files with changed words in eval.json.</p>"
+        if len(with_words) > limit
+        else ""
+    )
     out.append(
         "<table><tr><th class=l>file</th><th>WER before</th><th>WER after</th><th>Δ</th>"
         "<th class=l>segments whose boundaries differ (before → after)</th><th class=l>words that changed (before → after, cause)</th></tr>"
-        + "".join(rows) + "</table>" + more
+        + "".join(rows)
+        + "</table>"
+        + more
     )
     return "".join(out)
 
@@ -335,14 +385,23 @@ def _timing_html(doc: dict) -> str:
     if not rt.get("files") and not rt.get("label_check"):
         return "<p class=note>No file has a reference transcript or labels, so no reference timing was needed.</p>"
     if not rt.get("files"):
-        rt = {**rt, "forced_files": 0, "files": 0, "anchored_fraction": None, "ref_words": 0, "exact_transcript_files": 0}
+        rt = {
+            **rt,
+            "forced_files": 0,
+            "files": 0,
+            "anchored_fraction": None,
+            "ref_words": 0,
+            "exact_transcript_files": 0,
+        }
     s = doc["settings"]["reference_timing"]
     parts = [
-        (f"<p class=note>Reference words were timed on the unsegmented audio with <code>{_e(s['model'])}</code> "
-        f"(beam {s['beam_size']}): forced alignment of the reference text on {rt['forced_files']} of {rt['files']} files, "
-        f"the transcript pass elsewhere. {_pct(rt['anchored_fraction'], 1)} of the {rt['ref_words']} reference words were "
-        f"also recognised verbatim by the whole-file transcription; {rt['exact_transcript_files']} files were transcribed "
-        f"exactly. Boundary tolerance: {doc['settings']['boundary_tolerance_s']} s.</p>")
+        (
+            f"<p class=note>Reference words were timed on the unsegmented audio with <code>{_e(s['model'])}</code> "
+            f"(beam {s['beam_size']}): forced alignment of the reference text on {rt['forced_files']} of {rt['files']} files, "
+            f"the transcript pass elsewhere. {_pct(rt['anchored_fraction'], 1)} of the {rt['ref_words']} reference words were "
+            f"also recognised verbatim by the whole-file transcription; {rt['exact_transcript_files']} files were transcribed "
+            f"exactly. Boundary tolerance: {doc['settings']['boundary_tolerance_s']} s.</p>"
+        )
     ]
     agr = rt.get("forced_vs_transcript")
     if agr:
@@ -380,7 +439,9 @@ def _pick_timelines(doc: dict, n: int) -> list[str]:
         for f in c["files"]:
             if (f["wer_delta"] or 0) > 0 and f["file"] not in picked:
                 picked.append(f["file"])
-    picked.sort(key=lambda fid: -max((f["wer_delta"] or 0) for c in doc["comparisons"] for f in c["files"] if f["file"] == fid))
+    picked.sort(
+        key=lambda fid: -max((f["wer_delta"] or 0) for c in doc["comparisons"] for f in c["files"] if f["file"] == fid)
+    )
     if len(picked) < n:
         # Labelled files where the variants' VAD F1 differs most.
         spread = {}
@@ -401,7 +462,13 @@ def _pick_timelines(doc: dict, n: int) -> list[str]:
     return picked[:n]
 
 
-def render_report(doc: dict, *, truths: Mapping | None = None, envelopes: Mapping[str, Sequence[float]] | None = None, timelines: int = 6) -> str:
+def render_report(
+    doc: dict,
+    *,
+    truths: Mapping | None = None,
+    envelopes: Mapping[str, Sequence[float]] | None = None,
+    timelines: int = 6,
+) -> str:
     """The whole report page for an eval.json document.
 
     ``truths`` (file id -> :class:`~speechpipe.telemetry.evaluation.FileTruth`) and ``envelopes``
@@ -419,18 +486,26 @@ def render_report(doc: dict, *, truths: Mapping | None = None, envelopes: Mappin
         "<meta name=viewport content='width=device-width, initial-scale=1'>",
         f"<title>speechpipe eval {_e(doc['run_id'])}</title><style>{CSS}</style></head><body>",
         "<h1>speechpipe evaluation</h1>",
-        (f"<p class=meta>run <code>{_e(doc['run_id'])}</code> · {_e(doc['created'])} · {doc['files']} files from "
-        f"{_e(', '.join(doc['datasets']))} · baseline <b>{_e(doc['baseline'])}</b> · {doc['wall_s']:.0f} s</p>"),
+        (
+            f"<p class=meta>run <code>{_e(doc['run_id'])}</code> · {_e(doc['created'])} · {doc['files']} files from "
+            f"{_e(', '.join(doc['datasets']))} · baseline <b>{_e(doc['baseline'])}</b> · {doc['wall_s']:.0f} s</p>"
+        ),
     ]
     if doc["failed"]:
-        parts.append("<p class=worse>Failed: " + "; ".join(_e(f"{f.get('variant', '')} {f['file']}: {f['error']}") for f in doc["failed"]) + "</p>")
+        parts.append(
+            "<p class=worse>Failed: "
+            + "; ".join(_e(f"{f.get('variant', '')} {f['file']}: {f['error']}") for f in doc["failed"])
+            + "</p>"
+        )
     parts += [
         "<h2>Variants</h2>",
-        ("<p class=note>WER over files with a reference transcript (errors summed over files, then divided). "
-        "Errors by cause: <span class=chip style='background:#d62728'></span>VAD dropped (the reference word lies in audio no "
-        "segment covered), <span class=chip style='background:#ff7f0e'></span>boundary (within the tolerance of a segment edge, "
-        "or across two segments), <span class=chip style='background:#1f77b4'></span>ASR (inside a segment, away from its edges). "
-        "VAD precision/recall/F1 at 10 ms frames against the human labels; clipping against reference speech.</p>"),
+        (
+            "<p class=note>WER over files with a reference transcript (errors summed over files, then divided). "
+            "Errors by cause: <span class=chip style='background:#d62728'></span>VAD dropped (the reference word lies in audio no "
+            "segment covered), <span class=chip style='background:#ff7f0e'></span>boundary (within the tolerance of a segment edge, "
+            "or across two segments), <span class=chip style='background:#1f77b4'></span>ASR (inside a segment, away from its edges). "
+            "VAD precision/recall/F1 at 10 ms frames against the human labels; clipping against reference speech.</p>"
+        ),
         _variant_table(doc),
         plot_attribution(variants, doc.get("unsegmented")),
         "<h2>WER against compute</h2>",
@@ -442,7 +517,9 @@ def render_report(doc: dict, *, truths: Mapping | None = None, envelopes: Mappin
             f"<tr><td class=l>{_e(r['variant'])}</td><td>{_pct(r['wer'])}</td><td>{r['errors']['vad_dropped']}</td>"
             f"<td>{r['errors']['boundary']}</td><td>{r['errors']['asr']}</td><td>{_num(r['vad_f1'])}</td><td>{r['segments']}</td>"
             f"<td>{r['asr_audio_s']:.1f}</td><td>{r['asr_s_per_audio_s']:.3f}</td></tr>"
-            for r in sorted(doc["sweep"]["rows"], key=lambda r: (r["wer"] if r["wer"] is not None else 9, r["asr_audio_s"]))
+            for r in sorted(
+                doc["sweep"]["rows"], key=lambda r: (r["wer"] if r["wer"] is not None else 9, r["asr_audio_s"])
+            )
         )
         parts.append(
             "<h3>Sweep, best WER first</h3><table><tr><th class=l>combination</th><th>WER</th><th>VAD dropped</th><th>boundary</th>"
@@ -457,9 +534,11 @@ def render_report(doc: dict, *, truths: Mapping | None = None, envelopes: Mappin
             parts.append(f"<p class=note>{len(comps) - 6} more comparisons in eval.json.</p>")
     picked = _pick_timelines(doc, timelines)
     if picked:
-        parts.append("<h2>Timelines</h2><p class=note>Files that got worse first. Grey: reference speech; blue: each variant's "
-                     "VAD segments (a tick on top marks a split forced by the maximum length); markers: errors by cause "
-                     "(circle substitution, down triangle deletion, up triangle insertion).</p>")
+        parts.append(
+            "<h2>Timelines</h2><p class=note>Files that got worse first. Grey: reference speech; blue: each variant's "
+            "VAD segments (a tick on top marks a split forced by the maximum length); markers: errors by cause "
+            "(circle substitution, down triangle deletion, up triangle insertion).</p>"
+        )
         for fid in picked:
             truth = truths.get(fid)
             duration = next(r["duration"] for v in variants.values() for r in v["per_file"] if r["file"] == fid)
@@ -467,5 +546,7 @@ def render_report(doc: dict, *, truths: Mapping | None = None, envelopes: Mappin
     parts += ["<h2>Reference timing</h2>", _timing_html(doc), "<h2>Per file</h2>"]
     for name, v in variants.items():
         parts.append(f"<details><summary>{_e(name)}: {v['files']} files</summary>{_per_file_table(v)}</details>")
-    parts.append("<p class=meta>Schema and method: docs/evaluation.md. Data: eval.json next to this page.</p></body></html>")
+    parts.append(
+        "<p class=meta>Schema and method: docs/evaluation.md. Data: eval.json next to this page.</p></body></html>"
+    )
     return "\n".join(parts)

@@ -68,7 +68,9 @@ class TelemetryConfig:
         if self.otlp_protocol:
             object.__setattr__(self, "otlp_protocol", normalize_protocol(self.otlp_protocol))
         if self.trace_layout not in TRACE_LAYOUTS:
-            raise ValueError(f"telemetry.trace_layout must be one of {', '.join(TRACE_LAYOUTS)}, not {self.trace_layout!r}")
+            raise ValueError(
+                f"telemetry.trace_layout must be one of {', '.join(TRACE_LAYOUTS)}, not {self.trace_layout!r}"
+            )
         if self.prometheus_port is not None and not 0 <= self.prometheus_port <= 65535:
             raise ValueError(f"telemetry.prometheus_port must be 0-65535, not {self.prometheus_port}")
         if self.metrics_interval_s is not None and self.metrics_interval_s <= 0:

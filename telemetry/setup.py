@@ -280,7 +280,10 @@ class Telemetry:
         self.prometheus_registry = None
         self.prometheus_url: str | None = None
         otlp_spans, otlp_metrics = _otlp_exporters(plan)
-        for signal, exporter, target in ((SPANS, otlp_spans, plan.otlp_traces), (METRICS, otlp_metrics, plan.otlp_metrics)):
+        for signal, exporter, target in (
+            (SPANS, otlp_spans, plan.otlp_traces),
+            (METRICS, otlp_metrics, plan.otlp_metrics),
+        ):
             if exporter is not None and target:
                 where = target.removesuffix("/v1/traces").removesuffix("/v1/metrics")
                 self.health[signal] = ExportHealth(signal, f"the OTLP collector at {where}", target)
@@ -336,7 +339,9 @@ class Telemetry:
         try:
             server, _thread = start_http_server(port, addr=host, registry=self.prometheus_registry)
         except OSError as exc:
-            raise TelemetryError(f"telemetry.prometheus_port: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+            raise TelemetryError(
+                f"telemetry.prometheus_port: cannot listen on {host}:{port}: {exc.strerror or exc}"
+            ) from None
         self._prometheus_server = server
         bound = server.server_address[1]
         self.prometheus_url = f"http://{host}:{bound}/metrics"

@@ -60,7 +60,13 @@ def first_ref_word(ref_words: list[TimedWord], seg) -> int:
 def test_intact_segments_leave_nothing_to_the_vad(jfk):
     _audio, ref, ref_words, run = jfk
     assert len(run.segments) >= 3 and score(ref, run.text).errors == 0
-    att = attribute(ref, run.text, ref_words, hyp_words(run.text, run.words), Segments([(s.index, s.start, s.end) for s in run.segments], run.duration))
+    att = attribute(
+        ref,
+        run.text,
+        ref_words,
+        hyp_words(run.text, run.words),
+        Segments([(s.index, s.start, s.end) for s in run.segments], run.duration),
+    )
     assert att.errors == []
     # Every reference word lies inside a segment: the timing and the segments agree.
     for w in ref_words:
@@ -77,7 +83,13 @@ def test_one_segment_over_the_whole_file_blames_only_asr(engine):
     wer = score(ref, text)
     assert wer.errors > 0  # the file is chosen for tiny.en's mistakes ("flour fattened sauce")
     raw = [RawWord(w.word, w.start, w.end, 0) for w in tr.words]
-    att = attribute(ref, text, ref_words, hyp_words(text, raw), Segments([(0, 0.0, audio.size / SAMPLE_RATE)], audio.size / SAMPLE_RATE))
+    att = attribute(
+        ref,
+        text,
+        ref_words,
+        hyp_words(text, raw),
+        Segments([(0, 0.0, audio.size / SAMPLE_RATE)], audio.size / SAMPLE_RATE),
+    )
     assert len(att.errors) == wer.errors
     assert att.counts == {VAD_DROPPED: 0, BOUNDARY: 0, ASR: wer.errors}
 
@@ -111,7 +123,9 @@ def test_dropping_a_whole_segment_is_vad_dropped(jfk):
     kept = [s for s in run.segments if s is not dropped]
     text = " ".join(s.text for s in kept if s.text)
     raw = [w for w in run.words if w.segment != dropped.index]
-    att = attribute(ref, text, ref_words, hyp_words(text, raw), Segments([(s.index, s.start, s.end) for s in kept], run.duration))
+    att = attribute(
+        ref, text, ref_words, hyp_words(text, raw), Segments([(s.index, s.start, s.end) for s in kept], run.duration)
+    )
     inside = [i for i, w in enumerate(ref_words) if dropped.start <= (w.start + w.end) / 2 < dropped.end]
     assert len(inside) >= 3
     assert att.counts == {VAD_DROPPED: len(inside), BOUNDARY: 0, ASR: 0}
@@ -155,7 +169,12 @@ def test_plan_windows_cut_in_the_widest_pause():
 def test_adjacent_errors_are_judged_together():
     ref = "stuff it into you"
     hyp = "stuffard into you"
-    ref_words = [TimedWord("stuff", 0.36, 0.8), TimedWord("it", 0.8, 0.98), TimedWord("into", 0.98, 1.26), TimedWord("you", 1.26, 1.64)]
+    ref_words = [
+        TimedWord("stuff", 0.36, 0.8),
+        TimedWord("it", 0.8, 0.98),
+        TimedWord("into", 0.98, 1.26),
+        TimedWord("you", 1.26, 1.64),
+    ]
     hyp_w = [TimedWord("stuffard", 0.4, 0.9, 0), TimedWord("into", 0.98, 1.26, 0), TimedWord("you", 1.26, 1.64, 0)]
     segs = Segments([(0, 0.4, 3.0)], 3.3)  # the segment starts inside "stuff"
     att = attribute(ref, hyp, ref_words, hyp_w, segs, tolerance=0.25)

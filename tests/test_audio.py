@@ -76,9 +76,7 @@ def lowpass(x: np.ndarray, rate: int, cutoff_hz: float) -> np.ndarray:
         (MP3_44K, 44100, 1, "MP3", "MPEG_LAYER_III"),
     ],
 )
-def test_probe_and_load_corpus_file(
-    rel: str, rate: int, channels: int, fmt: str, subtype: str
-) -> None:
+def test_probe_and_load_corpus_file(rel: str, rate: int, channels: int, fmt: str, subtype: str) -> None:
     path = corpus(rel)
     info = probe(path)
     assert isinstance(info, AudioInfo)
@@ -119,9 +117,7 @@ def test_load_stereo_24bit_44k_is_downmixed_then_resampled() -> None:
     native, rate = sf.read(corpus(FLAC_STEREO_44K), dtype="float32")
     assert native.shape[1] == 2 and not np.allclose(native[:, 0], native[:, 1])
     audio, _ = load_audio(corpus(FLAC_STEREO_44K))
-    np.testing.assert_allclose(
-        audio, resample(native.mean(axis=1), rate), rtol=0, atol=1e-6
-    )
+    np.testing.assert_allclose(audio, resample(native.mean(axis=1), rate), rtol=0, atol=1e-6)
 
 
 def test_iter_file_blocks_streams_fixed_size_blocks() -> None:
@@ -200,9 +196,7 @@ def test_round_trip_bound_detects_misalignment() -> None:
 def test_stereo_file_downmixes_to_channel_average(tmp_path: Path) -> None:
     speech = read16k(ARCTIC_16K)
     path = tmp_path / "stereo.wav"
-    sf.write(
-        path, np.column_stack([speech, 0.25 * speech]), TARGET_RATE, subtype="FLOAT"
-    )
+    sf.write(path, np.column_stack([speech, 0.25 * speech]), TARGET_RATE, subtype="FLOAT")
     audio, info = load_audio(path)
     assert info.channels == 2
     np.testing.assert_allclose(audio, 0.625 * speech, rtol=0, atol=1e-7)
@@ -219,9 +213,7 @@ def test_to_mono() -> None:
     native, _ = sf.read(corpus(FLAC_STEREO_44K), dtype="float32")
     mono = to_mono(native)
     assert mono.dtype == np.float32 and mono.shape == (len(native),)
-    np.testing.assert_allclose(
-        mono, (native[:, 0] + native[:, 1]) / 2, rtol=0, atol=1e-7
-    )
+    np.testing.assert_allclose(mono, (native[:, 0] + native[:, 1]) / 2, rtol=0, atol=1e-7)
     np.testing.assert_array_equal(to_mono(native[:, :1]), native[:, 0])
     assert to_mono(native[:, 0].astype(np.float64)).dtype == np.float32
     with pytest.raises(ValueError, match="shape"):
@@ -250,13 +242,9 @@ def _random_sizes(total: int, seed: int) -> list[int]:
     return sizes
 
 
-@pytest.mark.parametrize(
-    ("rel", "channel"), [(WAV_22K, None), (FLAC_STEREO_44K, 0), (WAV_16K, None)]
-)
+@pytest.mark.parametrize(("rel", "channel"), [(WAV_22K, None), (FLAC_STEREO_44K, 0), (WAV_16K, None)])
 @pytest.mark.parametrize("out_rate", [TARGET_RATE, 8000])
-def test_stream_resampler_is_chunk_independent(
-    rel: str, channel: int | None, out_rate: int
-) -> None:
+def test_stream_resampler_is_chunk_independent(rel: str, channel: int | None, out_rate: int) -> None:
     native, rate = sf.read(corpus(rel), dtype="float32")
     x = native if channel is None else np.ascontiguousarray(native[:, channel])
 
@@ -296,9 +284,7 @@ def test_stream_resampler_passthrough_copies() -> None:
     assert (rs.samples_in, rs.samples_out) == (len(speech), len(speech))
 
 
-@pytest.mark.parametrize(
-    "bad", [0, -16000, 3999, 192001, 44100.5, float("nan"), "16000", None, True]
-)
+@pytest.mark.parametrize("bad", [0, -16000, 3999, 192001, 44100.5, float("nan"), "16000", None, True])
 def test_stream_resampler_rejects_bad_rates(bad: object) -> None:
     with pytest.raises(ValueError, match="in_rate"):
         StreamResampler(bad)  # type: ignore[arg-type]
@@ -418,9 +404,7 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     }
 
 
-@pytest.mark.parametrize(
-    "case", ["missing", "zero", "random", "truncated", "header_only"]
-)
+@pytest.mark.parametrize("case", ["missing", "zero", "random", "truncated", "header_only"])
 def test_bad_files_raise_audio_error_naming_the_file(tmp_path: Path, case: str) -> None:
     path, cause = _bad_files(tmp_path)[case]
     for call in (probe, load_audio, lambda p: list(iter_file_blocks(p))):
@@ -461,9 +445,7 @@ def test_level_stats_scaling_and_clipping() -> None:
     clipped = np.clip(speech * np.float32(10), -1, 1)
     stats = level_stats(clipped)
     assert stats.peak_dbfs == 0.0
-    assert stats.clipped_fraction == pytest.approx(
-        np.mean(np.abs(speech * 10) >= 0.999)
-    )
+    assert stats.clipped_fraction == pytest.approx(np.mean(np.abs(speech * 10) >= 0.999))
     assert 0 < stats.clipped_fraction < 1
     assert stats.rms_dbfs > full.rms_dbfs
 

@@ -53,9 +53,9 @@ formats = ["json", "srt"]
         ("[vad]\nagressiveness = 3\n", "vad.agressiveness"),
         ("[asr]\nbeam = 2\n", "asr.beam"),
         ("[vadd]\naggressiveness = 3\n", "[vadd]"),
-        ("[vad]\naggressiveness = \"high\"\n", "vad.aggressiveness"),
+        ('[vad]\naggressiveness = "high"\n', "vad.aggressiveness"),
         ("[vad]\naggressiveness = 7\n", "aggressiveness"),
-        ("[output]\nformats = [\"json\", \"docx\"]\n", "docx"),
+        ('[output]\nformats = ["json", "docx"]\n', "docx"),
         ("[vad\n", "invalid TOML"),
     ],
 )

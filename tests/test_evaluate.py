@@ -90,10 +90,14 @@ def test_eval_json_schema(run):
         rows = {r["file"]: r for r in v["per_file"]}
         assert set(rows) == {f"speech/{n}" for n in SHORT_SPEECH} | {f"vad/{SHORT_CLIP}.wav"}
         for fid, r in rows.items():
-            assert r["compute"]["asr_audio_s"] == pytest.approx(sum(s["end"] - s["start"] for s in r["segments"]), abs=0.01)
+            assert r["compute"]["asr_audio_s"] == pytest.approx(
+                sum(s["end"] - s["start"] for s in r["segments"]), abs=0.01
+            )
             if fid.startswith("speech/"):
                 assert r["wer"] is not None and set(r["errors"]) == set(CATEGORIES)
-                assert len(r["error_list"]) == r["wer"]["substitutions"] + r["wer"]["deletions"] + r["wer"]["insertions"]
+                assert (
+                    len(r["error_list"]) == r["wer"]["substitutions"] + r["wer"]["deletions"] + r["wer"]["insertions"]
+                )
                 assert "clipping" in r["vad"] and r["vad"]["labelled"] is False
             else:
                 assert r["wer"] is None and r["vad"]["labelled"] is True
@@ -102,7 +106,9 @@ def test_eval_json_schema(run):
     assert doc["variants"]["harmful"]["vad_config_id"] != Config().vad.config_id
     (comp,) = doc["comparisons"]
     assert (comp["baseline"], comp["variant"]) == ("default", "harmful")
-    assert comp["wer_delta"] == pytest.approx(doc["variants"]["harmful"]["wer"] - doc["variants"]["default"]["wer"], abs=1e-4)
+    assert comp["wer_delta"] == pytest.approx(
+        doc["variants"]["harmful"]["wer"] - doc["variants"]["default"]["wer"], abs=1e-4
+    )
     for f in comp["files"]:
         assert f["segments_changed"] or f["text_baseline"] != f["text_variant"]
     rt = doc["reference_timing"]
@@ -153,7 +159,14 @@ def test_report_is_self_contained_html_with_plots(run):
     page.feed(text)
     page.close()
     assert page.stack == []  # every element closed
-    assert {"Variants", "WER against compute", "What changed between variants", "Timelines", "Reference timing", "Per file"} <= set(page.headings)
+    assert {
+        "Variants",
+        "WER against compute",
+        "What changed between variants",
+        "Timelines",
+        "Reference timing",
+        "Per file",
+    } <= set(page.headings)
     # Attribution bars, compute plot, three timelines; all inline PNGs.
     assert len(page.images) == 5
     for src in page.images:
@@ -219,7 +232,20 @@ def test_eval_traces_carry_run_variant_config_and_wer(run):
 def test_sweep_cli_one_row_per_combination(dataset, tmp_path, capsys):
     clip = dataset / "speech" / SHORT_SPEECH[1]
     out = tmp_path / "sweep"
-    args = ["eval", str(clip), "--sweep", "vad.aggressiveness=1,3", "--sweep", "vad.hangover_ms=90,600", "-o", str(out), "--threads", "2", "--timelines", "1"]
+    args = [
+        "eval",
+        str(clip),
+        "--sweep",
+        "vad.aggressiveness=1,3",
+        "--sweep",
+        "vad.hangover_ms=90,600",
+        "-o",
+        str(out),
+        "--threads",
+        "2",
+        "--timelines",
+        "1",
+    ]
     assert main(args) == 0
     doc = json.loads((out / "eval.json").read_text())
     rows = doc["sweep"]["rows"]
@@ -246,7 +272,12 @@ def test_bad_file_is_reported_and_the_rest_evaluated(dataset, tmp_path, capsys):
     shutil.copy((dataset / "speech" / SHORT_SPEECH[0]).with_suffix(".txt"), ds)
     (ds / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
     trace = tmp_path / "trace.jsonl"
-    assert main(["eval", str(ds), "-o", str(tmp_path / "out"), "--threads", "2", "--no-report", "--trace-file", str(trace)]) == 1
+    assert (
+        main(
+            ["eval", str(ds), "-o", str(tmp_path / "out"), "--threads", "2", "--no-report", "--trace-file", str(trace)]
+        )
+        == 1
+    )
     doc = json.loads((tmp_path / "out" / "eval.json").read_text())
     assert doc["files"] == 1 and [f["file"] for f in doc["failed"]] == ["ds/broken.wav"]
     assert "broken.wav" in capsys.readouterr().err
@@ -269,7 +300,12 @@ def test_variant_and_sweep_arguments(tmp_path):
     good = tmp_path / "v.toml"
     good.write_text("[vad]\naggressiveness = 3\nhangover_ms = 90\n")
     v = variant_from_arg(f"choppy={good}", base)
-    assert (v.name, v.config.vad.aggressiveness, v.config.vad.hangover_ms, v.config.pipeline.variant) == ("choppy", 3, 90, "choppy")
+    assert (v.name, v.config.vad.aggressiveness, v.config.vad.hangover_ms, v.config.pipeline.variant) == (
+        "choppy",
+        3,
+        90,
+        "choppy",
+    )
     assert variant_from_arg("plain", base).config.vad == base.vad
     bad = tmp_path / "bad.toml"
     bad.write_text("[vad]\nagressiveness = 3\n")
@@ -279,8 +315,10 @@ def test_variant_and_sweep_arguments(tmp_path):
         variant_from_arg(f"x={tmp_path / 'missing.toml'}", base)
     sweep = expand_sweep(base, ["vad.aggressiveness=0,3", "vad.backend=webrtc,silero"])
     assert [s.name for s in sweep] == [
-        "aggressiveness=0,backend=webrtc", "aggressiveness=0,backend=silero",
-        "aggressiveness=3,backend=webrtc", "aggressiveness=3,backend=silero",
+        "aggressiveness=0,backend=webrtc",
+        "aggressiveness=0,backend=silero",
+        "aggressiveness=3,backend=webrtc",
+        "aggressiveness=3,backend=silero",
     ]
     with pytest.raises(EvalError, match="aggressiveness"):
         expand_sweep(base, ["vad.aggressiveness=2,7"])

@@ -30,15 +30,10 @@ from speechpipe.telemetry.wer import score
 
 
 def words_of(text: str, start: float, step: float) -> list[Word]:
-    return [
-        Word(start + i * step, start + (i + 1) * step, " " + w, 0.9)
-        for i, w in enumerate(text.split())
-    ]
+    return [Word(start + i * step, start + (i + 1) * step, " " + w, 0.9) for i, w in enumerate(text.split())]
 
 
-def seg(
-    index: int, start: float, end: float, text: str, words: list[Word] | None = None
-) -> Transcript:
+def seg(index: int, start: float, end: float, text: str, words: list[Word] | None = None) -> Transcript:
     if words is None:
         words = words_of(text, start, (end - start) / max(1, len(text.split())))
     return Transcript(index, start, end, " " + text, words, -0.25, 0.01, 1.4)
@@ -81,20 +76,14 @@ def test_srt_numbering_and_blank_lines() -> None:
         seg(2, 3661.5, 3663.25, "General Kenobi."),
     ]
     assert srt(segments) == (
-        "1\n00:00:00,500 --> 00:00:02,000\nHello there.\n"
-        "\n"
-        "2\n01:01:01,500 --> 01:01:03,250\nGeneral Kenobi.\n"
+        "1\n00:00:00,500 --> 00:00:02,000\nHello there.\n\n2\n01:01:01,500 --> 01:01:03,250\nGeneral Kenobi.\n"
     )
 
 
 def test_vtt_header_and_escaping() -> None:
     segments = [seg(0, 0.5, 2.0, "Fish & chips <b>"), seg(1, 3661.5, 3663.25, "Done.")]
     assert vtt(segments) == (
-        "WEBVTT\n"
-        "\n"
-        "00:00:00.500 --> 00:00:02.000\nFish &amp; chips &lt;b&gt;\n"
-        "\n"
-        "01:01:01.500 --> 01:01:03.250\nDone.\n"
+        "WEBVTT\n\n00:00:00.500 --> 00:00:02.000\nFish &amp; chips &lt;b&gt;\n\n01:01:01.500 --> 01:01:03.250\nDone.\n"
     )
     assert vtt([]) == "WEBVTT\n"
     assert srt([]) == ""
@@ -230,7 +219,10 @@ def test_write_outputs_files(tmp_path: Path, monkeypatch) -> None:
     write_outputs(r, json_path)
     assert written[-1] == "b.wav.json" and len(written) == 4
     assert sorted(p.name for p in json_path.parent.iterdir()) == [
-        "b.wav.json", "b.wav.srt", "b.wav.txt", "b.wav.vtt",
+        "b.wav.json",
+        "b.wav.srt",
+        "b.wav.txt",
+        "b.wav.vtt",
     ]
     assert (json_path.parent / "b.wav.txt").read_text() == "Hello there.\n"
     assert (json_path.parent / "b.wav.srt").read_text() == srt(r.segments)

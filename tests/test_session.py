@@ -122,7 +122,9 @@ def test_drive_yields_finals_and_calls_hooks(engine):
     finals = [e for e in events if isinstance(e, FinalTranscript)]
     starts = [e for e in events if isinstance(e, SpeechStarted)]
     assert finals and len(starts) >= len(finals)
-    assert "ask not what your country can do for you" in " ".join(f.transcript.text for f in finals).lower().replace(",", "")
+    assert "ask not what your country can do for you" in " ".join(f.transcript.text for f in finals).lower().replace(
+        ",", ""
+    )
     assert session.done
     assert hooks.calls[0] == "started" and hooks.calls[-1] == "ended"
     assert hooks.calls.count("final") == len(finals) and "asr" in hooks.calls

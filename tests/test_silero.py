@@ -34,7 +34,9 @@ def test_streaming_probabilities_equal_faster_whispers_batched_call():
     np.testing.assert_allclose(streamed, batched, atol=1e-5)
     # reset() starts a fresh stream: the same audio gives the same probabilities again.
     clf.reset()
-    again = np.array([clf.probability(audio[i : i + FRAME_SAMPLES]) for i in range(0, 20 * FRAME_SAMPLES, FRAME_SAMPLES)])
+    again = np.array(
+        [clf.probability(audio[i : i + FRAME_SAMPLES]) for i in range(0, 20 * FRAME_SAMPLES, FRAME_SAMPLES)]
+    )
     np.testing.assert_allclose(again, streamed[:20], atol=1e-6)
 
 
@@ -61,7 +63,13 @@ def test_frame_f1_on_labelled_clips():
     for wav in sorted(VAD_CLIPS.glob("*.wav")):
         audio, _ = load_audio(wav)
         segs = [e for e in segments(audio, SILERO, audio.size) if isinstance(e, SpeechSegment)]
-        pairs.append(([(s.start_s, s.end_s) for s in segs], read_segments(wav.with_suffix(".segments.txt")), audio.size / SAMPLE_RATE))
+        pairs.append(
+            (
+                [(s.start_s, s.end_s) for s in segs],
+                read_segments(wav.with_suffix(".segments.txt")),
+                audio.size / SAMPLE_RATE,
+            )
+        )
     assert len(pairs) == 35
     score = pooled_score(pairs)
     # Measured with the default segmenter settings: P 0.844, R 0.964, F1 0.900 pooled over the 35

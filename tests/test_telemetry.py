@@ -161,8 +161,14 @@ def test_required_attributes(long_run) -> None:
     assert sum(s.attributes[n.ASR_WORDS] for s in asrs) == words_out
     for s in asrs:
         a = s.attributes
-        for key in (n.ASR_DEVICE, n.ASR_COMPUTE_TYPE, n.ASR_QUEUE_WAIT_S, n.ASR_AVG_LOGPROB,
-                    n.ASR_NO_SPEECH_PROB, n.ASR_DROPPED):
+        for key in (
+            n.ASR_DEVICE,
+            n.ASR_COMPUTE_TYPE,
+            n.ASR_QUEUE_WAIT_S,
+            n.ASR_AVG_LOGPROB,
+            n.ASR_NO_SPEECH_PROB,
+            n.ASR_DROPPED,
+        ):
             assert key in a, key
         assert a[n.ASR_MODEL] == "tiny.en"
         assert a[n.ASR_DEVICE] in ("cpu", "cuda")

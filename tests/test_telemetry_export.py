@@ -96,11 +96,24 @@ def test_cli_writes_trace_file_exports_and_summarises(tmp_path: Path, capsys) ->
     with OtlpHttpReceiver() as rx:
         code = main(
             [
-                "transcribe", str(JFK), "-o", str(out), "-q", "--threads", "2",
-                "--trace-file", str(trace_file),
-                "--otlp-endpoint", rx.endpoint, "--otlp-protocol", "http",
-                "--service-name", "speechpipe-cli", "--trace-text",
-                "--set", "vad.hangover_ms=400",
+                "transcribe",
+                str(JFK),
+                "-o",
+                str(out),
+                "-q",
+                "--threads",
+                "2",
+                "--trace-file",
+                str(trace_file),
+                "--otlp-endpoint",
+                rx.endpoint,
+                "--otlp-protocol",
+                "http",
+                "--service-name",
+                "speechpipe-cli",
+                "--trace-text",
+                "--set",
+                "vad.hangover_ms=400",
             ]
         )
         assert code == 0
@@ -198,8 +211,9 @@ def test_collector_without_metrics_like_jaeger(engine, protocol: str, caplog) ->
     receiver = OtlpHttpReceiver if protocol == "http" else OtlpGrpcReceiver
     caplog.set_level(logging.INFO)
     with receiver(metrics=False) as rx:
-        cfg = config(otlp_endpoint=rx.endpoint, otlp_protocol=protocol, service_name="speechpipe-test",
-                     metrics_interval_s=0.2)
+        cfg = config(
+            otlp_endpoint=rx.endpoint, otlp_protocol=protocol, service_name="speechpipe-test", metrics_interval_s=0.2
+        )
         tel = Telemetry.start(cfg, environ={})
         transcribe_file(JFK, cfg, engine, hooks=tel.stream_hooks(file=str(JFK)))
         time.sleep(0.5)  # a few periodic metric exports
@@ -230,7 +244,11 @@ def test_no_settings_exports_nothing() -> None:
 def test_standard_environment_variables() -> None:
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317", "OTEL_SERVICE_NAME": "asr-prod"}
     plan = resolve_plan(TelemetryConfig(), env)
-    assert (plan.protocol, plan.otlp_traces, plan.otlp_metrics) == ("grpc", "http://collector:4317", "http://collector:4317")
+    assert (plan.protocol, plan.otlp_traces, plan.otlp_metrics) == (
+        "grpc",
+        "http://collector:4317",
+        "http://collector:4317",
+    )
     assert plan.service_name == "asr-prod"
 
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/", "OTEL_METRIC_EXPORT_INTERVAL": "2500"}
@@ -240,11 +258,18 @@ def test_standard_environment_variables() -> None:
     assert plan.otlp_metrics == "http://collector:4318/v1/metrics"
     assert plan.metrics_interval_s == 2.5
 
-    env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://x.example/custom/path", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
+    env = {
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://x.example/custom/path",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+    }
     plan = resolve_plan(TelemetryConfig(), env)
     assert plan.otlp_traces == "https://x.example/custom/path" and plan.otlp_metrics is None
 
-    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "otlp,prometheus"}
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318",
+        "OTEL_TRACES_EXPORTER": "none",
+        "OTEL_METRICS_EXPORTER": "otlp,prometheus",
+    }
     plan = resolve_plan(TelemetryConfig(), env)
     assert plan.otlp_traces is None and plan.otlp_metrics == "http://c:4318/v1/metrics"
     assert plan.prometheus == ("127.0.0.1", 9464)
@@ -260,7 +285,9 @@ def test_standard_environment_variables() -> None:
 
     assert not resolve_plan(TelemetryConfig(otlp_endpoint="http://c:4317"), {"OTEL_SDK_DISABLED": "true"}).otlp_traces
     with pytest.raises(TelemetryError, match="http/json"):
-        resolve_plan(TelemetryConfig(), {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"})
+        resolve_plan(
+            TelemetryConfig(), {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}
+        )
 
 
 def test_prometheus_endpoint_serves_the_metrics() -> None:

@@ -135,7 +135,9 @@ def test_pre_roll_moves_start_earlier():
         # 300 ms earlier, unless the stream start or the previous segment's end is nearer.
         assert b.start_sample == max(a.start_sample - int(0.3 * SAMPLE_RATE), 0, b.start_sample)
         assert a.start_sample - b.start_sample <= int(0.3 * SAMPLE_RATE)
-    assert sum(a.start_sample - b.start_sample == int(0.3 * SAMPLE_RATE) for a, b in zip(no_roll, roll)) >= len(roll) - 1
+    assert (
+        sum(a.start_sample - b.start_sample == int(0.3 * SAMPLE_RATE) for a, b in zip(no_roll, roll)) >= len(roll) - 1
+    )
 
 
 def test_min_speech_discards_short_regions():

@@ -150,7 +150,14 @@ def test_to_dict() -> None:
     assert d["substitutions"] == 1 and d["ref_words"] == 3
     assert d["wer"] == pytest.approx(1 / 3)
     assert set(d) == {
-        "wer", "cer", "substitutions", "deletions", "insertions", "hits", "ref_words", "hyp_words",
+        "wer",
+        "cer",
+        "substitutions",
+        "deletions",
+        "insertions",
+        "hits",
+        "ref_words",
+        "hyp_words",
     }
 
 
@@ -179,11 +186,15 @@ def test_align_covers_every_word_and_matches_counts() -> None:
     assert [o.hyp_index for o in ops if o.hyp_index is not None] == list(range(len(hyp_words)))
     result = score(text, hyp)
     counts = {op: sum(o.op == op for o in ops) for op in ("substitute", "delete", "insert")}
-    assert counts == {
-        "substitute": result.substitutions,
-        "delete": result.deletions,
-        "insert": result.insertions,
-    } == {"substitute": 1, "delete": 1, "insert": 1}
+    assert (
+        counts
+        == {
+            "substitute": result.substitutions,
+            "delete": result.deletions,
+            "insert": result.insertions,
+        }
+        == {"substitute": 1, "delete": 1, "insert": 1}
+    )
     sub = next(o for o in ops if o.op == "substitute")
     assert (sub.ref_word, sub.hyp_word) == ("stew", "soup")
     assert ref_words[sub.ref_index] == "stew"
