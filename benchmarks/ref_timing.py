@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from speechpipe.pipeline.evaluate import ReferenceTimer, _timed
+from speechpipe.pipeline.evaluate.reference_timing import ReferenceTimer, _timed
 from speechpipe.stages.asr import AsrConfig, AsrEngine
 from speechpipe.stages.audio import load_audio
 from speechpipe.telemetry.attribution import BOUNDARY_TOLERANCE_S, edge_errors

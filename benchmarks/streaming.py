@@ -39,8 +39,10 @@ import numpy as np
 
 from speechpipe.pipeline.client import StreamResult, paced, pcm_s16le, stream_pcm
 from speechpipe.pipeline.config import Config
+from speechpipe.pipeline.driver import drive
+from speechpipe.pipeline.hooks import FinalTranscript
 from speechpipe.pipeline.protocol import Start
-from speechpipe.pipeline.session import FinalTranscript, StreamSession, drive
+from speechpipe.pipeline.session import StreamSession
 from speechpipe.stages.asr import AsrConfig, AsrEngine
 from speechpipe.stages.audio import load_audio
 from speechpipe.telemetry.wer import score_corpus

@@ -30,29 +30,19 @@ def default_files() -> list[Path]:
     return [CORPUS / "long" / "ted_bill-gates_next-epidemic_first-62s.mp3", *speech[::4]]
 
 
-def timed(hooks, total: list[int]):
-    """Wrap session hooks so the time spent inside them (on the pipeline's thread) is summed."""
-    from speechpipe.pipeline.session import SessionHooks
+class Timed:
+    """An observer around another that sums the time spent inside it (on the pipeline's thread)."""
 
-    class Timed(SessionHooks):
-        pass
+    def __init__(self, inner, total: list[int]) -> None:
+        self.inner = inner
+        self.total = total
 
-    def wrap(name):
-        inner = getattr(hooks, name)
-
-        def call(*a, **kw):
-            t = time.perf_counter_ns()
-            try:
-                return inner(*a, **kw)
-            finally:
-                total[0] += time.perf_counter_ns() - t
-
-        return call
-
-    t = Timed()
-    for name in ("stream_started", "audio_fed", "vad_event", "asr_completed", "final", "stream_ended"):
-        setattr(t, name, wrap(name))
-    return t
+    def on_event(self, event) -> None:
+        t = time.perf_counter_ns()
+        try:
+            self.inner.on_event(event)
+        finally:
+            self.total[0] += time.perf_counter_ns() - t
 
 
 def main() -> int:
@@ -64,10 +54,10 @@ def main() -> int:
     args = ap.parse_args()
 
     from speechpipe.pipeline.config import Config
+    from speechpipe.pipeline.observability import start_telemetry
     from speechpipe.pipeline.offline import transcribe_file
     from speechpipe.stages.asr import AsrEngine
     from speechpipe.stages.audio import probe
-    from speechpipe.telemetry.setup import Telemetry
 
     files = args.files or default_files()
     audio_s = sum(probe(f).duration_s for f in files)
@@ -92,7 +82,7 @@ def main() -> int:
             prometheus_port=0,
         ),
     )
-    tel = Telemetry.start(cfg, environ={})
+    tel = start_telemetry(cfg, environ={}, announce=False)
 
     inline_ns = [0]
 
@@ -100,8 +90,8 @@ def main() -> int:
         """Wall and CPU seconds (all threads of this process, exporters included) of one pass."""
         t0, c0 = time.perf_counter(), time.process_time()
         for f in files:
-            hooks = timed(tel.stream_hooks(file=str(f)), inline_ns) if on else None
-            transcribe_file(f, cfg, engine, hooks=hooks)
+            observers = [Timed(tel.stream_observer(file=str(f)), inline_ns)] if on else []
+            transcribe_file(f, cfg, engine, observers=observers)
         if on:
             tel.tracer_provider.force_flush()
             tel.meter_provider.force_flush()

@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 from speechpipe.stages.audio import load_audio
-from speechpipe.stages.vad import SAMPLE_RATE, SpeechSegment, VadConfig, VadSegmenter, make_classifier
+from speechpipe.stages.pcm import SAMPLE_RATE
+from speechpipe.stages.vad import SpeechSegment, VadConfig, VadSegmenter, make_classifier
 from speechpipe.telemetry.vad_metrics import pooled_score, read_segments
 
 HERE = Path(__file__).resolve().parent

@@ -20,7 +20,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from speechpipe.pipeline.protocol import Start
-from speechpipe.stages.audio import iter_file_blocks, probe, to_mono
+from speechpipe.stages.audio import header, iter_file_blocks
+from speechpipe.stages.pcm import to_mono
 
 DEFAULT_URL = "ws://127.0.0.1:8765/stream"
 
@@ -64,14 +65,14 @@ def pcm_s16le(x: np.ndarray) -> bytes:
 
 def file_start(path: str | Path) -> Start:
     """The ``start`` message for a file sent as is (native rate; mono or stereo)."""
-    info = probe(path)
+    info = header(path)
     return Start(sample_rate=info.sample_rate, channels=2 if info.channels == 2 else 1)
 
 
 def file_frames(path: str | Path, frame_ms: float = 20.0) -> Iterable[bytes]:
     """A file's audio as s16le frames of ``frame_ms`` at its native rate (more than two channels
     are mixed down to mono)."""
-    info = probe(path)
+    info = header(path)
     n = max(1, round(info.sample_rate * frame_ms / 1000))
     carry = np.zeros((0, 2 if info.channels == 2 else 1), dtype=np.float32)
     for block in iter_file_blocks(path):

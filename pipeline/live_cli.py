@@ -9,10 +9,11 @@ import logging
 import sys
 from typing import Any
 
+from speechpipe.pipeline.cli_args import add_config_arguments, config_from_args
 from speechpipe.pipeline.client import DEFAULT_URL
 
 
-def register(sub: Any, add_config_arguments) -> None:
+def register(sub: Any) -> None:
     """Add the live subcommands to the CLI's subparsers."""
     s = sub.add_parser(
         "serve",
@@ -59,7 +60,7 @@ def register(sub: Any, add_config_arguments) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from speechpipe.pipeline.cli import config_from_args
+    from speechpipe.pipeline.observability import server_telemetry, start_telemetry
     from speechpipe.pipeline.server import SpeechServer, token_from_env
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -73,17 +74,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     args.overrides = list(args.overrides) + [f"{k}={_toml(v)}" for k, v in overrides.items() if v is not None]
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # one line per Whisper call otherwise
     config = config_from_args(args)
-    from speechpipe.pipeline.cli import ConfigError
-    from speechpipe.pipeline.server_telemetry import server_telemetry
-    from speechpipe.telemetry.setup import TelemetryError
-
-    try:
-        kwargs, telemetry = server_telemetry(config)
-    except TelemetryError as exc:
-        raise ConfigError(str(exc)) from None
-    for line in telemetry.plan.describe():
-        print(f"speechpipe: telemetry: {line}", file=sys.stderr)
-    server = SpeechServer(config, token=token_from_env(args.token), **kwargs)
+    telemetry = start_telemetry(config, mode="live", metrics_page=True)
+    server = SpeechServer(config, token=token_from_env(args.token), **server_telemetry(telemetry).kwargs())
     asyncio.run(server.serve_forever())
     return 0
 

@@ -20,10 +20,12 @@ from pathlib import Path
 import soundfile as sf
 
 from speechpipe.pipeline.config import Config
+from speechpipe.pipeline.driver import drive
+from speechpipe.pipeline.hooks import FinalTranscript, Observer
 from speechpipe.pipeline.outputs import FileResult, atomic_write_text, is_complete, output_path, write_outputs
-from speechpipe.pipeline.session import FinalTranscript, SessionHooks, StreamSession, drive
+from speechpipe.pipeline.session import StreamSession
 from speechpipe.stages.asr import AsrEngine
-from speechpipe.stages.audio import AudioError, iter_file_blocks, probe
+from speechpipe.stages.audio import AudioError, header, iter_file_blocks
 from speechpipe.telemetry.wer import WerResult, score, score_corpus
 
 #: extensions looked for in folders: whatever libsndfile decodes.
@@ -137,13 +139,17 @@ def transcribe_file(
     config: Config,
     engine: AsrEngine,
     *,
-    hooks: SessionHooks | None = None,
+    observers: Iterable[Observer | None] = (),
     reference: str | None = None,
     stream_id: str | None = None,
 ) -> FileResult:
-    """Transcribe one file through a :class:`StreamSession` (raises :class:`AudioError`)."""
+    """Transcribe one file through a :class:`StreamSession` (raises :class:`AudioError`).
+
+    The file is decoded once, block by block; its duration is the frames actually decoded (exact
+    for MP3, whose header only estimates it).
+    """
     t0 = time.perf_counter()
-    info = probe(path)
+    info = header(path)
     session = StreamSession(
         config.vad,
         sample_rate=info.sample_rate,
@@ -151,7 +157,7 @@ def transcribe_file(
         pack_s=engine.config.window_s,
         pack_gap_s=engine.config.gap_s,
         stream_id=stream_id or str(path),
-        hooks=hooks,
+        observers=observers,
     )
     finals: list[FinalTranscript] = []
     try:
@@ -166,7 +172,7 @@ def transcribe_file(
     text = " ".join(s.text for s in segments)
     result = FileResult(
         file=str(path),
-        duration=info.duration_s,
+        duration=session.audio_s,
         text=text,
         segments=segments,
         sample_rate=info.sample_rate,
@@ -201,7 +207,7 @@ def run(
     progress: bool | None = None,
     on_result: Callable[[FileResult], None] | None = None,
     on_failure: Callable[[Failure], None] | None = None,
-    hooks_factory: Callable[[InputFile], SessionHooks | None] | None = None,
+    observers_factory: Callable[[InputFile], Iterable[Observer | None]] | None = None,
     metrics: Callable[[], dict] | None = None,
 ) -> RunSummary:
     """Transcribe every input into ``out_dir`` and write ``summary.json``.
@@ -237,8 +243,8 @@ def run(
             if engine is None:
                 engine = load_engine(config)
             try:
-                hooks = hooks_factory(item) if hooks_factory else None
-                result = transcribe_file(item.path, config, engine, hooks=hooks, reference=read_reference(item))
+                observers = observers_factory(item) if observers_factory else ()
+                result = transcribe_file(item.path, config, engine, observers=observers, reference=read_reference(item))
             except (AudioError, sf.LibsndfileError, RuntimeError, ValueError, OSError) as exc:
                 failure = Failure(str(item.path), _describe(exc))
                 summary.failed.append(failure)
@@ -295,7 +301,7 @@ class _Progress:
         self._dur: dict[Path, float] = {}
         for item in inputs:
             try:
-                d = probe(item.path).duration_s
+                d = header(item.path).duration_s  # an estimate for MP3: enough for a progress bar
             except AudioError:
                 d = 0.0
             self._dur[item.path] = d
@@ -309,10 +315,6 @@ class _Progress:
         )
         self._task = self._bar.add_task("transcribing", total=max(total, 1e-9))
         self._bar.start()
-
-    @property
-    def console(self):
-        return self._bar.console if self._bar else None
 
     def start(self, item: InputFile) -> None:
         if self._bar:

@@ -10,12 +10,14 @@ Routes (all ``GET``):
 
 One :class:`~speechpipe.stages.asr.AsrEngine` (one model) and one
 :class:`~speechpipe.pipeline.scheduler.AsrScheduler` (one worker thread) serve every stream; each
-connection gets its own :class:`~speechpipe.pipeline.live.LiveStream` and
-:class:`~speechpipe.pipeline.session.StreamSession`.
+connection gets its own :class:`~speechpipe.pipeline.live.connection.Connection` around a
+Sans-I/O :class:`~speechpipe.pipeline.live.core.LiveCore`, which is given a
+:class:`~speechpipe.pipeline.live.actions.LiveContext`, not the server.
 
-Telemetry plugs in from outside: ``hooks_factory`` builds the :class:`SessionHooks` of each stream
-(spans, per-stream metrics), ``observer`` is told about server-level events (streams accepted,
-rejected and closed, ASR queue depth, final latency), and ``metrics`` renders ``/metrics``.
+Telemetry plugs in from outside (see :mod:`speechpipe.pipeline.observability`):
+``stream_observers`` builds the observers of each stream's session (spans, per-stream metrics),
+``observer`` is told about server-level events (streams turned away), and ``metrics`` renders
+``/metrics``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from urllib.parse import parse_qs, urlsplit
@@ -38,10 +40,11 @@ from websockets.http11 import Request, Response
 
 from speechpipe.pipeline import protocol as P
 from speechpipe.pipeline.config import Config
-from speechpipe.pipeline.live import LiveStream
-from speechpipe.pipeline.protocol import ProtocolError, Start
-from speechpipe.pipeline.scheduler import AsrScheduler, QueueObserver
-from speechpipe.pipeline.session import SessionHooks
+from speechpipe.pipeline.hooks import Observer, Observers, StreamRejected
+from speechpipe.pipeline.live.actions import LiveContext
+from speechpipe.pipeline.live.connection import Connection
+from speechpipe.pipeline.protocol import ProtocolError
+from speechpipe.pipeline.scheduler import AsrScheduler
 from speechpipe.stages.asr import AsrEngine
 
 log = logging.getLogger("speechpipe.server")
@@ -56,23 +59,7 @@ _STATIC = {
 }
 
 
-class ServerObserver(QueueObserver):
-    """Server-level events for telemetry; every method defaults to doing nothing."""
-
-    def stream_opened(self, stream_id: str) -> None:
-        """A stream was accepted (it counts as active until :meth:`stream_closed`)."""
-
-    def stream_closed(self, stream_id: str) -> None:
-        """An accepted stream ended, however it ended."""
-
-    def stream_rejected(self, reason: str) -> None:
-        """A connection was turned away: ``busy``, ``not_ready``, ``shutting_down`` or ``unauthorized``."""
-
-    def final_latency(self, latency_s: float) -> None:
-        """A final was sent ``latency_s`` after the audio at its segment's end arrived."""
-
-
-HooksFactory = Callable[[str, Start], SessionHooks]
+StreamObservers = Callable[[str, dict], Sequence[Observer]]
 MetricsRenderer = Callable[[], tuple[bytes, str]]
 
 
@@ -94,10 +81,10 @@ class SpeechServer:
         engine: a loaded engine to share (tests pass theirs); loaded from ``config.asr`` otherwise,
             in a thread, after the socket is listening (``/readyz`` says when).
         token: required bearer token; None allows everyone.
-        hooks_factory: builds each stream's :class:`SessionHooks` (telemetry).
-        observer: server-level telemetry.
-        metrics: renders ``/metrics`` as ``(body, content_type)``; defaults to prometheus_client's
-            global registry when that package is installed.
+        stream_observers: builds the observers of each stream's session from its id and its audio
+            format's attributes (telemetry).
+        observer: told server-level events (:class:`~speechpipe.pipeline.hooks.StreamRejected`).
+        metrics: renders ``/metrics`` as ``(body, content_type)``; without it the page is empty.
         on_shutdown: called once the server has drained (flush telemetry there).
     """
 
@@ -107,8 +94,8 @@ class SpeechServer:
         engine: AsrEngine | None = None,
         *,
         token: str | None = None,
-        hooks_factory: HooksFactory | None = None,
-        observer: ServerObserver | None = None,
+        stream_observers: StreamObservers | None = None,
+        observer: Observer | None = None,
         metrics: MetricsRenderer | None = None,
         on_shutdown: Callable[[], None] | None = None,
     ) -> None:
@@ -116,12 +103,12 @@ class SpeechServer:
         self.settings = self.config.server
         self.engine = engine
         self.token = token or None
-        self.hooks_factory = hooks_factory
-        self.observer = observer or ServerObserver()
-        self.metrics = metrics or _default_metrics
+        self.stream_observers = stream_observers
+        self.observer = Observers([observer])
+        self.metrics = metrics or _no_metrics
         self.on_shutdown = on_shutdown
         self.scheduler: AsrScheduler | None = None
-        self.streams: dict[str, LiveStream] = {}
+        self.streams: dict[str, Connection] = {}
         self.counters = ServerCounters()
         self._server: Server | None = None
         self._ready = asyncio.Event()
@@ -190,7 +177,6 @@ class SpeechServer:
             partial_max_age_s=2 * s.partial_interval_s,
             pack_backlog=s.pack_backlog,
             partial_rest=s.partial_rest,
-            observer=self.observer,
         )
         self.scheduler.start()
         self._ready.set()
@@ -242,15 +228,16 @@ class SpeechServer:
 
     # -- per stream ---------------------------------------------------------------------------
 
-    def hooks_for(self, stream_id: str, start: Start) -> SessionHooks | None:
-        return self.hooks_factory(stream_id, start) if self.hooks_factory else None
-
-    def observe_final(self, latency_s: float) -> None:
-        self.counters.finals += 1
-        try:
-            self.observer.final_latency(latency_s)
-        except Exception:
-            log.exception("observer failed")
+    def context(self) -> LiveContext:
+        """What each stream is given (the server's settings and its engine's model)."""
+        return LiveContext(
+            settings=self.settings,
+            vad=self.config.vad,
+            languages=self.languages,
+            model=self.engine.model_name,
+            variant=self.config.pipeline.variant,
+            stream_observers=self.stream_observers,
+        )
 
     async def _handle(self, ws: ServerConnection) -> None:
         task = asyncio.current_task()
@@ -278,31 +265,30 @@ class SpeechServer:
         else:
             reason, exc = None, None
         if exc is not None:
-            self.counters.rejected += 1
-            self._notify("stream_rejected", reason)
+            self._rejected(reason)
             retry = {} if exc.code == "shutting_down" else {"retry_after_s": self.settings.retry_after_s}
             await _reject(ws, exc, retry)
             return
-        stream = LiveStream(self, ws, stream_id)
+        stream = Connection(ws, stream_id, self.context(), self.scheduler)
         self.streams[stream_id] = stream
         self.counters.accepted += 1
-        self._notify("stream_opened", stream_id)
         log.info("stream %s: opened from %s", stream_id, _peer(ws))
         try:
             await stream.run()
         finally:
             del self.streams[stream_id]
             self.counters.closed += 1
-            self._notify("stream_closed", stream_id)
+            self.counters.finals += stream.stats.finals
             log.info(
                 "stream %s: closed (%.1f s of audio, %d finals)", stream_id, stream.stats.audio_s, stream.stats.finals
             )
 
-    def _notify(self, method: str, *args) -> None:
+    def _rejected(self, reason: str) -> None:
+        self.counters.rejected += 1
         try:
-            getattr(self.observer, method)(*args)
+            self.observer.on_event(StreamRejected(reason))
         except Exception:  # telemetry must never break serving
-            log.exception("observer %s failed", method)
+            log.exception("observer failed")
 
     # -- HTTP ---------------------------------------------------------------------------------
 
@@ -311,8 +297,7 @@ class SpeechServer:
         path = url.path
         if path == "/stream":
             if self.token and not self._authorized(request, url.query):
-                self.counters.rejected += 1
-                self._notify("stream_rejected", "unauthorized")
+                self._rejected("unauthorized")
                 response = connection.respond(401, "missing or wrong token\n")
                 response.headers["WWW-Authenticate"] = 'Bearer realm="speechpipe"'
                 return response
@@ -379,12 +364,8 @@ def _peer(ws: ServerConnection) -> str:
         return "?"
 
 
-def _default_metrics() -> tuple[bytes, str]:
-    try:
-        from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
-    except ImportError:
-        return b"# prometheus_client is not installed\n", "text/plain; version=0.0.4; charset=utf-8"
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+def _no_metrics() -> tuple[bytes, str]:
+    return b"", "text/plain; version=0.0.4; charset=utf-8"
 
 
 def token_from_env(flag: str | None) -> str | None:

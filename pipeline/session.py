@@ -2,105 +2,85 @@
 
 A :class:`StreamSession` strings the stages together for one stream (a live connection or a
 file): resampler -> VAD segmenter -> ASR jobs. It performs no I/O and never calls the model
-itself. Whoever drives it (the offline runner, the WebSocket server) feeds audio, takes the
-:class:`AsrJob` objects it produces, runs them on an :class:`~speechpipe.stages.asr.AsrEngine`
-(directly, or through a shared scheduler), and hands the transcripts back with
-:meth:`StreamSession.complete`, which turns them into :class:`FinalTranscript` events.
+itself. Whoever drives it (the inline driver of :mod:`speechpipe.pipeline.driver` offline, the live
+core of a WebSocket stream) feeds audio, takes the :class:`~speechpipe.pipeline.hooks.AsrJob`
+objects it produces, runs them on an engine (directly, or through a shared scheduler), and hands
+the transcripts back with :meth:`StreamSession.complete`, which turns them into
+:class:`~speechpipe.pipeline.hooks.FinalTranscript` events. Everything it does is reported to its
+observers (:mod:`speechpipe.pipeline.hooks`).
 
 That split is what keeps live and offline on one code path: a file is a stream fed fast.
 Offline, closed segments are packed into jobs of up to ``pack_s`` seconds (Whisper costs a 30 s
 encoder pass per call, so packing saves most of the compute); live, ``pack_s = 0`` makes one job
 per segment as soon as the VAD closes it.
+
+Time comes from an injected ``clock`` (monotonic seconds): each fed chunk is stamped with its
+arrival, and a final's latency is the time from the arrival of the audio at its segment's end.
 """
 
 from __future__ import annotations
 
-import itertools
 import time
 import uuid
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from speechpipe.stages.asr import AudioPiece, Transcript, WindowStats, pack_windows
-from speechpipe.stages.audio import StreamResampler, pcm_to_float, to_mono
-from speechpipe.stages.vad import (
-    SAMPLE_RATE,
-    SpeechDiscarded,
-    SpeechSegment,
-    SpeechStarted,
-    VadConfig,
-    VadSegmenter,
+from speechpipe.pipeline.hooks import (
+    AsrCompleted,
+    AsrDequeued,
+    AsrJob,
+    AsrQueued,
+    AudioFed,
+    FinalTranscript,
+    JobKind,
+    Observer,
+    Observers,
+    StreamEnded,
+    StreamStarted,
+    VadOutput,
 )
+from speechpipe.stages.asr import AsrRun, AudioPiece, Transcript
+from speechpipe.stages.asr.packing import release_groups
+from speechpipe.stages.audio import StreamResampler
+from speechpipe.stages.pcm import SAMPLE_RATE, pcm_to_float, to_mono
+from speechpipe.stages.vad import SpeechDiscarded, SpeechSegment, SpeechStarted, VadConfig, VadSegmenter
 
-FINAL = "final"
-PARTIAL = "partial"
+#: how much arrival history (seconds of input audio) a session keeps to time its segment ends.
+ARRIVAL_HISTORY_S = 40.0
 
-_job_ids = itertools.count(1)
-
-
-@dataclass
-class AsrJob:
-    """Work for the ASR stage: pieces of one stream's audio to transcribe together.
-
-    ``segments`` are the VAD segments behind a final job (one piece per segment); a partial job
-    carries the open segment's audio so far and no segment.
-    """
-
-    stream_id: str
-    kind: str
-    pieces: list[AudioPiece]
-    segments: list[SpeechSegment] = field(default_factory=list)
-    created: float = field(default_factory=time.monotonic)
-    job_id: int = field(default_factory=lambda: next(_job_ids))
-
-    @property
-    def audio_s(self) -> float:
-        return sum(p.duration_s for p in self.pieces)
-
-
-@dataclass
-class FinalTranscript:
-    """The final transcript of one VAD segment."""
-
-    stream_id: str
-    segment: SpeechSegment
-    transcript: Transcript
-
-
-@dataclass
-class PartialTranscript:
-    """A provisional transcript of the still-open segment ``segment_index``."""
-
-    stream_id: str
-    segment_index: int
-    transcript: Transcript
-
-
-@dataclass
-class AsrRun:
-    """How a job was executed, for telemetry: wall-clock times (ns since the epoch, as OpenTelemetry
-    wants them), time spent queued, and what each Whisper call covered."""
-
-    started_ns: int
-    ended_ns: int
-    queue_wait_s: float = 0.0
-    windows: list[WindowStats] = field(default_factory=list)
-    model: str = ""
-    device: str = ""
-    compute_type: str = ""
-
-    @property
-    def wall_s(self) -> float:
-        return (self.ended_ns - self.started_ns) / 1e9
-
-
-Event = SpeechStarted | SpeechSegment | SpeechDiscarded | FinalTranscript | PartialTranscript
+Event = SpeechStarted | SpeechSegment | SpeechDiscarded | FinalTranscript
 
 
 class SessionError(ValueError):
     """Audio that the session cannot take (wrong shape, wrong encoding, fed after finish)."""
+
+
+class ArrivalClock:
+    """When the input audio arrived: one stamp per fed chunk, for ``history_s`` seconds of input."""
+
+    def __init__(self, sample_rate: int, history_s: float = ARRIVAL_HISTORY_S) -> None:
+        self.sample_rate = sample_rate
+        self.frames = 0  # input frames received so far
+        self._history = int(history_s * sample_rate)
+        self._stamps: deque[tuple[int, float]] = deque()  # (frames received up to then, time)
+
+    def stamp(self, frames: int, now: float) -> None:
+        """``frames`` more input frames arrived at ``now``."""
+        self.frames += frames
+        self._stamps.append((self.frames, now))
+        keep = self.frames - self._history
+        while len(self._stamps) > 1 and self._stamps[0][0] < keep:
+            self._stamps.popleft()
+
+    def arrival_of(self, end_sample: int, default: float) -> float:
+        """When the input audio up to 16 kHz stream sample ``end_sample`` had arrived."""
+        frame = -(-end_sample * self.sample_rate // SAMPLE_RATE)  # ceil
+        for frames, when in self._stamps:
+            if frames >= frame:
+                return when
+        return self._stamps[-1][1] if self._stamps else default
 
 
 class StreamSession:
@@ -116,7 +96,8 @@ class StreamSession:
         pack_lookahead_s: offline, how much closed-segment audio to gather before packing; more
             gives fuller windows, at the cost of holding that audio in memory.
         stream_id: identifier used in events and telemetry; random when not given.
-        hooks: optional observer (see :class:`SessionHooks`); telemetry plugs in here.
+        observers: told every event of the stream (see :mod:`speechpipe.pipeline.hooks`).
+        clock: monotonic seconds; the arrival time of fed audio and of finals.
     """
 
     def __init__(
@@ -129,7 +110,8 @@ class StreamSession:
         pack_gap_s: float = 0.3,
         pack_lookahead_s: float = 120.0,
         stream_id: str | None = None,
-        hooks: SessionHooks | None = None,
+        observers: Iterable[Observer | None] = (),
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if channels < 1:
             raise SessionError(f"channels must be at least 1, not {channels}")
@@ -139,19 +121,22 @@ class StreamSession:
         self.pack_s = pack_s
         self.pack_gap_s = pack_gap_s
         self.pack_lookahead_s = pack_lookahead_s
-        self.hooks = hooks or SessionHooks()
+        self.observers = Observers(observers)
+        self.clock = clock
         self.vad = VadSegmenter(vad or VadConfig())
         self.vad_config_id = self.vad.config_id
         self._resampler = StreamResampler(sample_rate, SAMPLE_RATE)
+        self.arrivals = ArrivalClock(sample_rate)
         self._closed: list[SpeechSegment] = []  # closed segments not yet in a job
         self._in_flight: dict[int, AsrJob] = {}
         self._finished = False
-        self._closed_notified = False
+        self._abandoned = False
+        self._ended = False
         self.segments_closed = 0
         self.finals_emitted = 0
         #: what stopped the stream early, when :meth:`abandon` was given a reason.
         self.error: BaseException | None = None
-        self.hooks.stream_started(self)
+        self.observers.on_event(StreamStarted(self.stream_id, sample_rate, channels, self.vad_config_id))
 
     # -- audio in -----------------------------------------------------------------------------
 
@@ -159,6 +144,11 @@ class StreamSession:
     def stream_samples(self) -> int:
         """16 kHz samples consumed by the VAD so far (stream time = this / 16000)."""
         return self.vad.samples_seen
+
+    @property
+    def audio_s(self) -> float:
+        """Seconds of input audio fed so far."""
+        return self.arrivals.frames / self.sample_rate
 
     def feed(self, samples: np.ndarray) -> list[Event]:
         """Feed audio at the session's rate: shape (n,) or (n, channels), float32 in [-1, 1]."""
@@ -172,9 +162,12 @@ class StreamSession:
             x = to_mono(x)
         elif x.ndim != 1 or (self.channels != 1 and x.size):
             raise SessionError(f"expected audio of shape (n, {self.channels}), got {x.shape}")
+        self.arrivals.stamp(raw.shape[0] if raw.ndim else 0, self.clock())
         t0 = time.perf_counter_ns()
         events = self.vad.feed(self._resampler.process(x))
-        self.hooks.audio_fed(self, raw, time.perf_counter_ns() - t0)
+        vad_ns = time.perf_counter_ns() - t0
+        if self.observers:
+            self.observers.on_event(AudioFed(self.stream_id, raw, self.sample_rate, vad_ns))
         return self._vad_events(events)
 
     def feed_pcm(self, data: bytes, encoding: str = "pcm_s16le") -> list[Event]:
@@ -201,23 +194,17 @@ class StreamSession:
         """Final jobs ready to run.
 
         Live (``pack_s == 0``): one job per segment, as soon as it closes. Offline: closed segments
-        are buffered until ``pack_lookahead_s`` of audio is waiting (or the stream ended), then
-        packed into as few ``pack_s`` windows as possible; the least-filled window waits for more
-        segments unless the stream is over. One job is one window.
+        wait until ``pack_lookahead_s`` of audio has gathered (or the stream ended), then are
+        packed into as few ``pack_s`` windows as possible
+        (:func:`~speechpipe.stages.asr.packing.release_groups`). One job is one window.
         """
         if self.pack_s <= 0:
             jobs = [self._make_job([seg]) for seg in self._closed]
             self._closed.clear()
             return jobs
-        waiting = sum(s.duration_s for s in self._closed)
-        if not self._closed or (not self._finished and waiting < self.pack_lookahead_s):
-            return []
-        groups = pack_windows([s.duration_s for s in self._closed], self.pack_s, self.pack_gap_s)
-        if not self._finished and len(groups) > 1:
-            fill = [sum(self._closed[i].duration_s for i in g) for g in groups]
-            keep = groups.pop(fill.index(min(fill)))
-        else:
-            keep = []
+        groups, keep = release_groups(
+            [s.duration_s for s in self._closed], self.pack_s, self.pack_gap_s, self.pack_lookahead_s, self._finished
+        )
         jobs = [self._make_job([self._closed[i] for i in g]) for g in groups]
         self._closed = [self._closed[i] for i in keep]
         return jobs
@@ -225,7 +212,7 @@ class StreamSession:
     def _make_job(self, segments: list[SpeechSegment]) -> AsrJob:
         job = AsrJob(
             self.stream_id,
-            FINAL,
+            JobKind.FINAL,
             [AudioPiece(s.index, s.start_sample, s.audio) for s in segments],
             segments=segments,
         )
@@ -240,11 +227,11 @@ class StreamSession:
         index, start, audio = open_seg
         if audio.size < min_audio_s * SAMPLE_RATE:
             return None
-        return AsrJob(self.stream_id, PARTIAL, [AudioPiece(index, start, audio)])
+        return AsrJob(self.stream_id, JobKind.PARTIAL, [AudioPiece(index, start, audio)])
 
     def speculative_job(self, min_audio_s: float = 0.3) -> AsrJob | None:
-        """A partial job holding exactly the audio the open segment will close with if the pause
-        that has begun lasts (see :meth:`VadSegmenter.closing_segment`), or None.
+        """A job holding exactly the audio the open segment will close with if the pause that has
+        begun lasts (see :meth:`VadSegmenter.closing_segment`), or None.
 
         Live drivers run it during the VAD's hangover; if the segment then closes with the same
         start and end, its transcript can stand in for the final job's (see :func:`same_audio`).
@@ -255,30 +242,43 @@ class StreamSession:
         index, start, audio = closing
         if audio.size < min_audio_s * SAMPLE_RATE:
             return None
-        return AsrJob(self.stream_id, PARTIAL, [AudioPiece(index, start, audio)])
+        return AsrJob(self.stream_id, JobKind.SPECULATIVE, [AudioPiece(index, start, audio)])
 
-    def complete(self, job: AsrJob, transcripts: list[Transcript], run: AsrRun | None = None) -> list[Event]:
-        """Hand back the transcripts of ``job`` (and how it ran); returns final or partial transcript events."""
-        if job.kind == PARTIAL:
-            self.hooks.asr_completed(self, job, transcripts, run)
-            return [PartialTranscript(self.stream_id, t.index, t) for t in transcripts]
+    def job_queued(self, job: AsrJob) -> None:
+        """Tell the observers a driver queued ``job`` for a shared engine."""
+        self.observers.on_event(AsrQueued(self.stream_id, job))
+
+    def job_dequeued(self, job: AsrJob) -> None:
+        """Tell the observers ``job`` left the queue (taken, dropped or cancelled); any thread."""
+        self.observers.on_event(AsrDequeued(self.stream_id, job))
+
+    def complete(self, job: AsrJob, transcripts: list[Transcript], run: AsrRun | None = None) -> list[FinalTranscript]:
+        """Hand back the transcripts of ``job`` (and how it ran). A final job's segments become
+        :class:`FinalTranscript` events, returned and reported; any other job is only reported."""
+        if job.kind is not JobKind.FINAL:
+            self.observers.on_event(AsrCompleted(self.stream_id, job, transcripts, run))
+            return []
         if self._in_flight.pop(job.job_id, None) is None:
             raise SessionError(f"job {job.job_id} is not in flight for stream {self.stream_id}")
         if len(transcripts) != len(job.segments):
             raise SessionError("one transcript per segment expected")
-        self.hooks.asr_completed(self, job, transcripts, run)
-        events: list[Event] = []
+        self.observers.on_event(AsrCompleted(self.stream_id, job, transcripts, run))
+        now = self.clock()
+        finals = []
         for seg, tr in zip(job.segments, transcripts):
-            events.append(FinalTranscript(self.stream_id, seg, tr))
+            latency = max(0.0, now - self.arrivals.arrival_of(seg.end_sample, now))
+            final = FinalTranscript(self.stream_id, seg, tr, latency)
+            finals.append(final)
             self.finals_emitted += 1
-            self.hooks.final(self, seg, tr)
-        return events
+            self.observers.on_event(final)
+        return finals
 
     def abandon(self, error: BaseException | None = None) -> int:
         """Forget queued and in-flight work (a client went away, or ``error`` stopped the stream);
         returns how many segments were dropped. ``error`` is kept in :attr:`error` for observers."""
         if error is not None and self.error is None:
             self.error = error
+        self._abandoned = self._abandoned or not self.done
         n = self.pending
         self._closed.clear()
         self._in_flight.clear()
@@ -288,9 +288,17 @@ class StreamSession:
 
     def close(self) -> None:
         """Mark the stream over for observers (idempotent); call once it is drained or abandoned."""
-        if not self._closed_notified:
-            self._closed_notified = True
-            self.hooks.stream_ended(self)
+        if not self._ended:
+            self._ended = True
+            self.observers.on_event(
+                StreamEnded(
+                    self.stream_id,
+                    self.done and not self._abandoned,
+                    self.error,
+                    self.vad.speech_frames,
+                    self.vad.total_frames,
+                )
+            )
 
     @property
     def pending(self) -> int:
@@ -309,39 +317,9 @@ class StreamSession:
             if isinstance(ev, SpeechSegment):
                 self._closed.append(ev)
                 self.segments_closed += 1
-            self.hooks.vad_event(self, ev)
+            if self.observers:
+                self.observers.on_event(VadOutput(self.stream_id, ev))
         return events
-
-
-class SessionHooks:
-    """Observer of a session's life; the default does nothing. Telemetry subclasses it."""
-
-    def stream_started(self, session: StreamSession) -> None:
-        """Called once when the session is created."""
-
-    def audio_fed(self, session: StreamSession, samples: np.ndarray, vad_ns: int) -> None:
-        """Called for every chunk fed, as received (float32, ``(n,)`` or ``(n, channels)``), with the
-        time resampling and VAD took on it, before its VAD events are reported."""
-
-    def vad_event(self, session: StreamSession, event: SpeechStarted | SpeechSegment | SpeechDiscarded) -> None:
-        """Called for every VAD event, in stream order."""
-
-    def asr_queued(self, session: StreamSession, job: AsrJob) -> None:
-        """Called by a scheduler when it queues ``job`` (the inline offline driver does not queue)."""
-
-    def asr_started(self, session: StreamSession, job: AsrJob) -> None:
-        """Called by a scheduler when a queued ``job`` leaves the queue for the engine."""
-
-    def asr_completed(
-        self, session: StreamSession, job: AsrJob, transcripts: list[Transcript], run: AsrRun | None
-    ) -> None:
-        """Called when an ASR job's results come back, before the final events are made."""
-
-    def final(self, session: StreamSession, segment: SpeechSegment, transcript: Transcript) -> None:
-        """Called for every final transcript."""
-
-    def stream_ended(self, session: StreamSession) -> None:
-        """Called once the stream is finished and drained (or abandoned)."""
 
 
 def same_audio(partial: AsrJob, final: AsrJob) -> bool:
@@ -354,49 +332,3 @@ def same_audio(partial: AsrJob, final: AsrJob) -> bool:
         and piece.start_sample == seg.start_sample
         and piece.start_sample + piece.audio.size == seg.end_sample
     )
-
-
-def run_job(engine, job: AsrJob, queue_wait_s: float = 0.0) -> tuple[list[Transcript], AsrRun]:
-    """Run one job on an engine synchronously."""
-    return run_jobs(engine, [job], queue_wait_s)[0]
-
-
-def run_jobs(engine, jobs: list[AsrJob], queue_wait_s: float = 0.0) -> list[tuple[list[Transcript], AsrRun]]:
-    """Run several jobs in one engine call, so their windows can be decoded in batches; the wall
-    time of the call is shared by all of them."""
-    if not jobs:
-        return []
-    started = time.time_ns()
-    results = engine.transcribe_groups([job.pieces for job in jobs])
-    ended = time.time_ns()
-    return [
-        (
-            transcripts,
-            AsrRun(
-                started_ns=started,
-                ended_ns=ended,
-                queue_wait_s=queue_wait_s,
-                windows=windows,
-                model=engine.model_name,
-                device=engine.device,
-                compute_type=engine.compute_type,
-            ),
-        )
-        for transcripts, windows in results
-    ]
-
-
-def drive(session: StreamSession, engine, chunks: Iterable[np.ndarray]) -> Iterator[Event]:
-    """Feed ``chunks`` through ``session`` and run its jobs inline: the synchronous driver used
-    offline. Yields every event in order; ends once the stream is finished and drained."""
-
-    for chunk in chunks:
-        yield from session.feed(chunk)
-        jobs = session.take_jobs()
-        for job, result in zip(jobs, run_jobs(engine, jobs)):
-            yield from session.complete(job, *result)
-    yield from session.finish()
-    jobs = session.take_jobs()
-    for job, result in zip(jobs, run_jobs(engine, jobs)):
-        yield from session.complete(job, *result)
-    session.close()

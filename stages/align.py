@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from speechpipe.stages.pcm import SAMPLE_RATE
+
 WINDOW_S = 30.0
 
 

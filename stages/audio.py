@@ -1,4 +1,4 @@
-"""Audio decoding and resampling: files and raw PCM in, 16 kHz mono float32 out.
+"""Audio files and resampling: files in any format and rate in, 16 kHz mono float32 out.
 
 Files are decoded with libsndfile (through :mod:`soundfile`: WAV, FLAC, Ogg, MP3) in bounded
 blocks, so memory does not grow with file length until the caller decides to keep the samples.
@@ -8,8 +8,6 @@ chunking of its input, so live input and whole files share one code path.
 
 from __future__ import annotations
 
-import math
-import numbers
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -18,19 +16,10 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-TARGET_RATE = 16000
-"""Sample rate (Hz) of everything handed to the later stages."""
+from speechpipe.stages.pcm import SAMPLE_RATE, to_mono
 
 MIN_RATE = 4000
 MAX_RATE = 192000
-
-CLIP_LEVEL = 0.999
-"""Absolute sample value at or above which a float sample counts as clipped."""
-
-SILENCE_DBFS = -120.0
-"""Floor reported by :func:`level_stats` for digital silence (log of zero)."""
-
-_PCM_WIDTHS = {"pcm_s16le": 2, "pcm_f32le": 4}
 
 
 class AudioError(Exception):
@@ -58,21 +47,6 @@ class AudioInfo:
     duration_s: float
     format: str
     subtype: str
-
-
-@dataclass(frozen=True)
-class LevelStats:
-    """Signal level of a block of float audio (full scale = 1.0).
-
-    Attributes:
-        rms_dbfs: RMS level in dBFS, ``SILENCE_DBFS`` for silence or an empty block.
-        peak_dbfs: largest absolute sample in dBFS, same floor.
-        clipped_fraction: fraction of samples with ``|x| >= CLIP_LEVEL``.
-    """
-
-    rms_dbfs: float
-    peak_dbfs: float
-    clipped_fraction: float
 
 
 def _fail(path: str, cause: str) -> AudioError:
@@ -103,7 +77,15 @@ def _open(path: str) -> sf.SoundFile:
         raise _fail(path, f"cannot read ({exc.strerror or exc})") from exc
 
 
-def _header(path: str) -> AudioInfo:
+def header(path: str | os.PathLike[str]) -> AudioInfo:
+    """Describe a file from its header alone (no decoding): rate, channels, format, and the frame
+    count, which is exact for every format but MP3, where it is libsndfile's estimate from the
+    bitrate (use :func:`probe` for an exact count, or count the frames while decoding).
+
+    Raises:
+        AudioError: the file is missing, empty or not decodable.
+    """
+    path = os.fspath(path)
     with _open(path) as f:
         return AudioInfo(
             path=path,
@@ -131,7 +113,7 @@ def probe(path: str | os.PathLike[str]) -> AudioInfo:
         AudioError: the file is missing, empty, not decodable, or holds zero frames.
     """
     p = os.fspath(path)
-    info = _header(p)
+    info = header(p)
     if info.format == "MP3":
         info = _with_frames(info, sum(len(b) for b in iter_file_blocks(p)))
     if info.frames == 0:
@@ -179,53 +161,6 @@ def _blocks(path: str, block_s: float) -> Iterator[np.ndarray]:
         raise _fail(path, f"truncated: header declares {declared} frames, only {total} decoded")
 
 
-def to_mono(x: np.ndarray) -> np.ndarray:
-    """Return float32 1-D audio: 1-D input as is (cast if needed), 2-D ``(n, ch)`` averaged.
-
-    Raises:
-        ValueError: ``x`` is not 1-D or ``(frames, channels)`` with at least one channel.
-    """
-    a = np.asarray(x)
-    if a.ndim == 1:
-        return a.astype(np.float32, copy=False)
-    if a.ndim == 2 and a.shape[1] > 0:
-        if a.shape[1] == 1:
-            return a[:, 0].astype(np.float32)
-        return a.mean(axis=1, dtype=np.float32)
-    raise ValueError(f"expected 1-D or 2-D (frames, channels) audio, got shape {a.shape}")
-
-
-def pcm_to_float(data: bytes, encoding: str, channels: int) -> np.ndarray:
-    """Convert interleaved little-endian PCM bytes to float32 of shape ``(frames, channels)``.
-
-    Args:
-        data: raw interleaved samples.
-        encoding: ``"pcm_s16le"`` (scaled by 1/32768 to [-1, 1)) or ``"pcm_f32le"`` (as is).
-        channels: interleaved channel count, at least 1.
-
-    Raises:
-        ValueError: unknown encoding, bad channel count, or a byte count that is not a whole
-            number of frames.
-    """
-    width = _PCM_WIDTHS.get(encoding)
-    if width is None:
-        raise ValueError(f"unsupported PCM encoding {encoding!r}; expected one of {sorted(_PCM_WIDTHS)}")
-    if isinstance(channels, bool) or not isinstance(channels, numbers.Integral) or channels < 1:
-        raise ValueError(f"channels must be a positive integer, got {channels!r}")
-    frame_bytes = width * channels
-    if len(data) % frame_bytes:
-        raise ValueError(
-            f"{len(data)} bytes of {encoding} is not a whole number of frames "
-            f"({width} bytes x {channels} channels = {frame_bytes} bytes per frame)"
-        )
-    if encoding == "pcm_s16le":
-        samples = np.frombuffer(data, dtype="<i2") / np.float32(32768.0)
-    else:
-        # astype copies: frombuffer gives a read-only view of the caller's bytes.
-        samples = np.frombuffer(data, dtype="<f4").astype(np.float32)
-    return samples.reshape(-1, channels)
-
-
 def _check_rate(name: str, rate: int) -> int:
     try:
         value = int(rate)
@@ -257,7 +192,7 @@ class StreamResampler:
         out_rate: output sample rate in Hz.
     """
 
-    def __init__(self, in_rate: int, out_rate: int = TARGET_RATE) -> None:
+    def __init__(self, in_rate: int, out_rate: int = SAMPLE_RATE) -> None:
         """Raises ValueError unless both rates are whole numbers in [MIN_RATE, MAX_RATE] Hz."""
         self.in_rate = _check_rate("in_rate", in_rate)
         self.out_rate = _check_rate("out_rate", out_rate)
@@ -306,7 +241,7 @@ class StreamResampler:
         return out
 
 
-def resample(x: np.ndarray, in_rate: int, out_rate: int = TARGET_RATE) -> np.ndarray:
+def resample(x: np.ndarray, in_rate: int, out_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Resample a whole float signal in one call (soxr HQ); ``x`` is 1-D or ``(frames, channels)``.
 
     Returns float32 of the same dimensionality; a copy when the rates are equal.
@@ -336,33 +271,11 @@ def load_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, AudioInfo]:
         AudioError: as :func:`iter_file_blocks`, or a native rate outside [MIN_RATE, MAX_RATE].
     """
     p = os.fspath(path)
-    info = _header(p)
+    info = header(p)
     try:
-        resampler = StreamResampler(info.sample_rate, TARGET_RATE)
+        resampler = StreamResampler(info.sample_rate, SAMPLE_RATE)
     except ValueError as exc:
         raise _fail(p, f"unsupported sample rate ({exc})") from exc
     parts = [resampler.process(to_mono(block)) for block in iter_file_blocks(p)]
     parts.append(resampler.flush())
     return np.concatenate(parts), _with_frames(info, resampler.samples_in)
-
-
-def level_stats(x: np.ndarray) -> LevelStats:
-    """Measure RMS and peak (dBFS, floored at ``SILENCE_DBFS``) and clipping of float audio.
-
-    ``x`` may have any shape; all samples count alike.
-    """
-    a = np.asarray(x, dtype=np.float32).ravel()
-    if a.size == 0:
-        return LevelStats(SILENCE_DBFS, SILENCE_DBFS, 0.0)
-    mag = np.abs(a)
-    rms = math.sqrt(float(np.mean(np.square(a, dtype=np.float64))))
-    peak = float(mag.max())
-    return LevelStats(
-        rms_dbfs=_dbfs(rms),
-        peak_dbfs=_dbfs(peak),
-        clipped_fraction=float(np.count_nonzero(mag >= CLIP_LEVEL)) / a.size,
-    )
-
-
-def _dbfs(level: float) -> float:
-    return max(SILENCE_DBFS, 20.0 * math.log10(level)) if level > 0 else SILENCE_DBFS

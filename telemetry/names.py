@@ -33,7 +33,9 @@ EVENT_VAD_DISCARDED = "vad.discarded"
 # on every span and metric
 PIPELINE_VARIANT = "pipeline.variant"
 VAD_CONFIG_ID = "vad.config_id"
-PIPELINE_MODE = "pipeline.mode"  # "offline" | "live"
+PIPELINE_MODE = "pipeline.mode"  # OFFLINE | LIVE
+OFFLINE = "offline"
+LIVE = "live"
 
 # stream
 STREAM_ID = "stream.id"

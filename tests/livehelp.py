@@ -9,21 +9,21 @@ from dataclasses import replace
 from typing import Self
 
 from speechpipe.pipeline.config import Config, ServerSettings
+from speechpipe.pipeline.hooks import StreamEnded, StreamStarted
 from speechpipe.pipeline.server import SpeechServer
-from speechpipe.pipeline.session import SessionHooks
 
 
-class RecordingHooks(SessionHooks):
-    """Counts the session life-cycle calls (the telemetry contract: every stream started ends)."""
+class RecordingObserver:
+    """Records the session life-cycle events (the telemetry contract: every stream started ends)."""
 
     def __init__(self, log: list) -> None:
         self.log = log
 
-    def stream_started(self, session) -> None:
-        self.log.append(("started", session.stream_id))
-
-    def stream_ended(self, session) -> None:
-        self.log.append(("ended", session.stream_id))
+    def on_event(self, event) -> None:
+        if isinstance(event, StreamStarted):
+            self.log.append(("started", event.stream_id))
+        elif isinstance(event, StreamEnded):
+            self.log.append(("ended", event.stream_id))
 
 
 class ServerThread:
@@ -35,7 +35,7 @@ class ServerThread:
         self.hook_log: list = []
         self.loop = asyncio.new_event_loop()
         self.server = SpeechServer(
-            config, engine, token=token, hooks_factory=lambda sid, start: RecordingHooks(self.hook_log)
+            config, engine, token=token, stream_observers=lambda sid, attrs: [RecordingObserver(self.hook_log)]
         )
         self.thread = threading.Thread(target=self.loop.run_forever, name="test-server", daemon=True)
 

@@ -8,7 +8,7 @@ from conftest import NOISE, SPEECH
 
 from speechpipe.pipeline.config import Config
 from speechpipe.pipeline.offline import transcribe_file
-from speechpipe.stages.asr import AsrConfig, AudioPiece, pack_windows
+from speechpipe.stages.asr import AsrConfig, AudioPiece, is_hallucination, pack_windows
 from speechpipe.stages.audio import load_audio
 from speechpipe.telemetry.wer import score
 
@@ -71,11 +71,11 @@ def test_batched_and_sequential_windows_agree(engine):
 
 def test_guard_rules(engine):
     cfg = engine.config
-    assert engine.is_hallucination(0.65, -0.7, 1.2)  # suspects silence and unsure of its words
-    assert not engine.is_hallucination(0.65, -0.2, 1.2)  # confident words over a quiet start
-    assert engine.is_hallucination(0.1, cfg.min_avg_logprob - 0.1, 1.2)  # very low confidence
-    assert engine.is_hallucination(0.1, -0.2, cfg.compression_ratio_threshold + 0.1)  # loops
-    assert not engine.is_hallucination(0.2, -0.3, 1.5)
+    assert is_hallucination(cfg, 0.65, -0.7, 1.2)  # suspects silence and unsure of its words
+    assert not is_hallucination(cfg, 0.65, -0.2, 1.2)  # confident words over a quiet start
+    assert is_hallucination(cfg, 0.1, cfg.min_avg_logprob - 0.1, 1.2)  # very low confidence
+    assert is_hallucination(cfg, 0.1, -0.2, cfg.compression_ratio_threshold + 0.1)  # loops
+    assert not is_hallucination(cfg, 0.2, -0.3, 1.5)
 
 
 @pytest.mark.parametrize("path", sorted(NOISE.glob("*.wav")), ids=lambda p: p.stem)

@@ -7,11 +7,12 @@ import pytest
 from conftest import SPEECH
 
 from speechpipe.pipeline.config import Config
-from speechpipe.pipeline.evaluate import EvalCollector, ReferenceTimer, _timed
+from speechpipe.pipeline.evaluate.collector import EvalCollector
+from speechpipe.pipeline.evaluate.reference_timing import ReferenceTimer, _timed
 from speechpipe.pipeline.offline import transcribe_file
 from speechpipe.stages.asr import AudioPiece
 from speechpipe.stages.audio import load_audio
-from speechpipe.stages.vad import SAMPLE_RATE
+from speechpipe.stages.pcm import SAMPLE_RATE
 from speechpipe.telemetry.attribution import (
     ASR,
     BOUNDARY,
@@ -43,7 +44,7 @@ def jfk(engine):
     ref = reference(JFK)
     timing = ReferenceTimer(engine).compute(audio, ref)
     collector = EvalCollector()
-    result = transcribe_file(JFK, CHOPPY, engine, hooks=collector, reference=ref)
+    result = transcribe_file(JFK, CHOPPY, engine, observers=[collector], reference=ref)
     run = collector.file_run("jfk", audio.size / SAMPLE_RATE, result.text)
     return audio, ref, _timed(timing), run
 

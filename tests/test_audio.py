@@ -10,18 +10,15 @@ import soundfile as sf
 import soxr
 
 from speechpipe.stages.audio import (
-    TARGET_RATE,
     AudioError,
     AudioInfo,
     StreamResampler,
     iter_file_blocks,
-    level_stats,
     load_audio,
-    pcm_to_float,
     probe,
     resample,
-    to_mono,
 )
+from speechpipe.stages.pcm import SAMPLE_RATE, level_stats, pcm_to_float, to_mono
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 
@@ -46,7 +43,7 @@ def corpus(rel: str) -> Path:
 
 def read16k(rel: str) -> np.ndarray:
     x, rate = sf.read(corpus(rel), dtype="float32")
-    assert rate == TARGET_RATE and x.ndim == 1
+    assert rate == SAMPLE_RATE and x.ndim == 1
     return x
 
 
@@ -89,7 +86,7 @@ def test_probe_and_load_corpus_file(rel: str, rate: int, channels: int, fmt: str
     audio, loaded = load_audio(path)
     assert loaded == info
     assert audio.dtype == np.float32 and audio.ndim == 1
-    assert abs(len(audio) - info.frames * TARGET_RATE / rate) <= 1
+    assert abs(len(audio) - info.frames * SAMPLE_RATE / rate) <= 1
     assert np.all(np.isfinite(audio)) and 0 < np.abs(audio).max() <= 1.0
 
 
@@ -138,7 +135,7 @@ def test_iter_file_blocks_rejects_bad_block_size() -> None:
 def test_ogg_vorbis_decodes(tmp_path: Path) -> None:
     speech = read16k(WAV_16K)
     path = tmp_path / "speech.ogg"
-    sf.write(path, speech, TARGET_RATE, format="OGG", subtype="VORBIS")
+    sf.write(path, speech, SAMPLE_RATE, format="OGG", subtype="VORBIS")
     audio, info = load_audio(path)
     assert (info.format, info.frames) == ("OGG", len(speech))
     assert len(audio) == len(speech)
@@ -166,7 +163,7 @@ def test_resample_round_trip_through_file(tmp_path: Path, rel: str, rate: int) -
     path = tmp_path / f"speech_{rate}.wav"
     sf.write(
         path,
-        soxr.resample(speech, TARGET_RATE, rate, quality="HQ"),
+        soxr.resample(speech, SAMPLE_RATE, rate, quality="HQ"),
         rate,
         subtype="FLOAT",
     )
@@ -179,8 +176,8 @@ def test_resample_round_trip_through_file(tmp_path: Path, rel: str, rate: int) -
     n = min(len(audio), len(speech))
     cutoff = 3600 if rate == 8000 else 7000
     snr = snr_db(
-        lowpass(speech[:n], TARGET_RATE, cutoff),
-        lowpass(audio[:n], TARGET_RATE, cutoff),
+        lowpass(speech[:n], SAMPLE_RATE, cutoff),
+        lowpass(audio[:n], SAMPLE_RATE, cutoff),
     )
     assert snr > ROUND_TRIP_MIN_SNR_DB
 
@@ -189,14 +186,14 @@ def test_round_trip_bound_detects_misalignment() -> None:
     """The SNR bound is meaningful: a one-sample shift of the same audio falls far below it."""
     speech = read16k(WAV_16K)
     shifted = np.concatenate([[0.0], speech[:-1]]).astype(np.float32)
-    reference = lowpass(speech, TARGET_RATE, 7000)
-    assert snr_db(reference, lowpass(shifted, TARGET_RATE, 7000)) < 20
+    reference = lowpass(speech, SAMPLE_RATE, 7000)
+    assert snr_db(reference, lowpass(shifted, SAMPLE_RATE, 7000)) < 20
 
 
 def test_stereo_file_downmixes_to_channel_average(tmp_path: Path) -> None:
     speech = read16k(ARCTIC_16K)
     path = tmp_path / "stereo.wav"
-    sf.write(path, np.column_stack([speech, 0.25 * speech]), TARGET_RATE, subtype="FLOAT")
+    sf.write(path, np.column_stack([speech, 0.25 * speech]), SAMPLE_RATE, subtype="FLOAT")
     audio, info = load_audio(path)
     assert info.channels == 2
     np.testing.assert_allclose(audio, 0.625 * speech, rtol=0, atol=1e-7)
@@ -204,7 +201,7 @@ def test_stereo_file_downmixes_to_channel_average(tmp_path: Path) -> None:
 
 def test_resample_equal_rates_copies() -> None:
     speech = read16k(ARCTIC_16K)
-    out = resample(speech, TARGET_RATE)
+    out = resample(speech, SAMPLE_RATE)
     np.testing.assert_array_equal(out, speech)
     assert not np.shares_memory(out, speech)
 
@@ -243,7 +240,7 @@ def _random_sizes(total: int, seed: int) -> list[int]:
 
 
 @pytest.mark.parametrize(("rel", "channel"), [(WAV_22K, None), (FLAC_STEREO_44K, 0), (WAV_16K, None)])
-@pytest.mark.parametrize("out_rate", [TARGET_RATE, 8000])
+@pytest.mark.parametrize("out_rate", [SAMPLE_RATE, 8000])
 def test_stream_resampler_is_chunk_independent(rel: str, channel: int | None, out_rate: int) -> None:
     native, rate = sf.read(corpus(rel), dtype="float32")
     x = native if channel is None else np.ascontiguousarray(native[:, channel])
@@ -275,7 +272,7 @@ def test_stream_resampler_matches_one_shot() -> None:
 
 def test_stream_resampler_passthrough_copies() -> None:
     speech = read16k(ARCTIC_16K)
-    rs = StreamResampler(TARGET_RATE)
+    rs = StreamResampler(SAMPLE_RATE)
     out = rs.process(speech)
     np.testing.assert_array_equal(out, speech)
     assert not np.shares_memory(out, speech)
@@ -394,7 +391,7 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     truncated = tmp_path / "truncated.flac"
     truncated.write_bytes(corpus(FLAC_16K).read_bytes()[:1000])
     header_only = tmp_path / "header_only.wav"
-    sf.write(header_only, np.zeros(0, np.float32), TARGET_RATE)
+    sf.write(header_only, np.zeros(0, np.float32), SAMPLE_RATE)
     return {
         "missing": (missing, "not found"),
         "zero": (zero, "empty file"),
@@ -422,7 +419,7 @@ def test_decoding_error_mid_file_raises_audio_error(tmp_path: Path) -> None:
     assert probe(path).frames == sf.info(str(corpus(FLAC_16K))).frames
     blocks = iter_file_blocks(path, block_s=1.0)
     first = next(blocks)  # the intact first half decodes before the error
-    assert first.shape == (TARGET_RATE, 1)
+    assert first.shape == (SAMPLE_RATE, 1)
     with pytest.raises(AudioError, match="decoding failed after") as err:
         list(blocks)
     assert str(path) in str(err.value)

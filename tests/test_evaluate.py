@@ -17,17 +17,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from speechpipe.pipeline.cli import main
 from speechpipe.pipeline.config import Config
-from speechpipe.pipeline.evaluate import (
-    EvalError,
-    EvalOptions,
-    Variant,
-    evaluate,
-    expand_sweep,
-    variant_from_arg,
-)
+from speechpipe.pipeline.evaluate.runner import EvalOptions, evaluate
+from speechpipe.pipeline.evaluate.variants import EvalError, Variant, expand_sweep, variant_from_arg
 from speechpipe.telemetry import names as n
 from speechpipe.telemetry.attribution import CATEGORIES
-from speechpipe.telemetry.instrument import Instrumentation
+from speechpipe.telemetry.instruments import Instrumentation, Labels
 
 SHORT_SPEECH = ["librispeech-test-clean_1089-134691-0000.flac", "librispeech-test-clean_1089-134686-0001.flac"]
 SHORT_CLIP = "tenvad_testset-audio-02"  # 4 s, four labelled phrases
@@ -62,7 +56,9 @@ def run(dataset, engine, tmp_path_factory):
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     reader = InMemoryMetricReader()
-    inst = Instrumentation(provider, MeterProvider(metric_readers=[reader]), variant="ignored", process_metrics=False)
+    inst = Instrumentation(
+        provider, MeterProvider(metric_readers=[reader]), labels=Labels(variant="ignored"), process_metrics=False
+    )
     result = evaluate(
         [dataset / "speech", dataset / "vad"],
         variants(),

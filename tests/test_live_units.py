@@ -20,14 +20,15 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from speechpipe.pipeline import protocol as P
 from speechpipe.pipeline.client import stream_file
 from speechpipe.pipeline.config import Config
+from speechpipe.pipeline.hooks import AsrJob, JobKind
+from speechpipe.pipeline.observability import instrumentation_for
 from speechpipe.pipeline.protocol import ProtocolError, Start, Stop
 from speechpipe.pipeline.scheduler import AsrScheduler
-from speechpipe.pipeline.session import FINAL, PARTIAL, AsrJob, StreamSession, same_audio
+from speechpipe.pipeline.session import StreamSession, same_audio
 from speechpipe.stages.asr import AudioPiece
 from speechpipe.stages.audio import load_audio
 from speechpipe.stages.vad import END_SILENCE, SpeechSegment
 from speechpipe.telemetry import names as n
-from speechpipe.telemetry.instrument import LIVE, Instrumentation
 from speechpipe.telemetry.snapshot import metrics_to_dict
 
 JFK = SPEECH / "jfk_inaugural_ask-not.flac"
@@ -92,8 +93,8 @@ def test_speculative_job_holds_exactly_the_audio_of_the_segment_that_closes():
     for seg in closed_by_silence:
         predicted = predictions[(seg.index, seg.start_sample, seg.end_sample)]
         assert np.array_equal(predicted, seg.audio)
-        final = AsrJob("s", FINAL, [AudioPiece(seg.index, seg.start_sample, seg.audio)], segments=[seg])
-        spec = AsrJob("s", PARTIAL, [AudioPiece(seg.index, seg.start_sample, predicted)])
+        final = AsrJob("s", JobKind.FINAL, [AudioPiece(seg.index, seg.start_sample, seg.audio)], segments=[seg])
+        spec = AsrJob("s", JobKind.SPECULATIVE, [AudioPiece(seg.index, seg.start_sample, predicted)])
         assert same_audio(spec, final)
     # Predictions made before speech resumed do not match any segment: they are never reused.
     assert len(predictions) >= len(closed_by_silence)
@@ -102,7 +103,7 @@ def test_speculative_job_holds_exactly_the_audio_of_the_segment_that_closes():
 # -- scheduler ------------------------------------------------------------------------------------
 
 
-def job(stream: str, kind: str, audio: np.ndarray, index: int = 0) -> AsrJob:
+def job(stream: str, kind: JobKind, audio: np.ndarray, index: int = 0) -> AsrJob:
     return AsrJob(stream, kind, [AudioPiece(index, 0, audio)])
 
 
@@ -116,15 +117,15 @@ def test_scheduler_order_fairness_and_staleness(engine):
     )
     left = []
     futures = {
-        "A1": sched.submit_final(job("A", FINAL, piece, 1), on_leave=lambda: left.append("A1")),
-        "A2": sched.submit_final(job("A", FINAL, piece, 2)),
-        "A3": sched.submit_final(job("A", FINAL, piece, 3)),
-        "B1": sched.submit_final(job("B", FINAL, piece, 1)),
-        "Cp": sched.offer_partial(job("C", PARTIAL, piece)),
-        "Dp": sched.offer_partial(job("D", PARTIAL, piece)),
-        "As": sched.offer_partial(job("A", PARTIAL, piece, 4), speculative=True),
+        "A1": sched.submit_final(job("A", JobKind.FINAL, piece, 1), on_leave=lambda: left.append("A1")),
+        "A2": sched.submit_final(job("A", JobKind.FINAL, piece, 2)),
+        "A3": sched.submit_final(job("A", JobKind.FINAL, piece, 3)),
+        "B1": sched.submit_final(job("B", JobKind.FINAL, piece, 1)),
+        "Cp": sched.offer_partial(job("C", JobKind.PARTIAL, piece)),
+        "Dp": sched.offer_partial(job("D", JobKind.PARTIAL, piece)),
+        "As": sched.offer_partial(job("A", JobKind.SPECULATIVE, piece, 4)),
     }
-    replaced = sched.offer_partial(job("D", PARTIAL, piece))  # replaces D's queued partial
+    replaced = sched.offer_partial(job("D", JobKind.PARTIAL, piece))  # replaces D's queued partial
     assert futures["Dp"].result(0) is None  # dropped, not run
     assert sched.depth() == (4, 3)
     sched.start()
@@ -149,9 +150,9 @@ def test_scheduler_order_fairness_and_staleness(engine):
 def test_scheduler_keeps_streams_apart_by_default(engine):
     audio, _ = load_audio(SPEECH / "librispeech-dev-clean_1272-128104-0000.wav")
     sched = AsrScheduler(engine, partial_max_age_s=60.0)
-    futures = [sched.submit_final(job(s, FINAL, audio[: 2 * 16000], i)) for i in range(2) for s in "AB"]
-    futures.append(sched.offer_partial(job("C", PARTIAL, audio)))
-    futures.append(sched.offer_partial(job("D", PARTIAL, audio)))
+    futures = [sched.submit_final(job(s, JobKind.FINAL, audio[: 2 * 16000], i)) for i in range(2) for s in "AB"]
+    futures.append(sched.offer_partial(job("C", JobKind.PARTIAL, audio)))
+    futures.append(sched.offer_partial(job("D", JobKind.PARTIAL, audio)))
     sched.start()
     runs = [f.result(60) for f in futures]
     sched.stop(10)
@@ -165,8 +166,8 @@ def test_scheduler_keeps_streams_apart_by_default(engine):
 def test_scheduler_drops_stale_partials_never_finals(engine):
     audio, _ = load_audio(SPEECH / "librispeech-dev-clean_1272-128104-0000.wav")
     sched = AsrScheduler(engine, partial_max_age_s=0.0)
-    stale = sched.offer_partial(job("A", PARTIAL, audio))
-    final = sched.submit_final(job("A", FINAL, audio))
+    stale = sched.offer_partial(job("A", JobKind.PARTIAL, audio))
+    final = sched.submit_final(job("A", JobKind.FINAL, audio))
     time.sleep(0.01)
     sched.start()
     assert final.result(60)[0][0].text
@@ -184,9 +185,9 @@ def test_live_stream_telemetry_spans_and_metrics(engine):
     tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
     reader = InMemoryMetricReader()
     meter_provider = MeterProvider(metric_readers=[reader])
-    inst = Instrumentation.from_config(Config(), tracer_provider, meter_provider, mode=LIVE, process_metrics=False)
+    inst = instrumentation_for(Config(), tracer_provider, meter_provider, mode="live", process_metrics=False)
     with ServerThread(engine) as srv:
-        srv.server.hooks_factory = lambda sid, start: inst.stream_hooks(mode=LIVE)
+        srv.server.stream_observers = lambda sid, attrs: [inst.stream_observer(mode="live")]
         result = asyncio.run(stream_file(srv.url, JFK, speed=0))
     assert result.finals and not result.errors
     spans = exporter.get_finished_spans()

@@ -7,15 +7,16 @@ import pytest
 import soundfile as sf
 from conftest import SPEECH, VAD_CLIPS
 
-from speechpipe.pipeline.session import (
-    FINAL,
+from speechpipe.pipeline.driver import drive, run_jobs
+from speechpipe.pipeline.hooks import (
+    AsrCompleted,
     FinalTranscript,
-    SessionError,
-    SessionHooks,
-    StreamSession,
-    drive,
-    run_jobs,
+    JobKind,
+    StreamEnded,
+    StreamStarted,
+    VadOutput,
 )
+from speechpipe.pipeline.session import SessionError, StreamSession
 from speechpipe.stages.vad import SpeechSegment, SpeechStarted, VadConfig
 
 JFK = SPEECH / "jfk_inaugural_ask-not.flac"  # 44.1 kHz stereo, 24-bit
@@ -60,7 +61,7 @@ def test_live_mode_one_job_per_segment_and_offline_packs():
     live = StreamSession(VadConfig(), pack_s=0)
     segs = [e for e in vad_events(live, audio, 1600) if isinstance(e, SpeechSegment)]
     jobs = live.take_jobs()
-    assert len(jobs) == len(segs) >= 3 and all(len(j.segments) == 1 and j.kind == FINAL for j in jobs)
+    assert len(jobs) == len(segs) >= 3 and all(len(j.segments) == 1 and j.kind is JobKind.FINAL for j in jobs)
     assert live.pending == len(segs) and not live.done
 
     offline = StreamSession(VadConfig(), pack_s=24.0, pack_lookahead_s=120.0)
@@ -93,31 +94,29 @@ def test_bad_audio_is_refused():
         StreamSession(VadConfig(), sample_rate=1000)
 
 
-class Recorder(SessionHooks):
+class Recorder:
     def __init__(self) -> None:
         self.calls: list[str] = []
 
-    def stream_started(self, session):
-        self.calls.append("started")
-
-    def vad_event(self, session, event):
-        self.calls.append(type(event).__name__)
-
-    def asr_completed(self, session, job, transcripts, run):
-        assert run is not None and run.ended_ns >= run.started_ns and run.windows
-        self.calls.append("asr")
-
-    def final(self, session, segment, transcript):
-        self.calls.append("final")
-
-    def stream_ended(self, session):
-        self.calls.append("ended")
+    def on_event(self, event) -> None:
+        match event:
+            case StreamStarted():
+                self.calls.append("started")
+            case VadOutput():
+                self.calls.append(type(event.event).__name__)
+            case AsrCompleted(run=run):
+                assert run is not None and run.ended_ns >= run.started_ns and run.windows
+                self.calls.append("asr")
+            case FinalTranscript():
+                self.calls.append("final")
+            case StreamEnded():
+                self.calls.append("ended")
 
 
 def test_drive_yields_finals_and_calls_hooks(engine):
     audio, rate = sf.read(JFK, dtype="float32", always_2d=True)
     hooks = Recorder()
-    session = StreamSession(VadConfig(), sample_rate=rate, channels=2, pack_s=24.0, hooks=hooks)
+    session = StreamSession(VadConfig(), sample_rate=rate, channels=2, pack_s=24.0, observers=[hooks])
     events = list(drive(session, engine, (audio[i : i + rate] for i in range(0, len(audio), rate))))
     finals = [e for e in events if isinstance(e, FinalTranscript)]
     starts = [e for e in events if isinstance(e, SpeechStarted)]

@@ -7,8 +7,9 @@ import pytest
 from conftest import VAD_CLIPS
 
 from speechpipe.stages.audio import load_audio
-from speechpipe.stages.silero import FRAME_SAMPLES, SileroClassifier
-from speechpipe.stages.vad import SAMPLE_RATE, SpeechSegment, VadConfig, VadSegmenter, make_classifier
+from speechpipe.stages.pcm import SAMPLE_RATE
+from speechpipe.stages.vad import SpeechSegment, VadConfig, VadSegmenter, make_classifier
+from speechpipe.stages.vad.silero import FRAME_SAMPLES, SileroClassifier
 from speechpipe.telemetry.vad_metrics import frame_score, pooled_score, read_segments
 
 AMI_PAUSES = VAD_CLIPS / "ami-excerpt_pyannote-dev01.wav"

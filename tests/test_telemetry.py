@@ -17,12 +17,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from speechpipe.pipeline.config import Config
+from speechpipe.pipeline.driver import run_job
+from speechpipe.pipeline.observability import instrumentation_for
 from speechpipe.pipeline.offline import transcribe_file
-from speechpipe.pipeline.session import StreamSession, run_job
+from speechpipe.pipeline.session import StreamSession
 from speechpipe.stages.audio import AudioError, iter_file_blocks, load_audio, probe
 from speechpipe.stages.vad import END_MAX_LENGTH, END_OF_STREAM, END_SILENCE, SpeechSegment, VadConfig, VadSegmenter
 from speechpipe.telemetry import names as n
-from speechpipe.telemetry.instrument import Instrumentation
 from speechpipe.telemetry.snapshot import metrics_to_dict
 
 LONG = CORPUS / "long" / "ted_bill-gates_next-epidemic_first-62s.mp3"  # 10 segments, 1 discarded, 2 Whisper calls
@@ -40,7 +41,7 @@ class Traced:
         self.reader = InMemoryMetricReader()
         self.meter_provider = MeterProvider(metric_readers=[self.reader])
         self.config = config
-        self.inst = Instrumentation.from_config(config, self.tracer_provider, self.meter_provider, **kwargs)
+        self.inst = instrumentation_for(config, self.tracer_provider, self.meter_provider, **kwargs)
 
     def spans(self):
         return list(self.exporter.get_finished_spans())
@@ -80,7 +81,7 @@ def expected_segments(path: Path, vad: VadConfig) -> list[SpeechSegment]:
 def long_run(engine):
     """The 62 s corpus file transcribed once with telemetry on."""
     t = Traced(config_with())
-    result = transcribe_file(LONG, t.config, engine, hooks=t.inst.stream_hooks(file=str(LONG)))
+    result = transcribe_file(LONG, t.config, engine, observers=[t.inst.stream_observer(file=str(LONG))])
     yield t, result
     t.shutdown()
 
@@ -266,7 +267,7 @@ def test_metric_points(long_run) -> None:
 
 def test_trace_text_is_opt_in(engine) -> None:
     t = Traced(config_with(trace_text=True))
-    result = transcribe_file(JFK, t.config, engine, hooks=t.inst.stream_hooks(file=str(JFK)))
+    result = transcribe_file(JFK, t.config, engine, observers=[t.inst.stream_observer(file=str(JFK))])
     segs = sorted(t.by_name(n.SPAN_VAD_SEGMENT), key=lambda s: s.attributes[n.SEGMENT_INDEX])
     assert " ".join(s.attributes[n.ASR_TEXT] for s in segs) == result.text
     (asr,) = t.by_name(n.SPAN_ASR_TRANSCRIBE)
@@ -280,7 +281,7 @@ def test_vad_config_change_moves_every_id(engine) -> None:
     vad = VadConfig(aggressiveness=3, hangover_ms=300)
     assert vad.config_id != default_id
     t = Traced(config_with(vad=vad))
-    transcribe_file(JFK, t.config, engine, hooks=t.inst.stream_hooks(file=str(JFK)))
+    transcribe_file(JFK, t.config, engine, observers=[t.inst.stream_observer(file=str(JFK))])
     spans = t.spans()
     assert {s.name for s in spans} == {n.SPAN_STREAM, n.SPAN_VAD_SEGMENT, n.SPAN_ASR_TRANSCRIBE}
     assert {s.attributes[n.VAD_CONFIG_ID] for s in spans} == {vad.config_id}
@@ -296,9 +297,9 @@ def test_vad_config_change_moves_every_id(engine) -> None:
 
 def test_live_streams_get_a_trace_per_utterance(engine) -> None:
     t = Traced(config_with(), mode="live")
-    hooks = t.inst.stream_hooks()
+    observer = t.inst.stream_observer()
     audio, _ = load_audio(JFK)
-    session = StreamSession(t.config.vad, pack_s=0.0, stream_id="live-1", hooks=hooks)
+    session = StreamSession(t.config.vad, pack_s=0.0, stream_id="live-1", observers=[observer])
     partials = 0
     chunk = 320  # 20 ms, as a microphone client sends
     for k in range(0, audio.size, chunk):
@@ -307,9 +308,10 @@ def test_live_streams_get_a_trace_per_utterance(engine) -> None:
             session.complete(job, *run_job(engine, job))
             partials += 1
         for job in session.take_jobs():
-            hooks.asr_queued(session, job)
-            hooks.asr_started(session, job)
-            session.complete(job, *run_job(engine, job, queue_wait_s=0.01))
+            session.job_queued(job)
+            session.job_dequeued(job)
+            transcripts, run = run_job(engine, job)
+            session.complete(job, transcripts, replace(run, queue_wait_s=0.01))
     session.finish()
     for job in session.take_jobs():
         session.complete(job, *run_job(engine, job))
@@ -349,7 +351,7 @@ def test_live_streams_get_a_trace_per_utterance(engine) -> None:
 def test_abandoned_stream_ends_every_span() -> None:
     t = Traced(config_with(), mode="live")
     audio, _ = load_audio(JFK)
-    session = StreamSession(t.config.vad, pack_s=0.0, hooks=t.inst.stream_hooks())
+    session = StreamSession(t.config.vad, pack_s=0.0, observers=[t.inst.stream_observer()])
     session.feed(audio[: 16000 * 9])  # the first segment closes, the second is open
     assert session.take_jobs()  # taken, never completed: the client went away
     session.abandon(error=ConnectionResetError("client went away"))
@@ -372,7 +374,7 @@ def test_failed_file_closes_its_stream(engine, tmp_path: Path) -> None:
     bad.write_bytes(data[: len(data) // 2])  # the header survives: decoding fails half way
     t = Traced(config_with())
     with pytest.raises(AudioError):
-        transcribe_file(bad, t.config, engine, hooks=t.inst.stream_hooks(file=str(bad)))
+        transcribe_file(bad, t.config, engine, observers=[t.inst.stream_observer(file=str(bad))])
     (stream,) = t.by_name(n.SPAN_STREAM)
     assert stream.status.status_code is StatusCode.ERROR
     assert "decoding failed" in stream.status.description
@@ -382,7 +384,7 @@ def test_failed_file_closes_its_stream(engine, tmp_path: Path) -> None:
 
 def test_silence_counts_as_empty_input(engine) -> None:
     t = Traced(config_with())
-    session = StreamSession(t.config.vad, hooks=t.inst.stream_hooks())
+    session = StreamSession(t.config.vad, observers=[t.inst.stream_observer()])
     session.feed(np.zeros(16000, dtype=np.float32))
     session.finish()
     session.close()
@@ -404,7 +406,9 @@ def test_stereo_clipping_is_measured_on_input() -> None:
     assert info.channels == 2
     block = next(iter(iter_file_blocks(JFK, 2.0)))
     loud = np.clip(block * 20.0, -1.0, 1.0)  # a real recording, overdriven
-    session = StreamSession(t.config.vad, sample_rate=info.sample_rate, channels=2, hooks=t.inst.stream_hooks())
+    session = StreamSession(
+        t.config.vad, sample_rate=info.sample_rate, channels=2, observers=[t.inst.stream_observer()]
+    )
     session.feed(loud)
     session.abandon()
     (stream,) = t.by_name(n.SPAN_STREAM)

@@ -18,13 +18,14 @@ from opentelemetry import trace
 
 from speechpipe.pipeline.cli import main
 from speechpipe.pipeline.config import Config, ConfigError, load_config
+from speechpipe.pipeline.observability import start_telemetry
 from speechpipe.pipeline.offline import transcribe_file
 from speechpipe.pipeline.session import StreamSession
 from speechpipe.stages.audio import load_audio
 from speechpipe.telemetry import names as n
+from speechpipe.telemetry.plan import TelemetryError, resolve_plan
 from speechpipe.telemetry.receiver import OtlpGrpcReceiver, OtlpHttpReceiver, attributes
 from speechpipe.telemetry.settings import TelemetryConfig
-from speechpipe.telemetry.setup import Telemetry, TelemetryError, resolve_plan
 from speechpipe.telemetry.spantree import format_trees, read_spans
 
 JFK = SPEECH / "jfk_inaugural_ask-not.flac"
@@ -80,9 +81,9 @@ def test_otlp_export_reaches_a_real_receiver(engine, protocol: str) -> None:
     receiver = OtlpHttpReceiver if protocol == "http" else OtlpGrpcReceiver
     with receiver() as rx:
         cfg = config(otlp_endpoint=rx.endpoint, otlp_protocol=protocol, service_name="speechpipe-test")
-        tel = Telemetry.start(cfg, environ={})
+        tel = start_telemetry(cfg, environ={}, announce=False)
         assert tel.plan.protocol == ("grpc" if protocol == "grpc" else "http/protobuf")
-        transcribe_file(JFK, cfg, engine, hooks=tel.stream_hooks(file=str(JFK)))
+        transcribe_file(JFK, cfg, engine, observers=[tel.stream_observer(file=str(JFK))])
         tel.shutdown()
         assert tel.problems() == []
         check_received(rx, cfg)
@@ -185,10 +186,10 @@ def test_missing_collector_costs_one_warning_and_no_wait(caplog) -> None:
     port = free_port()
     cfg = config(otlp_endpoint=f"http://127.0.0.1:{port}", otlp_protocol="grpc")
     caplog.set_level(logging.DEBUG)
-    tel = Telemetry.start(cfg, environ={})
+    tel = start_telemetry(cfg, environ={}, announce=False)
     audio, _ = load_audio(JFK)
     for _ in range(3):  # spans and metrics to export, no ASR needed
-        session = StreamSession(cfg.vad, hooks=tel.stream_hooks())
+        session = StreamSession(cfg.vad, observers=[tel.stream_observer()])
         session.feed(audio)
         session.abandon()
     t0 = time.monotonic()
@@ -214,8 +215,8 @@ def test_collector_without_metrics_like_jaeger(engine, protocol: str, caplog) ->
         cfg = config(
             otlp_endpoint=rx.endpoint, otlp_protocol=protocol, service_name="speechpipe-test", metrics_interval_s=0.2
         )
-        tel = Telemetry.start(cfg, environ={})
-        transcribe_file(JFK, cfg, engine, hooks=tel.stream_hooks(file=str(JFK)))
+        tel = start_telemetry(cfg, environ={}, announce=False)
+        transcribe_file(JFK, cfg, engine, observers=[tel.stream_observer(file=str(JFK))])
         time.sleep(0.5)  # a few periodic metric exports
         tel.shutdown()
         assert len(rx.spans()) == 4 and rx.metric_requests == []
@@ -230,10 +231,10 @@ def test_no_settings_exports_nothing() -> None:
     plan = resolve_plan(TelemetryConfig(), environ={})
     assert not plan.exports_traces and plan.otlp_metrics is None and plan.prometheus is None
     assert plan.describe() == [] and plan.service_name == "speechpipe"
-    tel = Telemetry.start(Config(), environ={})
+    tel = start_telemetry(Config(), environ={}, announce=False)
     assert isinstance(tel.tracer_provider, trace.NoOpTracerProvider)
     assert tel.health == {}
-    session = StreamSession(Config().vad, hooks=tel.stream_hooks())
+    session = StreamSession(Config().vad, observers=[tel.stream_observer()])
     session.feed(load_audio(JFK)[0][:16000])
     session.abandon()
     assert tel.metrics_snapshot()[n.INPUT_STREAMS]["points"][0]["value"] == 1
@@ -292,9 +293,9 @@ def test_standard_environment_variables() -> None:
 
 def test_prometheus_endpoint_serves_the_metrics() -> None:
     cfg = config(prometheus_port=0)
-    with Telemetry.start(cfg, environ={}) as tel:
+    with start_telemetry(cfg, environ={}, announce=False) as tel:
         assert tel.prometheus_url and tel.prometheus_url.startswith("http://127.0.0.1:")
-        session = StreamSession(cfg.vad, hooks=tel.stream_hooks())
+        session = StreamSession(cfg.vad, observers=[tel.stream_observer()])
         session.feed(load_audio(JFK)[0])
         session.abandon()
         page = urllib.request.urlopen(tel.prometheus_url, timeout=5).read().decode()

@@ -7,11 +7,11 @@ import pytest
 from conftest import SPEECH, VAD_CLIPS
 
 from speechpipe.stages.audio import load_audio
+from speechpipe.stages.pcm import SAMPLE_RATE
 from speechpipe.stages.vad import (
     END_MAX_LENGTH,
     END_OF_STREAM,
     END_SILENCE,
-    SAMPLE_RATE,
     SpeechDiscarded,
     SpeechSegment,
     SpeechStarted,

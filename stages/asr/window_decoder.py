@@ -6,7 +6,7 @@ our packed windows that remainder is usually the trailing post-roll of the last 
 encoder (the dominant cost on CPU) would run twice for one window. This decoder encodes each
 window exactly once, decodes it with timestamps, falls back to higher temperatures like Whisper
 when a decode fails its checks (but not on windows that look like silence), and aligns words.
-Pieces that a window's decode missed are retried by :class:`~speechpipe.stages.asr.AsrEngine`.
+Pieces that a window's decode missed are retried by :class:`~speechpipe.stages.asr.engine.AsrEngine`.
 
 It builds on faster-whisper's model helpers (prompt, timestamp splitting, word alignment), which is
 why ``pyproject.toml`` pins faster-whisper to the 1.x series this was written against.
@@ -18,17 +18,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from speechpipe.stages.asr.types import Word
+
 N_FRAMES = 3000  # Whisper's 30 s window in mel frames
 #: the temperature fallback samples; seeding every batch makes transcripts reproducible run to run.
 SAMPLING_SEED = 20240601
-
-
-@dataclass
-class DecodedWord:
-    start: float
-    end: float
-    word: str
-    probability: float
 
 
 @dataclass
@@ -42,7 +36,7 @@ class DecodedSegment:
     no_speech_prob: float
     compression_ratio: float
     temperature: float
-    words: list[DecodedWord] = field(default_factory=list)
+    words: list[Word] = field(default_factory=list)
 
 
 class WindowDecoder:
@@ -156,7 +150,7 @@ class WindowDecoder:
             for s in segments:
                 text = tok.decode(s["tokens"])
                 words = [
-                    DecodedWord(float(w["start"]), float(w["end"]), w["word"], float(w["probability"]))
+                    Word(float(w["start"]), float(w["end"]), w["word"], float(w["probability"]))
                     for w in s.get("words") or []
                 ]
                 items.append(

@@ -3,7 +3,7 @@
 A :class:`VadSegmenter` takes 16 kHz mono float32 audio in chunks of any size and emits
 :class:`SpeechStarted`, :class:`SpeechSegment` and :class:`SpeechDiscarded` events whose times are
 sample-exact positions in the stream. Frame classification is delegated to a
-:class:`FrameClassifier` (webrtcvad here, Silero in :mod:`speechpipe.stages.silero`), so every
+:class:`~speechpipe.stages.vad.classifiers.FrameClassifier` (webrtcvad or Silero), so every
 backend shares the same state machine: pre-roll, start trigger, hangover, minimum speech length
 and maximum segment length.
 
@@ -13,185 +13,22 @@ same segments.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections import deque
-from dataclasses import asdict, dataclass, field
-from typing import Protocol
 
 import numpy as np
 
-SAMPLE_RATE = 16000
-
-END_SILENCE = "silence"
-END_MAX_LENGTH = "max_length"
-END_OF_STREAM = "end_of_stream"
-
-
-@dataclass(frozen=True)
-class VadConfig:
-    """Parameters of the VAD stage. Every field that changes segments feeds :attr:`config_id`.
-
-    Attributes:
-        backend: ``"webrtc"`` or ``"silero"``.
-        aggressiveness: webrtcvad mode 0 (least) to 3 (most aggressive filtering of non-speech).
-        frame_ms: classification frame, 10, 20 or 30 ms (webrtc); Silero always uses 32 ms.
-        threshold: Silero speech probability above which a frame is speech.
-        pre_roll_ms: audio kept before the trigger point and prepended to a segment.
-        start_trigger_ms: window over which speech frames are counted to open a segment.
-        start_ratio: fraction of speech frames in that window that opens a segment.
-        hangover_ms: continuous non-speech that closes a segment (end-of-speech silence).
-        post_roll_ms: trailing audio kept after the last speech frame (at most ``hangover_ms``).
-        min_speech_ms: segments with less speech than this are discarded.
-        max_segment_s: longest segment; a longer one is split at the quietest frame near the limit.
-        split_search_s: how far back from the limit the quietest frame is searched for.
-    """
-
-    backend: str = "webrtc"
-    aggressiveness: int = 2
-    frame_ms: int = 30
-    threshold: float = 0.5
-    pre_roll_ms: int = 300
-    start_trigger_ms: int = 90
-    start_ratio: float = 0.6
-    hangover_ms: int = 500
-    post_roll_ms: int = 200
-    min_speech_ms: int = 150
-    max_segment_s: float = 29.0
-    split_search_s: float = 3.0
-
-    def __post_init__(self) -> None:
-        if self.backend not in ("webrtc", "silero"):
-            raise ValueError(f"vad.backend must be 'webrtc' or 'silero', not {self.backend!r}")
-        if self.aggressiveness not in (0, 1, 2, 3):
-            raise ValueError(f"vad.aggressiveness must be 0, 1, 2 or 3, not {self.aggressiveness!r}")
-        if self.backend == "webrtc" and self.frame_ms not in (10, 20, 30):
-            raise ValueError(f"vad.frame_ms must be 10, 20 or 30 for webrtc, not {self.frame_ms!r}")
-        if not 0.0 < self.threshold < 1.0:
-            raise ValueError("vad.threshold must lie between 0 and 1")
-        if not 0.0 < self.start_ratio <= 1.0:
-            raise ValueError("vad.start_ratio must lie in (0, 1]")
-        for name in ("pre_roll_ms", "start_trigger_ms", "hangover_ms", "post_roll_ms", "min_speech_ms"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"vad.{name} must not be negative")
-        if self.max_segment_s < 1.0:
-            raise ValueError("vad.max_segment_s must be at least 1 s")
-        if not 0.0 < self.split_search_s < self.max_segment_s:
-            raise ValueError("vad.split_search_s must be positive and below max_segment_s")
-
-    @property
-    def config_id(self) -> str:
-        """Stable short id of this configuration: the version tag carried by every segment."""
-        canonical = json.dumps(self.effective(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:8]
-
-    def effective(self) -> dict:
-        """The fields that actually influence this backend's output (others are left out of the id)."""
-        d = asdict(self)
-        if self.backend == "webrtc":
-            d.pop("threshold")
-        else:
-            d.pop("aggressiveness")
-            d.pop("frame_ms")
-        return d
-
-
-@dataclass
-class SpeechStarted:
-    """The VAD triggered: speech begins at ``start_sample`` (pre-roll included)."""
-
-    index: int
-    start_sample: int
-    config_id: str
-
-    @property
-    def start_s(self) -> float:
-        return self.start_sample / SAMPLE_RATE
-
-
-@dataclass
-class SpeechSegment:
-    """A closed speech segment with its audio.
-
-    ``start_sample``/``end_sample`` are positions in the 16 kHz stream (end exclusive).
-    ``speech_ratio`` is the fraction of frames inside the segment classified as speech.
-    """
-
-    index: int
-    start_sample: int
-    end_sample: int
-    audio: np.ndarray = field(repr=False)
-    end_reason: str
-    speech_ratio: float
-    config_id: str
-    #: sample at which the VAD decided the segment was over (end of hangover, or the split point).
-    decided_sample: int = 0
-
-    @property
-    def start_s(self) -> float:
-        return self.start_sample / SAMPLE_RATE
-
-    @property
-    def end_s(self) -> float:
-        return self.end_sample / SAMPLE_RATE
-
-    @property
-    def duration_s(self) -> float:
-        return (self.end_sample - self.start_sample) / SAMPLE_RATE
-
-
-@dataclass
-class SpeechDiscarded:
-    """A triggered region that closed with less speech than ``min_speech_ms``."""
-
-    index: int
-    start_sample: int
-    end_sample: int
-    speech_ms: float
-    config_id: str
-
-
-VadEvent = SpeechStarted | SpeechSegment | SpeechDiscarded
-
-
-class FrameClassifier(Protocol):
-    """Decides, frame by frame, whether a frame of 16 kHz float32 audio is speech."""
-
-    frame_samples: int
-
-    def is_speech(self, frame: np.ndarray) -> bool: ...
-
-    def reset(self) -> None: ...
-
-
-class WebRtcClassifier:
-    """webrtcvad frame classifier (GMM-based, very cheap)."""
-
-    def __init__(self, aggressiveness: int = 2, frame_ms: int = 30) -> None:
-        import webrtcvad
-
-        self._mode = aggressiveness
-        self._vad = webrtcvad.Vad(aggressiveness)
-        self.frame_samples = SAMPLE_RATE * frame_ms // 1000
-
-    def is_speech(self, frame: np.ndarray) -> bool:
-        pcm = (np.clip(frame, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
-        return self._vad.is_speech(pcm, SAMPLE_RATE)
-
-    def reset(self) -> None:
-        # webrtcvad keeps adaptive noise estimates; a fresh stream gets a fresh detector.
-        import webrtcvad
-
-        self._vad = webrtcvad.Vad(self._mode)
-
-
-def make_classifier(config: VadConfig) -> FrameClassifier:
-    """Build the frame classifier that ``config.backend`` names."""
-    if config.backend == "silero":
-        from .silero import SileroClassifier
-
-        return SileroClassifier(threshold=config.threshold)
-    return WebRtcClassifier(config.aggressiveness, config.frame_ms)
+from speechpipe.stages.pcm import SAMPLE_RATE
+from speechpipe.stages.vad.classifiers import FrameClassifier, make_classifier
+from speechpipe.stages.vad.config import VadConfig
+from speechpipe.stages.vad.events import (
+    END_MAX_LENGTH,
+    END_OF_STREAM,
+    END_SILENCE,
+    SpeechDiscarded,
+    SpeechSegment,
+    SpeechStarted,
+    VadEvent,
+)
 
 
 class VadSegmenter:
@@ -241,6 +78,16 @@ class VadSegmenter:
     def triggered(self) -> bool:
         """True while a segment is open."""
         return self._triggered
+
+    @property
+    def open_index(self) -> int | None:
+        """Index of the open segment, or None while no segment is open."""
+        return self._index if self._triggered else None
+
+    @property
+    def open_start(self) -> int:
+        """Start sample of the open segment (meaningful while :attr:`open_index` is not None)."""
+        return self._seg_start
 
     def open_segment(self) -> tuple[int, int, np.ndarray] | None:
         """Index, start sample and audio of the open segment so far (for partial transcripts)."""

@@ -28,7 +28,6 @@ import os
 
 import numpy as np
 
-SAMPLE_RATE = 16000
 FRAME_SAMPLES = 512
 CONTEXT_SAMPLES = 64
 STATE_SHAPE = (1, 1, 128)
@@ -59,7 +58,7 @@ def _session(path: str):
 
 
 class SileroClassifier:
-    """Streaming Silero VAD: implements :class:`speechpipe.stages.vad.FrameClassifier`.
+    """Streaming Silero VAD: implements :class:`speechpipe.stages.vad.classifiers.FrameClassifier`.
 
     Args:
         threshold: speech probability at which a frame turns speech.

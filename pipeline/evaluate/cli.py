@@ -1,0 +1,147 @@
+"""The ``speechpipe eval`` command."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from speechpipe.pipeline.cli_args import add_telemetry_arguments, telemetry_overrides
+from speechpipe.pipeline.config import load_config, parse_override
+from speechpipe.pipeline.evaluate.runner import EvalOptions, evaluate, pct
+from speechpipe.pipeline.evaluate.variants import EvalError, Variant, expand_sweep, variant_from_arg
+from speechpipe.pipeline.observability import start_telemetry
+from speechpipe.telemetry.attribution import (
+    BOUNDARY_TOLERANCE_S,
+)
+
+
+def add_arguments(p) -> None:
+    """Arguments of ``speechpipe eval``."""
+    p.add_argument(
+        "datasets",
+        nargs="+",
+        help="dataset folders (audio + .txt references + optional <id>.segments.txt labels) or files",
+    )
+    p.add_argument(
+        "--variant",
+        dest="variants",
+        action="append",
+        default=[],
+        metavar="NAME[=CONFIG.toml]",
+        help="a pipeline variant: NAME=CONFIG.toml (applied on top of the base settings) or NAME for the base settings; repeatable",
+    )
+    p.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="TABLE.KEY=V1,V2,...",
+        help="sweep a config key over values; several --sweep give their cartesian product",
+    )
+    p.add_argument(
+        "-o", "--output", default="eval", help="output folder for eval.json and report.html (default: ./eval)"
+    )
+    p.add_argument("--baseline", help="variant the others are compared with (default: the first)")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=BOUNDARY_TOLERANCE_S,
+        help=f"seconds from a segment edge within which an error counts as 'boundary' (default: {BOUNDARY_TOLERANCE_S})",
+    )
+    p.add_argument("--timelines", type=int, default=6, help="per-file timelines drawn in the report (default: 6)")
+    p.add_argument("--no-report", action="store_true", help="write eval.json only")
+    p.add_argument("--cache-dir", help="where reference timings are cached (default: OUTPUT/cache/ref_timing)")
+    g = p.add_argument_group("base settings (every variant starts from these)")
+    g.add_argument("--config", metavar="TOML", help="base config file")
+    g.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="TABLE.KEY=VALUE",
+        help="set a base config key (repeatable)",
+    )
+    g.add_argument("--model", help="faster-whisper model name or directory")
+    g.add_argument("--threads", type=int, help="CPU threads for the model")
+    add_telemetry_arguments(p)
+
+
+def run_cli(args) -> int:
+    """Entry point of ``speechpipe eval`` (returns the exit code)."""
+    overrides: dict[str, Any] = dict(parse_override(t) for t in args.overrides)
+    if args.model:
+        overrides["asr.model"] = args.model
+    if args.threads is not None:
+        overrides["asr.threads"] = args.threads
+    overrides.update({k: v for k, v in telemetry_overrides(args).items() if v is not None})
+    base = load_config(args.config, overrides)
+    telemetry = None
+    try:
+        variants = [variant_from_arg(v, base) for v in args.variants]
+        variants += expand_sweep(base, args.sweep) if args.sweep else []
+        if not variants:
+            variants = [Variant("default", base.with_overrides({"pipeline.variant": "default"}))]
+        opts = EvalOptions(
+            tolerance=args.tolerance,
+            baseline=args.baseline,
+            cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+            report=not args.no_report,
+            timelines=args.timelines,
+        )
+        telemetry = start_telemetry(base)
+        result = evaluate(
+            args.datasets,
+            variants,
+            args.output,
+            options=opts,
+            instrumentation=telemetry.instrumentation,
+            log=lambda m: print(m, file=sys.stderr, flush=True),
+        )
+    except EvalError as exc:
+        print(f"speechpipe: eval: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if telemetry is not None:
+            telemetry.shutdown()
+            for line in telemetry.problems():
+                print(f"speechpipe: {line}", file=sys.stderr)
+    print(f"eval run {result.doc['run_id']}", file=sys.stderr)
+    print_summary(result.doc)
+    print(f"\nwrote {result.json_path}" + (f" and {result.report_path}" if opts.report else ""), file=sys.stderr)
+    for f in result.failed:
+        print(
+            f"speechpipe: error: {f.get('variant', '') + ': ' if f.get('variant') else ''}{f['file']}: {f['error']}",
+            file=sys.stderr,
+        )
+    return 1 if result.failed else 0
+
+
+def print_summary(doc: dict) -> None:
+    """The variant table on stdout."""
+    w = max([len(n) for n in doc["variants"]] + [21])
+    print(
+        f"{'variant':{w}s} {'WER':>7s} {'S':>4s} {'D':>4s} {'I':>4s} {'vad_drop':>8s} {'boundary':>8s} {'asr':>5s} "
+        f"{'VAD F1':>6s} {'segs':>5s} {'ASR audio s':>11s} {'ASR s/s':>7s}"
+    )
+    for name, v in doc["variants"].items():
+        e = v["errors"]
+        f1 = "-" if v["vad"]["f1"] is None else f"{v['vad']['f1']:.3f}"
+        print(
+            f"{name:{w}s} {pct(v['wer']):>7s} {v['substitutions']:4d} {v['deletions']:4d} {v['insertions']:4d} "
+            f"{e['vad_dropped']:8d} {e['boundary']:8d} {e['asr']:5d} {f1:>6s} {v['vad']['segments']:5d} "
+            f"{v['asr_audio_s']:11.1f} {v['asr_s_per_audio_s']:7.3f}"
+        )
+    if doc.get("unsegmented"):
+        u = doc["unsegmented"]
+        print(
+            f"{'(whole files, no VAD)':{w}s} {pct(u['wer']):>7s} {u['substitutions']:4d} {u['deletions']:4d} {u['insertions']:4d}"
+        )
+    for c in doc["comparisons"]:
+        if c["new_errors"] is None or not any(c["new_errors"].values()) and not any(c["fixed_errors"].values()):
+            continue
+        ne, fe = c["new_errors"], c["fixed_errors"]
+        print(
+            f"{c['variant']} vs {c['baseline']}: WER {'+' if (c['wer_delta'] or 0) >= 0 else ''}{pct(c['wer_delta'])}; "
+            f"new errors {sum(ne.values())} (vad_dropped {ne['vad_dropped']}, boundary {ne['boundary']}, asr {ne['asr']}), "
+            f"gone {sum(fe.values())} (vad_dropped {fe['vad_dropped']}, boundary {fe['boundary']}, asr {fe['asr']})"
+        )

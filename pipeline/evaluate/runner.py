@@ -1,0 +1,342 @@
+"""``speechpipe eval``: run pipeline variants over labelled datasets and explain the differences.
+
+Every variant runs every file through :func:`speechpipe.pipeline.offline.transcribe_file`, the same
+:class:`~speechpipe.pipeline.session.StreamSession` path as ``speechpipe transcribe`` and the live
+server; a session observer (:class:`EvalCollector`) records the VAD segments, the ASR runs and the
+final transcripts. Reference word times come from a pass over the unsegmented audio that is the
+same for all variants, so it runs once per file and is cached on disk
+(:class:`ReferenceTimer`). The figures themselves are computed in
+:mod:`speechpipe.telemetry.evaluation` and :mod:`speechpipe.telemetry.attribution`, the page in
+:mod:`speechpipe.telemetry.report`. docs/evaluation.md documents the method and eval.json.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import soundfile as sf
+
+from speechpipe.pipeline.evaluate.collector import EvalCollector
+from speechpipe.pipeline.evaluate.datasets import DatasetItem, discover
+from speechpipe.pipeline.evaluate.reference_timing import (
+    TIMING_VERSION,
+    ReferenceTimer,
+    ReferenceTruths,
+    label_check_summary,
+    reference_truths,
+    timing_summary,
+)
+from speechpipe.pipeline.evaluate.variants import EvalError, Variant
+from speechpipe.pipeline.hooks import Observer
+from speechpipe.pipeline.observability import labels_for
+from speechpipe.pipeline.offline import transcribe_file
+from speechpipe.pipeline.outputs import atomic_write_text
+from speechpipe.stages.asr import AsrConfig, AsrEngine
+from speechpipe.stages.audio import AudioError
+from speechpipe.telemetry import evaluation as ev
+from speechpipe.telemetry import names as n
+from speechpipe.telemetry.attribution import (
+    BOUNDARY_TOLERANCE_S,
+)
+from speechpipe.telemetry.instruments import Instrumentation
+
+SCHEMA = "speechpipe.eval/1"
+
+
+@dataclass
+class EvalOptions:
+    """Settings of an evaluation run."""
+
+    tolerance: float = BOUNDARY_TOLERANCE_S
+    baseline: str | None = None
+    cache_dir: Path | None = None
+    report: bool = True
+    timelines: int = 6
+    run_id: str | None = None
+    #: time the transcripts of labelled files without a reference too, to measure the timing
+    #: method against the human labels (one extra whole-file transcription per such file, cached).
+    label_check: bool = True
+
+
+@dataclass
+class EvalResult:
+    """The eval.json document and where it was written."""
+
+    doc: dict
+    out_dir: Path
+    failed: list[dict] = field(default_factory=list)
+
+    @property
+    def json_path(self) -> Path:
+        return self.out_dir / "eval.json"
+
+    @property
+    def report_path(self) -> Path:
+        return self.out_dir / "report.html"
+
+
+def _engine_cache(factory: Callable[[AsrConfig], AsrEngine] | None) -> Callable[[AsrConfig], AsrEngine]:
+    engines: dict[AsrConfig, AsrEngine] = {}
+
+    def get(cfg: AsrConfig) -> AsrEngine:
+        if cfg not in engines:
+            engines[cfg] = factory(cfg) if factory else AsrEngine(cfg)
+        return engines[cfg]
+
+    return get
+
+
+@dataclass
+class _Run:
+    """An evaluation run under way: its settings, the files it can use and what it found so far."""
+
+    run_id: str
+    opts: EvalOptions
+    baseline: str
+    engines: Callable[[AsrConfig], AsrEngine]
+    instrumentation: Instrumentation | None
+    observers_factory: Callable[[Variant, DatasetItem], Iterable[Observer | None]] | None
+    log: Callable[[str], None]
+    summaries: dict[str, dict] = field(default_factory=dict)
+    failed: list[dict] = field(default_factory=list)
+
+
+def evaluate(
+    datasets: Sequence[str | Path],
+    variants: Sequence[Variant],
+    out_dir: str | Path,
+    *,
+    options: EvalOptions | None = None,
+    engine_factory: Callable[[AsrConfig], AsrEngine] | None = None,
+    instrumentation: Instrumentation | None = None,
+    observers_factory: Callable[[Variant, DatasetItem], Iterable[Observer | None]] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> EvalResult:
+    """Run every variant over every file of ``datasets``; write ``eval.json`` (and ``report.html``).
+
+    ``engine_factory`` builds the ASR engine for an ASR config (one per distinct config; by
+    default ``AsrEngine(config)``). With an ``instrumentation`` each file of each variant runs
+    inside an ``eval.utterance`` span carrying the run id, the variant, its VAD config id and,
+    once scored, the file's WER and error causes; the pipeline's own ``stream`` span of the file
+    (with all its segment and ASR spans) is its child and carries the run id too, and every metric
+    point carries the variant and VAD config id. ``observers_factory`` adds further observers of
+    each file's session.
+    """
+    opts = options or EvalOptions()
+    baseline = _check(variants, opts)
+    # The baseline runs first, so that later variants can record their WER change on their spans.
+    ordered = sorted(variants, key=lambda v: v.name != baseline)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    items, failures = discover(datasets)
+    if not items:
+        raise EvalError("no audio files found in " + ", ".join(map(str, datasets)))
+    run = _Run(
+        run_id=opts.run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6],
+        opts=opts,
+        baseline=baseline,
+        engines=_engine_cache(engine_factory),
+        instrumentation=instrumentation,
+        observers_factory=observers_factory,
+        log=log or (lambda msg: None),
+        failed=failures,
+    )
+    # Reference timing: once per file with a reference, on the baseline's model.
+    timer = ReferenceTimer(run.engines(ordered[0].config.asr), opts.cache_dir or out / "cache" / "ref_timing")
+    truth = reference_truths(items, timer, opts.label_check, run.log, run.failed)
+    for v_i, variant in enumerate(ordered, 1):
+        summary = _run_variant(run, variant, truth)
+        run.summaries[variant.name] = summary
+        run.log(f"variant {v_i}/{len(ordered)} {variant.name}: WER {pct(summary['wer'])}, errors {summary['errors']}")
+    doc = _document(run, [v.name for v in variants], ordered, datasets, truth, timer)
+    doc["wall_s"] = round(time.perf_counter() - t_start, 2)
+    atomic_write_text(out / "eval.json", json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+    if opts.report:
+        from speechpipe.telemetry.report import render_report
+
+        page = render_report(doc, truths=truth.truths, envelopes=truth.envelopes, timelines=opts.timelines)
+        atomic_write_text(out / "report.html", page)
+    return EvalResult(doc, out, run.failed)
+
+
+def _check(variants: Sequence[Variant], opts: EvalOptions) -> str:
+    """Refuse what cannot be evaluated; returns the baseline's name."""
+    if not variants:
+        raise EvalError("no variants to evaluate")
+    if not opts.tolerance >= 0:
+        raise EvalError(f"--tolerance must be a non-negative number of seconds, not {opts.tolerance}")
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise EvalError(f"variant names must be unique: {names}")
+    baseline = opts.baseline or names[0]
+    if baseline not in names:
+        raise EvalError(f"--baseline {baseline!r} is not a variant ({', '.join(names)})")
+    return baseline
+
+
+def _run_variant(run: _Run, variant: Variant, truth: ReferenceTruths) -> dict:
+    """Every usable file through one variant; returns the variant's summary."""
+    engine = run.engines(variant.config.asr)
+    inst = run.instrumentation.labelled(labels_for(variant.config)) if run.instrumentation is not None else None
+    rows, runs, vtruths, vfailed = [], [], [], []
+    base_rows = {r["file"]: r for r in run.summaries[run.baseline]["per_file"]} if run.baseline in run.summaries else {}
+    for item in truth.usable:
+        file_truth = truth.truths[item.file_id]
+        with _span(inst, run.run_id, variant, item) as span:
+            collector = EvalCollector()
+            observers = [collector, *(run.observers_factory(variant, item) if run.observers_factory else ())]
+            if inst is not None:
+                attributes = {n.EVAL_RUN_ID: run.run_id}
+                observers.append(inst.stream_observer(file=item.file_id, attributes=attributes, parent=_current()))
+            try:
+                result = transcribe_file(
+                    item.path,
+                    variant.config,
+                    engine,
+                    observers=observers,
+                    reference=item.reference,
+                    stream_id=f"{variant.name}/{item.file_id}",
+                )
+            except (AudioError, sf.LibsndfileError, RuntimeError, ValueError, OSError) as exc:
+                vfailed.append({"file": item.file_id, "error": str(exc) or type(exc).__name__})
+                run.log(f"error: [{variant.name}] {item.file_id}: {exc}")
+                continue
+            file_run = collector.file_run(item.file_id, file_truth.duration, result.text)
+            row = ev.evaluate_file(file_run, file_truth, run.opts.tolerance)
+            if span is not None:
+                _annotate(span, row, variant, base_rows.get(item.file_id), run.baseline)
+        rows.append(row)
+        runs.append(file_run)
+        vtruths.append(file_truth)
+        wer = f" WER {pct(row['wer']['wer'])}" if row["wer"] else ""
+        run.log(f"[{variant.name} {len(rows) + len(vfailed)}/{len(truth.usable)}] {item.file_id}{wer}")
+    run.failed += [{"variant": variant.name, **f} for f in vfailed]
+    return ev.summarize_variant(
+        ev.VariantInput(variant.name, rows, runs, vtruths, variant.config.to_dict(), variant.params, vfailed)
+    )
+
+
+def _document(
+    run: _Run,
+    names: list[str],
+    variants: list[Variant],
+    datasets: Sequence[str | Path],
+    truth: ReferenceTruths,
+    timer: ReferenceTimer,
+) -> dict:
+    """The eval.json document (see docs/evaluation.md)."""
+    summaries = run.summaries
+    base = summaries[run.baseline]
+    return {
+        "schema": SCHEMA,
+        "run_id": run.run_id,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "datasets": [str(d) for d in datasets],
+        "files": len(truth.usable),
+        "failed": run.failed,
+        "settings": {
+            "boundary_tolerance_s": run.opts.tolerance,
+            "clip_min_s": ev.CLIP_MIN_S,
+            "reference_timing": {
+                "model": timer.engine.model_name,
+                "beam_size": timer.engine.config.beam_size,
+                "version": TIMING_VERSION,
+                "computed": timer.computed,
+                "cached": timer.cached,
+            },
+        },
+        "baseline": run.baseline,
+        "variants": {name: summaries[name] for name in names},
+        "unsegmented": _unsegmented(truth.timings, truth.truths),
+        "comparisons": [
+            ev.compare_variants(base, s, truth.truths) for name, s in summaries.items() if name != run.baseline
+        ],
+        "sweep": {
+            "keys": sorted({k for v in variants if v.params for k in v.params}),
+            "rows": ev.sweep_rows([summaries[name] for name in names]),
+        },
+        "reference_timing": {
+            **timing_summary(truth.timings),
+            "label_check": label_check_summary(truth.label_checks, run.opts.tolerance),
+        },
+    }
+
+
+def _unsegmented(timings: dict[str, dict], truths: dict[str, ev.FileTruth]) -> dict | None:
+    """WER of the whole-file transcription (no VAD at all), from the reference-timing pass."""
+    if not timings:
+        return None
+    from speechpipe.telemetry.wer import score_corpus
+
+    pairs = [(truths[f].reference, d["transcript"]) for f, d in timings.items()]
+    w = score_corpus(pairs)
+    return {
+        "files": len(pairs),
+        "wer": round(w.wer, 4),
+        "substitutions": w.substitutions,
+        "deletions": w.deletions,
+        "insertions": w.insertions,
+        "ref_words": w.ref_words,
+    }
+
+
+class _NoSpan:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _current():
+    from opentelemetry import context
+
+    return context.get_current()
+
+
+def _span(inst: Instrumentation | None, run_id: str, variant: Variant, item: DatasetItem):
+    if inst is None:
+        return _NoSpan()
+    from opentelemetry import context
+
+    # A new trace per file and variant: the root of the file's stream span tree.
+    return inst.tracer.start_as_current_span(
+        n.SPAN_EVAL_UTTERANCE,
+        context=context.Context(),
+        attributes={
+            n.EVAL_RUN_ID: run_id,
+            n.PIPELINE_VARIANT: variant.name,
+            n.VAD_CONFIG_ID: variant.config.vad.config_id,
+            n.FILE: item.file_id,
+        },
+    )
+
+
+def _annotate(span, row: dict, variant: Variant, base_row: dict | None, baseline: str) -> None:
+    """Put the file's scores on its ``eval.utterance`` span."""
+    span.set_attribute(n.EVAL_SEGMENTS, row["vad"]["segments"])
+    if row["wer"] is None:
+        return
+    span.set_attribute(n.EVAL_WER, row["wer"]["wer"])
+    span.set_attribute(n.EVAL_REF_WORDS, row["wer"]["ref_words"])
+    if row["errors"]:
+        span.set_attribute(n.EVAL_ERRORS_VAD_DROPPED, row["errors"]["vad_dropped"])
+        span.set_attribute(n.EVAL_ERRORS_BOUNDARY, row["errors"]["boundary"])
+        span.set_attribute(n.EVAL_ERRORS_ASR, row["errors"]["asr"])
+    if base_row is not None and base_row["wer"] is not None and variant.name != baseline:
+        delta = row["wer"]["wer"] - base_row["wer"]["wer"]
+        span.set_attribute(n.EVAL_BASELINE, baseline)
+        span.set_attribute(n.EVAL_WER_DELTA, round(delta, 4))
+        span.set_attribute(n.EVAL_WORSE, delta > 0)
+
+
+def pct(x: float | None) -> str:
+    """A rate as a percentage with two decimals (``n/a`` for None)."""
+    return "n/a" if x is None else f"{x * 100:.2f}%"

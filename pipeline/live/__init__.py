@@ -1,0 +1,3 @@
+"""One live stream: a Sans-I/O core (:mod:`~speechpipe.pipeline.live.core`: events in, actions out,
+time passed in) and the asyncio connection that does its I/O and timers
+(:mod:`~speechpipe.pipeline.live.connection`)."""

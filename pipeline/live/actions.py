@@ -1,0 +1,94 @@
+"""What the live core asks its connection to do, and what it is given to work with."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from speechpipe.pipeline.config import ServerSettings
+from speechpipe.pipeline.hooks import AsrJob, Observer
+from speechpipe.stages.vad import VadConfig
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send ``message`` (a protocol message, JSON) to the client, after those sent before."""
+
+    message: dict
+
+
+@dataclass(frozen=True)
+class SubmitFinal:
+    """Queue a final job on the scheduler; ``on_leave`` is called when it leaves the queue."""
+
+    job: AsrJob
+    on_leave: Callable[[], None]
+
+
+@dataclass(frozen=True)
+class OfferSide:
+    """Offer a partial or speculative job for the stream's slot on the scheduler."""
+
+    job: AsrJob
+    on_leave: Callable[[], None]
+
+
+@dataclass(frozen=True)
+class DropSide:
+    """Drop the stream's queued partial or speculative job (its segment changed)."""
+
+
+@dataclass(frozen=True)
+class Promote:
+    """Serve the queued speculative ``job`` as a final: the segment closed as it predicted."""
+
+    job: AsrJob
+
+
+@dataclass(frozen=True)
+class Close:
+    """Send what is queued, then close the connection with ``code`` and ``reason``; the stream is over."""
+
+    code: int
+    reason: str
+
+
+Action = Send | SubmitFinal | OfferSide | DropSide | Promote | Close
+
+
+@dataclass(frozen=True)
+class LiveContext:
+    """What a live stream needs from its server, and nothing more.
+
+    Attributes:
+        settings: the ``[server]`` limits and scheduling settings.
+        vad: the VAD configuration of every stream.
+        languages: language codes the model serves.
+        model: the model name, told to the client in ``ready``.
+        variant: the pipeline variant, told to the client in ``ready``.
+        stream_observers: builds the observers of a new stream's session from its id and the
+            attributes of its audio format (telemetry).
+    """
+
+    settings: ServerSettings
+    vad: VadConfig
+    languages: tuple[str, ...]
+    model: str
+    variant: str
+    stream_observers: Callable[[str, dict], Sequence[Observer]] | None = None
+
+
+@dataclass
+class StreamStats:
+    """What a stream did, for logs and tests."""
+
+    audio_s: float = 0.0
+    messages: int = 0
+    partials: int = 0
+    speculative_used: int = 0
+    #: the latency of every final sent, in order
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def finals(self) -> int:
+        return len(self.latencies)

@@ -1,0 +1,207 @@
+"""The asyncio side of one live stream: reads the WebSocket, keeps the timers, and carries out what
+the :class:`~speechpipe.pipeline.live.core.LiveCore` decides.
+
+It owns the stream's tasks (one writer keeps messages in order), its scheduler futures and its
+outgoing queue, and releases them on every way out: ``stop``, a protocol error, a limit, server
+shutdown, or the client vanishing mid-utterance. ASR results arrive from the scheduler's worker
+thread and are handed to the core on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Future
+from typing import TYPE_CHECKING
+
+from websockets.exceptions import ConnectionClosed
+
+from speechpipe.pipeline import protocol as P
+from speechpipe.pipeline.hooks import AsrJob
+from speechpipe.pipeline.live.actions import (
+    Action,
+    Close,
+    DropSide,
+    LiveContext,
+    OfferSide,
+    Promote,
+    Send,
+    SubmitFinal,
+)
+from speechpipe.pipeline.live.core import LiveCore
+from speechpipe.pipeline.protocol import ProtocolError
+
+if TYPE_CHECKING:
+    from websockets.asyncio.server import ServerConnection
+
+    from speechpipe.pipeline.scheduler import AsrScheduler
+
+log = logging.getLogger("speechpipe.server")
+
+#: outgoing messages a client may leave unread before the stream is closed as a slow reader.
+MAX_OUTGOING = 2000
+
+
+class Connection:
+    """Serves one WebSocket connection for the lifetime of its stream."""
+
+    def __init__(self, ws: ServerConnection, stream_id: str, context: LiveContext, scheduler: AsrScheduler) -> None:
+        self.ws = ws
+        self.stream_id = stream_id
+        self.scheduler = scheduler
+        self.loop = asyncio.get_running_loop()
+        self.core = LiveCore(stream_id, context, time.monotonic())
+        self._inbox: asyncio.Queue[tuple] = asyncio.Queue()
+        self._out: asyncio.Queue[dict] = asyncio.Queue()
+        self._futures: dict[int, Future] = {}
+        self._recv: asyncio.Task | None = None
+        self._writer: asyncio.Task | None = None
+        self._closing: Close | None = None
+
+    @property
+    def stats(self):
+        return self.core.stats
+
+    def shutdown(self) -> None:
+        """Ask the stream to finish: no more audio is read, pending finals are sent, then ``end``."""
+        self._inbox.put_nowait(("shutdown",))
+
+    async def run(self) -> None:
+        """Serve the connection until the stream ends one way or another."""
+        self._writer = asyncio.create_task(self._write(), name=f"writer-{self.stream_id}")
+        try:
+            await self._serve()
+        except ConnectionClosed:
+            log.info("stream %s: client went away", self.stream_id)
+        except Exception:  # one stream's bug must not take the server down
+            log.exception("stream %s: internal error", self.stream_id)
+            try:
+                await self._close(self.core.internal_error())
+            except ConnectionClosed:
+                pass
+        finally:
+            self._release()
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        while self._closing is None:
+            actions = await self._next_input()
+            self._carry_out(actions)
+        await self._close([])
+
+    async def _next_input(self) -> list[Action]:
+        """Wait for the next thing that happens to the stream and hand it to the core."""
+        core = self.core
+        if self._recv is None and core.reading:
+            self._recv = asyncio.ensure_future(self.ws.recv())
+        inbox = asyncio.ensure_future(self._inbox.get())
+        waiting = {inbox, self._writer} | ({self._recv} if self._recv is not None else set())
+        deadline = core.deadline
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not inbox.done():
+                inbox.cancel()
+        if self._writer in done:
+            self._writer.result()  # re-raise what broke it (a closed connection)
+        if inbox in done:
+            return self._on_inbox(inbox.result())
+        if self._recv is not None and self._recv in done:
+            recv, self._recv = self._recv, None
+            message = recv.result()  # raises ConnectionClosed when the client went away
+            if self._out.qsize() > MAX_OUTGOING:
+                error = ProtocolError("slow_reader", "the client is not reading the server's messages")
+                return core.fail(error, time.monotonic())
+            return core.receive(message, time.monotonic())
+        return core.tick(time.monotonic())
+
+    def _on_inbox(self, item: tuple) -> list[Action]:
+        now = time.monotonic()
+        if item[0] == "shutdown":
+            return self.core.shutdown(now)
+        _, job, fut = item
+        if self._futures.get(job.job_id) is not fut:
+            return []  # superseded (a dropped speculative job run again as a final)
+        del self._futures[job.job_id]
+        if fut.cancelled():
+            return []
+        if fut.exception() is not None:
+            return self.core.asr_failed(job, fut.exception(), now)
+        return self.core.asr_done(job, fut.result(), now)
+
+    # -- actions --------------------------------------------------------------------------------
+
+    def _carry_out(self, actions: list[Action]) -> None:
+        for action in actions:
+            match action:
+                case Send(message=message):
+                    self._out.put_nowait(message)
+                case SubmitFinal(job=job, on_leave=on_leave):
+                    self._track(job, self.scheduler.submit_final(job, on_leave=on_leave))
+                case OfferSide(job=job, on_leave=on_leave):
+                    self._track(job, self.scheduler.offer_partial(job, on_leave=on_leave))
+                case DropSide():
+                    self.scheduler.drop_partial(self.stream_id)
+                case Promote(job=job):
+                    fut = self._futures.get(job.job_id)
+                    if fut is not None:
+                        self.scheduler.promote(fut)  # if it was dropped meanwhile, its None result says so
+                case Close():
+                    self._closing = action
+
+    def _track(self, job: AsrJob, fut: Future) -> None:
+        self._futures[job.job_id] = fut
+        fut.add_done_callback(lambda f: self.loop.call_soon_threadsafe(self._inbox.put_nowait, ("asr", job, f)))
+
+    # -- sending and closing ----------------------------------------------------------------------
+
+    async def _write(self) -> None:
+        while True:
+            msg = await self._out.get()
+            try:
+                await self.ws.send(P.dumps(msg))
+            finally:
+                self._out.task_done()
+
+    async def _close(self, actions: list[Action]) -> None:
+        """Send what is queued, then close with the code the core chose. What the client still
+        sends is read and dropped meanwhile: unread frames would stall the closing handshake (the
+        library stops reading the socket while its queue is full)."""
+        self._carry_out(actions)
+        close = self._closing or Close(P.CLOSE_INTERNAL_ERROR, "internal server error")
+        discard = asyncio.create_task(self._discard_incoming(), name=f"discard-{self.stream_id}")
+        try:
+            joined = asyncio.ensure_future(self._out.join())
+            done, _ = await asyncio.wait({joined, self._writer}, return_when=asyncio.FIRST_COMPLETED)
+            joined.cancel()
+            if self._writer in done:
+                self._writer.result()
+            await self.ws.close(close.code, close.reason)
+        finally:
+            discard.cancel()
+
+    async def _discard_incoming(self) -> None:
+        try:
+            if self._recv is not None:
+                await self._recv
+            while True:
+                await self.ws.recv()
+        except ConnectionClosed:
+            pass
+
+    def _release(self) -> None:
+        """Free everything this stream holds; safe to call in any state, more than once."""
+        for task in (self._writer, self._recv):
+            if task is not None:
+                task.cancel()
+        self.scheduler.cancel_stream(self.stream_id)
+        for fut in self._futures.values():
+            fut.cancel()
+        self._futures.clear()
+        while not self._out.empty():
+            self._out.get_nowait()
+            self._out.task_done()
+        self.core.release()

@@ -1,0 +1,351 @@
+"""One live stream's logic, Sans-I/O: client messages, ASR results and the clock in; actions out.
+
+:class:`LiveCore` holds the protocol state (waiting for ``start``, streaming, draining, closed),
+the stream's :class:`~speechpipe.pipeline.session.StreamSession`, its limits, the order in which
+finals go out, and the partial/speculative slot. It never touches a socket, a thread or an event
+loop: every input is a method call with the time (``receive``, ``asr_done``, ``tick``,
+``shutdown``...) and returns :mod:`actions <speechpipe.pipeline.live.actions>` for the connection
+to carry out. So it can be tested with a fake clock and no server.
+
+Speculative finals: while the VAD's hangover runs, the end a segment will get if the pause lasts
+is already known (last speech frame + post-roll). The core offers exactly that audio as a
+speculative job; if the segment then closes with the same start and end, the speculative
+transcription *is* the final (same samples, same model), and the final goes out as soon as it is
+ready instead of starting only then. If speech resumes, the result is shown as a partial.
+
+Latency: a final's ``latency_s`` is the session's final latency (from the arrival of the audio at
+the segment's end to the final), measured when the final is handed to the connection.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+from functools import partial
+
+from speechpipe.pipeline import protocol as P
+from speechpipe.pipeline.hooks import AsrJob, JobKind
+from speechpipe.pipeline.live.actions import (
+    Action,
+    Close,
+    LiveContext,
+    Promote,
+    Send,
+    StreamStats,
+    SubmitFinal,
+)
+from speechpipe.pipeline.live.side import Result, Side, SideSlot
+from speechpipe.pipeline.protocol import ProtocolError, Start, Stop
+from speechpipe.pipeline.session import SessionError, StreamSession
+from speechpipe.stages.pcm import SAMPLE_RATE
+from speechpipe.stages.vad import SpeechDiscarded, SpeechSegment, SpeechStarted
+
+log = logging.getLogger("speechpipe.server")
+
+
+class State(Enum):
+    STARTING = "starting"  # waiting for the start message
+    STREAMING = "streaming"
+    DRAINING = "draining"  # no more audio: pending finals, then end
+    CLOSED = "closed"
+
+
+@dataclass
+class _Final:
+    """A closed segment on its way to the client, in segment order."""
+
+    job: AsrJob
+    result: Result | None = None
+    side: Side | None = None  # the speculative job whose result it waits for
+
+
+class LiveCore:
+    """The logic of one live stream (see the module docstring); ``now`` is monotonic seconds."""
+
+    def __init__(self, stream_id: str, context: LiveContext, now: float) -> None:
+        self.stream_id = stream_id
+        self.context = context
+        self.settings = context.settings
+        self.state = State.STARTING
+        self.session: StreamSession | None = None
+        self.start: Start | None = None
+        self.stats = StreamStats()
+        self._now = now
+        self._opened = now
+        self._last_message = now
+        self._drain_deadline = 0.0
+        self._drain_reason = "stop"
+        self._error: ProtocolError | None = None
+        self._finals: deque[_Final] = deque()
+        self._slot: SideSlot | None = None
+
+    # -- what the connection asks ---------------------------------------------------------------
+
+    @property
+    def partials_wanted(self) -> bool:
+        return self.settings.partials and self.start is not None and self.start.partials
+
+    @property
+    def reading(self) -> bool:
+        """Whether to read the next client message now: not while this stream has
+        ``max_queued_finals`` finals waiting for the model (the client is slowed down by TCP)."""
+        if self.state is not State.STREAMING:
+            return self.state is not State.CLOSED
+        return sum(f.result is None for f in self._finals) < self.settings.max_queued_finals
+
+    @property
+    def deadline(self) -> float | None:
+        """When :meth:`tick` must be called at the latest (None: no timer runs). The idle timeout
+        does not run while the stream itself holds the client back."""
+        if self.state is State.DRAINING:
+            return self._drain_deadline
+        if self.state is State.CLOSED or not self.reading:
+            return None
+        return self._last_message + self.settings.idle_timeout_s
+
+    # -- inputs ---------------------------------------------------------------------------------
+
+    def receive(self, message: str | bytes, now: float) -> list[Action]:
+        """A client message (text or binary)."""
+        self._now = now
+        if self.state in (State.DRAINING, State.CLOSED):
+            return []  # read and dropped: unread frames would stall the closing handshake
+        self._last_message = now
+        self.stats.messages += 1
+        try:
+            size = len(message) if isinstance(message, bytes) else len(message.encode("utf-8", "replace"))
+            if size > self.settings.max_frame_bytes:
+                raise ProtocolError(
+                    "frame_too_large",
+                    f"message of {size} bytes exceeds the limit of {self.settings.max_frame_bytes} bytes",
+                )
+            if self.state is State.STARTING:
+                return self._begin(message)
+            if isinstance(message, str):
+                if isinstance(P.parse_client_text(message, self.context.languages), Stop):
+                    return self._drain("stop")
+                raise ProtocolError("already_started", "start received twice; send stop to end the stream")
+            return self._audio(message)
+        except ProtocolError as exc:
+            return self.fail(exc, now)
+
+    def asr_done(self, job: AsrJob, result: Result | None, now: float) -> list[Action]:
+        """The scheduler's answer for ``job``: its result, or None when it was dropped unrun."""
+        self._now = now
+        if self.state is State.CLOSED:
+            return []
+        if not self.reading:
+            self._last_message = now  # the idle timer starts again once reading resumes
+        actions: list[Action] = []
+        if job.kind is JobKind.FINAL:
+            for f in self._finals:
+                if f.job is job:
+                    f.result = result
+        else:
+            side = self._slot.done(job, result)
+            if side is None:
+                return []
+            for f in self._finals:
+                if f.side is side:
+                    f.side = None
+                    if result is None:  # dropped just before it could be promoted: run the final now
+                        actions.append(self._submit(f.job))
+                    else:
+                        f.result = result
+            actions += self._slot.shown(side, self.state is State.STREAMING)
+        return actions + self._emit_finals() + self._maybe_end()
+
+    def asr_failed(self, job: AsrJob, error: BaseException, now: float) -> list[Action]:
+        """The ASR call of ``job`` raised: a final that cannot be made ends the stream."""
+        self._now = now
+        side = self._slot.done(job, None) if self._slot is not None else None
+        if side is not None and not any(f.side is side for f in self._finals):
+            return []  # a partial lost: nothing the client waits for
+        log.error("stream %s: ASR failed: %s", self.stream_id, error)
+        return self.internal_error()
+
+    def tick(self, now: float) -> list[Action]:
+        """Time passed: the idle timeout, the drain deadline."""
+        self._now = now
+        if self.state is State.DRAINING and now >= self._drain_deadline:
+            log.warning("stream %s: %d final(s) not ready in time", self.stream_id, len(self._finals))
+            return self._end()
+        deadline = self.deadline
+        if self.state in (State.STARTING, State.STREAMING) and deadline is not None and now >= deadline:
+            return self.fail(
+                ProtocolError(
+                    "idle_timeout", f"nothing received for {self.settings.idle_timeout_s:g} s; closing the stream"
+                ),
+                now,
+            )
+        return []
+
+    def shutdown(self, now: float) -> list[Action]:
+        """The server is draining: no more audio is read, pending finals are sent, then ``end``."""
+        self._now = now
+        if self.state is State.STARTING:
+            return self.fail(ProtocolError("shutting_down", "the server is shutting down"), now)
+        if self.state is State.STREAMING:
+            return self._drain("shutdown")
+        return []
+
+    def fail(self, error: ProtocolError, now: float) -> list[Action]:
+        """``error`` ends the stream: before ``start`` it is sent and the connection closed; once
+        streaming, the audio received so far still gets its finals, then ``end``."""
+        self._now = now
+        if self.state is State.STREAMING:
+            self._error = error
+            return [Send(P.error(error.code, error.message)), *self._drain("error")]
+        if self.state is State.STARTING:
+            self.state = State.CLOSED
+            extra = getattr(error, "extra", {})
+            return [Send(P.error(error.code, error.message, **extra)), Close(error.close_code, error.message[:120])]
+        return []
+
+    def internal_error(self) -> list[Action]:
+        """Something broke (a bug, a failed ASR call): say so and close; the stream is released."""
+        self.state = State.CLOSED
+        exc = ProtocolError("internal_error", "internal server error; the stream was closed")
+        return [Send(P.error(exc.code, exc.message)), Close(exc.close_code, exc.message[:120])]
+
+    def release(self) -> int:
+        """Let go of the stream however it ended; returns the segments dropped without a final."""
+        self.state = State.CLOSED
+        self._finals.clear()
+        if self._slot is not None:
+            self._slot.clear()
+        if self.session is None:
+            return 0
+        lost = 0 if self.session.done else self.session.abandon()
+        if lost:
+            log.info("stream %s: dropped %d segment(s) in flight", self.stream_id, lost)
+        self.session.close()
+        return lost
+
+    # -- the stream -----------------------------------------------------------------------------
+
+    def _begin(self, message: str | bytes) -> list[Action]:
+        if isinstance(message, bytes):
+            raise ProtocolError("binary_before_start", "audio received before the start message")
+        start = P.parse_client_text(message, self.context.languages)
+        if isinstance(start, Stop):
+            raise ProtocolError("bad_message", "stop received before start")
+        self.start = start
+        attributes = {"audio.encoding": start.encoding, "audio.channels": start.channels}
+        factory = self.context.stream_observers
+        self.session = StreamSession(
+            self.context.vad,
+            sample_rate=start.sample_rate,
+            channels=start.channels,
+            pack_s=0.0,
+            stream_id=self.stream_id,
+            observers=factory(self.stream_id, attributes) if factory else (),
+            clock=lambda: self._now,
+        )
+        self._slot = SideSlot(self.session, self.settings, self.partials_wanted, self.stats)
+        self.state = State.STREAMING
+        self._opened = self._now
+        ready = P.ready(
+            self.stream_id,
+            start,
+            vad_config_id=self.session.vad_config_id,
+            model=self.context.model,
+            variant=self.context.variant,
+        )
+        return [Send(ready | {"partials": self.partials_wanted})]
+
+    def _audio(self, data: bytes) -> list[Action]:
+        P.check_audio(data, self.start)
+        try:
+            events = self.session.feed_pcm(data, self.start.encoding)
+        except SessionError as exc:
+            raise ProtocolError("bad_audio", str(exc)) from None
+        self.stats.audio_s = self.session.audio_s
+        actions = self._handle(events)
+        actions += self._slot.next()
+        if max(self.stats.audio_s, self._now - self._opened) > self.settings.max_stream_s:
+            limit = f"the stream reached this server's limit of {self.settings.max_stream_s:g} s"
+            actions += self.fail(ProtocolError("stream_too_long", limit), self._now)
+        return actions
+
+    def _handle(self, events: list) -> list[Action]:
+        actions: list[Action] = []
+        for ev in events:
+            if isinstance(ev, SpeechStarted):
+                self._slot.segment_started()
+                actions.append(Send(P.speech_start(ev.index, ev.start_s)))
+            elif isinstance(ev, SpeechSegment):
+                self._slot.segment_over()
+            elif isinstance(ev, SpeechDiscarded):
+                self._slot.segment_over()
+                actions.append(Send(P.discarded(ev.index, ev.start_sample / SAMPLE_RATE, ev.end_sample / SAMPLE_RATE)))
+        jobs = self.session.take_jobs()
+        for job in jobs:
+            actions += self._queue_final(job)
+        return actions + self._slot.drop_if_stale(bool(jobs))
+
+    def _submit(self, job: AsrJob) -> SubmitFinal:
+        self.session.job_queued(job)
+        return SubmitFinal(job, partial(self.session.job_dequeued, job))
+
+    def _queue_final(self, job: AsrJob) -> list[Action]:
+        final = _Final(job)
+        self._finals.append(final)
+        side = self._slot.claim(job)
+        if side is None:
+            return [self._submit(job)]
+        # The segment closed exactly as predicted during the hangover: reuse that transcription.
+        if side.result is not None:
+            final.result = side.result
+            return []
+        final.side = side
+        return [Promote(side.job)]
+
+    # -- finals and the end -----------------------------------------------------------------------
+
+    def _emit_finals(self) -> list[Action]:
+        """Finals in segment order, as far as their transcriptions are done."""
+        actions: list[Action] = []
+        while self._finals and self._finals[0].result is not None:
+            item = self._finals.popleft()
+            transcripts, run = item.result
+            for final in self.session.complete(item.job, transcripts, run):
+                seg, latency = final.segment, final.latency_s
+                self.stats.latencies.append(latency)
+                if latency > 2.0:
+                    log.info(
+                        "stream %s: segment %d final after %.2f s (ASR queued %.2f s, ran %.2f s)",
+                        self.stream_id,
+                        seg.index,
+                        latency,
+                        run.queue_wait_s if run else -1,
+                        run.wall_s if run else -1,
+                    )
+                actions.append(Send(P.final(seg.index, seg.start_s, seg.end_s, final.transcript, latency)))
+        return actions
+
+    def _drain(self, reason: str) -> list[Action]:
+        """End of input: close the open segment; the pending finals go out, then ``end``."""
+        self.state = State.DRAINING
+        self._drain_reason = reason
+        self._drain_deadline = self._now + self.settings.drain_timeout_s
+        return self._handle(self.session.finish()) + self._emit_finals() + self._maybe_end()
+
+    def _maybe_end(self) -> list[Action]:
+        if self.state is State.DRAINING and not self._finals:
+            return self._end()
+        return []
+
+    def _end(self) -> list[Action]:
+        self._slot.report_unused()
+        self.state = State.CLOSED
+        end = Send(P.end(self._drain_reason, self.session.segments_closed))
+        if self._error is not None:
+            close = Close(self._error.close_code, self._error.message[:120])
+        elif self._drain_reason == "shutdown":
+            close = Close(P.CLOSE_GOING_AWAY, "server shutting down")
+        else:
+            close = Close(P.CLOSE_NORMAL, "end of stream")
+        return [end, close]

@@ -1,0 +1,169 @@
+"""A live stream's slot for non-final ASR work: the partial transcript of the open segment, or the
+speculative job that transcribes it as it will close if the pause lasts.
+
+One job at a time per stream. :class:`SideSlot` decides when to offer one, tells a closing
+segment whether the speculative job predicted it exactly (then its transcription is the final),
+and turns results into ``partial`` messages. Every result that does not become a final is handed
+to the session once, so that observers account for the work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+from speechpipe.pipeline import protocol as P
+from speechpipe.pipeline.config import ServerSettings
+from speechpipe.pipeline.hooks import AsrJob, JobKind
+from speechpipe.pipeline.live.actions import Action, DropSide, OfferSide, Send, StreamStats
+from speechpipe.pipeline.session import StreamSession, same_audio
+from speechpipe.stages.pcm import SAMPLE_RATE
+
+Result = tuple  # (transcripts, AsrRun)
+
+
+@dataclass
+class Side:
+    """The stream's partial or speculative job, from the offer to its result."""
+
+    job: AsrJob
+    result: Result | None = None
+    done: bool = False  # its result came back, or it was dropped
+    used: bool = False  # it became a final
+    reported: bool = False  # given to the session (and so its observers) already
+
+    @property
+    def index(self) -> int:
+        return self.job.pieces[0].index
+
+    @property
+    def live_guess(self) -> bool:
+        """A speculative job still waiting: its prediction may yet come true."""
+        return self.job.kind is JobKind.SPECULATIVE and not self.used and not self.done
+
+
+class SideSlot:
+    """The slot of one stream's session (see the module docstring)."""
+
+    def __init__(self, session: StreamSession, settings: ServerSettings, partials: bool, stats: StreamStats) -> None:
+        self.session = session
+        self.settings = settings
+        self.partials = partials  # the client wants partial transcripts
+        self.stats = stats
+        self.current: Side | None = None
+        self._pending: dict[int, Side] = {}  # jobs whose result has not come back
+        self._spec_seen: set[tuple[int, int, int]] = set()
+        self._last_partial_len = 0
+
+    # -- segments -------------------------------------------------------------------------------
+
+    def segment_started(self) -> None:
+        self._last_partial_len = 0
+
+    def segment_over(self) -> None:
+        self._spec_seen.clear()
+
+    def drop_if_stale(self, finals_made: bool) -> list[Action]:
+        """Drop the waiting job once its segment is over and it did not become the final."""
+        side = self.current
+        if (
+            (finals_made or self.session.vad.open_index is None)
+            and side is not None
+            and not side.used
+            and not side.done
+        ):
+            return [DropSide()]
+        return []
+
+    def claim(self, final: AsrJob) -> Side | None:
+        """The speculative job whose audio is exactly ``final``'s (its transcription is the final),
+        or None; a claimed job is used, and no longer dropped."""
+        side = self.current
+        if side is None or side.job.kind is not JobKind.SPECULATIVE or side.used or not same_audio(side.job, final):
+            return None
+        if side.done and side.result is None:
+            return None  # dropped before the segment closed
+        side.used = True
+        self.stats.speculative_used += 1
+        return side
+
+    # -- offering ---------------------------------------------------------------------------------
+
+    def next(self) -> list[Action]:
+        """After new audio: void a guess that speech proved wrong, offer a speculative job during
+        the hangover, or a partial once the open segment has grown enough."""
+        session, vad, actions = self.session, self.session.vad, []
+        side = self.current
+        if side is not None and side.live_guess and not vad.pausing:
+            actions.append(DropSide())  # speech resumed: the guess is void
+        if self.settings.speculative:
+            job = session.speculative_job()
+            if job is not None:
+                p = job.pieces[0]
+                key = (p.index, p.start_sample, p.audio.size)
+                if key not in self._spec_seen:
+                    self._spec_seen.add(key)
+                    return actions + self._offer(job)
+        side = self.current
+        if not self.partials or vad.open_index is None or (side is not None and not side.done):
+            return actions  # one partial at a time per stream: the next one waits for this one
+        if vad.pausing:
+            return actions  # the segment may be closing: keep the worker free for its speculative job
+        grown = session.stream_samples - vad.open_start
+        if grown - self._last_partial_len < self.settings.partial_interval_s * SAMPLE_RATE:
+            return actions
+        job = session.partial_job()
+        if job is None:
+            return actions
+        self._last_partial_len = grown
+        return actions + self._offer(job)
+
+    def _offer(self, job: AsrJob) -> list[Action]:
+        old = self.current
+        if old is not None and not old.used:
+            self.report_unused(old)
+        side = Side(job)
+        self.current = side
+        self._pending[job.job_id] = side
+        self.session.job_queued(job)
+        return [OfferSide(job, partial(self.session.job_dequeued, job))]
+
+    # -- results ----------------------------------------------------------------------------------
+
+    def done(self, job: AsrJob, result: Result | None) -> Side | None:
+        """The job's result came back (None: dropped unrun); the side it belongs to, if still known."""
+        side = self._pending.pop(job.job_id, None)
+        if side is not None:
+            side.done, side.result = True, result
+        return side
+
+    def shown(self, side: Side, streaming: bool) -> list[Action]:
+        """The ``partial`` messages a finished job's result is worth (none once its segment is over)."""
+        if side.result is None or side.used:
+            return []
+        if not streaming or side.index != self.session.vad.open_index or side is not self.current:
+            self.report_unused(side)  # its segment closed differently, or it was superseded
+            return []
+        if side.job.kind is JobKind.PARTIAL:
+            self.report_unused(side)  # a partial is done with once shown
+        if not self.partials:
+            return []  # a speculative job for a client that wants no partials: kept for the final
+        actions: list[Action] = []
+        for t in side.result[0]:
+            if t.text:
+                self.stats.partials += 1
+                actions.append(Send(P.partial(t.index, t)))
+        return actions
+
+    def report_unused(self, side: Side | None = None) -> None:
+        """Hand a result that did not become a final to the session (and its observers), once;
+        by default the current one's."""
+        side = side or self.current
+        if side is None or side.used or side.reported or side.result is None:
+            return
+        side.reported = True
+        self.session.complete(side.job, *side.result)
+
+    def clear(self) -> None:
+        self.current = None
+        self._pending.clear()

