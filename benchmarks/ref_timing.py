@@ -29,9 +29,9 @@ import numpy as np
 from speechpipe.pipeline.evaluate.reference_timing import ReferenceTimer, _timed
 from speechpipe.stages.asr import AsrConfig, AsrEngine
 from speechpipe.stages.audio import load_audio
-from speechpipe.telemetry.attribution import BOUNDARY_TOLERANCE_S, edge_errors
 from speechpipe.telemetry.vad_metrics import read_segments
 from speechpipe.telemetry.wer import normalized_words
+from speechpipe.telemetry.word_timing import BOUNDARY_TOLERANCE_S, edge_errors
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CLIPS = HERE.parent.parent / "shared" / "corpus" / "vad"

@@ -228,7 +228,7 @@ METRICS: tuple[MetricSpec, ...] = (
         "{job}",
         (ASR_KIND,),
         "software",
-        "ASR jobs queued and not started yet (fed by the scheduler through the asr_queued/asr_started hooks)",
+        "ASR jobs queued and not started yet (the AsrQueued/AsrDequeued events of the scheduler's jobs)",
     ),
     MetricSpec(
         FINAL_LATENCY,
@@ -236,9 +236,8 @@ METRICS: tuple[MetricSpec, ...] = (
         "s",
         (),
         "software",
-        "end of speech -> final transcript: live, the VAD's decision delay (hangover) plus the wall time "
-        "from its decision to the final; offline (audio read faster than real time), the wall time from "
-        "the VAD's decision to the final, packing wait included",
+        "end of speech -> final transcript: from the arrival of the audio at the segment's end to the final "
+        "(live: the latency_s sent to the client; offline: packing wait included)",
         _SECONDS_SLOW,
     ),
     MetricSpec(STREAMS_ACTIVE, UP_DOWN_COUNTER, "{stream}", (), "software", "streams open now"),

@@ -13,18 +13,9 @@ from speechpipe.pipeline.offline import transcribe_file
 from speechpipe.stages.asr import AudioPiece
 from speechpipe.stages.audio import load_audio
 from speechpipe.stages.pcm import SAMPLE_RATE
-from speechpipe.telemetry.attribution import (
-    ASR,
-    BOUNDARY,
-    VAD_DROPPED,
-    RawWord,
-    Segments,
-    TimedWord,
-    attribute,
-    plan_windows,
-    timed_tokens,
-)
+from speechpipe.telemetry.attribution import ASR, BOUNDARY, VAD_DROPPED, Segments, attribute
 from speechpipe.telemetry.wer import normalized_words, score
+from speechpipe.telemetry.word_timing import RawWord, TimedWord, plan_windows, timed_tokens
 
 JFK = SPEECH / "jfk_inaugural_ask-not.flac"  # three phrases separated by clear pauses
 STEW = SPEECH / "librispeech-test-clean_1089-134686-0000.flac"  # one phrase; tiny.en makes a few errors

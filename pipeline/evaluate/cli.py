@@ -11,9 +11,7 @@ from speechpipe.pipeline.config import load_config, parse_override
 from speechpipe.pipeline.evaluate.runner import EvalOptions, evaluate, pct
 from speechpipe.pipeline.evaluate.variants import EvalError, Variant, expand_sweep, variant_from_arg
 from speechpipe.pipeline.observability import start_telemetry
-from speechpipe.telemetry.attribution import (
-    BOUNDARY_TOLERANCE_S,
-)
+from speechpipe.telemetry.word_timing import BOUNDARY_TOLERANCE_S
 
 
 def add_arguments(p) -> None:

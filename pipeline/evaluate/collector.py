@@ -6,9 +6,7 @@ from speechpipe.pipeline.hooks import AsrCompleted, Event, FinalTranscript, Stre
 from speechpipe.stages.asr import Transcript
 from speechpipe.stages.vad import SpeechDiscarded, SpeechSegment
 from speechpipe.telemetry import evaluation as ev
-from speechpipe.telemetry.attribution import (
-    RawWord,
-)
+from speechpipe.telemetry.word_timing import RawWord
 
 
 class EvalCollector:

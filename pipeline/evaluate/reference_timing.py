@@ -19,7 +19,8 @@ from speechpipe.stages.asr import AsrEngine
 from speechpipe.stages.audio import AudioError, load_audio
 from speechpipe.stages.pcm import SAMPLE_RATE
 from speechpipe.telemetry import evaluation as ev
-from speechpipe.telemetry.attribution import (
+from speechpipe.telemetry.wer import normalized_words, score
+from speechpipe.telemetry.word_timing import (
     BOUNDARY_TOLERANCE_S,
     RawWord,
     TimedWord,
@@ -30,7 +31,6 @@ from speechpipe.telemetry.attribution import (
     timing_agreement,
     transcript_times,
 )
-from speechpipe.telemetry.wer import normalized_words, score
 
 #: bump when the reference-timing method changes, so cached timings are recomputed.
 TIMING_VERSION = 3

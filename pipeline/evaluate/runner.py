@@ -41,10 +41,9 @@ from speechpipe.stages.asr import AsrConfig, AsrEngine
 from speechpipe.stages.audio import AudioError
 from speechpipe.telemetry import evaluation as ev
 from speechpipe.telemetry import names as n
-from speechpipe.telemetry.attribution import (
-    BOUNDARY_TOLERANCE_S,
-)
+from speechpipe.telemetry.comparison import compare_variants
 from speechpipe.telemetry.instruments import Instrumentation
+from speechpipe.telemetry.word_timing import BOUNDARY_TOLERANCE_S
 
 SCHEMA = "speechpipe.eval/1"
 
@@ -256,7 +255,7 @@ def _document(
         "variants": {name: summaries[name] for name in names},
         "unsegmented": _unsegmented(truth.timings, truth.truths),
         "comparisons": [
-            ev.compare_variants(base, s, truth.truths) for name, s in summaries.items() if name != run.baseline
+            compare_variants(base, s, truth.truths) for name, s in summaries.items() if name != run.baseline
         ],
         "sweep": {
             "keys": sorted({k for v in variants if v.params for k in v.params}),
