@@ -41,6 +41,10 @@ class StreamResult:
     close_reason: str = ""
     sent_s: float = 0.0
     wall_s: float = 0.0
+    #: (seconds of audio sent once this frame is, monotonic time its send began), per frame
+    sends: list[tuple[float, float]] = field(default_factory=list, repr=False)
+    #: monotonic time each final arrived, in the order of ``finals``
+    final_times: list[float] = field(default_factory=list, repr=False)
 
     @property
     def text(self) -> str:
@@ -50,6 +54,18 @@ class StreamResult:
     @property
     def latencies(self) -> list[float]:
         return [f["latency_s"] for f in self.finals]
+
+    def observed_latency(self, k: int) -> float | None:
+        """The latency of final ``k`` as this client saw it: from the moment it began sending the
+        frame that holds the segment's end to the moment the final arrived (None if unknown). The
+        server's ``latency_s`` starts after the frame arrived and ends before the final is sent, so
+        it is never larger."""
+        if not self.sends:
+            return None
+        end = self.finals[k]["end"]
+        # A segment that ends with the stream (its end rounded up by resampling) ends in the last frame.
+        began = next((began for sent, began in self.sends if sent >= end - 1e-6), self.sends[-1][1])
+        return self.final_times[k] - began
 
     @property
     def lost(self) -> int:
@@ -132,6 +148,7 @@ async def stream_pcm(
                         result.ready = msg
                     elif kind == "final":
                         result.finals.append(msg)
+                        result.final_times.append(time.monotonic())
                     elif kind == "partial":
                         result.partials.append(msg)
                     elif kind == "speech_start":
@@ -156,8 +173,10 @@ async def stream_pcm(
             async for frame in frames:
                 if stopped.is_set():
                     break
+                began = time.monotonic()
                 await ws.send(frame)
                 result.sent_s += len(frame) / (start.bytes_per_frame * start.sample_rate)
+                result.sends.append((result.sent_s, began))
             if not stopped.is_set():
                 await ws.send(json.dumps({"type": "stop"}))
         except ConnectionClosed:

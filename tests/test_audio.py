@@ -20,6 +20,8 @@ from speechpipe.stages.audio import (
 )
 from speechpipe.stages.pcm import SAMPLE_RATE, level_stats, pcm_to_float, to_mono
 
+pytestmark = pytest.mark.corpus  # reads ../shared/corpus
+
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 
 WAV_16K = "speech/librispeech-test-clean_1995-1837-0001.wav"

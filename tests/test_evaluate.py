@@ -8,6 +8,7 @@ import shutil
 from html.parser import HTMLParser
 
 import pytest
+import soundfile as sf
 from conftest import SPEECH, VAD_CLIPS
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -19,9 +20,14 @@ from speechpipe.pipeline.cli import main
 from speechpipe.pipeline.config import Config
 from speechpipe.pipeline.evaluate.runner import EvalOptions, evaluate
 from speechpipe.pipeline.evaluate.variants import EvalError, Variant, expand_sweep, variant_from_arg
+from speechpipe.stages.audio import probe
+from speechpipe.stages.pcm import level_stats
 from speechpipe.telemetry import names as n
 from speechpipe.telemetry.attribution import CATEGORIES
 from speechpipe.telemetry.instruments import Instrumentation, Labels
+from speechpipe.telemetry.spantree import read_spans
+
+pytestmark = pytest.mark.corpus  # reads ../shared/corpus
 
 SHORT_SPEECH = ["librispeech-test-clean_1089-134691-0000.flac", "librispeech-test-clean_1089-134686-0001.flac"]
 SHORT_CLIP = "tenvad_testset-audio-02"  # 4 s, four labelled phrases
@@ -223,6 +229,32 @@ def test_eval_traces_carry_run_variant_config_and_wer(run):
                     if n.PIPELINE_VARIANT in p.attributes:
                         seen.add((p.attributes[n.PIPELINE_VARIANT], p.attributes[n.VAD_CONFIG_ID]))
     assert seen == {(name, v["vad_config_id"]) for name, v in doc["variants"].items()}
+
+
+def test_eval_stream_spans_carry_the_input_audio(run, dataset):
+    """Every observer of an eval stream gets every event: its stream span has the audio it read
+    and its input level, as in ``speechpipe transcribe``."""
+    _result, spans, _metrics = run
+    streams = [s for s in spans if s.name == n.SPAN_STREAM]
+    assert streams
+    for st in streams:
+        a = st.attributes
+        path = dataset / a[n.FILE]
+        assert a[n.STREAM_AUDIO_S] == pytest.approx(probe(path).duration_s, abs=1e-3)
+        assert a[n.STREAM_AUDIO_S] > 0
+        assert a[n.AUDIO_RMS_DBFS] == pytest.approx(level_stats(sf.read(path, dtype="float32")[0]).rms_dbfs, abs=0.01)
+        assert -120.0 < a[n.AUDIO_RMS_DBFS] < a[n.AUDIO_PEAK_DBFS] <= 0.0
+        assert 0.0 < a[n.VAD_SPEECH_RATIO] <= 1.0
+
+
+def test_eval_cli_trace_file_has_stream_audio(dataset, tmp_path):
+    clip = dataset / "speech" / SHORT_SPEECH[1]
+    trace = tmp_path / "t.jsonl"
+    args = ["eval", str(clip), "-o", str(tmp_path / "out"), "--threads", "2", "--no-report", "--trace-file", str(trace)]
+    assert main(args) == 0
+    (stream,) = [s for s in read_spans(trace) if s["name"] == n.SPAN_STREAM]
+    assert stream["attributes"][n.STREAM_AUDIO_S] == pytest.approx(probe(clip).duration_s, abs=1e-3)
+    assert stream["attributes"][n.AUDIO_RMS_DBFS] > -120.0
 
 
 def test_sweep_cli_one_row_per_combination(dataset, tmp_path, capsys):

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import soundfile as sf
+from baselines import measured, wer_ceiling
 from conftest import SAMPLES, SPEECH
 
 from speechpipe.pipeline import offline
@@ -16,8 +17,13 @@ from speechpipe.pipeline.config import Config
 from speechpipe.stages.audio import load_audio, resample
 from speechpipe.telemetry.wer import normalized_words, score
 
+pytestmark = pytest.mark.corpus  # reads ../shared/corpus
+
 SHORT = ["ljspeech_LJ001-0002.wav", "librispeech-dev-clean_1272-128104-0000.wav"]
-REF_WORDS = sum(len(normalized_words((SPEECH / n.replace(".wav", ".txt")).read_text())) for n in SHORT)
+
+
+def ref_words() -> int:
+    return sum(len(normalized_words((SPEECH / n.replace(".wav", ".txt")).read_text())) for n in SHORT)
 
 
 @pytest.fixture()
@@ -50,7 +56,7 @@ def test_folder_with_bad_files(dataset, tmp_path, engine):
     doc = json.loads((out / "summary.json").read_text())
     assert doc["files"] == 4
     assert {f["file"].rsplit("/", 1)[-1] for f in doc["failed"]} == {"corrupt.wav", "empty.flac"}
-    assert doc["wer"]["ref_words"] == REF_WORDS and doc["wer"]["wer"] <= 0.15
+    assert doc["wer"]["ref_words"] == ref_words() and doc["wer"]["wer"] <= wer_ceiling("wer.offline_pair")
     assert doc["audio_s"] == pytest.approx(1.9 + 5.855, abs=0.01)
     assert not list(out.rglob("*.tmp*"))
 
@@ -91,7 +97,7 @@ def test_resume_skips_finished_files_and_force_redoes(dataset, tmp_path, engine)
     assert second.skipped == 1 and second.transcribed == 1 and len(second.failed) == 2
     assert done.stat().st_mtime_ns == stamp
     assert json.loads(half.read_text())["complete"] is True
-    assert second.wer is not None and second.wer.ref_words == REF_WORDS  # skipped files still count
+    assert second.wer is not None and second.wer.ref_words == ref_words()  # skipped files still count
     third = run([dataset], out, engine, force=True)
     assert third.transcribed == 2 and third.skipped == 0
     assert done.stat().st_mtime_ns != stamp
@@ -110,8 +116,7 @@ def test_any_sample_rate_and_stereo(tmp_path, engine, rate):
     result = offline.transcribe_file(path, Config(asr=engine.config), engine, reference=ref)
     assert result.sample_rate == rate and result.channels == 2
     assert result.duration == pytest.approx(audio.size / 16000, abs=1e-3)
-    # The original scores 5/28 words wrong with tiny.en; telephone bandwidth may cost a little more.
-    assert result.wer.wer <= (0.3 if rate == 8000 else 0.2), result.text
+    assert result.wer.wer <= wer_ceiling(f"wer.resampled.{rate}"), result.text
 
 
 def test_cli_on_bundled_samples(tmp_path, capsys):
@@ -122,8 +127,8 @@ def test_cli_on_bundled_samples(tmp_path, capsys):
     assert "WER" in captured.out and "ask not what your country can do for you" in captured.out.lower()
     doc = json.loads((out / "summary.json").read_text())
     assert doc["transcribed"] == 5 and doc["failed"] == []
-    # Measured: 4.30 % over the 93 reference words of the five samples.
-    assert doc["wer"]["ref_words"] == 93 and doc["wer"]["wer"] <= 0.08
+    assert doc["wer"]["ref_words"] == measured("wer.bundled_samples.ref_words")
+    assert doc["wer"]["wer"] <= wer_ceiling("wer.bundled_samples")
 
 
 def test_cli_exit_code_reports_failures(dataset, tmp_path, capsys):

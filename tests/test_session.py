@@ -10,14 +10,19 @@ from conftest import SPEECH, VAD_CLIPS
 from speechpipe.pipeline.driver import drive, run_jobs
 from speechpipe.pipeline.hooks import (
     AsrCompleted,
+    AsrJob,
     FinalTranscript,
     JobKind,
     StreamEnded,
     StreamStarted,
     VadOutput,
 )
-from speechpipe.pipeline.session import SessionError, StreamSession
-from speechpipe.stages.vad import SpeechSegment, SpeechStarted, VadConfig
+from speechpipe.pipeline.session import SessionError, StreamSession, same_audio
+from speechpipe.stages.asr import AudioPiece
+from speechpipe.stages.audio import load_audio
+from speechpipe.stages.vad import END_SILENCE, SpeechSegment, SpeechStarted, VadConfig
+
+pytestmark = pytest.mark.corpus  # reads ../shared/corpus
 
 JFK = SPEECH / "jfk_inaugural_ask-not.flac"  # 44.1 kHz stereo, 24-bit
 
@@ -149,3 +154,29 @@ def test_run_jobs_of_several_streams_share_one_call(engine):
     a, b = (" ".join(texts[s.stream_id]).lower() for s in sessions)
     assert "comparatively modern" in a and "danger trail" in b  # no words crossed streams
     assert all(s.done for s in sessions)
+
+
+def test_speculative_job_holds_exactly_the_audio_of_the_segment_that_closes():
+    """During the hangover the session predicts the segment's audio; when the pause lasts, the
+    prediction is sample for sample the closed segment (so its transcript can be the final)."""
+    audio, _ = load_audio(JFK)
+    session = StreamSession(pack_s=0)
+    predictions: dict[tuple, np.ndarray] = {}
+    segments: list[SpeechSegment] = []
+    for i in range(0, audio.size, 320):
+        segments += [e for e in session.feed(audio[i : i + 320]) if isinstance(e, SpeechSegment)]
+        job = session.speculative_job()
+        if job is not None:
+            p = job.pieces[0]
+            predictions[(p.index, p.start_sample, p.start_sample + p.audio.size)] = p.audio
+    segments += [e for e in session.finish() if isinstance(e, SpeechSegment)]
+    closed_by_silence = [s for s in segments if s.end_reason == END_SILENCE]
+    assert closed_by_silence
+    for seg in closed_by_silence:
+        predicted = predictions[(seg.index, seg.start_sample, seg.end_sample)]
+        assert np.array_equal(predicted, seg.audio)
+        final = AsrJob("s", JobKind.FINAL, [AudioPiece(seg.index, seg.start_sample, seg.audio)], segments=[seg])
+        spec = AsrJob("s", JobKind.SPECULATIVE, [AudioPiece(seg.index, seg.start_sample, predicted)])
+        assert same_audio(spec, final)
+    # Predictions made before speech resumed do not match any segment: they are never reused.
+    assert len(predictions) >= len(closed_by_silence)

@@ -15,6 +15,8 @@ from speechpipe.telemetry.wer import (
     score_corpus,
 )
 
+pytestmark = pytest.mark.corpus  # reads ../shared/corpus
+
 # The corpus sits next to the checkout (../shared/corpus), as in CI.
 SPEECH = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "speech"
 

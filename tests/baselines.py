@@ -1,0 +1,36 @@
+"""The measured accuracy figures the tests hold the pipeline to (tests/baselines.json, written by
+``python benchmarks/baselines.py``), with the tolerances written beside them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+_DOC = json.loads((Path(__file__).with_name("baselines.json")).read_text())
+TOLERANCE = _DOC["tolerance"]
+
+
+def measured(key: str):
+    """The figure at dotted ``key`` (``"vad.webrtc.f1"``, ``"wer.resampled.8000"``)."""
+    value = _DOC
+    for part in key.split("."):
+        value = value[int(part)] if isinstance(value, list) else value[part]
+    return value
+
+
+def floor(key: str) -> float:
+    """The lowest score (F1, precision, recall, agreement) a test accepts: the measurement less
+    the score tolerance."""
+    return measured(key) - TOLERANCE["score"]
+
+
+def wer_ceiling(key: str) -> float:
+    """The highest WER a test accepts: the measurement plus one reference word or the WER
+    tolerance, whichever is more."""
+    entry = measured(key)
+    return entry["wer"] + max(TOLERANCE["wer"], 1.0 / entry["ref_words"]) + 1e-9
+
+
+def live_wer_ceiling(offline_wer: float) -> float:
+    """The highest WER a live stream may have, given the offline WER of the same audio."""
+    return offline_wer + TOLERANCE["live_wer"]

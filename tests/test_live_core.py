@@ -1,0 +1,252 @@
+"""The live core without sockets, threads or an event loop: messages and a fake clock in, actions
+out. ASR jobs the core submits are run inline on the real model, the way an idle scheduler would,
+on the bundled samples (no corpus needed)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+from conftest import SAMPLES
+
+from speechpipe.pipeline import protocol as P
+from speechpipe.pipeline.config import ServerSettings
+from speechpipe.pipeline.driver import run_job
+from speechpipe.pipeline.hooks import JobKind
+from speechpipe.pipeline.live.actions import Close, DropSide, LiveContext, OfferSide, Promote, Send, SubmitFinal
+from speechpipe.pipeline.live.core import LiveCore, State
+from speechpipe.pipeline.protocol import Start
+from speechpipe.stages.audio import load_audio
+from speechpipe.stages.pcm import SAMPLE_RATE
+from speechpipe.stages.vad import VadConfig
+from speechpipe.telemetry.wer import normalized_words, score
+
+JFK = SAMPLES / "jfk_inaugural_ask-not.flac"
+FRAME = 320  # 20 ms at 16 kHz
+
+
+def pcm(audio) -> bytes:
+    return (audio.clip(-1, 32767 / 32768) * 32768).astype("<i2").tobytes()
+
+
+class Harness:
+    """Drives a :class:`LiveCore` as its connection would: carries out its actions, keeps a fake
+    clock, and answers queued ASR jobs inline on the engine when asked (``run``)."""
+
+    def __init__(self, engine, **settings) -> None:
+        self.engine = engine
+        self.now = 1000.0
+        context = LiveContext(
+            settings=replace(ServerSettings(), **settings),
+            vad=VadConfig(),
+            languages=("en",),
+            model=engine.model_name,
+            variant="default",
+        )
+        self.core = LiveCore("s1", context, self.now)
+        self.sent: list[dict] = []
+        self.sent_at: list[float] = []
+        self.closed: Close | None = None
+        self.queued: list = []  # jobs submitted or offered, not answered yet
+        self.promoted: list = []
+        self.actions: list = []
+
+    def apply(self, actions) -> None:
+        self.actions += actions
+        dropped = []
+        for a in actions:
+            if isinstance(a, Send):
+                self.sent.append(a.message)
+                self.sent_at.append(self.now)
+            elif isinstance(a, SubmitFinal | OfferSide):
+                if isinstance(a, OfferSide):  # the slot holds one job: a new offer replaces the old
+                    dropped += [j for j in self.queued if j.kind is not JobKind.FINAL and j not in self.promoted]
+                    self.queued = [j for j in self.queued if j not in dropped]
+                self.queued.append(a.job)
+            elif isinstance(a, DropSide):
+                dropped += [j for j in self.queued if j.kind is not JobKind.FINAL and j not in self.promoted]
+                self.queued = [j for j in self.queued if j not in dropped]
+            elif isinstance(a, Promote):
+                self.promoted.append(a.job)
+            elif isinstance(a, Close):
+                self.closed = a
+        for job in dropped:  # the scheduler answers a dropped job with None
+            self.apply(self.core.asr_done(job, None, self.now))
+
+    def send(self, message: str | bytes) -> None:
+        self.apply(self.core.receive(message, self.now))
+
+    def run(self) -> None:
+        """Answer every queued job (an idle worker), in order."""
+        while self.queued:
+            job = self.queued.pop(0)
+            self.apply(self.core.asr_done(job, run_job(self.engine, job), self.now))
+
+    def stream(self, audio, *, realtime: bool = True, run_each: bool = True) -> None:
+        for i in range(0, audio.size, FRAME):
+            if realtime:
+                self.now += FRAME / SAMPLE_RATE
+            self.send(pcm(audio[i : i + FRAME]))
+            if run_each:
+                self.run()
+
+    def of_type(self, kind: str) -> list[dict]:
+        return [m for m in self.sent if m["type"] == kind]
+
+
+@pytest.fixture(scope="module")
+def jfk():
+    return load_audio(JFK)[0]
+
+
+def start(**fields) -> str:
+    return json.dumps(Start(**fields).to_dict())
+
+
+def test_a_stream_gets_ready_speech_starts_finals_and_end(engine, jfk):
+    h = Harness(engine)
+    h.send(start())
+    h.stream(jfk)
+    h.send(json.dumps({"type": "stop"}))
+    h.run()
+    types = [m["type"] for m in h.sent]
+    assert types[0] == "ready" and types[-1] == "end" and h.closed == Close(P.CLOSE_NORMAL, "end of stream")
+    finals = h.of_type("final")
+    assert [f["segment"] for f in finals] == sorted(f["segment"] for f in finals)
+    assert {s["segment"] for s in h.of_type("speech_start")} == {f["segment"] for f in finals}
+    assert h.sent[-1] == {"type": "end", "reason": "stop", "segments": len(finals)}
+    text = " ".join(f["text"] for f in finals)
+    reference = JFK.with_suffix(".txt").read_text()
+    assert normalized_words(text)[:4] == ["and", "so", "my", "fellow"]
+    assert score(reference, text).wer < 0.5, text  # the words are the clip's, not another's
+    # An idle worker answers the hangover's speculative job before the VAD decides: it is the final
+    # of every segment a pause closed (the last one closes at the end of the stream).
+    closed_in_pause = [f for f in finals if f["end"] < jfk.size / SAMPLE_RATE]
+    assert closed_in_pause and h.core.stats.speculative_used == len(closed_in_pause)
+    assert h.of_type("partial"), "partials of the open segment"
+    assert h.core.state is State.CLOSED
+
+
+def test_final_latency_is_from_the_arrival_of_the_segment_end(engine, jfk):
+    h = Harness(engine)
+    h.send(start())
+    arrivals = []  # (seconds of audio received, when)
+    for i in range(0, jfk.size, FRAME):
+        h.now += FRAME / SAMPLE_RATE
+        h.send(pcm(jfk[i : i + FRAME]))
+        arrivals.append((min(i + FRAME, jfk.size) / SAMPLE_RATE, h.now))
+        h.now += 0.013  # the worker takes fake time to answer
+        h.run()
+    for k, msg in enumerate(h.sent):
+        if msg["type"] != "final":
+            continue
+        arrived = next(when for received, when in arrivals if received >= msg["end"] - 1e-6)
+        assert msg["latency_s"] == pytest.approx(h.sent_at[k] - arrived, abs=1e-3)
+        assert msg["latency_s"] > 0
+
+
+def test_backpressure_stops_reading_and_the_idle_timer(engine, jfk):
+    h = Harness(engine, max_queued_finals=1, idle_timeout_s=5.0)
+    h.send(start())
+    assert h.core.reading and h.core.deadline == h.now + 5.0
+    i = 0
+    while h.core.reading:
+        h.now += FRAME / SAMPLE_RATE
+        h.send(pcm(jfk[i : i + FRAME]))
+        i += FRAME
+        assert i < jfk.size, "no final was queued"
+    assert [a for a in h.actions if isinstance(a, SubmitFinal | Promote)]
+    assert h.core.deadline is None  # the stream holds the client back: no idle timeout meanwhile
+    h.now += 60.0
+    assert h.core.tick(h.now) == []
+    h.run()
+    assert h.core.reading and h.core.deadline == h.now + 5.0  # the idle timer starts again
+    assert h.of_type("final")
+
+
+def test_idle_timeout_ends_the_stream_with_its_error(engine):
+    h = Harness(engine, idle_timeout_s=2.0)
+    h.send(start())
+    h.now += 1.9
+    h.apply(h.core.tick(h.now))
+    assert h.closed is None
+    h.now += 0.2
+    h.apply(h.core.tick(h.now))
+    assert [m["type"] for m in h.sent] == ["ready", "error", "end"]
+    assert h.sent[1]["code"] == "idle_timeout" and h.closed.code == P.ERROR_CLOSE_CODES["idle_timeout"]
+
+
+def test_drain_deadline_ends_a_stream_whose_finals_never_come(engine, jfk):
+    h = Harness(engine, drain_timeout_s=3.0)
+    h.send(start())
+    h.stream(jfk[: 9 * SAMPLE_RATE], run_each=False)  # the first sentence closes; nothing answered
+    h.send(json.dumps({"type": "stop"}))
+    assert h.core.state is State.DRAINING and h.closed is None and h.core.deadline == h.now + 3.0
+    h.now += 3.0
+    h.apply(h.core.tick(h.now))
+    assert h.sent[-1]["type"] == "end" and h.closed == Close(P.CLOSE_NORMAL, "end of stream")
+    assert not h.of_type("final")
+    assert h.core.release() >= 1  # the segments without a final are counted as dropped
+
+
+def test_errors_before_start_close_at_once(engine):
+    for first, code in [
+        (b"\x00\x00" * 160, "binary_before_start"),
+        (json.dumps({"type": "stop"}), "bad_message"),
+        ("{", "bad_json"),
+        (start(sample_rate=1000), "unsupported_rate"),
+    ]:
+        h = Harness(engine)
+        h.send(first)
+        assert [m["code"] for m in h.sent] == [code]
+        assert h.closed.code == P.ERROR_CLOSE_CODES[code] and h.core.state is State.CLOSED
+    h = Harness(engine)
+    h.apply(h.core.shutdown(h.now))
+    assert h.sent[0]["code"] == "shutting_down" and h.closed.code == P.CLOSE_GOING_AWAY
+
+
+def test_errors_while_streaming_keep_the_audio_received(engine, jfk):
+    h = Harness(engine, max_frame_bytes=4096)
+    h.send(start())
+    h.stream(jfk[: 9 * SAMPLE_RATE])
+    h.send(b"\x00" * 8192)
+    h.run()
+    codes = [m["code"] for m in h.of_type("error")]
+    assert codes == ["frame_too_large"] and h.sent[-1]["type"] == "end" and h.sent[-1]["reason"] == "error"
+    assert h.of_type("final") and h.closed.code == P.CLOSE_TOO_BIG
+    h.send(pcm(jfk[:FRAME]))  # what the client still sends is read and dropped
+    assert h.actions[-1] == h.closed
+
+    h = Harness(engine)
+    h.send(start())
+    h.send(start())
+    assert h.of_type("error")[0]["code"] == "already_started" and h.closed.code == P.CLOSE_POLICY
+
+
+def test_a_speculative_job_dropped_before_promotion_runs_as_a_final(engine, jfk):
+    h = Harness(engine, partials=False)
+    h.send(start())
+    for i in range(0, jfk.size, FRAME):
+        h.now += FRAME / SAMPLE_RATE
+        h.send(pcm(jfk[i : i + FRAME]))
+        if h.promoted:
+            break
+    (spec,) = h.promoted
+    assert spec.kind is JobKind.SPECULATIVE and not [a for a in h.actions if isinstance(a, SubmitFinal)]
+    h.queued.remove(spec)
+    h.apply(h.core.asr_done(spec, None, h.now))  # the scheduler dropped it just before
+    (submitted,) = [a for a in h.actions if isinstance(a, SubmitFinal)]
+    assert submitted.job.kind is JobKind.FINAL and submitted.job.segments[0].index == spec.pieces[0].index
+    h.run()
+    assert h.of_type("final")[0]["segment"] == spec.pieces[0].index
+    assert h.core.stats.speculative_used == 1
+
+
+def test_a_failed_final_is_an_internal_error(engine, jfk):
+    h = Harness(engine, speculative=False, partials=False)
+    h.send(start())
+    h.stream(jfk[: 9 * SAMPLE_RATE], run_each=False)
+    job = next(j for j in h.queued if j.kind is JobKind.FINAL)
+    h.apply(h.core.asr_failed(job, RuntimeError("CUDA out of memory"), h.now))
+    assert h.sent[-1]["code"] == "internal_error" and h.closed.code == P.CLOSE_INTERNAL_ERROR

@@ -1,0 +1,43 @@
+"""The live protocol, Sans-I/O: parsing client messages, with the error and close code of each
+bad one."""
+
+from __future__ import annotations
+
+import pytest
+
+from speechpipe.pipeline import protocol as P
+from speechpipe.pipeline.protocol import ProtocolError, Start, Stop
+
+
+def test_start_defaults_and_fields():
+    assert P.parse_client_text('{"type": "start"}') == Start(16000, "pcm_s16le", 1, "en", True)
+    s = P.parse_client_text('{"type":"start","sample_rate":48000,"encoding":"pcm_f32le","channels":2,"partials":false}')
+    assert s == Start(48000, "pcm_f32le", 2, "en", False) and s.bytes_per_frame == 8
+    assert isinstance(P.parse_client_text('{"type": "stop"}'), Stop)
+
+
+@pytest.mark.parametrize(
+    "text, code",
+    [
+        ("", "bad_json"),
+        ("{", "bad_json"),
+        ('"start"', "bad_message"),
+        ('{"type": "Start"}', "unknown_type"),
+        ('{"type": "start", "sample_rate": true}', "unsupported_rate"),
+        ('{"type": "start", "sample_rate": 200000}', "unsupported_rate"),
+        ('{"type": "start", "channels": 1.5}', "unsupported_channels"),
+        ('{"type": "start", "encoding": "PCM_S16LE"}', "unsupported_encoding"),
+        ('{"type": "start", "partials": "yes"}', "bad_message"),
+    ],
+)
+def test_bad_client_messages(text, code):
+    with pytest.raises(ProtocolError) as info:
+        P.parse_client_text(text)
+    assert info.value.code == code and info.value.message
+    assert info.value.close_code == P.ERROR_CLOSE_CODES[code]
+
+
+def test_audio_must_be_whole_frames():
+    P.check_audio(b"\x00" * 8, Start(channels=2))
+    with pytest.raises(ProtocolError, match="whole number"):
+        P.check_audio(b"\x00" * 6, Start(channels=2, encoding="pcm_f32le"))

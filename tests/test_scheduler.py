@@ -1,0 +1,166 @@
+"""The ASR scheduler: the pure queue's choice of each call (no thread, no model), and the worker
+thread running it on the real model."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from conftest import SPEECH
+
+from speechpipe.pipeline.asr_queue import AsrQueue, Ticket
+from speechpipe.pipeline.hooks import AsrJob, JobKind
+from speechpipe.pipeline.scheduler import AsrScheduler
+from speechpipe.stages.asr import AudioPiece
+from speechpipe.stages.audio import load_audio
+
+
+def job(stream: str, kind: JobKind, audio: np.ndarray, index: int = 0) -> AsrJob:
+    return AsrJob(stream, kind, [AudioPiece(index, 0, audio)])
+
+
+@pytest.mark.corpus
+def test_scheduler_order_fairness_and_staleness(engine):
+    audio, _ = load_audio(SPEECH / "librispeech-dev-clean_1272-128104-0000.wav")  # 5.9 s
+    piece = audio[: 4 * 16000]
+    # Window of 10 s, 1 s between pieces: at most two 4 s pieces per call.
+    small = type(engine)(replace(engine.config, window_s=10.0), model=engine.model)
+    sched = AsrScheduler(
+        small, pack_streams=True, stream_gap_s=1.0, partial_max_age_s=60.0, partial_window_s=10.0, tail_filler_s=0
+    )
+    left = []
+    futures = {
+        "A1": sched.submit_final(job("A", JobKind.FINAL, piece, 1), on_leave=lambda: left.append("A1")),
+        "A2": sched.submit_final(job("A", JobKind.FINAL, piece, 2)),
+        "A3": sched.submit_final(job("A", JobKind.FINAL, piece, 3)),
+        "B1": sched.submit_final(job("B", JobKind.FINAL, piece, 1)),
+        "Cp": sched.offer_partial(job("C", JobKind.PARTIAL, piece)),
+        "Dp": sched.offer_partial(job("D", JobKind.PARTIAL, piece)),
+        "As": sched.offer_partial(job("A", JobKind.SPECULATIVE, piece, 4)),
+    }
+    replaced = sched.offer_partial(job("D", JobKind.PARTIAL, piece))  # replaces D's queued partial
+    assert futures["Dp"].result(0) is None  # dropped, not run
+    assert sched.depth() == (4, 3)
+    sched.start()
+    results = {k: f.result(60) for k, f in futures.items() if k != "Dp"}
+    replaced_result = replaced.result(60)
+    sched.stop(10)
+    started = {k: r[1].started_ns for k, r in results.items()}
+    calls = sorted(set(started.values()))
+    call_of = {k: calls.index(v) for k, v in started.items()}
+    # Two streams with finals waiting: they share calls, one per stream per round.
+    assert call_of["A1"] == call_of["B1"] == 0
+    assert call_of["A2"] == call_of["A3"] == 1
+    # Then the speculative job, then partials (never in a call with a final).
+    assert call_of["As"] == 2
+    assert call_of["Cp"] == 3 and replaced_result[1].started_ns == results["Cp"][1].started_ns
+    assert left == ["A1"]
+    assert all("Quilter" in r[0][0].text for r in results.values())
+    st = sched.stats()
+    assert (st.finals, st.speculative, st.partials, st.partials_dropped) == (4, 1, 2, 1)
+
+
+@pytest.mark.corpus
+def test_scheduler_keeps_streams_apart_by_default(engine):
+    audio, _ = load_audio(SPEECH / "librispeech-dev-clean_1272-128104-0000.wav")
+    sched = AsrScheduler(engine, partial_max_age_s=60.0)
+    futures = [sched.submit_final(job(s, JobKind.FINAL, audio[: 2 * 16000], i)) for i in range(2) for s in "AB"]
+    futures.append(sched.offer_partial(job("C", JobKind.PARTIAL, audio)))
+    futures.append(sched.offer_partial(job("D", JobKind.PARTIAL, audio)))
+    sched.start()
+    runs = [f.result(60) for f in futures]
+    sched.stop(10)
+    calls: dict[int, set] = {}
+    for (stream, _i), r in zip([(s, i) for i in range(2) for s in "AB"] + [("C", 0), ("D", 0)], runs):
+        calls.setdefault(r[1].started_ns, set()).add(stream)
+    assert all(len(streams) == 1 for streams in calls.values()), calls
+    assert sched.stats().mixed_calls == 0 and sched.stats().max_batch == 2  # A's two finals, B's two
+
+
+@pytest.mark.corpus
+def test_scheduler_drops_stale_partials_never_finals(engine):
+    audio, _ = load_audio(SPEECH / "librispeech-dev-clean_1272-128104-0000.wav")
+    now = [100.0]
+    sched = AsrScheduler(engine, partial_max_age_s=1.0, clock=lambda: now[0])
+    stale = sched.offer_partial(job("A", JobKind.PARTIAL, audio))
+    final = sched.submit_final(job("A", JobKind.FINAL, audio))
+    now[0] += 1.5  # the partial has waited longer than partial_max_age_s
+    sched.start()
+    assert final.result(60)[0][0].text
+    assert stale.result(60) is None
+    sched.stop(10)
+    assert sched.stats().partials_dropped == 1
+
+
+# -- the queue alone: what each call takes ----------------------------------------------------------
+
+
+def ticket(stream: str, kind: JobKind, seconds: float, submitted: float = 0.0, index: int = 0) -> Ticket:
+    piece = AudioPiece(index, 0, np.zeros(int(seconds * 16000), np.float32))
+    return Ticket(AsrJob(stream, kind, [piece]), submitted, kind)
+
+
+def streams_of(batch: list[Ticket]) -> list[str]:
+    return [t.stream_id for t in batch]
+
+
+def test_queue_serves_finals_round_robin_then_speculative_then_partials():
+    q = AsrQueue(budget_s=10.0, gap_s=1.0, partial_max_age_s=60.0)
+    a1, a2, a3 = (ticket("A", JobKind.FINAL, 4.0, index=i) for i in range(3))
+    b1 = ticket("B", JobKind.FINAL, 4.0)
+    for t in (a1, a2, a3, b1):
+        q.add_final(t)
+    spec = ticket("C", JobKind.SPECULATIVE, 2.0)
+    part = ticket("D", JobKind.PARTIAL, 2.0)
+    q.offer_side(spec)
+    q.offer_side(part)
+    assert q.depth() == (4, 2)
+    assert q.pick(0.0) == [a1, a2]  # two 4 s finals and a 1 s gap fit a 10 s window; not a third
+    assert q.pick(0.0) == [b1]  # then the next stream in round-robin order
+    assert q.pick(0.0) == [a3]
+    assert q.pick(0.0) == [spec]  # no final waits: speculative before partials
+    q.partials_after = 5.0
+    assert q.pick(4.9) == []  # partials rest after a call
+    assert q.pick(5.0) == [part]
+    assert q.depth() == (0, 0) and q.stats.partials_dropped == 0
+
+
+def test_queue_packs_streams_only_when_asked_and_under_backlog():
+    q = AsrQueue(budget_s=10.0, gap_s=1.0, pack_streams=True, pack_backlog=2)
+    tickets = [ticket(s, JobKind.FINAL, 2.5, index=i) for i in range(2) for s in "AB"]
+    for t in tickets:
+        q.add_final(t)
+    first = q.pick(0.0)
+    assert streams_of(first) == ["A", "B", "A"]  # one per stream per round, while they fit
+    assert streams_of(q.pick(0.0)) == ["B"]
+
+
+def test_queue_slot_replaces_drops_stale_and_promotes():
+    q = AsrQueue(budget_s=10.0, gap_s=1.0, partial_max_age_s=2.0)
+    old = ticket("A", JobKind.PARTIAL, 1.0, submitted=0.0)
+    new = ticket("A", JobKind.PARTIAL, 1.5, submitted=0.5)
+    q.offer_side(old)
+    q.offer_side(new)  # one slot per stream: the queued one is dropped
+    assert old.future.result(0) is None and q.stats.partials_dropped == 1
+    assert q.pick(2.6) == [] and new.future.result(0) is None  # waited 2.1 s > 2 s: stale
+    spec = ticket("B", JobKind.SPECULATIVE, 2.0)
+    q.offer_side(spec)
+    assert q.promote(spec.future) and spec.kind is JobKind.FINAL
+    assert q.depth() == (1, 0) and q.pick(0.0) == [spec]
+    assert not q.promote(ticket("C", JobKind.SPECULATIVE, 1.0).future)  # not queued
+
+
+def test_queue_cancel_forgets_a_stream_and_tells_telemetry():
+    q = AsrQueue(budget_s=10.0, gap_s=1.0)
+    left = []
+    final = ticket("A", JobKind.FINAL, 1.0)
+    final.on_leave = lambda: left.append("final")
+    side = ticket("A", JobKind.PARTIAL, 1.0)
+    side.on_leave = lambda: left.append("side")
+    q.add_final(final)
+    q.offer_side(side)
+    q.add_final(ticket("B", JobKind.FINAL, 1.0))
+    assert q.cancel_stream("A") == 2
+    assert final.future.cancelled() and side.future.cancelled() and sorted(left) == ["final", "side"]
+    assert q.streams() == {"B"} and streams_of(q.pick(0.0)) == ["B"]
