@@ -167,7 +167,7 @@ def main() -> int:
     changed = [(k, old.get(k), v) for k, v in new.items() if old.get(k) != v and k not in ("measured_on",)]
     print(f"{'figure':48s} {'in the file':>12s} {'measured':>10s}")
     for k, a, b in changed:
-        print(f"{k:48s} {str(a):>12s} {str(b):>10s}")
+        print(f"{k:48s} {a!s:>12s} {b!s:>10s}")
     if not changed:
         print("no figure changed")
     if not args.check:
