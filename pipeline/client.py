@@ -46,6 +46,25 @@ class StreamResult:
     #: monotonic time each final arrived, in the order of ``finals``
     final_times: list[float] = field(default_factory=list, repr=False)
 
+    def take(self, msg: dict) -> None:
+        """File one server message where it belongs."""
+        kind = msg.get("type")
+        if kind == "ready":
+            self.ready = msg
+        elif kind == "final":
+            self.finals.append(msg)
+            self.final_times.append(time.monotonic())
+        elif kind == "partial":
+            self.partials.append(msg)
+        elif kind == "speech_start":
+            self.speech_starts.append(msg)
+        elif kind == "discarded":
+            self.discarded.append(msg)
+        elif kind == "error":
+            self.errors.append(msg)
+        elif kind == "end":
+            self.end = msg
+
     @property
     def text(self) -> str:
         """The finals joined, in segment order."""
@@ -143,23 +162,9 @@ async def stream_pcm(
             try:
                 async for raw in ws:
                     msg = json.loads(raw)
-                    kind = msg.get("type")
-                    if kind == "ready":
-                        result.ready = msg
-                    elif kind == "final":
-                        result.finals.append(msg)
-                        result.final_times.append(time.monotonic())
-                    elif kind == "partial":
-                        result.partials.append(msg)
-                    elif kind == "speech_start":
-                        result.speech_starts.append(msg)
-                    elif kind == "discarded":
-                        result.discarded.append(msg)
-                    elif kind == "error":
-                        result.errors.append(msg)
-                        stopped.set()
-                    elif kind == "end":
-                        result.end = msg
+                    result.take(msg)
+                    if msg.get("type") == "error":
+                        stopped.set()  # stop sending: the stream is over
                     if on_message is not None:
                         on_message(msg)
             except ConnectionClosed:

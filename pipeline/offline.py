@@ -232,30 +232,24 @@ def run(
     bar = _Progress(inputs, enabled=progress)
     try:
         for item in inputs:
-            json_path = output_path(item.path, item.root, out)
             bar.start(item)
+            json_path = output_path(item.path, item.root, out)
             if not force and is_complete(json_path):
-                data = json.loads(json_path.read_text(encoding="utf-8"))
                 summary.skipped += 1
-                _account(summary, pairs, data)
+                _account(summary, pairs, json.loads(json_path.read_text(encoding="utf-8")))
                 bar.advance(item)
                 continue
-            if engine is None:
-                engine = load_engine(config)
-            try:
-                observers = observers_factory(item) if observers_factory else ()
-                result = transcribe_file(item.path, config, engine, observers=observers, reference=read_reference(item))
-            except (AudioError, sf.LibsndfileError, RuntimeError, ValueError, OSError) as exc:
-                failure = Failure(str(item.path), _describe(exc))
-                summary.failed.append(failure)
+            engine = engine or load_engine(config)
+            result = _transcribe_item(item, json_path, config, engine, observers_factory)
+            if isinstance(result, Failure):
+                summary.failed.append(result)
                 if on_failure:
-                    on_failure(failure)
+                    on_failure(result)
                 bar.advance(item)
                 continue
-            result.extra["input_root"] = str(item.root)
-            write_outputs(result, json_path, formats=config.output.formats)
+            result, doc = result
             summary.transcribed += 1
-            _account(summary, pairs, json.loads(json_path.read_text(encoding="utf-8")))
+            _account(summary, pairs, doc)
             if on_result:
                 on_result(result)
             bar.advance(item, result)
@@ -267,6 +261,23 @@ def run(
         summary.metrics = metrics()
     atomic_write_text(out / "summary.json", json.dumps(summary.to_dict(), indent=2) + "\n")
     return summary
+
+
+def _transcribe_item(
+    item: InputFile,
+    json_path: Path,
+    config: Config,
+    engine: AsrEngine,
+    observers_factory: Callable[[InputFile], Iterable[Observer | None]] | None,
+) -> tuple[FileResult, dict] | Failure:
+    """One input transcribed and written (the result and its JSON), or why it could not be."""
+    try:
+        observers = observers_factory(item) if observers_factory else ()
+        result = transcribe_file(item.path, config, engine, observers=observers, reference=read_reference(item))
+    except (AudioError, sf.LibsndfileError, RuntimeError, ValueError, OSError) as exc:
+        return Failure(str(item.path), _describe(exc))
+    result.extra["input_root"] = str(item.root)
+    return result, write_outputs(result, json_path, formats=config.output.formats)
 
 
 def _account(summary: RunSummary, pairs: list[tuple[str, str]], data: dict) -> None:

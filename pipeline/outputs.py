@@ -310,11 +310,11 @@ def atomic_write_text(path: Path, text: str) -> None:
             os.close(dir_fd)
 
 
-def write_outputs(result: FileResult, json_path: Path, formats: Iterable[str] = OUTPUT_FORMATS) -> None:
+def write_outputs(result: FileResult, json_path: Path, formats: Iterable[str] = OUTPUT_FORMATS) -> dict:
     """Write the side files named in ``formats`` (``"txt"``, ``"srt"``, ``"vtt"``; all by
     default) next to ``json_path`` (same name, other suffix), then the JSON, which is always
-    written and marks the set complete. An existing JSON is removed first so that a rewrite
-    interrupted half way is not taken for complete."""
+    written and marks the set complete; returns the JSON document. An existing JSON is removed
+    first so that a rewrite interrupted half way is not taken for complete."""
     json_path = Path(json_path)
     if json_path.suffix != ".json":
         raise ValueError(f"output path must end in .json: {json_path}")
@@ -331,6 +331,7 @@ def write_outputs(result: FileResult, json_path: Path, formats: Iterable[str] = 
     if "vtt" in formats:
         atomic_write_text(json_path.with_suffix(".vtt"), vtt(result.segments))
     atomic_write_text(json_path, json.dumps(doc, ensure_ascii=False, indent=2) + "\n")
+    return doc
 
 
 def is_complete(json_path: Path) -> bool:
