@@ -27,6 +27,7 @@ from difflib import SequenceMatcher
 
 import numpy as np
 
+from speechpipe.stages.pcm import SAMPLE_RATE
 from speechpipe.stages.textnorm import normalize
 from speechpipe.telemetry.wer import align, normalized_words
 
@@ -190,7 +191,7 @@ def plan_windows(
 
 
 def snap_to_energy(
-    words: Sequence[TimedWord], audio: np.ndarray, sample_rate: int = 16000, min_s: float = 0.05
+    words: Sequence[TimedWord], audio: np.ndarray, sample_rate: int = SAMPLE_RATE, min_s: float = 0.05
 ) -> list[TimedWord]:
     """Trim silent 10 ms frames off the start and end of each word.
 
