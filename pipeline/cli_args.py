@@ -23,15 +23,13 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--vad-aggressiveness", type=int, choices=[0, 1, 2, 3], help="webrtcvad mode")
     g.add_argument("--vad-backend", choices=["webrtc", "silero"], help="VAD backend")
     g.add_argument("--variant", help="variant name carried on telemetry (default: default)")
-    g.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="TABLE.KEY=VALUE",
-        help="set any config key, e.g. --set vad.hangover_ms=300 (repeatable)",
-    )
+    add_set_argument(g, "set any config key, e.g. --set vad.hangover_ms=300 (repeatable)")
     add_telemetry_arguments(parser)
+
+
+def add_set_argument(group, help: str) -> None:
+    """``--set TABLE.KEY=VALUE`` (repeatable), gathered in ``args.overrides``."""
+    group.add_argument("--set", dest="overrides", action="append", default=[], metavar="TABLE.KEY=VALUE", help=help)
 
 
 def add_telemetry_arguments(parser: argparse.ArgumentParser) -> None:

@@ -94,6 +94,17 @@ def _r(x: float | None, digits: int = 4) -> float | None:
     return None if x is None else round(float(x), digits)
 
 
+def _no_clipping() -> dict:
+    return {
+        "regions": 0,
+        "missed": 0,
+        "onset_clipped": 0,
+        "onset_clip_s": 0.0,
+        "offset_clipped": 0,
+        "offset_clip_s": 0.0,
+    }
+
+
 def clipping(speech: Sequence[Interval], segments: Sequence[SegmentInfo]) -> dict:
     """Onset and offset clipping of the reference speech regions by the segments.
 
@@ -102,14 +113,7 @@ def clipping(speech: Sequence[Interval], segments: Sequence[SegmentInfo]) -> dic
     to the region's end; a clip above :data:`CLIP_MIN_S` counts. Regions no segment touches are
     ``missed``.
     """
-    out = {
-        "regions": 0,
-        "missed": 0,
-        "onset_clipped": 0,
-        "onset_clip_s": 0.0,
-        "offset_clipped": 0,
-        "offset_clip_s": 0.0,
-    }
+    out = _no_clipping()
     for a, b in speech:
         if b <= a:
             continue
@@ -253,14 +257,7 @@ def summarize_variant(v: VariantInput) -> dict:
         vad_score = {"precision": None, "recall": None, "f1": None, "labelled_files": 0, "labelled_speech_s": 0.0}
     n_segs = sum(len(r.segments) for r in runs)
     seg_s = sum(r.asr_audio_s for r in runs)
-    clip = {
-        "regions": 0,
-        "missed": 0,
-        "onset_clipped": 0,
-        "onset_clip_s": 0.0,
-        "offset_clipped": 0,
-        "offset_clip_s": 0.0,
-    }
+    clip = _no_clipping()
     for row in rows:
         for k, val in row["vad"].get("clipping", {}).items():
             clip[k] += val

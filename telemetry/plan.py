@@ -102,38 +102,6 @@ def _base(endpoint: str) -> str:
     return e
 
 
-def _env_list(environ: Mapping[str, str], key: str) -> set[str] | None:
-    raw = environ.get(key, "").strip()
-    if not raw:
-        return None
-    return {v.strip().lower() for v in raw.split(",") if v.strip()}
-
-
-def _port_of(endpoint: str) -> int | None:
-    try:
-        return urlparse(endpoint if "://" in endpoint else f"http://{endpoint}").port
-    except ValueError:
-        return None
-
-
-def _base(endpoint: str) -> str:
-    """A base URL: scheme added when missing, trailing slash and signal path removed."""
-    e = endpoint.strip()
-    if "://" not in e:
-        e = "http://" + e
-    e = e.rstrip("/")
-    for suffix in ("/v1/traces", "/v1/metrics"):
-        e = e.removesuffix(suffix)
-    url = urlparse(e)
-    if not url.hostname:
-        raise TelemetryError(f"telemetry.otlp_endpoint: not a URL: {endpoint!r}")
-    try:
-        url.port  # noqa: B018  # raises on a malformed port
-    except ValueError:
-        raise TelemetryError(f"telemetry.otlp_endpoint: bad port in {endpoint!r}") from None
-    return e
-
-
 def resolve_plan(cfg: TelemetryConfig, environ: Mapping[str, str] | None = None) -> ExportPlan:
     """Decide what to export where from ``cfg`` and the standard ``OTEL_*`` variables."""
     env = os.environ if environ is None else environ

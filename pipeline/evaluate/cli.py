@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from speechpipe.pipeline.cli_args import add_telemetry_arguments, telemetry_overrides
+from speechpipe.pipeline.cli_args import add_set_argument, add_telemetry_arguments, telemetry_overrides
 from speechpipe.pipeline.config import load_config, parse_override
 from speechpipe.pipeline.evaluate.runner import EvalOptions, evaluate, pct
 from speechpipe.pipeline.evaluate.variants import EvalError, Variant, expand_sweep, variant_from_arg
@@ -51,14 +51,7 @@ def add_arguments(p) -> None:
     p.add_argument("--cache-dir", help="where reference timings are cached (default: OUTPUT/cache/ref_timing)")
     g = p.add_argument_group("base settings (every variant starts from these)")
     g.add_argument("--config", metavar="TOML", help="base config file")
-    g.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="TABLE.KEY=VALUE",
-        help="set a base config key (repeatable)",
-    )
+    add_set_argument(g, "set a base config key (repeatable)")
     g.add_argument("--model", help="faster-whisper model name or directory")
     g.add_argument("--threads", type=int, help="CPU threads for the model")
     add_telemetry_arguments(p)
