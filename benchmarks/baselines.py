@@ -116,6 +116,15 @@ def wer_figures(engine: AsrEngine) -> dict:
             sf.write(path, np.stack([x, 0.6 * x], axis=1), rate, subtype="PCM_16")
             out["resampled"][str(rate)] = wer_entry(ref[RESAMPLED], transcribe_file(path, config, engine).text)
         summary = run([ROOT / "samples"], Path(tmp) / "out", config, engine=engine)
+        # tests/test_offline.py: the same utterance as a float WAV with 1,100 NaN/Inf samples, against
+        # its clean twin's transcript.
+        sf.write(Path(tmp) / "clean.wav", audio, 16000, subtype="FLOAT")
+        broken = audio.copy()
+        for k in range(11):
+            broken[2000 + k * 5600 : 2100 + k * 5600] = np.inf if k == 0 else np.nan
+        sf.write(Path(tmp) / "nan.wav", broken, 16000, subtype="FLOAT")
+        clean_text = transcribe_file(Path(tmp) / "clean.wav", config, engine).text
+        out["nan_twin"] = wer_entry(clean_text, transcribe_file(Path(tmp) / "nan.wav", config, engine).text)
     out["bundled_samples"] = {"wer": round(summary.wer.wer, 4), "ref_words": summary.wer.ref_words}
     # tests/test_browser.py streams this clip live: its offline WER is the one to stay near.
     clip = "librispeech-dev-clean_1272-128104-0000.wav"

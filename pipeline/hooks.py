@@ -137,13 +137,15 @@ class FinalTranscript:
 @dataclass(frozen=True)
 class StreamEnded:
     """The stream is over: drained (``finished``: every final produced) or abandoned, with what
-    stopped it early (``error``) and the VAD's frame counts over the whole stream."""
+    stopped it early (``error``), the VAD's frame counts over the whole stream, and how many input
+    samples were not finite and had to be replaced."""
 
     stream_id: str
     finished: bool
     error: BaseException | None
     speech_frames: int
     total_frames: int
+    sanitized_samples: int = 0
 
 
 @dataclass(frozen=True)

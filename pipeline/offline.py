@@ -192,6 +192,7 @@ def transcribe_file(
             if session.vad.total_frames
             else 0.0,
             "hallucination_drops": sum(f.transcript.dropped for f in finals),
+            "sanitized_samples": session.sanitized_samples,
         }
     )
     return result

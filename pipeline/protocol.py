@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,6 +96,22 @@ class Stop:
     """The client's ``stop`` message: no more audio; send the remaining finals, then ``end``."""
 
 
+class _TooLarge(ValueError):
+    """A JSON number too large for a float."""
+
+
+#: the largest integer a message may hold: every number must fit a float.
+_MAX_INT = int(sys.float_info.max)
+
+
+def _bounded_int(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    # Checked before int(): Python refuses to convert strings of more than 4300 digits at all.
+    if digits > 310 or abs(int(text)) > _MAX_INT:
+        raise _TooLarge(f"a number of {digits} digits does not fit a float")
+    return int(text)
+
+
 _START_FIELDS = {"type", "sample_rate", "encoding", "channels", "language", "partials"}
 
 
@@ -110,8 +127,10 @@ def parse_client_text(text: str, languages: tuple[str, ...] = ("en",)) -> Start 
             unknown ``type`` (``unknown_type``), or an unsupported format (``unsupported_*``).
     """
     try:
-        msg = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+        msg = json.loads(text, parse_int=_bounded_int)
+    except _TooLarge as exc:
+        raise ProtocolError("bad_message", str(exc)) from None
+    except (json.JSONDecodeError, RecursionError, ValueError) as exc:
         raise ProtocolError("bad_json", f"message is not valid JSON: {exc}") from None
     if not isinstance(msg, dict):
         raise ProtocolError("bad_message", f"message must be a JSON object, got {type(msg).__name__}")

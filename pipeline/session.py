@@ -20,6 +20,7 @@ arrival, and a final's latency is the time from the arrival of the audio at its 
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections import deque
@@ -44,8 +45,10 @@ from speechpipe.pipeline.hooks import (
 from speechpipe.stages.asr import AsrRun, AudioPiece, Transcript
 from speechpipe.stages.asr.packing import release_groups
 from speechpipe.stages.audio import StreamResampler
-from speechpipe.stages.pcm import SAMPLE_RATE, pcm_to_float, to_mono
+from speechpipe.stages.pcm import SAMPLE_RATE, pcm_to_float, sanitize, to_mono
 from speechpipe.stages.vad import SpeechDiscarded, SpeechSegment, SpeechStarted, VadConfig, VadSegmenter
+
+log = logging.getLogger("speechpipe.session")
 
 #: how much arrival history (seconds of input audio) a session keeps to time its segment ends.
 ARRIVAL_HISTORY_S = 40.0
@@ -134,6 +137,8 @@ class StreamSession:
         self._ended = False
         self.segments_closed = 0
         self.finals_emitted = 0
+        #: input samples that were not finite (NaN/Inf) and were replaced
+        self.sanitized_samples = 0
         #: what stopped the stream early, when :meth:`abandon` was given a reason.
         self.error: BaseException | None = None
         self.observers.on_event(StreamStarted(self.stream_id, sample_rate, channels, self.vad_config_id))
@@ -154,7 +159,11 @@ class StreamSession:
         """Feed audio at the session's rate: shape (n,) or (n, channels), float32 in [-1, 1]."""
         if self._finished:
             raise SessionError("audio fed after the end of the stream")
-        x = np.asarray(samples, dtype=np.float32)
+        x, bad = sanitize(samples)
+        if bad:
+            if not self.sanitized_samples:
+                log.warning("stream %s: non-finite samples in the input (NaN/Inf) are replaced", self.stream_id)
+            self.sanitized_samples += bad
         raw = x
         if x.ndim == 2:
             if x.shape[1] != self.channels:
@@ -297,6 +306,7 @@ class StreamSession:
                     self.error,
                     self.vad.speech_frames,
                     self.vad.total_frames,
+                    self.sanitized_samples,
                 )
             )
 

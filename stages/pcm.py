@@ -87,6 +87,33 @@ def pcm_to_float(data: bytes, encoding: str, channels: int) -> np.ndarray:
     return samples.reshape(-1, channels)
 
 
+def sanitize(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """Audio every stage can take: samples that are not finite (NaN, Inf) are filled in from their
+    finite neighbours (linear interpolation, per channel; zeros if a block has none), and every
+    value is kept within [-1, 1]. Returns the float32 array (``x`` itself when nothing needed
+    changing) and how many samples were not finite. A client or a file that sends NaN loses those
+    samples, not the utterance around them (the resampler would spread one NaN over its filter)."""
+    a = np.asarray(x, dtype=np.float32)
+    if a.size == 0:
+        return a, 0
+    finite = np.isfinite(a)
+    bad = a.size - int(np.count_nonzero(finite))
+    if bad:
+        a = a.copy()
+        columns = a.reshape(a.shape[0], -1) if a.ndim > 1 else a[:, None]
+        ok = finite.reshape(columns.shape)
+        idx = np.arange(columns.shape[0])
+        for c in range(columns.shape[1]):
+            good = ok[:, c]
+            if good.all():
+                continue
+            columns[~good, c] = np.interp(idx[~good], idx[good], columns[good, c]) if good.any() else 0.0
+    lo, hi = float(a.min()), float(a.max())
+    if lo < -1.0 or hi > 1.0:
+        a = np.clip(a, -1.0, 1.0)
+    return a, bad
+
+
 def dbfs(level: float) -> float:
     """An amplitude (full scale = 1.0) in dBFS, floored at :data:`SILENCE_DBFS`."""
     return max(SILENCE_DBFS, 20.0 * math.log10(level)) if level > 0 else SILENCE_DBFS

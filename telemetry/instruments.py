@@ -22,6 +22,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 
 from speechpipe.pipeline.hooks import Event, StreamRejected
+from speechpipe.telemetry import metric_specs as specs
 from speechpipe.telemetry import names as n
 from speechpipe.telemetry.process_metrics import register_process_metrics
 from speechpipe.telemetry.stream_telemetry import StreamTelemetry
@@ -79,12 +80,12 @@ class _Instruments:
         self.tracer = tracer_provider.get_tracer(n.SCOPE, v)
         self.meter = meter_provider.get_meter(n.SCOPE, v)
         self.by_name: dict[str, Any] = {}
-        for spec in n.METRICS:
-            if spec.kind == n.COUNTER:
+        for spec in specs.METRICS:
+            if spec.kind == specs.COUNTER:
                 self.by_name[spec.name] = self.meter.create_counter(spec.name, spec.unit, spec.description)
-            elif spec.kind == n.UP_DOWN_COUNTER:
+            elif spec.kind == specs.UP_DOWN_COUNTER:
                 self.by_name[spec.name] = self.meter.create_up_down_counter(spec.name, spec.unit, spec.description)
-            elif spec.kind == n.HISTOGRAM:
+            elif spec.kind == specs.HISTOGRAM:
                 self.by_name[spec.name] = self.meter.create_histogram(
                     spec.name, spec.unit, spec.description, explicit_bucket_boundaries_advisory=spec.buckets
                 )

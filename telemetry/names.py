@@ -7,8 +7,6 @@ constants here. Renaming one is a breaking change for dashboards and saved Jaege
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 #: instrumentation scope of every tracer and meter.
 SCOPE = "speechpipe"
 
@@ -52,6 +50,7 @@ STREAM_TRACE_LAYOUT = "stream.trace_layout"
 AUDIO_RMS_DBFS = "audio.rms_dbfs"
 AUDIO_PEAK_DBFS = "audio.peak_dbfs"
 AUDIO_CLIPPED_FRACTION = "audio.clipped_fraction"
+AUDIO_SANITIZED_SAMPLES = "audio.sanitized_samples"
 
 # vad.segment (and utterance)
 SEGMENT_INDEX = "segment.index"
@@ -107,41 +106,6 @@ CPU_MODE = "cpu.mode"
 
 # -- metrics --------------------------------------------------------------------------------------
 
-COUNTER = "counter"
-UP_DOWN_COUNTER = "updowncounter"
-HISTOGRAM = "histogram"
-OBSERVABLE_COUNTER = "observable_counter"
-OBSERVABLE_GAUGE = "observable_gauge"
-OBSERVABLE_UP_DOWN_COUNTER = "observable_updowncounter"
-
-#: attributes carried by every metric point.
-BASE_METRIC_ATTRIBUTES = (PIPELINE_VARIANT, VAD_CONFIG_ID, PIPELINE_MODE)
-
-_SECONDS_FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-_SECONDS_SLOW = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0)
-_SEGMENT_S = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 12.0, 18.0, 25.0, 30.0)
-_RATIO = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
-_SMALL_FRACTION = (0.0, 0.0001, 0.001, 0.005, 0.01, 0.05, 0.1)
-_HEADROOM_DB = (0.1, 1.0, 3.0, 6.0, 10.0, 15.0, 20.0, 25.0, 30.0, 35.0, 40.0, 45.0, 50.0, 60.0, 70.0, 90.0)
-_RTF = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0)
-_NEG_LOGPROB = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.2, 1.5, 2.0, 3.0)
-_WPS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0)
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    """One instrument: its name, kind, unit, the attributes beyond :data:`BASE_METRIC_ATTRIBUTES`,
-    what it means, and (histograms) its bucket boundaries."""
-
-    name: str
-    kind: str
-    unit: str
-    attributes: tuple[str, ...]
-    group: str
-    description: str
-    buckets: tuple[float, ...] | None = None
-
-
 # software
 VAD_DURATION = "speechpipe.vad.duration"
 VAD_AUDIO = "speechpipe.vad.audio"
@@ -166,6 +130,7 @@ STREAM_SPEECH_RATIO = "speechpipe.vad.speech_ratio"
 VAD_DISCARDED = "speechpipe.vad.discarded"
 INPUT_EMPTY = "speechpipe.input.empty"
 INPUT_ERRORS = "speechpipe.input.errors"
+INPUT_SANITIZED = "speechpipe.input.sanitized"
 # output
 OUTPUT_SEGMENTS = "speechpipe.output.segments"
 OUTPUT_WORDS = "speechpipe.output.words"
@@ -173,228 +138,3 @@ OUTPUT_AVG_LOGPROB = "speechpipe.output.neg_avg_logprob"
 OUTPUT_NO_SPEECH_PROB = "speechpipe.output.no_speech_prob"
 OUTPUT_WORDS_PER_SECOND = "speechpipe.output.words_per_second"
 OUTPUT_HALLUCINATION_DROPS = "speechpipe.output.hallucination_drops"
-
-_ASR = (ASR_KIND, ASR_MODEL, ASR_DEVICE)
-
-METRICS: tuple[MetricSpec, ...] = (
-    # -- software -------------------------------------------------------------------------------
-    MetricSpec(
-        VAD_DURATION,
-        HISTOGRAM,
-        "s",
-        (),
-        "software",
-        "VAD stage wall time (resampling + frame classification) per chunk of audio fed",
-        _SECONDS_FAST,
-    ),
-    MetricSpec(
-        VAD_AUDIO,
-        COUNTER,
-        "s",
-        (),
-        "software",
-        "audio consumed by the VAD, in stream seconds (VAD RTF = sum of vad.duration / this)",
-    ),
-    MetricSpec(
-        ASR_DURATION,
-        HISTOGRAM,
-        "s",
-        _ASR,
-        "software",
-        "ASR stage wall time per job (its Whisper windows and retries; its share of a batched engine call)",
-        _SECONDS_SLOW,
-    ),
-    MetricSpec(
-        ASR_RTF_METRIC,
-        HISTOGRAM,
-        "1",
-        _ASR,
-        "software",
-        "real-time factor of one ASR job: its wall time / seconds of speech it transcribed",
-        _RTF,
-    ),
-    MetricSpec(
-        ASR_QUEUE_WAIT,
-        HISTOGRAM,
-        "s",
-        (ASR_KIND,),
-        "software",
-        "time an ASR job waited for the engine before it started",
-        _SECONDS_SLOW,
-    ),
-    MetricSpec(
-        ASR_QUEUE_DEPTH,
-        UP_DOWN_COUNTER,
-        "{job}",
-        (ASR_KIND,),
-        "software",
-        "ASR jobs queued and not started yet (the AsrQueued/AsrDequeued events of the scheduler's jobs)",
-    ),
-    MetricSpec(
-        FINAL_LATENCY,
-        HISTOGRAM,
-        "s",
-        (),
-        "software",
-        "end of speech -> final transcript: from the arrival of the audio at the segment's end to the final "
-        "(live: the latency_s sent to the client; offline: packing wait included)",
-        _SECONDS_SLOW,
-    ),
-    MetricSpec(STREAMS_ACTIVE, UP_DOWN_COUNTER, "{stream}", (), "software", "streams open now"),
-    MetricSpec(
-        STREAMS_REJECTED,
-        COUNTER,
-        "{stream}",
-        (STREAM_REJECT_REASON,),
-        "software",
-        "streams refused before a session was created (server: capacity, bad handshake...)",
-    ),
-    MetricSpec(
-        PROCESS_CPU_TIME,
-        OBSERVABLE_COUNTER,
-        "s",
-        (CPU_MODE,),
-        "software",
-        "CPU time used by this process (cpu.mode = user or system)",
-    ),
-    MetricSpec(
-        PROCESS_CPU_UTILIZATION,
-        OBSERVABLE_GAUGE,
-        "1",
-        (),
-        "software",
-        "CPU used by this process since the previous observation, as a fraction of all cores",
-    ),
-    MetricSpec(
-        PROCESS_MEMORY_USAGE, OBSERVABLE_UP_DOWN_COUNTER, "By", (), "software", "resident memory (RSS) of this process"
-    ),
-    # -- input ----------------------------------------------------------------------------------
-    MetricSpec(
-        INPUT_STREAMS,
-        COUNTER,
-        "{stream}",
-        (AUDIO_SAMPLE_RATE, AUDIO_CHANNELS),
-        "input",
-        "streams started, by input sample rate and channel count",
-    ),
-    MetricSpec(
-        SEGMENT_DURATION,
-        HISTOGRAM,
-        "s",
-        (VAD_END_REASON,),
-        "input",
-        "duration of each speech segment the VAD closed",
-        _SEGMENT_S,
-    ),
-    MetricSpec(
-        VAD_DECISION_DELAY,
-        HISTOGRAM,
-        "s",
-        (VAD_END_REASON,),
-        "input",
-        "stream time from a segment's end to the VAD's decision that it was over (hangover)",
-        _SECONDS_SLOW,
-    ),
-    MetricSpec(
-        INPUT_RMS,
-        HISTOGRAM,
-        "dB",
-        (AUDIO_SCOPE,),
-        "input",
-        "RMS level below full scale (20 = -20 dBFS; histograms take no negative values) of each speech "
-        "segment (the 16 kHz audio the ASR sees) and of each whole stream (as received)",
-        _HEADROOM_DB,
-    ),
-    MetricSpec(
-        INPUT_PEAK,
-        HISTOGRAM,
-        "dB",
-        (AUDIO_SCOPE,),
-        "input",
-        "peak level below full scale (3 = -3 dBFS), per segment and per stream",
-        _HEADROOM_DB,
-    ),
-    MetricSpec(
-        INPUT_CLIPPED,
-        HISTOGRAM,
-        "1",
-        (AUDIO_SCOPE,),
-        "input",
-        "fraction of samples at or above full scale (abs(x) >= 0.999), per segment and per stream",
-        _SMALL_FRACTION,
-    ),
-    MetricSpec(
-        STREAM_SPEECH_RATIO,
-        HISTOGRAM,
-        "1",
-        (),
-        "input",
-        "fraction of a stream's VAD frames classified as speech, recorded when the stream ends",
-        _RATIO,
-    ),
-    MetricSpec(
-        VAD_DISCARDED,
-        COUNTER,
-        "{region}",
-        (),
-        "input",
-        "triggered regions discarded for holding less than vad.min_speech_ms of speech (too-short input)",
-    ),
-    MetricSpec(
-        INPUT_EMPTY,
-        COUNTER,
-        "{stream}",
-        (INPUT_REASON,),
-        "input",
-        "streams that ended without a speech segment (input.reason = no_audio or no_speech)",
-    ),
-    MetricSpec(
-        INPUT_ERRORS,
-        COUNTER,
-        "{file}",
-        (INPUT_REASON,),
-        "input",
-        "inputs that could not be used at all (corrupt, empty or unreadable files)",
-    ),
-    # -- output ---------------------------------------------------------------------------------
-    MetricSpec(
-        OUTPUT_SEGMENTS,
-        COUNTER,
-        "{segment}",
-        (ASR_EMPTY,),
-        "output",
-        "final transcripts; asr.empty = true for those with no words (empty-transcript rate = empty / all)",
-    ),
-    MetricSpec(OUTPUT_WORDS, COUNTER, "{word}", (), "output", "words in final transcripts"),
-    MetricSpec(
-        OUTPUT_AVG_LOGPROB,
-        HISTOGRAM,
-        "1",
-        (),
-        "output",
-        "minus the Whisper avg_logprob of each final transcript (0 = certain; histograms take no negative values)",
-        _NEG_LOGPROB,
-    ),
-    MetricSpec(
-        OUTPUT_NO_SPEECH_PROB, HISTOGRAM, "1", (), "output", "Whisper no_speech_prob of each final transcript", _RATIO
-    ),
-    MetricSpec(
-        OUTPUT_WORDS_PER_SECOND,
-        HISTOGRAM,
-        "{word}/s",
-        (),
-        "output",
-        "words per second of segment audio, for each non-empty final transcript",
-        _WPS,
-    ),
-    MetricSpec(
-        OUTPUT_HALLUCINATION_DROPS,
-        COUNTER,
-        "{segment}",
-        (ASR_KIND,),
-        "output",
-        "Whisper segments dropped by the hallucination guard",
-    ),
-)
-
-METRICS_BY_NAME: dict[str, MetricSpec] = {m.name: m for m in METRICS}

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from speechpipe.telemetry import names as n
+from speechpipe.telemetry.metric_specs import METRICS_BY_NAME
 
 
 def register_process_metrics(meter, attributes: Callable[[], dict[str, str]]) -> None:
@@ -43,7 +44,7 @@ def register_process_metrics(meter, attributes: Callable[[], dict[str, str]]) ->
     def memory(_options: CallbackOptions):
         return [Observation(proc.memory_info().rss, attributes())]
 
-    specs = n.METRICS_BY_NAME
+    specs = METRICS_BY_NAME
     s = specs[n.PROCESS_CPU_TIME]
     meter.create_observable_counter(s.name, [cpu_time], s.unit, s.description)
     s = specs[n.PROCESS_CPU_UTILIZATION]

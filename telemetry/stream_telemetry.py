@@ -371,6 +371,7 @@ class StreamTelemetry:
                     n.AUDIO_RMS_DBFS: round(level.rms_dbfs, 2),
                     n.AUDIO_PEAK_DBFS: round(level.peak_dbfs, 2),
                     n.AUDIO_CLIPPED_FRACTION: level.clipped_fraction,
+                    n.AUDIO_SANITIZED_SAMPLES: ev.sanitized_samples,
                     n.STREAM_ABANDONED: not ev.finished or ev.error is not None,
                 }
             )
@@ -380,6 +381,8 @@ class StreamTelemetry:
             span.end(end_time=now)
         attrs = self._attrs
         self._metric(n.STREAMS_ACTIVE).add(-1, attrs)
+        if ev.sanitized_samples:
+            self._metric(n.INPUT_SANITIZED).add(ev.sanitized_samples, attrs)
         if ev.total_frames:
             self._metric(n.STREAM_SPEECH_RATIO).record(speech_ratio, attrs)
         if self.segments == 0:

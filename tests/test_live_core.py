@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 from conftest import SAMPLES
 
@@ -250,3 +251,21 @@ def test_a_failed_final_is_an_internal_error(engine, jfk):
     job = next(j for j in h.queued if j.kind is JobKind.FINAL)
     h.apply(h.core.asr_failed(job, RuntimeError("CUDA out of memory"), h.now))
     assert h.sent[-1]["code"] == "internal_error" and h.closed.code == P.CLOSE_INTERNAL_ERROR
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_float_frames_with_nan_and_inf_are_repaired_not_fatal(engine, jfk):
+    h = Harness(engine)
+    h.send(start(encoding="pcm_f32le"))
+    broken = jfk.copy()
+    broken[16000:16100] = np.nan
+    broken[40000:40010] = np.inf
+    for i in range(0, broken.size, FRAME):
+        h.now += FRAME / SAMPLE_RATE
+        h.send(broken[i : i + FRAME].astype("<f4").tobytes())
+        h.run()
+    h.send(json.dumps({"type": "stop"}))
+    h.run()
+    assert not h.of_type("error") and h.sent[-1]["type"] == "end"
+    assert normalized_words(" ".join(f["text"] for f in h.of_type("final")))[:4] == ["and", "so", "my", "fellow"]
+    assert h.core.session.sanitized_samples == 110

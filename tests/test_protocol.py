@@ -41,3 +41,20 @@ def test_audio_must_be_whole_frames():
     P.check_audio(b"\x00" * 8, Start(channels=2))
     with pytest.raises(ProtocolError, match="whole number"):
         P.check_audio(b"\x00" * 6, Start(channels=2, encoding="pcm_f32le"))
+
+
+@pytest.mark.parametrize(
+    "field, digits",
+    [("sample_rate", 4000), ("sample_rate", 5000), ("channels", 400), ("sample_rate", 310)],
+)
+def test_numbers_that_do_not_fit_a_float_are_bad_messages(field, digits):
+    text = f'{{"type": "start", "{field}": {"9" * digits}}}'
+    with pytest.raises(ProtocolError) as info:
+        P.parse_client_text(text)
+    assert info.value.code == "bad_message" and f"{digits} digits" in info.value.message
+
+
+def test_large_numbers_that_fit_a_float_are_judged_as_numbers():
+    with pytest.raises(ProtocolError) as info:
+        P.parse_client_text(f'{{"type": "start", "sample_rate": 1{"0" * 300}}}')
+    assert info.value.code == "unsupported_rate"

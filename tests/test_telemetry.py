@@ -24,6 +24,7 @@ from speechpipe.pipeline.session import StreamSession
 from speechpipe.stages.audio import AudioError, iter_file_blocks, load_audio, probe
 from speechpipe.stages.vad import END_MAX_LENGTH, END_OF_STREAM, END_SILENCE, SpeechSegment, VadConfig, VadSegmenter
 from speechpipe.telemetry import names as n
+from speechpipe.telemetry.metric_specs import BASE_METRIC_ATTRIBUTES, METRICS_BY_NAME
 from speechpipe.telemetry.snapshot import metrics_to_dict
 
 pytestmark = pytest.mark.corpus  # reads ../shared/corpus
@@ -220,10 +221,10 @@ def test_metric_points(long_run) -> None:
     metrics = t.metrics()
     config_id = t.config.vad.config_id
     for name, m in metrics.items():
-        spec = n.METRICS_BY_NAME[name]
+        spec = METRICS_BY_NAME[name]
         assert m["unit"] == spec.unit, name
         for p in m["points"]:
-            assert set(p["attributes"]) == set(n.BASE_METRIC_ATTRIBUTES) | set(spec.attributes), name
+            assert set(p["attributes"]) == set(BASE_METRIC_ATTRIBUTES) | set(spec.attributes), name
             assert p["attributes"][n.PIPELINE_VARIANT] == VARIANT, name
             assert p["attributes"][n.VAD_CONFIG_ID] == config_id, name
             assert p["attributes"][n.PIPELINE_MODE] == "offline", name
