@@ -69,7 +69,7 @@ def vad_figures() -> dict:
         (w, load_audio(w)[0], read_segments(w.with_suffix(".segments.txt"))) for w in sorted(VAD_CLIPS.glob("*.wav"))
     ]
     out: dict = {"clips": len(clips)}
-    for name, cfg in (("webrtc", VadConfig()), ("silero", VadConfig(backend="silero"))):
+    for name, cfg in (("webrtc", VadConfig(backend="webrtc")), ("silero", VadConfig(backend="silero"))):
         pairs = {}
         for wav, audio, labels in clips:
             vad = VadSegmenter(cfg)

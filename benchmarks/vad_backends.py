@@ -29,11 +29,11 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_CLIPS = HERE.parent.parent / "shared" / "corpus" / "vad"
 
 BACKENDS = {
-    "webrtc a0": VadConfig(aggressiveness=0),
-    "webrtc a1": VadConfig(aggressiveness=1),
-    "webrtc a2 (default)": VadConfig(),
-    "webrtc a3": VadConfig(aggressiveness=3),
-    "silero t0.5": VadConfig(backend="silero"),
+    "webrtc a0": VadConfig(backend="webrtc", aggressiveness=0),
+    "webrtc a1": VadConfig(backend="webrtc", aggressiveness=1),
+    "webrtc a2": VadConfig(backend="webrtc"),
+    "webrtc a3": VadConfig(backend="webrtc", aggressiveness=3),
+    "silero t0.5 (default)": VadConfig(backend="silero"),
 }
 
 

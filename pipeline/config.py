@@ -6,7 +6,7 @@ A config file has up to six tables, every key optional::
     variant = "default"        # name carried on every span and metric
 
     [vad]                      # speechpipe.stages.vad.VadConfig
-    backend = "webrtc"
+    backend = "silero"         # or "webrtc"
     aggressiveness = 2
     frame_ms = 30
     pre_roll_ms = 300

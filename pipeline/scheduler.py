@@ -23,7 +23,7 @@ from dataclasses import replace
 
 from speechpipe.pipeline.asr_queue import AsrQueue, SchedulerStats, Ticket
 from speechpipe.pipeline.hooks import AsrJob, JobKind
-from speechpipe.stages.asr import AsrEngine, AudioPiece
+from speechpipe.stages.asr import AsrEngine, AsrRun, AudioPiece, Transcript
 from speechpipe.stages.asr.packing import WindowFill
 from speechpipe.stages.pcm import SAMPLE_RATE
 
@@ -204,34 +204,16 @@ class AsrScheduler:
                 with self._lock:
                     self._running = []
 
-    def _pieces(self, batch: list[Ticket]) -> tuple[list[AudioPiece], bool]:
-        """The call's pieces, and whether a tail filler was appended (only where it fits the same
-        window: a window of its own would cost a whole call)."""
-        pieces = [p for t in batch for p in t.job.pieces]
-        if self.tail_filler_s <= 0 or not pieces:
-            return pieces, False
-        fill = WindowFill(self.window_s, self.gap_s)
-        for p in pieces:
-            fill.add(p.duration_s)
-        n = int(min(self.tail_filler_s, fill.room_s - 0.05) * SAMPLE_RATE)
-        if n < SAMPLE_RATE // 2:
-            return pieces, False
-        last = pieces[-1]
-        return [*pieces, AudioPiece(last.index, last.start_sample, last.audio[:n])], True
-
     def _run(self, batch: list[Ticket]) -> None:
-        pieces, filler = self._pieces(batch)
         engine = self._packer if len({t.stream_id for t in batch}) > 1 else self.engine
         t0 = self.clock()
         try:
-            [(transcripts, run)] = engine.run([pieces])
+            results = transcribe_call(engine, [t.job for t in batch], self.window_s, self.gap_s, self.tail_filler_s)
         except Exception as exc:  # delivered to every owner; the worker lives on
             log.exception("ASR call failed for %d job(s)", len(batch))
             for t in batch:
                 t.future.set_exception(exc)
             return
-        if filler:
-            transcripts = transcripts[:-1]
         with self._lock:
             # Partials are for spare capacity: after any call of ``d`` seconds, none starts for
             # ``partial_rest * d``; so they use at most 1 / (1 + partial_rest) of the worker, less
@@ -251,8 +233,32 @@ class AsrScheduler:
                     st.speculative += 1
                 else:
                     st.partials += 1
-        k = 0
-        for t in batch:
-            n = len(t.job.pieces)
-            t.future.set_result((transcripts[k : k + n], replace(run, queue_wait_s=max(0.0, t0 - t.submitted))))
-            k += n
+        for t, (transcripts, run) in zip(batch, results):
+            t.future.set_result((transcripts, replace(run, queue_wait_s=max(0.0, t0 - t.submitted))))
+
+
+def transcribe_call(
+    engine: AsrEngine, jobs: list[AsrJob], window_s: float, gap_s: float, tail_filler_s: float
+) -> list[tuple[list[Transcript], AsrRun]]:
+    """One Whisper call for ``jobs``, their pieces in one group: each job's transcripts, all with the
+    call's run. The first ``tail_filler_s`` of the last piece are appended once more where they fit
+    the window (a window of its own would cost a whole call), and their words discarded."""
+    pieces = [p for job in jobs for p in job.pieces]
+    filler = False
+    if tail_filler_s > 0 and pieces:
+        fill = WindowFill(window_s, gap_s)
+        for p in pieces:
+            fill.add(p.duration_s)
+        n = int(min(tail_filler_s, fill.room_s - 0.05) * SAMPLE_RATE)
+        if n >= SAMPLE_RATE // 2:
+            last = pieces[-1]
+            pieces.append(AudioPiece(last.index, last.start_sample, last.audio[:n]))
+            filler = True
+    [(transcripts, run)] = engine.run([pieces])
+    if filler:
+        transcripts = transcripts[:-1]
+    out, k = [], 0
+    for job in jobs:
+        out.append((transcripts[k : k + len(job.pieces)], run))
+        k += len(job.pieces)
+    return out

@@ -23,7 +23,9 @@ pytestmark = pytest.mark.corpus  # reads ../shared/corpus
 JFK = SPEECH / "jfk_inaugural_ask-not.flac"  # three phrases separated by clear pauses
 STEW = SPEECH / "librispeech-test-clean_1089-134686-0000.flac"  # one phrase; tiny.en makes a few errors
 # The harmful VAD closes a segment at every pause: three segments on JFK.
-CHOPPY = Config().with_overrides({"vad.aggressiveness": 3, "vad.pre_roll_ms": 0, "vad.hangover_ms": 90})
+CHOPPY = Config().with_overrides(
+    {"vad.backend": "webrtc", "vad.aggressiveness": 3, "vad.pre_roll_ms": 0, "vad.hangover_ms": 90}
+)
 
 
 def reference(path) -> str:

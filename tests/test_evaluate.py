@@ -48,7 +48,9 @@ def dataset(tmp_path_factory):
 
 def variants() -> list[Variant]:
     base = Config()
-    harmful = base.with_overrides({"vad.aggressiveness": 3, "vad.pre_roll_ms": 0, "vad.hangover_ms": 90})
+    harmful = base.with_overrides(
+        {"vad.backend": "webrtc", "vad.aggressiveness": 3, "vad.pre_roll_ms": 0, "vad.hangover_ms": 90}
+    )
     return [
         Variant("default", base.with_overrides({"pipeline.variant": "default"})),
         Variant("harmful", harmful.with_overrides({"pipeline.variant": "harmful"})),
@@ -265,6 +267,8 @@ def test_sweep_cli_one_row_per_combination(dataset, tmp_path, capsys):
         str(clip),
         "--sweep",
         "vad.aggressiveness=1,3",
+        "--set",
+        "vad.backend=webrtc",
         "--sweep",
         "vad.hangover_ms=90,600",
         "-o",

@@ -1,6 +1,6 @@
 """The live core without sockets, threads or an event loop: messages and a fake clock in, actions
-out. ASR jobs the core submits are run inline on the real model, the way an idle scheduler would,
-on the bundled samples (no corpus needed)."""
+out. ASR jobs the core submits are run inline on the real model, as an idle scheduler's worker
+runs them (``transcribe_call``), on the bundled samples (no corpus needed)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from conftest import SAMPLES
 
 from speechpipe.pipeline import protocol as P
 from speechpipe.pipeline.config import ServerSettings
-from speechpipe.pipeline.driver import run_job
 from speechpipe.pipeline.hooks import JobKind
 from speechpipe.pipeline.live.actions import Close, DropSide, LiveContext, OfferSide, Promote, Send, SubmitFinal
 from speechpipe.pipeline.live.core import LiveCore, State
 from speechpipe.pipeline.protocol import Start
+from speechpipe.pipeline.scheduler import transcribe_call
 from speechpipe.stages.audio import load_audio
 from speechpipe.stages.pcm import SAMPLE_RATE
 from speechpipe.stages.vad import VadConfig
@@ -82,7 +82,8 @@ class Harness:
         """Answer every queued job (an idle worker), in order."""
         while self.queued:
             job = self.queued.pop(0)
-            self.apply(self.core.asr_done(job, run_job(self.engine, job), self.now))
+            [result] = transcribe_call(self.engine, [job], self.engine.config.window_s, 1.0, 3.0)  # as the worker
+            self.apply(self.core.asr_done(job, result, self.now))
 
     def stream(self, audio, *, realtime: bool = True, run_each: bool = True) -> None:
         for i in range(0, audio.size, FRAME):

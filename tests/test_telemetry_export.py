@@ -22,6 +22,7 @@ from speechpipe.pipeline.observability import start_telemetry
 from speechpipe.pipeline.offline import transcribe_file
 from speechpipe.pipeline.session import StreamSession
 from speechpipe.stages.audio import load_audio
+from speechpipe.stages.vad import VadConfig
 from speechpipe.telemetry import names as n
 from speechpipe.telemetry.metric_specs import METRICS_BY_NAME
 from speechpipe.telemetry.plan import TelemetryError, resolve_plan
@@ -35,7 +36,7 @@ JFK = SPEECH / "jfk_inaugural_ask-not.flac"
 
 
 def config(**telemetry) -> Config:
-    c = Config()
+    c = Config(vad=VadConfig(backend="webrtc"))  # two segments in JFK, the span counts below
     return replace(c, pipeline=replace(c.pipeline, variant="export-test"), telemetry=replace(c.telemetry, **telemetry))
 
 
@@ -118,6 +119,8 @@ def test_cli_writes_trace_file_exports_and_summarises(tmp_path: Path, capsys) ->
                 "--trace-text",
                 "--set",
                 "vad.hangover_ms=400",
+                "--vad-backend",
+                "webrtc",
             ]
         )
         assert code == 0
@@ -125,7 +128,7 @@ def test_cli_writes_trace_file_exports_and_summarises(tmp_path: Path, capsys) ->
     err = capsys.readouterr().err
     assert f"traces -> OTLP http/protobuf {rx.endpoint}/v1/traces" in err
     assert f"traces -> {trace_file}" in err
-    vad_id = load_config(None, {"vad.hangover_ms": 400}).vad.config_id
+    vad_id = load_config(None, {"vad.hangover_ms": 400, "vad.backend": "webrtc"}).vad.config_id
 
     # The file: one OTLP/JSON object per line, as Jaeger UI's "JSON File" upload reads it.
     lines = trace_file.read_text().splitlines()

@@ -28,7 +28,7 @@ AMI_PAUSES = VAD_CLIPS / "ami-excerpt_pyannote-dev01.wav"  # five turns with lon
 
 
 def segment(audio: np.ndarray, config: VadConfig | None = None, chunk: int | None = None) -> list:
-    vad = VadSegmenter(config or VadConfig())
+    vad = VadSegmenter(config or VadConfig(backend="webrtc"))
     events = []
     step = chunk or audio.size or 1
     for i in range(0, audio.size, step):
@@ -73,7 +73,7 @@ def test_chunk_size_independence(path):
     reference = segment(audio, chunk=SAMPLE_RATE)  # 1 s chunks
     rng = np.random.default_rng(7)
     random_chunks = []
-    vad = VadSegmenter(VadConfig())
+    vad = VadSegmenter(VadConfig(backend="webrtc"))
     pos = 0
     while pos < audio.size:
         n = int(rng.integers(0, 2000))
@@ -110,7 +110,7 @@ def test_segments_are_sample_exact_and_ordered():
 
 def test_max_length_split_at_quietest_frame():
     audio, _ = load_audio(AMI_LONG_SPEECH)
-    cfg = VadConfig(max_segment_s=8.0, split_search_s=2.0)
+    cfg = VadConfig(backend="webrtc", max_segment_s=8.0, split_search_s=2.0)
     segs = segments_of(segment(audio, cfg, chunk=SAMPLE_RATE // 2))
     assert len(segs) >= 4
     assert all(s.duration_s <= 8.0 + 1e-9 for s in segs)
@@ -131,8 +131,8 @@ def test_max_length_split_at_quietest_frame():
 
 def test_pre_roll_moves_start_earlier():
     audio, _ = load_audio(AMI_PAUSES)
-    no_roll = segments_of(segment(audio, VadConfig(pre_roll_ms=0)))
-    roll = segments_of(segment(audio, VadConfig(pre_roll_ms=300)))
+    no_roll = segments_of(segment(audio, VadConfig(backend="webrtc", pre_roll_ms=0)))
+    roll = segments_of(segment(audio, VadConfig(backend="webrtc", pre_roll_ms=300)))
     assert len(no_roll) == len(roll)
     for a, b in zip(no_roll, roll):
         # 300 ms earlier, unless the stream start or the previous segment's end is nearer.
@@ -145,34 +145,40 @@ def test_pre_roll_moves_start_earlier():
 
 def test_min_speech_discards_short_regions():
     audio, _ = load_audio(AMI_PAUSES)
-    events = segment(audio, VadConfig(min_speech_ms=60_000))
+    events = segment(audio, VadConfig(backend="webrtc", min_speech_ms=60_000))
     assert not segments_of(events)
     discarded = [e for e in events if isinstance(e, SpeechDiscarded)]
     assert discarded and all(d.speech_ms < 60_000 for d in discarded)
 
 
 def test_silence_gives_no_segments():
-    vad = VadSegmenter(VadConfig())
+    vad = VadSegmenter(VadConfig(backend="webrtc"))
     assert vad.feed(np.zeros(5 * SAMPLE_RATE, dtype=np.float32)) == []
     assert vad.flush() == []
 
 
 def test_config_id_is_stable_and_versioned():
-    a, b = VadConfig(), VadConfig()
+    a, b = VadConfig(backend="webrtc"), VadConfig(backend="webrtc")
     assert a.config_id == b.config_id and len(a.config_id) == 8
-    assert VadConfig(aggressiveness=3).config_id != a.config_id
-    assert VadConfig(hangover_ms=300).config_id != a.config_id
+    assert VadConfig(backend="webrtc", aggressiveness=3).config_id != a.config_id
+    assert VadConfig(backend="webrtc", hangover_ms=300).config_id != a.config_id
     # Parameters that the webrtc backend ignores do not change its version.
-    assert VadConfig(threshold=0.7).config_id == a.config_id
+    assert VadConfig(backend="webrtc", threshold=0.7).config_id == a.config_id
     audio, _ = load_audio(AMI_PAUSES)
-    assert {s.config_id for s in segments_of(segment(audio, VadConfig(aggressiveness=3)))} == {
-        VadConfig(aggressiveness=3).config_id
+    assert {s.config_id for s in segments_of(segment(audio, VadConfig(backend="webrtc", aggressiveness=3)))} == {
+        VadConfig(backend="webrtc", aggressiveness=3).config_id
     }
 
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"aggressiveness": 4}, {"frame_ms": 25}, {"backend": "energy"}, {"hangover_ms": -1}, {"max_segment_s": 0.5}],
+    [
+        {"aggressiveness": 4},
+        {"backend": "webrtc", "frame_ms": 25},
+        {"backend": "energy"},
+        {"hangover_ms": -1},
+        {"max_segment_s": 0.5},
+    ],
 )
 def test_invalid_config_rejected(kwargs):
     with pytest.raises(ValueError):
