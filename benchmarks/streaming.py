@@ -145,7 +145,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4, 8, 12], help="N values (default: 1 2 4 8 12)")
     ap.add_argument("--duration", type=float, default=75.0, help="seconds of audio per stream (default: 75)")
-    ap.add_argument("--threads", type=int, default=2, help="model threads (default: 2)")
+    ap.add_argument(
+        "--threads", type=int, default=0, help="model threads per ASR worker (default: the server's choice)"
+    )
     ap.add_argument(
         "--set",
         dest="overrides",
@@ -174,9 +176,9 @@ def main() -> int:
         "serve",
         "--port",
         str(port),
-        "--threads",
-        str(args.threads),
     ]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
     cmd += ["--log-level", "WARNING", "--max-streams", str(max(args.streams))]
     for o in args.overrides:
         cmd += ["--set", o]
@@ -221,7 +223,7 @@ def main() -> int:
 
     offline = {}
     if not args.no_offline:
-        engine = AsrEngine(AsrConfig(threads=args.threads))
+        engine = AsrEngine(AsrConfig(threads=args.threads or 2))
         config = Config()
         for k, s in enumerate(streams):
             offline[k] = offline_hypothesis(engine, s.audio, config)
@@ -241,7 +243,7 @@ def main() -> int:
         )
     print()
     print(
-        f"speechpipe live streaming, tiny.en int8, {args.threads} threads, {os.cpu_count()} cores, "
+        f"speechpipe live streaming, tiny.en int8, {os.cpu_count()} cores, "
         f"{args.duration:g} s per stream; pauses: "
         + (f"corpus noise at {args.noise_dbfs:g} dBFS" if noise else "digital silence")
         + f"; load average before: {os.getloadavg()[0]:.2f}"

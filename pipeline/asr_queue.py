@@ -70,6 +70,7 @@ class SchedulerStats:
     busy_s: float = 0.0
     max_batch: int = 0
     mixed_calls: int = 0  # calls that carried audio of more than one stream
+    max_concurrent: int = 0  # the most calls that ran at the same time
 
 
 class AsrQueue:

@@ -53,6 +53,8 @@ class AsrScheduler:
             audio it is given when nothing follows it; a live segment is always at the end of its
             call, unlike offline where packed segments follow one another. On the 12 benchmark
             streams this took live WER from 7.5 % to 6.6 % (offline: 6.2 %).
+        workers: calls run at the same time, each from a thread of its own (the engine's model must
+            have as many CTranslate2 workers, ``AsrConfig.workers``).
         clock: monotonic seconds (queue waits, staleness, partial rest).
     """
 
@@ -67,6 +69,7 @@ class AsrScheduler:
         partial_window_s: float = 12.0,
         partial_rest: float = 1.0,
         tail_filler_s: float = 3.0,
+        workers: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
@@ -92,17 +95,21 @@ class AsrScheduler:
             partial_max_age_s=partial_max_age_s,
         )
         self._lock = threading.Condition()
-        self._running: list[Ticket] = []
+        self.workers = workers
+        self._running: list[Ticket] = []  # the tickets every worker is running now
         self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._calls = 0  # calls running now
+        self._threads: list[threading.Thread] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the worker thread (idempotent)."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="asr-worker", daemon=True)
-            self._thread.start()
+        if not self._threads:
+            for k in range(self.workers):
+                thread = threading.Thread(target=self._work, name=f"asr-worker-{k}", daemon=True)
+                thread.start()
+                self._threads.append(thread)
 
     def stop(self, timeout: float | None = None) -> None:
         """Finish queued finals, drop queued partials, and stop the worker."""
@@ -110,9 +117,10 @@ class AsrScheduler:
             self._stopping = True
             self._queue.drop_all_side()
             self._lock.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        self._threads = []
 
     # -- submissions (any thread) -------------------------------------------------------------
 
@@ -196,13 +204,18 @@ class AsrScheduler:
                     rest = self._queue.partials_after - self.clock()
                     self._lock.wait(rest if self._queue.has_side and rest > 0 else None)
                 if not batch:
+                    self._lock.notify_all()  # the other workers see the stop too
                     return
-                self._running = batch
+                self._running += batch
+                self._calls += 1
+                self._queue.stats.max_concurrent = max(self._queue.stats.max_concurrent, self._calls)
             try:
                 self._run(batch)
             finally:
                 with self._lock:
-                    self._running = []
+                    self._running = [t for t in self._running if t not in batch]
+                    self._calls -= 1
+                    self._lock.notify_all()
 
     def _run(self, batch: list[Ticket]) -> None:
         engine = self._packer if len({t.stream_id for t in batch}) > 1 else self.engine

@@ -30,7 +30,7 @@ import signal
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from urllib.parse import parse_qs, urlsplit
 
@@ -39,13 +39,13 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from speechpipe.pipeline import protocol as P
-from speechpipe.pipeline.config import Config
+from speechpipe.pipeline.config import Config, ServerSettings
 from speechpipe.pipeline.hooks import Observer, Observers, StreamRejected
 from speechpipe.pipeline.live.actions import LiveContext
 from speechpipe.pipeline.live.connection import Connection
 from speechpipe.pipeline.protocol import ProtocolError
 from speechpipe.pipeline.scheduler import AsrScheduler
-from speechpipe.stages.asr import AsrEngine
+from speechpipe.stages.asr import AsrConfig, AsrEngine
 
 log = logging.getLogger("speechpipe.server")
 
@@ -161,7 +161,7 @@ class SpeechServer:
     async def _load(self) -> None:
         t0 = time.perf_counter()
         try:
-            self.engine = await asyncio.to_thread(AsrEngine, self.config.asr)
+            self.engine = await asyncio.to_thread(AsrEngine, live_asr(self.config.asr, self.settings))
         except Exception:
             log.exception("could not load the ASR model")
             raise
@@ -177,6 +177,7 @@ class SpeechServer:
             partial_max_age_s=2 * s.partial_interval_s,
             pack_backlog=s.pack_backlog,
             partial_rest=s.partial_rest,
+            workers=self.engine.config.workers,
         )
         self.scheduler.start()
         self._ready.set()
@@ -366,6 +367,14 @@ def _peer(ws: ServerConnection) -> str:
 
 def _no_metrics() -> tuple[bytes, str]:
     return b"", "text/plain; version=0.0.4; charset=utf-8"
+
+
+def live_asr(asr: AsrConfig, settings: ServerSettings, cores: int | None = None) -> AsrConfig:
+    """The ASR settings of a live server: ``server.asr_workers`` calls at once (one per core by
+    default), each on ``asr.threads`` threads (by default the cores shared out between them)."""
+    cores = cores or os.cpu_count() or 1
+    workers = settings.asr_workers or cores
+    return replace(asr, workers=workers, threads=asr.threads or max(1, cores // workers))
 
 
 def token_from_env(flag: str | None) -> str | None:

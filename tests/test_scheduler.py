@@ -164,3 +164,20 @@ def test_queue_cancel_forgets_a_stream_and_tells_telemetry():
     assert q.cancel_stream("A") == 2
     assert final.future.cancelled() and side.future.cancelled() and sorted(left) == ["final", "side"]
     assert q.streams() == {"B"} and streams_of(q.pick(0.0)) == ["B"]
+
+
+@pytest.mark.corpus
+def test_two_workers_run_two_streams_at_once(engine):
+    """With a model of two CTranslate2 workers, two calls run at the same time, each stream's
+    words still its own."""
+    from speechpipe.stages.asr import AsrEngine
+
+    two = AsrEngine(replace(engine.config, threads=1, workers=2))
+    names = ["ljspeech_LJ001-0002.wav", "cmuarctic_aew_a0001.wav", "librispeech-dev-clean_1272-128104-0000.wav"]
+    sched = AsrScheduler(two, workers=2, partial_max_age_s=60.0)
+    futures = {n: sched.submit_final(job(n, JobKind.FINAL, load_audio(SPEECH / n)[0])) for n in names}
+    sched.start()
+    texts = {n: f.result(60)[0][0].text.lower() for n, f in futures.items()}
+    sched.stop(10)
+    assert sched.stats().max_concurrent == 2 and sched.stats().calls == 3
+    assert "modern" in texts[names[0]] and "danger" in texts[names[1]] and "quilter" in texts[names[2]]

@@ -20,6 +20,8 @@ class AsrConfig:
         beam_size: decoder beam width; 1 is greedy.
         language: language code passed to Whisper (``None`` detects it; English-only models ignore it).
         threads: CPU threads for CTranslate2 (0 lets it choose).
+        workers: calls the loaded model can run at the same time (CTranslate2 replicas, each with
+            ``threads`` threads): the live server's ASR workers.
         window_s: longest packed window of speech handed to Whisper in one call. Below Whisper's
             30 s because Whisper leaves a sentence near the end of a full window for "the next
             window", which for a packed window means a second pass; 24 s needed the fewest encoder
@@ -52,6 +54,7 @@ class AsrConfig:
     beam_size: int = 1
     language: str | None = "en"
     threads: int = 0
+    workers: int = 1
     window_s: float = 24.0
     gap_s: float = 0.3
     no_speech_threshold: float = 0.6
@@ -63,6 +66,8 @@ class AsrConfig:
     batch_size: int = 4
 
     def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError("asr.workers must be at least 1")
         if self.batch_size < 1:
             raise ValueError("asr.batch_size must be at least 1")
         if self.beam_size < 1:

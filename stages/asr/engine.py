@@ -12,6 +12,7 @@ drops are counted on each result.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -38,6 +39,7 @@ class AsrEngine:
         self.model = model if model is not None else load_model(self.config)
         self.model_name = self.config.model
         self._window_decoder = None
+        self._decoder_lock = threading.Lock()  # several workers may share one engine
 
     def pack(self, pieces: list[AudioPiece]) -> list[list[AudioPiece]]:
         """Group pieces into as few windows of at most ``window_s`` (gaps included) as
@@ -131,6 +133,10 @@ class AsrEngine:
         ]
 
     def _decoder(self):
+        with self._decoder_lock:
+            return self._make_decoder()
+
+    def _make_decoder(self):
         if self._window_decoder is None:
             from speechpipe.stages.asr.window_decoder import WindowDecoder
 

@@ -48,10 +48,12 @@ def load_model(config: AsrConfig):
 
     device, compute_type = resolve_device(config.device, config.compute_type)
     path = resolve_model(config.model)
-    key = (path, device, compute_type, config.threads)
+    key = (path, device, compute_type, config.threads, config.workers)
     with _MODELS_LOCK:
         model = _MODELS.get(key)
         if model is None:
-            model = WhisperModel(path, device=device, compute_type=compute_type, cpu_threads=config.threads)
+            model = WhisperModel(
+                path, device=device, compute_type=compute_type, cpu_threads=config.threads, num_workers=config.workers
+            )
             _MODELS[key] = model
     return model
