@@ -72,7 +72,8 @@ class StreamResult:
 
     @property
     def latencies(self) -> list[float]:
-        return [f["latency_s"] for f in self.finals]
+        """The latency of every final that was transcribed (lost ones have none)."""
+        return [f["latency_s"] for f in self.finals if "latency_s" in f]
 
     def observed_latency(self, k: int) -> float | None:
         """The latency of final ``k`` as this client saw it: from the moment it began sending the
@@ -88,9 +89,11 @@ class StreamResult:
 
     @property
     def lost(self) -> int:
-        """Segments the server opened that got neither a final nor a discard."""
+        """Segments the server opened that got no transcript: a final marked lost, or neither a
+        final nor a discard."""
         started = {m["segment"] for m in self.speech_starts}
-        return len(started - {f["segment"] for f in self.finals} - {d["segment"] for d in self.discarded})
+        done = {f["segment"] for f in self.finals if f.get("status", "ok") == "ok"}
+        return len(started - done - {d["segment"] for d in self.discarded})
 
 
 def pcm_s16le(x: np.ndarray) -> bytes:

@@ -135,6 +135,17 @@ class FinalTranscript:
 
 
 @dataclass(frozen=True)
+class FinalLost:
+    """The final of ``segment`` will never be made (``reason``: ``drain_timeout`` when the server
+    stopped before it was ready, ``asr_failed``, ``disconnected`` when its client went away,
+    ``abandoned`` otherwise): never silent, always reported."""
+
+    stream_id: str
+    segment: SpeechSegment
+    reason: str
+
+
+@dataclass(frozen=True)
 class StreamEnded:
     """The stream is over: drained (``finished``: every final produced) or abandoned, with what
     stopped it early (``error``), the VAD's frame counts over the whole stream, and how many input
@@ -164,6 +175,7 @@ Event = (
     | AsrDequeued
     | AsrCompleted
     | FinalTranscript
+    | FinalLost
     | StreamEnded
     | StreamRejected
 )

@@ -216,6 +216,22 @@ def final(segment: int, start: float, end: float, transcript: Transcript, latenc
             for w in transcript.words
         ],
         "latency_s": round(latency_s, 3),
+        "status": "ok",
+    }
+
+
+def final_lost(segment: int, start: float, end: float, reason: str) -> dict:
+    """The final of a segment that will never be transcribed: still exactly one final per
+    ``speech_start``, saying why it has no text."""
+    return {
+        "type": "final",
+        "segment": segment,
+        "start": round(start, 3),
+        "end": round(end, 3),
+        "text": "",
+        "words": [],
+        "status": "lost",
+        "reason": reason,
     }
 
 

@@ -34,6 +34,7 @@ from speechpipe.pipeline.hooks import (
     AsrJob,
     AsrQueued,
     AudioFed,
+    FinalLost,
     FinalTranscript,
     JobKind,
     Observer,
@@ -282,13 +283,25 @@ class StreamSession:
             self.observers.on_event(final)
         return finals
 
-    def abandon(self, error: BaseException | None = None) -> int:
+    def lose(self, job: AsrJob, reason: str) -> list[SpeechSegment]:
+        """Give up on a final job: its segments get no final; each is reported as
+        :class:`FinalLost`. Returns them (the caller tells the client)."""
+        if self._in_flight.pop(job.job_id, None) is None:
+            return []
+        for seg in job.segments:
+            self.observers.on_event(FinalLost(self.stream_id, seg, reason))
+        return list(job.segments)
+
+    def abandon(self, error: BaseException | None = None, reason: str = "abandoned") -> int:
         """Forget queued and in-flight work (a client went away, or ``error`` stopped the stream);
-        returns how many segments were dropped. ``error`` is kept in :attr:`error` for observers."""
+        every segment left without a final is reported lost with ``reason``. Returns how many.
+        ``error`` is kept in :attr:`error` for observers."""
         if error is not None and self.error is None:
             self.error = error
         self._abandoned = self._abandoned or not self.done
         n = self.pending
+        for seg in [*self._closed, *(s for j in self._in_flight.values() for s in j.segments)]:
+            self.observers.on_event(FinalLost(self.stream_id, seg, reason))
         self._closed.clear()
         self._in_flight.clear()
         self._finished = True

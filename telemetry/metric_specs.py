@@ -109,6 +109,14 @@ METRICS: tuple[MetricSpec, ...] = (
         "(live: the latency_s sent to the client; offline: packing wait included)",
         _SECONDS_SLOW,
     ),
+    MetricSpec(
+        n.FINALS_LOST,
+        COUNTER,
+        "{segment}",
+        (n.SEGMENT_LOST,),
+        "software",
+        "segments that will never get a final transcript, by reason (drain_timeout, asr_failed, disconnected, abandoned)",
+    ),
     MetricSpec(n.STREAMS_ACTIVE, UP_DOWN_COUNTER, "{stream}", (), "software", "streams open now"),
     MetricSpec(
         n.STREAMS_REJECTED,

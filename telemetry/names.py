@@ -25,6 +25,8 @@ SPAN_ASR_TRANSCRIBE = "asr.transcribe"
 
 EVENT_VAD_DISCARDED = "vad.discarded"
 """A triggered region closed with too little speech to make a segment."""
+EVENT_FINAL_LOST = "final.lost"
+"""A segment that will never get its final (the server stopped or broke first, or the client left)."""
 
 # -- attribute keys -------------------------------------------------------------------------------
 
@@ -58,6 +60,7 @@ SEGMENT_START_S = "segment.start_s"
 SEGMENT_END_S = "segment.end_s"
 SEGMENT_DURATION_S = "segment.duration_s"
 SEGMENT_ABANDONED = "segment.abandoned"
+SEGMENT_LOST = "segment.lost"  # why the segment got no final
 VAD_END_REASON = "vad.end_reason"  # silence | max_length | end_of_stream
 VAD_SPEECH_RATIO = "vad.speech_ratio"
 VAD_DECISION_DELAY_S = "vad.decision_delay_s"
@@ -116,6 +119,7 @@ ASR_QUEUE_DEPTH = "speechpipe.asr.queue_depth"
 FINAL_LATENCY = "speechpipe.final.latency"
 STREAMS_ACTIVE = "speechpipe.streams.active"
 STREAMS_REJECTED = "speechpipe.streams.rejected"
+FINALS_LOST = "speechpipe.finals.lost"
 PROCESS_CPU_TIME = "process.cpu.time"
 PROCESS_CPU_UTILIZATION = "process.cpu.utilization"
 PROCESS_MEMORY_USAGE = "process.memory.usage"

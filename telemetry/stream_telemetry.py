@@ -48,6 +48,7 @@ from speechpipe.pipeline.hooks import (
     AsrQueued,
     AudioFed,
     Event,
+    FinalLost,
     FinalTranscript,
     StreamEnded,
     StreamStarted,
@@ -133,6 +134,8 @@ class StreamTelemetry:
                 self._asr_completed(event)
             case FinalTranscript():
                 self._final(event)
+            case FinalLost():
+                self._lost(event)
             case StreamEnded():
                 self._stream_ended(event)
 
@@ -341,6 +344,23 @@ class StreamTelemetry:
         if transcript.text and segment.duration_s > 0:
             self._metric(n.OUTPUT_WORDS_PER_SECOND).record(words / segment.duration_s, attrs)
         self._metric(n.FINAL_LATENCY).record(ev.latency_s, attrs)
+
+    def _lost(self, ev: FinalLost) -> None:
+        now = time.time_ns()
+        with self._lock:
+            st = self._segments.pop(ev.segment.index, None)
+            lost = {n.SEGMENT_LOST: ev.reason, n.SEGMENT_ABANDONED: True}
+            if st is not None and not st.ended:
+                st.span.set_attributes(lost)
+                st.span.end(end_time=st.close_ns)
+            ut = self._utterances.pop(ev.segment.index, None)
+            if ut is not None:
+                ut[0].set_attributes(lost)
+                ut[0].end(end_time=now)
+            if self._stream_span is not None:
+                attrs = {n.SEGMENT_INDEX: ev.segment.index, n.SEGMENT_LOST: ev.reason}
+                self._stream_span.add_event(n.EVENT_FINAL_LOST, attrs, timestamp=now)
+        self._metric(n.FINALS_LOST).add(1, {**self._attrs, n.SEGMENT_LOST: ev.reason})
 
     def _stream_ended(self, ev: StreamEnded) -> None:
         now = time.time_ns()

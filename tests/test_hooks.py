@@ -49,6 +49,7 @@ def one_of_each() -> list:
         h.AsrDequeued: h.AsrDequeued("s", job),
         h.AsrCompleted: h.AsrCompleted("s", job, [tr], AsrRun(0, 1)),
         h.FinalTranscript: h.FinalTranscript("s", None, tr, 0.5),
+        h.FinalLost: h.FinalLost("s", None, "drain_timeout"),
         h.StreamEnded: h.StreamEnded("s", True, None, 0, 1),
         h.StreamRejected: h.StreamRejected("busy"),
     }

@@ -366,7 +366,10 @@ def test_abandoned_stream_ends_every_span() -> None:
     assert stream.status.status_code is StatusCode.ERROR
     assert any(e.name == "exception" for e in stream.events)
     (seg,) = t.by_name(n.SPAN_VAD_SEGMENT)
-    assert seg.attributes[n.SEGMENT_ABANDONED] is True
+    assert seg.attributes[n.SEGMENT_ABANDONED] is True and seg.attributes[n.SEGMENT_LOST] == "abandoned"
+    (lost,) = t.points(n.FINALS_LOST)
+    assert lost["value"] == 1 and lost["attributes"][n.SEGMENT_LOST] == "abandoned"
+    assert [e.attributes[n.SEGMENT_LOST] for e in stream.events if e.name == n.EVENT_FINAL_LOST] == ["abandoned"]
     assert len(t.by_name(n.SPAN_UTTERANCE)) == 2  # both ended: the closed one and the open one
     assert t.points(n.STREAMS_ACTIVE)[0]["value"] == 0
     t.shutdown()

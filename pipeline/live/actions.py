@@ -86,6 +86,7 @@ class StreamStats:
     messages: int = 0
     partials: int = 0
     speculative_used: int = 0
+    lost: int = 0  # finals sent as lost (the server stopped or broke before they were ready)
     #: the latency of every final sent, in order
     latencies: list[float] = field(default_factory=list)
 

@@ -164,7 +164,7 @@ class LiveCore:
         if side is not None and not any(f.side is side for f in self._finals):
             return []  # a partial lost: nothing the client waits for
         log.error("stream %s: ASR failed: %s", self.stream_id, error)
-        return self.internal_error()
+        return self.internal_error("asr_failed")
 
     def tick(self, now: float) -> list[Action]:
         """Time passed: the idle timeout, the drain deadline."""
@@ -204,11 +204,22 @@ class LiveCore:
             return [Send(P.error(error.code, error.message, **extra)), Close(error.close_code, error.message[:120])]
         return []
 
-    def internal_error(self) -> list[Action]:
-        """Something broke (a bug, a failed ASR call): say so and close; the stream is released."""
+    def internal_error(self, reason: str = "internal_error") -> list[Action]:
+        """Something broke (a bug, a failed ASR call): the finals still owed are sent as lost,
+        then the error, and the stream closes."""
+        lost = self._lose_pending(reason) if self.state in (State.STREAMING, State.DRAINING) else []
         self.state = State.CLOSED
         exc = ProtocolError("internal_error", "internal server error; the stream was closed")
-        return [Send(P.error(exc.code, exc.message)), Close(exc.close_code, exc.message[:120])]
+        return [*lost, Send(P.error(exc.code, exc.message)), Close(exc.close_code, exc.message[:120])]
+
+    def _lose_pending(self, reason: str) -> list[Action]:
+        """A ``final`` marked lost for every segment still waiting for its transcript, in order."""
+        actions: list[Action] = []
+        while self._finals:
+            for seg in self.session.lose(self._finals.popleft().job, reason):
+                self.stats.lost += 1
+                actions.append(Send(P.final_lost(seg.index, seg.start_s, seg.end_s, reason)))
+        return actions
 
     def release(self) -> int:
         """Let go of the stream however it ended; returns the segments dropped without a final."""
@@ -218,9 +229,9 @@ class LiveCore:
             self._slot.clear()
         if self.session is None:
             return 0
-        lost = 0 if self.session.done else self.session.abandon()
+        lost = 0 if self.session.done else self.session.abandon(reason="disconnected")
         if lost:
-            log.info("stream %s: dropped %d segment(s) in flight", self.stream_id, lost)
+            log.info("stream %s: %d final(s) lost with the connection", self.stream_id, lost)
         self.session.close()
         return lost
 
@@ -340,6 +351,7 @@ class LiveCore:
 
     def _end(self) -> list[Action]:
         self._slot.report_unused()
+        lost = self._lose_pending("drain_timeout")  # only past the drain deadline are any left
         self.state = State.CLOSED
         end = Send(P.end(self._drain_reason, self.session.segments_closed))
         if self._error is not None:
@@ -348,4 +360,4 @@ class LiveCore:
             close = Close(P.CLOSE_GOING_AWAY, "server shutting down")
         else:
             close = Close(P.CLOSE_NORMAL, "end of stream")
-        return [end, close]
+        return [*lost, end, close]
