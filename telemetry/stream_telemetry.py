@@ -1,33 +1,11 @@
 """Spans and metrics for every stage of one stream, made from the stream's events.
 
-Span tree (see ``docs/telemetry.md`` for the full attribute list)::
-
-    stream                      root of the stream's trace (layout "stream", offline default)
-    ├── vad.segment             one per closed speech segment
-    ├── asr.transcribe          one per ASR job (a packed window); links -> the vad.segment spans in it
-    └── ...
-
-    stream                      layout "utterance" (live default): a trace of its own, one span
-    utterance                   root of a new trace per utterance, linked -> stream
-    ├── asr.transcribe          partial transcripts while the segment is open (asr.kind=partial)
-    ├── vad.segment
-    └── asr.transcribe          the final (asr.kind=final); links both ways with vad.segment
-
-``asr.transcribe`` is a sibling of the ``vad.segment`` spans it covers, because offline one job
-(one Whisper window) transcribes several segments packed together and a span has one parent. The
-relation is carried by span links in both directions.
-
-Times: span start and end are wall-clock times of what happened: a ``vad.segment`` runs from the
-moment the VAD reported its start to the moment it closed it (offline, where the driver runs ASR
-inline between feeds, from the end of the last ASR call if that is later), an ``asr.transcribe``
-from the start to the end of the engine call that ran the job (jobs decoded together in one batched
-call share its span times; ``asr.compute_s`` is the job's own share, ``asr.queue_wait_s`` its
-wait). Positions in the audio are attributes (``segment.start_s``...). A ``vad.segment`` is kept
-open until its transcript is known so that it can carry the outcome, then ended at the time it
-closed.
-
-State is bounded: only segments that are open or waiting for their transcript are held, so a
-stream can run for hours.
+The span tree (a ``stream`` span; ``vad.segment`` and ``asr.transcribe`` spans under it, or under
+one ``utterance`` trace per segment in the live layout, linked both ways) and every attribute are
+in docs/telemetry.md. Span times are wall-clock times of what happened; positions in the audio
+are attributes. A ``vad.segment`` span is kept open until its transcript is known so that it can
+carry the outcome, then ended at the time it closed. State is bounded (only segments open or
+waiting for their transcript are held), so a stream can run for hours.
 """
 
 from __future__ import annotations
