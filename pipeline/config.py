@@ -91,6 +91,11 @@ class ServerSettings:
     Attributes:
         host / port: where to listen.
         max_streams: concurrent streams; one more is closed with code 1013 and a retry hint.
+        max_load: admit a new stream only while the ASR work promised to the streams (finals and
+            speculative jobs, measured as the server runs) stays under this share of the workers'
+            capacity; more queues finals past the latency budget. ``max_streams`` stays a hard cap.
+        stream_load: the ASR work one stream is assumed to need (worker-seconds per second of
+            audio) until a minute of serving has been measured.
         asr_workers: ASR calls run at the same time (0: one per CPU core). Each worker runs
             ``asr.threads`` threads (0: the cores shared out between the workers). On 2 cores
             two calls of 1 thread each doubled the throughput of one call on 2 threads, at the
@@ -123,6 +128,8 @@ class ServerSettings:
     port: int = 8765
     max_streams: int = 16
     asr_workers: int = 0
+    max_load: float = 0.75
+    stream_load: float = 0.15
     retry_after_s: float = 5.0
     max_frame_bytes: int = 256 * 1024
     idle_timeout_s: float = 30.0
@@ -146,6 +153,8 @@ class ServerSettings:
         for name in ("idle_timeout_s", "max_stream_s", "drain_timeout_s", "partial_interval_s", "partial_rest"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"server.{name} must be positive")
+        if not 0.0 < self.max_load <= 1.0 or self.stream_load <= 0:
+            raise ValueError("server.max_load must lie in (0, 1] and server.stream_load be positive")
         if self.asr_workers < 0:
             raise ValueError("server.asr_workers must not be negative (0: one per core)")
         if self.retry_after_s < 0 or self.stream_gap_s < 0:

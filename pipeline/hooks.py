@@ -161,7 +161,8 @@ class StreamEnded:
 
 @dataclass(frozen=True)
 class StreamRejected:
-    """A server turned a stream away before any session existed (``reason``: ``busy``,
+    """A server turned a stream away before any session existed (``reason``: ``busy`` at
+    ``max_streams``, ``capacity`` when its ASR workers are full,
     ``not_ready``, ``shutting_down`` or ``unauthorized``)."""
 
     reason: str

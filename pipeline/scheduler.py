@@ -55,6 +55,8 @@ class AsrScheduler:
             streams this took live WER from 7.5 % to 6.6 % (offline: 6.2 %).
         workers: calls run at the same time, each from a thread of its own (the engine's model must
             have as many CTranslate2 workers, ``AsrConfig.workers``).
+        on_call: told ``(now, seconds)`` after every call that carried promised work (finals or
+            speculative jobs): the server's admission measures its load with it.
         clock: monotonic seconds (queue waits, staleness, partial rest).
     """
 
@@ -70,6 +72,7 @@ class AsrScheduler:
         partial_rest: float = 1.0,
         tail_filler_s: float = 3.0,
         workers: int = 1,
+        on_call: Callable[[float, float], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
@@ -83,6 +86,7 @@ class AsrScheduler:
         self.partial_rest = partial_rest
         self.tail_filler_s = tail_filler_s
         self.clock = clock
+        self.on_call = on_call
         # Audio one call may carry: the window less room for the filler (a lone long segment
         # still goes alone, without filler).
         budget = max(1.0, self.window_s - (tail_filler_s + gap if tail_filler_s > 0 else 0.0))
@@ -246,6 +250,11 @@ class AsrScheduler:
                     st.speculative += 1
                 else:
                     st.partials += 1
+        if self.on_call is not None and any(t.kind is not JobKind.PARTIAL for t in batch):
+            try:
+                self.on_call(now, now - t0)
+            except Exception:  # measurement must never break scheduling
+                log.exception("on_call failed")
         for t, (transcripts, run) in zip(batch, results):
             t.future.set_result((transcripts, replace(run, queue_wait_s=max(0.0, t0 - t.submitted))))
 

@@ -39,6 +39,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from speechpipe.pipeline import protocol as P
+from speechpipe.pipeline.admission import Admission
 from speechpipe.pipeline.config import Config, ServerSettings
 from speechpipe.pipeline.hooks import Observer, Observers, StreamRejected
 from speechpipe.pipeline.live.actions import LiveContext
@@ -170,6 +171,7 @@ class SpeechServer:
 
     def _on_engine(self) -> None:
         s = self.settings
+        self.admission = Admission(self.engine.config.workers, s.max_load, s.stream_load)
         self.scheduler = AsrScheduler(
             self.engine,
             pack_streams=s.pack_streams,
@@ -178,6 +180,7 @@ class SpeechServer:
             pack_backlog=s.pack_backlog,
             partial_rest=s.partial_rest,
             workers=self.engine.config.workers,
+            on_call=self.admission.record_call,
         )
         self.scheduler.start()
         self._ready.set()
@@ -263,6 +266,15 @@ class SpeechServer:
                     f"all {self.settings.max_streams} streams are in use; retry in {self.settings.retry_after_s:g} s",
                 ),
             )
+        elif not (verdict := self.admission.verdict(time.monotonic(), len(self.streams))).admitted:
+            reason, exc = (
+                "capacity",
+                ProtocolError(
+                    "server_busy",
+                    f"the server is at capacity: {len(self.streams) + 1} streams would need {verdict.load:.0%} of its "
+                    f"ASR workers; retry in {self.settings.retry_after_s:g} s",
+                ),
+            )
         else:
             reason, exc = None, None
         if exc is not None:
@@ -272,12 +284,14 @@ class SpeechServer:
             return
         stream = Connection(ws, stream_id, self.context(), self.scheduler)
         self.streams[stream_id] = stream
+        self.admission.record_streams(time.monotonic(), len(self.streams))
         self.counters.accepted += 1
         log.info("stream %s: opened from %s", stream_id, _peer(ws))
         try:
             await stream.run()
         finally:
             del self.streams[stream_id]
+            self.admission.record_streams(time.monotonic(), len(self.streams))
             self.counters.closed += 1
             self.counters.finals += stream.stats.finals
             log.info(

@@ -1,0 +1,98 @@
+"""Admission by capacity: does one more live stream fit in what the ASR workers can do?
+
+The work a server has promised is the ASR calls for finals and their speculative jobs (partials
+only use spare time and are shed first). :class:`Admission` measures it as the server runs: the
+worker-seconds those calls took over the last ``window_s``, per stream served meanwhile, and
+admits a new stream only while the streams, one more included, stay under ``max_load`` of the
+workers' capacity. Until a window's worth has been measured it assumes ``prior_cost`` per stream.
+Time is passed in; the lock only makes it safe to record from the worker threads.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether a stream is admitted, and the figures it was decided on."""
+
+    admitted: bool
+    load: float  # share of the workers' capacity the streams would use, this one included
+    cost: float  # worker-seconds of promised ASR work per second of one stream
+
+
+class Admission:
+    """See the module docstring.
+
+    Args:
+        workers: ASR calls that run at the same time (capacity: ``workers`` worker-seconds per s).
+        max_load: the share of that capacity the promised work may use; above it queueing pushes
+            finals past the latency budget.
+        prior_cost: promised ASR work per stream, worker-seconds per second, until measured.
+        window_s: how far back the measurement looks.
+    """
+
+    def __init__(self, workers: int, max_load: float, prior_cost: float, window_s: float = 60.0) -> None:
+        self.workers = workers
+        self.max_load = max_load
+        self.prior_cost = prior_cost
+        self.window_s = window_s
+        self._lock = threading.Lock()
+        self._calls: deque[tuple[float, float]] = deque()  # (end time, worker-seconds)
+        self._streams: deque[tuple[float, int]] = deque()  # (time, streams served then)
+        self._since: float | None = None  # when the first stream was served
+
+    def record_call(self, now: float, seconds: float) -> None:
+        """A call for promised work (finals, speculative jobs) ended at ``now`` after ``seconds``."""
+        with self._lock:
+            self._calls.append((now, seconds))
+            self._trim(now)
+
+    def record_streams(self, now: float, streams: int) -> None:
+        """``streams`` are being served at ``now`` (called whenever the count changes)."""
+        with self._lock:
+            if streams and self._since is None:
+                self._since = now
+            self._streams.append((now, streams))
+            self._trim(now)
+
+    def cost(self, now: float) -> float:
+        """Measured promised work per stream (worker-seconds per second), or the prior while less
+        than a window of serving has been seen."""
+        with self._lock:
+            self._trim(now)
+            if self._since is None or now - self._since < self.window_s:
+                return self.prior_cost
+            busy = sum(s for _t, s in self._calls)
+            mean_streams = self._mean_streams(now)
+            return busy / self.window_s / mean_streams if mean_streams > 0 else self.prior_cost
+
+    def verdict(self, now: float, streams: int) -> Verdict:
+        """Would ``streams + 1`` streams fit?"""
+        cost = self.cost(now)
+        load = (streams + 1) * cost / self.workers
+        return Verdict(load <= self.max_load, load, cost)
+
+    def _mean_streams(self, now: float) -> float:
+        """Time-weighted number of streams served over the window."""
+        start = now - self.window_s
+        points = list(self._streams)
+        total, prev_t, prev_n = 0.0, start, None
+        for t, k in points:
+            if prev_n is not None:
+                total += prev_n * (max(t, start) - max(prev_t, start))
+            prev_t, prev_n = t, k
+        if prev_n is not None:
+            total += prev_n * (now - max(prev_t, start))
+        return total / self.window_s
+
+    def _trim(self, now: float) -> None:
+        start = now - self.window_s
+        while self._calls and self._calls[0][0] < start:
+            self._calls.popleft()
+        # Keep the last count from before the window: it holds at the window's start.
+        while len(self._streams) > 1 and self._streams[1][0] <= start:
+            self._streams.popleft()
