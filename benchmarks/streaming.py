@@ -1,23 +1,25 @@
 """Live streaming benchmark: N concurrent real-time streams against a local ``speechpipe serve``.
 
-Each stream is a sequence of corpus utterances (../shared/corpus/speech) joined by pauses of
-1.0-2.5 s (seeded), in a different order per stream: digital silence, or with ``--noise-dbfs`` the
-corpus noise clips (../shared/corpus/noise: fans, taps, dishes, traffic) levelled to that RMS, sent as 16 kHz s16le frames of
-20 ms at real-time pace; streams start staggered over the first two seconds. For each N the table
-gives the final latency (``latency_s`` as the server reports it: from the arrival of the audio at a
-segment's end to the final being sent), finals lost (segments that got a ``speech_start`` but no
-final), partials per second, WER of the finals against the references, and the server process's
-CPU use (share of all cores) during the run.
+Streams are corpus utterances joined by 1.0-2.5 s pauses (see benchmarks/live_streams.py): by
+default the pauses hold the corpus noise clips at -45...-30 dBFS, and the same table is printed
+for digital silence beside it. The streams come in mixed formats (16 kHz s16, 8 kHz, 48 kHz float
+stereo, 44.1 kHz stereo), 20 ms frames at real-time pace, starting staggered over two seconds.
 
-The offline WER is that of ``speechpipe``'s offline path (the same StreamSession, segments packed
-into 30 s windows) on exactly the audio of the same streams.
+For each N the table gives: streams refused (``server_busy``); finals lost (a ``speech_start``
+without a final transcript, or a final sent as lost, or a stream that broke); the final latency
+(``latency_s`` as the server reports it: from the arrival of the audio at a segment's end to the
+final being sent) p50/p95/max; partials per second; WER of the finals against the references
+and the offline WER of exactly the same audio (the same StreamSession, segments packed); the
+server's CPU (share of all cores); and the ASR work the finals took per second of stream audio
+(from the server's own /metrics: what its admission measures). An overload row offers
+``--overload`` streams at once.
 
-    python benchmarks/streaming.py                       # N = 1 2 4 8 12, 75 s per stream
-    python benchmarks/streaming.py --streams 1 8 --duration 40 --set server.speculative=false
-    python benchmarks/streaming.py --streams 1 4 --noise-dbfs -35     # a room between sentences
+    python benchmarks/streaming.py                                  # N = 1 4 8 12 16 + 24 offered
+    python benchmarks/streaming.py --streams 1 8 --pauses noise --overload 0
+    python benchmarks/streaming.py --streams 4 --set server.speculative=false
 
-The server runs as a subprocess with the flags given after ``--server-args`` (default: tiny.en,
-2 threads), so its CPU time is measured apart from the clients'.
+The server runs as a subprocess with its defaults (one ASR worker per core) unless ``--set`` or
+``--threads`` say otherwise, so its CPU time is measured apart from the clients'.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import argparse
 import asyncio
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -33,74 +36,37 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
+from live_streams import RATE, ROOT, StreamAudio, build_stream, noises, utterances
 
-from speechpipe.pipeline.client import StreamResult, paced, pcm_s16le, stream_pcm
+from speechpipe.pipeline.client import StreamResult, paced, stream_pcm
 from speechpipe.pipeline.config import Config
 from speechpipe.pipeline.driver import drive
 from speechpipe.pipeline.hooks import FinalTranscript
-from speechpipe.pipeline.protocol import Start
 from speechpipe.pipeline.session import StreamSession
 from speechpipe.stages.asr import AsrConfig, AsrEngine
-from speechpipe.stages.audio import load_audio
 from speechpipe.telemetry.wer import score_corpus
 
-ROOT = Path(__file__).resolve().parents[1]
-SPEECH = ROOT.parent / "shared" / "corpus" / "speech"
-NOISE = ROOT.parent / "shared" / "corpus" / "noise"
-RATE = 16000
 FRAME_S = 0.02
+FINAL_ASR = re.compile(
+    r'^speechpipe_asr_duration_seconds_sum\{[^}]*asr_kind="final"[^}]*\} ([0-9.e+-]+)$', re.MULTILINE
+)
 
 
 @dataclass
-class StreamAudio:
-    audio: np.ndarray
-    reference: str
+class Row:
+    label: str
+    offered: int
+    results: list[StreamResult]
+    served: list[int]  # indices of the streams that were not refused
+    wall: float
+    cpu: float
+    asr_per_audio_s: float
 
-
-def utterances() -> list[tuple[np.ndarray, str]]:
-    files = sorted(p for p in SPEECH.iterdir() if p.suffix in (".wav", ".flac") and p.with_suffix(".txt").exists())
-    return [(load_audio(p)[0], " ".join(p.with_suffix(".txt").read_text().split())) for p in files]
-
-
-def noises() -> list[np.ndarray]:
-    return [load_audio(p)[0] for p in sorted(NOISE.glob("*.wav"))]
-
-
-def pause_audio(n: int, rng: random.Random, noise: list[np.ndarray] | None, dbfs: float) -> np.ndarray:
-    """``n`` samples of pause: digital silence, or a random stretch of a noise clip at ``dbfs`` RMS."""
-    if not noise:
-        return np.zeros(n, np.float32)
-    src = noise[rng.randrange(len(noise))]
-    if src.size < n:
-        src = np.tile(src, n // src.size + 1)
-    off = rng.randrange(src.size - n + 1)
-    chunk = src[off : off + n].astype(np.float32)
-    rms = float(np.sqrt(np.mean(chunk.astype(np.float64) ** 2))) or 1e-9
-    return (chunk * (10 ** (dbfs / 20) / rms)).astype(np.float32)
-
-
-def build_stream(
-    k: int, utts: list, duration_s: float, noise: list[np.ndarray] | None = None, dbfs: float = -35.0
-) -> StreamAudio:
-    """Stream ``k``: utterances in a k-seeded order with 1.0-2.5 s pauses, about ``duration_s`` long."""
-    rng = random.Random(1000 + k)
-    order = list(range(len(utts)))
-    rng.shuffle(order)
-    parts = [pause_audio(int(rng.uniform(0.3, 1.0) * RATE), rng, noise, dbfs)]
-    refs = []
-    total = parts[0].size
-    for i in order:
-        audio, ref = utts[i]
-        if total / RATE > duration_s - 2:
-            break
-        pause = pause_audio(int(rng.uniform(1.0, 2.5) * RATE), rng, noise, dbfs)
-        parts += [audio, pause]
-        refs.append(ref)
-        total += audio.size + pause.size
-    return StreamAudio(np.concatenate(parts), " ".join(refs))
+    @property
+    def refused(self) -> int:
+        return self.offered - len(self.served)
 
 
 def offline_hypothesis(engine: AsrEngine, audio: np.ndarray, config: Config) -> str:
@@ -117,18 +83,28 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def run_level(url: str, streams: list[StreamAudio], seed: int) -> tuple[list[StreamResult], float]:
+def final_asr_seconds(port: int) -> float:
+    page = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return sum(float(m) for m in FINAL_ASR.findall(page))
+
+
+async def run_level(
+    url: str, streams: list[StreamAudio], seed: int, stagger: float
+) -> tuple[list[StreamResult], float]:
     rng = random.Random(seed)
 
     async def one(s: StreamAudio, delay: float) -> StreamResult:
         await asyncio.sleep(delay)
-        n = int(FRAME_S * RATE)
-        frames = (pcm_s16le(s.audio[i : i + n]) for i in range(0, s.audio.size, n))
-        return await stream_pcm(url, Start(sample_rate=RATE), paced(frames, FRAME_S, 1.0))
+        return await stream_pcm(url, s.fmt.start, paced(s.frames(), FRAME_S, 1.0))
 
     t0 = time.monotonic()
-    results = await asyncio.gather(*(one(s, rng.uniform(0, 2.0) if len(streams) > 1 else 0) for s in streams))
+    delays = [rng.uniform(0, stagger) if len(streams) > 1 else 0.0 for _ in streams]
+    results = await asyncio.gather(*(one(s, d) for s, d in zip(streams, delays)))
     return list(results), time.monotonic() - t0
+
+
+def refused(r: StreamResult) -> bool:
+    return any(e.get("code") == "server_busy" for e in r.errors)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -141,134 +117,135 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4, 8, 12], help="N values (default: 1 2 4 8 12)")
-    ap.add_argument("--duration", type=float, default=75.0, help="seconds of audio per stream (default: 75)")
-    ap.add_argument(
-        "--threads", type=int, default=0, help="model threads per ASR worker (default: the server's choice)"
-    )
-    ap.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        help="server config override, e.g. server.speculative=false",
-    )
-    ap.add_argument(
-        "--noise-dbfs",
-        type=float,
-        metavar="DB",
-        help="fill the pauses with the corpus noise clips at this RMS level (e.g. -35); default: digital silence",
-    )
-    ap.add_argument("--no-offline", action="store_true", help="skip the offline WER")
-    ap.add_argument("--dump", metavar="JSON", help="write each stream's reference, live and offline text here")
-    args = ap.parse_args()
-
-    utts = utterances()
-    noise = noises() if args.noise_dbfs is not None else None
-    streams = [build_stream(k, utts, args.duration, noise, args.noise_dbfs or 0.0) for k in range(max(args.streams))]
+def start_server(args, max_streams: int) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "speechpipe.pipeline.cli",
-        "serve",
-        "--port",
-        str(port),
-    ]
+    cmd = [sys.executable, "-m", "speechpipe.pipeline.cli", "serve", "--port", str(port)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    cmd += ["--log-level", "WARNING", "--max-streams", str(max(args.streams))]
+    cmd += ["--log-level", "WARNING", "--max-streams", str(max_streams)]
     for o in args.overrides:
         cmd += ["--set", o]
     server = subprocess.Popen(cmd, cwd=ROOT)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz").status == 200:
-                    break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the server did not start")
-            time.sleep(0.2)
-        url = f"ws://127.0.0.1:{port}/stream"
-        # Warm the model up (first calls are slower) with a short stream.
-        asyncio.run(run_level(url, [StreamAudio(streams[0].audio[: 8 * RATE], "")], 0))
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz").status == 200:
+                return server, port
+        except OSError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("the server did not start")
+        time.sleep(0.2)
 
-        rows = []
-        for n in args.streams:
-            c0 = cpu_seconds(server.pid)
-            results, wall = asyncio.run(run_level(url, streams[:n], n))
+
+def measure(args, streams: list[StreamAudio], levels: list[tuple[str, int, float]]) -> list[Row]:
+    """Run each level (label, streams offered, stagger) against one fresh server."""
+    server, port = start_server(args, max(16, *(n for _label, n, _s in levels)))
+    url = f"ws://127.0.0.1:{port}/stream"
+    rows = []
+    try:
+        # Warm the model up (first calls are slower) with a short stream.
+        warm = StreamAudio(streams[0].audio[: 8 * RATE], "", streams[0].fmt)
+        asyncio.run(run_level(url, [warm], 0, 0.0))
+        for label, n, stagger in levels:
+            c0, a0 = cpu_seconds(server.pid), final_asr_seconds(port)
+            results, wall = asyncio.run(run_level(url, streams[:n], n, stagger))
             cpu = (cpu_seconds(server.pid) - c0) / wall / (os.cpu_count() or 1)
+            served = [k for k, r in enumerate(results) if not refused(r)]
+            audio_s = sum(streams[k].audio.size for k in served) / RATE
+            asr = (final_asr_seconds(port) - a0) / audio_s if audio_s else 0.0
+            rows.append(Row(label, n, results, served, wall, cpu, asr))
             lat = [x for r in results for x in r.latencies]
-            lost = sum(r.lost for r in results) + sum(1 for r in results if r.end is None or r.errors)
-            partials = sum(len(r.partials) for r in results)
-            wer = score_corpus((s.reference, r.text) for s, r in zip(streams[:n], results))
-            rows.append((n, results, wall, cpu, lat, lost, partials, wer))
             print(
-                f"N={n:2d}: {len(lat)} finals, p50 {pct(lat, 50):.2f} s, p95 {pct(lat, 95):.2f} s, "
-                f"max {max(lat):.2f} s, lost {lost}, WER {wer.wer * 100:.2f}%, CPU {cpu * 100:.0f}%",
+                f"{label}: {len(served)}/{n} served, {len(lat)} finals, p50 {pct(lat, 50):.2f} s, "
+                f"p95 {pct(lat, 95):.2f} s, lost {lost(rows[-1])}, CPU {cpu * 100:.0f}%",
                 file=sys.stderr,
                 flush=True,
             )
+            time.sleep(3)  # let the admission window see the streams go
     finally:
         server.send_signal(signal.SIGTERM)
         try:
             server.wait(60)
         except subprocess.TimeoutExpired:
             server.kill()
+    return rows
 
-    offline = {}
-    if not args.no_offline:
-        engine = AsrEngine(AsrConfig(threads=args.threads or 2))
-        config = Config()
-        for k, s in enumerate(streams):
-            offline[k] = offline_hypothesis(engine, s.audio, config)
 
-    if args.dump:
-        import json
+def lost(row: Row) -> int:
+    served = [row.results[k] for k in row.served]
+    return sum(r.lost for r in served) + sum(1 for r in served if r.end is None or r.errors)
 
-        last = rows[-1][1]
-        Path(args.dump).write_text(
-            json.dumps(
-                [
-                    {"stream": k, "reference": s.reference, "live": r.text, "offline": offline.get(k)}
-                    for k, (s, r) in enumerate(zip(streams, last))
-                ],
-                indent=1,
-            )
-        )
-    print()
-    print(
-        f"speechpipe live streaming, tiny.en int8, {os.cpu_count()} cores, "
-        f"{args.duration:g} s per stream; pauses: "
-        + (f"corpus noise at {args.noise_dbfs:g} dBFS" if noise else "digital silence")
-        + f"; load average before: {os.getloadavg()[0]:.2f}"
-    )
-    if args.overrides:
-        print("server overrides: " + ", ".join(args.overrides))
+
+def table(title: str, rows: list[Row], streams: list[StreamAudio], offline: dict[int, str]) -> None:
+    print(f"\n{title}")
     head = (
-        f"{'N':>3} {'audio s':>8} {'finals':>6} {'lost':>4} {'p50 s':>6} {'p95 s':>6} {'max s':>6} "
-        f"{'partials/s':>10} {'WER %':>6} {'offline WER %':>13} {'CPU %':>6}"
+        f"{'N':>9} {'refused':>7} {'finals':>6} {'lost':>4} {'p50 s':>6} {'p95 s':>6} {'max s':>6} "
+        f"{'partials/s':>10} {'WER %':>6} {'offline WER %':>13} {'CPU %':>6} {'ASR s/s':>8}"
     )
     print(head)
     print("-" * len(head))
-    for n, results, wall, cpu, lat, lost, partials, wer in rows:
+    for row in rows:
+        lat = [x for r in row.results for x in r.latencies]
+        served = row.served
+        wer = score_corpus((streams[k].reference, row.results[k].text) for k in served) if served else None
         off = (
-            f"{score_corpus((s.reference, offline[k]) for k, s in enumerate(streams[:n])).wer * 100:13.2f}"
-            if offline
+            f"{score_corpus((streams[k].reference, offline[k]) for k in served).wer * 100:13.2f}"
+            if offline and served
             else f"{'-':>13}"
         )
-        audio_s = sum(s.audio.size for s in streams[:n]) / RATE
+        partials = sum(len(row.results[k].partials) for k in served)
         print(
-            f"{n:>3} {audio_s:8.0f} {len(lat):6d} {lost:4d} {pct(lat, 50):6.2f} {pct(lat, 95):6.2f} {max(lat):6.2f} "
-            f"{partials / wall:10.2f} {wer.wer * 100:6.2f} {off} {cpu * 100:6.0f}"
+            f"{row.label:>9} {row.refused:7d} {len(lat):6d} {lost(row):4d} {pct(lat, 50):6.2f} {pct(lat, 95):6.2f} "
+            f"{max(lat, default=float('nan')):6.2f} {partials / row.wall:10.2f} "
+            f"{(wer.wer * 100 if wer else float('nan')):6.2f} {off} {row.cpu * 100:6.0f} {row.asr_per_audio_s:8.3f}"
         )
-    ok = [n for n, *_rest in rows if pct(_rest[3], 95) <= 2.0]
-    print(f"largest N with p95 <= 2 s: {max(ok) if ok else 'none'}")
+    ok = [
+        row.offered
+        for row in rows
+        if row.refused == 0 and pct([x for r in row.results for x in r.latencies], 95) <= 2.0
+    ]
+    print(f"largest N with p95 <= 2 s and none refused: {max(ok) if ok else 'none'}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--streams", type=int, nargs="+", default=[1, 4, 8, 12, 16], help="N values (default: 1 4 8 12 16)")
+    ap.add_argument("--overload", type=int, default=24, help="streams offered at once in the overload row (0: none)")
+    ap.add_argument("--duration", type=float, default=60.0, help="seconds of audio per stream (default: 60)")
+    ap.add_argument(
+        "--pauses", nargs="+", choices=["noise", "silence"], default=["noise", "silence"], help="what fills the pauses"
+    )
+    ap.add_argument("--noise-dbfs", type=float, metavar="DB", help="one noise level instead of -45...-30 dBFS")
+    ap.add_argument("--same-format", action="store_true", help="every stream 16 kHz s16 mono")
+    ap.add_argument("--threads", type=int, default=0, help="model threads per ASR worker (default: the server's)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="server config override")
+    ap.add_argument("--no-offline", action="store_true", help="skip the offline WER")
+    args = ap.parse_args()
+
+    utts = utterances()
+    n_max = max([*args.streams, args.overload])
+    engine = None if args.no_offline else AsrEngine(AsrConfig(threads=args.threads or 2))
+    for pauses in args.pauses:
+        noise = noises() if pauses == "noise" else None
+        streams = [
+            build_stream(k, utts, args.duration, noise, args.noise_dbfs, not args.same_format) for k in range(n_max)
+        ]
+        levels = [(str(n), n, 2.0) for n in args.streams]
+        if args.overload:
+            levels.append((f"{args.overload} at once", args.overload, 0.0))
+        rows = measure(args, streams, levels)
+        offline = {k: offline_hypothesis(engine, s.audio, Config()) for k, s in enumerate(streams)} if engine else {}
+        where = "noise at " + (f"{args.noise_dbfs:g}" if args.noise_dbfs is not None else "-45...-30") + " dBFS"
+        table(
+            f"speechpipe live, {os.cpu_count()} cores, {args.duration:g} s per stream, pauses: "
+            f"{where if noise else 'digital silence'}, formats: {'16k s16' if args.same_format else 'mixed'}"
+            + (f"; server overrides: {', '.join(args.overrides)}" if args.overrides else "")
+            + f"; load average before: {os.getloadavg()[0]:.2f}",
+            rows,
+            streams,
+            offline,
+        )
     return 0
 
 

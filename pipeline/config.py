@@ -128,8 +128,8 @@ class ServerSettings:
     port: int = 8765
     max_streams: int = 16
     asr_workers: int = 0
-    max_load: float = 0.75
-    stream_load: float = 0.15
+    max_load: float = 0.6
+    stream_load: float = 0.12
     retry_after_s: float = 5.0
     max_frame_bytes: int = 256 * 1024
     idle_timeout_s: float = 30.0
