@@ -119,6 +119,9 @@ class Gate:
             self.hist.pop(0)
         return self.inner.is_speech(frame) and e > min(self.hist) + self.margin
 
+    def classify(self, frames):
+        return [self.is_speech(f) for f in frames]
+
     def reset(self):
         self.inner.reset()
         self.hist.clear()
@@ -139,6 +142,9 @@ class TwoStage:
         s = self.sil.is_speech(frame)
         w = self.web.is_speech(frame[:480])
         return s and w
+
+    def classify(self, frames):
+        return [self.is_speech(f) for f in frames]
 
     def reset(self):
         self.web.reset()

@@ -95,3 +95,13 @@ def test_chunk_size_independence():
             assert a.start_sample == b.start_sample
             if isinstance(a, SpeechSegment):
                 assert (a.end_sample, a.end_reason, a.speech_ratio) == (b.end_sample, b.end_reason, b.speech_ratio)
+
+
+def test_a_block_of_frames_in_one_call_equals_frame_by_frame():
+    """Offline blocks are classified in one model call; the decisions are those of one call per frame."""
+    audio, _ = load_audio(AMI_PAUSES)
+    n = audio.size // FRAME_SAMPLES
+    frames = audio[: n * FRAME_SAMPLES].reshape(n, FRAME_SAMPLES)
+    one_by_one = SileroClassifier()
+    block = SileroClassifier()
+    assert block.classify(frames) == [one_by_one.is_speech(f) for f in frames]

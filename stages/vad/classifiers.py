@@ -18,6 +18,10 @@ class FrameClassifier(Protocol):
 
     def is_speech(self, frame: np.ndarray) -> bool: ...
 
+    def classify(self, frames: np.ndarray) -> list[bool]:
+        """:meth:`is_speech` of each row of ``frames`` (shape ``(n, frame_samples)``), in order."""
+        ...
+
     def reset(self) -> None: ...
 
 
@@ -34,6 +38,9 @@ class WebRtcClassifier:
     def is_speech(self, frame: np.ndarray) -> bool:
         pcm = (np.clip(frame, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
         return self._vad.is_speech(pcm, SAMPLE_RATE)
+
+    def classify(self, frames: np.ndarray) -> list[bool]:
+        return [self.is_speech(f) for f in frames]
 
     def reset(self) -> None:
         # webrtcvad keeps adaptive noise estimates; a fresh stream gets a fresh detector.

@@ -131,9 +131,9 @@ class VadSegmenter:
         if n_frames:
             whole = samples[: n_frames * fs]
             self._buf = np.concatenate([self._buf, whole]) if self._buf.size else whole.copy()
-            for i in range(n_frames):
-                frame = whole[i * fs : (i + 1) * fs]
-                self._on_frame(frame, self._pos + i * fs, events)
+            frames = whole.reshape(n_frames, fs)
+            for i, speech in enumerate(self._clf.classify(frames)):
+                self._on_frame(frames[i], bool(speech), self._pos + i * fs, events)
             self._pos += n_frames * fs
             self._trim_history()
         self._pending = samples[n_frames * fs :].copy()
@@ -152,8 +152,7 @@ class VadSegmenter:
 
     # -- state machine ------------------------------------------------------------------------
 
-    def _on_frame(self, frame: np.ndarray, start: int, events: list[VadEvent]) -> None:
-        speech = bool(self._clf.is_speech(frame))
+    def _on_frame(self, frame: np.ndarray, speech: bool, start: int, events: list[VadEvent]) -> None:
         fs = self.frame_samples
         self.total_frames += 1
         self.speech_frames += speech
