@@ -75,19 +75,27 @@ def noises() -> list[np.ndarray]:
     return [load_audio(p)[0] for p in sorted((CORPUS / "noise").glob("*.wav"))]
 
 
+def rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) or 1e-9
+
+
+def noise_stretch(noise: list[np.ndarray], n: int, rng: random.Random) -> np.ndarray:
+    """``n`` samples of one of the noise clips (drawn from ``rng``), from a random offset, looped."""
+    src = noise[rng.randrange(len(noise))]
+    if src.size < n:
+        src = np.tile(src, n // src.size + 1)
+    off = rng.randrange(src.size - n + 1)
+    return src[off : off + n].astype(np.float32)
+
+
 def pause_audio(n: int, rng: random.Random, noise: list[np.ndarray] | None, dbfs: float | None) -> np.ndarray:
     """``n`` samples of pause: digital silence, or a random stretch of a noise clip at ``dbfs`` RMS
     (one of :data:`NOISE_LEVELS_DBFS` when not given)."""
     if not noise:
         return np.zeros(n, np.float32)
     level = dbfs if dbfs is not None else rng.choice(NOISE_LEVELS_DBFS)
-    src = noise[rng.randrange(len(noise))]
-    if src.size < n:
-        src = np.tile(src, n // src.size + 1)
-    off = rng.randrange(src.size - n + 1)
-    chunk = src[off : off + n].astype(np.float32)
-    rms = float(np.sqrt(np.mean(chunk.astype(np.float64) ** 2))) or 1e-9
-    return (chunk * (10 ** (level / 20) / rms)).astype(np.float32)
+    chunk = noise_stretch(noise, n, rng)
+    return (chunk * (10 ** (level / 20) / rms(chunk))).astype(np.float32)
 
 
 def build_stream(

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from live_streams import noise_stretch, pause_audio, rms
 
 from speechpipe.stages.audio import load_audio
 from speechpipe.stages.pcm import SAMPLE_RATE
@@ -44,10 +45,6 @@ class Stream:
     pauses: list[tuple[float, float]]  # true pauses between them
 
 
-def rms(x: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) or 1e-9
-
-
 def speech_span(audio: np.ndarray) -> tuple[int, int]:
     """First and last sample of the frames within 35 dB of the utterance's loudest 30 ms frame."""
     fs = 480
@@ -55,14 +52,6 @@ def speech_span(audio: np.ndarray) -> tuple[int, int]:
     e = 10 * np.log10(np.mean(audio[: n * fs].reshape(n, fs).astype(np.float64) ** 2, axis=1) + 1e-12)
     active = np.flatnonzero(e > e.max() - 35.0)
     return int(active[0] * fs), int((active[-1] + 1) * fs)
-
-
-def noise_piece(noises: list[np.ndarray], n: int, rng: random.Random) -> np.ndarray:
-    src = noises[rng.randrange(len(noises))]
-    if src.size < n:
-        src = np.tile(src, n // src.size + 1)
-    off = rng.randrange(src.size - n + 1)
-    return src[off : off + n].astype(np.float32)
 
 
 def build_stream(k: int, utts: list[np.ndarray], noises: list[np.ndarray], duration_s: float) -> Stream:
@@ -74,9 +63,7 @@ def build_stream(k: int, utts: list[np.ndarray], noises: list[np.ndarray], durat
     def pause(seconds: float) -> None:
         nonlocal pos
         n = int(seconds * SAMPLE_RATE)
-        level = rng.choice((-45.0, -40.0, -35.0, -30.0))
-        piece = noise_piece(noises, n, rng)
-        parts.append(piece * (10 ** (level / 20) / rms(piece)))
+        parts.append(pause_audio(n, rng, noises, None))  # noise at -45...-30 dBFS
         pos += n
 
     pause(rng.uniform(0.5, 1.0))
@@ -93,7 +80,7 @@ def build_stream(k: int, utts: list[np.ndarray], noises: list[np.ndarray], durat
     if k % 2:  # a noise bed under everything, 10-20 dB below the speech
         snr = rng.choice((10.0, 15.0, 20.0))
         speech_rms = rms(np.concatenate([x[int(s * SAMPLE_RATE) : int(e * SAMPLE_RATE)] for s, e in speech]))
-        bed = noise_piece(noises, x.size, rng)
+        bed = noise_stretch(noises, x.size, rng)
         x = x + bed * (speech_rms / 10 ** (snr / 20) / rms(bed))
     pauses = [(a[1], b[0]) for a, b in itertools.pairwise(speech)]
     return Stream(np.clip(x, -1, 1).astype(np.float32), speech, pauses)

@@ -100,9 +100,8 @@ class AsrScheduler:
         )
         self._lock = threading.Condition()
         self.workers = workers
-        self._running: list[Ticket] = []  # the tickets every worker is running now
+        self._running: list[list[Ticket]] = []  # the batch each busy worker is running now
         self._stopping = False
-        self._calls = 0  # calls running now
         self._threads: list[threading.Thread] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -157,7 +156,7 @@ class AsrScheduler:
             if self._queue.promote(future):
                 self._lock.notify_all()
                 return True
-            if any(t.future is future for t in self._running):
+            if any(t.future is future for batch in self._running for t in batch):
                 return True
         return future.done() and not future.cancelled() and future.exception() is None and future.result() is not None
 
@@ -185,7 +184,7 @@ class AsrScheduler:
     def streams(self) -> set[str]:
         """Streams with queued or running work."""
         with self._lock:
-            return self._queue.streams() | {t.stream_id for t in self._running}
+            return self._queue.streams() | {t.stream_id for batch in self._running for t in batch}
 
     def stats(self) -> SchedulerStats:
         with self._lock:
@@ -210,15 +209,13 @@ class AsrScheduler:
                 if not batch:
                     self._lock.notify_all()  # the other workers see the stop too
                     return
-                self._running += batch
-                self._calls += 1
-                self._queue.stats.max_concurrent = max(self._queue.stats.max_concurrent, self._calls)
+                self._running.append(batch)
+                self._queue.stats.max_concurrent = max(self._queue.stats.max_concurrent, len(self._running))
             try:
                 self._run(batch)
             finally:
                 with self._lock:
-                    self._running = [t for t in self._running if t not in batch]
-                    self._calls -= 1
+                    self._running.remove(batch)
                     self._lock.notify_all()
 
     def _run(self, batch: list[Ticket]) -> None:

@@ -12,6 +12,7 @@ same for all variants, so it runs once per file and is cached on disk
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -21,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import soundfile as sf
+from opentelemetry import context
 
 from speechpipe.pipeline.evaluate.collector import EvalCollector
 from speechpipe.pipeline.evaluate.datasets import DatasetItem, discover
@@ -193,7 +195,9 @@ def _run_variant(run: _Run, variant: Variant, truth: ReferenceTruths) -> dict:
             observers = [collector, *(run.observers_factory(variant, item) if run.observers_factory else ())]
             if inst is not None:
                 attributes = {n.EVAL_RUN_ID: run.run_id}
-                observers.append(inst.stream_observer(file=item.file_id, attributes=attributes, parent=_current()))
+                observers.append(
+                    inst.stream_observer(file=item.file_id, attributes=attributes, parent=context.get_current())
+                )
             try:
                 result = transcribe_file(
                     item.path,
@@ -286,25 +290,9 @@ def _unsegmented(timings: dict[str, dict], truths: dict[str, ev.FileTruth]) -> d
     }
 
 
-class _NoSpan:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _current():
-    from opentelemetry import context
-
-    return context.get_current()
-
-
 def _span(inst: Instrumentation | None, run_id: str, variant: Variant, item: DatasetItem):
     if inst is None:
-        return _NoSpan()
-    from opentelemetry import context
-
+        return contextlib.nullcontext()
     # A new trace per file and variant: the root of the file's stream span tree.
     return inst.tracer.start_as_current_span(
         n.SPAN_EVAL_UTTERANCE,

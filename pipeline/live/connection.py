@@ -123,11 +123,8 @@ class Connection:
         if item[0] == "shutdown":
             return self.core.shutdown(now)
         _, job, fut = item
-        if self._futures.get(job.job_id) is not fut:
-            return []  # superseded (a dropped speculative job run again as a final)
-        del self._futures[job.job_id]
-        if fut.cancelled():
-            return []
+        if self._futures.pop(job.job_id, None) is None or fut.cancelled():
+            return []  # the stream was released meanwhile
         if fut.exception() is not None:
             return self.core.asr_failed(job, fut.exception(), now)
         return self.core.asr_done(job, fut.result(), now)
