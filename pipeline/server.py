@@ -1,12 +1,8 @@
-"""The live server: ``ws://HOST:PORT/stream`` plus a few HTTP routes, on the ``websockets`` library.
+"""The live server: ``ws://HOST:PORT/stream`` and the HTTP routes on one port.
 
-Routes (all ``GET``):
-
-* ``/stream``: the WebSocket endpoint (docs/protocol.md); token-protected when a token is set.
-* ``/``: the browser client (microphone over the same WebSocket); ``/app.js``, ``/pcm-worklet.js``.
-* ``/healthz``: 200 while the process serves requests.
-* ``/readyz``: 200 once the model is loaded, 503 while loading or draining.
-* ``/metrics``: Prometheus text exposition.
+An ASGI app (:mod:`speechpipe.pipeline.http.app`, Starlette) runs under uvicorn, whose WebSocket
+implementation is the ``websockets`` library's Sans-I/O protocol; routes that take a request body
+(admin, feedback) need that HTTP layer, which the ``websockets`` server alone does not have.
 
 One :class:`~speechpipe.stages.asr.AsrEngine` (one model) and one
 :class:`~speechpipe.pipeline.scheduler.AsrScheduler` (one worker thread) serve every stream; each
@@ -23,27 +19,28 @@ Telemetry plugs in from outside (see :mod:`speechpipe.pipeline.observability`):
 from __future__ import annotations
 
 import asyncio
-import hmac
+import contextlib
 import logging
 import os
 import signal
+import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from importlib import resources
-from urllib.parse import parse_qs, urlsplit
 
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
-from websockets.http11 import Request, Response
+import uvicorn
+from starlette.websockets import WebSocket
 
 from speechpipe.pipeline import protocol as P
 from speechpipe.pipeline.admission import Admission
 from speechpipe.pipeline.config import Config, ServerSettings
 from speechpipe.pipeline.hooks import Observer, Observers, StreamRejected
+from speechpipe.pipeline.http.app import build_app
+from speechpipe.pipeline.http.socket import AsgiTransport
 from speechpipe.pipeline.live.actions import LiveContext
 from speechpipe.pipeline.live.connection import Connection
+from speechpipe.pipeline.live.transport import Closed, Transport
 from speechpipe.pipeline.protocol import ProtocolError
 from speechpipe.pipeline.scheduler import AsrScheduler
 from speechpipe.stages.asr import AsrConfig, AsrEngine
@@ -51,14 +48,6 @@ from speechpipe.stages.asr import AsrConfig, AsrEngine
 log = logging.getLogger("speechpipe.server")
 
 TOKEN_ENV = "SPEECHPIPE_TOKEN"
-
-_STATIC = {
-    "/": ("index.html", "text/html; charset=utf-8"),
-    "/index.html": ("index.html", "text/html; charset=utf-8"),
-    "/app.js": ("app.js", "text/javascript; charset=utf-8"),
-    "/pcm-worklet.js": ("pcm-worklet.js", "text/javascript; charset=utf-8"),
-}
-
 
 StreamObservers = Callable[[str, dict], Sequence[Observer]]
 MetricsRenderer = Callable[[], tuple[bytes, str]]
@@ -111,7 +100,9 @@ class SpeechServer:
         self.scheduler: AsrScheduler | None = None
         self.streams: dict[str, Connection] = {}
         self.counters = ServerCounters()
-        self._server: Server | None = None
+        self._http: _Uvicorn | None = None
+        self._http_task: asyncio.Task | None = None
+        self._socket: socket.socket | None = None
         self._ready = asyncio.Event()
         self._draining = False
         self._stopped = asyncio.Event()
@@ -123,7 +114,7 @@ class SpeechServer:
     @property
     def port(self) -> int:
         """The port actually bound (useful with port 0)."""
-        return self._server.sockets[0].getsockname()[1]
+        return self._socket.getsockname()[1]
 
     @property
     def ready(self) -> bool:
@@ -137,19 +128,39 @@ class SpeechServer:
     async def start(self) -> None:
         """Listen, then load the model (unless one was given) in a thread."""
         s = self.settings
-        self._server = await serve(
-            self._handle,
-            s.host,
-            s.port,
-            process_request=self._process_request,
-            # Our own check answers up to 4x the limit with a clear error; beyond that the
-            # library closes with 1009 before buffering it all.
-            max_size=4 * s.max_frame_bytes,
-            compression=None,  # PCM does not compress; spare the CPU
-            ping_interval=20,
-            ping_timeout=20,
-            server_header="speechpipe",
+        # The socket is bound here, so a port in use is an OSError to the caller, not uvicorn's exit.
+        self._socket = socket.create_server((s.host, s.port), reuse_port=False)
+        self._socket.setblocking(False)
+        app = build_app(
+            stream=self._handle,
+            token=self.token,
+            is_ready=lambda: (self.ready, "draining" if self._draining else "loading model"),
+            metrics=self.metrics,
+            on_unauthorized=lambda: self._rejected("unauthorized"),
         )
+        config = uvicorn.Config(
+            app,
+            ws="websockets-sansio",
+            # Our own check answers up to 4x the limit with a clear error; beyond that the
+            # protocol closes with 1009 before buffering it all.
+            ws_max_size=4 * s.max_frame_bytes,
+            ws_per_message_deflate=False,  # PCM does not compress; spare the CPU
+            ws_ping_interval=20,
+            ws_ping_timeout=20,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            headers=[("server", "speechpipe")],
+            timeout_graceful_shutdown=5,
+        )
+        self._http = _Uvicorn(config)
+        self._http_task = asyncio.create_task(self._http.serve(sockets=[self._socket]), name="http")
+        while not self._http.started:
+            if self._http_task.done():
+                self._http_task.result()
+                raise RuntimeError("the HTTP server stopped while starting")
+            await asyncio.sleep(0.01)
         log.info("listening on ws://%s:%d/stream", s.host, self.port)
         if self.engine is not None:
             self._on_engine()
@@ -193,17 +204,18 @@ class SpeechServer:
             return
         self._draining = True
         log.info("draining %d stream(s)", len(self.streams))
-        if self._server is not None:
-            self._server.close(close_connections=False)  # stop listening; open streams go on
+        if self._http is not None:
+            for listener in self._http.servers:
+                listener.close()  # stop listening; open streams go on
         for stream in list(self.streams.values()):
             stream.shutdown()
         if self._handlers:
             _done, pending = await asyncio.wait(set(self._handlers), timeout=self.settings.drain_timeout_s + 5)
             for task in pending:
                 task.cancel()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        if self._http is not None:
+            self._http.should_exit = True
+            await self._http_task
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
         if self.scheduler is not None:
@@ -243,15 +255,15 @@ class SpeechServer:
             stream_observers=self.stream_observers,
         )
 
-    async def _handle(self, ws: ServerConnection) -> None:
+    async def _handle(self, websocket: WebSocket) -> None:
         task = asyncio.current_task()
         self._handlers.add(task)
         try:
-            await self._serve_connection(ws)
+            await self._serve_connection(AsgiTransport(websocket))
         finally:
             self._handlers.discard(task)
 
-    async def _serve_connection(self, ws: ServerConnection) -> None:
+    async def _serve_connection(self, ws: Transport) -> None:
         stream_id = uuid.uuid4().hex[:12]
         # Admission is decided before the first await, so concurrent connections cannot overshoot.
         if self._draining:
@@ -286,7 +298,7 @@ class SpeechServer:
         self.streams[stream_id] = stream
         self.admission.record_streams(time.monotonic(), len(self.streams))
         self.counters.accepted += 1
-        log.info("stream %s: opened from %s", stream_id, _peer(ws))
+        log.info("stream %s: opened from %s", stream_id, ws.peer)
         try:
             await stream.run()
         finally:
@@ -305,78 +317,32 @@ class SpeechServer:
         except Exception:  # telemetry must never break serving
             log.exception("observer failed")
 
-    # -- HTTP ---------------------------------------------------------------------------------
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        url = urlsplit(request.path)
-        path = url.path
-        if path == "/stream":
-            if self.token and not self._authorized(request, url.query):
-                self._rejected("unauthorized")
-                response = connection.respond(401, "missing or wrong token\n")
-                response.headers["WWW-Authenticate"] = 'Bearer realm="speechpipe"'
-                return response
-            return None  # go on with the WebSocket handshake
-        if path == "/healthz":
-            return connection.respond(200, "ok\n")
-        if path == "/readyz":
-            if self.ready:
-                return connection.respond(200, "ready\n")
-            return connection.respond(503, "draining\n" if self._draining else "loading model\n")
-        if path == "/metrics":
-            body, content_type = self.metrics()
-            return _response(200, body, content_type)
-        if path in _STATIC:
-            name, content_type = _STATIC[path]
-            body = resources.files("speechpipe.pipeline").joinpath("web", name).read_bytes()
-            return _response(200, body, content_type)
-        return connection.respond(404, "not found\n")
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its signal handlers: :meth:`SpeechServer.serve_forever` handles SIGTERM and
+    SIGINT itself, draining the streams before the HTTP server stops."""
 
-    def _authorized(self, request: Request, query: str) -> bool:
-        given = None
-        auth = request.headers.get("Authorization", "")
-        if auth.lower().startswith("bearer "):
-            given = auth[7:].strip()
-        else:
-            given = (parse_qs(query).get("token") or [None])[0]
-        return given is not None and hmac.compare_digest(given.encode(), self.token.encode())
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
 
 
-async def _reject(ws: ServerConnection, exc: ProtocolError, extra: dict) -> None:
-    from websockets.exceptions import ConnectionClosed
-
+async def _reject(ws: Transport, exc: ProtocolError, extra: dict) -> None:
     async def discard() -> None:  # what the client sends meanwhile must not stall the close
         try:
             while True:
                 await ws.recv()
-        except ConnectionClosed:
+        except Closed:
             pass
 
     reader = asyncio.create_task(discard())
     try:
         await ws.send(P.dumps(P.error(exc.code, exc.message, **extra)))
         await ws.close(exc.close_code, exc.message[:120])
-    except ConnectionClosed:
+    except Closed:
         pass
     finally:
         reader.cancel()
-
-
-def _response(status: int, body: bytes, content_type: str) -> Response:
-    headers = Headers()
-    headers["Content-Type"] = content_type
-    headers["Content-Length"] = str(len(body))
-    headers["Cache-Control"] = "no-store"
-    reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}.get(status, "")
-    return Response(status, reason, headers, body)
-
-
-def _peer(ws: ServerConnection) -> str:
-    try:
-        host, port = ws.remote_address[:2]
-        return f"{host}:{port}"
-    except Exception:  # noqa: BLE001
-        return "?"
 
 
 def _no_metrics() -> tuple[bytes, str]:

@@ -15,8 +15,6 @@ import time
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
-from websockets.exceptions import ConnectionClosed
-
 from speechpipe.pipeline import protocol as P
 from speechpipe.pipeline.hooks import AsrJob
 from speechpipe.pipeline.live.actions import (
@@ -30,11 +28,10 @@ from speechpipe.pipeline.live.actions import (
     SubmitFinal,
 )
 from speechpipe.pipeline.live.core import LiveCore
+from speechpipe.pipeline.live.transport import Closed, Transport
 from speechpipe.pipeline.protocol import ProtocolError
 
 if TYPE_CHECKING:
-    from websockets.asyncio.server import ServerConnection
-
     from speechpipe.pipeline.scheduler import AsrScheduler
 
 log = logging.getLogger("speechpipe.server")
@@ -46,7 +43,7 @@ MAX_OUTGOING = 2000
 class Connection:
     """Serves one WebSocket connection for the lifetime of its stream."""
 
-    def __init__(self, ws: ServerConnection, stream_id: str, context: LiveContext, scheduler: AsrScheduler) -> None:
+    def __init__(self, ws: Transport, stream_id: str, context: LiveContext, scheduler: AsrScheduler) -> None:
         self.ws = ws
         self.stream_id = stream_id
         self.scheduler = scheduler
@@ -72,13 +69,13 @@ class Connection:
         self._writer = asyncio.create_task(self._write(), name=f"writer-{self.stream_id}")
         try:
             await self._serve()
-        except ConnectionClosed:
+        except Closed:
             log.info("stream %s: client went away", self.stream_id)
         except Exception:  # one stream's bug must not take the server down
             log.exception("stream %s: internal error", self.stream_id)
             try:
                 await self._close(self.core.internal_error())
-            except ConnectionClosed:
+            except Closed:
                 pass
         finally:
             self._release()
@@ -111,7 +108,7 @@ class Connection:
             return self._on_inbox(inbox.result())
         if self._recv is not None and self._recv in done:
             recv, self._recv = self._recv, None
-            message = recv.result()  # raises ConnectionClosed when the client went away
+            message = recv.result()  # raises Closed when the client went away
             if self._out.qsize() > MAX_OUTGOING:
                 error = ProtocolError("slow_reader", "the client is not reading the server's messages")
                 return core.fail(error, time.monotonic())
@@ -186,7 +183,7 @@ class Connection:
                 await self._recv
             while True:
                 await self.ws.recv()
-        except ConnectionClosed:
+        except Closed:
             pass
 
     def _release(self) -> None:
