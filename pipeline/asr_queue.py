@@ -11,7 +11,11 @@ one of, in this order of priority:
 2. speculative jobs (a segment transcribed during the VAD's hangover), finals-to-be, the same way;
 3. partials, only once ``partials_after`` has passed (with ``pack_streams``, several streams'
    partials in a window of at most ``partial_window_s``); a partial that waited longer than
-   ``partial_max_age_s`` is dropped as stale.
+   ``partial_max_age_s`` is dropped as stale;
+4. shadow jobs (a shadow variant's finals, never shown), oldest first, while the caller allows one
+   more shadow call (the scheduler keeps a worker free for the clients). At most
+   ``shadow_max_queued`` wait: beyond that the oldest is shed (its future resolves to ``None``,
+   counted), so shadow work is what gives way under load.
 
 Each stream has one slot for non-final work (a partial or a speculative job): offering a new one
 replaces the one still queued, which is dropped (its future resolves to ``None``). Finals are
@@ -67,6 +71,8 @@ class SchedulerStats:
     speculative: int = 0
     partials: int = 0
     partials_dropped: int = 0
+    shadow: int = 0
+    shadow_shed: int = 0
     busy_s: float = 0.0
     max_batch: int = 0
     mixed_calls: int = 0  # calls that carried audio of more than one stream
@@ -83,6 +89,7 @@ class AsrQueue:
         pack_backlog: how many streams must have finals waiting before they share calls.
         partial_window_s: the most audio one call of partials carries (with ``pack_streams``).
         partial_max_age_s: a partial that waited longer is dropped instead of run.
+        shadow_max_queued: shadow jobs that may wait; more sheds the oldest.
     """
 
     def __init__(
@@ -94,6 +101,7 @@ class AsrQueue:
         pack_backlog: int = 2,
         partial_window_s: float = 12.0,
         partial_max_age_s: float = 2.0,
+        shadow_max_queued: int = 32,
     ) -> None:
         self.budget_s = budget_s
         self.gap_s = gap_s
@@ -101,18 +109,40 @@ class AsrQueue:
         self.pack_backlog = pack_backlog
         self.partial_window_s = partial_window_s
         self.partial_max_age_s = partial_max_age_s
+        self.shadow_max_queued = shadow_max_queued
         #: no partial call starts before this (monotonic) time; see ``server.partial_rest``.
         self.partials_after = 0.0
         self.stats = SchedulerStats()
         self._finals: dict[str, deque[Ticket]] = {}
         self._side: dict[str, Ticket] = {}  # one partial or speculative job per stream
         self._order: deque[str] = deque()  # round-robin order of streams
+        self._shadow: deque[Ticket] = deque()  # shadow jobs of every stream, oldest first
 
     # -- submissions ------------------------------------------------------------------------------
 
     def add_final(self, ticket: Ticket) -> None:
         self._finals.setdefault(ticket.stream_id, deque()).append(ticket)
         self._touch(ticket.stream_id)
+
+    def add_shadow(self, ticket: Ticket) -> int:
+        """Queue a shadow ticket; returns how many older shadow tickets were shed to make room."""
+        self._shadow.append(ticket)
+        shed = 0
+        while len(self._shadow) > self.shadow_max_queued:
+            self.shed(self._shadow.popleft())
+            shed += 1
+        return shed
+
+    def shed(self, ticket: Ticket) -> None:
+        """Give up a shadow ticket unrun: its future resolves to None, counted as shed."""
+        ticket.left()
+        if not ticket.future.done():
+            ticket.future.set_result(None)
+            self.stats.shadow_shed += 1
+
+    def shed_all_shadow(self) -> None:
+        while self._shadow:
+            self.shed(self._shadow.popleft())
 
     def offer_side(self, ticket: Ticket) -> None:
         """Put a partial or speculative ticket in its stream's slot, dropping the one queued there."""
@@ -140,7 +170,8 @@ class AsrQueue:
         return t is not None
 
     def cancel_stream(self, stream_id: str) -> int:
-        """Forget every queued ticket of a stream; returns how many were removed."""
+        """Forget every queued ticket of a stream; returns how many were removed. Its shadow jobs
+        stay: they are measured after the stream is over."""
         tickets = list(self._finals.pop(stream_id, ()))
         side = self._side.pop(stream_id, None)
         if side is not None:
@@ -170,6 +201,10 @@ class AsrQueue:
         """(queued finals, queued partials/speculative)."""
         return sum(len(q) for q in self._finals.values()), len(self._side)
 
+    @property
+    def shadow_depth(self) -> int:
+        return len(self._shadow)
+
     def streams(self) -> set[str]:
         """Streams with queued work."""
         return {s for s, q in self._finals.items() if q} | set(self._side)
@@ -184,8 +219,9 @@ class AsrQueue:
 
     # -- picking ------------------------------------------------------------------------------
 
-    def pick(self, now: float) -> list[Ticket]:
-        """The tickets of the next call (empty: nothing to do now); stale partials are dropped."""
+    def pick(self, now: float, shadow_ok: bool = True) -> list[Ticket]:
+        """The tickets of the next call (empty: nothing to do now); stale partials are dropped.
+        ``shadow_ok``: whether a shadow call may start now."""
         for sid, t in list(self._side.items()):
             if t.kind is JobKind.PARTIAL and now - t.submitted > self.partial_max_age_s:
                 del self._side[sid]
@@ -208,6 +244,11 @@ class AsrQueue:
             if self.pack_streams:
                 return self._pack([t.stream_id for t in partials], JobKind.PARTIAL, self.partial_window_s)
             return self._one_stream(partials[0].stream_id)
+        while shadow_ok and self._shadow:
+            t = self._shadow.popleft()
+            batch: list[Ticket] = []
+            if self._take(WindowFill(self.budget_s, self.gap_s), batch, t):
+                return batch
         return []
 
     def _take(self, fill: WindowFill, batch: list[Ticket], t: Ticket) -> bool:
@@ -247,6 +288,8 @@ class AsrQueue:
                     t = t if t is not None and t.kind is kind else None
                 if t is None or not fill.fits(t.job.audio_s):
                     continue
+                if batch and t.job.variant != batch[0].job.variant:
+                    continue  # one call runs one variant's engine
                 if kind is JobKind.FINAL:
                     self._finals[sid].popleft()
                 else:

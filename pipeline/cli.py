@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from speechpipe.pipeline import live_cli
+from speechpipe.pipeline import deploy_cli, live_cli
 from speechpipe.pipeline.cli_args import add_config_arguments, config_from_args
 from speechpipe.pipeline.config import ConfigError
 from speechpipe.pipeline.evaluate import cli as eval_cli
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     eval_cli.add_arguments(e)
     e.set_defaults(func=eval_cli.run_cli)
     live_cli.register(sub)  # serve, stream, mic
+    deploy_cli.register(sub)  # deploy status|switch|promote|rollback|weight|pause|resume
     return parser
 
 

@@ -36,6 +36,15 @@ A config file has up to six tables, every key optional::
     max_streams = 16
     partial_interval_s = 1.0
 
+    [variants.green.vad]       # a named variant: any [vad] / [asr] key over the base config
+    backend = "webrtc"
+
+    [variants.base.asr]
+    model = "base"
+
+The base config itself is the variant named by ``pipeline.variant``; :meth:`Config.for_variant`
+gives the effective config of any variant.
+
 An unknown table or key is an error that names it, so a typo never silently falls back to a
 default.
 """
@@ -43,18 +52,27 @@ default.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import tomllib
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from speechpipe.pipeline.deploy.settings import DeploySettings
 from speechpipe.stages.asr import AsrConfig
 from speechpipe.stages.vad import VadConfig
 from speechpipe.telemetry.settings import TelemetryConfig
 
 OUTPUT_FORMATS = ("json", "txt", "srt", "vtt")
+
+#: the tables a variant may override.
+VARIANT_TABLES = ("vad", "asr")
+#: ASR keys that change how fast, not what, a pipeline transcribes: not part of a variant's id.
+_THROUGHPUT_KEYS = ("threads", "workers")
 
 
 class ConfigError(ValueError):
@@ -122,6 +140,8 @@ class ServerSettings:
         max_queued_finals: per stream; beyond it the server stops reading that stream's audio
             until the ASR worker catches up (TCP backpressure), so memory stays bounded.
         pack_backlog: finals of this many streams waiting make them share Whisper calls.
+        shadow_max_queued: shadow-mode jobs (a shadow variant's finals, run below the clients'
+            work) that may wait; beyond it the oldest is shed, counted.
     """
 
     host: str = "127.0.0.1"
@@ -143,11 +163,12 @@ class ServerSettings:
     stream_gap_s: float = 1.0
     max_queued_finals: int = 8
     pack_backlog: int = 2
+    shadow_max_queued: int = 32
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"server.port must be 0-65535, not {self.port}")
-        for name in ("max_streams", "max_frame_bytes", "max_queued_finals", "pack_backlog"):
+        for name in ("max_streams", "max_frame_bytes", "max_queued_finals", "pack_backlog", "shadow_max_queued"):
             if getattr(self, name) < 1:
                 raise ValueError(f"server.{name} must be at least 1")
         for name in ("idle_timeout_s", "max_stream_s", "drain_timeout_s", "partial_interval_s", "partial_rest"):
@@ -171,9 +192,41 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     server: ServerSettings = field(default_factory=ServerSettings)
+    deploy: DeploySettings = field(default_factory=DeploySettings)
+    #: named variants: ``{name: {"vad": {...}, "asr": {...}}}``, each over this config's tables.
+    variants: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def variant_names(self) -> tuple[str, ...]:
+        """The base variant (``pipeline.variant``) first, then the named variants."""
+        base = self.pipeline.variant
+        return (base,) + tuple(name for name in self.variants if name != base)
+
+    def for_variant(self, name: str) -> Config:
+        """The effective config of variant ``name``: its ``[vad]`` / ``[asr]`` keys over this one's,
+        and ``pipeline.variant`` set to ``name``. Unknown names and keys raise :class:`ConfigError`."""
+        if name == self.pipeline.variant and name not in self.variants:
+            return self
+        if name not in self.variants:
+            known = ", ".join(self.variant_names())
+            raise ConfigError(f"unknown variant {name!r} (known: {known})")
+        tables = self.variants[name]
+        changes = {t: _replace(getattr(self, t), dict(v), f"variants.{name}.{t}") for t, v in tables.items()}
+        changes["pipeline"] = dataclasses.replace(self.pipeline, variant=name)
+        try:
+            return dataclasses.replace(self, **changes)
+        except ValueError as exc:
+            raise ConfigError(f"variants.{name}: {exc}") from None
+
+    @property
+    def variant_id(self) -> str:
+        """A stable id of what this config's pipeline does: a hash of its effective ``[vad]`` and
+        ``[asr]`` settings (thread and worker counts aside), carried on results, spans and metrics."""
+        asr = {k: v for k, v in dataclasses.asdict(self.asr).items() if k not in _THROUGHPUT_KEYS}
+        doc = json.dumps({"vad": dataclasses.asdict(self.vad), "asr": asr}, sort_keys=True, default=str)
+        return hashlib.sha256(doc.encode()).hexdigest()[:8]
 
     def with_file(self, path: str | Path) -> Config:
         """A copy with the tables of the TOML file ``path`` applied on top."""
@@ -188,14 +241,19 @@ class Config:
 
     def with_overrides(self, overrides: dict[str, Any]) -> Config:
         """A copy with dotted keys replaced, e.g. ``{"vad.aggressiveness": 3}``."""
-        tables: dict[str, dict[str, Any]] = {}
+        tables: dict[str, Any] = {}
         for dotted, value in overrides.items():
             if value is None:
                 continue
-            table, _, key = dotted.partition(".")
-            if not key:
+            *path, key = dotted.split(".")
+            if not path or not all(path) or not key:
                 raise ConfigError(f"override {dotted!r} must be written table.key")
-            tables.setdefault(table, {})[key] = value
+            node = tables
+            for part in path:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"override {dotted!r} conflicts with another override")
+            node[key] = value
         return _apply(self, tables, source="override")
 
 
@@ -231,11 +289,36 @@ def _apply(config: Config, data: dict[str, Any], source: str) -> Config:
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: [{table}] must be a table")
         current = getattr(config, table)
-        changes[table] = _replace(current, values, f"{source}: {table}")
+        if table == "variants":
+            changes[table] = _merge_variants(current, values, source)
+        else:
+            changes[table] = _replace(current, values, f"{source}: {table}")
     try:
-        return dataclasses.replace(config, **changes)
+        result = dataclasses.replace(config, **changes)
     except ValueError as exc:  # re-raised as ConfigError for a uniform message
         raise ConfigError(f"{source}: {exc}") from None
+    for name in result.variants:  # every variant must build, so a bad key fails at load time
+        try:
+            result.for_variant(name)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+    return result
+
+
+def _merge_variants(current: Mapping, values: dict[str, Any], source: str) -> dict:
+    merged = {name: {t: dict(v) for t, v in tables.items()} for name, tables in current.items()}
+    for name, tables in values.items():
+        if not isinstance(tables, dict):
+            raise ConfigError(f"{source}: [variants.{name}] must be a table")
+        for table, keys in tables.items():
+            if table not in VARIANT_TABLES:
+                raise ConfigError(
+                    f"{source}: variants.{name}.{table}: a variant overrides only {', '.join(VARIANT_TABLES)}"
+                )
+            if not isinstance(keys, dict):
+                raise ConfigError(f"{source}: [variants.{name}.{table}] must be a table")
+            merged.setdefault(name, {}).setdefault(table, {}).update(keys)
+    return merged
 
 
 def _replace(obj: Any, values: dict[str, Any], where: str) -> Any:
@@ -245,7 +328,11 @@ def _replace(obj: Any, values: dict[str, Any], where: str) -> Any:
     for key, value in values.items():
         if key not in fields:
             raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(fields)})")
-        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):  # a nested table
+            kwargs[key] = _replace(current, value, f"{where}.{key}")
+        else:
+            kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
     try:
         return dataclasses.replace(obj, **kwargs)
     except (ValueError, TypeError) as exc:

@@ -38,6 +38,9 @@ class JobKind(StrEnum):
     SPECULATIVE = "speculative"
     #: the open segment so far, shown as a partial transcript.
     PARTIAL = "partial"
+    #: a shadow variant's final, never shown: run below everything the clients wait for, shed
+    #: first under load.
+    SHADOW = "shadow"
 
 
 @dataclass
@@ -54,6 +57,8 @@ class AsrJob:
     segments: list[SpeechSegment] = field(default_factory=list)
     created: float = field(default_factory=time.monotonic)
     job_id: int = field(default_factory=lambda: next(_job_ids))
+    #: the pipeline variant whose engine runs the job ("" : the scheduler's own engine).
+    variant: str = ""
 
     @property
     def audio_s(self) -> float:

@@ -24,6 +24,10 @@ def register(sub: Any) -> None:
     s.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
     s.add_argument("--port", type=int, help="port (default: 8765; 0 picks a free one)")
     s.add_argument("--token", help="require this bearer token (default: $SPEECHPIPE_TOKEN; none when unset)")
+    s.add_argument(
+        "--admin-token",
+        help="bearer token of the admin API, /admin/* (default: $SPEECHPIPE_ADMIN_TOKEN; without one it answers 403)",
+    )
     s.add_argument("--max-streams", type=int, help="concurrent streams (default: 16)")
     s.add_argument(
         "--partial-interval", type=float, metavar="S", help="seconds of new audio between partials (default: 1.0)"
@@ -61,7 +65,7 @@ def register(sub: Any) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from speechpipe.pipeline.observability import server_telemetry, start_telemetry
-    from speechpipe.pipeline.server import SpeechServer, token_from_env
+    from speechpipe.pipeline.server import SpeechServer, admin_token_from_env, token_from_env
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = {
@@ -75,7 +79,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # one line per Whisper call otherwise
     config = config_from_args(args)
     telemetry = start_telemetry(config, mode="live", metrics_page=True)
-    server = SpeechServer(config, token=token_from_env(args.token), **server_telemetry(telemetry).kwargs())
+    server = SpeechServer(
+        config,
+        token=token_from_env(args.token),
+        admin_token=admin_token_from_env(args.admin_token),
+        **server_telemetry(telemetry).kwargs(),
+    )
     asyncio.run(server.serve_forever())
     return 0
 

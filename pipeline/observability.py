@@ -19,9 +19,16 @@ from speechpipe.telemetry.instruments import Instrumentation, Labels
 from speechpipe.telemetry.setup import Telemetry, TelemetryError
 
 
-def labels_for(config: Config) -> Labels:
-    """What a pipeline run with ``config`` is, for its spans and metric points."""
-    return Labels(variant=config.pipeline.variant, vad_config_id=config.vad.config_id, asr_model=config.asr.model)
+def labels_for(config: Config, role: str = "primary") -> Labels:
+    """What a pipeline run with ``config`` is (in ``role`` of a deployment), for its spans and
+    metric points."""
+    return Labels(
+        variant=config.pipeline.variant,
+        vad_config_id=config.vad.config_id,
+        asr_model=config.asr.model,
+        variant_id=config.variant_id,
+        role=role,
+    )
 
 
 def start_telemetry(
@@ -52,11 +59,13 @@ def start_telemetry(
 @dataclass
 class ServerTelemetry:
     """What plugs telemetry into :class:`~speechpipe.pipeline.server.SpeechServer` (its keyword
-    arguments): the server-level observer, each stream's observers, the ``/metrics`` page, and
-    the flush at shutdown."""
+    arguments): the server-level observer, each stream's observers (for the variant and role that
+    serve it), the instrumentation of a variant and role, the ``/metrics`` page, and the flush at
+    shutdown."""
 
     observer: Observer
-    stream_observers: Callable[[str, dict], list[Observer]]
+    stream_observers: Callable[[str, dict, Config, str], list[Observer]]
+    labelled: Callable[[Config, str], Instrumentation]
     metrics: Callable[[], tuple[bytes, str]]
     on_shutdown: Callable[[], None]
 
@@ -64,6 +73,7 @@ class ServerTelemetry:
         return {
             "observer": self.observer,
             "stream_observers": self.stream_observers,
+            "labelled": self.labelled,
             "metrics": self.metrics,
             "on_shutdown": self.on_shutdown,
         }
@@ -76,13 +86,21 @@ def server_telemetry(telemetry: Telemetry) -> ServerTelemetry:
     from prometheus_client import CONTENT_TYPE_LATEST
 
     inst = telemetry.instrumentation
+    views: dict[Labels, Instrumentation] = {}
 
-    def stream_observers(stream_id: str, attributes: dict) -> list[Observer]:
-        return [inst.stream_observer(mode=n.LIVE, attributes=attributes)]
+    def labelled(config: Config, role: str) -> Instrumentation:
+        labels = labels_for(config, role)
+        if labels not in views:
+            views[labels] = inst.labelled(labels)
+        return views[labels]
+
+    def stream_observers(stream_id: str, attributes: dict, config: Config, role: str) -> list[Observer]:
+        return [labelled(config, role).stream_observer(mode=n.LIVE, attributes=attributes)]
 
     return ServerTelemetry(
         observer=inst,
         stream_observers=stream_observers,
+        labelled=labelled,
         metrics=lambda: (telemetry.prometheus_text(), CONTENT_TYPE_LATEST),
         on_shutdown=telemetry.shutdown,
     )

@@ -74,6 +74,8 @@ class Start:
     channels: int = 1
     language: str = "en"
     partials: bool = True
+    #: the client's own key (a user or device id): a canary routes the same key to the same variant.
+    client: str | None = None
 
     @property
     def bytes_per_frame(self) -> int:
@@ -88,7 +90,7 @@ class Start:
             "channels": self.channels,
             "language": self.language,
             "partials": self.partials,
-        }
+        } | ({"client": self.client} if self.client is not None else {})
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,8 @@ def _bounded_int(text: str) -> int:
     return int(text)
 
 
-_START_FIELDS = {"type", "sample_rate", "encoding", "channels", "language", "partials"}
+_START_FIELDS = {"type", "sample_rate", "encoding", "channels", "language", "partials", "client"}
+MAX_CLIENT_KEY = 128
 
 
 def parse_client_text(text: str, languages: tuple[str, ...] = ("en",)) -> Start | Stop:
@@ -166,7 +169,10 @@ def parse_client_text(text: str, languages: tuple[str, ...] = ("en",)) -> Start 
     partials = msg.get("partials", True)
     if not isinstance(partials, bool):
         raise ProtocolError("bad_message", f"partials must be true or false, got {partials!r}")
-    return Start(int(rate), encoding, channels, language, partials)
+    client = msg.get("client")
+    if client is not None and (not isinstance(client, str) or not 0 < len(client) <= MAX_CLIENT_KEY):
+        raise ProtocolError("bad_message", f"client must be a string of 1-{MAX_CLIENT_KEY} characters, got {client!r}")
+    return Start(int(rate), encoding, channels, language, partials, client)
 
 
 def check_audio(data: bytes, start: Start) -> None:

@@ -35,6 +35,10 @@ class AsrScheduler:
 
     Args:
         engine: the shared engine (one model).
+        engines: more engines by variant name: a job whose ``variant`` names one runs on it (a
+            call never mixes variants); the worker threads are shared, so the CPU is not
+            oversubscribed however many models are loaded.
+        shadow_max_queued: shadow jobs that may wait before the oldest is shed.
         pack_streams: let one Whisper call carry pieces of several streams (partials always,
             finals and speculative jobs under backlog). Off by default: Whisper's word times can
             put a word at the edge of one stream's piece into its neighbour's, i.e. into another
@@ -64,6 +68,8 @@ class AsrScheduler:
         self,
         engine: AsrEngine,
         *,
+        engines: dict[str, AsrEngine] | None = None,
+        shadow_max_queued: int = 32,
         pack_streams: bool = False,
         stream_gap_s: float = 1.0,
         partial_max_age_s: float = 2.0,
@@ -76,11 +82,13 @@ class AsrScheduler:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
+        self.engines = dict(engines or {})
         gap = max(engine.config.gap_s, stream_gap_s)
         # Same model, wider gap between packed pieces: no second copy of the weights.
-        self._packer = (
-            AsrEngine(replace(engine.config, gap_s=gap), model=engine.model) if gap != engine.config.gap_s else engine
-        )
+        self._packers = {
+            name: AsrEngine(replace(e.config, gap_s=gap), model=e.model) if gap != e.config.gap_s else e
+            for name, e in {"": engine, **self.engines}.items()
+        }
         self.window_s = engine.config.window_s
         self.gap_s = gap
         self.partial_rest = partial_rest
@@ -97,6 +105,7 @@ class AsrScheduler:
             pack_backlog=pack_backlog,
             partial_window_s=partial_window_s,
             partial_max_age_s=partial_max_age_s,
+            shadow_max_queued=shadow_max_queued,
         )
         self._lock = threading.Condition()
         self.workers = workers
@@ -119,6 +128,7 @@ class AsrScheduler:
         with self._lock:
             self._stopping = True
             self._queue.drop_all_side()
+            self._queue.shed_all_shadow()
             self._lock.notify_all()
         deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._threads:
@@ -132,6 +142,18 @@ class AsrScheduler:
         ticket = Ticket(job, self.clock(), JobKind.FINAL, on_leave=on_leave)
         with self._lock:
             self._queue.add_final(ticket)
+            self._lock.notify_all()
+        return ticket.future
+
+    def submit_shadow(self, job: AsrJob) -> Future:
+        """Queue a shadow variant's final job (``job.variant`` names its engine). Its future
+        resolves to ``(transcripts, run)``, or to ``None`` when it was shed unrun (load, stop)."""
+        ticket = Ticket(job, self.clock(), JobKind.SHADOW)
+        with self._lock:
+            if self._stopping:
+                self._queue.shed(ticket)
+                return ticket.future
+            self._queue.add_shadow(ticket)
             self._lock.notify_all()
         return ticket.future
 
@@ -181,6 +203,11 @@ class AsrScheduler:
         with self._lock:
             return self._queue.depth()
 
+    def shadow_depth(self) -> int:
+        """Shadow jobs waiting."""
+        with self._lock:
+            return self._queue.shadow_depth
+
     def streams(self) -> set[str]:
         """Streams with queued or running work."""
         with self._lock:
@@ -193,7 +220,7 @@ class AsrScheduler:
     @property
     def idle(self) -> bool:
         with self._lock:
-            return not self._running and self._queue.depth() == (0, 0)
+            return not self._running and self._queue.depth() == (0, 0) and not self._queue.shadow_depth
 
     # -- worker -------------------------------------------------------------------------------
 
@@ -201,7 +228,7 @@ class AsrScheduler:
         while True:
             with self._lock:
                 while True:
-                    batch = self._queue.pick(self.clock())
+                    batch = self._queue.pick(self.clock(), self._shadow_ok())
                     if batch or (self._stopping and not self._queue.has_finals):
                         break
                     rest = self._queue.partials_after - self.clock()
@@ -218,8 +245,20 @@ class AsrScheduler:
                     self._running.remove(batch)
                     self._lock.notify_all()
 
+    def _shadow_ok(self) -> bool:
+        """A shadow call may start while it leaves a worker free for the clients' work (with one
+        worker: only when that worker is idle)."""
+        shadow = sum(1 for batch in self._running if batch[0].kind is JobKind.SHADOW)
+        return shadow < max(1, self.workers - 1) and len(self._running) < self.workers
+
+    def _engine_for(self, batch: list[Ticket]) -> AsrEngine:
+        variant = batch[0].job.variant
+        if len({t.stream_id for t in batch}) > 1:
+            return self._packers.get(variant, self._packers[""])
+        return self.engines.get(variant, self.engine)
+
     def _run(self, batch: list[Ticket]) -> None:
-        engine = self._packer if len({t.stream_id for t in batch}) > 1 else self.engine
+        engine = self._engine_for(batch)
         t0 = self.clock()
         try:
             results = transcribe_call(engine, [t.job for t in batch], self.window_s, self.gap_s, self.tail_filler_s)
@@ -245,9 +284,12 @@ class AsrScheduler:
                     st.finals += 1
                 elif t.kind is JobKind.SPECULATIVE:
                     st.speculative += 1
+                elif t.kind is JobKind.SHADOW:
+                    st.shadow += 1
                 else:
                     st.partials += 1
-        if self.on_call is not None and any(t.kind is not JobKind.PARTIAL for t in batch):
+        promised = (JobKind.FINAL, JobKind.SPECULATIVE)
+        if self.on_call is not None and any(t.kind in promised for t in batch):
             try:
                 self.on_call(now, now - t0)
             except Exception:  # measurement must never break scheduling

@@ -4,52 +4,63 @@ An ASGI app (:mod:`speechpipe.pipeline.http.app`, Starlette) runs under uvicorn,
 implementation is the ``websockets`` library's Sans-I/O protocol; routes that take a request body
 (admin, feedback) need that HTTP layer, which the ``websockets`` server alone does not have.
 
-One :class:`~speechpipe.stages.asr.AsrEngine` (one model) and one
-:class:`~speechpipe.pipeline.scheduler.AsrScheduler` (one worker thread) serve every stream; each
-connection gets its own :class:`~speechpipe.pipeline.live.connection.Connection` around a
-Sans-I/O :class:`~speechpipe.pipeline.live.core.LiveCore`, which is given a
-:class:`~speechpipe.pipeline.live.actions.LiveContext`, not the server.
+Every configured pipeline variant is loaded (:mod:`speechpipe.pipeline.variants`; variants of one
+model share it) and one :class:`~speechpipe.pipeline.scheduler.AsrScheduler` runs all of their
+jobs on the same worker threads. The :class:`~speechpipe.pipeline.deployment.Deployment` decides
+which variant serves each new stream (``[deploy]``: single, shadow, canary, blue/green) and is
+driven by the admin API (:mod:`speechpipe.pipeline.http.admin`). Each connection gets its own
+:class:`~speechpipe.pipeline.live.connection.Connection` around a Sans-I/O
+:class:`~speechpipe.pipeline.live.core.LiveCore`, which is given a
+:class:`~speechpipe.pipeline.live.actions.LiveContext` (by the
+:class:`~speechpipe.pipeline.stream_router.StreamRouter`), not the server.
 
 Telemetry plugs in from outside (see :mod:`speechpipe.pipeline.observability`):
-``stream_observers`` builds the observers of each stream's session (spans, per-stream metrics),
-``observer`` is told about server-level events (streams turned away), and ``metrics`` renders
-``/metrics``.
+``stream_observers`` builds the observers of each stream's session (spans, per-stream metrics)
+for the variant and role that serve it, ``labelled`` gives the instrumentation of a variant and
+role (deployment metrics), ``observer`` is told about server-level events (streams turned away),
+and ``metrics`` renders ``/metrics``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
 import socket
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 
-import uvicorn
 from starlette.websockets import WebSocket
 
-from speechpipe.pipeline import protocol as P
 from speechpipe.pipeline.admission import Admission
-from speechpipe.pipeline.config import Config, ServerSettings
+from speechpipe.pipeline.config import Config, ConfigError
+from speechpipe.pipeline.deployment import Deployment
 from speechpipe.pipeline.hooks import Observer, Observers, StreamRejected
+from speechpipe.pipeline.http.admin import admin_routes
 from speechpipe.pipeline.http.app import build_app
+from speechpipe.pipeline.http.runner import HttpServer, reject, start_http, stop_listening
 from speechpipe.pipeline.http.socket import AsgiTransport
 from speechpipe.pipeline.live.actions import LiveContext
 from speechpipe.pipeline.live.connection import Connection
-from speechpipe.pipeline.live.transport import Closed, Transport
+from speechpipe.pipeline.live.transport import Transport
 from speechpipe.pipeline.protocol import ProtocolError
 from speechpipe.pipeline.scheduler import AsrScheduler
-from speechpipe.stages.asr import AsrConfig, AsrEngine
+from speechpipe.pipeline.stream_router import StreamObservers, StreamRouter
+from speechpipe.pipeline.variants import Variant, live_asr, load_variants
+from speechpipe.stages.asr import AsrEngine
 
 log = logging.getLogger("speechpipe.server")
 
 TOKEN_ENV = "SPEECHPIPE_TOKEN"
+ADMIN_TOKEN_ENV = "SPEECHPIPE_ADMIN_TOKEN"
+#: how often the canary's gates are evaluated.
+DEPLOY_TICK_S = 1.0
 
-StreamObservers = Callable[[str, dict], Sequence[Observer]]
+__all__ = ["SpeechServer", "admin_token_from_env", "live_asr", "token_from_env"]
+
 MetricsRenderer = Callable[[], tuple[bytes, str]]
 
 
@@ -68,11 +79,15 @@ class SpeechServer:
 
     Args:
         config: pipeline settings; ``config.server`` holds the limits.
-        engine: a loaded engine to share (tests pass theirs); loaded from ``config.asr`` otherwise,
-            in a thread, after the socket is listening (``/readyz`` says when).
-        token: required bearer token; None allows everyone.
-        stream_observers: builds the observers of each stream's session from its id and its audio
-            format's attributes (telemetry).
+        engine: a loaded engine to share (tests pass theirs) with every variant of the same ASR
+            settings; the variants' models are loaded otherwise, in a thread, after the socket is
+            listening (``/readyz`` says when).
+        token: required bearer token of streams (and feedback); None allows everyone.
+        admin_token: bearer token of the admin API; None: the admin routes answer 403.
+        stream_observers: builds the observers of each stream's session from its id, its audio
+            format's attributes, the effective config of the variant serving it and its role.
+        labelled: the instrumentation of a variant (its effective config) and role, for the
+            deployment's metrics and spans.
         observer: told server-level events (:class:`~speechpipe.pipeline.hooks.StreamRejected`).
         metrics: renders ``/metrics`` as ``(body, content_type)``; without it the page is empty.
         on_shutdown: called once the server has drained (flush telemetry there).
@@ -84,7 +99,9 @@ class SpeechServer:
         engine: AsrEngine | None = None,
         *,
         token: str | None = None,
+        admin_token: str | None = None,
         stream_observers: StreamObservers | None = None,
+        labelled: Callable[[Config, str], object] | None = None,
         observer: Observer | None = None,
         metrics: MetricsRenderer | None = None,
         on_shutdown: Callable[[], None] | None = None,
@@ -93,14 +110,22 @@ class SpeechServer:
         self.settings = self.config.server
         self.engine = engine
         self.token = token or None
+        self.admin_token = admin_token or None
+        if self.admin_token and self.admin_token == self.token:
+            raise ConfigError("the admin token must differ from the stream token")
         self.stream_observers = stream_observers
+        self.labelled = labelled
+        self.variants: dict[str, Variant] = {}
+        self.deployment: Deployment | None = None
+        self.router: StreamRouter | None = None
+        self._tick_task: asyncio.Task | None = None
         self.observer = Observers([observer])
         self.metrics = metrics or _no_metrics
         self.on_shutdown = on_shutdown
         self.scheduler: AsrScheduler | None = None
         self.streams: dict[str, Connection] = {}
         self.counters = ServerCounters()
-        self._http: _Uvicorn | None = None
+        self._http: HttpServer | None = None
         self._http_task: asyncio.Task | None = None
         self._socket: socket.socket | None = None
         self._ready = asyncio.Event()
@@ -120,11 +145,6 @@ class SpeechServer:
     def ready(self) -> bool:
         return self._ready.is_set() and not self._draining
 
-    @property
-    def languages(self) -> tuple[str, ...]:
-        lang = self.config.asr.language
-        return (lang,) if lang else ("en",)
-
     async def start(self) -> None:
         """Listen, then load the model (unless one was given) in a thread."""
         s = self.settings
@@ -137,64 +157,84 @@ class SpeechServer:
             is_ready=lambda: (self.ready, "draining" if self._draining else "loading model"),
             metrics=self.metrics,
             on_unauthorized=lambda: self._rejected("unauthorized"),
+            extra_routes=admin_routes(
+                admin_token=self.admin_token, stream_token=self.token, deployment=lambda: self.deployment
+            ),
         )
-        config = uvicorn.Config(
-            app,
-            ws="websockets-sansio",
-            # Our own check answers up to 4x the limit with a clear error; beyond that the
-            # protocol closes with 1009 before buffering it all.
-            ws_max_size=4 * s.max_frame_bytes,
-            ws_per_message_deflate=False,  # PCM does not compress; spare the CPU
-            ws_ping_interval=20,
-            ws_ping_timeout=20,
-            lifespan="off",
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            headers=[("server", "speechpipe")],
-            timeout_graceful_shutdown=5,
-        )
-        self._http = _Uvicorn(config)
-        self._http_task = asyncio.create_task(self._http.serve(sockets=[self._socket]), name="http")
-        while not self._http.started:
-            if self._http_task.done():
-                self._http_task.result()
-                raise RuntimeError("the HTTP server stopped while starting")
-            await asyncio.sleep(0.01)
+        # Our own check answers up to 4x the limit with a clear error; beyond that the protocol
+        # closes with 1009 before buffering it all.
+        self._http, self._http_task = await start_http(app, self._socket, 4 * s.max_frame_bytes)
         log.info("listening on ws://%s:%d/stream", s.host, self.port)
-        if self.engine is not None:
-            self._on_engine()
+        if self.engine is not None and not self.config.variants:
+            self._on_variants(load_variants(self.config, list(self.config.variant_names()), self.engine))
         else:
-            self._load_task = asyncio.create_task(self._load())
+            self._load_task = asyncio.create_task(self._load(), name="load-variants")
 
     async def wait_ready(self) -> None:
         await self._ready.wait()
 
     async def _load(self) -> None:
         t0 = time.perf_counter()
+        names = list(self.config.variant_names())
         try:
-            self.engine = await asyncio.to_thread(AsrEngine, live_asr(self.config.asr, self.settings))
+            variants = await asyncio.to_thread(load_variants, self.config, names, self.engine)
+            self._on_variants(variants)
         except Exception:
-            log.exception("could not load the ASR model")
+            log.exception("could not load the pipeline variants")
             raise
-        log.info("model %s loaded in %.1f s", self.config.asr.model, time.perf_counter() - t0)
-        self._on_engine()
+        models = ", ".join(f"{v.name}: {v.config.asr.model}" for v in variants.values())
+        log.info("variants loaded in %.1f s (%s)", time.perf_counter() - t0, models)
 
-    def _on_engine(self) -> None:
+    def _on_variants(self, variants: dict[str, Variant]) -> None:
+        """Everything loaded: the deployment, the scheduler, then ready."""
         s = self.settings
-        self.admission = Admission(self.engine.config.workers, s.max_load, s.stream_load)
+        deploy = self.config.deploy.resolved(self.config.pipeline.variant)
+        try:
+            deploy.check(set(variants))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        config_of = {name: v.config for name, v in variants.items()}
+        labelled = self.labelled
+        self.deployment = Deployment(
+            deploy,
+            {name: v.variant_id for name, v in variants.items()},
+            labelled=(lambda name, role: labelled(config_of[name], role)) if labelled else None,
+        )
+        self.variants = variants
+        primary = variants[self.deployment.controller.primary]
+        self.engine = primary.engine
+        # Read at each stream, so observers can be set after start (tests do).
+        self.router = StreamRouter(
+            self.config,
+            variants,
+            self.deployment,
+            lambda *args: self.stream_observers(*args) if self.stream_observers else [],
+        )
+        workers = self.engine.config.workers
+        self.admission = Admission(workers, s.max_load, s.stream_load)
         self.scheduler = AsrScheduler(
             self.engine,
+            engines={name: v.engine for name, v in variants.items()},
+            shadow_max_queued=s.shadow_max_queued,
             pack_streams=s.pack_streams,
             stream_gap_s=s.stream_gap_s,
             partial_max_age_s=2 * s.partial_interval_s,
             pack_backlog=s.pack_backlog,
             partial_rest=s.partial_rest,
-            workers=self.engine.config.workers,
+            workers=workers,
             on_call=self.admission.record_call,
         )
         self.scheduler.start()
+        self._tick_task = asyncio.get_running_loop().create_task(self._tick(), name="deploy-tick")
         self._ready.set()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(DEPLOY_TICK_S)
+            try:
+                self.deployment.tick()
+            except Exception:  # the deployment's bug must not stop serving
+                log.exception("deploy tick failed")
 
     async def shutdown(self) -> None:
         """Graceful stop: refuse new streams, let each stream finish (pending finals, ``end``,
@@ -205,8 +245,7 @@ class SpeechServer:
         self._draining = True
         log.info("draining %d stream(s)", len(self.streams))
         if self._http is not None:
-            for listener in self._http.servers:
-                listener.close()  # stop listening; open streams go on
+            stop_listening(self._http)
         for stream in list(self.streams.values()):
             stream.shutdown()
         if self._handlers:
@@ -218,6 +257,8 @@ class SpeechServer:
             await self._http_task
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
+        if self._tick_task is not None:
+            self._tick_task.cancel()
         if self.scheduler is not None:
             await asyncio.to_thread(self.scheduler.stop, 10.0)
         if self.on_shutdown is not None:
@@ -235,9 +276,15 @@ class SpeechServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await self.start()
+        stopped = asyncio.ensure_future(stop.wait())
         try:
-            await stop.wait()
+            waiting = {stopped} | ({self._load_task} if self._load_task is not None else set())
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if self._load_task in done and self._load_task.exception() is not None:
+                raise self._load_task.exception()  # a variant that cannot load stops the server
+            await stopped
         finally:
+            stopped.cancel()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             await self.shutdown()
@@ -245,15 +292,8 @@ class SpeechServer:
     # -- per stream ---------------------------------------------------------------------------
 
     def context(self) -> LiveContext:
-        """What each stream is given (the server's settings and its engine's model)."""
-        return LiveContext(
-            settings=self.settings,
-            vad=self.config.vad,
-            languages=self.languages,
-            model=self.engine.model_name,
-            variant=self.config.pipeline.variant,
-            stream_observers=self.stream_observers,
-        )
+        """What each stream is given before its ``start``: the router picks its variant then."""
+        return self.router.base_context()
 
     async def _handle(self, websocket: WebSocket) -> None:
         task = asyncio.current_task()
@@ -292,7 +332,7 @@ class SpeechServer:
         if exc is not None:
             self._rejected(reason)
             retry = {} if exc.code == "shutting_down" else {"retry_after_s": self.settings.retry_after_s}
-            await _reject(ws, exc, retry)
+            await reject(ws, exc, retry)
             return
         stream = Connection(ws, stream_id, self.context(), self.scheduler)
         self.streams[stream_id] = stream
@@ -318,45 +358,15 @@ class SpeechServer:
             log.exception("observer failed")
 
 
-class _Uvicorn(uvicorn.Server):
-    """uvicorn without its signal handlers: :meth:`SpeechServer.serve_forever` handles SIGTERM and
-    SIGINT itself, draining the streams before the HTTP server stops."""
-
-    @contextlib.contextmanager
-    def capture_signals(self):
-        yield
-
-
-async def _reject(ws: Transport, exc: ProtocolError, extra: dict) -> None:
-    async def discard() -> None:  # what the client sends meanwhile must not stall the close
-        try:
-            while True:
-                await ws.recv()
-        except Closed:
-            pass
-
-    reader = asyncio.create_task(discard())
-    try:
-        await ws.send(P.dumps(P.error(exc.code, exc.message, **extra)))
-        await ws.close(exc.close_code, exc.message[:120])
-    except Closed:
-        pass
-    finally:
-        reader.cancel()
-
-
 def _no_metrics() -> tuple[bytes, str]:
     return b"", "text/plain; version=0.0.4; charset=utf-8"
-
-
-def live_asr(asr: AsrConfig, settings: ServerSettings, cores: int | None = None) -> AsrConfig:
-    """The ASR settings of a live server: ``server.asr_workers`` calls at once (one per core by
-    default), each on ``asr.threads`` threads (by default the cores shared out between them)."""
-    cores = cores or os.cpu_count() or 1
-    workers = settings.asr_workers or cores
-    return replace(asr, workers=workers, threads=asr.threads or max(1, cores // workers))
 
 
 def token_from_env(flag: str | None) -> str | None:
     """The token from ``--token``, else from ``$SPEECHPIPE_TOKEN``; empty means none."""
     return flag or os.environ.get(TOKEN_ENV) or None
+
+
+def admin_token_from_env(flag: str | None) -> str | None:
+    """The admin token from ``--admin-token``, else from ``$SPEECHPIPE_ADMIN_TOKEN``; empty means none."""
+    return flag or os.environ.get(ADMIN_TOKEN_ENV) or None

@@ -102,6 +102,7 @@ class StreamSession:
         stream_id: identifier used in events and telemetry; random when not given.
         observers: told every event of the stream (see :mod:`speechpipe.pipeline.hooks`).
         clock: monotonic seconds; the arrival time of fed audio and of finals.
+        variant: the pipeline variant whose engine is to run this stream's jobs (stamped on them).
     """
 
     def __init__(
@@ -116,10 +117,12 @@ class StreamSession:
         stream_id: str | None = None,
         observers: Iterable[Observer | None] = (),
         clock: Callable[[], float] = time.monotonic,
+        variant: str = "",
     ) -> None:
         if channels < 1:
             raise SessionError(f"channels must be at least 1, not {channels}")
         self.stream_id = stream_id or uuid.uuid4().hex[:12]
+        self.variant = variant
         self.sample_rate = sample_rate
         self.channels = channels
         self.pack_s = pack_s
@@ -225,6 +228,7 @@ class StreamSession:
             JobKind.FINAL,
             [AudioPiece(s.index, s.start_sample, s.audio) for s in segments],
             segments=segments,
+            variant=self.variant,
         )
         self._in_flight[job.job_id] = job
         return job
@@ -237,7 +241,7 @@ class StreamSession:
         index, start, audio = open_seg
         if audio.size < min_audio_s * SAMPLE_RATE:
             return None
-        return AsrJob(self.stream_id, JobKind.PARTIAL, [AudioPiece(index, start, audio)])
+        return AsrJob(self.stream_id, JobKind.PARTIAL, [AudioPiece(index, start, audio)], variant=self.variant)
 
     def speculative_job(self, min_audio_s: float = 0.3) -> AsrJob | None:
         """A job holding exactly the audio the open segment will close with if the pause that has
@@ -252,7 +256,7 @@ class StreamSession:
         index, start, audio = closing
         if audio.size < min_audio_s * SAMPLE_RATE:
             return None
-        return AsrJob(self.stream_id, JobKind.SPECULATIVE, [AudioPiece(index, start, audio)])
+        return AsrJob(self.stream_id, JobKind.SPECULATIVE, [AudioPiece(index, start, audio)], variant=self.variant)
 
     def job_queued(self, job: AsrJob) -> None:
         """Tell the observers a driver queued ``job`` for a shared engine."""

@@ -65,11 +65,15 @@ class Labels:
         vad_config_id: default ``vad.config_id`` (each stream reports its own session's id; this
             one labels process-level metrics such as CPU and rejected streams).
         asr_model: ``asr.model`` on stream spans.
+        variant_id: ``pipeline.variant_id``, the hash of the variant's effective settings.
+        role: ``deploy.role``: ``primary``, ``candidate`` or ``shadow``.
     """
 
     variant: str = "default"
     vad_config_id: str = ""
     asr_model: str = ""
+    variant_id: str = ""
+    role: str = "primary"
 
 
 class _Instruments:
@@ -171,6 +175,8 @@ class Instrumentation:
         """The attributes every metric point carries."""
         return {
             n.PIPELINE_VARIANT: self.labels.variant,
+            n.VARIANT_ID: self.labels.variant_id,
+            n.DEPLOY_ROLE: self.labels.role,
             n.VAD_CONFIG_ID: vad_config_id if vad_config_id is not None else self.labels.vad_config_id,
             n.PIPELINE_MODE: mode or self.mode,
         }

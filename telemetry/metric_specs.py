@@ -16,7 +16,7 @@ OBSERVABLE_GAUGE = "observable_gauge"
 OBSERVABLE_UP_DOWN_COUNTER = "observable_updowncounter"
 
 #: attributes carried by every metric point.
-BASE_METRIC_ATTRIBUTES = (n.PIPELINE_VARIANT, n.VAD_CONFIG_ID, n.PIPELINE_MODE)
+BASE_METRIC_ATTRIBUTES = (n.PIPELINE_VARIANT, n.VARIANT_ID, n.DEPLOY_ROLE, n.VAD_CONFIG_ID, n.PIPELINE_MODE)
 
 _SECONDS_FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _SECONDS_SLOW = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0)
@@ -116,6 +116,73 @@ METRICS: tuple[MetricSpec, ...] = (
         (n.SEGMENT_LOST,),
         "software",
         "segments that will never get a final transcript, by reason (drain_timeout, asr_failed, disconnected, abandoned)",
+    ),
+    # -- deployment (pipeline.variant / deploy.role: the variant concerned) -----------------------
+    MetricSpec(
+        n.DEPLOY_CHANGES,
+        COUNTER,
+        "{change}",
+        (n.DEPLOY_ACTION,),
+        "software",
+        "changes of the deployment: canary steps, rollbacks, promotions, switches, admin actions",
+    ),
+    MetricSpec(
+        n.DEPLOY_ROLLBACKS,
+        COUNTER,
+        "{rollback}",
+        (n.DEPLOY_GATE,),
+        "software",
+        "automatic rollbacks of a canary, by the gate that failed (deploy.gate = admin for manual ones)",
+    ),
+    MetricSpec(
+        n.DEPLOY_WEIGHT,
+        UP_DOWN_COUNTER,
+        "1",
+        (),
+        "software",
+        "share of new streams routed to each variant now (kept as the sum of its changes)",
+    ),
+    MetricSpec(
+        n.SHADOW_SEGMENTS,
+        COUNTER,
+        "{segment}",
+        (n.SHADOW_OUTCOME,),
+        "software",
+        "segments given to a shadow variant: done, shed under load (never run) or failed",
+    ),
+    MetricSpec(
+        n.SHADOW_AGREEMENT,
+        HISTOGRAM,
+        "1",
+        (n.SHADOW_EMPTY_MISMATCH,),
+        "output",
+        "agreement of the shadow with the primary per segment: 1 - WER(shadow vs primary), floored at 0",
+        _RATIO,
+    ),
+    MetricSpec(
+        n.SHADOW_LATENCY,
+        HISTOGRAM,
+        "s",
+        (),
+        "software",
+        "segment closed -> shadow transcript ready (it waits below the clients' work)",
+        _SECONDS_SLOW,
+    ),
+    MetricSpec(
+        n.FEEDBACK_WORDS,
+        COUNTER,
+        "{word}",
+        (),
+        "output",
+        "reference words of human feedback scored against each variant (WER = feedback.errors / this)",
+    ),
+    MetricSpec(
+        n.FEEDBACK_ERRORS,
+        COUNTER,
+        "{word}",
+        (),
+        "output",
+        "word errors (substitutions + deletions + insertions) of each variant against human feedback",
     ),
     MetricSpec(n.STREAMS_ACTIVE, UP_DOWN_COUNTER, "{stream}", (), "software", "streams open now"),
     MetricSpec(

@@ -27,11 +27,17 @@ EVENT_VAD_DISCARDED = "vad.discarded"
 """A triggered region closed with too little speech to make a segment."""
 EVENT_FINAL_LOST = "final.lost"
 """A segment that will never get its final (the server stopped or broke first, or the client left)."""
+EVENT_DEPLOY_CHANGE = "deploy.change"
+"""The deployment changed (a step, a rollback, an admin action): on the ``deploy`` span of the change."""
+SPAN_DEPLOY = "deploy"
+"""One change of the deployment (root span; its event carries the figures)."""
 
 # -- attribute keys -------------------------------------------------------------------------------
 
 # on every span and metric
 PIPELINE_VARIANT = "pipeline.variant"
+VARIANT_ID = "pipeline.variant_id"  # hash of the variant's effective [vad] and [asr] settings
+DEPLOY_ROLE = "deploy.role"  # primary | candidate | shadow
 VAD_CONFIG_ID = "vad.config_id"
 PIPELINE_MODE = "pipeline.mode"  # OFFLINE | LIVE
 OFFLINE = "offline"
@@ -106,6 +112,10 @@ STREAM_REJECT_REASON = "stream.reject_reason"
 INPUT_REASON = "input.reason"
 AUDIO_SCOPE = "audio.scope"  # "segment" | "stream"
 CPU_MODE = "cpu.mode"
+DEPLOY_ACTION = "deploy.action"  # start | advance | rollback | promote | switch | set_weight | pause | resume
+DEPLOY_GATE = "deploy.gate"
+SHADOW_OUTCOME = "shadow.outcome"  # done | shed | failed
+SHADOW_EMPTY_MISMATCH = "shadow.empty_mismatch"
 
 # -- metrics --------------------------------------------------------------------------------------
 
@@ -120,6 +130,15 @@ FINAL_LATENCY = "speechpipe.final.latency"
 STREAMS_ACTIVE = "speechpipe.streams.active"
 STREAMS_REJECTED = "speechpipe.streams.rejected"
 FINALS_LOST = "speechpipe.finals.lost"
+# deployment
+DEPLOY_CHANGES = "speechpipe.deploy.changes"
+DEPLOY_ROLLBACKS = "speechpipe.deploy.rollbacks"
+DEPLOY_WEIGHT = "speechpipe.deploy.weight"
+SHADOW_SEGMENTS = "speechpipe.shadow.segments"
+SHADOW_AGREEMENT = "speechpipe.shadow.agreement"
+SHADOW_LATENCY = "speechpipe.shadow.latency"
+FEEDBACK_WORDS = "speechpipe.feedback.words"
+FEEDBACK_ERRORS = "speechpipe.feedback.errors"
 PROCESS_CPU_TIME = "process.cpu.time"
 PROCESS_CPU_UTILIZATION = "process.cpu.utilization"
 PROCESS_MEMORY_USAGE = "process.memory.usage"

@@ -150,6 +150,8 @@ class StreamTelemetry:
         self._span_attrs = {
             n.STREAM_ID: ev.stream_id,
             n.PIPELINE_VARIANT: inst.labels.variant,
+            n.VARIANT_ID: inst.labels.variant_id,
+            n.DEPLOY_ROLE: inst.labels.role,
             n.VAD_CONFIG_ID: ev.vad_config_id,
         }
         attrs: dict[str, Any] = {

@@ -35,7 +35,10 @@ class ServerThread:
         self.hook_log: list = []
         self.loop = asyncio.new_event_loop()
         self.server = SpeechServer(
-            config, engine, token=token, stream_observers=lambda sid, attrs: [RecordingObserver(self.hook_log)]
+            config,
+            engine,
+            token=token,
+            stream_observers=lambda sid, attrs, *_variant: [RecordingObserver(self.hook_log)],
         )
         self.thread = threading.Thread(target=self.loop.run_forever, name="test-server", daemon=True)
 

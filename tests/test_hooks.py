@@ -86,7 +86,7 @@ def test_an_offline_file_reports_every_stream_event_to_each_observer(engine):
 def test_a_live_stream_reports_queue_events_too(engine):
     a, b = Recorder(), Recorder()
     with ServerThread(engine) as srv:
-        srv.server.stream_observers = lambda sid, attrs: [a, b]
+        srv.server.stream_observers = lambda sid, attrs, *_variant: [a, b]
         result = asyncio.run(stream_file(srv.url, JFK, speed=0))
     assert result.finals and not result.errors
     expected = {h.StreamStarted, h.AudioFed, h.VadOutput, h.AsrQueued, h.AsrDequeued, h.AsrCompleted}

@@ -32,7 +32,7 @@ def test_live_stream_telemetry_spans_and_metrics(engine):
     meter_provider = MeterProvider(metric_readers=[reader])
     inst = instrumentation_for(Config(), tracer_provider, meter_provider, mode="live", process_metrics=False)
     with ServerThread(engine) as srv:
-        srv.server.stream_observers = lambda sid, attrs: [inst.stream_observer(mode="live")]
+        srv.server.stream_observers = lambda sid, attrs, *_variant: [inst.stream_observer(mode="live")]
         result = asyncio.run(stream_file(srv.url, JFK, speed=0))
     assert result.finals and not result.errors
     spans = exporter.get_finished_spans()

@@ -46,6 +46,13 @@ class Promote:
 
 
 @dataclass(frozen=True)
+class SubmitShadow:
+    """Queue a shadow variant's job (never shown to the client); its result is the shadow's."""
+
+    job: AsrJob
+
+
+@dataclass(frozen=True)
 class Close:
     """Send what is queued, then close the connection with ``code`` and ``reason``; the stream is over."""
 
@@ -53,7 +60,7 @@ class Close:
     reason: str
 
 
-Action = Send | SubmitFinal | OfferSide | DropSide | Promote | Close
+Action = Send | SubmitFinal | OfferSide | DropSide | Promote | SubmitShadow | Close
 
 
 @dataclass(frozen=True)
@@ -65,9 +72,17 @@ class LiveContext:
         vad: the VAD configuration of every stream.
         languages: language codes the model serves.
         model: the model name, told to the client in ``ready``.
-        variant: the pipeline variant, told to the client in ``ready``.
+        variant: the pipeline variant, told to the client in ``ready`` and on every final.
         stream_observers: builds the observers of a new stream's session from its id and the
             attributes of its audio format (telemetry).
+        role: the variant's part in the deployment (``primary`` or ``candidate``), told in ``ready``.
+        variant_id: the variant's config id, told in ``ready``.
+        shadow_variant: a variant that transcribes the stream hidden beside it (shadow mode).
+        shadow_vad: the shadow's VAD, when it differs from ``vad`` (a second VAD then runs on the
+            same audio); None: the shadow transcribes the primary's own segments.
+        on_shadow: given each shadow job and the future of its result (the deployment scores it).
+        route: once ``start`` is read, gives the context of the variant that serves the stream,
+            from the client's key in ``start`` (a canary's sticky routing) and the stream id.
     """
 
     settings: ServerSettings
@@ -76,6 +91,12 @@ class LiveContext:
     model: str
     variant: str
     stream_observers: Callable[[str, dict], Sequence[Observer]] | None = None
+    role: str = "primary"
+    variant_id: str = ""
+    shadow_variant: str = ""
+    shadow_vad: VadConfig | None = None
+    on_shadow: Callable[[str, AsrJob, object], None] | None = None
+    route: Callable[[str | None, str], LiveContext] | None = None
 
 
 @dataclass

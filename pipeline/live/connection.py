@@ -26,6 +26,7 @@ from speechpipe.pipeline.live.actions import (
     Promote,
     Send,
     SubmitFinal,
+    SubmitShadow,
 )
 from speechpipe.pipeline.live.core import LiveCore
 from speechpipe.pipeline.live.transport import Closed, Transport
@@ -143,6 +144,11 @@ class Connection:
                     fut = self._futures.get(job.job_id)
                     if fut is not None:
                         self.scheduler.promote(fut)  # if it was dropped meanwhile, its None result says so
+                case SubmitShadow(job=job):
+                    fut = self.scheduler.submit_shadow(job)
+                    on_shadow = self.core.context.on_shadow
+                    if on_shadow is not None:
+                        on_shadow(self.stream_id, job, fut)
                 case Close():
                     self._closing = action
 

@@ -19,6 +19,7 @@ the segment's end to the final), measured when the final is handed to the connec
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from speechpipe.pipeline.live.actions import (
     Send,
     StreamStats,
     SubmitFinal,
+    SubmitShadow,
 )
 from speechpipe.pipeline.live.side import Result, Side, SideSlot
 from speechpipe.pipeline.protocol import ProtocolError, Start, Stop
@@ -80,6 +82,8 @@ class LiveCore:
         self._error: ProtocolError | None = None
         self._finals: deque[_Final] = deque()
         self._slot: SideSlot | None = None
+        #: the shadow variant's own VAD on the same audio, when its VAD differs from ours
+        self._shadow: StreamSession | None = None
 
     # -- what the connection asks ---------------------------------------------------------------
 
@@ -218,7 +222,8 @@ class LiveCore:
         while self._finals:
             for seg in self.session.lose(self._finals.popleft().job, reason):
                 self.stats.lost += 1
-                actions.append(Send(P.final_lost(seg.index, seg.start_s, seg.end_s, reason)))
+                lost = P.final_lost(seg.index, seg.start_s, seg.end_s, reason)
+                actions.append(Send(lost | {"variant": self.context.variant}))
         return actions
 
     def release(self) -> int:
@@ -227,6 +232,8 @@ class LiveCore:
         self._finals.clear()
         if self._slot is not None:
             self._slot.clear()
+        if self._shadow is not None:
+            self._shadow.close()
         if self.session is None:
             return 0
         lost = 0 if self.session.done else self.session.abandon(reason="disconnected")
@@ -244,6 +251,8 @@ class LiveCore:
         if isinstance(start, Stop):
             raise ProtocolError("bad_message", "stop received before start")
         self.start = start
+        if self.context.route is not None:
+            self.context = self.context.route(start.client, self.stream_id)
         attributes = {"audio.encoding": start.encoding, "audio.channels": start.channels}
         factory = self.context.stream_observers
         self.session = StreamSession(
@@ -254,7 +263,17 @@ class LiveCore:
             stream_id=self.stream_id,
             observers=factory(self.stream_id, attributes) if factory else (),
             clock=lambda: self._now,
+            variant=self.context.variant,
         )
+        if self.context.shadow_variant and self.context.shadow_vad is not None:
+            self._shadow = StreamSession(
+                self.context.shadow_vad,
+                sample_rate=start.sample_rate,
+                channels=start.channels,
+                stream_id=self.stream_id,
+                clock=lambda: self._now,
+                variant=self.context.shadow_variant,
+            )
         self._slot = SideSlot(self.session, self.settings, self.partials_wanted, self.stats)
         self.state = State.STREAMING
         self._opened = self._now
@@ -265,6 +284,7 @@ class LiveCore:
             model=self.context.model,
             variant=self.context.variant,
         )
+        ready |= {"role": self.context.role, "variant_id": self.context.variant_id}
         return [Send(ready | {"partials": self.partials_wanted})]
 
     def _audio(self, data: bytes) -> list[Action]:
@@ -275,6 +295,9 @@ class LiveCore:
             raise ProtocolError("bad_audio", str(exc)) from None
         self.stats.audio_s = self.session.audio_s
         actions = self._handle(events)
+        if self._shadow is not None:
+            self._shadow.feed_pcm(data, self.start.encoding)
+            actions += self._shadow_jobs()
         actions += self._slot.next()
         if max(self.stats.audio_s, self._now - self._opened) > self.settings.max_stream_s:
             limit = f"the stream reached this server's limit of {self.settings.max_stream_s:g} s"
@@ -295,7 +318,15 @@ class LiveCore:
         jobs = self.session.take_jobs()
         for job in jobs:
             actions += self._queue_final(job)
+            if self.context.shadow_variant and self._shadow is None:  # the shadow shares our segments
+                actions.append(self._as_shadow(job))
         return actions + self._slot.drop_if_stale(bool(jobs))
+
+    def _as_shadow(self, job: AsrJob) -> SubmitShadow:
+        return SubmitShadow(dataclasses.replace(job, kind=JobKind.SHADOW, variant=self.context.shadow_variant))
+
+    def _shadow_jobs(self) -> list[Action]:
+        return [self._as_shadow(job) for job in self._shadow.take_jobs()]
 
     def _submit(self, job: AsrJob) -> SubmitFinal:
         self.session.job_queued(job)
@@ -334,7 +365,8 @@ class LiveCore:
                         run.queue_wait_s if run else -1,
                         run.wall_s if run else -1,
                     )
-                actions.append(Send(P.final(seg.index, seg.start_s, seg.end_s, final.transcript, latency)))
+                message = P.final(seg.index, seg.start_s, seg.end_s, final.transcript, latency)
+                actions.append(Send(message | {"variant": self.context.variant}))
         return actions
 
     def _drain(self, reason: str) -> list[Action]:
@@ -342,7 +374,11 @@ class LiveCore:
         self.state = State.DRAINING
         self._drain_reason = reason
         self._drain_deadline = self._now + self.settings.drain_timeout_s
-        return self._handle(self.session.finish()) + self._emit_finals() + self._maybe_end()
+        shadow: list[Action] = []
+        if self._shadow is not None:
+            self._shadow.finish()
+            shadow = self._shadow_jobs()
+        return self._handle(self.session.finish()) + shadow + self._emit_finals() + self._maybe_end()
 
     def _maybe_end(self) -> list[Action]:
         if self.state is State.DRAINING and not self._finals:

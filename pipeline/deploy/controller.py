@@ -1,0 +1,387 @@
+"""The deploy controller: which variant serves each new stream, and the canary's steps, gates,
+rollbacks and promotions. Pure and synchronous: time comes in as ``now`` (seconds, any clock the
+caller keeps to), decisions go out as :class:`~speechpipe.pipeline.deploy.events.Change` records
+(the caller persists and reports them). Admin actions are in :mod:`.admin`.
+
+States: ``stable`` (single), ``shadowing`` (shadow), ``progressing`` (a canary ramping), ``live``
+(blue/green, nothing switched yet), ``switched`` (blue/green after a switch or a promote), and
+``rolled_back`` / ``promoted`` after those decisions.
+
+Canary rules:
+
+* A failing gate rolls back at once, as soon as both sides have its data, whatever the step's
+  minimums (early rollback): a bad candidate should not keep its share of the users until the
+  step is over. A gate without data neither passes nor fails.
+* A step advances only once it has lasted ``step_min_s`` and seen ``step_min_streams`` candidate
+  streams end, and only if at least one gate passed: a step where nothing could be measured (no
+  candidate finals at all) holds until something can.
+* The gates compare the candidate's window (the current step) with the primary's. Where the
+  primary has fewer than ``gates.min_finals`` finals in the window (at 100 % it gets no new
+  streams) its figures over the whole rollout so far stand in.
+* After the last step (1.0) passes, the candidate is promoted: it becomes the primary.
+* ``pause`` stops every automatic decision, rollbacks included; the gates are still evaluated
+  (for the snapshot), and routing keeps the current weights.
+
+Routing: a canary stream goes to the candidate when ``share_of(key, candidate) < weight``, the key
+being the client key (``sticky = "client"`` and one given) or the stream id, so as the weight
+ramps a client once on the candidate stays on it.
+
+Restart: ``state`` (a :meth:`DeployController.snapshot`, e.g. from the store) is resumed when its
+history's last change belongs to the deployment the settings describe (same mode, primary and
+candidate); a ``start`` change records the resume. Otherwise the settings win: the history is
+kept, the deployment starts over, and the ``start`` change says what changed. The window's
+figures are not saved: a resumed step starts a new window (its clock and counts start again).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from speechpipe.pipeline.deploy.admin import apply_action
+from speechpipe.pipeline.deploy.events import Assignment, Change, share_of
+from speechpipe.pipeline.deploy.gates import GateResult, WindowStats, evaluate_gates
+from speechpipe.pipeline.deploy.settings import DeploySettings
+
+INITIAL_STATE = {"single": "stable", "shadow": "shadowing", "canary": "progressing", "bluegreen": "live"}
+#: the states each mode can be in.
+STATES = {
+    "single": ("stable",),
+    "shadow": ("shadowing", "rolled_back", "promoted"),
+    "canary": ("progressing", "rolled_back", "promoted"),
+    "bluegreen": ("live", "switched", "rolled_back"),
+}
+
+
+class DeployController:
+    """See the module docstring.
+
+    Args:
+        settings: the ``[deploy]`` table with ``primary`` resolved; checked against ``variants``
+            (a ValueError names a missing variant).
+        variants: every configured variant's config id, by name.
+        now: the time (seconds).
+        state: a :meth:`snapshot` to resume from (a restart).
+    """
+
+    def __init__(
+        self, settings: DeploySettings, variants: Mapping[str, str], now: float, state: dict | None = None
+    ) -> None:
+        settings.check(set(variants))
+        self.settings = settings
+        self.variants = dict(variants)
+        self.mode = settings.mode
+        self.history: list[Change] = []
+        self.streams: dict[str, int] = {name: 0 for name in self.variants}
+        self.paused = False
+        self.state = ""
+        self._start_over()
+        self.last_gates: list[GateResult] = []
+        self._unkeyed = 0
+        self._windows: dict[str, WindowStats] = {}
+        self._baseline = WindowStats()
+        self._window_started = now
+        if state is None:
+            self._new_window(now, keep_baseline=False)
+            self._record(now, "start", f"deploy started: {self._describe(self.deployment)}", INITIAL_STATE[self.mode])
+            return
+        try:
+            self.history = [Change.from_dict(c) for c in state.get("history", [])]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a damaged file must not stop a start
+            self._new_window(now, keep_baseline=False)
+            self._record(
+                now,
+                "start",
+                f"the saved history could not be read ({exc!r}): the deployment starts over",
+                INITIAL_STATE[self.mode],
+            )
+            return
+        saved = self.history[-1].deployment if self.history else {}
+        if saved == self.deployment and state.get("mode") == self.mode and self._resume(state):
+            self._new_window(now, keep_baseline=False)
+            self._record(now, "start", f"restart: resumed the saved state ({self._where()})", self.state)
+            return
+        self._start_over()  # _resume may have taken part of the state before it gave up
+        self.state = str(state.get("state", ""))  # the start's from_state: the one dropped
+        self.streams = {name: 0 for name in self.variants}
+        self._new_window(now, keep_baseline=False)
+        why = (
+            f"settings changed from {self._describe(saved)} to {self._describe(self.deployment)}: "
+            f"the saved state is dropped, the deployment starts over"
+            if saved != self.deployment
+            else f"the saved state could not be resumed: {self._describe(self.deployment)} starts over"
+        )
+        self._record(now, "start", why, INITIAL_STATE[self.mode])
+
+    @classmethod
+    def restore(
+        cls, settings: DeploySettings, variants: Mapping[str, str], snapshot: dict | None, now: float
+    ) -> DeployController:
+        """A controller resuming ``snapshot`` (None: a fresh start); see the module docstring."""
+        return cls(settings, variants, now, state=snapshot)
+
+    @property
+    def deployment(self) -> dict[str, str]:
+        """What the settings deploy: mode, primary, candidate (recorded on every change)."""
+        return {"mode": self.mode, "primary": self.settings.primary, "candidate": self.settings.candidate}
+
+    # -- routing ----------------------------------------------------------------------------------
+
+    def assign(self, now: float, client_key: str | None = None, stream_id: str = "") -> Assignment:
+        """The variant of a new stream; see the module docstring for the canary's routing."""
+        if self.mode == "bluegreen":
+            out = Assignment(self.active, "primary")
+        elif self.mode == "shadow" and self.state == "shadowing":
+            out = Assignment(self.primary, "primary", shadow=self.candidate)
+        elif self.mode == "canary" and self.candidate and self.weight > 0:
+            if client_key and self.settings.sticky == "client":
+                key = f"client:{client_key}"
+            elif stream_id:
+                key = f"stream:{stream_id}"
+            else:  # nothing to hash: a count, so successive streams still spread over the weights
+                self._unkeyed += 1
+                key = f"unkeyed:{self._unkeyed}"
+            if share_of(key, self.candidate) < self.weight:
+                out = Assignment(self.candidate, "candidate")
+            else:
+                out = Assignment(self.primary, "primary")
+        else:
+            out = Assignment(self.primary, "primary")
+        for name in (out.variant, out.shadow):
+            if name:
+                self.streams[name] = self.streams.get(name, 0) + 1
+        return out
+
+    def role_of(self, variant: str) -> str:
+        """``primary``, ``candidate``, ``shadow`` (shadow mode's candidate), ``standby`` (blue/green's
+        inactive one) or ``idle`` (configured but not deployed)."""
+        if self.mode == "bluegreen":
+            if variant == self.active:
+                return "primary"
+            return "standby" if variant in (self.primary, self.candidate) else "idle"
+        if variant == self.primary:
+            return "primary"
+        if variant and variant == self.candidate:
+            return "shadow" if self.mode == "shadow" else "candidate"
+        return "idle"
+
+    def weight_of(self, variant: str) -> float:
+        """The share of new streams ``variant`` serves now (a shadow serves none)."""
+        role = self.role_of(variant)
+        if self.mode == "canary" and self.candidate:
+            return {"candidate": self.weight, "primary": 1.0 - self.weight}.get(role, 0.0)
+        return 1.0 if role == "primary" else 0.0
+
+    def weights(self) -> dict[str, float]:
+        """Each deployed (not idle) variant's share of the new streams."""
+        return {name: self.weight_of(name) for name in self.variants if self.role_of(name) != "idle"}
+
+    # -- what the streams produce -----------------------------------------------------------------
+    # Figures of a variant that is not deployed now (e.g. the old primary's open streams after a
+    # promotion) are dropped: they belong to no window.
+
+    def stream_ended(self, variant: str, now: float) -> None:
+        """A stream served by ``variant`` ended."""
+        if variant in self._windows:
+            self._windows[variant].streams_ended += 1
+
+    def record_final(
+        self,
+        variant: str,
+        now: float,
+        *,
+        latency_s: float | None = None,
+        error: bool = False,
+        empty: bool = False,
+        avg_logprob: float | None = None,
+        guard_dropped: bool = False,
+    ) -> None:
+        """A final of ``variant`` (``error``: it failed or was lost)."""
+        if variant in self._windows:
+            self._windows[variant].add_final(
+                latency_s=latency_s, error=error, empty=empty, avg_logprob=avg_logprob, guard_dropped=guard_dropped
+            )
+
+    def record_feedback(self, variant: str, now: float, errors: int, words: int) -> None:
+        """Human feedback scored on ``variant``'s transcript: ``errors`` over ``words`` reference words."""
+        if variant in self._windows:
+            self._windows[variant].add_feedback(errors, words)
+
+    def record_agreement(self, variant: str, now: float, score: float) -> None:
+        """An agreement score between the candidate and the primary; it is the pair's figure, kept
+        on the candidate's side whichever of the two ``variant`` names."""
+        if self.candidate and variant in (self.primary, self.candidate):
+            self._windows[self.candidate].add_agreement(score)
+
+    # -- decisions --------------------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[Change]:
+        """Evaluate the gates; in a canary that runs (not paused), roll back or advance."""
+        if not self.candidate or (self.mode, self.state) not in (("canary", "progressing"), ("shadow", "shadowing")):
+            return []
+        results = self.evaluate()
+        self.last_gates = results
+        if self.mode != "canary" or self.paused:
+            return []
+        failed = [g for g in results if g.passed is False]
+        if failed:
+            return [self._rollback(now, "; ".join(g.failure() for g in failed), results)]
+        s = self.settings
+        ended = self._windows[self.candidate].streams_ended
+        if ended < s.step_min_streams or now - self._window_started < s.step_min_s:
+            return []
+        passed = [g for g in results if g.passed]
+        if not passed:
+            return []
+        what = f"step {self.step} ({self.weight:.0%}) passed {len(passed)} of {len(results)} gates"
+        if self.step >= len(s.steps) - 1:
+            return [self._promote(now, f"{what}: the last step, promoted", results)]
+        self.step += 1
+        self.weight = s.steps[self.step]
+        change = self._record(now, "advance", f"{what}: on to {self.weight:.0%}", self.state, results)
+        self._new_window(now)
+        return [change]
+
+    def evaluate(self) -> list[GateResult]:
+        """The gates over the current window (see the module docstring for the primary's side)."""
+        if not self.candidate:
+            return []
+        primary = self._windows[self.primary]
+        if primary.finals < self.settings.gates.min_finals:
+            merged = WindowStats()
+            merged.merge(self._baseline)
+            merged.merge(primary)
+            primary = merged
+        return evaluate_gates(self._windows[self.candidate], primary, self.settings.gates)
+
+    def apply(self, action: Mapping, now: float, reason: str = "admin") -> Change:
+        """An admin action; :class:`~speechpipe.pipeline.deploy.events.DeployError` when it cannot be
+        done. See :func:`speechpipe.pipeline.deploy.admin.apply_action` for the actions."""
+        return apply_action(self, action, now, reason)
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict:
+        """The deploy state, JSON-serialisable: what an admin reads and a restart resumes."""
+        out: dict = {
+            "mode": self.mode,
+            "variants": {
+                name: {
+                    "role": self.role_of(name),
+                    "weight": self.weight_of(name),
+                    "streams": self.streams.get(name, 0),
+                    "config_id": config_id,
+                }
+                for name, config_id in self.variants.items()
+            },
+            "step": self.step,
+            "state": self.state,
+            "history": [c.to_dict() for c in self.history],
+        }
+        if self.mode == "bluegreen":
+            out["active"] = self.active
+        out["paused"] = self.paused
+        out["window"] = {
+            "started_at": self._window_started,
+            "streams": {name: w.streams_ended for name, w in self._windows.items()},
+            "finals": {name: w.finals for name, w in self._windows.items()},
+            "gates": [g.to_dict() for g in self.last_gates],
+        }
+        return out
+
+    def _start_over(self) -> None:
+        """The deployment as the settings start it."""
+        s = self.settings
+        self.primary, self.candidate = s.primary, (s.candidate if self.mode != "single" else "")
+        self.active, self.paused = self.primary, False
+        self.step = 0 if self.mode == "canary" else -1
+        self.weight = s.steps[0] if self.mode == "canary" else 0.0
+
+    def _resume(self, state: dict) -> bool:
+        """Take mode-specific state from a snapshot; False when it does not make sense here."""
+        name = state.get("state")
+        if name not in STATES[self.mode]:
+            return False
+        if name == "promoted":
+            self.primary, self.candidate, self.active = self.settings.candidate, "", self.settings.candidate
+        variants = state.get("variants") or {}
+        if self.mode == "canary" and self.candidate:
+            weight = (variants.get(self.candidate) or {}).get("weight", self.weight)
+            step = state.get("step", 0)
+            if not isinstance(weight, int | float) or not 0 <= weight <= 1 or not isinstance(step, int):
+                return False
+            self.weight = float(weight)
+            self.step = min(max(step, -1), len(self.settings.steps) - 1)  # the steps may have been edited
+        else:
+            self.weight, self.step = 0.0, -1
+        if self.mode == "bluegreen":
+            active = state.get("active", self.primary)
+            if active not in (self.primary, self.candidate):
+                return False
+            self.active = active
+        self.state = name
+        self.paused = bool(state.get("paused", False)) and self.mode == "canary"
+        for variant, doc in variants.items():
+            if variant in self.streams and isinstance(doc, dict) and isinstance(doc.get("streams"), int):
+                self.streams[variant] = doc["streams"]
+        return True
+
+    def _describe(self, deployment: Mapping[str, str]) -> str:
+        mode, primary, candidate = (deployment.get(k, "") for k in ("mode", "primary", "candidate"))
+        if not mode:
+            return "an unknown deployment"
+        if mode == "single":
+            return f"single ({primary})"
+        if mode == "bluegreen":
+            return f"bluegreen ({primary} live, {candidate} standby)"
+        return f"{mode} of {candidate} over {primary}"
+
+    def _where(self) -> str:
+        where = f"{self.mode}, {self.state}"
+        if self.mode == "canary" and self.candidate:
+            where += f", step {self.step}, {self.candidate} at {self.weight:.0%}"
+        if self.mode == "bluegreen":
+            where += f", {self.active} live"
+        return where + (", paused" if self.paused else "")
+
+    # -- changes (also used by .admin) --------------------------------------------------------------
+
+    def _rollback(self, now: float, reason: str, gates: list[GateResult] = ()) -> Change:
+        """Canary: the candidate's weight to 0; shadow: stop shadowing."""
+        self.weight = 0.0
+        change = self._record(now, "rollback", reason, "rolled_back", gates)
+        self._new_window(now)
+        return change
+
+    def _promote(self, now: float, reason: str, gates: list[GateResult] = ()) -> Change:
+        """Canary/shadow: the candidate becomes the primary, alone."""
+        self.primary, self.candidate, self.active = self.candidate, "", self.candidate
+        self.weight, self.step, self.paused = 0.0, -1, False
+        change = self._record(now, "promote", reason, "promoted", gates)
+        self._new_window(now, keep_baseline=False)
+        return change
+
+    def _new_window(self, now: float, keep_baseline: bool = True) -> None:
+        """Start a new window for the deployed variants; the primary's old one joins the baseline."""
+        if keep_baseline and self.primary in self._windows:
+            self._baseline.merge(self._windows[self.primary])
+        elif not keep_baseline:
+            self._baseline = WindowStats()
+        self._windows = {name: WindowStats() for name in (self.primary, self.candidate) if name}
+        self._window_started = now
+        self.last_gates = []
+
+    def _record(self, now: float, action: str, reason: str, to_state: str, gates: list[GateResult] = ()) -> Change:
+        change = Change(
+            at=now,
+            action=action,
+            reason=reason,
+            from_state=self.state,
+            to_state=to_state,
+            weights=self.weights(),
+            step=self.step,
+            gates=list(gates),
+            deployment=self.deployment,
+        )
+        self.state = to_state
+        self.history.append(change)
+        return change

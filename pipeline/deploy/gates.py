@@ -1,0 +1,252 @@
+"""A canary's window of figures per variant, and the gates that compare the candidate with the primary.
+
+Which finals count where: a failed or lost final counts in the error rate only (it has no text, no
+latency and no log-probability); the empty and guard-drop rates are over the finals that came back.
+The latency p95 is the nearest-rank percentile: the smallest latency with at least 95 % of the
+latencies at or below it (an observed value, never an interpolation between two).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from speechpipe.pipeline.deploy.settings import GateSettings
+
+#: slack on every comparison, so that 0.12 - 0.10 against a limit of 0.02 is not a failure.
+_EPS = 1e-9
+
+
+def p95(values: list[float]) -> float | None:
+    """The nearest-rank 95th percentile of ``values`` (None for none)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _share(count: int, of: int) -> float | None:
+    return count / of if of else None
+
+
+@dataclass
+class WindowStats:
+    """What one variant produced in the current window (one canary step)."""
+
+    finals: int = 0  # every final, failed or lost ones included
+    errors: int = 0
+    empties: int = 0
+    guard_drops: int = 0
+    latencies: list[float] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    feedback_errors: int = 0
+    feedback_words: int = 0
+    agreements: list[float] = field(default_factory=list)
+    streams_ended: int = 0
+
+    def add_final(
+        self,
+        *,
+        latency_s: float | None = None,
+        error: bool = False,
+        empty: bool = False,
+        avg_logprob: float | None = None,
+        guard_dropped: bool = False,
+    ) -> None:
+        """One final: ``error`` when it failed or was lost (then the other figures are ignored)."""
+        self.finals += 1
+        if error:
+            self.errors += 1
+            return
+        self.empties += bool(empty)
+        self.guard_drops += bool(guard_dropped)
+        if latency_s is not None:
+            self.latencies.append(float(latency_s))
+        # an empty final's log-probability is that of silence, not of words: it would skew the mean
+        if avg_logprob is not None and not empty:
+            self.logprobs.append(float(avg_logprob))
+
+    def add_feedback(self, errors: int, words: int) -> None:
+        """A human reference scored: ``errors`` word errors over ``words`` reference words."""
+        self.feedback_errors += int(errors)
+        self.feedback_words += int(words)
+
+    def add_agreement(self, score: float) -> None:
+        """1 - WER of the candidate against the primary on one stretch of the same audio."""
+        self.agreements.append(float(score))
+
+    def merge(self, other: WindowStats) -> None:
+        """Add ``other``'s figures to these."""
+        for name in ("finals", "errors", "empties", "guard_drops", "feedback_errors", "feedback_words"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.streams_ended += other.streams_ended
+        self.latencies += other.latencies
+        self.logprobs += other.logprobs
+        self.agreements += other.agreements
+
+    @property
+    def answered(self) -> int:
+        """Finals that came back (not failed or lost)."""
+        return self.finals - self.errors
+
+    def error_rate(self) -> float | None:
+        return _share(self.errors, self.finals)
+
+    def empty_rate(self) -> float | None:
+        return _share(self.empties, self.answered)
+
+    def guard_drop_rate(self) -> float | None:
+        return _share(self.guard_drops, self.answered)
+
+    def mean_logprob(self) -> float | None:
+        return _mean(self.logprobs)
+
+    def wer(self) -> float | None:
+        return _share(self.feedback_errors, self.feedback_words)
+
+    def mean_agreement(self) -> float | None:
+        return _mean(self.agreements)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """One gate over one window.
+
+    Attributes:
+        name: the gate's key in ``[deploy.gates]``.
+        passed: True / False, or None when either side lacked the data (the gate was not judged).
+        candidate / primary: each side's figure (a p95 in seconds, a rate, a mean, a WER); the
+            primary's is None for the agreement gate, which is one figure of the pair.
+        threshold: the limit from the settings.
+        detail: the figures and the comparison, in words.
+        value: what was compared with the threshold (the ratio, the difference, the agreement).
+    """
+
+    name: str
+    passed: bool | None
+    candidate: float | None
+    primary: float | None
+    threshold: float
+    detail: str
+    value: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def failure(self) -> str:
+        """``gate latency_p95_ratio failed: 3 > 1.5 (candidate 4.5, primary 1.5)``: a rollback's reason."""
+        if self.name == "agreement_min":
+            return f"gate {self.name} failed: {_fig(self.value)} < {self.threshold:g}"
+        figures = f"candidate {_fig(self.candidate)}, primary {_fig(self.primary)}"
+        return f"gate {self.name} failed: {_fig(self.value)} > {self.threshold:g} ({figures})"
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> GateResult:
+        return cls(
+            **{k: doc.get(k) for k in ("name", "passed", "candidate", "primary", "threshold", "detail", "value")}
+        )
+
+
+def _fig(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3g}"
+
+
+def _delta_gate(
+    name: str, enough: bool, cand: float | None, prim: float | None, limit: float, what: str, worse: str
+) -> GateResult:
+    """A gate on ``cand - prim`` (``worse`` = "higher") or ``prim - cand`` ("lower") at most ``limit``."""
+    if not enough or cand is None or prim is None:
+        return GateResult(name, None, cand, prim, limit, f"not enough data for {what}")
+    delta = cand - prim if worse == "higher" else prim - cand
+    ok = delta <= limit + _EPS
+    sign = "<=" if ok else ">"
+    return GateResult(
+        name, ok, cand, prim, limit, f"{what} {cand:.4g} vs {prim:.4g}: {worse} by {delta:.4g} {sign} {limit:g}", delta
+    )
+
+
+def _latency_gate(cand: WindowStats, prim: WindowStats, g: GateSettings) -> GateResult:
+    name, limit = "latency_p95_ratio", g.latency_p95_ratio
+    enough = len(cand.latencies) >= g.min_finals and len(prim.latencies) >= g.min_finals
+    c, p = p95(cand.latencies), p95(prim.latencies)
+    if not enough or c is None or p is None:
+        return GateResult(name, None, c, p, limit, "not enough data for the final-latency p95")
+    ratio = c / p if p > 0 else None
+    figures = f"p95 {c:.3f} s vs {p:.3f} s"
+    if c <= g.latency_p95_floor_s + _EPS:
+        return GateResult(name, True, c, p, limit, f"{figures}: under the floor of {g.latency_p95_floor_s:g} s", ratio)
+    if ratio is None:
+        return GateResult(name, False, c, p, limit, f"{figures}: the primary's p95 is 0", None)
+    ok = ratio <= limit + _EPS
+    return GateResult(name, ok, c, p, limit, f"{figures}: ratio {ratio:.2f} {'<=' if ok else '>'} {limit:g}", ratio)
+
+
+def evaluate_gates(candidate: WindowStats, primary: WindowStats, gates: GateSettings) -> list[GateResult]:
+    """Every gate of ``gates``, the candidate's window against the primary's.
+
+    A gate needs ``min_finals`` of its figures on both sides (the WER gate ``min_feedback_words``
+    reference words on both sides, the agreement gate ``min_finals`` scores); without them its
+    ``passed`` is None. The agreement gate is left out while ``agreement_min`` is 0 (off).
+    """
+    n = gates.min_finals
+    finals = candidate.finals >= n and primary.finals >= n
+    answered = candidate.answered >= n and primary.answered >= n
+    logprobs = len(candidate.logprobs) >= n and len(primary.logprobs) >= n
+    feedback = (
+        candidate.feedback_words >= gates.min_feedback_words and primary.feedback_words >= gates.min_feedback_words
+    )
+    results = [
+        _latency_gate(candidate, primary, gates),
+        _delta_gate(
+            "error_rate_delta",
+            finals,
+            candidate.error_rate(),
+            primary.error_rate(),
+            gates.error_rate_delta,
+            "share of failed/lost finals",
+            "higher",
+        ),
+        _delta_gate(
+            "empty_rate_delta",
+            answered,
+            candidate.empty_rate(),
+            primary.empty_rate(),
+            gates.empty_rate_delta,
+            "share of empty finals",
+            "higher",
+        ),
+        _delta_gate(
+            "logprob_delta",
+            logprobs,
+            candidate.mean_logprob(),
+            primary.mean_logprob(),
+            gates.logprob_delta,
+            "mean avg_logprob",
+            "lower",
+        ),
+        _delta_gate(
+            "guard_drop_delta",
+            answered,
+            candidate.guard_drop_rate(),
+            primary.guard_drop_rate(),
+            gates.guard_drop_delta,
+            "share of finals with a guard drop",
+            "higher",
+        ),
+        _delta_gate(
+            "wer_delta", feedback, candidate.wer(), primary.wer(), gates.wer_delta, "WER on human feedback", "higher"
+        ),
+    ]
+    if gates.agreement_min > 0:
+        score, limit = candidate.mean_agreement(), gates.agreement_min
+        if len(candidate.agreements) < n or score is None:
+            results.append(GateResult("agreement_min", None, score, None, limit, "not enough agreement scores"))
+        else:
+            ok = score >= limit - _EPS
+            detail = f"mean agreement with the primary {score:.3f} {'>=' if ok else '<'} {limit:g}"
+            results.append(GateResult("agreement_min", ok, score, None, limit, detail, score))
+    return results

@@ -1,0 +1,549 @@
+"""The pure deploy core: settings, gates, the controller and its SQLite store.
+
+A fake clock (plain floats) and synthetic final figures: these are the controller's inputs, not
+audio, so no model runs here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sqlite3
+
+import pytest
+
+from speechpipe.pipeline.deploy import (
+    SCHEMA_VERSION,
+    DeployController,
+    DeployError,
+    DeploySettings,
+    DeployStore,
+    GateSettings,
+    WindowStats,
+    evaluate_gates,
+    p95,
+)
+
+VARIANTS = {"blue": "cfg-blue", "green": "cfg-green", "other": "cfg-other"}
+#: latencies of a healthy variant, 0.6-1.5 s (above the 0.5 s floor, so the ratio counts).
+LATENCIES = [0.6 + 0.1 * k for k in range(10)]
+
+
+def canary(**kw) -> DeploySettings:
+    kw = {"mode": "canary", "primary": "blue", "candidate": "green", "step_min_streams": 10, "step_min_s": 60.0} | kw
+    return DeploySettings(**kw)
+
+
+def feed(ctl: DeployController, now: float, variant: str, *, scale: float = 1.0, streams: int = 0, **final) -> None:
+    """Ten finals of ``variant`` (latencies ``LATENCIES * scale``), then ``streams`` streams ending."""
+    for lat in LATENCIES:
+        figures = {"latency_s": lat * scale, "avg_logprob": -0.3} | final
+        ctl.record_final(variant, now, **figures)
+    for _ in range(streams):
+        ctl.stream_ended(variant, now)
+
+
+def healthy_step(ctl: DeployController, now: float) -> None:
+    feed(ctl, now, "blue", streams=10)
+    feed(ctl, now, "green", streams=10)
+
+
+# -- settings -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"mode": "rolling"}, "deploy.mode"),
+        ({"steps": (0.5, 0.25, 1.0)}, "deploy.steps"),
+        ({"steps": (0.1, 0.5)}, "deploy.steps"),
+        ({"steps": (0.0, 1.0)}, "deploy.steps"),
+        ({"steps": ()}, "deploy.steps"),
+        ({"step_min_streams": 0}, "deploy.step_min_streams"),
+        ({"step_min_s": -1}, "deploy.step_min_s"),
+        ({"sticky": "ip"}, "deploy.sticky"),
+        ({"gates": {"latency_p95_ratio": 0}}, "deploy.gates.latency_p95_ratio"),
+        ({"gates": {"wer_delta": -0.1}}, "deploy.gates.wer_delta"),
+        ({"gates": {"min_finals": 0}}, "deploy.gates.min_finals"),
+        ({"gates": {"agreement_min": 1.5}}, "deploy.gates.agreement_min"),
+        ({"gates": {"latency_p95": 2}}, "deploy.gates.latency_p95"),
+    ],
+)
+def test_settings_errors_name_the_key(kwargs, key):
+    with pytest.raises(ValueError, match=rf"^{re.escape(key)}\b"):
+        DeploySettings(**kwargs)
+
+
+def test_settings_defaults_and_check_against_the_variants():
+    s = DeploySettings()
+    assert (s.mode, s.steps, s.step_min_streams, s.step_min_s, s.sticky) == (
+        "single",
+        (0.05, 0.25, 0.5, 1.0),
+        20,
+        300.0,
+        "client",
+    )
+    assert (s.gates.min_finals, s.gates.min_feedback_words, s.gates.latency_p95_ratio, s.gates.wer_delta) == (
+        5,
+        20,
+        1.5,
+        0.03,
+    )
+    assert DeploySettings(steps=[0.5, 1]).steps == (0.5, 1.0)  # a TOML list becomes a tuple of floats
+    resolved = DeploySettings(mode="canary", candidate="green").resolved("blue")
+    assert (resolved.primary, resolved.candidate) == ("blue", "green")
+    resolved.check({"blue", "green"})
+    with pytest.raises(ValueError, match=r"deploy\.candidate: no variant named 'purple' \(configured: blue, green\)"):
+        DeploySettings(mode="canary", primary="blue", candidate="purple").check({"blue", "green"})
+    with pytest.raises(ValueError, match=r"deploy\.primary: no variant named 'red'"):
+        DeploySettings(mode="shadow", primary="red", candidate="green").check({"blue", "green"})
+    with pytest.raises(ValueError, match=r"deploy\.candidate must name a variant in mode 'bluegreen'"):
+        DeploySettings(mode="bluegreen", primary="blue").check({"blue", "green"})
+    with pytest.raises(ValueError, match=r"deploy\.candidate must differ from deploy\.primary"):
+        DeploySettings(mode="canary", candidate="blue").resolved("blue").check({"blue"})
+    with pytest.raises(ValueError, match=r"deploy\.primary is empty"):
+        DeploySettings(mode="canary", candidate="green").check({"blue", "green"})
+
+
+# -- gates ----------------------------------------------------------------------------------------
+
+
+def test_p95_is_nearest_rank_and_empty_windows_do_not_crash():
+    assert p95([]) is None
+    assert p95([3.0]) == 3.0
+    assert p95([float(k) for k in range(1, 21)]) == 19.0  # ceil(0.95 * 20) = 19th of 20
+    assert p95([float(k) for k in range(100, 0, -1)]) == 95.0
+    results = evaluate_gates(WindowStats(), WindowStats(), GateSettings(agreement_min=0.9))
+    assert [r.name for r in results] == [
+        "latency_p95_ratio",
+        "error_rate_delta",
+        "empty_rate_delta",
+        "logprob_delta",
+        "guard_drop_delta",
+        "wer_delta",
+        "agreement_min",
+    ]
+    assert [r.passed for r in results] == [None] * 7
+    assert [r.name for r in evaluate_gates(WindowStats(), WindowStats(), GateSettings())][-1] == "wer_delta"
+
+
+def test_gate_figures_floor_and_rates():
+    cand, prim = WindowStats(), WindowStats()
+    for k in range(10):
+        cand.add_final(latency_s=0.4, avg_logprob=-0.5, empty=k < 3, guard_dropped=k < 2)
+        prim.add_final(latency_s=0.1, avg_logprob=-0.2)
+    cand.add_final(error=True)  # lost: counts in the error rate only
+    by = {r.name: r for r in evaluate_gates(cand, prim, GateSettings())}
+    lat = by["latency_p95_ratio"]
+    assert (lat.passed, lat.candidate, lat.primary, lat.value) == (True, 0.4, 0.1, 4.0)  # 4x, but under 0.5 s
+    err = by["error_rate_delta"]
+    assert err.passed is False and err.candidate == pytest.approx(1 / 11) and err.primary == 0.0
+    emp = by["empty_rate_delta"]
+    assert emp.passed is False and emp.candidate == pytest.approx(0.3) and emp.value == pytest.approx(0.3)
+    lp = by["logprob_delta"]  # empty finals' log-probabilities are left out: 7 of -0.5
+    assert lp.passed is False and lp.candidate == pytest.approx(-0.5) and lp.value == pytest.approx(0.3)
+    gd = by["guard_drop_delta"]
+    assert gd.passed is False and gd.candidate == pytest.approx(0.2) and gd.threshold == 0.1
+    assert by["wer_delta"].passed is None  # no feedback: not judged
+    # exactly at a limit passes (0.12 - 0.10 is 0.0199999... or 0.02000...1 in floats)
+    a, b = WindowStats(feedback_errors=12, feedback_words=100), WindowStats(feedback_errors=10, feedback_words=100)
+    wer = evaluate_gates(a, b, GateSettings(wer_delta=0.02))[-1]
+    assert (wer.passed, wer.candidate, wer.primary) == (True, 0.12, 0.10)
+
+
+# -- canary ---------------------------------------------------------------------------------------
+
+
+def test_canary_ramps_through_every_step_and_promotes_a_matching_candidate():
+    ctl = DeployController(canary(), VARIANTS, now=0.0)
+    assert ctl.weights() == {"blue": 0.95, "green": 0.05}
+    now, seen = 0.0, []
+    for expected in (0.05, 0.25, 0.5):
+        assert ctl.weight == expected
+        healthy_step(ctl, now)
+        assert ctl.tick(now + 30) == []  # the streams are there, the time is not
+        now += 60
+        (change,) = ctl.tick(now)
+        seen.append((change.action, change.weights["green"], change.step))
+        assert all(g.passed is not False for g in change.gates)
+        assert {g.name for g in change.gates if g.passed} >= {"latency_p95_ratio", "error_rate_delta"}
+    assert seen == [("advance", 0.25, 1), ("advance", 0.5, 2), ("advance", 1.0, 3)]
+    assert ctl.weights() == {"blue": 0.0, "green": 1.0}
+    feed(ctl, now, "green", streams=10)  # at 100 % the primary serves nothing: its rollout figures stand in
+    now += 60
+    (promoted,) = ctl.tick(now)
+    assert (promoted.action, promoted.from_state, promoted.to_state) == ("promote", "progressing", "promoted")
+    assert promoted.weights == {"green": 1.0} and promoted.step == -1
+    latency = next(g for g in promoted.gates if g.name == "latency_p95_ratio")
+    assert (latency.passed, latency.candidate, latency.primary) == (True, pytest.approx(1.5), pytest.approx(1.5))
+    assert [c.action for c in ctl.history] == ["start", "advance", "advance", "advance", "promote"]
+    assert (ctl.primary, ctl.candidate, ctl.state) == ("green", "", "promoted")
+    a = ctl.assign(now, client_key="anyone")
+    assert (a.variant, a.role, a.shadow) == ("green", "primary", None)
+    snap = ctl.snapshot()
+    assert snap["variants"]["green"] == {"role": "primary", "weight": 1.0, "streams": 1, "config_id": "cfg-green"}
+    assert snap["variants"]["blue"]["role"] == "idle" and snap["variants"]["blue"]["weight"] == 0.0
+    assert ctl.tick(now + 600) == []
+
+
+def test_a_slow_candidate_rolls_back_at_the_first_step_with_the_gate_and_both_figures():
+    ctl = DeployController(canary(), VARIANTS, now=0.0)
+    feed(ctl, 5.0, "blue", streams=1)
+    feed(ctl, 5.0, "green", scale=3.0, streams=1)  # p95 3x; far from the step's minimums: early rollback
+    (change,) = ctl.tick(6.0)
+    assert (change.action, change.from_state, change.to_state, change.at) == (
+        "rollback",
+        "progressing",
+        "rolled_back",
+        6.0,
+    )
+    assert change.reason.startswith("gate latency_p95_ratio failed: 3 > 1.5 (candidate 4.5, primary 1.5)")
+    failed = [g for g in change.gates if g.passed is False]
+    assert [(g.name, g.candidate, g.primary, g.threshold) for g in failed] == [
+        ("latency_p95_ratio", pytest.approx(4.5), pytest.approx(1.5), 1.5)
+    ]
+    assert change.weights == {"blue": 1.0, "green": 0.0} and change.step == 0
+    assert {ctl.assign(7.0, client_key=f"c{k}").variant for k in range(200)} == {"blue"}
+    doc = ctl.snapshot()["history"][-1]
+    assert doc["gates"][0]["name"] == "latency_p95_ratio" and doc["gates"][0]["candidate"] == pytest.approx(4.5)
+    assert ctl.tick(100.0) == []  # rolled back stays rolled back
+
+
+def test_wer_on_feedback_rolls_back():
+    ctl = DeployController(canary(), VARIANTS, now=0.0)
+    healthy_step(ctl, 1.0)
+    ctl.record_feedback("blue", 2.0, errors=4, words=40)
+    ctl.record_feedback("green", 2.0, errors=5, words=15)
+    assert ctl.tick(3.0) == []  # 15 reference words for green: below min_feedback_words, not judged
+    ctl.record_feedback("green", 4.0, errors=3, words=25)  # 8 / 40 = 0.20 against 0.10
+    (change,) = ctl.tick(5.0)
+    assert change.action == "rollback"
+    assert change.reason == "gate wer_delta failed: 0.1 > 0.03 (candidate 0.2, primary 0.1)"
+    wer = next(g for g in change.gates if g.name == "wer_delta")
+    assert (wer.passed, wer.candidate, wer.primary, wer.threshold) == (False, 0.2, 0.1, 0.03)
+
+
+def test_agreement_gate_rolls_back_when_the_candidate_disagrees_with_the_primary():
+    ctl = DeployController(canary(gates={"agreement_min": 0.8}), VARIANTS, now=0.0)
+    healthy_step(ctl, 1.0)
+    for score in (0.9, 0.5, 0.6, 0.7):
+        ctl.record_agreement("green", 2.0, score)
+    assert ctl.tick(3.0) == []  # 4 scores < min_finals
+    ctl.record_agreement("blue", 2.0, 0.3)  # the pair's figure, whichever side reports it
+    (change,) = ctl.tick(4.0)
+    assert change.reason == "gate agreement_min failed: 0.6 < 0.8"
+
+
+def test_a_gate_without_data_does_not_block_but_a_step_without_candidate_finals_does_not_advance():
+    ctl = DeployController(canary(), VARIANTS, now=0.0)
+    feed(ctl, 1.0, "blue", streams=10)
+    for _ in range(10):
+        ctl.stream_ended("green", 1.0)  # streams ended, but not one final
+    assert ctl.tick(100.0) == [] and ctl.step == 0 and ctl.state == "progressing"
+    assert [g.passed for g in ctl.last_gates] == [None] * 6
+    feed(ctl, 101.0, "green")  # finals now, and still no feedback at all
+    (change,) = ctl.tick(102.0)
+    assert change.action == "advance" and ctl.weight == 0.25
+    wer = next(g for g in change.gates if g.name == "wer_delta")
+    assert wer.passed is None and wer.detail == "not enough data for WER on human feedback"
+
+
+def test_pause_stops_stepping_and_resume_continues():
+    ctl = DeployController(canary(), VARIANTS, now=0.0)
+    pause = ctl.apply({"action": "pause"}, 1.0, reason="weekend")
+    assert (pause.action, pause.reason, ctl.paused) == ("pause", "weekend", True)
+    healthy_step(ctl, 2.0)
+    assert ctl.tick(100.0) == [] and ctl.step == 0
+    feed(ctl, 100.0, "green", scale=5.0)  # even a failing gate waits: pause holds every automatic decision
+    assert ctl.tick(101.0) == [] and ctl.state == "progressing"
+    assert next(g for g in ctl.last_gates if g.name == "latency_p95_ratio").passed is False  # still evaluated
+    assert ctl.assign(101.0, client_key="k").variant in ("blue", "green")  # routing keeps the weights
+    ctl.apply({"action": "resume"}, 102.0)
+    (change,) = ctl.tick(103.0)
+    assert change.action == "rollback"
+
+    ctl = DeployController(canary(), VARIANTS, now=0.0)
+    ctl.apply({"action": "pause"}, 0.0)
+    healthy_step(ctl, 1.0)
+    assert ctl.tick(70.0) == []
+    ctl.apply({"action": "resume"}, 71.0)
+    assert [c.action for c in ctl.tick(72.0)] == ["advance"]
+    assert [c.action for c in ctl.history] == ["start", "pause", "resume", "advance"]
+
+
+def test_set_weight_resumes_stepping_from_the_first_step_above():
+    ctl = DeployController(canary(), VARIANTS, now=0.0)
+    change = ctl.apply({"action": "set_weight", "variant": "green", "weight": 0.3}, 1.0)
+    assert (change.action, change.weights, change.step) == ("set_weight", {"blue": 0.7, "green": 0.3}, 1)
+    healthy_step(ctl, 2.0)
+    (adv,) = ctl.tick(70.0)
+    assert adv.weights["green"] == 0.5 and adv.step == 2
+    # the primary's share: the candidate gets the rest
+    ctl.apply({"action": "set_weight", "variant": "blue", "weight": 0.75}, 80.0)
+    assert ctl.weights() == {"blue": 0.75, "green": 0.25} and ctl.step == 1
+    zero = ctl.apply({"action": "set_weight", "variant": "green", "weight": 0}, 81.0)
+    assert (zero.to_state, ctl.weights()) == ("rolled_back", {"blue": 1.0, "green": 0.0})
+    again = ctl.apply({"action": "set_weight", "variant": "green", "weight": 0.01}, 82.0)
+    assert (again.from_state, again.to_state, again.step) == ("rolled_back", "progressing", -1)
+    healthy_step(ctl, 83.0)
+    assert ctl.tick(150.0)[0].weights["green"] == 0.05  # the first step
+
+
+def test_sticky_client_routing_follows_the_weight():
+    ctl = DeployController(canary(), VARIANTS, now=0.0)
+    assert {ctl.assign(1.0, client_key="alice", stream_id=f"s{k}").variant for k in range(20)} == {
+        ctl.assign(1.0, client_key="alice").variant
+    }
+    n = 10_000
+    keys = [f"client-{k}" for k in range(n)]
+
+    def on_candidate() -> set[str]:
+        return {k for k in keys if ctl.assign(2.0, client_key=k).role == "candidate"}
+
+    early = on_candidate()
+    # hashing is deterministic, but a fair hash puts the count within 4 binomial sd of n * w
+    assert abs(len(early) - 0.05 * n) <= 4 * math.sqrt(n * 0.05 * 0.95)  # 4 sd = 87 keys
+    healthy_step(ctl, 3.0)
+    ctl.tick(70.0)
+    assert ctl.weight == 0.25
+    later = on_candidate()
+    assert abs(len(later) - 0.25 * n) <= 4 * math.sqrt(n * 0.25 * 0.75)  # 4 sd = 173 keys
+    assert early <= later  # a client once on the candidate stays on it
+    # sticky = "stream": the client key is ignored, every stream on its own
+    per_stream = DeployController(canary(sticky="stream", steps=(0.5, 1.0)), VARIANTS, now=0.0)
+    roles = {per_stream.assign(1.0, client_key="alice", stream_id=f"s{k}").role for k in range(50)}
+    assert roles == {"primary", "candidate"}
+    # streams counted per variant since the start
+    assert sum(v["streams"] for v in ctl.snapshot()["variants"].values()) == 20 + 1 + 2 * n
+
+
+# -- shadow and blue/green -----------------------------------------------------------------------
+
+
+def test_shadow_runs_the_candidate_beside_the_primary_until_rolled_back_or_promoted():
+    ctl = DeployController(DeploySettings(mode="shadow", primary="blue", candidate="green"), VARIANTS, now=0.0)
+    a = ctl.assign(1.0, stream_id="s1")
+    assert (a.variant, a.role, a.shadow) == ("blue", "primary", "green")
+    snap = ctl.snapshot()
+    assert {n: (v["role"], v["weight"], v["streams"]) for n, v in snap["variants"].items()} == {
+        "blue": ("primary", 1.0, 1),
+        "green": ("shadow", 0.0, 1),
+        "other": ("idle", 0.0, 0),
+    }
+    healthy_step(ctl, 2.0)
+    assert ctl.tick(3.0) == [] and len(ctl.last_gates) == 6  # compared, never acted on
+    assert ctl.apply({"action": "rollback"}, 4.0).to_state == "rolled_back"
+    assert ctl.assign(5.0).shadow is None
+    promoted = ctl.apply({"action": "promote"}, 6.0)
+    assert (promoted.to_state, ctl.primary, ctl.assign(7.0).variant) == ("promoted", "green", "green")
+    with pytest.raises(DeployError, match=r"set_weight is a canary action; this deployment is shadow"):
+        ctl.apply({"action": "set_weight", "variant": "green", "weight": 0.5}, 8.0)
+
+
+def test_bluegreen_switch_and_rollback():
+    settings = DeploySettings(mode="bluegreen", primary="blue", candidate="green")
+    ctl = DeployController(settings, VARIANTS, now=0.0)
+    assert (ctl.assign(1.0).variant, ctl.state, ctl.snapshot()["active"]) == ("blue", "live", "blue")
+    with pytest.raises(DeployError, match=r"rollback: nothing to roll back to; 'blue' has been live since the start"):
+        ctl.apply({"action": "rollback"}, 2.0)
+    switch = ctl.apply({"action": "switch", "active": "green"}, 3.0, reason="release 42")
+    assert (switch.action, switch.reason, switch.to_state, switch.weights) == (
+        "switch",
+        "release 42",
+        "switched",
+        {"blue": 0.0, "green": 1.0},
+    )
+    a = ctl.assign(4.0, client_key="k")
+    assert (a.variant, a.role) == ("green", "primary")
+    snap = ctl.snapshot()
+    assert (snap["active"], snap["variants"]["blue"]["role"], snap["variants"]["green"]["role"]) == (
+        "green",
+        "standby",
+        "primary",
+    )
+    back = ctl.apply({"action": "rollback"}, 5.0)
+    assert (back.to_state, ctl.active, ctl.assign(6.0).variant) == ("rolled_back", "blue", "blue")
+    assert ctl.apply({"action": "promote"}, 7.0).weights == {"blue": 0.0, "green": 1.0}  # the standby goes live
+    with pytest.raises(DeployError, match=r"switch: 'other' is not one of the blue/green pair \(blue, green\)"):
+        ctl.apply({"action": "switch", "active": "other"}, 8.0)
+    with pytest.raises(DeployError, match=r"switch: 'green' is live already"):
+        ctl.apply({"action": "switch", "active": "green"}, 8.0)
+    with pytest.raises(DeployError, match=r"pause: only a canary steps by itself"):
+        ctl.apply({"action": "pause"}, 8.0)
+    assert ctl.tick(9.0) == []
+
+
+# -- admin errors ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("action", "message"),
+    [
+        (
+            {"action": "explode"},
+            r"unknown action 'explode'; known: switch, rollback, promote, set_weight, pause, resume",
+        ),
+        ({}, r'an action needs "action": one of switch'),
+        ("promote", r'an action is an object with "action"'),
+        (
+            {"action": "set_weight", "variant": "green", "weight": 1.5},
+            r"set_weight: weight must be from 0 to 1, not 1\.5",
+        ),
+        ({"action": "set_weight", "variant": "green", "weight": "half"}, r"weight must be a number from 0 to 1"),
+        ({"action": "set_weight", "variant": "green", "weight": True}, r"weight must be a number from 0 to 1"),
+        ({"action": "set_weight", "variant": "purple", "weight": 0.5}, r"unknown variant 'purple' \(configured: blue"),
+        ({"action": "set_weight", "variant": "other", "weight": 0.5}, r"'other' is not in this canary"),
+        ({"action": "set_weight", "weight": 0.5}, r'set_weight: "variant" must name a variant'),
+        ({"action": "switch", "active": "green"}, r"switch is a blue/green action; this deployment is canary"),
+        ({"action": "rollback", "force": True}, r"rollback: unknown field\(s\) force \(rollback takes no fields\)"),
+        ({"action": "resume"}, r"resume: the canary is not paused"),
+    ],
+)
+def test_admin_errors_say_what_is_wrong(action, message):
+    ctl = DeployController(canary(), VARIANTS, now=0.0)
+    with pytest.raises(DeployError, match=message):
+        ctl.apply(action, 1.0)
+    assert [c.action for c in ctl.history] == ["start"]  # nothing changed
+
+
+def test_admin_errors_after_decisions_and_in_single_mode():
+    ctl = DeployController(canary(), VARIANTS, now=0.0)
+    ctl.apply({"action": "rollback"}, 1.0)
+    with pytest.raises(DeployError, match=r"rollback: the canary of 'green' is rolled back already"):
+        ctl.apply({"action": "rollback"}, 2.0)
+    ctl.apply({"action": "promote"}, 3.0)  # an admin may promote a rolled-back candidate
+    with pytest.raises(DeployError, match=r"promote: the canary was promoted already; 'green' is the primary"):
+        ctl.apply({"action": "promote"}, 4.0)
+    with pytest.raises(DeployError, match=r"set_weight: the canary was promoted"):
+        ctl.apply({"action": "set_weight", "variant": "green", "weight": 0.5}, 4.0)
+    single = DeployController(DeploySettings(primary="blue"), VARIANTS, now=0.0)
+    assert single.assign(1.0, client_key="k") == single.assign(1.0)
+    assert single.snapshot()["variants"]["blue"]["role"] == "primary" and single.state == "stable"
+    with pytest.raises(DeployError, match=r"promote: mode single deploys one variant \(blue\)"):
+        single.apply({"action": "promote"}, 1.0)
+    assert issubclass(DeployError, ValueError)
+
+
+# -- snapshot, store, restart ---------------------------------------------------------------------
+
+
+def test_snapshot_is_the_documented_shape():
+    ctl = DeployController(canary(), VARIANTS, now=10.0)
+    ctl.assign(11.0, stream_id="s1")
+    healthy_step(ctl, 12.0)
+    ctl.tick(13.0)
+    snap = ctl.snapshot()
+    assert list(snap) == ["mode", "variants", "step", "state", "history", "paused", "window"]
+    assert (snap["mode"], snap["step"], snap["state"], snap["paused"]) == ("canary", 0, "progressing", False)
+    assert snap["variants"]["green"]["weight"] == 0.05 and snap["variants"]["blue"]["weight"] == 0.95
+    assert snap["window"]["started_at"] == 10.0 and snap["window"]["streams"] == {"blue": 10, "green": 10}
+    assert len(snap["window"]["gates"]) == 6 and snap["window"]["gates"][0]["name"] == "latency_p95_ratio"
+    assert snap["history"][0]["action"] == "start" and snap["history"][0]["deployment"]["candidate"] == "green"
+    assert json.loads(json.dumps(snap, allow_nan=False)) == snap  # plain JSON: no NaN, no tuples
+
+
+def test_state_survives_a_restart_through_the_sqlite_store(tmp_path):
+    path = tmp_path / "state" / "deploy.sqlite"
+    ctl = DeployController(canary(), VARIANTS, now=0.0)
+    for k in range(30):
+        ctl.assign(1.0, client_key=f"c{k}")
+    healthy_step(ctl, 2.0)
+    ctl.tick(70.0)  # advance to 25 %
+    ctl.apply({"action": "pause"}, 71.0, reason="look at the dashboards")
+    store = DeployStore(path)
+    assert store.load() is None
+    store.save(ctl.snapshot())
+    store.close()
+
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+        assert db.execute("SELECT COUNT(*) FROM changes").fetchone()[0] == 3
+
+    store = DeployStore(path)
+    again = DeployController(canary(), VARIANTS, now=1000.0, state=store.load())
+    assert (again.mode, again.state, again.step, again.paused) == ("canary", "progressing", 1, True)
+    assert again.weights() == {"blue": 0.75, "green": 0.25}
+    assert [c.action for c in again.history] == ["start", "advance", "pause", "start"]
+    assert (
+        again.history[-1].reason
+        == "restart: resumed the saved state (canary, progressing, step 1, green at 25%, paused)"
+    )
+    assert again.history[2].reason == "look at the dashboards"
+    assert again.snapshot()["variants"]["blue"]["streams"] + again.snapshot()["variants"]["green"]["streams"] == 30
+    assert again.snapshot()["window"]["started_at"] == 1000.0
+    store.save(again.snapshot())
+    assert len(store.changes()) == 4  # only the new change was appended
+    store.close()
+
+    # the settings changed: they win, the history stays, the deployment starts over
+    store = DeployStore(path)
+    other = DeployController(canary(candidate="other"), VARIANTS, now=2000.0, state=store.load())
+    assert (other.state, other.step, other.paused, other.weights()) == (
+        "progressing",
+        0,
+        False,
+        {"blue": 0.95, "other": 0.05},
+    )
+    start = other.history[-1]
+    assert (start.action, start.from_state, len(other.history)) == ("start", "progressing", 5)
+    assert start.reason == (
+        "settings changed from canary of green over blue to canary of other over blue: "
+        "the saved state is dropped, the deployment starts over"
+    )
+    store.save(other.snapshot())
+    assert [c["action"] for c in DeployStore(path).load()["history"]] == ["start", "advance", "pause", "start", "start"]
+
+
+def test_a_promoted_canary_stays_promoted_after_a_restart_and_a_memory_store_works_alike():
+    ctl = DeployController(canary(), VARIANTS, now=0.0)
+    ctl.apply({"action": "promote"}, 1.0)
+    store = DeployStore("")
+    store.save(ctl.snapshot())
+    again = DeployController.restore(canary(), VARIANTS, store.load(), now=5.0)
+    assert (again.state, again.primary, again.candidate, again.assign(6.0).variant) == (
+        "promoted",
+        "green",
+        "",
+        "green",
+    )
+    assert [c.action for c in again.history] == ["start", "promote", "start"]
+
+    bg = DeploySettings(mode="bluegreen", primary="blue", candidate="green")
+    ctl = DeployController(bg, VARIANTS, now=0.0)
+    ctl.apply({"action": "switch", "active": "green"}, 1.0)
+    again = DeployController(bg, VARIANTS, now=2.0, state=ctl.snapshot())
+    assert (again.active, again.state, again.assign(3.0).variant) == ("green", "switched", "green")
+    assert again.apply({"action": "rollback"}, 4.0).weights == {"blue": 1.0, "green": 0.0}
+
+
+def test_a_snapshot_that_does_not_continue_the_stored_history_starts_a_new_run(tmp_path):
+    path = tmp_path / "deploy.sqlite"
+    first = DeployController(canary(), VARIANTS, now=0.0)
+    first.apply({"action": "pause"}, 1.0)
+    DeployStore(path).save(first.snapshot())
+    fresh = DeployController(canary(), VARIANTS, now=50.0)  # did not resume the file
+    store = DeployStore(path)
+    store.save(fresh.snapshot())
+    loaded = store.load()
+    assert [(c["action"], c["at"]) for c in loaded["history"]] == [("start", 50.0)]
+    assert loaded["paused"] is False
+    assert [c["action"] for c in store.changes()] == ["start", "pause", "start"]  # the old run stays on record
+
+
+def test_a_saved_state_that_makes_no_sense_is_dropped_with_a_start_saying_why():
+    snap = DeployController(canary(), VARIANTS, now=0.0).snapshot()
+    bogus = DeployController(canary(), VARIANTS, now=1.0, state=snap | {"state": "exploded", "step": 3})
+    assert (bogus.state, bogus.step, bogus.weights()) == ("progressing", 0, {"blue": 0.95, "green": 0.05})
+    assert bogus.history[-1].reason == "the saved state could not be resumed: canary of green over blue starts over"
+    damaged = DeployController(canary(), VARIANTS, now=2.0, state=snap | {"history": [{"action": "start"}]})
+    assert [c.action for c in damaged.history] == ["start"]
+    assert damaged.history[0].reason.startswith("the saved history could not be read (KeyError('at'))")
+
+
+def test_a_store_written_by_a_newer_version_is_refused(tmp_path):
+    path = tmp_path / "deploy.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version = 99")
+    with pytest.raises(ValueError, match=r"schema version 99, newer than this speechpipe's \(1\)"):
+        DeployStore(path).load()
