@@ -34,29 +34,35 @@ def live_asr(asr: AsrConfig, settings: ServerSettings, cores: int | None = None)
     return replace(asr, workers=workers, threads=asr.threads or max(1, cores // workers))
 
 
-def _same_model(a: AsrConfig, b: AsrConfig) -> bool:
-    """Whether an engine built for ``a`` serves ``b`` as it is (thread and worker counts aside)."""
-    return replace(a, threads=0, workers=1) == replace(b, threads=0, workers=1)
+def _model_key(asr: AsrConfig) -> tuple:
+    """What decides the loaded model (its weights, device and precision): variants that agree on
+    it share one model, whatever their decoding or guard settings."""
+    return (asr.model, asr.device, asr.compute_type)
 
 
-def load_variant(config: Config, name: str, engine: AsrEngine | None = None) -> Variant:
-    """Build and load variant ``name`` of ``config``. ``engine`` (already loaded) is used when the
-    variant's ASR settings are the engine's; otherwise its model is loaded (shared when another
-    variant loaded the same one). Raises :class:`ConfigError` naming the variant."""
+def load_variant(config: Config, name: str, engines: dict[tuple, AsrEngine] | None = None) -> Variant:
+    """Build and load variant ``name`` of ``config``. ``engines`` (loaded engines by model key) is
+    searched first: a variant with the same ASR settings reuses that engine, one with the same
+    model but other settings gets an engine of its own on the same weights. Raises
+    :class:`ConfigError` naming the variant."""
     effective = config.for_variant(name)
-    asr = live_asr(effective.asr, config.server)
-    if engine is not None and _same_model(engine.config, effective.asr):
-        return Variant(name, effective, engine)
+    engines = engines if engines is not None else {}
+    loaded = engines.get(_model_key(effective.asr))
+    if loaded is not None:
+        threads = {"threads": loaded.config.threads, "workers": loaded.config.workers}
+        if replace(effective.asr, **threads) == loaded.config:
+            return Variant(name, effective, loaded)
+        return Variant(name, effective, AsrEngine(replace(effective.asr, **threads), model=loaded.model))
     try:
-        return Variant(name, effective, AsrEngine(asr))
+        engine = AsrEngine(live_asr(effective.asr, config.server))
     except Exception as exc:  # noqa: BLE001 - any load failure refuses the variant, by name
         raise ConfigError(f"variant {name!r}: cannot load model {effective.asr.model!r}: {exc}") from None
+    engines[_model_key(effective.asr)] = engine
+    return Variant(name, effective, engine)
 
 
 def load_variants(config: Config, names: list[str], engine: AsrEngine | None = None) -> dict[str, Variant]:
-    """Every variant in ``names``, loaded (see :func:`load_variant`); the first error stops it."""
-    variants: dict[str, Variant] = {}
-    for name in names:
-        variants[name] = load_variant(config, name, engine)
-        engine = engine or variants[name].engine
-    return variants
+    """Every variant in ``names``, loaded (see :func:`load_variant`), sharing ``engine`` (already
+    loaded, e.g. by a test) where its model is theirs; the first error stops it."""
+    engines = {_model_key(engine.config): engine} if engine is not None else {}
+    return {name: load_variant(config, name, engines) for name in names}

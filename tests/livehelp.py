@@ -8,7 +8,7 @@ import threading
 from dataclasses import replace
 from typing import Self
 
-from speechpipe.pipeline.config import Config, ServerSettings
+from speechpipe.pipeline.config import Config
 from speechpipe.pipeline.hooks import StreamEnded, StreamStarted
 from speechpipe.pipeline.server import SpeechServer
 
@@ -29,15 +29,24 @@ class RecordingObserver:
 class ServerThread:
     """``with ServerThread(engine, max_streams=2) as srv:`` serves on ``srv.url`` until the block ends."""
 
-    def __init__(self, engine, *, token: str | None = None, config: Config | None = None, **settings) -> None:
+    def __init__(
+        self,
+        engine,
+        *,
+        token: str | None = None,
+        admin_token: str | None = None,
+        config: Config | None = None,
+        **settings,
+    ) -> None:
         config = config or Config()
-        config = replace(config, server=replace(ServerSettings(), host="127.0.0.1", port=0, **settings))
+        config = replace(config, server=replace(config.server, host="127.0.0.1", port=0, **settings))
         self.hook_log: list = []
         self.loop = asyncio.new_event_loop()
         self.server = SpeechServer(
             config,
             engine,
             token=token,
+            admin_token=admin_token,
             stream_observers=lambda sid, attrs, *_variant: [RecordingObserver(self.hook_log)],
         )
         self.thread = threading.Thread(target=self.loop.run_forever, name="test-server", daemon=True)

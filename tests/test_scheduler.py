@@ -181,3 +181,41 @@ def test_two_workers_run_two_streams_at_once(engine):
     sched.stop(10)
     assert sched.stats().max_concurrent == 2 and sched.stats().calls == 3
     assert "modern" in texts[names[0]] and "danger" in texts[names[1]] and "quilter" in texts[names[2]]
+
+
+def test_queue_runs_shadow_work_last_sheds_the_oldest_and_keeps_it_past_the_stream():
+    audio = np.zeros(16000, np.float32)
+    q = AsrQueue(budget_s=20.0, gap_s=0.3, shadow_max_queued=2)
+    shadows = [Ticket(job("A", JobKind.SHADOW, audio, k), float(k), JobKind.SHADOW) for k in range(3)]
+    shed = [q.add_shadow(t) for t in shadows]
+    assert shed == [0, 0, 1] and q.stats.shadow_shed == 1
+    assert shadows[0].future.result(0) is None  # the oldest gave way, resolved unrun
+    final = Ticket(job("B", JobKind.FINAL, audio), 5.0)
+    q.add_final(final)
+    q.offer_side(Ticket(job("B", JobKind.PARTIAL, audio), 5.0, JobKind.PARTIAL))
+    assert q.pick(6.0) == [final]  # the clients' work first: the final...
+    assert [t.kind for t in q.pick(6.0)] == [JobKind.PARTIAL]  # ...and the partial
+    assert q.cancel_stream("A") == 0 and q.shadow_depth == 2  # a stream that ended keeps its shadow work
+    assert q.pick(10.0, shadow_ok=False) == []  # no shadow call while the scheduler says no
+    assert q.pick(10.0) == [shadows[1]] and q.pick(10.0) == [shadows[2]]
+    q.add_shadow(Ticket(job("A", JobKind.SHADOW, audio), 11.0, JobKind.SHADOW))
+    q.shed_all_shadow()
+    assert q.stats.shadow_shed == 2 and q.shadow_depth == 0
+
+
+@pytest.mark.corpus
+def test_scheduler_runs_each_variant_on_its_engine_and_keeps_a_worker_for_clients(engine):
+    audio, _ = load_audio(SPEECH / "librispeech-dev-clean_1272-128104-0000.wav")
+    mute = type(engine)(replace(engine.config, min_avg_logprob=-0.0001), model=engine.model)
+    sched = AsrScheduler(engine, engines={"mute": mute}, workers=2, tail_filler_s=0)
+    shadow_job = replace(job("S", JobKind.SHADOW, audio), variant="mute")
+    shadow = sched.submit_shadow(shadow_job)
+    final = sched.submit_final(replace(job("P", JobKind.FINAL, audio), variant=""))
+    sched.start()
+    (primary_text,), _ = final.result(60)
+    (shadow_text,), _ = shadow.result(60)
+    sched.stop(10)
+    assert "Quilter" in primary_text.text  # the scheduler's own engine
+    assert shadow_text.text == "" and shadow_text.dropped >= 1  # the mute variant's guard dropped it all
+    st = sched.stats()
+    assert st.shadow == 1 and st.finals == 1 and st.shadow_shed == 0

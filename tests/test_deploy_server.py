@@ -1,0 +1,286 @@
+"""Deployment patterns on a real server with the real model and real speech: variants carried on
+ready and finals, the admin API's auth, canary rollback and promotion, blue/green switches under a
+live stream, shadow mode, feedback, and a restart that keeps the deploy state."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from conftest import ROOT, SPEECH
+from livehelp import ServerThread
+
+from speechpipe.pipeline.client import file_frames, file_start, paced, stream_file, stream_pcm
+from speechpipe.pipeline.config import Config, ConfigError
+from speechpipe.pipeline.deploy import share_of
+from speechpipe.pipeline.protocol import Start
+from speechpipe.pipeline.server import SpeechServer
+
+pytestmark = pytest.mark.corpus
+
+JFK = SPEECH / "jfk_inaugural_ask-not.flac"
+REFERENCE = " ".join(JFK.with_suffix(".txt").read_text().split())
+ADMIN = "admin-secret"
+
+
+def http(srv: ServerThread, method: str, path: str, body=None, token: str | None = ADMIN) -> tuple[int, dict | str]:
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
+    req = urllib.request.Request(srv.http + path, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        raw = e.read().decode()
+        try:
+            return e.code, json.loads(raw)
+        except json.JSONDecodeError:
+            return e.code, raw
+
+
+def config(**overrides) -> Config:
+    return Config().with_overrides(overrides)
+
+
+def key_for(candidate: str, below: float, on_candidate: bool) -> str:
+    """A client key the canary routes to the candidate (or not) at a weight of ``below``."""
+    for k in range(10_000):
+        key = f"client-{k}"
+        if (share_of(f"client:{key}", candidate) < below) == on_candidate:
+            return key
+    raise AssertionError("no key found")
+
+
+def stream(srv: ServerThread, client: str | None = None, speed: float = 0.0):
+    start = file_start(JFK)
+    start = Start(start.sample_rate, start.encoding, start.channels, client=client)
+    return asyncio.run(stream_pcm(srv.url, start, paced(file_frames(JFK), 0.02, speed)))
+
+
+def test_single_mode_names_the_variant_and_admin_is_off_without_a_token(engine):
+    cfg = config(**{"pipeline.variant": "blue"})
+    with ServerThread(engine, config=cfg) as srv:
+        result = asyncio.run(stream_file(srv.url, JFK, speed=0))
+        status, body = http(srv, "GET", "/admin/deploy")
+    assert result.ready["variant"] == "blue" and result.ready["role"] == "primary"
+    assert result.ready["variant_id"] == cfg.variant_id
+    assert result.finals and {f["variant"] for f in result.finals} == {"blue"}
+    assert status == 403 and body["error"] == "forbidden"
+
+
+def test_admin_api_refuses_no_token_a_wrong_one_and_the_stream_token(engine):
+    with ServerThread(engine, token="stream-secret", admin_token=ADMIN) as srv:
+        for token in (None, "wrong", "stream-secret"):
+            status, _ = http(srv, "GET", "/admin/deploy", token=token)
+            assert status == 401, token
+        status, state = http(srv, "GET", "/admin/deploy")
+        assert status == 200
+        assert {"mode", "variants", "step", "state", "history"} <= set(state)
+        assert state["mode"] == "single" and state["variants"]["default"]["role"] == "primary"
+        assert state["variants"]["default"]["config_id"] == Config().variant_id
+        assert http(srv, "POST", "/admin/deploy", b"{not json")[0] == 400
+        status, body = http(srv, "POST", "/admin/deploy", {"action": "explode"})
+        assert status == 400 and "explode" in body["message"]
+        status, body = http(srv, "POST", "/admin/deploy", {"action": "promote"})
+        assert status == 400 and "single" in body["message"]
+        # The server still serves streams, and the stream token is what feedback takes.
+        assert http(srv, "POST", "/v1/feedback", {"session": "x", "text": "hi"}, token=ADMIN)[0] == 401
+    with pytest.raises(ConfigError, match="differ"):
+        SpeechServer(Config(), token="same", admin_token="same")
+
+
+def canary_config(candidate: str, tmp_path) -> Config:
+    return config(
+        **{
+            "deploy.mode": "canary",
+            "deploy.candidate": candidate,
+            "deploy.steps": [0.5, 1.0],
+            "deploy.step_min_streams": 1,
+            "deploy.step_min_s": 0.0,
+            "deploy.gates.min_finals": 2,
+            "deploy.gates.min_feedback_words": 10,
+            "deploy.state_file": str(tmp_path / "deploy.db"),
+            # A candidate whose guard drops every segment: finals come back empty.
+            "variants.mute.asr.min_avg_logprob": -0.0001,
+            # The same pipeline under a new name.
+            "variants.twin.vad.backend": Config().vad.backend,
+        }
+    )
+
+
+def wait_state(srv: ServerThread, want: set[str], timeout: float = 20.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        state = http(srv, "GET", "/admin/deploy")[1]
+        if state["state"] in want or time.monotonic() > deadline:
+            return state
+        time.sleep(0.2)
+
+
+def test_canary_rolls_back_a_harmful_candidate_at_the_first_step(engine, tmp_path):
+    with ServerThread(engine, config=canary_config("mute", tmp_path), admin_token=ADMIN) as srv:
+        for on_candidate in (False, True):
+            result = stream(srv, key_for("mute", 0.5, on_candidate))
+            assert result.ready["variant"] == ("mute" if on_candidate else "default")
+            assert result.ready["role"] == ("candidate" if on_candidate else "primary")
+            assert http(srv, "POST", "/v1/feedback", {"session": result.ready["session"], "text": REFERENCE})[0] == 200
+        state = wait_state(srv, {"rolled_back"})
+        # After the rollback every new stream goes to the primary, even the candidate's clients.
+        after = stream(srv, key_for("mute", 0.5, True))
+    assert state["state"] == "rolled_back" and state["variants"]["mute"]["weight"] == 0.0
+    rollback = state["history"][-1]
+    assert rollback["action"] == "rollback" and rollback["step"] == 0
+    failed = {g["name"]: g for g in rollback["gates"] if g["passed"] is False}
+    assert "empty_rate_delta" in failed and "wer_delta" in failed, rollback["gates"]
+    assert failed["empty_rate_delta"]["candidate"] == 1.0 and failed["empty_rate_delta"]["primary"] == 0.0
+    assert failed["wer_delta"]["candidate"] == 1.0 and failed["wer_delta"]["primary"] < 0.2
+    assert "empty_rate_delta" in rollback["reason"]
+    assert after.ready["variant"] == "default"
+
+
+def test_canary_promotes_a_good_candidate_through_every_step(engine, tmp_path):
+    with ServerThread(engine, config=canary_config("twin", tmp_path), admin_token=ADMIN) as srv:
+        steps = []
+        for _round in range(4):
+            state = http(srv, "GET", "/admin/deploy")[1]
+            if state["state"] == "promoted":
+                break
+            weight = state["variants"]["twin"]["weight"]
+            steps.append(weight)
+            for on_candidate in (False, True) if weight < 1.0 else (True, True):  # at 100 % all go there
+                result = stream(srv, key_for("twin", weight, on_candidate))
+                assert result.ready["variant"] == ("twin" if on_candidate else "default")
+                http(srv, "POST", "/v1/feedback", {"session": result.ready["session"], "text": REFERENCE})
+            wait_state(srv, {"promoted", "progressing"}, timeout=3)
+            time.sleep(1.5)  # a deploy tick
+        state = http(srv, "GET", "/admin/deploy")[1]
+        final = stream(srv)
+    assert steps == [0.5, 1.0]
+    assert state["state"] == "promoted" and state["variants"]["twin"]["role"] == "primary"
+    assert [c["action"] for c in state["history"]] == ["start", "advance", "promote"]
+    assert all(g["passed"] is not False for c in state["history"] for g in c["gates"])
+    assert final.ready["variant"] == "twin"
+
+
+def test_bluegreen_switch_and_rollback_under_a_live_stream(engine):
+    cfg = config(**{"deploy.mode": "bluegreen", "deploy.candidate": "green", "variants.green.vad.backend": "webrtc"})
+    with ServerThread(engine, config=cfg, admin_token=ADMIN) as srv:
+
+        async def scenario():
+            running = asyncio.create_task(asyncio.to_thread(stream, srv, None, 1.0))  # 11 s in real time
+            await asyncio.sleep(2.0)
+            t0 = time.monotonic()
+            status, body = await asyncio.to_thread(
+                http, srv, "POST", "/admin/deploy", {"action": "switch", "active": "green"}
+            )
+            switched = await asyncio.to_thread(stream, srv)
+            effect = time.monotonic() - t0
+            back = await asyncio.to_thread(http, srv, "POST", "/admin/deploy", {"action": "rollback"})
+            after = await asyncio.to_thread(stream, srv)
+            return await running, status, body, switched, effect, back, after
+
+        first, status, body, switched, effect, back, after = asyncio.run(scenario())
+    assert status == 200 and body["deploy"]["active"] == "green"
+    assert switched.ready["variant"] == "green" and {f["variant"] for f in switched.finals} == {"green"}
+    # The stream open during both changes stayed on its variant, got every final, and ended normally.
+    assert first.ready["variant"] == "default" and {f["variant"] for f in first.finals} == {"default"}
+    assert first.finals and first.lost == 0 and not first.errors and first.close_code == 1000
+    assert back[0] == 200 and back[1]["deploy"]["active"] == "default"
+    assert after.ready["variant"] == "default"
+    assert effect < 10.0  # the switched stream itself (11 s of audio sent at full speed) is most of it
+
+
+def metric(srv: ServerThread, name: str, **labels: str) -> float:
+    page = urllib.request.urlopen(srv.http + "/metrics", timeout=10).read().decode()
+    total = 0.0
+    for line in page.splitlines():
+        head, _, value = line.rpartition(" ")
+        if line.startswith(name) and all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+def test_shadow_transcribes_unseen_and_is_scored_against_primary_and_feedback(engine):
+    from speechpipe.pipeline.observability import server_telemetry, start_telemetry
+
+    cfg = config(**{"deploy.mode": "shadow", "deploy.candidate": "twin", "variants.twin.vad.backend": "silero"})
+    telemetry = start_telemetry(cfg, mode="live", metrics_page=True, environ={}, announce=False)
+    srv = ServerThread(engine, config=cfg, admin_token=ADMIN)
+    kw = server_telemetry(telemetry).kwargs()
+    srv.server.stream_observers, srv.server.labelled = kw["stream_observers"], kw["labelled"]
+    srv.server.metrics = kw["metrics"]
+    with srv:
+        result = asyncio.run(stream_file(srv.url, JFK, speed=0))
+        deadline = time.monotonic() + 30
+        while metric(srv, "speechpipe_shadow_segments_total", shadow_outcome="done") < len(result.finals):
+            assert time.monotonic() < deadline, "the shadow never finished"
+            time.sleep(0.2)
+        status, fb = http(srv, "POST", "/v1/feedback", {"session": result.ready["session"], "text": REFERENCE})
+        agreements = metric(srv, "speechpipe_shadow_agreement_count", pipeline_variant="twin")
+        agreement_sum = metric(srv, "speechpipe_shadow_agreement_sum", pipeline_variant="twin")
+        words = metric(srv, "speechpipe_feedback_words_total", pipeline_variant="twin", deploy_role="shadow")
+        state = http(srv, "GET", "/admin/deploy")[1]
+    # The client saw the primary only.
+    assert result.ready["variant"] == "default" and {f["variant"] for f in result.finals} == {"default"}
+    assert status == 200 and set(fb["scores"]) == {"default", "twin"}
+    assert fb["scores"]["twin"]["role"] == "shadow" and fb["scores"]["default"]["role"] == "primary"
+    # The same model on the same segments: the shadow agrees exactly, and scores the same.
+    assert agreements == len(result.finals) and agreement_sum == agreements
+    assert fb["scores"]["twin"]["wer"] == fb["scores"]["default"]["wer"] < 0.2
+    assert words == fb["scores"]["twin"]["words"] > 10
+    assert state["variants"]["twin"]["role"] == "shadow" and state["variants"]["twin"]["weight"] == 0.0
+
+
+def test_feedback_rejects_what_it_cannot_score(engine):
+    with ServerThread(engine, token="stream-secret") as srv:
+        result = asyncio.run(stream_file(srv.url, JFK, speed=0, token="stream-secret"))
+        session = result.ready["session"]
+
+        def post(body, token="stream-secret"):
+            return http(srv, "POST", "/v1/feedback", body, token=token)
+
+        assert post({"session": session, "text": REFERENCE}, token=None)[0] == 401
+        assert post({"session": "nope", "text": "x"})[0] == 404
+        assert post({"session": session, "segment": 99, "text": "x"})[0] == 404
+        assert post({"session": session, "segment": "one", "text": "x"})[0] == 400
+        assert post({"session": session})[0] == 400
+        assert post({"session": session, "text": "x", "extra": 1})[0] == 400
+        assert post(b"\xff\xfe")[0] == 400
+        status, body = post({"session": session, "segment": 0, "text": result.finals[0]["text"]})
+        assert status == 200 and body["scores"]["default"]["wer"] == 0.0
+        # The server is fine after all that.
+        assert asyncio.run(stream_file(srv.url, JFK, speed=0, token="stream-secret")).finals
+
+
+def test_a_restart_keeps_the_deploy_state(engine, tmp_path):
+    cfg = canary_config("twin", tmp_path)
+    with ServerThread(engine, config=cfg, admin_token=ADMIN) as srv:
+        assert http(srv, "POST", "/admin/deploy", {"action": "set_weight", "variant": "twin", "weight": 0.25})[0] == 200
+        assert http(srv, "POST", "/admin/deploy", {"action": "pause", "reason": "night"})[0] == 200
+    with ServerThread(engine, config=cfg, admin_token=ADMIN) as srv:
+        state = http(srv, "GET", "/admin/deploy")[1]
+    assert state["mode"] == "canary" and state["paused"] is True
+    assert state["variants"]["twin"]["weight"] == 0.25
+    actions = [c["action"] for c in state["history"]]
+    assert actions[:3] == ["start", "set_weight", "pause"] and actions[-1] == "start"
+    assert "night" in state["history"][2]["reason"]
+
+
+def test_a_variant_that_cannot_load_stops_serve_with_its_name():
+    proc = subprocess.run(
+        [sys.executable, "-m", "speechpipe.pipeline.cli", "serve", "--port", "0", "--log-level", "ERROR"]
+        + ["--set", 'variants.broken.asr.model="/nonexistent/model"'],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "variant 'broken'" in proc.stderr and "/nonexistent/model" in proc.stderr
