@@ -230,8 +230,8 @@ class DeployController:
         if ended < s.step_min_streams or now - self._window_started < s.step_min_s:
             return []
         passed = [g for g in results if g.passed]
-        if not passed:
-            return []
+        if not passed or any(g.held for g in results):
+            return []  # nothing measured yet, or a gate not sure yet: the step holds
         what = f"step {self.step} ({self.weight:.0%}) passed {len(passed)} of {len(results)} gates"
         if self.step >= len(s.steps) - 1:
             return [self._promote(now, f"{what}: the last step, promoted", results)]

@@ -9,7 +9,9 @@ latencies at or below it (an observed value, never an interpolation between two)
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import asdict, dataclass, field
+from statistics import NormalDist
 
 from speechpipe.pipeline.deploy.settings import GateSettings
 
@@ -124,6 +126,8 @@ class GateResult:
         threshold: the limit from the settings.
         detail: the figures and the comparison, in words.
         value: what was compared with the threshold (the ratio, the difference, the agreement).
+        held: the figure is past the limit but not surely so (see ``GateSettings.confidence``):
+            ``passed`` is None and the step waits for more data.
     """
 
     name: str
@@ -133,6 +137,7 @@ class GateResult:
     threshold: float
     detail: str
     value: float | None = None
+    held: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -147,7 +152,8 @@ class GateResult:
     @classmethod
     def from_dict(cls, doc: dict) -> GateResult:
         return cls(
-            **{k: doc.get(k) for k in ("name", "passed", "candidate", "primary", "threshold", "detail", "value")}
+            **{k: doc.get(k) for k in ("name", "passed", "candidate", "primary", "threshold", "detail", "value")},
+            held=bool(doc.get("held", False)),
         )
 
 
@@ -156,17 +162,55 @@ def _fig(x: float | None) -> str:
 
 
 def _delta_gate(
-    name: str, enough: bool, cand: float | None, prim: float | None, limit: float, what: str, worse: str
+    name: str,
+    enough: bool,
+    cand: float | None,
+    prim: float | None,
+    limit: float,
+    what: str,
+    worse: str,
+    se: float = 0.0,
+    confidence: float = 0.0,
 ) -> GateResult:
-    """A gate on ``cand - prim`` (``worse`` = "higher") or ``prim - cand`` ("lower") at most ``limit``."""
+    """A gate on ``cand - prim`` (``worse`` = "higher") or ``prim - cand`` ("lower") at most ``limit``.
+
+    ``se`` is the standard error of that difference: past the limit, the gate fails only when
+    ``(delta - limit) / se`` clears the one-sided ``confidence`` quantile, and holds otherwise."""
     if not enough or cand is None or prim is None:
         return GateResult(name, None, cand, prim, limit, f"not enough data for {what}")
     delta = cand - prim if worse == "higher" else prim - cand
-    ok = delta <= limit + _EPS
-    sign = "<=" if ok else ">"
-    return GateResult(
-        name, ok, cand, prim, limit, f"{what} {cand:.4g} vs {prim:.4g}: {worse} by {delta:.4g} {sign} {limit:g}", delta
-    )
+    figures = f"{what} {cand:.4g} vs {prim:.4g}: {worse} by {delta:.4g}"
+    if delta <= limit + _EPS:
+        return GateResult(name, True, cand, prim, limit, f"{figures} <= {limit:g}", delta)
+    if confidence > 0 and se > 0:
+        z = (delta - limit) / se
+        needed = NormalDist().inv_cdf(confidence)
+        if z < needed:
+            detail = f"{figures} > {limit:g}, not yet sure (z {z:.2f} < {needed:.2f}): holding for more data"
+            return GateResult(name, None, cand, prim, limit, detail, delta, held=True)
+        return GateResult(name, False, cand, prim, limit, f"{figures} > {limit:g} (z {z:.2f})", delta)
+    return GateResult(name, False, cand, prim, limit, f"{figures} > {limit:g}", delta)
+
+
+def _se_rates(c: float | None, nc: int, p: float | None, np_: int) -> float:
+    """Standard error of the difference of two rates over ``nc`` and ``np_`` trials (normal
+    approximation). Each rate is kept half a trial away from 0 and 1, so that a rate of 0 or 1
+    over a few trials is not taken for a certainty; a WER above 1 counts as 1."""
+    if c is None or p is None or not nc or not np_:
+        return 0.0
+
+    def var(rate: float, n: int) -> float:
+        rate = min(max(rate, 0.5 / n), 1 - 0.5 / n)
+        return rate * (1 - rate) / n
+
+    return math.sqrt(var(c, nc) + var(p, np_))
+
+
+def _se_means(a: list[float], b: list[float]) -> float:
+    """Standard error of the difference of two means (Welch)."""
+    if len(a) < 2 or len(b) < 2:
+        return 0.0
+    return math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
 
 
 def _latency_gate(cand: WindowStats, prim: WindowStats, g: GateSettings) -> GateResult:
@@ -209,6 +253,8 @@ def evaluate_gates(candidate: WindowStats, primary: WindowStats, gates: GateSett
             gates.error_rate_delta,
             "share of failed/lost finals",
             "higher",
+            _se_rates(candidate.error_rate(), candidate.finals, primary.error_rate(), primary.finals),
+            gates.confidence,
         ),
         _delta_gate(
             "empty_rate_delta",
@@ -218,6 +264,8 @@ def evaluate_gates(candidate: WindowStats, primary: WindowStats, gates: GateSett
             gates.empty_rate_delta,
             "share of empty finals",
             "higher",
+            _se_rates(candidate.empty_rate(), candidate.answered, primary.empty_rate(), primary.answered),
+            gates.confidence,
         ),
         _delta_gate(
             "logprob_delta",
@@ -227,6 +275,8 @@ def evaluate_gates(candidate: WindowStats, primary: WindowStats, gates: GateSett
             gates.logprob_delta,
             "mean avg_logprob",
             "lower",
+            _se_means(candidate.logprobs, primary.logprobs),
+            gates.confidence,
         ),
         _delta_gate(
             "guard_drop_delta",
@@ -236,9 +286,19 @@ def evaluate_gates(candidate: WindowStats, primary: WindowStats, gates: GateSett
             gates.guard_drop_delta,
             "share of finals with a guard drop",
             "higher",
+            _se_rates(candidate.guard_drop_rate(), candidate.answered, primary.guard_drop_rate(), primary.answered),
+            gates.confidence,
         ),
         _delta_gate(
-            "wer_delta", feedback, candidate.wer(), primary.wer(), gates.wer_delta, "WER on human feedback", "higher"
+            "wer_delta",
+            feedback,
+            candidate.wer(),
+            primary.wer(),
+            gates.wer_delta,
+            "WER on human feedback",
+            "higher",
+            _se_rates(candidate.wer(), candidate.feedback_words, primary.wer(), primary.feedback_words),
+            gates.confidence,
         ),
     ]
     if gates.agreement_min > 0:
