@@ -558,3 +558,27 @@ def test_a_store_written_by_a_newer_version_is_refused(tmp_path):
         db.execute("PRAGMA user_version = 99")
     with pytest.raises(ValueError, match=r"schema version 99, newer than this speechpipe's \(1\)"):
         DeployStore(path).load()
+
+
+def test_one_slow_final_holds_the_latency_gate_many_fail_it():
+    prim = WindowStats()
+    for lat in LATENCIES:
+        prim.add_final(latency_s=lat + 0.5)
+    one_slow = WindowStats()
+    for lat in LATENCIES[:-1]:
+        one_slow.add_final(latency_s=lat + 0.5)
+    one_slow.add_final(latency_s=5.0)  # a p95 of ten finals is their slowest: 5 s
+    (lat_gate,) = [g for g in evaluate_gates(one_slow, prim, GateSettings()) if g.name == "latency_p95_ratio"]
+    assert lat_gate.passed is None and lat_gate.held and lat_gate.candidate == 5.0
+    assert "1 of 10" in lat_gate.detail
+    # Judged on the point estimate alone, that one final fails the gate...
+    (plain,) = [
+        g for g in evaluate_gates(one_slow, prim, GateSettings(confidence=0.0)) if g.name == "latency_p95_ratio"
+    ]
+    assert plain.passed is False
+    # ...while four slow finals in ten are no accident.
+    slow = WindowStats()
+    for k, lat in enumerate(LATENCIES):
+        slow.add_final(latency_s=5.0 if k < 4 else lat + 0.5)
+    (failed,) = [g for g in evaluate_gates(slow, prim, GateSettings()) if g.name == "latency_p95_ratio"]
+    assert failed.passed is False and "4 of 10" in failed.detail

@@ -214,6 +214,10 @@ def _se_means(a: list[float], b: list[float]) -> float:
 
 
 def _latency_gate(cand: WindowStats, prim: WindowStats, g: GateSettings) -> GateResult:
+    """The p95 ratio gate. Past the limit it fails only when the candidate's latencies are surely
+    slower: with ``T`` = limit x the primary's p95, a candidate whose p95 were at most ``T`` would
+    have at most 5 % of its latencies above ``T``; it fails when the share above ``T`` rejects that
+    at ``confidence`` (binomial tail), and holds otherwise. A p95 of ten finals is their slowest."""
     name, limit = "latency_p95_ratio", g.latency_p95_ratio
     enough = len(cand.latencies) >= g.min_finals and len(prim.latencies) >= g.min_finals
     c, p = p95(cand.latencies), p95(prim.latencies)
@@ -223,10 +227,24 @@ def _latency_gate(cand: WindowStats, prim: WindowStats, g: GateSettings) -> Gate
     figures = f"p95 {c:.3f} s vs {p:.3f} s"
     if c <= g.latency_p95_floor_s + _EPS:
         return GateResult(name, True, c, p, limit, f"{figures}: under the floor of {g.latency_p95_floor_s:g} s", ratio)
-    if ratio is None:
-        return GateResult(name, False, c, p, limit, f"{figures}: the primary's p95 is 0", None)
-    ok = ratio <= limit + _EPS
-    return GateResult(name, ok, c, p, limit, f"{figures}: ratio {ratio:.2f} {'<=' if ok else '>'} {limit:g}", ratio)
+    if ratio is not None and ratio <= limit + _EPS:
+        return GateResult(name, True, c, p, limit, f"{figures}: ratio {ratio:.2f} <= {limit:g}", ratio)
+    ratio_text = f"ratio {ratio:.2f}" if ratio is not None else "the primary's p95 is 0"
+    if g.confidence > 0:
+        bound = max(limit * p, g.latency_p95_floor_s)
+        n = len(cand.latencies)
+        k = sum(1 for x in cand.latencies if x > bound)
+        tail = sum(math.comb(n, i) * 0.05**i * 0.95 ** (n - i) for i in range(k, n + 1))
+        if tail >= 1 - g.confidence:
+            detail = (
+                f"{figures}: {ratio_text} > {limit:g}, not yet sure ({k} of {n} finals over {bound:.2f} s, "
+                f"p = {tail:.2f}): holding for more data"
+            )
+            return GateResult(name, None, c, p, limit, detail, ratio, held=True)
+        return GateResult(
+            name, False, c, p, limit, f"{figures}: {ratio_text} > {limit:g} ({k} of {n} over {bound:.2f} s)", ratio
+        )
+    return GateResult(name, False, c, p, limit, f"{figures}: {ratio_text} > {limit:g}", ratio)
 
 
 def evaluate_gates(candidate: WindowStats, primary: WindowStats, gates: GateSettings) -> list[GateResult]:
