@@ -115,7 +115,7 @@ class Deployment:
         future.add_done_callback(lambda f: self._shadow_done(stream_id, job, f))
 
     def _shadow_done(self, stream_id: str, job: AsrJob, future: Future) -> None:
-        outcome, pieces = "shed", None
+        outcome, pieces, transcripts = "shed", None, []
         if not future.cancelled():
             if future.exception() is not None:
                 outcome = "failed"
@@ -127,6 +127,16 @@ class Deployment:
         latency = time.monotonic() - job.created if outcome == "done" else None
         self._telemetry(job.variant, lambda inst: dt.shadow_segment(inst, outcome, latency), role="shadow")
         with self._lock:
+            if outcome == "done":  # the shadow's own figures (its latency waits below the clients')
+                for tr in transcripts:
+                    self.controller.record_final(
+                        job.variant,
+                        self.clock(),
+                        latency_s=None,
+                        empty=not tr.text.strip(),
+                        avg_logprob=tr.avg_logprob,
+                        guard_dropped=tr.dropped > 0,
+                    )
             comparisons, scores = self.ledger.shadow_done(stream_id, pieces)
             self._after(stream_id, comparisons, scores)
 

@@ -235,6 +235,9 @@ def test_shadow_transcribes_unseen_and_is_scored_against_primary_and_feedback(en
     assert fb["scores"]["twin"]["wer"] == fb["scores"]["default"]["wer"] < 0.2
     assert words == fb["scores"]["twin"]["words"] > 10
     assert state["variants"]["twin"]["role"] == "shadow" and state["variants"]["twin"]["weight"] == 0.0
+    shadow_figures = state["window"]["figures"]["twin"]
+    assert shadow_figures["finals"] == len(result.finals) and shadow_figures["agreement"] == 1.0
+    assert shadow_figures["wer"] == fb["scores"]["twin"]["wer"]
 
 
 def test_feedback_rejects_what_it_cannot_score(engine):

@@ -284,6 +284,7 @@ class DeployController:
             "started_at": self._window_started,
             "streams": {name: w.streams_ended for name, w in self._windows.items()},
             "finals": {name: w.finals for name, w in self._windows.items()},
+            "figures": {name: w.figures() for name, w in self._windows.items()},
             "gates": [g.to_dict() for g in self.last_gates],
         }
         return out

@@ -113,6 +113,21 @@ class WindowStats:
     def mean_agreement(self) -> float | None:
         return _mean(self.agreements)
 
+    def figures(self) -> dict:
+        """The window's figures by gate, for the deploy state (None where there is no data)."""
+        return {
+            "finals": self.finals,
+            "streams_ended": self.streams_ended,
+            "latency_p95_s": p95(self.latencies),
+            "error_rate": self.error_rate(),
+            "empty_rate": self.empty_rate(),
+            "mean_logprob": self.mean_logprob(),
+            "guard_drop_rate": self.guard_drop_rate(),
+            "feedback_words": self.feedback_words,
+            "wer": self.wer(),
+            "agreement": self.mean_agreement(),
+        }
+
 
 @dataclass(frozen=True)
 class GateResult:
