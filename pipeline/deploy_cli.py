@@ -24,17 +24,22 @@ def register(sub: Any) -> None:
     d.add_argument("--url", default=DEFAULT_ADMIN_URL, help=f"server (default: {DEFAULT_ADMIN_URL})")
     d.add_argument("--admin-token", help="admin token (default: $SPEECHPIPE_ADMIN_TOKEN)")
     d.add_argument("--reason", help="why, recorded in the deploy history")
+    # --reason after the action too (``deploy rollback --reason "..."``)
+    reason = argparse.ArgumentParser(add_help=False)
+    reason.add_argument("--reason", default=argparse.SUPPRESS, help="why, recorded in the deploy history")
     actions = d.add_subparsers(dest="deploy_action", required=True, metavar="ACTION")
     actions.add_parser("status", help="print the deploy state (JSON)")
-    sw = actions.add_parser("switch", help="blue/green: send new streams to VARIANT")
+    sw = actions.add_parser("switch", help="blue/green: send new streams to VARIANT", parents=[reason])
     sw.add_argument("variant")
-    actions.add_parser("promote", help="make the candidate the primary, at 100 %%")
-    actions.add_parser("rollback", help="canary back to 0 %%; blue/green back to the previous variant")
-    w = actions.add_parser("weight", help="canary: route this share of new streams to VARIANT")
+    actions.add_parser("promote", help="make the candidate the primary, at 100 %%", parents=[reason])
+    actions.add_parser(
+        "rollback", help="canary back to 0 %%; blue/green back to the previous variant", parents=[reason]
+    )
+    w = actions.add_parser("weight", help="canary: route this share of new streams to VARIANT", parents=[reason])
     w.add_argument("variant")
     w.add_argument("weight", type=float, help="0 to 1")
-    actions.add_parser("pause", help="stop the canary's automatic steps")
-    actions.add_parser("resume", help="let the canary step again")
+    actions.add_parser("pause", help="stop the canary's automatic steps", parents=[reason])
+    actions.add_parser("resume", help="let the canary step again", parents=[reason])
     d.set_defaults(func=cmd_deploy)
 
 

@@ -287,3 +287,23 @@ def test_a_variant_that_cannot_load_stops_serve_with_its_name():
     )
     assert proc.returncode != 0
     assert "variant 'broken'" in proc.stderr and "/nonexistent/model" in proc.stderr
+
+
+def test_the_deploy_command_drives_the_admin_api(engine):
+    cfg = config(**{"deploy.mode": "bluegreen", "deploy.candidate": "green", "variants.green.vad.backend": "webrtc"})
+    with ServerThread(engine, config=cfg, admin_token=ADMIN) as srv:
+
+        def deploy(*args: str, token: str = ADMIN) -> subprocess.CompletedProcess:
+            cmd = [sys.executable, "-m", "speechpipe.pipeline.cli", "deploy", "--url", srv.http, "--admin-token", token]
+            return subprocess.run(cmd + list(args), cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+
+        switched = deploy("switch", "green", "--reason", "new VAD")
+        refused = deploy("status", token="wrong")
+        bad = deploy("weight", "green", "0.5")
+        status = deploy("status")
+    assert switched.returncode == 0, switched.stderr
+    doc = json.loads(switched.stdout)
+    assert doc["deploy"]["active"] == "green" and doc["change"]["reason"] == "admin: new VAD"
+    assert refused.returncode == 1 and "401" in refused.stderr
+    assert bad.returncode == 1 and "canary" in bad.stderr  # set_weight is not a blue/green action
+    assert [c["action"] for c in json.loads(status.stdout)["history"]] == ["start", "switch"]
