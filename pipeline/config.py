@@ -1,6 +1,6 @@
 """Pipeline configuration: dataclasses loaded from TOML, overridden by flags.
 
-A config file has up to six tables, every key optional::
+A config file has these tables, every key optional::
 
     [pipeline]
     variant = "default"        # name carried on every span and metric
@@ -41,6 +41,13 @@ A config file has up to six tables, every key optional::
 
     [variants.base.asr]
     model = "base"
+
+    [deploy]                   # speechpipe.pipeline.deploy.DeploySettings (docs/deployment.md)
+    mode = "canary"            # single | shadow | canary | bluegreen
+    candidate = "green"
+
+    [deploy.gates]
+    wer_delta = 0.03
 
 The base config itself is the variant named by ``pipeline.variant``; :meth:`Config.for_variant`
 gives the effective config of any variant.
