@@ -1,0 +1,63 @@
+"""A baseline profile: per variant and stage, the distribution of every per-segment feature, and
+the drift thresholds learned from it (see :mod:`speechpipe.pipeline.monitoring.drift`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from speechpipe.pipeline.monitoring.drift import kind_of, learn_threshold
+from speechpipe.stages.features import INPUT_FEATURES, OUTPUT_FEATURES
+
+PROFILE_VERSION = 1
+
+
+def stage_of(feature: str) -> str:
+    return "input" if feature in INPUT_FEATURES else "output" if feature in OUTPUT_FEATURES else "stream"
+
+
+def build_profile(
+    segments: Mapping[str, Sequence[Mapping[str, float]]],
+    window_segments: int = 100,
+    min_segments: int = 30,
+    groups: Mapping[str, Sequence[str]] | None = None,
+) -> dict:
+    """The profile of ``segments`` (per variant, each segment's features), with thresholds learned
+    for windows of ``min_segments`` up to ``window_segments`` segments; ``groups`` gives the stream
+    of each segment, per variant (see :func:`~speechpipe.pipeline.monitoring.drift.learn_threshold`)."""
+    sizes = sorted({min_segments, (min_segments + window_segments) // 2, window_segments})
+    variants = {}
+    for variant, segs in segments.items():
+        features = {}
+        names = sorted({k for seg in segs for k in seg})
+        seg_groups = (groups or {}).get(variant)
+        for name in names:
+            values = np.array([seg[name] for seg in segs if name in seg], dtype=float)
+            these = [g for g, seg in zip(seg_groups, segs) if name in seg] if seg_groups else None
+            kind = kind_of(name)
+            features[name] = {
+                "stage": stage_of(name),
+                "kind": kind,
+                "values": values.tolist(),
+                "thresholds": {str(n): learn_threshold(kind, values, n, these) for n in sizes},
+            }
+        variants[variant] = {"segments": len(segs), "features": features}
+    return {"version": PROFILE_VERSION, "window_segments": window_segments, "variants": variants}
+
+
+def save_profile(profile: dict, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(profile))
+
+
+def load_profile(path: str | Path) -> dict:
+    """A profile written by :func:`save_profile`; ValueError naming the file when it is not one."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a baseline profile: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("version") != PROFILE_VERSION or "variants" not in doc:
+        raise ValueError(f"{path}: not a baseline profile of version {PROFILE_VERSION}")
+    return doc

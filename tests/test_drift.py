@@ -1,0 +1,122 @@
+"""Per-segment features and drift against a baseline, on real corpus speech with real noise: the
+VAD cuts the streams (no model needed), the features and detectors are the production ones."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT, SPEECH
+
+from speechpipe.pipeline.config import Config
+from speechpipe.pipeline.monitoring.baseline import build_profile, load_profile, save_profile
+from speechpipe.pipeline.monitoring.collector import FeatureCollector
+from speechpipe.pipeline.monitoring.drift import DriftMonitor, drift_score, learn_threshold
+from speechpipe.pipeline.session import StreamSession
+from speechpipe.stages.audio import load_audio, resample
+from speechpipe.stages.features import bandwidth_hz, input_features
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from live_streams import build_stream, noises, utterances
+
+pytestmark = pytest.mark.corpus
+
+
+def segment_features(audio: np.ndarray, rate: int = 16000) -> list[dict]:
+    out: list[dict] = []
+    session = StreamSession(
+        Config().vad, sample_rate=rate, observers=[FeatureCollector(lambda s, i, f: out.append(f), outputs=False)]
+    )
+    x = audio if rate == 16000 else resample(audio, 16000, rate)
+    for i in range(0, x.size, rate // 2):
+        session.feed(x[i : i + rate // 2])
+        session.take_jobs()
+    session.finish()
+    session.take_jobs()
+    session.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def corpus_streams():
+    utts, noise = utterances(), noises()
+    return [build_stream(k, utts, 60.0, noise, -45.0, mixed_formats=False).audio for k in range(24)], noise
+
+
+@pytest.fixture(scope="module")
+def profile(corpus_streams):
+    streams, _ = corpus_streams
+    per_stream = [segment_features(a) for a in streams[:16]]
+    segments = [f for s in per_stream for f in s]
+    groups = [str(k) for k, s in enumerate(per_stream) for _ in s]
+    return build_profile({"default": segments}, window_segments=60, min_segments=40, groups={"default": groups})
+
+
+def test_input_features_see_telephone_audio_gain_and_noise():
+    x, _ = load_audio(SPEECH / "librispeech-test-clean_1089-134686-0000.flac")
+    clean = input_features(x, source_rate=16000)
+    phone = input_features(resample(resample(x, 16000, 8000), 8000, 16000), source_rate=8000)
+    quiet = input_features(x * 0.1, source_rate=16000)
+    noise = np.resize(noises()[0], x.size).astype(np.float32)
+    noisy_audio = x + noise / np.sqrt(np.mean(noise**2)) * np.sqrt(np.mean(x**2)) * 10 ** (-5 / 20)
+    noisy = input_features(noisy_audio, source_rate=16000)
+    assert clean["bandwidth_hz"] > 6000 and phone["bandwidth_hz"] < 4000 and phone["sample_rate"] == 8000
+    assert quiet["rms_dbfs"] == pytest.approx(clean["rms_dbfs"] - 20, abs=0.01)
+    assert quiet["snr_db"] == pytest.approx(clean["snr_db"], abs=0.5)  # the ratio does not change with gain
+    assert noisy["snr_db"] < clean["snr_db"] - 10
+    assert bandwidth_hz(np.zeros(100, np.float32)) == 0.0
+
+
+def test_drift_scores_and_thresholds_from_the_baseline_itself():
+    rng = np.random.default_rng(0)
+    base = rng.normal(0, 1, 2000)
+    threshold = learn_threshold("numeric", base, 50)
+    same = [drift_score("numeric", base, rng.normal(0, 1, 50)) for _ in range(200)]
+    shifted = drift_score("numeric", base, rng.normal(1.0, 1, 50))
+    assert np.mean(np.array(same) > threshold) < 0.02 and shifted > threshold
+    assert drift_score("rate", np.array([0.0] * 90 + [1.0] * 10), np.array([1.0] * 5 + [0.0] * 5)) == pytest.approx(0.4)
+    cats = np.array([16000.0] * 10)
+    assert drift_score("categorical", cats, cats) == 0.0 and drift_score("categorical", cats, cats / 2) == 1.0
+
+
+def monitor_run(profile, segments: list[dict]) -> tuple[set[str], int | None, DriftMonitor]:
+    monitor = DriftMonitor(profile, 60, 40)
+    alerted, first = set(), None
+    for k, features in enumerate(segments):
+        monitor.add("default", features)
+        now = {d.feature for d in monitor.report("default") if d.alert}
+        if now and first is None:
+            first = k + 1
+        alerted |= now
+    return alerted, first, monitor
+
+
+def test_streams_like_the_baseline_do_not_alarm(profile, corpus_streams):
+    streams, _ = corpus_streams
+    held_out = [f for a in streams[16:] for f in segment_features(a)]
+    alerted, _first, monitor = monitor_run(profile, held_out)
+    assert len(held_out) >= 60
+    assert alerted == set(), {d.feature: (d.score, d.threshold) for d in monitor.report("default")}
+
+
+def test_telephone_audio_quiet_audio_and_a_noise_bed_alarm_on_their_feature(profile, corpus_streams, tmp_path):
+    streams, noise = corpus_streams
+    save_profile(profile, tmp_path / "baseline.json")
+    profile = load_profile(tmp_path / "baseline.json")
+    phone = [f for a in streams[16:] for f in segment_features(a, 8000)]
+    quiet = [f for a in streams[16:] for f in segment_features(a * 0.1)]
+    bed = np.resize(noise[2], streams[16].size).astype(np.float32)
+
+    def noisy(a: np.ndarray) -> np.ndarray:
+        b = np.resize(bed, a.size)
+        n = b / np.sqrt(np.mean(b**2)) * np.sqrt(np.mean(a**2)) * 10 ** (-5 / 20)
+        return np.clip(a + n, -1, 1)
+
+    noisy_segments = [f for a in streams[16:] for f in segment_features(noisy(a))]
+    assert {"bandwidth_hz", "sample_rate"} <= monitor_run(profile, phone)[0]
+    assert {"rms_dbfs", "peak_dbfs"} <= monitor_run(profile, quiet)[0]
+    assert "snr_db" in monitor_run(profile, noisy_segments)[0]
+    with pytest.raises(ValueError, match="not a baseline profile"):
+        (tmp_path / "bad.json").write_text("{}")
+        load_profile(tmp_path / "bad.json")
