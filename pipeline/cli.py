@@ -10,6 +10,7 @@ from speechpipe.pipeline import deploy_cli, live_cli
 from speechpipe.pipeline.cli_args import add_config_arguments, config_from_args
 from speechpipe.pipeline.config import ConfigError
 from speechpipe.pipeline.evaluate import cli as eval_cli
+from speechpipe.pipeline.monitoring import cli as monitoring_cli
 from speechpipe.pipeline.offline import ModelError
 
 
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=eval_cli.run_cli)
     live_cli.register(sub)  # serve, stream, mic
     deploy_cli.register(sub)  # deploy status|switch|promote|rollback|weight|pause|resume
+    monitoring_cli.register(sub)  # baseline build
     return parser
 
 

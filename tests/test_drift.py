@@ -120,3 +120,35 @@ def test_telephone_audio_quiet_audio_and_a_noise_bed_alarm_on_their_feature(prof
     with pytest.raises(ValueError, match="not a baseline profile"):
         (tmp_path / "bad.json").write_text("{}")
         load_profile(tmp_path / "bad.json")
+
+
+def test_baseline_build_command_profiles_every_variant_and_reports_a_corrupt_file(tmp_path):
+    import subprocess
+
+    files = sorted(SPEECH.glob("cmuarctic_*.wav"))[:4]
+    corrupt = tmp_path / "broken.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    out = tmp_path / "baseline.json"
+    cmd = [sys.executable, "-m", "speechpipe.pipeline.cli", "baseline", "build", *map(str, files), str(corrupt)]
+    cmd += [
+        "-o",
+        str(out),
+        "--window-segments",
+        "4",
+        "--min-segments",
+        "2",
+        "--set",
+        "variants.loud.vad.backend=webrtc",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "broken.wav" in proc.stderr  # reported, and the rest ran
+    profile = load_profile(out)
+    assert set(profile["variants"]) == {"default", "loud"}
+    default = profile["variants"]["default"]
+    assert default["segments"] >= len(files)
+    features = default["features"]
+    assert features["bandwidth_hz"]["stage"] == "input" and features["avg_logprob"]["stage"] == "output"
+    assert features["empty"]["kind"] == "rate" and features["sample_rate"]["kind"] == "categorical"
+    assert set(features["rms_dbfs"]["thresholds"]) == {"2", "3", "4"}
+    assert len(features["rms_dbfs"]["values"]) == default["segments"]

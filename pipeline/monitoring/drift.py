@@ -67,11 +67,12 @@ def learn_threshold(
     at random and scored against the baseline's other streams: segments of one stream share a
     speaker, a room and a level, so windows of segments drawn one by one from the whole baseline
     wander far less than new traffic does (on the corpus, other utterances of the same sources
-    then alarmed at 1.2-1.3 times such thresholds). Without groups, segments are drawn one by one.
+    then alarmed at 1.2-1.3 times such thresholds). Without groups, or with fewer than ``2 * size``
+    segments (no room for a window and something to compare it with), segments are drawn one by one.
     """
     rng = random.Random(seed)
     scores = []
-    if groups is not None and len(set(groups)) >= 3:
+    if groups is not None and len(set(groups)) >= 3 and baseline.size >= 2 * size:
         by_group: dict[str, list[float]] = {}
         for g, v in zip(groups, baseline.tolist()):
             by_group.setdefault(g, []).append(v)
