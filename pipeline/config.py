@@ -70,6 +70,7 @@ from pathlib import Path
 from typing import Any
 
 from speechpipe.pipeline.deploy.settings import DeploySettings
+from speechpipe.pipeline.monitoring.settings import MonitoringSettings
 from speechpipe.stages.asr import AsrConfig
 from speechpipe.stages.vad import VadConfig
 from speechpipe.telemetry.settings import TelemetryConfig
@@ -200,6 +201,7 @@ class Config:
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     server: ServerSettings = field(default_factory=ServerSettings)
     deploy: DeploySettings = field(default_factory=DeploySettings)
+    monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
     #: named variants: ``{name: {"vad": {...}, "asr": {...}}}``, each over this config's tables.
     variants: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
 

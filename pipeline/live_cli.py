@@ -28,6 +28,7 @@ def register(sub: Any) -> None:
         "--admin-token",
         help="bearer token of the admin API, /admin/* (default: $SPEECHPIPE_ADMIN_TOKEN; without one it answers 403)",
     )
+    s.add_argument("--baseline", help="drift monitoring against this profile (speechpipe baseline build)")
     s.add_argument("--max-streams", type=int, help="concurrent streams (default: 16)")
     s.add_argument(
         "--partial-interval", type=float, metavar="S", help="seconds of new audio between partials (default: 1.0)"
@@ -74,6 +75,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "server.max_streams": args.max_streams,
         "server.partial_interval_s": args.partial_interval,
         "server.partials": False if args.no_partials else None,
+        "monitoring.baseline": args.baseline,
     }
     args.overrides = list(args.overrides) + [f"{k}={_toml(v)}" for k, v in overrides.items() if v is not None]
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # one line per Whisper call otherwise

@@ -66,6 +66,7 @@ class ServerTelemetry:
     observer: Observer
     stream_observers: Callable[[str, dict, Config, str], list[Observer]]
     labelled: Callable[[Config, str], Instrumentation]
+    drift_telemetry: Callable[[Callable], Callable]
     metrics: Callable[[], tuple[bytes, str]]
     on_shutdown: Callable[[], None]
 
@@ -74,6 +75,7 @@ class ServerTelemetry:
             "observer": self.observer,
             "stream_observers": self.stream_observers,
             "labelled": self.labelled,
+            "drift_telemetry": self.drift_telemetry,
             "metrics": self.metrics,
             "on_shutdown": self.on_shutdown,
         }
@@ -97,10 +99,21 @@ def server_telemetry(telemetry: Telemetry) -> ServerTelemetry:
     def stream_observers(stream_id: str, attributes: dict, config: Config, role: str) -> list[Observer]:
         return [labelled(config, role).stream_observer(mode=n.LIVE, attributes=attributes)]
 
+    def drift_telemetry(rows: Callable) -> Callable:
+        from speechpipe.telemetry.drift_telemetry import drift_alert, register_drift_gauges
+
+        register_drift_gauges(inst, rows)
+
+        def report(d, raised: bool) -> None:
+            drift_alert(inst, d.variant, d.stage, d.feature, d.score, d.threshold, d.n, raised)
+
+        return report
+
     return ServerTelemetry(
         observer=inst,
         stream_observers=stream_observers,
         labelled=labelled,
+        drift_telemetry=drift_telemetry,
         metrics=lambda: (telemetry.prometheus_text(), CONTENT_TYPE_LATEST),
         on_shutdown=telemetry.shutdown,
     )

@@ -38,6 +38,7 @@ from starlette.websockets import WebSocket
 from speechpipe.pipeline.admission import Admission
 from speechpipe.pipeline.config import Config, ConfigError
 from speechpipe.pipeline.deployment import Deployment
+from speechpipe.pipeline.drift_service import DriftService
 from speechpipe.pipeline.hooks import Observer, Observers, StreamRejected
 from speechpipe.pipeline.http.admin import admin_routes
 from speechpipe.pipeline.http.app import build_app
@@ -88,6 +89,8 @@ class SpeechServer:
             format's attributes, the effective config of the variant serving it and its role.
         labelled: the instrumentation of a variant (its effective config) and role, for the
             deployment's metrics and spans.
+        drift_telemetry: given the drift figures' source, registers their gauges and returns the
+            reporter of drift alerts (span, log); without it alerts are logged.
         observer: told server-level events (:class:`~speechpipe.pipeline.hooks.StreamRejected`).
         metrics: renders ``/metrics`` as ``(body, content_type)``; without it the page is empty.
         on_shutdown: called once the server has drained (flush telemetry there).
@@ -102,6 +105,7 @@ class SpeechServer:
         admin_token: str | None = None,
         stream_observers: StreamObservers | None = None,
         labelled: Callable[[Config, str], object] | None = None,
+        drift_telemetry: Callable[[Callable], Callable] | None = None,
         observer: Observer | None = None,
         metrics: MetricsRenderer | None = None,
         on_shutdown: Callable[[], None] | None = None,
@@ -115,9 +119,11 @@ class SpeechServer:
             raise ConfigError("the admin token must differ from the stream token")
         self.stream_observers = stream_observers
         self.labelled = labelled
+        self.drift_telemetry = drift_telemetry
         self.variants: dict[str, Variant] = {}
         self.deployment: Deployment | None = None
         self.router: StreamRouter | None = None
+        self.drift: DriftService | None = None
         self._tick_task: asyncio.Task | None = None
         self.observer = Observers([observer])
         self.metrics = metrics or _no_metrics
@@ -158,7 +164,10 @@ class SpeechServer:
             metrics=self.metrics,
             on_unauthorized=lambda: self._rejected("unauthorized"),
             extra_routes=admin_routes(
-                admin_token=self.admin_token, stream_token=self.token, deployment=lambda: self.deployment
+                admin_token=self.admin_token,
+                stream_token=self.token,
+                deployment=lambda: self.deployment,
+                drift=lambda: self.drift,
             ),
         )
         # Our own check answers up to 4x the limit with a clear error; beyond that the protocol
@@ -200,6 +209,10 @@ class SpeechServer:
             {name: v.variant_id for name, v in variants.items()},
             labelled=(lambda name, role: labelled(config_of[name], role)) if labelled else None,
         )
+        if self.config.monitoring.baseline:
+            self.drift = DriftService(self.config.monitoring)
+            if self.drift_telemetry is not None:
+                self.drift.on_alert = self.drift_telemetry(self.drift.rows)
         self.variants = variants
         primary = variants[self.deployment.controller.primary]
         self.engine = primary.engine
@@ -209,6 +222,7 @@ class SpeechServer:
             variants,
             self.deployment,
             lambda *args: self.stream_observers(*args) if self.stream_observers else [],
+            self.drift,
         )
         workers = self.engine.config.workers
         self.admission = Admission(workers, s.max_load, s.stream_load)
@@ -233,6 +247,8 @@ class SpeechServer:
             await asyncio.sleep(DEPLOY_TICK_S)
             try:
                 self.deployment.tick()
+                if self.drift is not None:
+                    self.drift.evaluate()
             except Exception:  # the deployment's bug must not stop serving
                 log.exception("deploy tick failed")
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 from speechpipe.pipeline.config import Config
 from speechpipe.pipeline.deployment import Deployment
+from speechpipe.pipeline.drift_service import DriftService
 from speechpipe.pipeline.hooks import Observer
 from speechpipe.pipeline.live.actions import LiveContext
 from speechpipe.pipeline.variants import Variant
@@ -31,11 +32,13 @@ class StreamRouter:
         variants: dict[str, Variant],
         deployment: Deployment,
         stream_observers: StreamObservers | None = None,
+        drift: DriftService | None = None,
     ) -> None:
         self.config = config
         self.variants = variants
         self.deployment = deployment
         self.stream_observers = stream_observers
+        self.drift = drift
 
     @property
     def languages(self) -> tuple[str, ...]:
@@ -68,10 +71,14 @@ class StreamRouter:
     ) -> LiveContext:
         factory = self.stream_observers
         deployment = self.deployment
+        drift = self.drift
 
         def observers(sid: str, attributes: dict) -> list[Observer]:
             found = list(factory(sid, attributes, variant.config, role)) if factory else []
-            return found + [deployment.observer(sid, variant.name)]
+            found.append(deployment.observer(sid, variant.name))
+            if drift is not None:
+                found.append(drift.observer(variant.name))
+            return found
 
         return LiveContext(
             settings=self.config.server,

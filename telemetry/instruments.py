@@ -123,6 +123,7 @@ class Instrumentation:
         self._shared = _instruments or _Instruments(tracer_provider, meter_provider)
         self._providers = (tracer_provider, meter_provider)
         self.tracer = self._shared.tracer
+        self.meter = self._shared.meter
         self.instruments = self._shared.by_name
         self.labels = labels or Labels()
         self.mode = mode

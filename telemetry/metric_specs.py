@@ -184,6 +184,23 @@ METRICS: tuple[MetricSpec, ...] = (
         "output",
         "word errors (substitutions + deletions + insertions) of each variant against human feedback",
     ),
+    MetricSpec(
+        n.DRIFT_SCORE,
+        OBSERVABLE_GAUGE,
+        "1",
+        (n.DRIFT_VARIANT, n.DRIFT_STAGE, n.DRIFT_FEATURE),
+        "input",
+        "drift of a feature's recent window from the baseline (normed Wasserstein, rate difference or "
+        "Jensen-Shannon distance), per variant",
+    ),
+    MetricSpec(
+        n.DRIFT_ALERT,
+        OBSERVABLE_GAUGE,
+        "1",
+        (n.DRIFT_VARIANT, n.DRIFT_STAGE, n.DRIFT_FEATURE),
+        "input",
+        "1 while the feature's drift score is above the threshold learned from the baseline, else 0",
+    ),
     MetricSpec(n.STREAMS_ACTIVE, UP_DOWN_COUNTER, "{stream}", (), "software", "streams open now"),
     MetricSpec(
         n.STREAMS_REJECTED,

@@ -29,6 +29,9 @@ EVENT_FINAL_LOST = "final.lost"
 """A segment that will never get its final (the server stopped or broke first, or the client left)."""
 EVENT_DEPLOY_CHANGE = "deploy.change"
 """The deployment changed (a step, a rollback, an admin action): on the ``deploy`` span of the change."""
+EVENT_DRIFT_ALERT = "drift.alert"
+"""A feature of a variant drifted past its threshold (or came back): on a ``drift`` span."""
+SPAN_DRIFT = "drift"
 SPAN_DEPLOY = "deploy"
 """One change of the deployment (root span; its event carries the figures)."""
 
@@ -116,6 +119,10 @@ DEPLOY_ACTION = "deploy.action"  # start | advance | rollback | promote | switch
 DEPLOY_GATE = "deploy.gate"
 SHADOW_OUTCOME = "shadow.outcome"  # done | shed | failed
 SHADOW_EMPTY_MISMATCH = "shadow.empty_mismatch"
+# drift gauges (Prometheus: speechpipe_drift_score{variant,stage,feature})
+DRIFT_VARIANT = "variant"
+DRIFT_STAGE = "stage"
+DRIFT_FEATURE = "feature"
 
 # -- metrics --------------------------------------------------------------------------------------
 
@@ -139,6 +146,8 @@ SHADOW_AGREEMENT = "speechpipe.shadow.agreement"
 SHADOW_LATENCY = "speechpipe.shadow.latency"
 FEEDBACK_WORDS = "speechpipe.feedback.words"
 FEEDBACK_ERRORS = "speechpipe.feedback.errors"
+DRIFT_SCORE = "speechpipe.drift.score"
+DRIFT_ALERT = "speechpipe.drift.alert"
 PROCESS_CPU_TIME = "process.cpu.time"
 PROCESS_CPU_UTILIZATION = "process.cpu.utilization"
 PROCESS_MEMORY_USAGE = "process.memory.usage"

@@ -5,6 +5,8 @@
 * ``POST /admin/deploy``: an action, ``{"action": "switch", "active": NAME}``, ``{"action":
   "rollback"}``, ``{"action": "promote"}``, ``{"action": "set_weight", "variant": NAME, "weight":
   0.25}``, ``{"action": "pause"}`` or ``{"action": "resume"}``; answers the change and the state.
+* ``GET /admin/drift``: drift of each variant's recent segments from the baseline,
+  ``{"variants": {NAME: {"features": {FEATURE: {"score", "threshold", "alert", "n"}}}}}``.
 * ``POST /v1/feedback``: ``{"session": ID, "segment": N?, "text": "..."}``, a human reference
   scored against every variant that transcribed that audio.
 
@@ -24,6 +26,7 @@ from starlette.routing import BaseRoute, Route
 
 from speechpipe.pipeline.deploy import DeployError
 from speechpipe.pipeline.deployment import Deployment
+from speechpipe.pipeline.drift_service import DriftService
 from speechpipe.pipeline.http.app import NO_STORE, bearer_token, token_matches, unauthorized
 
 #: the largest request body accepted (a feedback text, an admin action).
@@ -63,6 +66,7 @@ def admin_routes(
     admin_token: str | None,
     stream_token: str | None,
     deployment: Callable[[], Deployment | None],
+    drift: Callable[[], DriftService | None] = lambda: None,
 ) -> list[BaseRoute]:
     """The routes, on the server's deployment (None while the variants load: 503)."""
 
@@ -134,7 +138,16 @@ def admin_routes(
         }
         return JSONResponse(body, headers=NO_STORE)
 
+    async def drift_state(request: Request) -> Response:
+        if (refused := admin_refusal(request)) is not None:
+            return refused
+        service = drift()
+        if service is None:
+            return error(404, "no_baseline", "drift monitoring is off: start the server with --baseline")
+        return JSONResponse(service.snapshot(), headers=NO_STORE)
+
     return [
+        Route("/admin/drift", drift_state, methods=["GET"]),
         Route("/admin/deploy", deploy_state, methods=["GET"]),
         Route("/admin/deploy", deploy_action, methods=["POST"]),
         Route("/v1/feedback", feedback, methods=["POST"]),

@@ -128,6 +128,10 @@ class DriftMonitor:
         variants = self.profile["variants"]
         return variants.get(variant) or (next(iter(variants.values())) if len(variants) == 1 else None)
 
+    def variants(self) -> list[str]:
+        """The variants that have segments in a window."""
+        return list(self._windows)
+
     def add(self, variant: str, features: Mapping[str, float]) -> None:
         """One segment's features (input and output together)."""
         self._windows.setdefault(variant, deque(maxlen=self.window_segments)).append(dict(features))

@@ -1,0 +1,93 @@
+"""Drift monitoring on a real server: a baseline built from wideband corpus streams, then live
+streams of the same kind (no alert) and of 8 kHz telephone audio (the bandwidth alerts), seen on
+``GET /admin/drift``, on ``/metrics`` and as a ``drift`` span."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import urllib.request
+
+import pytest
+from conftest import ROOT
+from livehelp import ServerThread
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from speechpipe.pipeline.client import paced, stream_pcm
+from speechpipe.pipeline.config import Config
+from speechpipe.pipeline.monitoring.baseline import build_profile, save_profile
+from speechpipe.pipeline.observability import server_telemetry, start_telemetry
+from speechpipe.telemetry import names as n
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from live_streams import FORMATS, StreamAudio, build_stream, noises, utterances
+from test_drift import segment_features
+
+pytestmark = pytest.mark.corpus
+ADMIN = "admin-secret"
+
+
+def get(srv, path):
+    req = urllib.request.Request(srv.http + path, headers={"Authorization": f"Bearer {ADMIN}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return r.read().decode()
+
+
+def test_live_streams_drift_on_the_feature_that_changed(engine, tmp_path):
+    utts, noise = utterances(), noises()
+    streams = [build_stream(k, utts, 40.0, noise, -45.0, mixed_formats=False) for k in range(8)]
+    per = [segment_features(s.audio) for s in streams[:6]]
+    profile = build_profile(
+        {"default": [f for s in per for f in s]},
+        8,
+        5,
+        groups={"default": [str(k) for k, s in enumerate(per) for _ in s]},
+    )
+    save_profile(profile, tmp_path / "baseline.json")
+    cfg = Config().with_overrides(
+        {
+            "monitoring.baseline": str(tmp_path / "baseline.json"),
+            "monitoring.window_segments": 8,
+            "monitoring.min_segments": 5,
+        }
+    )
+    telemetry = start_telemetry(cfg, mode="live", metrics_page=True, environ={}, announce=False)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry.instrumentation.tracer = provider.get_tracer("test")
+    srv = ServerThread(engine, config=cfg, admin_token=ADMIN)
+    kw = server_telemetry(telemetry).kwargs()
+    srv.server.metrics, srv.server.drift_telemetry = kw["metrics"], kw["drift_telemetry"]
+
+    def send(s: StreamAudio):
+        return asyncio.run(stream_pcm(srv.url, s.fmt.start, paced(s.frames(), 0.02, 0.0)))
+
+    with srv:
+        wide = send(streams[6])
+        time.sleep(1.5)  # a tick judges the window
+        calm = json.loads(get(srv, "/admin/drift"))
+        phone = send(StreamAudio(streams[7].audio, "", FORMATS[1]))  # 8 kHz telephone audio, twice:
+        phone = send(StreamAudio(streams[6].audio, "", FORMATS[1]))  # the window is all telephone then
+        time.sleep(1.5)
+        drifted = json.loads(get(srv, "/admin/drift"))
+        page = get(srv, "/metrics")
+    assert wide.finals and phone.finals
+    features = calm["variants"]["default"]["features"]
+    assert features and not any(f["alert"] for f in features.values()), features
+    after = drifted["variants"]["default"]["features"]
+    assert after["bandwidth_hz"]["alert"], after
+    assert after["bandwidth_hz"]["score"] > after["bandwidth_hz"]["threshold"]
+    assert after["sample_rate"]["alert"] and after["bandwidth_hz"]["n"] == 8
+    assert not after["rms_dbfs"]["alert"]
+    line = next(
+        x for x in page.splitlines() if x.startswith("speechpipe_drift_alert") and 'feature="bandwidth_hz"' in x
+    )
+    assert 'variant="default"' in line and 'stage="input"' in line and line.endswith(" 1.0")
+    spans = [s for s in exporter.get_finished_spans() if s.name == n.SPAN_DRIFT]
+    raised = {e.attributes["feature"] for s in spans for e in s.events if e.attributes["drift.raised"]}
+    assert "bandwidth_hz" in raised
