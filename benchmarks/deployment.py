@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from live_streams import FRAME_S, RATE, StreamAudio, build_stream, noises, utterances
-from streaming import free_port, pct
+from streaming import pct, serve
 
 from speechpipe.pipeline.client import StreamResult, paced, stream_pcm
 from speechpipe.pipeline.deploy import share_of
@@ -42,24 +42,12 @@ class Server:
     """``speechpipe serve`` with a config file and overrides, on a free port."""
 
     def __init__(self, config_text: str, overrides: list[str], workdir: Path) -> None:
-        self.port = free_port()
         cfg = workdir / "deploy.toml"
         cfg.write_text(config_text)
-        cmd = [sys.executable, "-m", "speechpipe.pipeline.cli", "serve", "--port", str(self.port)]
-        cmd += ["--config", str(cfg), "--log-level", "WARNING", "--admin-token", ADMIN]
+        flags = ["--config", str(cfg), "--log-level", "WARNING", "--admin-token", ADMIN]
         for o in overrides:
-            cmd += ["--set", o]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT)
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if urllib.request.urlopen(f"{self.http}/readyz").status == 200:
-                    break
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the server did not start")
-            time.sleep(0.2)
+            flags += ["--set", o]
+        self.proc, self.port = serve(flags, timeout_s=300)  # two models may load
 
     @property
     def http(self) -> str:

@@ -118,15 +118,21 @@ def free_port() -> int:
 
 
 def start_server(args, max_streams: int) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "speechpipe.pipeline.cli", "serve", "--port", str(port)]
+    flags = ["--log-level", "WARNING", "--max-streams", str(max_streams)]
     if args.threads:
-        cmd += ["--threads", str(args.threads)]
-    cmd += ["--log-level", "WARNING", "--max-streams", str(max_streams)]
+        flags += ["--threads", str(args.threads)]
     for o in args.overrides:
-        cmd += ["--set", o]
-    server = subprocess.Popen(cmd, cwd=ROOT)
-    deadline = time.monotonic() + 120
+        flags += ["--set", o]
+    return serve(flags)
+
+
+def serve(flags: list[str], timeout_s: float = 120.0) -> tuple[subprocess.Popen, int]:
+    """``speechpipe serve FLAGS`` on a free port as a subprocess, once ``/readyz`` answers 200."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "speechpipe.pipeline.cli", "serve", "--port", str(port), *flags], cwd=ROOT
+    )
+    deadline = time.monotonic() + timeout_s
     while True:
         try:
             if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz").status == 200:

@@ -60,7 +60,7 @@ class Deployment:
         self._lock = threading.RLock()
         now = clock()
         self.controller = DeployController(settings, variant_ids, now, state=self.store.load())
-        self._weights = self._current_weights()
+        self._weights = self.controller.weights()
         self._report(list(self.controller.history[-1:]) if self.controller.history else [])
         self._save()
         for name, weight in self._weights.items():
@@ -100,9 +100,7 @@ class Deployment:
                 )
                 comparisons = self.ledger.final(stream_id, Piece(seg.index, seg.start_s, seg.end_s, tr.text))
             elif isinstance(event, FinalLost):
-                self.controller.record_final(
-                    variant, now, latency_s=None, error=True, empty=False, avg_logprob=None, guard_dropped=False
-                )
+                self.controller.record_final(variant, now, error=True)
             elif isinstance(event, StreamEnded):
                 self.controller.stream_ended(variant, now)
                 comparisons, scores = self.ledger.ended(stream_id)
@@ -189,14 +187,11 @@ class Deployment:
     def _changed(self, changes: list[Change]) -> None:
         self._save()
         self._report(changes)
-        weights = self._current_weights()
+        weights = self.controller.weights()
         for name in set(weights) | set(self._weights):
             delta = weights.get(name, 0.0) - self._weights.get(name, 0.0)
             self._telemetry(name, lambda inst, d=delta: dt.weight_changed(inst, d))
         self._weights = weights
-
-    def _current_weights(self) -> dict[str, float]:
-        return {name: v["weight"] for name, v in self.controller.snapshot()["variants"].items()}
 
     def _save(self) -> None:
         try:

@@ -50,7 +50,7 @@ from speechpipe.pipeline.live.transport import Transport
 from speechpipe.pipeline.protocol import ProtocolError
 from speechpipe.pipeline.scheduler import AsrScheduler
 from speechpipe.pipeline.stream_router import StreamObservers, StreamRouter
-from speechpipe.pipeline.variants import Variant, live_asr, load_variants
+from speechpipe.pipeline.variants import Variant, load_variants
 from speechpipe.stages.asr import AsrEngine
 
 log = logging.getLogger("speechpipe.server")
@@ -60,7 +60,7 @@ ADMIN_TOKEN_ENV = "SPEECHPIPE_ADMIN_TOKEN"
 #: how often the canary's gates are evaluated.
 DEPLOY_TICK_S = 1.0
 
-__all__ = ["SpeechServer", "admin_token_from_env", "live_asr", "token_from_env"]
+__all__ = ["SpeechServer", "admin_token_from_env", "token_from_env"]
 
 MetricsRenderer = Callable[[], tuple[bytes, str]]
 

@@ -123,10 +123,19 @@ class DriftMonitor:
         self.window_segments = window_segments or int(profile["window_segments"])
         self.min_segments = min_segments
         self._windows: dict[str, deque[Mapping[str, float]]] = {}
+        # the baseline's values as arrays, once: every report of every variant compares with them
+        self._values = {
+            (variant, name): np.array(spec["values"], dtype=float)
+            for variant, base in profile["variants"].items()
+            for name, spec in base["features"].items()
+        }
 
-    def baseline_of(self, variant: str) -> Mapping | None:
+    def baseline_of(self, variant: str) -> str | None:
+        """The baseline variant ``variant`` is compared with: its own, or the only one there is."""
         variants = self.profile["variants"]
-        return variants.get(variant) or (next(iter(variants.values())) if len(variants) == 1 else None)
+        if variant in variants:
+            return variant
+        return next(iter(variants)) if len(variants) == 1 else None
 
     def variants(self) -> list[str]:
         """The variants that have segments in a window."""
@@ -138,17 +147,17 @@ class DriftMonitor:
 
     def report(self, variant: str) -> list[FeatureDrift]:
         """Every feature of ``variant``'s window against its baseline (empty below ``min_segments``)."""
-        base = self.baseline_of(variant)
+        base_name = self.baseline_of(variant)
         window = self._windows.get(variant, ())
-        if base is None or len(window) < self.min_segments:
+        if base_name is None or len(window) < self.min_segments:
             return []
         out = []
-        for name, spec in base["features"].items():
+        for name, spec in self.profile["variants"][base_name]["features"].items():
             values = np.array([seg[name] for seg in window if name in seg], dtype=float)
             if not values.size:
                 continue
             threshold = _scaled(spec["thresholds"], len(values))
-            score = drift_score(spec["kind"], np.array(spec["values"], dtype=float), values)
+            score = drift_score(spec["kind"], self._values[(base_name, name)], values)
             out.append(FeatureDrift(variant, spec["stage"], name, score, threshold, score > threshold, len(values)))
         return out
 
