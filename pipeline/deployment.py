@@ -57,6 +57,8 @@ class Deployment:
         self.labelled = labelled
         self.store = DeployStore(settings.state_file)
         self.ledger = Ledger()
+        #: told ``(variant, errors, words)`` of each human reference scored (concept drift).
+        self.on_score: Callable[[str, int, int], None] | None = None
         self._lock = threading.RLock()
         now = clock()
         self.controller = DeployController(settings, variant_ids, now, state=self.store.load())
@@ -152,6 +154,8 @@ class Deployment:
     def _scored(self, s: Score) -> None:
         self.controller.record_feedback(s.variant, self.clock(), s.errors, s.words)
         self._telemetry(s.variant, lambda inst: dt.feedback_scored(inst, s.errors, s.words), role=s.role)
+        if self.on_score is not None:
+            self.on_score(s.variant, s.errors, s.words)
 
     # -- feedback, admin, time ------------------------------------------------------------------
 

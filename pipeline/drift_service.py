@@ -1,18 +1,24 @@
 """A live server's drift monitoring: each stream's segments as features, a sliding window per
 variant compared with the baseline (:class:`~speechpipe.pipeline.monitoring.drift.DriftMonitor`),
-alerts reported when a feature crosses its threshold, and the figures for ``GET /admin/drift``
-and ``/metrics``. Events come from the event loop; one lock keeps it consistent."""
+human feedback as a rolling WER against the baseline's
+(:class:`~speechpipe.pipeline.monitoring.concept.ConceptMonitor`; reported as the feature ``wer``
+of stage ``concept``), alerts reported when a feature crosses its threshold, and the figures for
+``GET /admin/drift``, ``/metrics`` and the dashboard. Events come from the event loop and the
+scheduler's threads; one lock keeps it consistent."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from speechpipe.pipeline.config import ConfigError
 from speechpipe.pipeline.monitoring.baseline import load_profile
 from speechpipe.pipeline.monitoring.collector import FeatureCollector
+from speechpipe.pipeline.monitoring.concept import FEEDBACK, ConceptDrift, ConceptMonitor
 from speechpipe.pipeline.monitoring.drift import DriftMonitor, FeatureDrift
+from speechpipe.pipeline.monitoring.histograms import feature_histogram
 from speechpipe.pipeline.monitoring.settings import MonitoringSettings
 
 log = logging.getLogger("speechpipe.drift")
@@ -34,9 +40,16 @@ class DriftService:
             raise ConfigError(f"monitoring.baseline: {exc}") from None
         self.settings = settings
         self.monitor = DriftMonitor(self.profile, settings.window_segments, settings.min_segments)
+        self.concept = ConceptMonitor(
+            {v: spec.get("wer") for v, spec in self.profile["variants"].items()},
+            settings.concept_window_words,
+            settings.concept_min_words,
+        )
         self.on_alert = on_alert
         self._lock = threading.Lock()
         self._latest: dict[str, list[FeatureDrift]] = {}
+        self._concept: dict[str, ConceptDrift] = {}
+        self._alerts: list[dict] = []  # raised and cleared, newest last (the dashboard's list)
         self._alerting: set[tuple[str, str]] = set()
 
     def observer(self, variant: str) -> FeatureCollector:
@@ -48,11 +61,21 @@ class DriftService:
 
         return FeatureCollector(add)
 
-    def evaluate(self) -> list[FeatureDrift]:
+    def feedback(self, variant: str, errors: int, words: int) -> None:
+        """A human reference scored against ``variant`` (the deployment's ``on_score``)."""
+        with self._lock:
+            self.concept.add(variant, errors, words)
+
+    def evaluate(self, now: float | None = None) -> list[FeatureDrift]:
         """Judge every variant's window now; report the features that crossed their threshold."""
         with self._lock:
-            variants = self.monitor.variants()
+            variants = list(dict.fromkeys(self.monitor.variants() + self.concept.variants()))
             self._latest = {v: self.monitor.report(v) for v in variants}
+            for v in variants:
+                alerts = [d.feature for d in self._latest[v] if d.alert]
+                c = self._concept[v] = self.concept.report(v, alerts)
+                if c.source == FEEDBACK and c.threshold is not None:
+                    self._latest[v].append(FeatureDrift(v, "concept", "wer", c.wer, c.threshold, c.alert, c.words))
             crossed = []
             for drifts in self._latest.values():
                 for d in drifts:
@@ -60,6 +83,11 @@ class DriftService:
                     if d.alert != (key in self._alerting):
                         (self._alerting.add if d.alert else self._alerting.discard)(key)
                         crossed.append(d)
+                        self._alerts.append(
+                            {"time": now if now is not None else time.time(), "raised": d.alert, **d.to_dict()}
+                            | {"variant": d.variant, "feature": d.feature}
+                        )
+            del self._alerts[:-200]
         for d in crossed:
             if self.on_alert is None:
                 what = "drifted" if d.alert else "back within its baseline"
@@ -88,12 +116,37 @@ class DriftService:
             ]
 
     def snapshot(self) -> dict:
-        """``{"variants": {NAME: {"features": {FEATURE: {"score", "threshold", "alert", "n", "stage"}}}}}``."""
+        """``{"variants": {NAME: {"features": {FEATURE: {"score", "threshold", "alert", "n", "stage"}},
+        "concept": {...}}}, "alerts": [...]}``."""
         with self._lock:
             return {
                 "window_segments": self.settings.window_segments,
                 "min_segments": self.settings.min_segments,
                 "variants": {
-                    v: {"features": {d.feature: d.to_dict() for d in drifts}} for v, drifts in self._latest.items()
+                    v: {
+                        "features": {d.feature: d.to_dict() for d in drifts},
+                        "concept": self._concept[v].to_dict() if v in self._concept else None,
+                    }
+                    for v, drifts in self._latest.items()
                 },
+                "alerts": list(self._alerts),
             }
+
+    def histograms(self, bins: int = 16) -> dict:
+        """Per variant and feature, the baseline's and the current window's distributions on the
+        same bins (the dashboard's charts)."""
+        with self._lock:
+            out: dict[str, dict] = {}
+            for variant in self.monitor.variants():
+                base = self.monitor.baseline_of(variant)
+                if base is None:
+                    continue
+                window = self.monitor.window(variant)
+                feats = self.profile["variants"][base]["features"]
+                out[variant] = {
+                    name: feature_histogram(
+                        spec["kind"], spec["values"], [s[name] for s in window if name in s], bins=bins
+                    )
+                    for name, spec in feats.items()
+                }
+            return out

@@ -168,6 +168,8 @@ class SpeechServer:
                 stream_token=self.token,
                 deployment=lambda: self.deployment,
                 drift=lambda: self.drift,
+                metrics=lambda: self.metrics(),
+                closing=lambda: self._draining,
             ),
         )
         # Our own check answers up to 4x the limit with a clear error; beyond that the protocol
@@ -213,6 +215,7 @@ class SpeechServer:
             self.drift = DriftService(self.config.monitoring)
             if self.drift_telemetry is not None:
                 self.drift.on_alert = self.drift_telemetry(self.drift.rows)
+            self.deployment.on_score = self.drift.feedback
         self.variants = variants
         primary = variants[self.deployment.controller.primary]
         self.engine = primary.engine

@@ -11,6 +11,8 @@ segment's 16 kHz audio, the output features its transcript. Pure numpy.
   frames is within 60 dB of its peak. On the corpus: 6.6-8 kHz for every wideband recording,
   3.8-3.9 kHz for the same audio sent as 8 kHz telephone audio (a roll-off at 99 % of the energy
   did not separate them: 2.5-6.4 kHz wideband against 2.4-3.4 kHz).
+* ``speech_ratio``: the VAD's own share of the segment's frames it classified speech (the VAD
+  stage's feature: a noisier room or a changed VAD moves it).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ INPUT_FEATURES = (
     "clipping_ratio",
     "snr_db",
     "bandwidth_hz",
+    "speech_ratio",
     "sample_rate",
 )
 OUTPUT_FEATURES = (
@@ -77,8 +80,12 @@ def bandwidth_hz(audio: np.ndarray, edge_db: float = EDGE_DB) -> float:
     return float(within[-1] * SAMPLE_RATE / FRAME)
 
 
-def input_features(audio: np.ndarray, *, source_rate: int, pause_dbfs: float | None = None) -> dict[str, float]:
-    """The input features of one segment's 16 kHz mono ``audio``, sent at ``source_rate`` Hz."""
+def input_features(
+    audio: np.ndarray, *, source_rate: int, pause_dbfs: float | None = None, speech_ratio: float | None = None
+) -> dict[str, float]:
+    """The input features of one segment's 16 kHz mono ``audio``, sent at ``source_rate`` Hz;
+    ``speech_ratio`` is the VAD's share of the segment's frames it classified speech (left out
+    when not given)."""
     audio = np.asarray(audio, np.float32).ravel()
     stats = level_stats(audio)
     levels = frame_levels_db(audio)
@@ -88,7 +95,7 @@ def input_features(audio: np.ndarray, *, source_rate: int, pause_dbfs: float | N
         snr = speech - noise
     else:
         snr = 0.0
-    return {
+    feats = {
         "duration_s": audio.size / SAMPLE_RATE,
         "rms_dbfs": stats.rms_dbfs,
         "peak_dbfs": stats.peak_dbfs,
@@ -97,6 +104,9 @@ def input_features(audio: np.ndarray, *, source_rate: int, pause_dbfs: float | N
         "bandwidth_hz": bandwidth_hz(audio),
         "sample_rate": float(source_rate),
     }
+    if speech_ratio is not None:
+        feats["speech_ratio"] = float(speech_ratio)
+    return feats
 
 
 def output_features(transcript: Transcript, duration_s: float) -> dict[str, float]:

@@ -90,3 +90,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def with_telemetry(srv: ServerThread, telemetry) -> ServerThread:
+    """``srv`` reporting through real ``telemetry`` (its /metrics, stream metrics, drift gauges),
+    as ``speechpipe serve`` wires it; set before the server starts."""
+    from speechpipe.pipeline.hooks import Observers
+    from speechpipe.pipeline.observability import server_telemetry
+
+    kw = server_telemetry(telemetry)
+    s = srv.server
+    s.metrics, s.drift_telemetry, s.labelled = kw.metrics, kw.drift_telemetry, kw.labelled
+    s.stream_observers = kw.stream_observers
+    s.observer = Observers([kw.observer])
+    return srv

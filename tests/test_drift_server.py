@@ -11,16 +11,18 @@ import time
 import urllib.request
 
 import pytest
-from conftest import ROOT
-from livehelp import ServerThread
+from conftest import ROOT, SPEECH
+from livehelp import ServerThread, with_telemetry
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from speechpipe.pipeline.client import paced, stream_pcm
 from speechpipe.pipeline.config import Config
-from speechpipe.pipeline.monitoring.baseline import build_profile, save_profile
+from speechpipe.pipeline.monitoring.baseline import build_profile, load_profile, save_profile
+from speechpipe.pipeline.monitoring.collector import FeatureCollector
 from speechpipe.pipeline.observability import server_telemetry, start_telemetry
+from speechpipe.pipeline.offline import transcribe_file
 from speechpipe.telemetry import names as n
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -35,6 +37,24 @@ def get(srv, path):
     req = urllib.request.Request(srv.http + path, headers={"Authorization": f"Bearer {ADMIN}"})
     with urllib.request.urlopen(req, timeout=10) as r:
         return r.read().decode()
+
+
+def offline_profile(engine, tmp_path, files) -> str:
+    """A baseline of the default pipeline on corpus files: input and output features, and the
+    WER of each file against its reference (the concept-drift baseline)."""
+    found: list[dict] = []
+    groups: list[str] = []
+    scored: list[list[int]] = []
+    for path in files:
+        before = len(found)
+        collector = FeatureCollector(lambda _s, _i, f: found.append(f))
+        ref = " ".join(path.with_suffix(".txt").read_text().split())
+        result = transcribe_file(path, Config(), engine, observers=[collector], reference=ref)
+        groups += [str(path)] * (len(found) - before)
+        scored.append([result.wer.errors, result.wer.ref_words])
+    out = tmp_path / "baseline.json"
+    save_profile(build_profile({"default": found}, 8, 4, groups={"default": groups}, wer={"default": scored}), out)
+    return str(out)
 
 
 def test_live_streams_drift_on_the_feature_that_changed(engine, tmp_path):
@@ -91,3 +111,48 @@ def test_live_streams_drift_on_the_feature_that_changed(engine, tmp_path):
     spans = [s for s in exporter.get_finished_spans() if s.name == n.SPAN_DRIFT]
     raised = {e.attributes["feature"] for s in spans for e in s.events if e.attributes["drift.raised"]}
     assert "bandwidth_hz" in raised
+
+
+def test_feedback_wer_is_judged_against_the_baseline_wer(engine, tmp_path):
+    """Concept drift: human references scored live, a rolling WER per variant against the WER the
+    baseline measured on its own references; before enough feedback the confidence features stand in."""
+    from test_deploy_server import JFK, REFERENCE, http, stream
+
+    files = sorted(SPEECH.glob("librispeech-*.flac"))[:10]
+    baseline = offline_profile(engine, tmp_path, files)
+    base_wer = load_profile(baseline)["variants"]["default"]["wer"]
+    cfg = Config().with_overrides(
+        {
+            "monitoring.baseline": baseline,
+            "monitoring.window_segments": 8,
+            "monitoring.min_segments": 2,
+            "monitoring.concept_window_words": 40,
+            "monitoring.concept_min_words": 20,
+        }
+    )
+    telemetry = start_telemetry(cfg, mode="live", metrics_page=True, environ={}, announce=False)
+    other = " ".join(files[0].with_suffix(".txt").read_text().split())  # what someone else said
+
+    def judged(srv) -> dict:
+        time.sleep(1.5)  # a tick judges the windows
+        return http(srv, "GET", "/admin/drift")[1]["variants"]["default"]
+
+    with with_telemetry(ServerThread(engine, config=cfg, admin_token=ADMIN), telemetry) as srv:
+        first = stream(srv)
+        before = judged(srv)
+        assert http(srv, "POST", "/v1/feedback", {"session": first.ready["session"], "text": REFERENCE})[0] == 200
+        right = judged(srv)
+        for _ in range(2):  # the window fills with references of other speech: the output looks wrong
+            s = stream(srv)
+            assert http(srv, "POST", "/v1/feedback", {"session": s.ready["session"], "text": other})[0] == 200
+        wrong = judged(srv)
+        page = get(srv, "/metrics")
+    assert JFK.exists() and before["concept"]["source"] == "confidence" and "wer" not in before["features"]
+    c = right["concept"]
+    assert c["source"] == "feedback" and not c["alert"] and c["words"] == len(REFERENCE.split())
+    assert c["baseline_wer"] == pytest.approx(base_wer["errors"] / base_wer["words"])
+    assert c["wer"] < c["threshold"] and right["features"]["wer"]["stage"] == "concept"
+    assert wrong["concept"]["alert"] and wrong["features"]["wer"]["alert"]
+    assert wrong["concept"]["wer"] > 0.5 > wrong["concept"]["threshold"]
+    line = next(x for x in page.splitlines() if x.startswith("speechpipe_drift_alert") and 'feature="wer"' in x)
+    assert 'stage="concept"' in line and line.endswith(" 1.0")

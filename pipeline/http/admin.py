@@ -9,6 +9,7 @@
   ``{"variants": {NAME: {"features": {FEATURE: {"score", "threshold", "alert", "n"}}}}}``.
 * ``POST /v1/feedback``: ``{"session": ID, "segment": N?, "text": "..."}``, a human reference
   scored against every variant that transcribed that audio.
+* ``/dashboard`` and its data (:mod:`speechpipe.pipeline.http.dashboard`).
 
 The admin routes take the admin token (``Authorization: Bearer``, or ``?token=``): without one
 configured they answer 403, with a missing or wrong one 401. Feedback takes the stream token (open
@@ -24,10 +25,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from speechpipe.pipeline.dashboard.state import DashboardState
 from speechpipe.pipeline.deploy import DeployError
 from speechpipe.pipeline.deployment import Deployment
 from speechpipe.pipeline.drift_service import DriftService
 from speechpipe.pipeline.http.app import NO_STORE, bearer_token, token_matches, unauthorized
+from speechpipe.pipeline.http.dashboard import dashboard_routes
 
 #: the largest request body accepted (a feedback text, an admin action).
 MAX_BODY = 64 * 1024
@@ -67,8 +70,11 @@ def admin_routes(
     stream_token: str | None,
     deployment: Callable[[], Deployment | None],
     drift: Callable[[], DriftService | None] = lambda: None,
+    metrics: Callable[[], tuple[bytes, str]] = lambda: (b"", "text/plain"),
+    closing: Callable[[], bool] = lambda: False,
 ) -> list[BaseRoute]:
-    """The routes, on the server's deployment (None while the variants load: 503)."""
+    """The routes, on the server's deployment (None while the variants load: 503), with the
+    dashboard's (:mod:`speechpipe.pipeline.http.dashboard`) on ``metrics``, the deployment and drift."""
 
     def admin_refusal(request: Request) -> Response | None:
         if not admin_token:
@@ -146,7 +152,13 @@ def admin_routes(
             return error(404, "no_baseline", "drift monitoring is off: start the server with --baseline")
         return JSONResponse(service.snapshot(), headers=NO_STORE)
 
+    def drift_figures() -> tuple[dict, dict] | None:
+        service = drift()
+        return None if service is None else (service.snapshot(), service.histograms())
+
+    board = DashboardState(metrics, lambda: dep.snapshot() if (dep := deployment()) else None, drift_figures)
     return [
+        *dashboard_routes(board, admin_refusal, closing),
         Route("/admin/drift", drift_state, methods=["GET"]),
         Route("/admin/deploy", deploy_state, methods=["GET"]),
         Route("/admin/deploy", deploy_action, methods=["POST"]),

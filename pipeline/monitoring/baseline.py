@@ -24,10 +24,13 @@ def build_profile(
     window_segments: int = 100,
     min_segments: int = 30,
     groups: Mapping[str, Sequence[str]] | None = None,
+    wer: Mapping[str, Sequence[Sequence[int]]] | None = None,
 ) -> dict:
     """The profile of ``segments`` (per variant, each segment's features), with thresholds learned
     for windows of ``min_segments`` up to ``window_segments`` segments; ``groups`` gives the stream
-    of each segment, per variant (see :func:`~speechpipe.pipeline.monitoring.drift.learn_threshold`)."""
+    of each segment, per variant (see :func:`~speechpipe.pipeline.monitoring.drift.learn_threshold`);
+    ``wer`` the ``[errors, reference words]`` of each file scored against a reference, per variant
+    (the baseline of concept drift)."""
     sizes = sorted({min_segments, (min_segments + window_segments) // 2, window_segments})
     variants = {}
     for variant, segs in segments.items():
@@ -45,6 +48,13 @@ def build_profile(
                 "thresholds": {str(n): learn_threshold(kind, values, n, these) for n in sizes},
             }
         variants[variant] = {"segments": len(segs), "features": features}
+        files = [[int(e), int(w)] for e, w in (wer or {}).get(variant, ())]
+        if files and sum(w for _, w in files):
+            variants[variant]["wer"] = {
+                "errors": sum(e for e, _ in files),
+                "words": sum(w for _, w in files),
+                "files": files,
+            }
     return {"version": PROFILE_VERSION, "window_segments": window_segments, "variants": variants}
 
 

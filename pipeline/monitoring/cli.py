@@ -31,7 +31,7 @@ def register(sub: Any) -> None:
 def cmd_build(args: argparse.Namespace) -> int:
     from speechpipe.pipeline.monitoring.baseline import build_profile, save_profile
     from speechpipe.pipeline.monitoring.collector import FeatureCollector
-    from speechpipe.pipeline.offline import find_inputs, load_engine, transcribe_file
+    from speechpipe.pipeline.offline import find_inputs, load_engine, read_reference, transcribe_file
     from speechpipe.stages.audio import AudioError
 
     config = config_from_args(args)
@@ -43,6 +43,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         return 1
     segments: dict[str, list[dict]] = {}
     groups: dict[str, list[str]] = {}
+    scored: dict[str, list[list[int]]] = {}  # per variant, [errors, words] of each file with a reference
     for name in config.variant_names():
         variant = config.for_variant(name)
         engine = load_engine(variant)
@@ -50,17 +51,23 @@ def cmd_build(args: argparse.Namespace) -> int:
             found: list[dict] = []
             collector = FeatureCollector(lambda _sid, _i, features, found=found: found.append(features))
             try:
-                transcribe_file(item.path, variant, engine, observers=[collector])
+                result = transcribe_file(
+                    item.path, variant, engine, observers=[collector], reference=read_reference(item)
+                )
             except AudioError as exc:  # a corrupt file is reported; the rest runs
                 print(f"speechpipe baseline: {item.path}: {exc}", file=sys.stderr)
                 continue
+            if result.wer is not None and result.wer.ref_words:
+                scored.setdefault(name, []).append([result.wer.errors, result.wer.ref_words])
             segments.setdefault(name, []).extend(found)
             groups.setdefault(name, []).extend(str(item.path) for _ in found)
-        print(f"speechpipe baseline: {name}: {len(segments.get(name, []))} segments", file=sys.stderr)
+        wer = scored.get(name)
+        figures = f", WER {sum(e for e, _ in wer) / sum(w for _, w in wer):.2%} on {len(wer)} references" if wer else ""
+        print(f"speechpipe baseline: {name}: {len(segments.get(name, []))} segments{figures}", file=sys.stderr)
     if not any(segments.values()):
         print("speechpipe baseline: no speech segment in the inputs", file=sys.stderr)
         return 1
-    profile = build_profile(segments, args.window_segments, args.min_segments, groups=groups)
+    profile = build_profile(segments, args.window_segments, args.min_segments, groups=groups, wer=scored)
     save_profile(profile, args.output)
     print(f"speechpipe baseline: wrote {args.output}", file=sys.stderr)
     return 0

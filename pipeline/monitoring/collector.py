@@ -22,12 +22,16 @@ class FeatureCollector:
         self._rate: dict[str, int] = {}
         self._inputs: dict[tuple[str, int], SegmentFeatures] = {}
 
+    def _input(self, stream_id: str, seg: SpeechSegment) -> SegmentFeatures:
+        rate = self._rate.get(stream_id, 16000)
+        return input_features(seg.audio, source_rate=rate, speech_ratio=seg.speech_ratio)
+
     def on_event(self, event: Event) -> None:
         if isinstance(event, StreamStarted):
             self._rate[event.stream_id] = event.sample_rate
         elif isinstance(event, VadOutput) and isinstance(event.event, SpeechSegment):
             seg = event.event
-            feats = input_features(seg.audio, source_rate=self._rate.get(event.stream_id, 16000))
+            feats = self._input(event.stream_id, seg)
             if self.outputs:
                 self._inputs[(event.stream_id, seg.index)] = feats
             else:
@@ -36,5 +40,5 @@ class FeatureCollector:
             seg = event.segment
             feats = self._inputs.pop((event.stream_id, seg.index), None)
             if feats is None:
-                feats = input_features(seg.audio, source_rate=self._rate.get(event.stream_id, 16000))
+                feats = self._input(event.stream_id, seg)
             self.on_segment(event.stream_id, seg.index, feats | output_features(event.transcript, seg.duration_s))

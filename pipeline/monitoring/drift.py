@@ -141,6 +141,10 @@ class DriftMonitor:
         """The variants that have segments in a window."""
         return list(self._windows)
 
+    def window(self, variant: str) -> list[Mapping[str, float]]:
+        """The segments in ``variant``'s window now, oldest first."""
+        return list(self._windows.get(variant, ()))
+
     def add(self, variant: str, features: Mapping[str, float]) -> None:
         """One segment's features (input and output together)."""
         self._windows.setdefault(variant, deque(maxlen=self.window_segments)).append(dict(features))

@@ -1,0 +1,1 @@
+"""The live dashboard's data: figures from ``/metrics``, the deploy state and drift, in one snapshot."""

@@ -1,0 +1,67 @@
+"""One dashboard snapshot: the figures of ``/metrics`` (:mod:`.figures`), the deploy state, and
+drift per feature with its baseline and current histograms. Built at most once a second however
+many pages are open (each page's event stream reads the latest one)."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+
+from speechpipe.pipeline.dashboard.figures import DashboardFeed
+
+
+def finite(value: object) -> object:
+    """``value`` with every non-finite float replaced by None (JSON has no NaN or infinity)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+class DashboardState:
+    """See the module docstring.
+
+    Args:
+        metrics: renders ``/metrics`` as ``(body, content_type)``.
+        deploy: the deploy snapshot (None while the variants load).
+        drift: the drift snapshot and histograms (None without a baseline).
+        clock: wall-clock seconds.
+        min_interval_s: a snapshot younger than this is served again.
+    """
+
+    def __init__(
+        self,
+        metrics: Callable[[], tuple[bytes, str]],
+        deploy: Callable[[], dict | None],
+        drift: Callable[[], tuple[dict, dict] | None],
+        *,
+        clock: Callable[[], float] = time.time,
+        min_interval_s: float = 0.9,
+    ) -> None:
+        self.metrics, self.deploy, self.drift = metrics, deploy, drift
+        self.clock = clock
+        self.min_interval_s = min_interval_s
+        self.feed = DashboardFeed()
+        self._lock = threading.Lock()
+        self._latest: tuple[float, dict] | None = None
+
+    def snapshot(self) -> dict:
+        """The latest snapshot, rebuilt when it is older than ``min_interval_s``."""
+        with self._lock:
+            now = self.clock()
+            if self._latest is not None and now - self._latest[0] < self.min_interval_s:
+                return self._latest[1]
+            body, _ctype = self.metrics()
+            drift = self.drift()
+            extra = {
+                "deploy": self.deploy(),
+                "drift": None if drift is None else drift[0] | {"histograms": drift[1]},
+            }
+            state = finite(self.feed.update(now, body.decode("utf-8", "replace"), extra))
+            self._latest = (now, state)
+            return state

@@ -1,0 +1,142 @@
+"""The live dashboard in real headless Chromium (Debian's, through Playwright) against a real
+server with real telemetry: its figures match ``/metrics``, drift shows per feature with
+histograms, a deploy action clicked and confirmed on the page changes ``GET /admin/deploy`` (and a
+cancelled one does not), and the page's event stream does not hold up the server's shutdown."""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from conftest import SPEECH
+from livehelp import ServerThread, with_telemetry
+from prometheus_client.parser import text_string_to_metric_families
+from test_deploy_server import http, key_for, stream
+from test_drift_server import offline_profile
+
+from speechpipe.pipeline.config import Config
+from speechpipe.pipeline.observability import start_telemetry
+
+pytestmark = pytest.mark.corpus
+CHROMIUM = "/usr/bin/chromium"
+ADMIN = "admin-secret"
+
+
+def totals(page: str) -> dict[tuple[str, str], float]:
+    """Per (metric sample, variant), the sum over the other labels: read independently of the dashboard."""
+    out: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(page):
+        for s in family.samples:
+            key = (s.name, s.labels.get("pipeline_variant", ""))
+            out[key] = out.get(key, 0.0) + s.value
+    return out
+
+
+def total(t: dict, name: str, variant: str | None = None) -> float:
+    return sum(v for (n, var), v in t.items() if n == name and (variant is None or var == variant))
+
+
+def get_text(srv, path: str) -> str:
+    with urllib.request.urlopen(srv.http + path, timeout=10) as r:
+        return r.read().decode()
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent (apt-get install chromium)")
+def test_dashboard_matches_metrics_shows_drift_and_drives_the_deployment(engine, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api")
+    files = sorted(SPEECH.glob("librispeech-*.flac"))[:8] + sorted(SPEECH.glob("cmuarctic_*.wav"))[:4]
+    cfg = Config().with_overrides(
+        {
+            "monitoring.baseline": offline_profile(engine, tmp_path, files),
+            "monitoring.window_segments": 8,
+            "monitoring.min_segments": 2,
+            "deploy.mode": "canary",
+            "deploy.candidate": "twin",
+            "deploy.steps": [0.5, 1.0],
+            "deploy.step_min_streams": 50,  # it stays at the first step: the page acts on it
+            "deploy.state_file": str(tmp_path / "deploy.db"),
+            "variants.twin.vad.backend": Config().vad.backend,
+        }
+    )
+    telemetry = start_telemetry(cfg, mode="live", metrics_page=True, environ={}, announce=False)
+    srv = with_telemetry(ServerThread(engine, config=cfg, admin_token=ADMIN), telemetry)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-background-networking"]
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1600})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            with srv:
+                for path in ("/dashboard", "/dashboard/events", "/dashboard/state"):
+                    with pytest.raises(urllib.error.HTTPError) as refused:
+                        get_text(srv, path)
+                    assert refused.value.code == 401, path
+                with pytest.raises(urllib.error.HTTPError):
+                    get_text(srv, f"/dashboard?token={ADMIN}x")
+                page.goto(f"{srv.http}/dashboard?token={ADMIN}")
+                page.wait_for_selector("#conn:has-text('live')", timeout=15_000)
+                # (Playwright's sync API keeps an event loop in this thread: the clients run in others.)
+                with ThreadPoolExecutor(3) as pool:
+                    results = list(pool.map(lambda side: stream(srv, key_for("twin", 0.5, side)), (False, True, False)))
+                assert {r.ready["variant"] for r in results} == {"default", "twin"}
+                finals = sum(len(r.finals) for r in results)
+                metrics = totals(get_text(srv, "/metrics"))
+                assert total(metrics, "speechpipe_output_segments_total") == finals
+                # The page catches up within a few events; then its figures are /metrics' figures.
+                page.wait_for_function(f"() => document.getElementById('svc-finals').textContent === '{finals}'")
+                page.wait_for_function("() => document.getElementById('svc-streams-open').textContent === '0'")
+                assert (
+                    page.inner_text("#svc-accepted") == f"{total(metrics, 'speechpipe_input_streams_total'):g}" == "3"
+                )
+                assert page.inner_text("#svc-lost") == f"{total(metrics, 'speechpipe_finals_lost_total'):g}"
+                for variant in ("default", "twin"):
+                    row = f"tr[data-variant={variant}]"
+                    want = total(metrics, "speechpipe_output_segments_total", variant)
+                    assert page.inner_text(f"{row} td[data-field=finals]") == f"{want:g}"
+                    words = total(metrics, "speechpipe_output_words_total", variant)
+                    assert words > 0
+                assert page.inner_text("tr[data-variant=twin] td[data-field=role]") == "candidate"
+                assert page.inner_text("tr[data-variant=twin] td[data-field=weight]") == "50 %"
+                # Drift: every feature of both variants, each with its baseline-vs-recent histogram.
+                page.wait_for_function(
+                    "() => document.querySelectorAll('.variant-drift[data-variant=twin]"
+                    ' .feature[data-feature=bandwidth_hz] svg rect.cur[height]:not([height="0"])\').length > 0'
+                )
+                shown = page.locator(".variant-drift[data-variant=default] .feature").count()
+                drift = http(srv, "GET", "/admin/drift")[1]
+                assert shown == len(drift["variants"]["default"]["features"]) >= 14
+                concept = page.inner_text(".variant-drift[data-variant=default] .concept")
+                assert "stand-in: output confidence" in concept  # no feedback sent: the page says so
+                page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+                # A cancelled action changes nothing; a confirmed one changes the deployment.
+                page.click("button[data-action=rollback]")
+                assert page.is_visible("#confirm") and "Roll back" in page.inner_text("#confirm-text")
+                page.click("#confirm-cancel")
+                page.wait_for_selector("#action-result:has-text('rollback: cancelled')")
+                assert http(srv, "GET", "/admin/deploy")[1]["state"] == "progressing"
+                page.click("button[data-action=pause]")
+                page.click("#confirm-ok")
+                page.wait_for_selector("#action-result:has-text('pause: done')")
+                assert http(srv, "GET", "/admin/deploy")[1]["paused"] is True
+                page.click("button[data-action=rollback]")
+                page.click("#confirm-ok")
+                page.wait_for_selector("#action-result:has-text('rollback: done')")
+                state = http(srv, "GET", "/admin/deploy")[1]
+                assert state["state"] == "rolled_back" and state["variants"]["twin"]["weight"] == 0.0
+                assert state["history"][-1]["reason"] == "admin: dashboard"
+                page.wait_for_selector("#dep-state:has-text('rolled_back')")
+                page.wait_for_selector("#history li:has-text('rollback')")
+                t0 = time.monotonic()
+            # the server drained and stopped with the page's event stream still open
+            assert time.monotonic() - t0 < 15
+            page.wait_for_selector("#conn:has-text('reconnecting')", timeout=10_000)
+        finally:
+            browser.close()
+    assert not [e for e in errors if "ERR_CONNECTION_REFUSED" not in e], errors
