@@ -142,11 +142,13 @@ def transcribe_file(
     observers: Iterable[Observer | None] = (),
     reference: str | None = None,
     stream_id: str | None = None,
+    packed: bool = True,
 ) -> FileResult:
     """Transcribe one file through a :class:`StreamSession` (raises :class:`AudioError`).
 
     The file is decoded once, block by block; its duration is the frames actually decoded (exact
-    for MP3, whose header only estimates it).
+    for MP3, whose header only estimates it). With ``packed`` False every segment is transcribed
+    alone, as the live server does (the drift baseline needs the live path's confidences).
     """
     t0 = time.perf_counter()
     info = header(path)
@@ -154,7 +156,7 @@ def transcribe_file(
         config.vad,
         sample_rate=info.sample_rate,
         channels=info.channels,
-        pack_s=engine.config.window_s,
+        pack_s=engine.config.window_s if packed else 0.0,
         pack_gap_s=engine.config.gap_s,
         stream_id=stream_id or str(path),
         observers=observers,

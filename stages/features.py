@@ -44,6 +44,24 @@ OUTPUT_FEATURES = (
     "guard_drops",
     "compression_ratio",
 )
+#: per quantity, a difference too small to matter, in its own unit: drift scores divide by the
+#: baseline's spread but never by less than this (clipping_ratio is 0 in almost every segment, so
+#: its spread is near 0 and one clipped segment would otherwise score in the tens).
+SCALES = {
+    "duration_s": 0.1,
+    "rms_dbfs": 1.0,
+    "peak_dbfs": 1.0,
+    "clipping_ratio": 0.001,
+    "snr_db": 1.0,
+    "bandwidth_hz": 100.0,
+    "speech_ratio": 0.02,
+    "avg_logprob": 0.02,
+    "no_speech_prob": 0.01,
+    "word_probability": 0.01,
+    "words_per_s": 0.1,
+    "guard_drops": 0.05,
+    "compression_ratio": 0.05,
+}
 #: features whose values are categories, not quantities.
 CATEGORICAL = ("sample_rate",)
 #: features that are 0 or 1 per segment (compared as rates).

@@ -76,6 +76,10 @@ def test_drift_scores_and_thresholds_from_the_baseline_itself():
     shifted = drift_score("numeric", base, rng.normal(1.0, 1, 50))
     assert np.mean(np.array(same) > threshold) < 0.02 and shifted > threshold
     assert drift_score("rate", np.array([0.0] * 90 + [1.0] * 10), np.array([1.0] * 5 + [0.0] * 5)) == pytest.approx(0.4)
+    # a feature that is ~0 everywhere (clipping) is measured in its scale, not in its tiny spread
+    rare = np.array([0.0] * 99 + [1e-5])
+    assert drift_score("numeric", rare, np.full(40, 0.002), scale=0.001) == pytest.approx(2.0, rel=0.01)
+    assert drift_score("numeric", rare, np.full(40, 0.002)) > 100
     cats = np.array([16000.0] * 10)
     assert drift_score("categorical", cats, cats) == 0.0 and drift_score("categorical", cats, cats / 2) == 1.0
 

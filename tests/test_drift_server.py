@@ -49,7 +49,7 @@ def offline_profile(engine, tmp_path, files) -> str:
         before = len(found)
         collector = FeatureCollector(lambda _s, _i, f: found.append(f))
         ref = " ".join(path.with_suffix(".txt").read_text().split())
-        result = transcribe_file(path, Config(), engine, observers=[collector], reference=ref)
+        result = transcribe_file(path, Config(), engine, observers=[collector], reference=ref, packed=False)
         groups += [str(path)] * (len(found) - before)
         scored.append([result.wer.errors, result.wer.ref_words])
     out = tmp_path / "baseline.json"

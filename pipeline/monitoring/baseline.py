@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from speechpipe.pipeline.monitoring.drift import kind_of, learn_threshold
-from speechpipe.stages.features import INPUT_FEATURES, OUTPUT_FEATURES
+from speechpipe.stages.features import INPUT_FEATURES, OUTPUT_FEATURES, SCALES
 
 PROFILE_VERSION = 1
 
@@ -40,12 +40,13 @@ def build_profile(
         for name in names:
             values = np.array([seg[name] for seg in segs if name in seg], dtype=float)
             these = [g for g, seg in zip(seg_groups, segs) if name in seg] if seg_groups else None
-            kind = kind_of(name)
+            kind, scale = kind_of(name), SCALES.get(name, 0.0)
             features[name] = {
                 "stage": stage_of(name),
                 "kind": kind,
+                "scale": scale,
                 "values": values.tolist(),
-                "thresholds": {str(n): learn_threshold(kind, values, n, these) for n in sizes},
+                "thresholds": {str(n): learn_threshold(kind, values, n, these, scale=scale) for n in sizes},
             }
         variants[variant] = {"segments": len(segs), "features": features}
         files = [[int(e), int(w)] for e, w in (wer or {}).get(variant, ())]

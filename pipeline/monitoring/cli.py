@@ -51,8 +51,9 @@ def cmd_build(args: argparse.Namespace) -> int:
             found: list[dict] = []
             collector = FeatureCollector(lambda _sid, _i, features, found=found: found.append(features))
             try:
+                # One segment per Whisper call, as live: packing changes the confidences.
                 result = transcribe_file(
-                    item.path, variant, engine, observers=[collector], reference=read_reference(item)
+                    item.path, variant, engine, observers=[collector], reference=read_reference(item), packed=False
                 )
             except AudioError as exc:  # a corrupt file is reported; the rest runs
                 print(f"speechpipe baseline: {item.path}: {exc}", file=sys.stderr)

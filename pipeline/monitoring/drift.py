@@ -32,8 +32,9 @@ def kind_of(feature: str) -> str:
     return CATEGORY if feature in CATEGORICAL else RATE if feature in BINARY else NUMERIC
 
 
-def drift_score(kind: str, baseline: np.ndarray, window: np.ndarray) -> float:
-    """How far ``window`` lies from ``baseline`` for a feature of ``kind`` (0: the same)."""
+def drift_score(kind: str, baseline: np.ndarray, window: np.ndarray, scale: float = 0.0) -> float:
+    """How far ``window`` lies from ``baseline`` for a feature of ``kind`` (0: the same); a
+    quantity's distance is divided by the baseline's spread, or ``scale`` where that is larger."""
     if not baseline.size or not window.size:
         return 0.0
     if kind == RATE:
@@ -44,7 +45,7 @@ def drift_score(kind: str, baseline: np.ndarray, window: np.ndarray) -> float:
         q = np.array([np.mean(window == c) for c in cats])
         value = float(jensenshannon(p, q, base=2))
         return 0.0 if math.isnan(value) else value
-    spread = float(baseline.std())
+    spread = max(float(baseline.std()), scale)
     if spread <= 1e-12:  # a constant baseline: any change is a change of its whole size
         spread = max(abs(float(baseline.mean())), 1.0)
     return float(wasserstein_distance(baseline, window)) / spread
@@ -60,8 +61,10 @@ def learn_threshold(
     quantile: float = 0.995,
     margin: float = 1.25,
     seed: int = 0,
+    scale: float = 0.0,
 ) -> float:
-    """The score that windows of ``size`` segments like the baseline's stay under.
+    """The score that windows of ``size`` segments like the baseline's stay under (``scale``: see
+    :func:`drift_score`).
 
     With ``groups`` (the stream of each baseline segment) a window is made of whole streams drawn
     at random and scored against the baseline's other streams: segments of one stream share a
@@ -85,10 +88,10 @@ def learn_threshold(
                 window += by_group[names[k]]
                 k += 1
             rest = np.array([v for g in names[k:] for v in by_group[g]])
-            scores.append(drift_score(kind, rest, np.array(window[:size])))
+            scores.append(drift_score(kind, rest, np.array(window[:size]), scale))
     else:
         values = baseline.tolist()
-        scores = [drift_score(kind, baseline, np.array(rng.choices(values, k=size))) for _ in range(resamples)]
+        scores = [drift_score(kind, baseline, np.array(rng.choices(values, k=size)), scale) for _ in range(resamples)]
     floor = 1e-6 if kind != CATEGORY else 0.05
     return max(floor, float(np.quantile(scores, quantile)) * margin)
 
@@ -161,7 +164,7 @@ class DriftMonitor:
             if not values.size:
                 continue
             threshold = _scaled(spec["thresholds"], len(values))
-            score = drift_score(spec["kind"], self._values[(base_name, name)], values)
+            score = drift_score(spec["kind"], self._values[(base_name, name)], values, spec.get("scale", 0.0))
             out.append(FeatureDrift(variant, spec["stage"], name, score, threshold, score > threshold, len(values)))
         return out
 
