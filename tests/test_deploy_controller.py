@@ -582,3 +582,22 @@ def test_one_slow_final_holds_the_latency_gate_many_fail_it():
         slow.add_final(latency_s=5.0 if k < 4 else lat + 0.5)
     (failed,) = [g for g in evaluate_gates(slow, prim, GateSettings()) if g.name == "latency_p95_ratio"]
     assert failed.passed is False and "4 of 10" in failed.detail
+
+
+def test_slow_finals_against_a_primary_of_a_few_finals_hold_the_latency_gate():
+    """The primary's p95 is a sample too: two slow candidate finals against two quick primary ones
+    (what one short stream a side gives on a busy machine) hold the gate; ten a side fail it."""
+    few = GateSettings(min_finals=2)
+    prim, cand = WindowStats(), WindowStats()
+    for lat in (0.8, 0.9):
+        prim.add_final(latency_s=lat)
+    for lat in (1.9, 2.1):
+        cand.add_final(latency_s=lat)
+    (held,) = [g for g in evaluate_gates(cand, prim, few) if g.name == "latency_p95_ratio"]
+    assert held.passed is None and held.held
+    assert "2 of 2 finals over 1.35 s, primary 0 of 2, p = 0.17" in held.detail
+    for lat in LATENCIES[2:]:
+        prim.add_final(latency_s=lat)
+        cand.add_final(latency_s=lat * 3)
+    (failed,) = [g for g in evaluate_gates(cand, prim, few) if g.name == "latency_p95_ratio"]
+    assert failed.passed is False and "8 of 10 over 2.25 s, primary 0 of 10" in failed.detail

@@ -151,6 +151,7 @@ def test_canary_promotes_a_good_candidate_through_every_step(engine, tmp_path):
             state = http(srv, "GET", "/admin/deploy")[1]
             if state["state"] == "promoted":
                 break
+            assert state["state"] != "rolled_back", state["history"][-1]
             weight = state["variants"]["twin"]["weight"]
             steps.append(weight)
             for on_candidate in (False, True) if weight < 1.0 else (True, True):  # at 100 % all go there

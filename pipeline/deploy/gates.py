@@ -232,7 +232,11 @@ def _latency_gate(cand: WindowStats, prim: WindowStats, g: GateSettings) -> Gate
     """The p95 ratio gate. Past the limit it fails only when the candidate's latencies are surely
     slower: with ``T`` = limit x the primary's p95, a candidate whose p95 were at most ``T`` would
     have at most 5 % of its latencies above ``T``; it fails when the share above ``T`` rejects that
-    at ``confidence`` (binomial tail), and holds otherwise. A p95 of ten finals is their slowest."""
+    at ``confidence`` (binomial tail) *and* rejects the primary's own share above ``T`` (Fisher's
+    exact test), and holds otherwise. The second test is there because ``T`` is itself a sample:
+    the primary's p95 from two finals is no more certain than the candidate's, and two slow
+    candidate finals against two fast primary ones (p = 1/6) are no proof. A p95 of ten finals is
+    their slowest."""
     name, limit = "latency_p95_ratio", g.latency_p95_ratio
     enough = len(cand.latencies) >= g.min_finals and len(prim.latencies) >= g.min_finals
     c, p = p95(cand.latencies), p95(prim.latencies)
@@ -249,17 +253,35 @@ def _latency_gate(cand: WindowStats, prim: WindowStats, g: GateSettings) -> Gate
         bound = max(limit * p, g.latency_p95_floor_s)
         n = len(cand.latencies)
         k = sum(1 for x in cand.latencies if x > bound)
+        n_prim = len(prim.latencies)
+        k_prim = sum(1 for x in prim.latencies if x > bound)
         tail = sum(math.comb(n, i) * 0.05**i * 0.95 ** (n - i) for i in range(k, n + 1))
+        tail = max(tail, _fisher_greater(k, n, k_prim, n_prim))
         if tail >= 1 - g.confidence:
             detail = (
                 f"{figures}: {ratio_text} > {limit:g}, not yet sure ({k} of {n} finals over {bound:.2f} s, "
-                f"p = {tail:.2f}): holding for more data"
+                f"primary {k_prim} of {n_prim}, p = {tail:.2f}): holding for more data"
             )
             return GateResult(name, None, c, p, limit, detail, ratio, held=True)
         return GateResult(
-            name, False, c, p, limit, f"{figures}: {ratio_text} > {limit:g} ({k} of {n} over {bound:.2f} s)", ratio
+            name,
+            False,
+            c,
+            p,
+            limit,
+            f"{figures}: {ratio_text} > {limit:g} ({k} of {n} over {bound:.2f} s, primary {k_prim} of {n_prim})",
+            ratio,
         )
     return GateResult(name, False, c, p, limit, f"{figures}: {ratio_text} > {limit:g}", ratio)
+
+
+def _fisher_greater(k: int, n: int, k_other: int, n_other: int) -> float:
+    """One-sided p-value of Fisher's exact test that a share of ``k`` in ``n`` is greater than
+    ``k_other`` in ``n_other``: the hypergeometric chance of ``k`` or more of all the ``k +
+    k_other`` successes falling among the first ``n`` draws."""
+    hits, total = k + k_other, n + n_other
+    ways = math.comb(total, n)
+    return sum(math.comb(hits, i) * math.comb(total - hits, n - i) for i in range(k, min(hits, n) + 1)) / ways
 
 
 def evaluate_gates(candidate: WindowStats, primary: WindowStats, gates: GateSettings) -> list[GateResult]:
