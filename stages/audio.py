@@ -70,11 +70,15 @@ def _open(path: str) -> sf.SoundFile:
     if os.path.getsize(path) == 0:
         raise _fail(path, "empty file (0 bytes)")
     try:
-        return sf.SoundFile(path)
+        f = sf.SoundFile(path)
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise _decode_error(path, exc, "not decodable as audio") from exc
     except OSError as exc:
         raise _fail(path, f"cannot read ({exc.strerror or exc})") from exc
+    if f.format == "WAV" and (short := _wav_shortfall(path)) is not None:
+        f.close()
+        raise _fail(path, f"truncated: header declares {short[0]} bytes of audio, only {short[1]} present")
+    return f
 
 
 def header(path: str | os.PathLike[str]) -> AudioInfo:
@@ -138,6 +142,27 @@ def iter_file_blocks(path: str | os.PathLike[str], block_s: float = 5.0) -> Iter
     if not block_s > 0:
         raise ValueError(f"block_s must be positive, got {block_s!r}")
     return _blocks(os.fspath(path), block_s)
+
+
+def _wav_shortfall(path: str) -> tuple[int, int] | None:
+    """``(declared, present)`` bytes of a RIFF/WAVE file's ``data`` chunk when the file ends before
+    the size its header declares (libsndfile then reads what is there without a word), else None.
+    A size of 0 or 0xFFFFFFFF is a streaming writer's "unknown length", not a truncation."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        if f.read(12)[:4] != b"RIFF":
+            return None
+        while True:
+            head = f.read(8)
+            if len(head) < 8:
+                return None
+            chunk, length = head[:4], int.from_bytes(head[4:], "little")
+            if chunk == b"data":
+                present = size - f.tell()
+                if length in (0, 0xFFFFFFFF) or length <= present:
+                    return None
+                return length, present
+            f.seek(length + (length & 1), os.SEEK_CUR)
 
 
 def _blocks(path: str, block_s: float) -> Iterator[np.ndarray]:

@@ -429,6 +429,26 @@ def test_decoding_error_mid_file_raises_audio_error(tmp_path: Path) -> None:
         load_audio(path)
 
 
+def test_a_wav_cut_short_is_truncated_not_shorter(tmp_path: Path) -> None:
+    """libsndfile reads a WAV file that ends before its declared data size as a shorter file; it
+    is reported instead (an upload cut off, a copy interrupted), while a streaming writer's
+    "unknown length" header is read as it is."""
+    data = corpus(WAV_16K).read_bytes()
+    path = tmp_path / "cut.wav"
+    path.write_bytes(data[: len(data) // 2])
+    assert sf.info(str(path)).frames > 0  # libsndfile itself takes it
+    for call in (probe, load_audio, lambda p: list(iter_file_blocks(p))):
+        with pytest.raises(AudioError, match="truncated: header declares") as err:
+            call(path)
+        assert str(path) in str(err.value)
+    streamed = bytearray(data)
+    at = streamed.index(b"data") + 4
+    streamed[at : at + 4] = (0xFFFFFFFF).to_bytes(4, "little")
+    unknown = tmp_path / "streamed.wav"
+    unknown.write_bytes(bytes(streamed))
+    assert load_audio(unknown)[0].size == load_audio(corpus(WAV_16K))[0].size
+
+
 # --- level_stats ------------------------------------------------------------------------------
 
 
