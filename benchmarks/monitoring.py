@@ -6,7 +6,9 @@ Baseline: ``speechpipe baseline build`` over clean corpus streams (half of the c
 noisy pauses, 16 kHz), written as WAV files with their references. Then, each scenario against its
 own fresh ``speechpipe serve --baseline`` (so windows start empty), streams of the *other* half of
 the utterances: (a) as they are, (b) as 8 kHz telephone audio, (c) at -20 dB, (d) in a 5 dB SNR
-noise bed. ``GET /admin/drift`` is polled to find the segment at which each feature first alerts.
+noise bed, (d0) in a 0 dB one. ``GET /admin/drift`` is polled to find the segment at which each
+feature first alerts; the WER of each scenario's finals against its references says how much the
+accuracy really moved (no feedback is sent: the output-confidence features stand in).
 
 Canary: the harmful VAD (webrtc aggressiveness 3, no pre-roll, 90 ms hangover) as a canary
 candidate under 4 live streams in real time with feedback, the dashboard open in headless
@@ -38,6 +40,7 @@ from live_streams import CORPUS, FORMATS, FRAME_S, RATE, StreamAudio, build_stre
 from speechpipe.pipeline.client import paced, stream_pcm
 from speechpipe.pipeline.protocol import Start
 from speechpipe.stages.audio import load_audio
+from speechpipe.telemetry.wer import score_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -96,6 +99,10 @@ def noise_bed(noise: list[np.ndarray], snr_db: float):
     return bed
 
 
+#: streams refused by admission (and sent again) in the current scenario
+REFUSED: list[int] = []
+
+
 class DriftWatch(threading.Thread):
     """Polls ``GET /admin/drift``: the window size at which each feature first alerted."""
 
@@ -104,6 +111,7 @@ class DriftWatch(threading.Thread):
         self.server, self.variant = server, variant
         self.first: dict[str, int] = {}
         self.last: dict = {}
+        self.alerts: list[dict] = []
         self.most = 0
         self.stop = threading.Event()
 
@@ -116,7 +124,9 @@ class DriftWatch(threading.Thread):
             self.poll()
 
     def poll(self) -> None:
-        doc = self.fetch()["variants"].get(self.variant)
+        whole = self.fetch()
+        self.alerts = whole.get("alerts", [])
+        doc = whole["variants"].get(self.variant)
         if not doc:
             return
         self.last = doc
@@ -134,11 +144,21 @@ async def send_all(server: Server, items: list[StreamAudio], parallel: int, spee
     return results
 
 
-async def one(server: Server, s: StreamAudio, client: str | None, speed: float, feedback: bool):
+async def one(server: Server, s: StreamAudio, client: str | None, speed: float, feedback: bool, tries: int = 6):
+    """One stream; refused by admission (streams sent faster than real time cost more than live
+    ones), it comes back after the server's ``retry_after_s``, as a client should."""
     st = s.fmt.start
-    result = await stream_pcm(
-        server.url, Start(st.sample_rate, st.encoding, st.channels, client=client), paced(s.frames(), FRAME_S, speed)
-    )
+    for _ in range(tries):
+        result = await stream_pcm(
+            server.url,
+            Start(st.sample_rate, st.encoding, st.channels, client=client),
+            paced(s.frames(), FRAME_S, speed),
+        )
+        busy = [e for e in result.errors if e.get("code") == "server_busy"]
+        if not busy:
+            break
+        REFUSED.append(1)
+        await asyncio.sleep(busy[0].get("retry_after_s", 5.0))
     if feedback and result.ready is not None:
         await asyncio.to_thread(server.feedback, result.ready["session"], s.reference)
     return result
@@ -156,13 +176,17 @@ def drift(args, workdir: Path) -> None:
         ("(b) 8 kHz telephone", [telephone(s) for s in held_out]),
         ("(c) -20 dB gain", [quieter(s) for s in held_out]),
         ("(d) 5 dB SNR noise bed", [noise_bed(noise, 5.0)(s) for s in held_out]),
+        ("(d0) 0 dB SNR noise bed", [noise_bed(noise, 0.0)(s) for s in held_out]),
     ]
     print(
         f"\nwindow {args.window} segments, judged from {args.min}; 12 streams of 45 s per scenario, "
         f"2 at a time at {args.speed:g}x real time\n"
     )
-    print("| scenario | segments | first alert at segment (feature) | alerting at the end: score / threshold |")
-    print("|---|---:|---|---|")
+    print(
+        "| scenario | WER | segments | refused, sent again | first alert at segment (feature) | alerts raised | "
+        "alerting at the end: score / threshold | accuracy stand-in |"
+    )
+    print("|---|---:|---:|---:|---|---:|---|---|")
     for label, items in scenarios:
         server = Server(
             f'[monitoring]\nbaseline = "{baseline}"\n',
@@ -171,6 +195,7 @@ def drift(args, workdir: Path) -> None:
         )
         watch = DriftWatch(server)
         watch.start()
+        REFUSED.clear()
         try:
             results = asyncio.run(send_all(server, items, 2, args.speed, False))
             time.sleep(2.0)  # a tick judges the last segments
@@ -181,16 +206,18 @@ def drift(args, workdir: Path) -> None:
             server.stop()
         segments = sum(len(r.finals) for r in results)
         first = ", ".join(f"{n} ({f})" for f, n in sorted(watch.first.items(), key=lambda kv: kv[1])) or "none"
-        end = (
-            ", ".join(
-                f"{f} {v['score']:.3g} / {v['threshold']:.3g}" for f, v in watch.last["features"].items() if v["alert"]
-            )
-            or "none"
+        end = ", ".join(
+            f"{f} {v['score']:.3g} / {v['threshold']:.3g}" for f, v in watch.last["features"].items() if v["alert"]
         )
         concept = watch.last.get("concept") or {}
+        wer = score_corpus((s.reference, " ".join(f["text"] for f in r.finals)) for s, r in zip(items, results))
+        raised = sum(1 for a in watch.alerts if a["raised"] and a["variant"] == watch.variant)
+        accuracy = f"{concept.get('source')}: " + (
+            "ALERT on " + ", ".join(concept.get("stand_ins", [])) if concept.get("alert") else "calm"
+        )
         print(
-            f"| {label} | {segments} | {first} | {end}; accuracy ({concept.get('source')}) "
-            f"{'ALERT on ' + ', '.join(concept.get('stand_ins', [])) if concept.get('alert') else 'calm'} |"
+            f"| {label} | {wer.wer:.1%} | {segments} | {len(REFUSED)} | {first} | {raised} | {end or 'none'} "
+            f"| {accuracy} |"
         )
 
 
@@ -288,8 +315,8 @@ def canary(args, workdir: Path, baseline: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", choices=("drift", "canary"))
-    ap.add_argument("--window", type=int, default=30)
-    ap.add_argument("--min", type=int, default=20)
+    ap.add_argument("--window", type=int, default=30, help="monitoring.window_segments of the drift scenarios")
+    ap.add_argument("--min", type=int, default=30, help="monitoring.min_segments of the drift scenarios")
     ap.add_argument("--speed", type=float, default=4.0, help="pace of the drift scenarios (x real time)")
     ap.add_argument("--shots", default="out/monitoring", help="folder of the dashboard screenshots")
     args = ap.parse_args()

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from speechpipe.pipeline.config import ConfigError
-from speechpipe.pipeline.monitoring.baseline import load_profile
+from speechpipe.pipeline.monitoring.baseline import load_profile, window_sizes, with_thresholds
 from speechpipe.pipeline.monitoring.collector import FeatureCollector
 from speechpipe.pipeline.monitoring.concept import FEEDBACK, ConceptDrift, ConceptMonitor
 from speechpipe.pipeline.monitoring.drift import DriftMonitor, FeatureDrift
@@ -35,9 +35,10 @@ class DriftService:
 
     def __init__(self, settings: MonitoringSettings, on_alert: Callable[[FeatureDrift, bool], None] | None = None):
         try:
-            self.profile = load_profile(settings.baseline)
+            profile = load_profile(settings.baseline)
         except ValueError as exc:
             raise ConfigError(f"monitoring.baseline: {exc}") from None
+        self.profile = with_thresholds(profile, window_sizes(settings.window_segments, settings.min_segments))
         self.settings = settings
         self.monitor = DriftMonitor(self.profile, settings.window_segments, settings.min_segments)
         self.concept = ConceptMonitor(

@@ -59,13 +59,13 @@ SCALES = {
     "no_speech_prob": 0.01,
     "word_probability": 0.01,
     "words_per_s": 0.1,
-    "guard_drops": 0.05,
     "compression_ratio": 0.05,
 }
 #: features whose values are categories, not quantities.
 CATEGORICAL = ("sample_rate",)
-#: features that are 0 or 1 per segment (compared as rates).
-BINARY = ("empty",)
+#: features that are 0 or 1 per segment (compared as rates): an empty final; a segment where the
+#: hallucination guard dropped something (the canary's guard-drop gate counts the same).
+BINARY = ("empty", "guard_drops")
 
 
 def _frames(audio: np.ndarray) -> np.ndarray:
@@ -137,6 +137,6 @@ def output_features(transcript: Transcript, duration_s: float) -> dict[str, floa
         "word_probability": float(np.mean([w.probability for w in words])) if words else 0.0,
         "words_per_s": len(words) / duration_s if duration_s > 0 else 0.0,
         "empty": 1.0 if empty else 0.0,
-        "guard_drops": float(transcript.dropped),
+        "guard_drops": 1.0 if transcript.dropped else 0.0,
         "compression_ratio": transcript.compression_ratio,
     }

@@ -12,7 +12,7 @@ from conftest import ROOT, SPEECH
 from speechpipe.pipeline.config import Config
 from speechpipe.pipeline.monitoring.baseline import build_profile, load_profile, save_profile
 from speechpipe.pipeline.monitoring.collector import FeatureCollector
-from speechpipe.pipeline.monitoring.drift import DriftMonitor, drift_score, learn_threshold
+from speechpipe.pipeline.monitoring.drift import DriftMonitor, drift_score, learn_threshold, sampling_floor
 from speechpipe.pipeline.session import StreamSession
 from speechpipe.stages.audio import load_audio, resample
 from speechpipe.stages.features import bandwidth_hz, input_features
@@ -82,6 +82,43 @@ def test_drift_scores_and_thresholds_from_the_baseline_itself():
     assert drift_score("numeric", rare, np.full(40, 0.002)) > 100
     cats = np.array([16000.0] * 10)
     assert drift_score("categorical", cats, cats) == 0.0 and drift_score("categorical", cats, cats / 2) == 1.0
+
+
+def test_what_the_baseline_never_saw_is_rare_not_impossible():
+    """A baseline of 63 segments without an empty final, a clipped sample or a second sample
+    rate: a window of 20 with two such segments is chance, with three it has drifted."""
+    never = np.zeros(63)
+    one_rate = np.full(63, 16000.0)
+    assert learn_threshold("rate", never, 20) == pytest.approx(0.1)
+    assert drift_score("rate", never, np.r_[np.ones(2), np.zeros(18)]) <= 0.1 + 1e-12
+    assert drift_score("rate", never, np.r_[np.ones(3), np.zeros(17)]) > 0.1
+    phone = drift_score("categorical", one_rate, np.r_[np.full(2, 8000.0), np.full(18, 16000.0)])
+    floor = sampling_floor("categorical", one_rate, 20)
+    assert phone <= floor + 1e-12 and floor == learn_threshold("categorical", one_rate, 20)
+    assert drift_score("categorical", one_rate, np.r_[np.full(3, 8000.0), np.full(17, 16000.0)]) > phone
+    assert sampling_floor("numeric", never, 20) == pytest.approx(0.1)
+    # a well-sampled quantity keeps the threshold its resampling gives
+    rng = np.random.default_rng(1)
+    base = rng.normal(0, 1, 2000)
+    assert learn_threshold("numeric", base, 50) > sampling_floor("numeric", base, 50) == pytest.approx(0.02)
+
+
+def test_an_alert_clears_only_well_under_its_threshold():
+    """Raised above the threshold, held down to ``clear_ratio`` of it: a window hovering at the
+    threshold raises one alert, not one per segment."""
+    profile = build_profile({"default": [{"empty": 0.0}] * 60}, window_segments=20, min_segments=20)
+    monitor = DriftMonitor(profile, 20, 20, clear_ratio=0.5)
+    for v in [0.0] * 17 + [1.0] * 3:
+        monitor.add("default", {"empty": v})
+    seen = []
+    for _ in range(20):
+        (d,) = monitor.report("default")
+        seen.append((round(d.score, 2), round(d.threshold, 2), d.alert))
+        monitor.add("default", {"empty": 0.0})  # the empty finals slide out of the window
+    assert set(seen[:18]) == {(0.15, 0.1, True)}  # three empty finals in 20: raised
+    assert seen[18] == (0.1, 0.1, True)  # two: at the threshold, still raised (without: cleared)
+    assert seen[19] == (0.05, 0.1, False)  # one: cleared at half the threshold
+    assert DriftMonitor(profile, 20, 20, clear_ratio=1.0).clear_ratio == 1.0
 
 
 def monitor_run(profile, segments: list[dict]) -> tuple[set[str], int | None, DriftMonitor]:
@@ -156,3 +193,21 @@ def test_baseline_build_command_profiles_every_variant_and_reports_a_corrupt_fil
     assert features["empty"]["kind"] == "rate" and features["sample_rate"]["kind"] == "categorical"
     assert set(features["rms_dbfs"]["thresholds"]) == {"2", "3", "4"}
     assert len(features["rms_dbfs"]["values"]) == default["segments"]
+
+
+def test_a_server_watching_other_windows_learns_their_thresholds_from_the_baseline(profile):
+    """The profile was built for windows of 40 to 60; a server watching windows of 20 to 30
+    learns theirs as the build did (per stream), so a window of 20 is not judged against the
+    tighter threshold of 40."""
+    import copy
+
+    from speechpipe.pipeline.monitoring.baseline import window_sizes, with_thresholds
+
+    assert set(profile["variants"]["default"]["features"]["rms_dbfs"]["thresholds"]) == {"40", "50", "60"}
+    wider = with_thresholds(copy.deepcopy(profile), window_sizes(30, 20))
+    spec = wider["variants"]["default"]["features"]["rms_dbfs"]
+    assert set(spec["thresholds"]) == {"20", "25", "30", "40", "50", "60"}
+    assert spec["thresholds"]["20"] > spec["thresholds"]["40"] > 0
+    groups = profile["variants"]["default"]["groups"]
+    values = np.array(spec["values"])
+    assert spec["thresholds"]["20"] == learn_threshold("numeric", values, 20, groups, scale=spec["scale"])

@@ -31,7 +31,7 @@ def build_profile(
     of each segment, per variant (see :func:`~speechpipe.pipeline.monitoring.drift.learn_threshold`);
     ``wer`` the ``[errors, reference words]`` of each file scored against a reference, per variant
     (the baseline of concept drift)."""
-    sizes = sorted({min_segments, (min_segments + window_segments) // 2, window_segments})
+    sizes = window_sizes(window_segments, min_segments)
     variants = {}
     for variant, segs in segments.items():
         features = {}
@@ -49,6 +49,10 @@ def build_profile(
                 "thresholds": {str(n): learn_threshold(kind, values, n, these, scale=scale) for n in sizes},
             }
         variants[variant] = {"segments": len(segs), "features": features}
+        if seg_groups:
+            # the stream of each segment, so that a server watching windows of another size
+            # learns their thresholds the same way (whole streams against the others)
+            variants[variant]["groups"] = list(seg_groups)
         files = [[int(e), int(w)] for e, w in (wer or {}).get(variant, ())]
         if files and sum(w for _, w in files):
             variants[variant]["wer"] = {
@@ -57,6 +61,30 @@ def build_profile(
                 "files": files,
             }
     return {"version": PROFILE_VERSION, "window_segments": window_segments, "variants": variants}
+
+
+def window_sizes(window_segments: int, min_segments: int) -> list[int]:
+    """The window sizes thresholds are learned for: the least judged, the middle and the whole."""
+    return sorted({min_segments, (min_segments + window_segments) // 2, window_segments})
+
+
+def with_thresholds(profile: dict, sizes: Sequence[int]) -> dict:
+    """``profile`` with thresholds for windows of every size in ``sizes``: those it lacks (a
+    server watching other windows than the build's) are learned from its values as the build
+    learns them, per stream where it recorded the streams."""
+    for base in profile["variants"].values():
+        groups = base.get("groups")
+        for spec in base["features"].values():
+            missing = [n for n in sizes if str(n) not in spec["thresholds"]]
+            if not missing:
+                continue
+            values = np.array(spec["values"], dtype=float)
+            these = groups if groups is not None and len(groups) == values.size else None
+            for n in missing:
+                spec["thresholds"][str(n)] = learn_threshold(
+                    spec["kind"], values, n, these, scale=spec.get("scale", 0.0)
+                )
+    return profile
 
 
 def save_profile(profile: dict, path: str | Path) -> None:

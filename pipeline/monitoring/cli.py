@@ -68,6 +68,15 @@ def cmd_build(args: argparse.Namespace) -> int:
     if not any(segments.values()):
         print("speechpipe baseline: no speech segment in the inputs", file=sys.stderr)
         return 1
+    for name, segs in segments.items():
+        if len(segs) < 2 * args.window_segments or len(set(groups[name])) < 3:
+            print(
+                f"speechpipe baseline: warning: {name}: {len(segs)} segments from {len(set(groups[name]))} files "
+                f"cannot give windows of {args.window_segments} made of whole files and others to compare "
+                "them with; those thresholds come from segments drawn one by one and will be too tight "
+                "(other recordings will alarm). Build from more files, or watch smaller windows.",
+                file=sys.stderr,
+            )
     profile = build_profile(segments, args.window_segments, args.min_segments, groups=groups, wer=scored)
     save_profile(profile, args.output)
     print(f"speechpipe baseline: wrote {args.output}", file=sys.stderr)

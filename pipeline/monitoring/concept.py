@@ -7,7 +7,9 @@ about the same number of words are drawn from the baseline's scored files (whole
 file's errors come together), and the threshold sits above the WER those windows reach (their
 99.5th percentile, times a margin). Where no feedback has come in, there is no WER to compare:
 the output-confidence features of the data-drift report (mean log-probability, word probability,
-no-speech probability, empty finals) stand in, and the report says so (``source``).
+no-speech probability, empty finals, and the share of segments where the hallucination guard
+judged Whisper's confidences too low and dropped text) stand in, and the report says so
+(``source``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 #: output features that stand in for accuracy where no reference comes in.
-CONFIDENCE_FEATURES = ("avg_logprob", "word_probability", "no_speech_prob", "empty")
+CONFIDENCE_FEATURES = ("avg_logprob", "word_probability", "no_speech_prob", "empty", "guard_drops")
 FEEDBACK, CONFIDENCE = "feedback", "confidence"
 
 

@@ -8,7 +8,10 @@ Wasserstein, comparable across features); 0/1 features the difference of the rat
 Thresholds come from the baseline itself (after NannyML): windows of the monitored size are drawn
 from the baseline's own segments, scored against the whole baseline, and the threshold is set
 above what those windows reach (their 99.5th percentile, times ``margin``), so that data like the
-baseline's does not alarm.
+baseline's does not alarm. A baseline cannot show what it never saw: where it holds no empty
+final, no guard drop or one sample rate, resampling it gives a threshold of 0 and one event would
+alarm. So every threshold is at least :func:`sampling_floor`: what chance alone gives a window of
+its size (binomial counts of events the baseline saw at most half a time in its size).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.spatial.distance import jensenshannon
-from scipy.stats import wasserstein_distance
+from scipy.stats import binom, wasserstein_distance
 
 from speechpipe.stages.features import BINARY, CATEGORICAL
 
@@ -49,6 +52,35 @@ def drift_score(kind: str, baseline: np.ndarray, window: np.ndarray, scale: floa
     if spread <= 1e-12:  # a constant baseline: any change is a change of its whole size
         spread = max(abs(float(baseline.mean())), 1.0)
     return float(wasserstein_distance(baseline, window)) / spread
+
+
+def sampling_floor(kind: str, baseline: np.ndarray, size: int, quantile: float = 0.995) -> float:
+    """The least threshold of a window of ``size`` segments, whatever resampling the baseline gave.
+
+    Rates and categories: a window of segments like the baseline's holds, by chance, up to the
+    ``quantile`` of a binomial count of events (an empty final, a segment of another sample rate)
+    at the baseline's rate, kept at least half an event in the baseline's size, since an event it
+    never saw is rare, not impossible (63 segments without an empty final, a window of 20: two
+    empty finals are chance, three alarm). Quantities: as many segments as that moved by one
+    spread of the baseline (a window's distance of 2/20 of a spread, where a baseline of 63
+    segments never clipped, for two segments slightly unlike any it saw)."""
+    if not baseline.size or size < 1:
+        return 0.0
+    unseen = 0.5 / (baseline.size + 1)
+    if kind == NUMERIC:
+        return float(binom.ppf(quantile, size, unseen)) / size
+    if kind == RATE:
+        rate = float(baseline.mean())
+        p = min(max(rate, unseen), 1 - unseen)
+        high, low = binom.ppf(quantile, size, p) / size, binom.ppf(1 - quantile, size, p) / size
+        return max(high - rate, rate - low, 0.0)
+    # categories: the most likely share of a window moved to a category the baseline lacks
+    _, counts = np.unique(baseline, return_counts=True)
+    moved = binom.ppf(quantile, size, unseen) / size
+    base = counts / counts.sum()
+    window = np.append(base * (1 - moved), moved)
+    value = float(jensenshannon(np.append(base, 0.0), window, base=2))
+    return 0.0 if math.isnan(value) else value
 
 
 def learn_threshold(
@@ -92,8 +124,7 @@ def learn_threshold(
     else:
         values = baseline.tolist()
         scores = [drift_score(kind, baseline, np.array(rng.choices(values, k=size)), scale) for _ in range(resamples)]
-    floor = 1e-6 if kind != CATEGORY else 0.05
-    return max(floor, float(np.quantile(scores, quantile)) * margin)
+    return max(sampling_floor(kind, baseline, size), float(np.quantile(scores, quantile)) * margin)
 
 
 @dataclass(frozen=True)
@@ -119,14 +150,27 @@ class DriftMonitor:
         profile: a baseline profile (:func:`speechpipe.pipeline.monitoring.baseline.build_profile`).
         window_segments: segments in the window (the profile's thresholds are for this size).
         min_segments: below this many segments in the window no feature is judged.
+        clear_ratio: a raised alert clears only once its score is under this share of the
+            threshold, so that a window hovering at the threshold does not raise and clear an
+            alert at every new segment (the harmful-VAD canary flapped on ``words_per_s`` 4 times
+            in 8 s without it).
     """
 
-    def __init__(self, profile: Mapping, window_segments: int | None = None, min_segments: int = 30) -> None:
+    def __init__(
+        self,
+        profile: Mapping,
+        window_segments: int | None = None,
+        min_segments: int = 30,
+        clear_ratio: float = 0.85,
+    ) -> None:
         self.profile = profile
         self.window_segments = window_segments or int(profile["window_segments"])
         self.min_segments = min_segments
+        self.clear_ratio = clear_ratio
+        self._raised: set[tuple[str, str]] = set()
         self._windows: dict[str, deque[Mapping[str, float]]] = {}
         # the baseline's values as arrays, once: every report of every variant compares with them
+        self._floors: dict[tuple[str, str, int], float] = {}
         self._values = {
             (variant, name): np.array(spec["values"], dtype=float)
             for variant, base in profile["variants"].items()
@@ -153,7 +197,8 @@ class DriftMonitor:
         self._windows.setdefault(variant, deque(maxlen=self.window_segments)).append(dict(features))
 
     def report(self, variant: str) -> list[FeatureDrift]:
-        """Every feature of ``variant``'s window against its baseline (empty below ``min_segments``)."""
+        """Every feature of ``variant``'s window against its baseline (empty below ``min_segments``);
+        an alert is raised above the threshold and held down to ``clear_ratio`` of it."""
         base_name = self.baseline_of(variant)
         window = self._windows.get(variant, ())
         if base_name is None or len(window) < self.min_segments:
@@ -163,10 +208,22 @@ class DriftMonitor:
             values = np.array([seg[name] for seg in window if name in seg], dtype=float)
             if not values.size:
                 continue
-            threshold = _scaled(spec["thresholds"], len(values))
-            score = drift_score(spec["kind"], self._values[(base_name, name)], values, spec.get("scale", 0.0))
-            out.append(FeatureDrift(variant, spec["stage"], name, score, threshold, score > threshold, len(values)))
+            base = self._values[(base_name, name)]
+            threshold = max(_scaled(spec["thresholds"], len(values)), self._floor(base_name, name, len(values)))
+            score = drift_score(spec["kind"], base, values, spec.get("scale", 0.0))
+            key = (variant, name)
+            alert = score > threshold or (key in self._raised and score > self.clear_ratio * threshold)
+            (self._raised.add if alert else self._raised.discard)(key)
+            out.append(FeatureDrift(variant, spec["stage"], name, score, threshold, alert, len(values)))
         return out
+
+    def _floor(self, variant: str, feature: str, n: int) -> float:
+        """:func:`sampling_floor` for a window of ``n`` (profiles written before it lack it)."""
+        key = (variant, feature, n)
+        if key not in self._floors:
+            spec = self.profile["variants"][variant]["features"][feature]
+            self._floors[key] = sampling_floor(spec["kind"], self._values[(variant, feature)], n)
+        return self._floors[key]
 
     def alerts(self, variants: Iterable[str] | None = None) -> list[FeatureDrift]:
         names = variants if variants is not None else list(self._windows)

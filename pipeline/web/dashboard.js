@@ -101,7 +101,12 @@ function renderDeploy(d) {
   const sel = $("switch-to");
   const names = Object.keys(d.variants);
   if (sel.options.length !== names.length) sel.replaceChildren(...names.map((n) => el("option", { value: n }, n)));
-  const gates = (d.window && d.window.gates) || [];
+  // After a rollback or promotion the new window has no gates yet: the last decision's stay shown.
+  let gates = (d.window && d.window.gates) || [];
+  const decided = [...(d.history || [])].reverse().find((c) => (c.gates || []).length);
+  const last = !gates.length && decided;
+  if (last) gates = decided.gates;
+  set("gates-title", last ? `Gates of the last ${decided.action} (${new Date(decided.at * 1000).toLocaleTimeString()})` : "Gates (current step)");
   $("gate-rows").replaceChildren(...gates.map((g) => {
     const tr = el("tr", { "data-gate": g.name });
     const verdict = g.passed === null ? "waiting" : g.held ? "hold" : g.passed ? "pass" : "fail";
@@ -144,7 +149,7 @@ function conceptLine(c) {
     return `accuracy from human feedback: WER ${pct(c.wer)} over the last ${c.words} words (${c.items} references); ${base}${c.alert ? " — ALERT" : ""}`;
   }
   const which = c.stand_ins.length ? `drifted: ${c.stand_ins.join(", ")} — ALERT` : "none drifted";
-  return `accuracy stand-in: output confidence (avg logprob, word probability, no-speech probability, empty finals), ${c.words} feedback words so far; ${which}`;
+  return `accuracy stand-in: output confidence (avg logprob, word probability, no-speech probability, empty finals, guard drops), ${c.words} feedback words so far; ${which}`;
 }
 
 function renderDrift(drift) {
