@@ -14,6 +14,8 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 
+from speechpipe.pipeline.protocol import ProtocolError
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -96,3 +98,25 @@ class Admission:
         # Keep the last count from before the window: it holds at the window's start.
         while len(self._streams) > 1 and self._streams[1][0] <= start:
             self._streams.popleft()
+
+
+def refusal(
+    draining: bool, ready: bool, streams: int, max_streams: int, verdict: Verdict | None, retry_after_s: float
+) -> tuple[str | None, ProtocolError | None]:
+    """Why a new stream is turned away (the reason counted, the error sent), or ``(None, None)``:
+    the server is stopping, the model is loading, every stream slot is taken, or ``verdict`` says
+    one more stream would not fit the ASR workers."""
+    if draining:
+        return "shutting_down", ProtocolError("shutting_down", "the server is shutting down")
+    if not ready:
+        return "not_ready", ProtocolError("not_ready", "the model is still loading; retry shortly")
+    if streams >= max_streams:
+        text = f"all {max_streams} streams are in use; retry in {retry_after_s:g} s"
+        return "busy", ProtocolError("server_busy", text)
+    if verdict is not None and not verdict.admitted:
+        text = (
+            f"the server is at capacity: {streams + 1} streams would need {verdict.load:.0%} of its "
+            f"ASR workers; retry in {retry_after_s:g} s"
+        )
+        return "capacity", ProtocolError("server_busy", text)
+    return None, None

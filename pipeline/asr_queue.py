@@ -288,8 +288,8 @@ class AsrQueue:
                     t = t if t is not None and t.kind is kind else None
                 if t is None or not fill.fits(t.job.audio_s):
                     continue
-                if batch and t.job.variant != batch[0].job.variant:
-                    continue  # one call runs one variant's engine
+                if batch and (t.job.variant, t.job.decoding) != (batch[0].job.variant, batch[0].job.decoding):
+                    continue  # one call runs one variant's engine, with one prompt and temperature
                 if kind is JobKind.FINAL:
                     self._finals[sid].popleft()
                 else:

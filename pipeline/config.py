@@ -128,6 +128,7 @@ class ServerSettings:
             same latency per call (tiny.en, a 6 s live call: 0.65 s against 0.67 s).
         retry_after_s: the retry hint sent to a stream turned away.
         max_frame_bytes: largest WebSocket message accepted (1009 beyond it).
+        max_upload_bytes: largest request body of ``POST /v1/audio/transcriptions`` (413 beyond).
         idle_timeout_s: a stream that sends nothing for this long is closed.
         max_stream_s: longest stream, in seconds of audio or of wall time, whichever comes first.
         drain_timeout_s: on SIGTERM, how long in-flight streams get to receive their finals.
@@ -160,6 +161,7 @@ class ServerSettings:
     stream_load: float = 0.12
     retry_after_s: float = 5.0
     max_frame_bytes: int = 256 * 1024
+    max_upload_bytes: int = 25 * 1024 * 1024
     idle_timeout_s: float = 30.0
     max_stream_s: float = 4 * 3600.0
     drain_timeout_s: float = 30.0
@@ -176,7 +178,14 @@ class ServerSettings:
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"server.port must be 0-65535, not {self.port}")
-        for name in ("max_streams", "max_frame_bytes", "max_queued_finals", "pack_backlog", "shadow_max_queued"):
+        for name in (
+            "max_streams",
+            "max_frame_bytes",
+            "max_upload_bytes",
+            "max_queued_finals",
+            "pack_backlog",
+            "shadow_max_queued",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"server.{name} must be at least 1")
         for name in ("idle_timeout_s", "max_stream_s", "drain_timeout_s", "partial_interval_s", "partial_rest"):

@@ -14,11 +14,11 @@ from speechpipe.stages.asr import AsrEngine, AsrRun, Transcript
 
 
 def run_jobs(engine: AsrEngine, jobs: list[AsrJob]) -> list[tuple[list[Transcript], AsrRun]]:
-    """Run several jobs in one engine call, so their windows can be decoded in batches; the wall
-    time of the call is shared by all of them."""
+    """Run several jobs (of one session: one prompt and temperature) in one engine call, so their
+    windows can be decoded in batches; the wall time of the call is shared by all of them."""
     if not jobs:
         return []
-    return engine.run([job.pieces for job in jobs])
+    return engine.run([job.pieces for job in jobs], jobs[0].decoding)
 
 
 def run_job(engine: AsrEngine, job: AsrJob) -> tuple[list[Transcript], AsrRun]:

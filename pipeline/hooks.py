@@ -22,7 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
-from speechpipe.stages.asr import AsrRun, AudioPiece, Transcript
+from speechpipe.stages.asr import AsrRun, AudioPiece, Decoding, Transcript
 from speechpipe.stages.vad import SpeechSegment, VadEvent
 
 _job_ids = itertools.count(1)
@@ -59,6 +59,8 @@ class AsrJob:
     job_id: int = field(default_factory=lambda: next(_job_ids))
     #: the pipeline variant whose engine runs the job ("" : the scheduler's own engine).
     variant: str = ""
+    #: the stream's prompt and first temperature (one call never mixes two).
+    decoding: Decoding = field(default_factory=Decoding)
 
     @property
     def audio_s(self) -> float:

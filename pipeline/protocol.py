@@ -13,7 +13,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from speechpipe.stages.asr import Transcript
+from speechpipe.stages.asr import Decoding, Transcript
+from speechpipe.stages.asr.types import MAX_PROMPT_CHARS
 from speechpipe.stages.audio import MAX_RATE, MIN_RATE
 
 ENCODINGS = ("pcm_s16le", "pcm_f32le")
@@ -76,6 +77,15 @@ class Start:
     partials: bool = True
     #: the client's own key (a user or device id): a canary routes the same key to the same variant.
     client: str | None = None
+    #: text Whisper is told came before each segment (names, spellings); "" : none.
+    prompt: str = ""
+    #: the first decoding temperature (0: greedy, falling back to higher ones on a failed decode).
+    temperature: float = 0.0
+
+    @property
+    def decoding(self) -> Decoding:
+        """The stream's prompt and first temperature, as the ASR stage takes them."""
+        return Decoding(self.prompt, self.temperature)
 
     @property
     def bytes_per_frame(self) -> int:
@@ -90,7 +100,11 @@ class Start:
             "channels": self.channels,
             "language": self.language,
             "partials": self.partials,
-        } | ({"client": self.client} if self.client is not None else {})
+        } | (
+            ({"client": self.client} if self.client is not None else {})
+            | ({"prompt": self.prompt} if self.prompt else {})
+            | ({"temperature": self.temperature} if self.temperature else {})
+        )
 
 
 @dataclass(frozen=True)
@@ -114,7 +128,17 @@ def _bounded_int(text: str) -> int:
     return int(text)
 
 
-_START_FIELDS = {"type", "sample_rate", "encoding", "channels", "language", "partials", "client"}
+_START_FIELDS = {
+    "type",
+    "sample_rate",
+    "encoding",
+    "channels",
+    "language",
+    "partials",
+    "client",
+    "prompt",
+    "temperature",
+}
 MAX_CLIENT_KEY = 128
 
 
@@ -172,7 +196,18 @@ def parse_client_text(text: str, languages: tuple[str, ...] = ("en",)) -> Start 
     client = msg.get("client")
     if client is not None and (not isinstance(client, str) or not 0 < len(client) <= MAX_CLIENT_KEY):
         raise ProtocolError("bad_message", f"client must be a string of 1-{MAX_CLIENT_KEY} characters, got {client!r}")
-    return Start(int(rate), encoding, channels, language, partials, client)
+    prompt = msg.get("prompt", "")
+    if not isinstance(prompt, str) or len(prompt) > MAX_PROMPT_CHARS:
+        raise ProtocolError("bad_message", f"prompt must be a string of at most {MAX_PROMPT_CHARS} characters")
+    temperature = msg.get("temperature", 0.0)
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not math.isfinite(temperature)
+        or not 0.0 <= temperature <= 1.0
+    ):
+        raise ProtocolError("bad_message", f"temperature must be a number from 0 to 1, got {temperature!r}")
+    return Start(int(rate), encoding, channels, language, partials, client, prompt, float(temperature))
 
 
 def check_audio(data: bytes, start: Start) -> None:
@@ -223,7 +258,14 @@ def final(segment: int, start: float, end: float, transcript: Transcript, latenc
         ],
         "latency_s": round(latency_s, 3),
         "status": "ok",
+        "avg_logprob": _finite(transcript.avg_logprob),
+        "no_speech_prob": _finite(transcript.no_speech_prob),
+        "compression_ratio": _finite(transcript.compression_ratio),
     }
+
+
+def _finite(value: float) -> float | None:
+    return round(float(value), 4) if math.isfinite(value) else None
 
 
 def final_lost(segment: int, start: float, end: float, reason: str) -> dict:

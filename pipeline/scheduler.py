@@ -59,8 +59,9 @@ class AsrScheduler:
             streams this took live WER from 7.5 % to 6.6 % (offline: 6.2 %).
         workers: calls run at the same time, each from a thread of its own (the engine's model must
             have as many CTranslate2 workers, ``AsrConfig.workers``).
-        on_call: told ``(now, seconds)`` after every call that carried promised work (finals or
-            speculative jobs): the server's admission measures its load with it.
+        on_call: told ``(now, seconds, streams)`` after every call that carried promised work
+            (finals or speculative jobs), ``streams`` the ids of the streams whose audio it
+            carried: the server's admission measures its load with it.
         clock: monotonic seconds (queue waits, staleness, partial rest).
     """
 
@@ -78,7 +79,7 @@ class AsrScheduler:
         partial_rest: float = 1.0,
         tail_filler_s: float = 3.0,
         workers: int = 1,
-        on_call: Callable[[float, float], None] | None = None,
+        on_call: Callable[[float, float, frozenset[str]], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
@@ -291,7 +292,7 @@ class AsrScheduler:
         promised = (JobKind.FINAL, JobKind.SPECULATIVE)
         if self.on_call is not None and any(t.kind in promised for t in batch):
             try:
-                self.on_call(now, now - t0)
+                self.on_call(now, now - t0, frozenset(t.stream_id for t in batch))
             except Exception:  # measurement must never break scheduling
                 log.exception("on_call failed")
         for t, (transcripts, run) in zip(batch, results):
@@ -315,7 +316,7 @@ def transcribe_call(
             last = pieces[-1]
             pieces.append(AudioPiece(last.index, last.start_sample, last.audio[:n]))
             filler = True
-    [(transcripts, run)] = engine.run([pieces])
+    [(transcripts, run)] = engine.run([pieces], jobs[0].decoding)
     if filler:
         transcripts = transcripts[:-1]
     out, k = [], 0

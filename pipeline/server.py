@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from starlette.websockets import WebSocket
 
-from speechpipe.pipeline.admission import Admission
+from speechpipe.pipeline.admission import Admission, refusal
 from speechpipe.pipeline.config import Config, ConfigError
 from speechpipe.pipeline.deployment import Deployment
 from speechpipe.pipeline.drift_service import DriftService
@@ -47,7 +47,7 @@ from speechpipe.pipeline.http.socket import AsgiTransport
 from speechpipe.pipeline.live.actions import LiveContext
 from speechpipe.pipeline.live.connection import Connection
 from speechpipe.pipeline.live.transport import Transport
-from speechpipe.pipeline.protocol import ProtocolError
+from speechpipe.pipeline.openai_api.routes import openai_routes
 from speechpipe.pipeline.scheduler import AsrScheduler
 from speechpipe.pipeline.stream_router import StreamObservers, StreamRouter
 from speechpipe.pipeline.variants import Variant, load_variants
@@ -130,6 +130,7 @@ class SpeechServer:
         self.on_shutdown = on_shutdown
         self.scheduler: AsrScheduler | None = None
         self.streams: dict[str, Connection] = {}
+        self._fed: set[str] = set()  # streams of uploads, fed as fast as they are read
         self.counters = ServerCounters()
         self._http: HttpServer | None = None
         self._http_task: asyncio.Task | None = None
@@ -170,7 +171,8 @@ class SpeechServer:
                 drift=lambda: self.drift,
                 metrics=lambda: self.metrics(),
                 closing=lambda: self._draining,
-            ),
+            )
+            + openai_routes(self),
         )
         # Our own check answers up to 4x the limit with a clear error; beyond that the protocol
         # closes with 1009 before buffering it all.
@@ -239,7 +241,7 @@ class SpeechServer:
             pack_backlog=s.pack_backlog,
             partial_rest=s.partial_rest,
             workers=workers,
-            on_call=self.admission.record_call,
+            on_call=self._measured_call,
         )
         self.scheduler.start()
         self._tick_task = asyncio.get_running_loop().create_task(self._tick(), name="deploy-tick")
@@ -318,51 +320,49 @@ class SpeechServer:
         task = asyncio.current_task()
         self._handlers.add(task)
         try:
-            await self._serve_connection(AsgiTransport(websocket))
+            await self.serve_transport(AsgiTransport(websocket))
         finally:
             self._handlers.discard(task)
 
-    async def _serve_connection(self, ws: Transport) -> None:
+    def _measured_call(self, now: float, seconds: float, streams: frozenset[str]) -> None:
+        """Admission's measure: calls of real-time streams only. A request fed faster than real
+        time makes its ASR work per second of stream many times a live stream's, and taken as
+        one it had the next live stream refused on an idle server."""
+        if not any(s in self._fed for s in streams):
+            self.admission.record_call(now, seconds)
+
+    def _record_streams(self) -> None:
+        self.admission.record_streams(time.monotonic(), len(self.streams) - len(self._fed))
+
+    async def serve_transport(self, ws: Transport, variant: str | None = None, fed: bool = False) -> None:
+        """Serve one stream on ``ws`` (admission first), routed by the deployment or, given
+        ``variant``, by that variant (an OpenAI request naming it). ``fed``: the client is code
+        sending as fast as the stream reads (an upload), not in real time; it is admitted as
+        one more stream, and its calls are left out of what a live stream is measured to cost."""
         stream_id = uuid.uuid4().hex[:12]
         # Admission is decided before the first await, so concurrent connections cannot overshoot.
-        if self._draining:
-            reason, exc = "shutting_down", ProtocolError("shutting_down", "the server is shutting down")
-        elif not self._ready.is_set():
-            reason, exc = "not_ready", ProtocolError("not_ready", "the model is still loading; retry shortly")
-        elif len(self.streams) >= self.settings.max_streams:
-            reason, exc = (
-                "busy",
-                ProtocolError(
-                    "server_busy",
-                    f"all {self.settings.max_streams} streams are in use; retry in {self.settings.retry_after_s:g} s",
-                ),
-            )
-        elif not (verdict := self.admission.verdict(time.monotonic(), len(self.streams))).admitted:
-            reason, exc = (
-                "capacity",
-                ProtocolError(
-                    "server_busy",
-                    f"the server is at capacity: {len(self.streams) + 1} streams would need {verdict.load:.0%} of its "
-                    f"ASR workers; retry in {self.settings.retry_after_s:g} s",
-                ),
-            )
-        else:
-            reason, exc = None, None
+        s, n = self.settings, len(self.streams)
+        verdict = None if self._draining or n >= s.max_streams else self.admission.verdict(time.monotonic(), n)
+        reason, exc = refusal(self._draining, self._ready.is_set(), n, s.max_streams, verdict, s.retry_after_s)
         if exc is not None:
             self._rejected(reason)
             retry = {} if exc.code == "shutting_down" else {"retry_after_s": self.settings.retry_after_s}
             await reject(ws, exc, retry)
             return
-        stream = Connection(ws, stream_id, self.context(), self.scheduler)
+        context = self.router.pinned_context(variant) if variant else self.context()
+        stream = Connection(ws, stream_id, context, self.scheduler)
         self.streams[stream_id] = stream
-        self.admission.record_streams(time.monotonic(), len(self.streams))
+        if fed:
+            self._fed.add(stream_id)
+        self._record_streams()
         self.counters.accepted += 1
         log.info("stream %s: opened from %s", stream_id, ws.peer)
         try:
             await stream.run()
         finally:
             del self.streams[stream_id]
-            self.admission.record_streams(time.monotonic(), len(self.streams))
+            self._fed.discard(stream_id)
+            self._record_streams()
             self.counters.closed += 1
             self.counters.finals += stream.stats.finals
             log.info(

@@ -43,7 +43,7 @@ from speechpipe.pipeline.hooks import (
     StreamStarted,
     VadOutput,
 )
-from speechpipe.stages.asr import AsrRun, AudioPiece, Transcript
+from speechpipe.stages.asr import AsrRun, AudioPiece, Decoding, Transcript
 from speechpipe.stages.asr.packing import release_groups
 from speechpipe.stages.audio import StreamResampler
 from speechpipe.stages.pcm import SAMPLE_RATE, pcm_to_float, sanitize, to_mono
@@ -103,6 +103,7 @@ class StreamSession:
         observers: told every event of the stream (see :mod:`speechpipe.pipeline.hooks`).
         clock: monotonic seconds; the arrival time of fed audio and of finals.
         variant: the pipeline variant whose engine is to run this stream's jobs (stamped on them).
+        decoding: the stream's prompt and first temperature (stamped on its jobs).
     """
 
     def __init__(
@@ -118,11 +119,13 @@ class StreamSession:
         observers: Iterable[Observer | None] = (),
         clock: Callable[[], float] = time.monotonic,
         variant: str = "",
+        decoding: Decoding | None = None,
     ) -> None:
         if channels < 1:
             raise SessionError(f"channels must be at least 1, not {channels}")
         self.stream_id = stream_id or uuid.uuid4().hex[:12]
         self.variant = variant
+        self.decoding = decoding or Decoding()
         self.sample_rate = sample_rate
         self.channels = channels
         self.pack_s = pack_s
@@ -229,6 +232,7 @@ class StreamSession:
             [AudioPiece(s.index, s.start_sample, s.audio) for s in segments],
             segments=segments,
             variant=self.variant,
+            decoding=self.decoding,
         )
         self._in_flight[job.job_id] = job
         return job
@@ -241,7 +245,8 @@ class StreamSession:
         index, start, audio = open_seg
         if audio.size < min_audio_s * SAMPLE_RATE:
             return None
-        return AsrJob(self.stream_id, JobKind.PARTIAL, [AudioPiece(index, start, audio)], variant=self.variant)
+        piece = AudioPiece(index, start, audio)
+        return AsrJob(self.stream_id, JobKind.PARTIAL, [piece], variant=self.variant, decoding=self.decoding)
 
     def speculative_job(self, min_audio_s: float = 0.3) -> AsrJob | None:
         """A job holding exactly the audio the open segment will close with if the pause that has
@@ -256,7 +261,8 @@ class StreamSession:
         index, start, audio = closing
         if audio.size < min_audio_s * SAMPLE_RATE:
             return None
-        return AsrJob(self.stream_id, JobKind.SPECULATIVE, [AudioPiece(index, start, audio)], variant=self.variant)
+        piece = AudioPiece(index, start, audio)
+        return AsrJob(self.stream_id, JobKind.SPECULATIVE, [piece], variant=self.variant, decoding=self.decoding)
 
     def job_queued(self, job: AsrJob) -> None:
         """Tell the observers a driver queued ``job`` for a shared engine."""

@@ -59,6 +59,19 @@ class StreamRouter:
         self.deployment.opened(stream_id, assignment, shared)
         return self._context(variant, assignment.role, shadow, stream_id=stream_id, shared=shared)
 
+    def pinned_context(self, name: str) -> LiveContext:
+        """What a stream that asked for variant ``name`` itself is given (an OpenAI request naming
+        it as its model): that variant, whatever the deployment routes, without a shadow. Its
+        finals are not the deployment's traffic (a canary's gates compare routed streams only);
+        telemetry labels it with the variant's role in the deployment, drift watches it."""
+        variant = self.variants[name]
+        role = self.deployment.controller.role_of(name)
+
+        def route(_client_key: str | None, stream_id: str) -> LiveContext:
+            return self._context(variant, role, None, stream_id=stream_id, routed=False)
+
+        return self._context(variant, role, None, route=route, routed=False)
+
     def _context(
         self,
         variant: Variant,
@@ -68,6 +81,7 @@ class StreamRouter:
         stream_id: str = "",
         shared: bool = True,
         route: Callable[[str | None, str], LiveContext] | None = None,
+        routed: bool = True,
     ) -> LiveContext:
         factory = self.stream_observers
         deployment = self.deployment
@@ -75,7 +89,8 @@ class StreamRouter:
 
         def observers(sid: str, attributes: dict) -> list[Observer]:
             found = list(factory(sid, attributes, variant.config, role)) if factory else []
-            found.append(deployment.observer(sid, variant.name))
+            if routed:
+                found.append(deployment.observer(sid, variant.name))
             if drift is not None:
                 found.append(drift.observer(variant.name))
             return found

@@ -14,6 +14,9 @@ def test_start_defaults_and_fields():
     s = P.parse_client_text('{"type":"start","sample_rate":48000,"encoding":"pcm_f32le","channels":2,"partials":false}')
     assert s == Start(48000, "pcm_f32le", 2, "en", False) and s.bytes_per_frame == 8
     assert isinstance(P.parse_client_text('{"type": "stop"}'), Stop)
+    s = P.parse_client_text('{"type": "start", "prompt": "Philip Steels", "temperature": 0.4}')
+    assert (s.prompt, s.temperature) == ("Philip Steels", 0.4)
+    assert s.to_dict()["prompt"] == "Philip Steels" and "prompt" not in Start().to_dict()
 
 
 @pytest.mark.parametrize(
@@ -28,6 +31,10 @@ def test_start_defaults_and_fields():
         ('{"type": "start", "channels": 1.5}', "unsupported_channels"),
         ('{"type": "start", "encoding": "PCM_S16LE"}', "unsupported_encoding"),
         ('{"type": "start", "partials": "yes"}', "bad_message"),
+        ('{"type": "start", "prompt": 7}', "bad_message"),
+        ('{"type": "start", "prompt": "' + "x" * 2001 + '"}', "bad_message"),
+        ('{"type": "start", "temperature": 1.5}', "bad_message"),
+        ('{"type": "start", "temperature": true}', "bad_message"),
     ],
 )
 def test_bad_client_messages(text, code):

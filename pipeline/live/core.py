@@ -255,25 +255,17 @@ class LiveCore:
             self.context = self.context.route(start.client, self.stream_id)
         attributes = {"audio.encoding": start.encoding, "audio.channels": start.channels}
         factory = self.context.stream_observers
+        stream = {"sample_rate": start.sample_rate, "channels": start.channels, "stream_id": self.stream_id}
+        stream |= {"clock": lambda: self._now, "decoding": start.decoding}
         self.session = StreamSession(
             self.context.vad,
-            sample_rate=start.sample_rate,
-            channels=start.channels,
             pack_s=0.0,
-            stream_id=self.stream_id,
             observers=factory(self.stream_id, attributes) if factory else (),
-            clock=lambda: self._now,
             variant=self.context.variant,
+            **stream,
         )
         if self.context.shadow_variant and self.context.shadow_vad is not None:
-            self._shadow = StreamSession(
-                self.context.shadow_vad,
-                sample_rate=start.sample_rate,
-                channels=start.channels,
-                stream_id=self.stream_id,
-                clock=lambda: self._now,
-                variant=self.context.shadow_variant,
-            )
+            self._shadow = StreamSession(self.context.shadow_vad, variant=self.context.shadow_variant, **stream)
         self._slot = SideSlot(self.session, self.settings, self.partials_wanted, self.stats)
         self.state = State.STREAMING
         self._opened = self._now

@@ -8,7 +8,7 @@ from speechpipe.stages.asr.engine import AsrEngine
 from speechpipe.stages.asr.guard import is_hallucination
 from speechpipe.stages.asr.model import load_model, resolve_device, resolve_model
 from speechpipe.stages.asr.packing import pack_windows
-from speechpipe.stages.asr.types import AsrRun, AudioPiece, Transcript, WindowStats, Word
+from speechpipe.stages.asr.types import AsrRun, AudioPiece, Decoding, Transcript, WindowStats, Word
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -16,6 +16,7 @@ __all__ = [
     "AsrEngine",
     "AsrRun",
     "AudioPiece",
+    "Decoding",
     "Transcript",
     "WindowStats",
     "Word",

@@ -20,7 +20,7 @@ import numpy as np
 from speechpipe.stages.asr.config import AsrConfig
 from speechpipe.stages.asr.model import load_model, resolve_device
 from speechpipe.stages.asr.packing import pack_items
-from speechpipe.stages.asr.types import AsrRun, AudioPiece, Transcript, WindowStats
+from speechpipe.stages.asr.types import AsrRun, AudioPiece, Decoding, Transcript, WindowStats
 from speechpipe.stages.asr.windows import assemble, map_window, merge
 
 #: retries of audio a decode did not reach (each retry gives every miss a window of its own).
@@ -46,11 +46,13 @@ class AsrEngine:
         :func:`~speechpipe.stages.asr.packing.pack_windows` finds; each window keeps stream order."""
         return pack_items(pieces, [p.duration_s for p in pieces], self.config.window_s, self.config.gap_s)
 
-    def run(self, groups: list[list[AudioPiece]]) -> list[tuple[list[Transcript], AsrRun]]:
+    def run(
+        self, groups: list[list[AudioPiece]], decoding: Decoding | None = None
+    ) -> list[tuple[list[Transcript], AsrRun]]:
         """:meth:`transcribe_groups`, with how the call ran: one :class:`AsrRun` per group, all
         sharing the call's wall-clock times (each with its own windows)."""
         started = time.time_ns()
-        results = self.transcribe_groups(groups)
+        results = self.transcribe_groups(groups, decoding)
         ended = time.time_ns()
         return [
             (
@@ -67,13 +69,17 @@ class AsrEngine:
             for transcripts, windows in results
         ]
 
-    def transcribe(self, pieces: list[AudioPiece]) -> tuple[list[Transcript], list[WindowStats]]:
+    def transcribe(
+        self, pieces: list[AudioPiece], decoding: Decoding | None = None
+    ) -> tuple[list[Transcript], list[WindowStats]]:
         """Transcribe ``pieces`` (packed into windows); one :class:`Transcript` per piece, in the
         order given."""
-        [(transcripts, stats)] = self.transcribe_groups([pieces])
+        [(transcripts, stats)] = self.transcribe_groups([pieces], decoding)
         return transcripts, stats
 
-    def transcribe_groups(self, groups: list[list[AudioPiece]]) -> list[tuple[list[Transcript], list[WindowStats]]]:
+    def transcribe_groups(
+        self, groups: list[list[AudioPiece]], decoding: Decoding | None = None
+    ) -> list[tuple[list[Transcript], list[WindowStats]]]:
         """Transcribe several independent groups of pieces (several jobs) at once, so that their
         windows can share batched decoder calls; one (transcripts, stats) per group.
 
@@ -81,7 +87,8 @@ class AsrEngine:
         (it emits end-of-text after one piece, or after part of the last one); the audio it did not
         reach is cut out of its piece and decoded again in a window of its own (up to
         ``MAX_PACK_ATTEMPTS`` times), and the words are merged back into the piece's transcript.
-        Retried windows still share batched decoder calls.
+        Retried windows still share batched decoder calls. ``decoding``: the prompt and first
+        temperature of every window of the call (None: none, and 0).
         """
         parts: dict[int, list[Transcript]] = {}
         stats: list[list[WindowStats]] = [[] for _ in groups]
@@ -97,7 +104,7 @@ class AsrEngine:
                     windows.append([(p, origin[id(p)]) for p in w])
                     owner.append(g)
             todo = [[] for _ in groups]
-            decoded = self._transcribe_windows([[p for p, _ in w] for w in windows])
+            decoded = self._transcribe_windows([[p for p, _ in w] for w in windows], decoding or Decoding())
             for g, window, (transcripts, st, missed) in zip(owner, windows, decoded):
                 st.attempt = attempt
                 stats[g].append(st)
@@ -111,13 +118,13 @@ class AsrEngine:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _transcribe_windows(self, windows: list[list[AudioPiece]]) -> list[Decoded]:
+    def _transcribe_windows(self, windows: list[list[AudioPiece]], decoding: Decoding) -> list[Decoded]:
         """Run Whisper over each window: one call per window, or batched calls when
         ``batch_size`` > 1 and there is more than one window."""
         assembled = [assemble(w, self.config.gap_s) for w in windows]
         if self.config.batch_size > 1 and len(windows) > 1:
             t0 = time.perf_counter()
-            per_window = self._decoder().decode([a for a, _ in assembled], self.config.batch_size)
+            per_window = self._decoder().decode([a for a, _ in assembled], self.config.batch_size, decoding)
             total = time.perf_counter() - t0
             audio_s = sum(a.size for a, _ in assembled) or 1
             walls = [total * a.size / audio_s for a, _ in assembled]
@@ -125,7 +132,7 @@ class AsrEngine:
             per_window, walls = [], []
             for audio, _ in assembled:
                 t0 = time.perf_counter()
-                per_window.append(self._decode_one(audio))
+                per_window.append(self._decode_one(audio, decoding))
                 walls.append(time.perf_counter() - t0)
         return [
             map_window(w, offsets, audio, segs, wall, self.config)
@@ -152,7 +159,7 @@ class AsrEngine:
             )
         return self._window_decoder
 
-    def _decode_one(self, audio: np.ndarray) -> list:
+    def _decode_one(self, audio: np.ndarray, decoding: Decoding) -> list:
         if audio.size == 0:
             return []
-        return self._decoder().decode([audio])[0]
+        return self._decoder().decode([audio], 1, decoding)[0]

@@ -9,6 +9,38 @@ import numpy as np
 
 from speechpipe.stages.pcm import SAMPLE_RATE
 
+#: the longest prompt taken, in characters (Whisper keeps the last 223 tokens of it anyway).
+MAX_PROMPT_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How one stream's audio is decoded, where a client may choose (OpenAI's ``prompt`` and
+    ``temperature``).
+
+    Attributes:
+        prompt: text Whisper is told came before (spellings, names, a style); its last 223
+            tokens are kept. "" : none.
+        temperature: the first decoding temperature. 0 decodes greedily and falls back to the
+            configured higher temperatures when a decode fails Whisper's checks; above 0 the
+            decode samples at it, falling back to the configured temperatures above it.
+    """
+
+    prompt: str = ""
+    temperature: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prompt, str) or len(self.prompt) > MAX_PROMPT_CHARS:
+            raise ValueError(f"prompt must be text of at most {MAX_PROMPT_CHARS} characters")
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, int | float) or not 0.0 <= t <= 1.0:
+            raise ValueError(f"temperature must be a number from 0 to 1, not {t!r}")
+        object.__setattr__(self, "temperature", float(t))
+
+    def temperatures(self, configured: tuple[float, ...]) -> tuple[float, ...]:
+        """The temperatures to try in turn: this one, then the configured ones above it."""
+        return (self.temperature, *(t for t in configured if t > self.temperature))
+
 
 @dataclass
 class Word:

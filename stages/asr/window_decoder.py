@@ -14,11 +14,11 @@ why ``pyproject.toml`` pins faster-whisper to the 1.x series this was written ag
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from speechpipe.stages.asr.types import Word
+from speechpipe.stages.asr.types import Decoding, Word
 
 N_FRAMES = 3000  # Whisper's 30 s window in mel frames
 #: the temperature fallback samples; seeding every batch makes transcripts reproducible run to run.
@@ -91,21 +91,39 @@ class WindowDecoder:
             hotwords=None,
         )
         self.prompt = model.get_prompt(self.tokenizer, [], without_timestamps=False)
+        self._prompts: dict[str, list[int]] = {"": self.prompt}
         self.time_per_frame = model.feature_extractor.time_per_frame
 
-    def decode(self, audios: list[np.ndarray], batch_size: int = 1) -> list[list[DecodedSegment]]:
-        """Decode each window (16 kHz mono, at most 30 s); returns each window's segments."""
+    def decode(
+        self, audios: list[np.ndarray], batch_size: int = 1, decoding: Decoding | None = None
+    ) -> list[list[DecodedSegment]]:
+        """Decode each window (16 kHz mono, at most 30 s); returns each window's segments.
+        ``decoding``: the prompt and first temperature of every window."""
+        decoding = decoding or Decoding()
+        prompt = self._prompt(decoding.prompt)
+        opts = self.options
+        if decoding.temperature > 0:
+            opts = replace(opts, temperatures=list(decoding.temperatures(tuple(opts.temperatures))))
         out: list[list[DecodedSegment]] = []
         for i in range(0, len(audios), max(1, batch_size)):
-            out.extend(self._decode_batch(audios[i : i + batch_size]))
+            out.extend(self._decode_batch(audios[i : i + batch_size], prompt, opts))
         return out
 
-    def _decode_batch(self, audios: list[np.ndarray]) -> list[list[DecodedSegment]]:
+    def _prompt(self, text: str) -> list[int]:
+        """Whisper's prompt tokens with ``text`` as the previous text (as its ``initial_prompt``)."""
+        if text not in self._prompts:
+            if len(self._prompts) > 64:  # one per distinct client prompt: keep it bounded
+                self._prompts = {"": self.prompt}
+            previous = self.tokenizer.encode(" " + text.strip())
+            self._prompts[text] = self.model.get_prompt(self.tokenizer, previous, without_timestamps=False)
+        return self._prompts[text]
+
+    def _decode_batch(self, audios: list[np.ndarray], prompt: list[int], opts) -> list[list[DecodedSegment]]:
         import ctranslate2
         from faster_whisper.audio import pad_or_trim
         from faster_whisper.transcribe import get_compression_ratio
 
-        m, tok, opts = self.model, self.tokenizer, self.options
+        m, tok = self.model, self.tokenizer
         ctranslate2.set_random_seed(SAMPLING_SEED)
         sizes: list[int] = []
         feats = []
@@ -117,15 +135,17 @@ class WindowDecoder:
         encoder_output = m.encode(np.stack(feats))
 
         if len(audios) == 1:
-            decoded = [m.generate_with_fallback(encoder_output, self.prompt, tok, opts)]
+            decoded = [m.generate_with_fallback(encoder_output, prompt, tok, opts)]
+        elif opts.temperatures[0] > 0:  # sampling from the start: each window on its own
+            decoded = [m.generate_with_fallback(m.encode(f[None]), prompt, tok, opts) for f in feats]
         else:
-            decoded = self._generate_batch(encoder_output, len(audios))
+            decoded = self._generate_batch(encoder_output, len(audios), prompt, opts)
             # A window that fails Whisper's checks at temperature 0 is decoded again on its own,
             # with the full temperature fallback.
             for k, (result, avg_logprob, _t, ratio) in enumerate(decoded):
                 if self._needs_fallback(result.no_speech_prob, avg_logprob, ratio):
                     single = m.encode(feats[k][None])
-                    decoded[k] = m.generate_with_fallback(single, self.prompt, tok, opts)
+                    decoded[k] = m.generate_with_fallback(single, prompt, tok, opts)
 
         windows: list[list[dict]] = []
         meta = []
@@ -168,13 +188,13 @@ class WindowDecoder:
             out.append(items)
         return out
 
-    def _generate_batch(self, encoder_output, n: int) -> list[tuple]:
+    def _generate_batch(self, encoder_output, n: int, prompt: list[int], opts) -> list[tuple]:
         from faster_whisper.transcribe import get_compression_ratio
 
-        m, tok, opts = self.model, self.tokenizer, self.options
+        m, tok = self.model, self.tokenizer
         results = m.model.generate(
             encoder_output,
-            [list(self.prompt) for _ in range(n)],
+            [list(prompt) for _ in range(n)],
             beam_size=opts.beam_size,
             patience=opts.patience,
             length_penalty=opts.length_penalty,
