@@ -28,6 +28,12 @@ def register(sub: Any) -> None:
         "--admin-token",
         help="bearer token of the admin API, /admin/* (default: $SPEECHPIPE_ADMIN_TOKEN; without one it answers 403)",
     )
+    s.add_argument(
+        "--reviewer-token",
+        help="bearer token of the review API and /review (default: $SPEECHPIPE_REVIEWER_TOKEN; without one: 403)",
+    )
+    s.add_argument("--db", help="the review queue: a SQLite file (created) or postgresql://... ([review] db)")
+    s.add_argument("--automation", choices=("human", "shadow", "assist", "partial", "full"), help="[automation] level")
     s.add_argument("--baseline", help="drift monitoring against this profile (speechpipe baseline build)")
     s.add_argument("--max-streams", type=int, help="concurrent streams (default: 16)")
     s.add_argument(
@@ -66,7 +72,9 @@ def register(sub: Any) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from speechpipe.pipeline.observability import server_telemetry, start_telemetry
-    from speechpipe.pipeline.server import SpeechServer, admin_token_from_env, token_from_env
+    from speechpipe.pipeline.serve_loop import serve_forever
+    from speechpipe.pipeline.server import SpeechServer
+    from speechpipe.pipeline.tokens import admin_token_from_env, reviewer_token_from_env, token_from_env
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = {
@@ -76,6 +84,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "server.partial_interval_s": args.partial_interval,
         "server.partials": False if args.no_partials else None,
         "monitoring.baseline": args.baseline,
+        "review.db": args.db,
+        "automation.level": args.automation,
     }
     args.overrides = list(args.overrides) + [f"{k}={_toml(v)}" for k, v in overrides.items() if v is not None]
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # one line per Whisper call otherwise
@@ -85,9 +95,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config,
         token=token_from_env(args.token),
         admin_token=admin_token_from_env(args.admin_token),
+        reviewer_token=reviewer_token_from_env(args.reviewer_token),
         **server_telemetry(telemetry).kwargs(),
     )
-    asyncio.run(server.serve_forever())
+    asyncio.run(serve_forever(server))
     return 0
 
 

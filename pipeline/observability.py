@@ -28,6 +28,7 @@ def labels_for(config: Config, role: str = "primary") -> Labels:
         asr_model=config.asr.model,
         variant_id=config.variant_id,
         role=role,
+        automation=config.automation.level,
     )
 
 
@@ -67,6 +68,7 @@ class ServerTelemetry:
     stream_observers: Callable[[str, dict, Config, str], list[Observer]]
     labelled: Callable[[Config, str], Instrumentation]
     drift_telemetry: Callable[[Callable], Callable]
+    review_telemetry: Callable[[Callable], Callable]
     metrics: Callable[[], tuple[bytes, str]]
     on_shutdown: Callable[[], None]
 
@@ -76,6 +78,7 @@ class ServerTelemetry:
             "stream_observers": self.stream_observers,
             "labelled": self.labelled,
             "drift_telemetry": self.drift_telemetry,
+            "review_telemetry": self.review_telemetry,
             "metrics": self.metrics,
             "on_shutdown": self.on_shutdown,
         }
@@ -109,11 +112,18 @@ def server_telemetry(telemetry: Telemetry) -> ServerTelemetry:
 
         return report
 
+    def review_telemetry(figures: Callable[[], dict]) -> Callable:
+        from speechpipe.telemetry.review_telemetry import register_review_gauges, reviewed
+
+        register_review_gauges(inst, figures)
+        return lambda item: reviewed(inst, item.variant, item.level, item.reason)
+
     return ServerTelemetry(
         observer=inst,
         stream_observers=stream_observers,
         labelled=labelled,
         drift_telemetry=drift_telemetry,
+        review_telemetry=review_telemetry,
         metrics=lambda: (telemetry.prometheus_text(), CONTENT_TYPE_LATEST),
         on_shutdown=telemetry.shutdown,
     )

@@ -1,8 +1,7 @@
 """The live server: ``ws://HOST:PORT/stream`` and the HTTP routes on one port.
 
-An ASGI app (:mod:`speechpipe.pipeline.http.app`, Starlette) runs under uvicorn, whose WebSocket
-implementation is the ``websockets`` library's Sans-I/O protocol; routes that take a request body
-(admin, feedback) need that HTTP layer, which the ``websockets`` server alone does not have.
+An ASGI app (:mod:`speechpipe.pipeline.http.app`, Starlette) runs under uvicorn with the
+``websockets`` library's Sans-I/O protocol: routes that take a body need that HTTP layer.
 
 Every configured pipeline variant is loaded (:mod:`speechpipe.pipeline.variants`; variants of one
 model share it) and one :class:`~speechpipe.pipeline.scheduler.AsrScheduler` runs all of their
@@ -25,8 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 import socket
 import time
 import uuid
@@ -42,25 +39,26 @@ from speechpipe.pipeline.drift_service import DriftService
 from speechpipe.pipeline.hooks import Observer, Observers, StreamRejected
 from speechpipe.pipeline.http.admin import admin_routes
 from speechpipe.pipeline.http.app import build_app
+from speechpipe.pipeline.http.review import review_routes
 from speechpipe.pipeline.http.runner import HttpServer, reject, start_http, stop_listening
 from speechpipe.pipeline.http.socket import AsgiTransport
 from speechpipe.pipeline.live.actions import LiveContext
 from speechpipe.pipeline.live.connection import Connection
 from speechpipe.pipeline.live.transport import Transport
 from speechpipe.pipeline.openai_api.routes import openai_routes
+from speechpipe.pipeline.review.service import ReviewService, open_review
 from speechpipe.pipeline.scheduler import AsrScheduler
 from speechpipe.pipeline.stream_router import StreamObservers, StreamRouter
+from speechpipe.pipeline.tokens import admin_token_from_env, token_from_env
 from speechpipe.pipeline.variants import Variant, load_variants
 from speechpipe.stages.asr import AsrEngine
 
 log = logging.getLogger("speechpipe.server")
 
-TOKEN_ENV = "SPEECHPIPE_TOKEN"
-ADMIN_TOKEN_ENV = "SPEECHPIPE_ADMIN_TOKEN"
 #: how often the canary's gates are evaluated.
 DEPLOY_TICK_S = 1.0
 
-__all__ = ["SpeechServer", "admin_token_from_env", "token_from_env"]
+__all__ = ["SpeechServer", "admin_token_from_env", "token_from_env"]  # the tokens' helpers, from here too
 
 MetricsRenderer = Callable[[], tuple[bytes, str]]
 
@@ -85,12 +83,14 @@ class SpeechServer:
             listening (``/readyz`` says when).
         token: required bearer token of streams (and feedback); None allows everyone.
         admin_token: bearer token of the admin API; None: the admin routes answer 403.
+        reviewer_token: bearer token of the review API and page; None: they answer 403.
         stream_observers: builds the observers of each stream's session from its id, its audio
             format's attributes, the effective config of the variant serving it and its role.
         labelled: the instrumentation of a variant (its effective config) and role, for the
             deployment's metrics and spans.
         drift_telemetry: given the drift figures' source, registers their gauges and returns the
             reporter of drift alerts (span, log); without it alerts are logged.
+        review_telemetry: the same for the review queue's figures; returns the reporter of reviews.
         observer: told server-level events (:class:`~speechpipe.pipeline.hooks.StreamRejected`).
         metrics: renders ``/metrics`` as ``(body, content_type)``; without it the page is empty.
         on_shutdown: called once the server has drained (flush telemetry there).
@@ -103,9 +103,11 @@ class SpeechServer:
         *,
         token: str | None = None,
         admin_token: str | None = None,
+        reviewer_token: str | None = None,
         stream_observers: StreamObservers | None = None,
         labelled: Callable[[Config, str], object] | None = None,
         drift_telemetry: Callable[[Callable], Callable] | None = None,
+        review_telemetry: Callable[[Callable], Callable] | None = None,
         observer: Observer | None = None,
         metrics: MetricsRenderer | None = None,
         on_shutdown: Callable[[], None] | None = None,
@@ -115,15 +117,19 @@ class SpeechServer:
         self.engine = engine
         self.token = token or None
         self.admin_token = admin_token or None
-        if self.admin_token and self.admin_token == self.token:
-            raise ConfigError("the admin token must differ from the stream token")
+        self.reviewer_token = reviewer_token or None
+        tokens = [t for t in (self.token, self.admin_token, self.reviewer_token) if t]
+        if len(set(tokens)) < len(tokens):
+            raise ConfigError("the admin and reviewer tokens must differ from each other and from the stream token")
         self.stream_observers = stream_observers
         self.labelled = labelled
         self.drift_telemetry = drift_telemetry
+        self.review_telemetry = review_telemetry
         self.variants: dict[str, Variant] = {}
         self.deployment: Deployment | None = None
         self.router: StreamRouter | None = None
         self.drift: DriftService | None = None
+        self.review: ReviewService | None = None
         self._tick_task: asyncio.Task | None = None
         self.observer = Observers([observer])
         self.metrics = metrics or _no_metrics
@@ -149,12 +155,21 @@ class SpeechServer:
         return self._socket.getsockname()[1]
 
     @property
+    def loading(self) -> asyncio.Task | None:
+        """The task loading the variants (None where they were given loaded)."""
+        return self._load_task
+
+    @property
     def ready(self) -> bool:
         return self._ready.is_set() and not self._draining
 
     async def start(self) -> None:
         """Listen, then load the model (unless one was given) in a thread."""
         s = self.settings
+        # The review store first: a database that cannot be opened stops the server before it listens.
+        self.review = await asyncio.to_thread(open_review, self.config, self._push, self._feedback)
+        if self.review is not None and self.review_telemetry is not None:
+            self.review.on_reviewed = self.review_telemetry(lambda: self.review.figures)
         # The socket is bound here, so a port in use is an OSError to the caller, not uvicorn's exit.
         self._socket = socket.create_server((s.host, s.port), reuse_port=False)
         self._socket.setblocking(False)
@@ -172,7 +187,8 @@ class SpeechServer:
                 metrics=lambda: self.metrics(),
                 closing=lambda: self._draining,
             )
-            + openai_routes(self),
+            + openai_routes(self)
+            + review_routes(reviewer_token=self.reviewer_token, stream_token=self.token, service=lambda: self.review),
         )
         # Our own check answers up to 4x the limit with a clear error; beyond that the protocol
         # closes with 1009 before buffering it all.
@@ -228,6 +244,7 @@ class SpeechServer:
             self.deployment,
             lambda *args: self.stream_observers(*args) if self.stream_observers else [],
             self.drift,
+            self.review,
         )
         workers = self.engine.config.workers
         self.admission = Admission(workers, s.max_load, s.stream_load)
@@ -245,6 +262,8 @@ class SpeechServer:
         )
         self.scheduler.start()
         self._tick_task = asyncio.get_running_loop().create_task(self._tick(), name="deploy-tick")
+        if self.review is not None:
+            self.review.start()
         self._ready.set()
 
     async def _tick(self) -> None:
@@ -282,6 +301,8 @@ class SpeechServer:
             self._tick_task.cancel()
         if self.scheduler is not None:
             await asyncio.to_thread(self.scheduler.stop, 10.0)
+        if self.review is not None:
+            await self.review.stop()
         if self.on_shutdown is not None:
             try:
                 self.on_shutdown()
@@ -289,26 +310,6 @@ class SpeechServer:
                 log.exception("shutdown hook failed")
         log.info("stopped")
         self._stopped.set()
-
-    async def serve_forever(self) -> None:
-        """Run until SIGTERM or SIGINT, then drain (the ``speechpipe serve`` command)."""
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await self.start()
-        stopped = asyncio.ensure_future(stop.wait())
-        try:
-            waiting = {stopped} | ({self._load_task} if self._load_task is not None else set())
-            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            if self._load_task in done and self._load_task.exception() is not None:
-                raise self._load_task.exception()  # a variant that cannot load stops the server
-            await stopped
-        finally:
-            stopped.cancel()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-            await self.shutdown()
 
     # -- per stream ---------------------------------------------------------------------------
 
@@ -323,6 +324,14 @@ class SpeechServer:
             await self.serve_transport(AsgiTransport(websocket))
         finally:
             self._handlers.discard(task)
+
+    def _push(self, session: str, message: dict) -> bool:
+        stream = self.streams.get(session)
+        return stream is not None and stream.push(message)
+
+    def _feedback(self, session: str, segment: int, text: str) -> None:
+        if self.deployment is not None:
+            self.deployment.feedback(session, segment, text)
 
     def _measured_call(self, now: float, seconds: float, streams: frozenset[str]) -> None:
         """Admission's measure: calls of real-time streams only. A request fed faster than real
@@ -379,13 +388,3 @@ class SpeechServer:
 
 def _no_metrics() -> tuple[bytes, str]:
     return b"", "text/plain; version=0.0.4; charset=utf-8"
-
-
-def token_from_env(flag: str | None) -> str | None:
-    """The token from ``--token``, else from ``$SPEECHPIPE_TOKEN``; empty means none."""
-    return flag or os.environ.get(TOKEN_ENV) or None
-
-
-def admin_token_from_env(flag: str | None) -> str | None:
-    """The admin token from ``--admin-token``, else from ``$SPEECHPIPE_ADMIN_TOKEN``; empty means none."""
-    return flag or os.environ.get(ADMIN_TOKEN_ENV) or None

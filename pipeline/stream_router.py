@@ -15,7 +15,8 @@ from speechpipe.pipeline.config import Config
 from speechpipe.pipeline.deployment import Deployment
 from speechpipe.pipeline.drift_service import DriftService
 from speechpipe.pipeline.hooks import Observer
-from speechpipe.pipeline.live.actions import LiveContext
+from speechpipe.pipeline.live.actions import LiveContext, SubmitReview
+from speechpipe.pipeline.review.service import ReviewService
 from speechpipe.pipeline.variants import Variant
 
 #: builds a stream's observers from its id, its audio format's attributes, the effective config
@@ -33,12 +34,14 @@ class StreamRouter:
         deployment: Deployment,
         stream_observers: StreamObservers | None = None,
         drift: DriftService | None = None,
+        review: ReviewService | None = None,
     ) -> None:
         self.config = config
         self.variants = variants
         self.deployment = deployment
         self.stream_observers = stream_observers
         self.drift = drift
+        self.review = review
 
     @property
     def languages(self) -> tuple[str, ...]:
@@ -54,7 +57,8 @@ class StreamRouter:
         """The context of the variant assigned to ``stream_id`` (sticky by ``client_key``)."""
         assignment = self.deployment.assign(client_key, stream_id)
         variant = self.variants[assignment.variant]
-        shadow = self.variants.get(assignment.shadow) if assignment.shadow else None
+        ai = self.config.automation.level != "human"  # at level human no model runs, no shadow either
+        shadow = self.variants.get(assignment.shadow) if assignment.shadow and ai else None
         shared = shadow is not None and shadow.config.vad == variant.config.vad
         self.deployment.opened(stream_id, assignment, shared)
         return self._context(variant, assignment.role, shadow, stream_id=stream_id, shared=shared)
@@ -86,14 +90,18 @@ class StreamRouter:
         factory = self.stream_observers
         deployment = self.deployment
         drift = self.drift
+        review = self.review
 
         def observers(sid: str, attributes: dict) -> list[Observer]:
             found = list(factory(sid, attributes, variant.config, role)) if factory else []
             if routed:
                 found.append(deployment.observer(sid, variant.name))
-            if drift is not None:
+            if drift is not None and self.config.automation.level != "human":  # no model output to watch
                 found.append(drift.observer(variant.name))
             return found
+
+        def on_review(sid: str, request: SubmitReview) -> None:
+            review.enqueue(variant.name, role, sid, request)
 
         return LiveContext(
             settings=self.config.server,
@@ -108,4 +116,6 @@ class StreamRouter:
             shadow_vad=None if shadow is None or shared else shadow.config.vad,
             on_shadow=deployment.on_shadow if shadow else None,
             route=route,
+            automation=self.config.automation,
+            on_review=on_review if review is not None else None,
         )

@@ -67,6 +67,7 @@ class Labels:
         asr_model: ``asr.model`` on stream spans.
         variant_id: ``pipeline.variant_id``, the hash of the variant's effective settings.
         role: ``deploy.role``: ``primary``, ``candidate`` or ``shadow``.
+        automation: ``automation.level`` on every span of a stream.
     """
 
     variant: str = "default"
@@ -74,6 +75,7 @@ class Labels:
     asr_model: str = ""
     variant_id: str = ""
     role: str = "primary"
+    automation: str = "full"
 
 
 class _Instruments:

@@ -4,16 +4,17 @@ in :mod:`speechpipe.telemetry.names`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from speechpipe.telemetry import names as n
-
-COUNTER = "counter"
-UP_DOWN_COUNTER = "updowncounter"
-HISTOGRAM = "histogram"
-OBSERVABLE_COUNTER = "observable_counter"
-OBSERVABLE_GAUGE = "observable_gauge"
-OBSERVABLE_UP_DOWN_COUNTER = "observable_updowncounter"
+from speechpipe.telemetry.metric_kinds import (
+    COUNTER,
+    HISTOGRAM,
+    OBSERVABLE_COUNTER,
+    OBSERVABLE_GAUGE,
+    OBSERVABLE_UP_DOWN_COUNTER,
+    UP_DOWN_COUNTER,
+    MetricSpec,
+)
+from speechpipe.telemetry.review_specs import REVIEW_METRICS
 
 #: attributes carried by every metric point.
 BASE_METRIC_ATTRIBUTES = (n.PIPELINE_VARIANT, n.VARIANT_ID, n.DEPLOY_ROLE, n.VAD_CONFIG_ID, n.PIPELINE_MODE)
@@ -27,20 +28,6 @@ _HEADROOM_DB = (0.1, 1.0, 3.0, 6.0, 10.0, 15.0, 20.0, 25.0, 30.0, 35.0, 40.0, 45
 _RTF = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0)
 _NEG_LOGPROB = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.2, 1.5, 2.0, 3.0)
 _WPS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0)
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    """One instrument: its name, kind, unit, the attributes beyond :data:`BASE_METRIC_ATTRIBUTES`,
-    what it means, and (histograms) its bucket boundaries."""
-
-    name: str
-    kind: str
-    unit: str
-    attributes: tuple[str, ...]
-    group: str
-    description: str
-    buckets: tuple[float, ...] | None = None
 
 
 _ASR = (n.ASR_KIND, n.ASR_MODEL, n.ASR_DEVICE)
@@ -370,5 +357,7 @@ METRICS: tuple[MetricSpec, ...] = (
         "Whisper segments dropped by the hallucination guard",
     ),
 )
+
+METRICS += REVIEW_METRICS
 
 METRICS_BY_NAME: dict[str, MetricSpec] = {m.name: m for m in METRICS}

@@ -119,6 +119,8 @@ DEPLOY_ACTION = "deploy.action"  # start | advance | rollback | promote | switch
 DEPLOY_GATE = "deploy.gate"
 SHADOW_OUTCOME = "shadow.outcome"  # done | shed | failed
 SHADOW_EMPTY_MISMATCH = "shadow.empty_mismatch"
+AUTOMATION_LEVEL = "automation.level"  # human | shadow | assist | partial | full, on every stream span
+REVIEW_REASON = "review.reason"  # level | low_confidence | audit
 # drift gauges (Prometheus: speechpipe_drift_score{variant,stage,feature})
 DRIFT_VARIANT = "variant"
 DRIFT_STAGE = "stage"
@@ -148,6 +150,12 @@ FEEDBACK_WORDS = "speechpipe.feedback.words"
 FEEDBACK_ERRORS = "speechpipe.feedback.errors"
 DRIFT_SCORE = "speechpipe.drift.score"
 DRIFT_ALERT = "speechpipe.drift.alert"
+# human review (Prometheus: speechpipe_review_queue, speechpipe_review_ai_wer{variant}...)
+REVIEW_QUEUE = "speechpipe.review.queue"
+REVIEW_OLDEST_AGE = "speechpipe.review.oldest_age"
+REVIEW_REVIEWED = "speechpipe.review.reviewed"
+REVIEW_AI_WER = "speechpipe.review.ai_wer"
+REVIEW_AI_WORDS = "speechpipe.review.ai_words"
 PROCESS_CPU_TIME = "process.cpu.time"
 PROCESS_CPU_UTILIZATION = "process.cpu.utilization"
 PROCESS_MEMORY_USAGE = "process.memory.usage"

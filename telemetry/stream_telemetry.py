@@ -153,6 +153,7 @@ class StreamTelemetry:
             n.VARIANT_ID: inst.labels.variant_id,
             n.DEPLOY_ROLE: inst.labels.role,
             n.VAD_CONFIG_ID: ev.vad_config_id,
+            n.AUTOMATION_LEVEL: inst.labels.automation,
         }
         attrs: dict[str, Any] = {
             **self._span_attrs,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,14 @@ def engine():
     from speechpipe.stages.asr import AsrConfig, AsrEngine
 
     return AsrEngine(AsrConfig(threads=2))
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A SQLAlchemy URL (``postgresql+psycopg://...``) of a PostgreSQL database that is empty when the session
+    starts and is only the tests': from SPEECHPIPE_TEST_POSTGRES, else a throwaway local cluster (tests/pg.py);
+    the tests that take it are skipped where neither can be had."""
+    import pg
+
+    with pg.postgres_url() as url:
+        yield url

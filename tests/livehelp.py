@@ -35,6 +35,7 @@ class ServerThread:
         *,
         token: str | None = None,
         admin_token: str | None = None,
+        reviewer_token: str | None = None,
         config: Config | None = None,
         **settings,
     ) -> None:
@@ -47,6 +48,7 @@ class ServerThread:
             engine,
             token=token,
             admin_token=admin_token,
+            reviewer_token=reviewer_token,
             stream_observers=lambda sid, attrs, *_variant: [RecordingObserver(self.hook_log)],
         )
         self.thread = threading.Thread(target=self.loop.run_forever, name="test-server", daemon=True)
@@ -101,6 +103,7 @@ def with_telemetry(srv: ServerThread, telemetry) -> ServerThread:
     kw = server_telemetry(telemetry)
     s = srv.server
     s.metrics, s.drift_telemetry, s.labelled = kw.metrics, kw.drift_telemetry, kw.labelled
+    s.review_telemetry = kw.review_telemetry
     s.stream_observers = kw.stream_observers
     s.observer = Observers([kw.observer])
     return srv

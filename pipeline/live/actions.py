@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from speechpipe.pipeline.config import ServerSettings
 from speechpipe.pipeline.hooks import AsrJob, Observer
+from speechpipe.pipeline.review.settings import AutomationSettings
 from speechpipe.stages.vad import VadConfig
 
 
@@ -53,6 +56,23 @@ class SubmitShadow:
 
 
 @dataclass(frozen=True)
+class SubmitReview:
+    """Send a segment to the human review queue (its final has gone out, or goes with this).
+
+    ``text`` is the AI's transcript (kept for scoring even where neither client nor reviewer sees
+    it); ``draft`` what the reviewer starts from; ``confidence`` its mean word probability."""
+
+    segment: int
+    start_s: float
+    end_s: float
+    audio: np.ndarray = field(repr=False)
+    reason: str = "level"
+    text: str | None = None
+    draft: str | None = None
+    confidence: float | None = None
+
+
+@dataclass(frozen=True)
 class Close:
     """Send what is queued, then close the connection with ``code`` and ``reason``; the stream is over."""
 
@@ -60,7 +80,7 @@ class Close:
     reason: str
 
 
-Action = Send | SubmitFinal | OfferSide | DropSide | Promote | SubmitShadow | Close
+Action = Send | SubmitFinal | OfferSide | DropSide | Promote | SubmitShadow | SubmitReview | Close
 
 
 @dataclass(frozen=True)
@@ -83,6 +103,8 @@ class LiveContext:
         on_shadow: given each shadow job and the future of its result (the deployment scores it).
         route: once ``start`` is read, gives the context of the variant that serves the stream,
             from the client's key in ``start`` (a canary's sticky routing) and the stream id.
+        automation: the level of automation: what the client gets, what humans review.
+        on_review: given the stream id and each :class:`SubmitReview` (None: no review queue).
     """
 
     settings: ServerSettings
@@ -97,6 +119,8 @@ class LiveContext:
     shadow_vad: VadConfig | None = None
     on_shadow: Callable[[str, AsrJob, object], None] | None = None
     route: Callable[[str | None, str], LiveContext] | None = None
+    automation: AutomationSettings = field(default_factory=AutomationSettings)
+    on_review: Callable[[str, SubmitReview], None] | None = None
 
 
 @dataclass

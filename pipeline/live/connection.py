@@ -26,6 +26,7 @@ from speechpipe.pipeline.live.actions import (
     Promote,
     Send,
     SubmitFinal,
+    SubmitReview,
     SubmitShadow,
 )
 from speechpipe.pipeline.live.core import LiveCore
@@ -60,6 +61,14 @@ class Connection:
     @property
     def stats(self):
         return self.core.stats
+
+    def push(self, message: dict) -> bool:
+        """Send ``message`` (a ``revision``) after what is queued, while the stream is open; False
+        once it has ended (the client reads it with ``GET /v1/sessions/{id}`` instead)."""
+        if self._closing is not None or self.core.state.value == "closed":
+            return False
+        self._out.put_nowait(message)
+        return True
 
     def shutdown(self) -> None:
         """Ask the stream to finish: no more audio is read, pending finals are sent, then ``end``."""
@@ -144,6 +153,10 @@ class Connection:
                     fut = self._futures.get(job.job_id)
                     if fut is not None:
                         self.scheduler.promote(fut)  # if it was dropped meanwhile, its None result says so
+                case SubmitReview():
+                    on_review = self.core.context.on_review
+                    if on_review is not None:
+                        on_review(self.stream_id, action)
                 case SubmitShadow(job=job):
                     fut = self.scheduler.submit_shadow(job)
                     on_shadow = self.core.context.on_shadow

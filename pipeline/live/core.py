@@ -38,9 +38,12 @@ from speechpipe.pipeline.live.actions import (
     SubmitFinal,
     SubmitShadow,
 )
+from speechpipe.pipeline.live.review import final_actions
 from speechpipe.pipeline.live.side import Result, Side, SideSlot
 from speechpipe.pipeline.protocol import ProtocolError, Start, Stop
+from speechpipe.pipeline.review.policy import transcribes
 from speechpipe.pipeline.session import SessionError, StreamSession
+from speechpipe.stages.asr import Transcript
 from speechpipe.stages.pcm import SAMPLE_RATE
 from speechpipe.stages.vad import SpeechDiscarded, SpeechSegment, SpeechStarted
 
@@ -290,7 +293,7 @@ class LiveCore:
         if self._shadow is not None:
             self._shadow.feed_pcm(data, self.start.encoding)
             actions += self._shadow_jobs()
-        actions += self._slot.next()
+        actions += self._slot.next() if transcribes(self.context.automation.level) else []  # no partial
         if max(self.stats.audio_s, self._now - self._opened) > self.settings.max_stream_s:
             limit = f"the stream reached this server's limit of {self.settings.max_stream_s:g} s"
             actions += self.fail(ProtocolError("stream_too_long", limit), self._now)
@@ -312,7 +315,8 @@ class LiveCore:
             actions += self._queue_final(job)
             if self.context.shadow_variant and self._shadow is None:  # the shadow shares our segments
                 actions.append(self._as_shadow(job))
-        return actions + self._slot.drop_if_stale(bool(jobs))
+        # A final may be ready at once (the speculative job got there first, or no model runs).
+        return actions + self._slot.drop_if_stale(bool(jobs)) + self._emit_finals()
 
     def _as_shadow(self, job: AsrJob) -> SubmitShadow:
         return SubmitShadow(dataclasses.replace(job, kind=JobKind.SHADOW, variant=self.context.shadow_variant))
@@ -327,6 +331,12 @@ class LiveCore:
     def _queue_final(self, job: AsrJob) -> list[Action]:
         final = _Final(job)
         self._finals.append(final)
+        if not transcribes(self.context.automation.level):  # a human transcribes, not the model
+            final.result = (
+                [Transcript(s.index, s.start_s, s.end_s, "", [], 0.0, 0.0, 0.0) for s in job.segments],
+                None,
+            )
+            return []
         side = self._slot.claim(job)
         if side is None:
             return [self._submit(job)]
@@ -349,16 +359,11 @@ class LiveCore:
                 seg, latency = final.segment, final.latency_s
                 self.stats.latencies.append(latency)
                 if latency > 2.0:
-                    log.info(
-                        "stream %s: segment %d final after %.2f s (ASR queued %.2f s, ran %.2f s)",
-                        self.stream_id,
-                        seg.index,
-                        latency,
-                        run.queue_wait_s if run else -1,
-                        run.wall_s if run else -1,
-                    )
+                    queued, ran = (run.queue_wait_s, run.wall_s) if run else (-1, -1)
+                    what = "stream %s: segment %d final after %.2f s (ASR queued %.2f s, ran %.2f s)"
+                    log.info(what, self.stream_id, seg.index, latency, queued, ran)
                 message = P.final(seg.index, seg.start_s, seg.end_s, final.transcript, latency)
-                actions.append(Send(message | {"variant": self.context.variant}))
+                actions += final_actions(self.context, self.stream_id, seg, final.transcript, message)
         return actions
 
     def _drain(self, reason: str) -> list[Action]:

@@ -1,0 +1,1 @@
+"""Levels of automation and the human review queue (docs/review.md)."""

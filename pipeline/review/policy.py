@@ -1,0 +1,73 @@
+"""What happens to one final at each level of automation: what the client gets, and whether a
+human reviews it. Pure.
+
+============  =============================  =====================  =============================
+level         the client's final             review                 the reviewer starts from
+============  =============================  =====================  =============================
+``human``     no text, ``review: pending``   every segment          nothing (the AI did not run)
+``shadow``    no text, ``review: pending``   every segment          nothing (the AI runs hidden,
+                                                                    scored against the human)
+``assist``    the AI's, ``provisional``      every segment          the AI's text
+``partial``   the AI's; ``pending`` when     below ``review_below`` the AI's text
+              below ``review_below``
+``full``      the AI's, ``review: none``     an audit sample        nothing (an unbiased measure)
+============  =============================  =====================  =============================
+
+Whatever the level, the human's transcript reaches the client as a ``revision`` when it is
+still connected, and ``GET /v1/sessions/{id}`` later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from speechpipe.pipeline.review.settings import AutomationSettings
+
+NONE, PENDING, PROVISIONAL = "none", "pending", "provisional"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with one final.
+
+    Attributes:
+        review: the final's ``review`` field.
+        show_text: the client gets the AI's text in the final (else an empty final).
+        queue: a human reviews the segment.
+        reason: why it is reviewed: ``level``, ``low_confidence`` or ``audit``.
+        draft: the reviewer starts from the AI's text (else from scratch).
+    """
+
+    review: str
+    show_text: bool
+    queue: bool
+    reason: str = ""
+    draft: bool = False
+
+
+def transcribes(level: str) -> bool:
+    """Whether the AI transcribes at all at ``level``."""
+    return level != "human"
+
+
+def audited(session: str, segment: int, share: float) -> bool:
+    """Whether a segment is in the audit sample: a hash of session and segment below ``share``."""
+    digest = hashlib.sha256(f"audit:{session}:{segment}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < share
+
+
+def decide(settings: AutomationSettings, confidence: float | None, session: str, segment: int) -> Decision:
+    """The fate of one final; ``confidence`` is its mean word probability (None: no words)."""
+    level = settings.level
+    if level in ("human", "shadow"):
+        return Decision(PENDING, show_text=False, queue=True, reason="level")
+    if level == "assist":
+        return Decision(PROVISIONAL, show_text=True, queue=True, reason="level", draft=True)
+    if level == "partial":
+        if confidence is None or confidence < settings.review_below:
+            return Decision(PENDING, show_text=True, queue=True, reason="low_confidence", draft=True)
+        return Decision(NONE, show_text=True, queue=False)
+    if audited(session, segment, settings.audit_share):
+        return Decision(NONE, show_text=True, queue=True, reason="audit")
+    return Decision(NONE, show_text=True, queue=False)

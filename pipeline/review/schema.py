@@ -1,0 +1,111 @@
+"""The review store's tables and their versioned migrations (SQLAlchemy Core, one definition for
+SQLite and PostgreSQL).
+
+``speechpipe_schema`` holds the version a database is at; :func:`migrate` applies every step
+above it in one transaction, so a server of this version upgrades an older database on start,
+and refuses a newer one instead of writing into a shape it does not know.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import (
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, Engine
+
+metadata = MetaData()
+
+#: the version this code writes and reads.
+SCHEMA_VERSION = 1
+
+schema = Table("speechpipe_schema", metadata, Column("version", Integer, nullable=False))
+
+#: one segment of one live session waiting for, or done by, a human.
+items = Table(
+    "review_items",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("session", String(64), nullable=False),
+    Column("segment", Integer, nullable=False),
+    Column("variant", String(64), nullable=False),
+    Column("level", String(16), nullable=False),  # the automation level it was sent under
+    Column("reason", String(16), nullable=False),  # why it is here: level, low_confidence, audit
+    Column("start_s", Float, nullable=False),
+    Column("end_s", Float, nullable=False),
+    Column("draft", Text),  # the AI text the reviewer starts from (None: from scratch)
+    Column("confidence", Float),  # the primary's mean word probability (None: not transcribed)
+    Column("created_at", Float, nullable=False),
+    Column("state", String(12), nullable=False),  # queued, claimed, done, expired
+    Column("claim", String(32)),  # the current claim's id
+    Column("claimed_by", String(128)),
+    Column("claimed_until", Float),
+    Column("text", Text),  # the human transcript
+    Column("reviewer", String(128)),
+    Column("done_at", Float),
+    Column("audio", String(255)),  # FLAC path under the data directory (None once expired)
+    UniqueConstraint("session", "segment", name="uq_review_items_segment"),
+)
+Index("ix_review_items_queue", items.c.state, items.c.confidence, items.c.created_at)
+Index("ix_review_items_session", items.c.session)
+
+#: what each variant (primary or shadow) transcribed of an item's audio, scored at review.
+ai = Table(
+    "review_ai",
+    metadata,
+    Column("item", String(32), ForeignKey("review_items.id", ondelete="CASCADE"), primary_key=True),
+    Column("variant", String(64), primary_key=True),
+    Column("role", String(16), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("confidence", Float),
+    Column("errors", Integer),  # against the human transcript, once reviewed
+    Column("words", Integer),
+)
+
+
+def _v1(conn: Connection) -> None:
+    for table in (items, ai):
+        table.create(conn, checkfirst=True)
+
+
+#: migration to version N is MIGRATIONS[N - 1]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1]
+
+
+def version_of(conn: Connection) -> int:
+    """The schema version of the database (0: empty)."""
+    schema.create(conn, checkfirst=True)
+    found = conn.execute(select(schema.c.version)).scalar()
+    return int(found or 0)
+
+
+def migrate(engine: Engine) -> int:
+    """Bring the database to :data:`SCHEMA_VERSION`; returns the version it was at.
+
+    Raises:
+        ValueError: the database was written by a newer speechpipe.
+    """
+    with engine.begin() as conn:
+        was = version_of(conn)
+        if was > SCHEMA_VERSION:
+            raise ValueError(f"the review database is at schema version {was}, newer than this speechpipe's")
+        for step in MIGRATIONS[was:]:
+            step(conn)
+        if was == 0:
+            conn.execute(insert(schema).values(version=SCHEMA_VERSION))
+        elif was < SCHEMA_VERSION:
+            conn.execute(update(schema).values(version=SCHEMA_VERSION))
+    return was

@@ -1,0 +1,211 @@
+"""A live server's review queue: segments in from the streams, reviews in from the reviewers,
+revisions out to the clients, corrections out as ground truth.
+
+Database and file work runs in worker threads (:func:`asyncio.to_thread`); everything else on
+the server's event loop. A submitted review goes
+
+* to the client of that session, as a ``revision`` message, while it is still connected;
+* to the deployment as feedback for every variant that transcribed that audio (the ledger scores
+  it: shadow agreement, canary gates, concept drift), unless no model did (level ``human``);
+* into the store, where each variant's transcript of the segment is scored against it
+  (``GET /v1/review/stats``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from speechpipe.pipeline.config import Config, ConfigError
+from speechpipe.pipeline.live.actions import SubmitReview
+from speechpipe.pipeline.review.settings import AutomationSettings, ReviewSettings
+from speechpipe.pipeline.review.store import AiText, Item, NewItem, ReviewStore
+
+log = logging.getLogger("speechpipe.review")
+
+#: how often the store's figures (queue length, oldest item) are refreshed for telemetry.
+STATS_EVERY_S = 2.0
+#: how often expired audio is deleted.
+PURGE_EVERY_S = 3600.0
+
+
+@dataclass
+class ReviewCounters:
+    """What this server did since start (the store holds what all replicas did)."""
+
+    queued: int = 0
+    failed: int = 0
+    reviewed: int = 0
+    revisions_sent: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+
+class ReviewService:
+    """See the module docstring.
+
+    Args:
+        store: the queue.
+        automation: the server's level of automation.
+        settings: the ``[review]`` table.
+        push: sends a message to the live stream of a session; False when it is gone.
+        feedback: scores a human transcript of ``(session, segment)`` against every variant.
+        on_reviewed: told each submitted item (telemetry).
+        clock: Unix seconds.
+    """
+
+    def __init__(
+        self,
+        store: ReviewStore,
+        automation: AutomationSettings,
+        settings: ReviewSettings,
+        push: Callable[[str, dict], bool],
+        feedback: Callable[[str, int, str], object] | None = None,
+        on_reviewed: Callable[[Item], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.automation = automation
+        self.settings = settings
+        self.push = push
+        self.feedback = feedback
+        self.on_reviewed = on_reviewed
+        self.clock = clock
+        self.counters = ReviewCounters()
+        self.figures: dict = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._loop_task: asyncio.Task | None = None
+
+    # -- from the streams ----------------------------------------------------------------------------
+
+    def enqueue(self, variant: str, role: str, stream_id: str, request: SubmitReview) -> None:
+        """A segment of a live stream goes to review (called on the event loop)."""
+        transcripts = []
+        if request.text is not None:
+            transcripts.append(AiText(variant, role, request.text, request.confidence))
+        new = NewItem(
+            session=stream_id,
+            segment=request.segment,
+            variant=variant,
+            level=self.automation.level,
+            reason=request.reason,
+            start_s=request.start_s,
+            end_s=request.end_s,
+            audio=request.audio,
+            draft=request.draft,
+            confidence=request.confidence,
+            transcripts=transcripts,
+        )
+        task = asyncio.get_running_loop().create_task(self._add(new), name=f"review-add-{stream_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _add(self, new: NewItem) -> None:
+        try:
+            await asyncio.to_thread(self.store.add, new, self.clock())
+        except Exception:  # the final has gone out; the review is what is lost, and it is said
+            self.counters.failed += 1
+            log.exception("review: segment %d of %s could not be queued", new.segment, new.session)
+            return
+        self.counters.queued += 1
+        self.counters.by_reason[new.reason] = self.counters.by_reason.get(new.reason, 0) + 1
+
+    async def flush(self) -> None:
+        """Wait for the segments being written (a server stopping, a test)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # -- from the reviewers ----------------------------------------------------------------------
+
+    async def stats(self) -> dict:
+        """The store's figures (every replica's), this server's counters and its level."""
+        figures = await asyncio.to_thread(self.store.stats, self.clock())
+        return figures | {"level": self.automation.level, "server": asdict(self.counters)}
+
+    async def queue(self) -> list[Item]:
+        return await asyncio.to_thread(self.store.queue, self.clock())
+
+    async def session(self, session: str) -> list[Item]:
+        return await asyncio.to_thread(self.store.session, session)
+
+    async def claim(self, reviewer: str) -> Item | None:
+        return await asyncio.to_thread(self.store.claim, reviewer, self.clock(), self.settings.claim_s)
+
+    async def release(self, item_id: str, claim: str | None) -> Item:
+        return await asyncio.to_thread(self.store.release, item_id, claim, self.clock())
+
+    async def submit(self, item_id: str, text: str, claim: str | None, reviewer: str) -> Item:
+        """Store a review, then send it where it is ground truth (see the module docstring)."""
+        item = await asyncio.to_thread(self.store.submit, item_id, text, claim, reviewer, self.clock())
+        self.counters.reviewed += 1
+        revision = {"type": "revision", "segment": item.segment, "text": text, "by": "human"}
+        if self.push(item.session, revision):
+            self.counters.revisions_sent += 1
+        if self.feedback is not None and item.level != "human":
+            try:
+                self.feedback(item.session, item.segment, text)
+            except KeyError:  # a session this replica never served, or one long gone from its ledger
+                log.info("review: session %s is not in this server's ledger; scored in the store only", item.session)
+        if self.on_reviewed is not None:
+            try:
+                self.on_reviewed(item)
+            except Exception:  # telemetry must never break a review
+                log.exception("review telemetry failed")
+        return item
+
+    # -- upkeep ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Refresh the figures and purge expired audio in the background."""
+        self._loop_task = asyncio.get_running_loop().create_task(self._upkeep(), name="review-upkeep")
+
+    async def stop(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+        await self.flush()
+
+    async def _upkeep(self) -> None:
+        last_purge = -PURGE_EVERY_S
+        while True:
+            try:
+                now = self.clock()
+                if now - last_purge >= PURGE_EVERY_S:
+                    gone = await asyncio.to_thread(self.store.purge, now, self.settings.keep_days)
+                    last_purge = now
+                    if gone:
+                        log.info(
+                            "review: deleted the audio of %d segment(s) past %g days", gone, self.settings.keep_days
+                        )
+                self.figures = await asyncio.to_thread(self.store.stats, self.clock())
+            except Exception:  # a database hiccup must not stop the upkeep
+                log.exception("review upkeep failed")
+            await asyncio.sleep(STATS_EVERY_S)
+
+
+def open_review(
+    config: Config, push: Callable[[str, dict], bool], feedback: Callable[[str, int, str], object]
+) -> ReviewService | None:
+    """The review queue of ``config`` (None where ``[review] db`` is unset; then only ``full``
+    automation, without its audit, can run)."""
+    auto, settings = config.automation, config.review
+    if not settings.db:
+        if auto.level != "full":
+            raise ConfigError(f"automation.level {auto.level!r} sends segments to people: set [review] db (--db)")
+        return None
+    data_dir = settings.data_dir or (
+        Path(settings.db).expanduser().resolve().parent / "review-audio" if "://" not in settings.db else "review-audio"
+    )
+    try:
+        store = ReviewStore(settings.db, data_dir)
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            f"review.db: its driver is missing ({exc}); PostgreSQL: pip install 'speechpipe[postgres]'"
+        ) from None
+    except (ValueError, SQLAlchemyError) as exc:
+        raise ConfigError(f"review.db: {settings.db}: {exc}") from None
+    return ReviewService(store, auto, settings, push, feedback)

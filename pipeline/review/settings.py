@@ -1,0 +1,61 @@
+"""The ``[automation]`` and ``[review]`` tables (pure; the pipeline's config imports them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: from no AI at all to no human at all (docs/review.md).
+LEVELS = ("human", "shadow", "assist", "partial", "full")
+
+
+@dataclass(frozen=True)
+class AutomationSettings:
+    """How much of the transcription the AI does on its own (``[automation]``).
+
+    Attributes:
+        level: ``human`` (the AI does not transcribe; every segment goes to a reviewer and the
+            client gets the human transcript), ``shadow`` (every segment goes to a reviewer and
+            the client gets the human transcript; the AI runs hidden and is scored against the
+            humans), ``assist`` (the client gets the AI's transcript marked provisional, the
+            reviewer starts from it, the reviewed text follows), ``partial`` (finals whose
+            confidence is at least ``review_below`` go out as they are, the others are marked
+            pending and reviewed) or ``full`` (no review but an audit sample).
+        review_below: ``partial``: a final whose mean word probability is below this goes to
+            review (an empty final always does).
+        audit_share: ``full``: the share of segments sent to review anyway, so that accuracy keeps
+            being measured (chosen by a hash of session and segment: reproducible).
+    """
+
+    level: str = "full"
+    review_below: float = 0.8
+    audit_share: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.level not in LEVELS:
+            raise ValueError(f"automation.level must be one of {', '.join(LEVELS)}, not {self.level!r}")
+        if not 0.0 <= self.review_below <= 1.0 or not 0.0 <= self.audit_share <= 1.0:
+            raise ValueError("automation.review_below and automation.audit_share must lie in [0, 1]")
+
+
+@dataclass(frozen=True)
+class ReviewSettings:
+    """Where reviews are kept and for how long (``[review]``).
+
+    Attributes:
+        db: a SQLite file (created on first use) or a database URL (``postgresql://...`` where
+            several replicas share the queue); "" : no review queue (only ``full`` without audit).
+        data_dir: where the segments' audio is kept as FLAC ("" : ``review-audio`` beside a
+            SQLite file, else in the working directory).
+        keep_days: the audio of a segment is deleted this long after it was queued (an item
+            still waiting then expires).
+        claim_s: how long a reviewer holds a claimed item before it returns to the queue.
+    """
+
+    db: str = ""
+    data_dir: str = ""
+    keep_days: float = 30.0
+    claim_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.keep_days <= 0 or self.claim_s <= 0:
+            raise ValueError("review.keep_days and review.claim_s must be positive")

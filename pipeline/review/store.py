@@ -1,0 +1,350 @@
+"""The review queue in a real database: SQLite by default, PostgreSQL where several replicas
+share it, through one SQLAlchemy Core code path; the segments' audio as FLAC under a data
+directory, deleted after the retention period.
+
+Claims are a compare-and-set: an item is taken by an ``UPDATE ... WHERE`` that only matches
+while it is free (queued, or claimed with the claim expired), so two reviewers, on one server or
+on several sharing a database, never hold the same item. Times are passed in (Unix seconds).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from sqlalchemy import and_, create_engine, delete, event, func, insert, or_, select, update
+from sqlalchemy.engine import Engine, RowMapping
+
+from speechpipe.pipeline.review.schema import ai, items, migrate
+from speechpipe.telemetry.wer import score
+
+SAMPLE_RATE = 16000
+#: the longest human transcript taken, in characters.
+MAX_TEXT = 20000
+QUEUED, CLAIMED, DONE, EXPIRED = "queued", "claimed", "done", "expired"
+
+
+class ReviewError(Exception):
+    """A review request that cannot be carried out; ``status`` is its HTTP status."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass(frozen=True)
+class AiText:
+    """One variant's transcript of a segment."""
+
+    variant: str
+    role: str
+    text: str
+    confidence: float | None = None
+
+
+@dataclass
+class NewItem:
+    """A segment sent to review, as the live stream hands it over."""
+
+    session: str
+    segment: int
+    variant: str
+    level: str
+    reason: str
+    start_s: float
+    end_s: float
+    audio: np.ndarray = field(repr=False)  # 16 kHz mono float32
+    draft: str | None = None
+    confidence: float | None = None
+    transcripts: list[AiText] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Item:
+    """A row of the queue."""
+
+    id: str
+    session: str
+    segment: int
+    variant: str
+    level: str
+    reason: str
+    start_s: float
+    end_s: float
+    draft: str | None
+    confidence: float | None
+    created_at: float
+    state: str
+    claim: str | None
+    claimed_until: float | None
+    text: str | None
+    reviewer: str | None
+    done_at: float | None
+    audio: str | None
+
+    @classmethod
+    def of(cls, row: RowMapping) -> Item:
+        return cls(**{k: row[k] for k in cls.__dataclass_fields__})
+
+
+def database_url(db: str) -> str:
+    """``--db``: a path (SQLite, created on first use) or a URL; ``postgresql://`` gets psycopg."""
+    if "://" not in db:
+        return f"sqlite:///{Path(db).expanduser().resolve()}"
+    if db.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + db.split("://", 1)[1]
+    return db
+
+
+def _engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi, _record) -> None:  # WAL: readers do not wait for the writer
+            cur = dbapi.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+class ReviewStore:
+    """See the module docstring.
+
+    Args:
+        db: a SQLite path or a database URL (see :func:`database_url`).
+        data_dir: where the segments' FLAC files go (created).
+    """
+
+    def __init__(self, db: str, data_dir: str | Path) -> None:
+        self.url = database_url(db)
+        if self.url.startswith("sqlite:///"):
+            Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.engine = _engine(self.url)
+        self.schema_was = migrate(self.engine)
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- writing ------------------------------------------------------------------------------------
+
+    def add(self, new: NewItem, now: float) -> Item:
+        """Queue ``new``: its audio written as FLAC first (atomically), then its row. A segment
+        already queued (the same session and index) is returned as it is."""
+        item_id = uuid.uuid4().hex
+        day = Path(f"{int(now // 86400)}")
+        rel = day / f"{item_id}.flac"
+        path = self.data_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        sf.write(tmp, np.clip(new.audio, -1, 1), SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+        os.replace(tmp, path)
+        row = {
+            "id": item_id,
+            "session": new.session,
+            "segment": new.segment,
+            "variant": new.variant,
+            "level": new.level,
+            "reason": new.reason,
+            "start_s": new.start_s,
+            "end_s": new.end_s,
+            "draft": new.draft,
+            "confidence": new.confidence,
+            "created_at": now,
+            "state": QUEUED,
+            "audio": rel.as_posix(),
+        }
+        with self.engine.begin() as conn:
+            known = conn.execute(
+                select(items).where(items.c.session == new.session, items.c.segment == new.segment)
+            ).first()
+            if known is not None:
+                path.unlink(missing_ok=True)
+                return Item.of(known._mapping)
+            conn.execute(insert(items).values(row))
+            for t in new.transcripts:
+                conn.execute(
+                    insert(ai).values(
+                        item=item_id, variant=t.variant, role=t.role, text=t.text, confidence=t.confidence
+                    )
+                )
+        return self.get(item_id)
+
+    def add_transcript(self, session: str, segment: int, t: AiText) -> bool:
+        """Another variant's transcript of a queued segment (a shadow's, done later); False when the
+        segment is not in the queue."""
+        with self.engine.begin() as conn:
+            item_id = conn.execute(
+                select(items.c.id).where(items.c.session == session, items.c.segment == segment)
+            ).scalar()
+            if item_id is None:
+                return False
+            conn.execute(delete(ai).where(ai.c.item == item_id, ai.c.variant == t.variant))
+            conn.execute(
+                insert(ai).values(item=item_id, variant=t.variant, role=t.role, text=t.text, confidence=t.confidence)
+            )
+        return True
+
+    def claim(self, reviewer: str, now: float, claim_s: float) -> Item | None:
+        """The next free item for ``reviewer`` (lowest confidence first, then oldest), claimed until
+        ``now + claim_s``; None when the queue is empty."""
+        free = or_(items.c.state == QUEUED, and_(items.c.state == CLAIMED, items.c.claimed_until < now))
+        order = (func.coalesce(items.c.confidence, -1.0), items.c.created_at, items.c.id)
+        for _ in range(20):  # lost races retry with the next candidate
+            with self.engine.begin() as conn:
+                item_id = conn.execute(select(items.c.id).where(free).order_by(*order).limit(1)).scalar()
+                if item_id is None:
+                    return None
+                claim = uuid.uuid4().hex
+                taken = conn.execute(
+                    update(items)
+                    .where(items.c.id == item_id, free)
+                    .values(state=CLAIMED, claim=claim, claimed_by=reviewer, claimed_until=now + claim_s)
+                ).rowcount
+            if taken == 1:
+                return self.get(item_id)
+        raise ReviewError(503, "busy", "the queue is contended; retry")
+
+    def release(self, item_id: str, claim: str | None, now: float) -> Item:
+        """Give a claimed item back to the queue."""
+        item = self._claimed(item_id, claim, now)
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(items)
+                .where(items.c.id == item.id, items.c.claim == item.claim)
+                .values(state=QUEUED, claim=None, claimed_by=None, claimed_until=None)
+            )
+        return self.get(item_id)
+
+    def submit(self, item_id: str, text: str, claim: str | None, reviewer: str, now: float) -> Item:
+        """The human transcript of a claimed item; every variant's transcript of it is scored
+        against it. A claim that expired still counts while nobody else took the item."""
+        item = self._claimed(item_id, claim, now, expired_ok=True)
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(items)
+                .where(items.c.id == item.id, items.c.state == CLAIMED, items.c.claim == item.claim)
+                .values(state=DONE, text=text, reviewer=reviewer, done_at=now, claimed_until=None)
+            ).rowcount
+            if done != 1:
+                raise ReviewError(409, "claim_lost", "the item was claimed by someone else meanwhile")
+            for row in conn.execute(select(ai).where(ai.c.item == item.id)).mappings().all():
+                s = score(text, row["text"])
+                conn.execute(
+                    update(ai)
+                    .where(ai.c.item == item.id, ai.c.variant == row["variant"])
+                    .values(errors=s.errors, words=s.ref_words)
+                )
+        return self.get(item_id)
+
+    def _claimed(self, item_id: str, claim: str | None, now: float, expired_ok: bool = False) -> Item:
+        item = self.get(item_id)
+        if item is None:
+            raise ReviewError(404, "not_found", f"no review item {item_id!r}")
+        if item.state == DONE:
+            raise ReviewError(409, "already_reviewed", "the item has been reviewed already")
+        if item.state != CLAIMED:
+            raise ReviewError(409, "not_claimed", "claim the item first (POST /v1/review/claim)")
+        if claim is not None and claim != item.claim:
+            raise ReviewError(409, "claim_lost", "the item is claimed by someone else now")
+        if not expired_ok and (item.claimed_until or 0) < now:
+            raise ReviewError(409, "claim_expired", "the claim has expired")
+        return item
+
+    def purge(self, now: float, keep_days: float) -> int:
+        """Delete the audio of items older than ``keep_days``; a queued one can no longer be
+        reviewed and becomes ``expired``. Returns how many files went."""
+        cutoff = now - keep_days * 86400
+        with self.engine.begin() as conn:
+            old = conn.execute(
+                select(items.c.id, items.c.audio).where(items.c.created_at < cutoff, items.c.audio.is_not(None))
+            ).all()
+            for item_id, rel in old:
+                (self.data_dir / rel).unlink(missing_ok=True)
+                conn.execute(update(items).where(items.c.id == item_id).values(audio=None))
+            conn.execute(
+                update(items)
+                .where(items.c.created_at < cutoff, items.c.state.in_((QUEUED, CLAIMED)))
+                .values(state=EXPIRED, claim=None, claimed_by=None, claimed_until=None)
+            )
+        return len(old)
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    def get(self, item_id: str) -> Item | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(items).where(items.c.id == item_id)).first()
+        return Item.of(row._mapping) if row is not None else None
+
+    def audio_path(self, item: Item) -> Path | None:
+        return self.data_dir / item.audio if item.audio else None
+
+    def queue(self, now: float, limit: int = 200) -> list[Item]:
+        """What waits for review, in the order claims take it (claimed items included)."""
+        order = (func.coalesce(items.c.confidence, -1.0), items.c.created_at, items.c.id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(items).where(items.c.state.in_((QUEUED, CLAIMED))).order_by(*order).limit(limit)
+            ).all()
+        return [Item.of(r._mapping) for r in rows]
+
+    def session(self, session: str) -> list[Item]:
+        """Every item of a live session, in segment order."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(items).where(items.c.session == session).order_by(items.c.segment)).all()
+        return [Item.of(r._mapping) for r in rows]
+
+    def transcripts(self, item_id: str) -> list[dict]:
+        """Every variant's transcript of an item, with its errors against the human once reviewed."""
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(select(ai).where(ai.c.item == item_id)).mappings().all()]
+
+    def stats(self, now: float) -> dict:
+        """Queue length, the oldest waiting item's age, claimed and done counts, and per variant the
+        WER of its transcripts against the humans'."""
+        with self.engine.connect() as conn:
+            states = dict(conn.execute(select(items.c.state, func.count()).group_by(items.c.state)).all())
+            oldest = conn.execute(
+                select(func.min(items.c.created_at)).where(items.c.state.in_((QUEUED, CLAIMED)))
+            ).scalar()
+            active = conn.execute(
+                select(func.count()).where(items.c.state == CLAIMED, items.c.claimed_until >= now)
+            ).scalar()
+            per = conn.execute(
+                select(ai.c.variant, func.count(), func.sum(ai.c.errors), func.sum(ai.c.words))
+                .where(ai.c.errors.is_not(None))
+                .group_by(ai.c.variant)
+            ).all()
+        return {
+            "queue": int(states.get(QUEUED, 0) + states.get(CLAIMED, 0)),
+            "claimed": int(active or 0),
+            "done": int(states.get(DONE, 0)),
+            "expired": int(states.get(EXPIRED, 0)),
+            "oldest_age_s": round(now - oldest, 3) if oldest is not None else None,
+            "variants": {
+                v: {"items": int(n), "errors": int(e or 0), "words": int(w or 0), "wer": (e or 0) / w if w else None}
+                for v, n, e, w in per
+            },
+        }
+
+    def reviewed(self, variant: str | None = None) -> list[dict]:
+        """Reviewed items with the primary transcript's confidence and errors (the threshold tool's
+        data): ``{"variant", "confidence", "errors", "words"}`` per item that had a confidence."""
+        q = (
+            select(items.c.variant, items.c.confidence, ai.c.errors, ai.c.words)
+            .join(ai, and_(ai.c.item == items.c.id, ai.c.variant == items.c.variant))
+            .where(items.c.state == DONE, items.c.confidence.is_not(None), ai.c.errors.is_not(None))
+        )
+        if variant is not None:
+            q = q.where(items.c.variant == variant)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings().all()]

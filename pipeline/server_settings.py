@@ -1,0 +1,94 @@
+"""The ``[server]`` table (pure; the pipeline's config imports it and re-exports the name)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The live server (``speechpipe serve``): limits and scheduling; see docs/protocol.md.
+
+    Attributes:
+        host / port: where to listen.
+        max_streams: concurrent streams; one more is closed with code 1013 and a retry hint.
+        max_load: admit a new stream only while the ASR work promised to the streams (finals and
+            speculative jobs, measured as the server runs) stays under this share of the workers'
+            capacity; more queues finals past the latency budget. ``max_streams`` stays a hard cap.
+        stream_load: the ASR work one stream is assumed to need (worker-seconds per second of
+            audio) until a minute of serving has been measured.
+        asr_workers: ASR calls run at the same time (0: one per CPU core). Each worker runs
+            ``asr.threads`` threads (0: the cores shared out between the workers). On 2 cores
+            two calls of 1 thread each doubled the throughput of one call on 2 threads, at the
+            same latency per call (tiny.en, a 6 s live call: 0.65 s against 0.67 s).
+        retry_after_s: the retry hint sent to a stream turned away.
+        max_frame_bytes: largest WebSocket message accepted (1009 beyond it).
+        max_upload_bytes: largest request body of ``POST /v1/audio/transcriptions`` (413 beyond).
+        idle_timeout_s: a stream that sends nothing for this long is closed.
+        max_stream_s: longest stream, in seconds of audio or of wall time, whichever comes first.
+        drain_timeout_s: on SIGTERM, how long in-flight streams get to receive their finals.
+        partials: send partial transcripts at all.
+        partial_interval_s: re-transcribe an open segment once it has grown this much since the
+            last partial (only when the ASR worker has nothing better to do).
+        partial_rest: after an ASR call of ``d`` seconds no partial starts for ``partial_rest * d``,
+            so partials take at most 1 / (1 + partial_rest) of the worker (a third by default)
+            and stop when finals keep it busy.
+        speculative: transcribe a segment while the VAD's hangover runs, so its final is ready
+            (or nearly) when the VAD closes it; reused only when the audio is identical.
+        pack_streams: let one Whisper call carry segments of several streams when they queue up
+            (more throughput under load). Off by default: Whisper's word times are not exact, and
+            a word at the edge of one stream's piece can land in the next stream's piece (seen on
+            the benchmark: a name moved from one stream's final to another's), which for a
+            multi-user server is a privacy leak, not just an error.
+        stream_gap_s: silence between pieces of different streams in a packed window.
+        max_queued_finals: per stream; beyond it the server stops reading that stream's audio
+            until the ASR worker catches up (TCP backpressure), so memory stays bounded.
+        pack_backlog: finals of this many streams waiting make them share Whisper calls.
+        shadow_max_queued: shadow-mode jobs (a shadow variant's finals, run below the clients'
+            work) that may wait; beyond it the oldest is shed, counted.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    max_streams: int = 16
+    asr_workers: int = 0
+    max_load: float = 0.6
+    stream_load: float = 0.12
+    retry_after_s: float = 5.0
+    max_frame_bytes: int = 256 * 1024
+    max_upload_bytes: int = 25 * 1024 * 1024
+    idle_timeout_s: float = 30.0
+    max_stream_s: float = 4 * 3600.0
+    drain_timeout_s: float = 30.0
+    partials: bool = True
+    partial_interval_s: float = 1.0
+    partial_rest: float = 2.0
+    speculative: bool = True
+    pack_streams: bool = False
+    stream_gap_s: float = 1.0
+    max_queued_finals: int = 8
+    pack_backlog: int = 2
+    shadow_max_queued: int = 32
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"server.port must be 0-65535, not {self.port}")
+        for name in (
+            "max_streams",
+            "max_frame_bytes",
+            "max_upload_bytes",
+            "max_queued_finals",
+            "pack_backlog",
+            "shadow_max_queued",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"server.{name} must be at least 1")
+        for name in ("idle_timeout_s", "max_stream_s", "drain_timeout_s", "partial_interval_s", "partial_rest"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"server.{name} must be positive")
+        if not 0.0 < self.max_load <= 1.0 or self.stream_load <= 0:
+            raise ValueError("server.max_load must lie in (0, 1] and server.stream_load be positive")
+        if self.asr_workers < 0:
+            raise ValueError("server.asr_workers must not be negative (0: one per core)")
+        if self.retry_after_s < 0 or self.stream_gap_s < 0:
+            raise ValueError("server.retry_after_s and server.stream_gap_s must not be negative")

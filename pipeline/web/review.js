@@ -1,0 +1,136 @@
+// The review page: claims one segment at a time, plays its audio, takes the transcript.
+"use strict";
+
+const token = new URLSearchParams(location.search).get("token") || "";
+const $ = (id) => document.getElementById(id);
+let current = null; // the claimed item
+
+function headers(json) {
+  const h = { Authorization: `Bearer ${token}`, "X-Reviewer": reviewer() };
+  if (json) h["Content-Type"] = "application/json";
+  return h;
+}
+
+function reviewer() {
+  return ($("reviewer").value || "reviewer").trim().slice(0, 128) || "reviewer";
+}
+
+function say(text, bad) {
+  $("message").textContent = text;
+  $("message").style.color = bad ? "#b42318" : "";
+}
+
+async function api(method, path, body) {
+  const r = await fetch(path, { method, headers: headers(body !== undefined), body: body === undefined ? undefined : JSON.stringify(body) });
+  if (r.status === 204) return null;
+  const doc = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error(doc.message || `${r.status}`);
+  return doc;
+}
+
+function age(seconds) {
+  if (seconds === null || seconds === undefined) return "–";
+  if (seconds < 90) return `${Math.round(seconds)} s`;
+  if (seconds < 5400) return `${Math.round(seconds / 60)} min`;
+  return `${(seconds / 3600).toFixed(1)} h`;
+}
+
+function show(item) {
+  current = item;
+  $("item").hidden = !item;
+  $("empty").hidden = !!item;
+  if (!item) return;
+  const conf = item.confidence === null ? "no AI confidence" : `confidence ${item.confidence.toFixed(2)}`;
+  $("item-meta").textContent = `session ${item.session} · segment ${item.segment} · ${item.variant} · ${item.reason} · ${conf} · ${(item.end - item.start).toFixed(1)} s`;
+  $("player").src = `${item.audio_url}?token=${encodeURIComponent(token)}`;
+  $("text").value = item.draft || "";
+  $("text").focus();
+}
+
+async function next(keep) {
+  // Claim the next item before giving back the one skipped, so that the claim does not pick it again.
+  try {
+    const item = await api("POST", "/v1/review/claim", { reviewer: reviewer() });
+    if (keep) await api("POST", `/v1/review/${keep.id}/release`, { claim: keep.claim });
+    show(item);
+    if (!item) say("");
+  } catch (e) {
+    say(`could not claim: ${e.message}`, true);
+  }
+  refresh();
+}
+
+async function submit() {
+  if (!current) return;
+  const item = current;
+  try {
+    await api("POST", `/v1/review/${item.id}`, { text: $("text").value, claim: item.claim, reviewer: reviewer() });
+    say(`segment ${item.segment} of ${item.session} submitted`);
+    await next(null);
+  } catch (e) {
+    say(`not submitted: ${e.message}`, true);
+  }
+}
+
+async function release() {
+  if (!current) return;
+  const item = current;
+  try {
+    await api("POST", `/v1/review/${item.id}/release`, { claim: item.claim });
+    show(null);
+    say(`segment ${item.segment} given back`);
+  } catch (e) {
+    say(`not given back: ${e.message}`, true);
+  }
+  refresh();
+}
+
+function toggle() {
+  const p = $("player");
+  if (p.paused) p.play().catch((e) => say(`cannot play: ${e.message}`, true));
+  else p.pause();
+}
+
+async function refresh() {
+  try {
+    const [stats, queue] = await Promise.all([api("GET", "/v1/review/stats"), api("GET", "/v1/review/queue")]);
+    $("q-len").textContent = stats.queue;
+    $("q-age").textContent = age(stats.oldest_age_s);
+    $("q-done").textContent = stats.done;
+    $("q-level").textContent = stats.level;
+    $("queue").replaceChildren(...queue.items.map((i) => {
+      const tr = document.createElement("tr");
+      tr.dataset.id = i.id;
+      if (current && i.id === current.id) tr.className = "mine";
+      else if (i.state === "claimed") tr.className = "claimed";
+      const waited = Date.now() / 1000 - i.created_at;
+      for (const v of [`${i.session.slice(0, 8)} #${i.segment}`, i.variant, i.reason, i.confidence === null ? "–" : i.confidence.toFixed(2), age(waited)]) {
+        const td = document.createElement("td");
+        td.textContent = v;
+        tr.appendChild(td);
+      }
+      return tr;
+    }));
+  } catch (e) {
+    say(`cannot read the queue: ${e.message}`, true);
+  }
+  if (!current) {
+    const item = await api("POST", "/v1/review/claim", { reviewer: reviewer() }).catch(() => null);
+    if (item) show(item);
+  }
+}
+
+$("reviewer").value = localStorage.getItem("speechpipe.reviewer") || "";
+$("reviewer").addEventListener("change", () => localStorage.setItem("speechpipe.reviewer", reviewer()));
+$("submit").addEventListener("click", submit);
+$("play").addEventListener("click", toggle);
+$("skip").addEventListener("click", () => next(current));
+$("release").addEventListener("click", release);
+document.addEventListener("keydown", (e) => {
+  if (e.ctrlKey && e.key === "Enter") { e.preventDefault(); submit(); }
+  else if (e.ctrlKey && (e.key === " " || e.code === "Space")) { e.preventDefault(); toggle(); }
+  else if (e.ctrlKey && e.key === "ArrowRight") { e.preventDefault(); if (current) next(current); }
+  else if (e.key === "Escape") { e.preventDefault(); release(); }
+});
+refresh();
+setInterval(refresh, 3000);
