@@ -12,6 +12,7 @@ from speechpipe.pipeline.config import ConfigError
 from speechpipe.pipeline.evaluate import cli as eval_cli
 from speechpipe.pipeline.monitoring import cli as monitoring_cli
 from speechpipe.pipeline.offline import ModelError
+from speechpipe.pipeline.review import cli as review_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     live_cli.register(sub)  # serve, stream, mic
     deploy_cli.register(sub)  # deploy status|switch|promote|rollback|weight|pause|resume
     monitoring_cli.register(sub)  # baseline build
+    review_cli.register(sub)  # review threshold
     return parser
 
 

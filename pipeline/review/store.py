@@ -120,17 +120,18 @@ class ReviewStore:
 
     Args:
         db: a SQLite path or a database URL (see :func:`database_url`).
-        data_dir: where the segments' FLAC files go (created).
+        data_dir: where the segments' FLAC files go (created); None: rows only (tools that read).
     """
 
-    def __init__(self, db: str, data_dir: str | Path) -> None:
+    def __init__(self, db: str, data_dir: str | Path | None = None) -> None:
         self.url = database_url(db)
         if self.url.startswith("sqlite:///"):
             Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.engine = _engine(self.url)
         self.schema_was = migrate(self.engine)
-        self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = Path(data_dir) if data_dir is not None else None
+        if self.data_dir is not None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -140,6 +141,8 @@ class ReviewStore:
     def add(self, new: NewItem, now: float) -> Item:
         """Queue ``new``: its audio written as FLAC first (atomically), then its row. A segment
         already queued (the same session and index) is returned as it is."""
+        if self.data_dir is None:
+            raise ValueError("this store was opened without a data directory: it cannot keep audio")
         item_id = uuid.uuid4().hex
         day = Path(f"{int(now // 86400)}")
         rel = day / f"{item_id}.flac"
@@ -263,6 +266,8 @@ class ReviewStore:
     def purge(self, now: float, keep_days: float) -> int:
         """Delete the audio of items older than ``keep_days``; a queued one can no longer be
         reviewed and becomes ``expired``. Returns how many files went."""
+        if self.data_dir is None:
+            raise ValueError("this store was opened without a data directory")
         cutoff = now - keep_days * 86400
         with self.engine.begin() as conn:
             old = conn.execute(
@@ -286,7 +291,7 @@ class ReviewStore:
         return Item.of(row._mapping) if row is not None else None
 
     def audio_path(self, item: Item) -> Path | None:
-        return self.data_dir / item.audio if item.audio else None
+        return self.data_dir / item.audio if item.audio and self.data_dir is not None else None
 
     def queue(self, now: float, limit: int = 200) -> list[Item]:
         """What waits for review, in the order claims take it (claimed items included)."""
