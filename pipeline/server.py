@@ -186,6 +186,7 @@ class SpeechServer:
                 drift=lambda: self.drift,
                 metrics=lambda: self.metrics(),
                 closing=lambda: self._draining,
+                review=lambda: self.review,
             )
             + openai_routes(self)
             + review_routes(reviewer_token=self.reviewer_token, stream_token=self.token, service=lambda: self.review),

@@ -48,3 +48,18 @@ def postgres_url() -> Iterator[str]:
 
     with pg.postgres_url() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def noisy_speech() -> list[bytes]:
+    """30 s of corpus utterances joined by pauses with real room noise (benchmarks/live_streams.py),
+    16 kHz mono s16, as the 20 ms frames a live client sends."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from live_streams import build_stream, noises, utterances
+
+    from speechpipe.pipeline.client import pcm_s16le
+
+    audio = build_stream(3, utterances(), 30.0, noises(), -40.0, mixed_formats=False).audio
+    return [pcm_s16le(audio[i : i + 320]) for i in range(0, audio.size, 320)]

@@ -7,35 +7,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 
 import pytest
-from conftest import ROOT
 from livehelp import ServerThread, with_telemetry
 from websockets.asyncio.client import connect
 
-from speechpipe.pipeline.client import pcm_s16le
 from speechpipe.pipeline.config import Config, ConfigError
 from speechpipe.pipeline.observability import start_telemetry
 from speechpipe.pipeline.server import SpeechServer
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from live_streams import build_stream, noises, utterances
-
 pytestmark = pytest.mark.corpus
 
 REVIEWER, STREAM, ADMIN = "reviewer-secret", "stream-secret", "admin-secret"
-
-
-@pytest.fixture(scope="module")
-def speech():
-    """30 s of corpus utterances joined by pauses with real room noise, 16 kHz mono, as 20 ms frames."""
-    audio = build_stream(3, utterances(), 30.0, noises(), -40.0, mixed_formats=False).audio
-    return [pcm_s16le(audio[i : i + 320]) for i in range(0, audio.size, 320)]
 
 
 def config(tmp_path, level: str, **more) -> Config:
@@ -111,12 +98,14 @@ def run(srv, frames, text_of=lambda item: f"human words of segment {item['segmen
     return out["m"], items
 
 
-def test_partial_sends_low_confidence_finals_to_review_and_the_revision_reaches_the_client(engine, speech, tmp_path):
+def test_partial_sends_low_confidence_finals_to_review_and_the_revision_reaches_the_client(
+    engine, noisy_speech, tmp_path
+):
     cfg = config(tmp_path, "partial", **{"automation.review_below": 0.9})
     telemetry = start_telemetry(cfg, mode="live", metrics_page=True, environ={}, announce=False)
     server = ServerThread(engine, config=cfg, token=STREAM, reviewer_token=REVIEWER, admin_token=ADMIN)
     with with_telemetry(server, telemetry) as srv:
-        messages, items = run(srv, speech)
+        messages, items = run(srv, noisy_speech)
         finals = [m for m in messages if m["type"] == "final"]
         session = messages[0]["session"]
         _, later = call(srv, "GET", f"/v1/sessions/{session}", token=STREAM)
@@ -152,9 +141,9 @@ def test_partial_sends_low_confidence_finals_to_review_and_the_revision_reaches_
     assert "speechpipe_review_reviewed_total{" in metrics and 'automation_level="partial"' in metrics
 
 
-def test_human_level_runs_no_model_and_the_client_gets_the_human_transcript(engine, speech, tmp_path):
+def test_human_level_runs_no_model_and_the_client_gets_the_human_transcript(engine, noisy_speech, tmp_path):
     with ServerThread(engine, config=config(tmp_path, "human"), token=STREAM, reviewer_token=REVIEWER) as srv:
-        messages, items = run(srv, speech[: len(speech) // 2])
+        messages, items = run(srv, noisy_speech[: len(noisy_speech) // 2])
         calls = srv.server.scheduler.stats().calls
     finals = [m for m in messages if m["type"] == "final"]
     assert finals and all(f["text"] == "" and f["words"] == [] and f["review"] == "pending" for f in finals)
@@ -164,9 +153,9 @@ def test_human_level_runs_no_model_and_the_client_gets_the_human_transcript(engi
     assert revisions == {f["segment"]: f"human words of segment {f['segment']}" for f in finals}
 
 
-def test_shadow_level_hides_the_ai_and_scores_it_against_the_humans(engine, speech, tmp_path):
+def test_shadow_level_hides_the_ai_and_scores_it_against_the_humans(engine, noisy_speech, tmp_path):
     with ServerThread(engine, config=config(tmp_path, "shadow"), token=STREAM, reviewer_token=REVIEWER) as srv:
-        messages, items = run(srv, speech, text_of=lambda item: "and so my fellow americans")
+        messages, items = run(srv, noisy_speech, text_of=lambda item: "and so my fellow americans")
         _, stats = call(srv, "GET", "/v1/review/stats")
         store = srv.server.review.store
         hidden = [store.transcripts(i["id"]) for i in items]
@@ -178,27 +167,27 @@ def test_shadow_level_hides_the_ai_and_scores_it_against_the_humans(engine, spee
     assert v["items"] == len(items) and v["words"] == 5 * len(items) and 0 < v["wer"]
 
 
-def test_assist_marks_finals_provisional_and_full_audits_a_sample(engine, speech, tmp_path):
+def test_assist_marks_finals_provisional_and_full_audits_a_sample(engine, noisy_speech, tmp_path):
     with ServerThread(engine, config=config(tmp_path, "assist"), token=STREAM, reviewer_token=REVIEWER) as srv:
-        messages, items = run(srv, speech[: len(speech) // 2])
+        messages, items = run(srv, noisy_speech[: len(noisy_speech) // 2])
     finals = [m for m in messages if m["type"] == "final"]
     assert finals and all(f["review"] == "provisional" and f["text"] for f in finals)
     assert {i["segment"]: i["draft"] for i in items} == {f["segment"]: f["text"].strip() for f in finals}
     audit = config(tmp_path / "audit", "full", **{"automation.audit_share": 1.0})
     with ServerThread(engine, config=audit, token=STREAM, reviewer_token=REVIEWER) as srv:
-        messages, items = run(srv, speech[: len(speech) // 2])
+        messages, items = run(srv, noisy_speech[: len(noisy_speech) // 2])
     finals = [m for m in messages if m["type"] == "final"]
     assert finals and all(f["review"] == "none" and f["text"] for f in finals)
     assert len(items) == len(finals) and all(i["reason"] == "audit" and i["draft"] is None for i in items)
 
 
-def test_review_api_auth_and_a_restart_that_loses_nothing(engine, speech, tmp_path):
+def test_review_api_auth_and_a_restart_that_loses_nothing(engine, noisy_speech, tmp_path):
     cfg = config(tmp_path, "assist")
     with ServerThread(engine, config=cfg, token=STREAM, reviewer_token=REVIEWER, admin_token=ADMIN) as srv:
         for token, status in ((None, 401), ("wrong", 401), (STREAM, 401), (ADMIN, 401)):
             assert call(srv, "GET", "/v1/review/stats", token=token)[0] == status
         assert call(srv, "GET", "/v1/sessions/x", token=None)[0] == 401
-        messages = asyncio.run(live_client_stop_early(srv.url, speech[: len(speech) // 2]))
+        messages = asyncio.run(live_client_stop_early(srv.url, noisy_speech[: len(noisy_speech) // 2]))
         srv.call(srv.server.review.flush())
         _, first = call(srv, "POST", "/v1/review/claim")
         assert call(srv, "POST", f"/v1/review/{first['id']}", {"text": "kept", "claim": first["claim"]})[0] == 200

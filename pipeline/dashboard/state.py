@@ -30,6 +30,7 @@ class DashboardState:
         metrics: renders ``/metrics`` as ``(body, content_type)``.
         deploy: the deploy snapshot (None while the variants load).
         drift: the drift snapshot and histograms (None without a baseline).
+        review: the review queue's figures and threshold curves (None without a review queue).
         clock: wall-clock seconds.
         min_interval_s: a snapshot younger than this is served again.
     """
@@ -39,11 +40,12 @@ class DashboardState:
         metrics: Callable[[], tuple[bytes, str]],
         deploy: Callable[[], dict | None],
         drift: Callable[[], tuple[dict, dict] | None],
+        review: Callable[[], dict | None] = lambda: None,
         *,
         clock: Callable[[], float] = time.time,
         min_interval_s: float = 0.9,
     ) -> None:
-        self.metrics, self.deploy, self.drift = metrics, deploy, drift
+        self.metrics, self.deploy, self.drift, self.review = metrics, deploy, drift, review
         self.clock = clock
         self.min_interval_s = min_interval_s
         self.feed = DashboardFeed()
@@ -61,6 +63,7 @@ class DashboardState:
             extra = {
                 "deploy": self.deploy(),
                 "drift": None if drift is None else drift[0] | {"histograms": drift[1]},
+                "review": self.review(),
             }
             state = finite(self.feed.update(now, body.decode("utf-8", "replace"), extra))
             self._latest = (now, state)

@@ -31,6 +31,7 @@ from speechpipe.pipeline.deployment import Deployment
 from speechpipe.pipeline.drift_service import DriftService
 from speechpipe.pipeline.http.app import NO_STORE, bearer_token, token_matches, unauthorized
 from speechpipe.pipeline.http.dashboard import dashboard_routes
+from speechpipe.pipeline.review.service import ReviewService
 
 #: the largest request body accepted (a feedback text, an admin action).
 MAX_BODY = 64 * 1024
@@ -72,6 +73,7 @@ def admin_routes(
     drift: Callable[[], DriftService | None] = lambda: None,
     metrics: Callable[[], tuple[bytes, str]] = lambda: (b"", "text/plain"),
     closing: Callable[[], bool] = lambda: False,
+    review: Callable[[], ReviewService | None] = lambda: None,
 ) -> list[BaseRoute]:
     """The routes, on the server's deployment (None while the variants load: 503), with the
     dashboard's (:mod:`speechpipe.pipeline.http.dashboard`) on ``metrics``, the deployment and drift."""
@@ -156,7 +158,13 @@ def admin_routes(
         service = drift()
         return None if service is None else (service.snapshot(), service.histograms())
 
-    board = DashboardState(metrics, lambda: dep.snapshot() if (dep := deployment()) else None, drift_figures)
+    def review_figures() -> dict | None:
+        service = review()
+        return None if service is None else service.dashboard()
+
+    board = DashboardState(
+        metrics, lambda: dep.snapshot() if (dep := deployment()) else None, drift_figures, review_figures
+    )
     return [
         *dashboard_routes(board, admin_refusal, closing),
         Route("/admin/drift", drift_state, methods=["GET"]),

@@ -26,11 +26,14 @@ from speechpipe.pipeline.config import Config, ConfigError
 from speechpipe.pipeline.live.actions import SubmitReview
 from speechpipe.pipeline.review.settings import AutomationSettings, ReviewSettings
 from speechpipe.pipeline.review.store import AiText, Item, NewItem, ReviewStore
+from speechpipe.pipeline.review.threshold import curve
 
 log = logging.getLogger("speechpipe.review")
 
 #: how often the store's figures (queue length, oldest item) are refreshed for telemetry.
 STATS_EVERY_S = 2.0
+#: the most recent reviewed segments the dashboard's threshold curves are drawn from.
+DASHBOARD_ROWS = 5000
 #: how often expired audio is deleted.
 PURGE_EVERY_S = 3600.0
 
@@ -126,6 +129,19 @@ class ReviewService:
         """The store's figures (every replica's), this server's counters and its level."""
         figures = await asyncio.to_thread(self.store.stats, self.clock())
         return figures | {"level": self.automation.level, "server": asdict(self.counters)}
+
+    def dashboard(self) -> dict:
+        """The dashboard's view (called from a worker thread): the store's figures, the level and
+        its threshold, and per variant the curve of share sent against share of errors caught."""
+        by_variant: dict[str, list[dict]] = {}
+        for row in self.store.reviewed(limit=DASHBOARD_ROWS):
+            by_variant.setdefault(row["variant"], []).append(row)
+        return {
+            "level": self.automation.level,
+            "review_below": self.automation.review_below,
+            "figures": self.figures,
+            "curves": {v: [p.to_dict() for p in curve(rows)] for v, rows in by_variant.items()},
+        }
 
     async def queue(self) -> list[Item]:
         return await asyncio.to_thread(self.store.queue, self.clock())

@@ -341,9 +341,10 @@ class ReviewStore:
             },
         }
 
-    def reviewed(self, variant: str | None = None) -> list[dict]:
+    def reviewed(self, variant: str | None = None, limit: int | None = None) -> list[dict]:
         """Reviewed items with the primary transcript's confidence and errors (the threshold tool's
-        data): ``{"variant", "confidence", "errors", "words"}`` per item that had a confidence."""
+        data): ``{"variant", "confidence", "errors", "words"}`` per item that had a confidence, the
+        most recent ``limit`` of them where given."""
         q = (
             select(items.c.variant, items.c.confidence, ai.c.errors, ai.c.words)
             .join(ai, and_(ai.c.item == items.c.id, ai.c.variant == items.c.variant))
@@ -351,5 +352,7 @@ class ReviewStore:
         )
         if variant is not None:
             q = q.where(items.c.variant == variant)
+        if limit is not None:
+            q = q.order_by(items.c.done_at.desc()).limit(limit)
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(q).mappings().all()]

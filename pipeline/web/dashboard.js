@@ -184,12 +184,57 @@ function renderDrift(drift) {
   return alerts;
 }
 
+function curveChart(points, below) {
+  // x: share sent to review, y: share of errors caught, both 0..1 in a 100 x 100 box
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("viewBox", "-2 -2 104 104");
+  svg.setAttribute("preserveAspectRatio", "none");
+  const diagonal = document.createElementNS(SVG, "line");
+  for (const [k, v] of Object.entries({ x1: 0, y1: 100, x2: 100, y2: 0 })) diagonal.setAttribute(k, v);
+  svg.appendChild(diagonal);
+  const line = document.createElementNS(SVG, "polyline");
+  line.setAttribute("points", points.map((p) => `${100 * p.sent},${100 - 100 * p.caught}`).join(" "));
+  svg.appendChild(line);
+  const at = [...points].reverse().find((p) => p.threshold <= below + 1e-9);
+  if (at) {
+    const dot = document.createElementNS(SVG, "circle");
+    for (const [k, v] of Object.entries({ cx: 100 * at.sent, cy: 100 - 100 * at.caught, r: 2.2 })) dot.setAttribute(k, v);
+    svg.appendChild(dot);
+  }
+  return { svg, at };
+}
+
+function renderReview(r) {
+  $("review-none").hidden = !!r;
+  $("review-body").hidden = !r;
+  if (!r) return;
+  const f = r.figures || {};
+  set("rv-level", r.level);
+  set("rv-queue", fmt(f.queue));
+  set("rv-oldest", secs(f.oldest_age_s === undefined ? null : f.oldest_age_s));
+  set("rv-done", fmt(f.done));
+  set("rv-below", fmt(r.review_below));
+  $("rv-variants").replaceChildren(...Object.entries(f.variants || {}).map(([name, v]) => {
+    const tr = el("tr", { "data-variant": name });
+    for (const text of [name, fmt(v.items), fmt(v.words), pct(v.wer)]) tr.appendChild(el("td", {}, text));
+    return tr;
+  }));
+  $("rv-curves").replaceChildren(...Object.entries(r.curves || {}).map(([name, points]) => {
+    const box = el("div", { class: "curve", "data-variant": name });
+    const { svg, at } = curveChart(points, r.review_below);
+    const where = at ? `at ${fmt(r.review_below)}: ${pct(at.sent, 0)} sent, ${pct(at.caught, 0)} of errors caught, WER ${pct(at.wer_before)} → ${pct(at.wer_after)}` : "";
+    box.append(el("div", { class: "name" }, `${name} (${points.length - 1} thresholds) ${where}`), svg);
+    return box;
+  }));
+}
+
 function render(doc) {
   latest = doc;
   renderService(doc.service, doc.recent_s);
   for (const key of ["streams_open", "latency_p95", "cpu", "queue"]) sparkline(`spark-${key}`, doc.series[key] || []);
   renderVariants(doc.variants, doc.deploy);
   renderDeploy(doc.deploy);
+  renderReview(doc.review);
   const alerts = renderDrift(doc.drift);
   const badge = $("alert-count");
   badge.textContent = alerts ? `${alerts} drift alert${alerts > 1 ? "s" : ""}` : "no drift alert";
