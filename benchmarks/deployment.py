@@ -41,10 +41,10 @@ ADMIN = "bench-admin-token"
 class Server:
     """``speechpipe serve`` with a config file and overrides, on a free port."""
 
-    def __init__(self, config_text: str, overrides: list[str], workdir: Path) -> None:
+    def __init__(self, config_text: str, overrides: list[str], workdir: Path, flags: tuple[str, ...] = ()) -> None:
         cfg = workdir / "deploy.toml"
         cfg.write_text(config_text)
-        flags = ["--config", str(cfg), "--log-level", "WARNING", "--admin-token", ADMIN]
+        flags = ["--config", str(cfg), "--log-level", "WARNING", "--admin-token", ADMIN, *flags]
         for o in overrides:
             flags += ["--set", o]
         self.proc, self.port = serve(flags, timeout_s=300)  # two models may load

@@ -11,7 +11,7 @@ pauses of 1.0-2.5 s that hold either digital silence or a stretch of one of the 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +52,8 @@ class StreamAudio:
     audio: np.ndarray  # 16 kHz mono: what the offline path transcribes
     reference: str
     fmt: Format
+    #: where each utterance lies in ``audio``: (first sample, end sample, its reference)
+    spans: list[tuple[int, int, str]] = field(default_factory=list)
 
     def frames(self) -> list[bytes]:
         """The stream as its client sends it: 20 ms frames in its format."""
@@ -112,6 +114,7 @@ def build_stream(
     rng.shuffle(order)
     parts = [pause_audio(int(rng.uniform(0.3, 1.0) * RATE), rng, noise, dbfs)]
     refs = []
+    spans = []
     total = parts[0].size
     for i in order:
         audio, ref = utts[i]
@@ -120,6 +123,7 @@ def build_stream(
         pause = pause_audio(int(rng.uniform(1.0, 2.5) * RATE), rng, noise, dbfs)
         parts += [audio, pause]
         refs.append(ref)
+        spans.append((total, total + audio.size, ref))
         total += audio.size + pause.size
     fmt = FORMATS[k % len(FORMATS)] if mixed_formats else FORMATS[0]
-    return StreamAudio(np.clip(np.concatenate(parts), -1.0, 1.0), " ".join(refs), fmt)
+    return StreamAudio(np.clip(np.concatenate(parts), -1.0, 1.0), " ".join(refs), fmt, spans)

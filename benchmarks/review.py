@@ -1,0 +1,244 @@
+"""Levels of automation measured on a real server with real speech and reviews simulated from the
+references: what share goes to people, and what WER clients end up with.
+
+    python benchmarks/review.py [--streams 8] [--thresholds 0.7 0.8 0.9] [--shots DIR]
+
+Streams: corpus utterances joined by pauses with real room noise (benchmarks/live_streams.py),
+sent at 2x real time, two at a time; each client stays connected until the revisions it was
+promised have come. The simulated reviewer claims every item and submits the reference words
+that lie in the segment (each utterance's reference forced-aligned to its audio with the model's
+cross-attention, stages/align.py): a perfect human. What a client ends up with is its finals with
+each revision in place of its final.
+
+Rows: ``full`` (no review), ``partial`` at each threshold, ``assist`` (everything reviewed: the
+threshold tool's data, then ``speechpipe review threshold --target-errors 0.8`` on it) and
+``shadow`` (the AI hidden and scored: its human-vs-AI WER on ``/metrics`` and, with ``--shots``,
+on the dashboard in headless Chromium).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from deployment import ADMIN, Server
+from live_streams import FRAME_S, RATE, StreamAudio, build_stream, noises, utterances
+from websockets.asyncio.client import connect
+
+from speechpipe.stages.align import ForcedAligner
+from speechpipe.stages.asr import AsrConfig, load_model
+from speechpipe.telemetry.wer import score_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+REVIEWER = "bench-reviewer-token"
+CHROMIUM = "/usr/bin/chromium"
+
+
+def reference_words(streams: list[StreamAudio]) -> list[list[tuple[float, str]]]:
+    """Every reference word of each stream with the stream time of its middle."""
+    aligner = ForcedAligner(load_model(AsrConfig()))
+    out = []
+    for s in streams:
+        words = []
+        for start, end, ref in s.spans:
+            audio = s.audio[start:end]
+            if audio.size > 30 * RATE:  # longer than one Whisper window: spread evenly
+                tokens = ref.split()
+                words += [(start / RATE + (i + 0.5) * audio.size / RATE / len(tokens), w) for i, w in enumerate(tokens)]
+                continue
+            words += [((w.start + w.end) / 2, w.word.strip()) for w in aligner.align(audio, ref, start / RATE)]
+        out.append(words)
+    return out
+
+
+def call(server: Server, method: str, path: str, body: dict | None = None) -> tuple[int, dict | None]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        server.http + path,
+        data=data,
+        method=method,
+        headers={"Authorization": f"Bearer {REVIEWER}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            raw = r.read()
+            return r.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as e:
+        return e.code, None
+
+
+class Reviewer(threading.Thread):
+    """Claims every item and submits the reference words of its segment."""
+
+    def __init__(self, server: Server, words: list[list[tuple[float, str]]], sessions: dict[str, int]) -> None:
+        super().__init__(daemon=True)
+        self.server, self.words, self.sessions = server, words, sessions
+        self.stop = threading.Event()
+        self.done = 0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            status, item = call(self.server, "POST", "/v1/review/claim", {"reviewer": "simulated"})
+            if status != 200 or item["session"] not in self.sessions:
+                if status == 200:  # a session whose client has not said its id yet: later
+                    call(self.server, "POST", f"/v1/review/{item['id']}/release", {"claim": item["claim"]})
+                time.sleep(0.2)
+                continue
+            words = self.words[self.sessions[item["session"]]]
+            text = " ".join(w for t, w in words if item["start"] <= t < item["end"])
+            call(self.server, "POST", f"/v1/review/{item['id']}", {"text": text, "claim": item["claim"]})
+            self.done += 1
+
+
+async def client(server: Server, k: int, s: StreamAudio, sessions: dict[str, int], speed: float) -> list[dict]:
+    """One stream; stays until every final and every promised revision has come."""
+    messages: list[dict] = []
+    async with connect(server.url) as ws:
+        await ws.send(json.dumps({"type": "start", "sample_rate": RATE, "encoding": "pcm_s16le", "partials": False}))
+        messages.append(json.loads(await ws.recv()))
+        sessions[messages[0]["session"]] = k
+        frames = s.frames() + [bytes(int(FRAME_S * RATE) * 2)] * 100  # 2 s of silence after the speech
+        reader = asyncio.create_task(_read(ws, messages))
+        for f in frames:
+            await ws.send(f)
+            await asyncio.sleep(FRAME_S / speed)
+        while True:
+            await asyncio.sleep(1.0)
+            kinds = [m["type"] for m in messages]
+            finals = [m for m in messages if m["type"] == "final"]
+            promised = sum(1 for m in finals if m.get("review") != "none")
+            if len(finals) + kinds.count("discarded") == kinds.count("speech_start") and (
+                kinds.count("revision") >= promised
+            ):
+                break
+        await ws.send(json.dumps({"type": "stop"}))
+        await reader
+    return messages
+
+
+async def _read(ws, messages: list[dict]) -> None:
+    async for raw in ws:
+        messages.append(json.loads(raw))
+
+
+def run(name: str, overrides: list[str], streams, words, workdir: Path, speed: float) -> dict:
+    db = workdir / f"{name}.db"
+    server = Server("", [*overrides, f'review.db="{db}"'], workdir, flags=("--reviewer-token", REVIEWER))
+    sessions: dict[str, int] = {}
+    reviewer = Reviewer(server, words, sessions)
+    reviewer.start()
+    try:
+
+        async def all_streams():
+            out = []
+            for i in range(0, len(streams), 2):
+                out += await asyncio.gather(
+                    *(client(server, k, streams[k], sessions, speed) for k in range(i, min(i + 2, len(streams))))
+                )
+            return out
+
+        results = asyncio.run(all_streams())
+        time.sleep(2.5)  # the review figures refresh every 2 s
+        metrics = urllib.request.urlopen(server.http + "/metrics", timeout=10).read().decode()
+        _, stats = call(server, "GET", "/v1/review/stats")
+        shot = None
+        if name == "shadow" and ARGS.shots:
+            shot = dashboard_shot(server, Path(ARGS.shots))
+    finally:
+        reviewer.stop.set()
+        server.stop()
+    finals = [m for r in results for m in r if m["type"] == "final"]
+    ended_with, ai_only = [], []
+    for s, messages in zip(streams, results):
+        revised = {m["segment"]: m["text"] for m in messages if m["type"] == "revision"}
+        ordered = [m for m in messages if m["type"] == "final"]
+        ended_with.append((s.reference, " ".join(revised.get(f["segment"], f["text"]) for f in ordered)))
+        ai_only.append((s.reference, " ".join(f["text"] for f in ordered)))
+    lines = [x for x in metrics.splitlines() if x.startswith("speechpipe_review_ai_wer{")]
+    return {
+        "name": name,
+        "db": db,
+        "finals": len(finals),
+        "sent": stats["done"],
+        "client_wer": score_corpus(ended_with).wer,
+        "ai_wer": score_corpus(ai_only).wer,
+        "stats": stats,
+        "metrics": lines,
+        "shot": shot,
+    }
+
+
+def dashboard_shot(server: Server, shots: Path) -> str:
+    from playwright.sync_api import sync_playwright
+
+    shots.mkdir(parents=True, exist_ok=True)
+    path = shots / "review-shadow-dashboard.png"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1300, "height": 1900})
+        page.goto(f"{server.http}/dashboard?token={ADMIN}")
+        page.wait_for_selector("#review-body:not([hidden]) #rv-variants tr")
+        page.screenshot(path=str(path), full_page=True)
+        browser.close()
+    return str(path)
+
+
+def main() -> int:
+    global ARGS
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--streams", type=int, default=8)
+    ap.add_argument("--thresholds", type=float, nargs=3, default=[0.7, 0.8, 0.9])
+    ap.add_argument("--speed", type=float, default=2.0)
+    ap.add_argument("--shots", help="folder for a dashboard screenshot at level shadow")
+    ARGS = ap.parse_args()
+    utts, noise = utterances(), noises()
+    streams = [build_stream(200 + k, utts, 30.0, noise, None, mixed_formats=False) for k in range(ARGS.streams)]
+    words = reference_words(streams)
+    runs = [("full", ["automation.level=full", "automation.audit_share=0"])]
+    runs += [(f"partial {t:g}", ["automation.level=partial", f"automation.review_below={t}"]) for t in ARGS.thresholds]
+    runs += [("assist", ["automation.level=assist"]), ("shadow", ["automation.level=shadow"])]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, overrides in runs:
+            rows.append(run(name.replace(" ", "-"), overrides, streams, words, Path(tmp), ARGS.speed))
+            print(f"{name}: done", file=sys.stderr, flush=True)
+        assist = next(r for r in rows if r["name"] == "assist")
+        tool = subprocess.run(
+            [sys.executable, "-m", "speechpipe.pipeline.cli", "review", "threshold", "--db", str(assist["db"])],
+            check=False,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+    total_words = sum(len(s.reference.split()) for s in streams)
+    print(f"\n{len(streams)} streams of 30 s, {total_words} reference words, reviews simulated from the references\n")
+    print("| level | finals | sent to review | WER clients end up with | WER of the AI's finals |")
+    print("|---|---:|---:|---:|---:|")
+    for r in rows:
+        ai = "hidden" if r["name"] == "shadow" else f"{r['ai_wer']:.1%}"
+        share = r["sent"] / r["finals"] if r["finals"] else 0.0
+        print(f"| {r['name']} | {r['finals']} | {r['sent']} ({share:.0%}) | {r['client_wer']:.1%} | {ai} |")
+    print(f"\nspeechpipe review threshold --target-errors 0.8 (on the assist run's store):\n{tool.stdout}{tool.stderr}")
+    shadow = next(r for r in rows if r["name"] == "shadow")
+    print("shadow level, /metrics:\n" + "\n".join(shadow["metrics"]))
+    print(f"shadow level, /v1/review/stats variants: {json.dumps(shadow['stats']['variants'])}")
+    if shadow["shot"]:
+        print(f"dashboard: {shadow['shot']}")
+    return 0
+
+
+ARGS: argparse.Namespace
+
+if __name__ == "__main__":
+    raise SystemExit(main())
