@@ -36,6 +36,7 @@ from deployment import ADMIN, Server
 from live_streams import FRAME_S, RATE, StreamAudio, build_stream, noises, utterances
 from websockets.asyncio.client import connect
 
+from speechpipe.pipeline.review.threshold import curve, pick
 from speechpipe.stages.align import ForcedAligner
 from speechpipe.stages.asr import AsrConfig, load_model
 from speechpipe.telemetry.wer import score_corpus
@@ -176,7 +177,30 @@ def run(name: str, overrides: list[str], streams, words, workdir: Path, speed: f
         "stats": stats,
         "metrics": lines,
         "shot": shot,
+        "messages": results,
     }
+
+
+def confidence_comparison(messages: list[list[dict]], target: float = 0.8) -> list[tuple[str, float, float]]:
+    """Which confidence sorts segments by their errors better: for mean word probability and for
+    Whisper's avg_logprob, the share of segments a threshold must send to catch ``target`` of the
+    word errors the reviewers corrected (less is better), and the share at 90 %."""
+    rows = []
+    for stream in messages:
+        revised = {m["segment"]: m["text"] for m in stream if m["type"] == "revision"}
+        for f in stream:
+            if f["type"] != "final" or f["segment"] not in revised or not f["words"]:
+                continue
+            s = score_corpus([(revised[f["segment"]], f["text"])])
+            word_p = sum(w["probability"] for w in f["words"]) / len(f["words"])
+            rows.append(
+                {"word_probability": word_p, "avg_logprob": f["avg_logprob"], "errors": s.errors, "words": s.ref_words}
+            )
+    out = []
+    for key in ("word_probability", "avg_logprob"):
+        points = curve([{"confidence": r[key], "errors": r["errors"], "words": r["words"]} for r in rows])
+        out.append((key, pick(points, target).sent, pick(points, 0.9).sent))
+    return out
 
 
 def dashboard_shot(server: Server, shots: Path) -> str:
@@ -201,6 +225,7 @@ def main() -> int:
     ap.add_argument("--thresholds", type=float, nargs=3, default=[0.7, 0.8, 0.9])
     ap.add_argument("--speed", type=float, default=2.0)
     ap.add_argument("--shots", help="folder for a dashboard screenshot at level shadow")
+    ap.add_argument("--only", nargs="+", help="only these rows (full, partial, assist, shadow)")
     ARGS = ap.parse_args()
     utts, noise = utterances(), noises()
     streams = [build_stream(200 + k, utts, 30.0, noise, None, mixed_formats=False) for k in range(ARGS.streams)]
@@ -208,18 +233,24 @@ def main() -> int:
     runs = [("full", ["automation.level=full", "automation.audit_share=0"])]
     runs += [(f"partial {t:g}", ["automation.level=partial", f"automation.review_below={t}"]) for t in ARGS.thresholds]
     runs += [("assist", ["automation.level=assist"]), ("shadow", ["automation.level=shadow"])]
+    if ARGS.only:
+        runs = [r for r in runs if r[0].split()[0] in ARGS.only]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, overrides in runs:
             rows.append(run(name.replace(" ", "-"), overrides, streams, words, Path(tmp), ARGS.speed))
             print(f"{name}: done", file=sys.stderr, flush=True)
-        assist = next(r for r in rows if r["name"] == "assist")
-        tool = subprocess.run(
-            [sys.executable, "-m", "speechpipe.pipeline.cli", "review", "threshold", "--db", str(assist["db"])],
-            check=False,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
+        assist = next((r for r in rows if r["name"] == "assist"), None)
+        tool = (
+            None
+            if assist is None
+            else subprocess.run(
+                [sys.executable, "-m", "speechpipe.pipeline.cli", "review", "threshold", "--db", str(assist["db"])],
+                check=False,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+            )
         )
     total_words = sum(len(s.reference.split()) for s in streams)
     print(f"\n{len(streams)} streams of 30 s, {total_words} reference words, reviews simulated from the references\n")
@@ -229,12 +260,20 @@ def main() -> int:
         ai = "hidden" if r["name"] == "shadow" else f"{r['ai_wer']:.1%}"
         share = r["sent"] / r["finals"] if r["finals"] else 0.0
         print(f"| {r['name']} | {r['finals']} | {r['sent']} ({share:.0%}) | {r['client_wer']:.1%} | {ai} |")
-    print(f"\nspeechpipe review threshold --target-errors 0.8 (on the assist run's store):\n{tool.stdout}{tool.stderr}")
-    shadow = next(r for r in rows if r["name"] == "shadow")
-    print("shadow level, /metrics:\n" + "\n".join(shadow["metrics"]))
-    print(f"shadow level, /v1/review/stats variants: {json.dumps(shadow['stats']['variants'])}")
-    if shadow["shot"]:
-        print(f"dashboard: {shadow['shot']}")
+    if assist is not None:
+        print(
+            f"\nspeechpipe review threshold --target-errors 0.8 (on the assist run's store):\n{tool.stdout}{tool.stderr}"
+        )
+        print("| confidence | share sent to catch 80 % of the errors | to catch 90 % |")
+        print("|---|---:|---:|")
+        for key, at80, at90 in confidence_comparison(assist["messages"]):
+            print(f"| {key} | {at80:.0%} | {at90:.0%} |")
+    shadow = next((r for r in rows if r["name"] == "shadow"), None)
+    if shadow is not None:
+        print("\nshadow level, /metrics:\n" + "\n".join(shadow["metrics"]))
+        print(f"shadow level, /v1/review/stats variants: {json.dumps(shadow['stats']['variants'])}")
+        if shadow["shot"]:
+            print(f"dashboard: {shadow['shot']}")
     return 0
 
 

@@ -36,7 +36,7 @@ A config file has these tables, every key optional::
     max_streams = 16
     partial_interval_s = 1.0
 
-    [variants.green.vad]       # a named variant: any [vad] / [asr] key over the base config
+    [variants.green.vad]       # a named variant: any [vad] / [asr] / [automation] key over the base
     backend = "webrtc"
 
     [variants.base.asr]
@@ -88,7 +88,7 @@ from speechpipe.telemetry.settings import TelemetryConfig
 OUTPUT_FORMATS = ("json", "txt", "srt", "vtt")
 
 #: the tables a variant may override.
-VARIANT_TABLES = ("vad", "asr")
+VARIANT_TABLES = ("vad", "asr", "automation")
 #: ASR keys that change how fast, not what, a pipeline transcribes: not part of a variant's id.
 _THROUGHPUT_KEYS = ("threads", "workers")
 

@@ -57,7 +57,7 @@ class StreamRouter:
         """The context of the variant assigned to ``stream_id`` (sticky by ``client_key``)."""
         assignment = self.deployment.assign(client_key, stream_id)
         variant = self.variants[assignment.variant]
-        ai = self.config.automation.level != "human"  # at level human no model runs, no shadow either
+        ai = variant.config.automation.level != "human"  # at level human no model runs, no shadow either
         shadow = self.variants.get(assignment.shadow) if assignment.shadow and ai else None
         shared = shadow is not None and shadow.config.vad == variant.config.vad
         self.deployment.opened(stream_id, assignment, shared)
@@ -96,12 +96,12 @@ class StreamRouter:
             found = list(factory(sid, attributes, variant.config, role)) if factory else []
             if routed:
                 found.append(deployment.observer(sid, variant.name))
-            if drift is not None and self.config.automation.level != "human":  # no model output to watch
+            if drift is not None and variant.config.automation.level != "human":  # no model output to watch
                 found.append(drift.observer(variant.name))
             return found
 
         def on_review(sid: str, request: SubmitReview) -> None:
-            review.enqueue(variant.name, role, sid, request)
+            review.enqueue(variant.name, role, sid, request, variant.config.automation.level)
 
         return LiveContext(
             settings=self.config.server,
@@ -116,6 +116,6 @@ class StreamRouter:
             shadow_vad=None if shadow is None or shared else shadow.config.vad,
             on_shadow=deployment.on_shadow if shadow else None,
             route=route,
-            automation=self.config.automation,
+            automation=variant.config.automation,
             on_review=on_review if review is not None else None,
         )

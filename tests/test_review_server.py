@@ -217,3 +217,8 @@ async def live_client_stop_early(url: str, frames: list[bytes]) -> list[dict]:
 def test_a_level_that_needs_people_needs_a_review_store():
     with pytest.raises(ConfigError, match=r"\[review\] db"):
         asyncio.run(SpeechServer(Config().with_overrides({"automation.level": "partial", "server.port": 0})).start())
+    # A variant may run at a level of its own; it needs the store as much.
+    cfg = Config().with_overrides({"variants.green.automation.level": "shadow", "server.port": 0})
+    assert cfg.for_variant("green").automation.level == "shadow" and cfg.automation.level == "full"
+    with pytest.raises(ConfigError, match=r"automation.level shadow sends segments to people"):
+        asyncio.run(SpeechServer(cfg).start())

@@ -86,8 +86,9 @@ class ReviewService:
 
     # -- from the streams ----------------------------------------------------------------------------
 
-    def enqueue(self, variant: str, role: str, stream_id: str, request: SubmitReview) -> None:
-        """A segment of a live stream goes to review (called on the event loop)."""
+    def enqueue(self, variant: str, role: str, stream_id: str, request: SubmitReview, level: str | None = None) -> None:
+        """A segment of a live stream served by ``variant`` at ``level`` (the server's by default)
+        goes to review (called on the event loop)."""
         transcripts = []
         if request.text is not None:
             transcripts.append(AiText(variant, role, request.text, request.confidence))
@@ -95,7 +96,7 @@ class ReviewService:
             session=stream_id,
             segment=request.segment,
             variant=variant,
-            level=self.automation.level,
+            level=level or self.automation.level,
             reason=request.reason,
             start_s=request.start_s,
             end_s=request.end_s,
@@ -210,8 +211,10 @@ def open_review(
     automation, without its audit, can run)."""
     auto, settings = config.automation, config.review
     if not settings.db:
-        if auto.level != "full":
-            raise ConfigError(f"automation.level {auto.level!r} sends segments to people: set [review] db (--db)")
+        levels = {config.for_variant(name).automation.level for name in config.variant_names()}
+        if levels - {"full"}:
+            wanted = ", ".join(sorted(levels - {"full"}))
+            raise ConfigError(f"automation.level {wanted} sends segments to people: set [review] db (--db)")
         return None
     data_dir = settings.data_dir or (
         Path(settings.db).expanduser().resolve().parent / "review-audio" if "://" not in settings.db else "review-audio"
