@@ -14,10 +14,12 @@ import urllib.request
 
 import pytest
 from livehelp import ServerThread, with_telemetry
+from sqlalchemy import create_engine
 from websockets.asyncio.client import connect
 
 from speechpipe.pipeline.config import Config, ConfigError
 from speechpipe.pipeline.observability import start_telemetry
+from speechpipe.pipeline.review.schema import metadata, schema
 from speechpipe.pipeline.server import SpeechServer
 
 pytestmark = pytest.mark.corpus
@@ -181,8 +183,23 @@ def test_assist_marks_finals_provisional_and_full_audits_a_sample(engine, noisy_
     assert len(items) == len(finals) and all(i["reason"] == "audit" and i["draft"] is None for i in items)
 
 
-def test_review_api_auth_and_a_restart_that_loses_nothing(engine, noisy_speech, tmp_path):
-    cfg = config(tmp_path, "assist")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def review_db(request, tmp_path):
+    """The review store of a server: a SQLite file, or a database on a real PostgreSQL server
+    (its tables dropped afterwards)."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "reviews.db")
+        return
+    url = request.getfixturevalue("postgres_url")
+    yield url
+    engine = create_engine(url)
+    metadata.drop_all(engine)
+    schema.drop(engine, checkfirst=True)
+    engine.dispose()
+
+
+def test_review_api_auth_and_a_restart_that_loses_nothing(engine, noisy_speech, tmp_path, review_db):
+    cfg = config(tmp_path, "assist", **{"review.db": review_db, "review.data_dir": str(tmp_path / "audio")})
     with ServerThread(engine, config=cfg, token=STREAM, reviewer_token=REVIEWER, admin_token=ADMIN) as srv:
         for token, status in ((None, 401), ("wrong", 401), (STREAM, 401), (ADMIN, 401)):
             assert call(srv, "GET", "/v1/review/stats", token=token)[0] == status
