@@ -63,3 +63,22 @@ def noisy_speech() -> list[bytes]:
 
     audio = build_stream(3, utterances(), 30.0, noises(), -40.0, mixed_formats=False).audio
     return [pcm_s16le(audio[i : i + 320]) for i in range(0, audio.size, 320)]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def review_db(request, tmp_path) -> Iterator[str]:
+    """A review store's database, each backend in turn: a SQLite file, or a real PostgreSQL
+    database (``postgres_url``; its tables dropped afterwards)."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "reviews.db")
+        return
+    from sqlalchemy import create_engine
+
+    from speechpipe.pipeline.review.schema import metadata, schema
+
+    url = request.getfixturevalue("postgres_url")
+    yield url
+    engine = create_engine(url)
+    metadata.drop_all(engine)
+    schema.drop(engine, checkfirst=True)
+    engine.dispose()

@@ -14,12 +14,10 @@ import urllib.request
 
 import pytest
 from livehelp import ServerThread, with_telemetry
-from sqlalchemy import create_engine
 from websockets.asyncio.client import connect
 
 from speechpipe.pipeline.config import Config, ConfigError
 from speechpipe.pipeline.observability import start_telemetry
-from speechpipe.pipeline.review.schema import metadata, schema
 from speechpipe.pipeline.server import SpeechServer
 
 pytestmark = pytest.mark.corpus
@@ -181,21 +179,6 @@ def test_assist_marks_finals_provisional_and_full_audits_a_sample(engine, noisy_
     finals = [m for m in messages if m["type"] == "final"]
     assert finals and all(f["review"] == "none" and f["text"] for f in finals)
     assert len(items) == len(finals) and all(i["reason"] == "audit" and i["draft"] is None for i in items)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def review_db(request, tmp_path):
-    """The review store of a server: a SQLite file, or a database on a real PostgreSQL server
-    (its tables dropped afterwards)."""
-    if request.param == "sqlite":
-        yield str(tmp_path / "reviews.db")
-        return
-    url = request.getfixturevalue("postgres_url")
-    yield url
-    engine = create_engine(url)
-    metadata.drop_all(engine)
-    schema.drop(engine, checkfirst=True)
-    engine.dispose()
 
 
 def test_review_api_auth_and_a_restart_that_loses_nothing(engine, noisy_speech, tmp_path, review_db):

@@ -12,7 +12,6 @@ import soundfile as sf
 from conftest import SPEECH
 from sqlalchemy import create_engine, text
 
-from speechpipe.pipeline.review.schema import metadata, schema
 from speechpipe.pipeline.review.store import AiText, NewItem, ReviewError, ReviewStore
 from speechpipe.stages.audio import load_audio
 
@@ -21,20 +20,6 @@ pytestmark = pytest.mark.corpus
 AUDIO, _ = load_audio(SPEECH / "cmuarctic_aew_a0001.wav")
 REFERENCE = "Author of the danger trail, Philip Steels, etc."
 T0 = 1_800_000_000.0
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request, tmp_path):
-    """A database URL or path per backend, empty; PostgreSQL's tables are dropped afterwards."""
-    if request.param == "sqlite":
-        yield str(tmp_path / "reviews.db")
-        return
-    url = request.getfixturevalue("postgres_url")
-    yield url
-    engine = create_engine(url)
-    metadata.drop_all(engine)
-    schema.drop(engine, checkfirst=True)
-    engine.dispose()
 
 
 def new(
@@ -55,8 +40,8 @@ def new(
     )
 
 
-def test_items_keep_their_audio_and_are_claimed_lowest_confidence_first(db, tmp_path):
-    store = ReviewStore(db, tmp_path / "audio")
+def test_items_keep_their_audio_and_are_claimed_lowest_confidence_first(review_db, tmp_path):
+    store = ReviewStore(review_db, tmp_path / "audio")
     a = store.add(new(0, 0.9), T0)
     b = store.add(new(1, 0.4), T0 + 1)
     c = store.add(new(2, 0.4), T0 + 2)
@@ -79,8 +64,8 @@ def test_items_keep_their_audio_and_are_claimed_lowest_confidence_first(db, tmp_
     store.close()
 
 
-def test_a_submitted_review_scores_every_variant_and_survives_a_restart(db, tmp_path):
-    store = ReviewStore(db, tmp_path / "audio")
+def test_a_submitted_review_scores_every_variant_and_survives_a_restart(review_db, tmp_path):
+    store = ReviewStore(review_db, tmp_path / "audio")
     item = store.add(new(0, 0.5), T0)
     store.add(new(1, 0.6), T0)
     with pytest.raises(ReviewError) as unclaimed:
@@ -100,7 +85,7 @@ def test_a_submitted_review_scores_every_variant_and_survives_a_restart(db, tmp_
     assert stats["variants"]["default"] == {"items": 1, "errors": 3, "words": 8, "wer": 3 / 8}
     store.close()
     # A restart (a new process on the same database and folder) loses nothing.
-    again = ReviewStore(db, tmp_path / "audio")
+    again = ReviewStore(review_db, tmp_path / "audio")
     assert again.schema_was == 1
     assert [i.segment for i in again.queue(T0 + 200)] == [1]
     assert again.get(done.id).text == REFERENCE and again.audio_path(again.get(done.id)).is_file()
@@ -108,8 +93,8 @@ def test_a_submitted_review_scores_every_variant_and_survives_a_restart(db, tmp_
     again.close()
 
 
-def test_reviewers_racing_on_two_replicas_never_share_an_item(db, tmp_path):
-    replicas = [ReviewStore(db, tmp_path / "audio"), ReviewStore(db, tmp_path / "audio")]
+def test_reviewers_racing_on_two_replicas_never_share_an_item(review_db, tmp_path):
+    replicas = [ReviewStore(review_db, tmp_path / "audio"), ReviewStore(review_db, tmp_path / "audio")]
     for k in range(24):
         replicas[0].add(new(k, k / 24, session="race"), T0 + k)
     got: list[list[str]] = [[] for _ in range(4)]
@@ -130,8 +115,8 @@ def test_reviewers_racing_on_two_replicas_never_share_an_item(db, tmp_path):
         store.close()
 
 
-def test_retention_deletes_old_audio_and_expires_what_was_never_reviewed(db, tmp_path):
-    store = ReviewStore(db, tmp_path / "audio")
+def test_retention_deletes_old_audio_and_expires_what_was_never_reviewed(review_db, tmp_path):
+    store = ReviewStore(review_db, tmp_path / "audio")
     old = store.add(new(0, 0.3), T0)
     reviewed = store.add(new(1, 0.2), T0)
     fresh = store.add(new(2, 0.9), T0 + 9 * 86400)
@@ -147,12 +132,12 @@ def test_retention_deletes_old_audio_and_expires_what_was_never_reviewed(db, tmp
     store.close()
 
 
-def test_a_database_of_a_newer_schema_is_refused(db, tmp_path):
-    ReviewStore(db, tmp_path / "audio").close()
-    url = db if "://" in db else f"sqlite:///{db}"
+def test_a_database_of_a_newer_schema_is_refused(review_db, tmp_path):
+    ReviewStore(review_db, tmp_path / "audio").close()
+    url = review_db if "://" in review_db else f"sqlite:///{review_db}"
     engine = create_engine(url)
     with engine.begin() as conn:
         conn.execute(text("UPDATE speechpipe_schema SET version = 99"))
     engine.dispose()
     with pytest.raises(ValueError, match="schema version 99, newer"):
-        ReviewStore(db, tmp_path / "audio")
+        ReviewStore(review_db, tmp_path / "audio")

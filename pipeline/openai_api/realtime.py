@@ -13,8 +13,9 @@ import asyncio
 import json
 from collections import deque
 
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocket
 
+from speechpipe.pipeline.http.socket import AsgiTransport
 from speechpipe.pipeline.live.transport import Closed
 from speechpipe.pipeline.openai_api.errors import ApiError
 from speechpipe.pipeline.openai_api.realtime_core import RealtimeError, RealtimeTranslator, error_event
@@ -23,28 +24,20 @@ from speechpipe.pipeline.openai_api.transcriptions import Hooks, check_key, reso
 
 class RealtimeTransport:
     """The live stream's :class:`~speechpipe.pipeline.live.transport.Transport` over a Realtime
-    client's WebSocket."""
+    client's WebSocket (an :class:`~speechpipe.pipeline.http.socket.AsgiTransport` underneath)."""
 
     def __init__(self, websocket: WebSocket, translator: RealtimeTranslator) -> None:
-        self.websocket = websocket
+        self.socket = AsgiTransport(websocket)
         self.translator = translator
-        client = websocket.client
-        self.peer = f"realtime:{client.host}:{client.port}" if client else "realtime"
+        self.peer = f"realtime:{self.socket.peer}"
         self._pending: deque[str | bytes] = deque()
-        self._closed: Closed | None = None
         self._lock = asyncio.Lock()  # the stream's writer and the reader both send events
 
     async def recv(self) -> str | bytes:
         while not self._pending:
-            if self._closed is not None:
-                raise self._closed
-            message = await self.websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                self._closed = Closed(message.get("code", 1005), message.get("reason") or "")
-                raise self._closed
-            data = message.get("text") if message.get("text") is not None else message.get("bytes")
+            data = await self.socket.recv()  # Closed when the client has gone
             try:
-                step = self.translator.client_event(data or "")
+                step = self.translator.client_event(data)
             except RealtimeError as exc:
                 await self.send_events([error_event(exc.code, exc.message, exc.event_id, exc.param)])
                 continue
@@ -56,23 +49,12 @@ class RealtimeTransport:
         await self.send_events(self.translator.server_message(json.loads(text)))
 
     async def send_events(self, events: list[dict]) -> None:
-        if self._closed is not None:
-            raise self._closed
         async with self._lock:
             for event in events:
-                try:
-                    await self.websocket.send_text(json.dumps(event, ensure_ascii=False))
-                except (WebSocketDisconnect, OSError, RuntimeError) as exc:
-                    self._closed = Closed(getattr(exc, "code", 1006))
-                    raise self._closed from None
+                await self.socket.send(json.dumps(event, ensure_ascii=False))
 
     async def close(self, code: int, reason: str) -> None:
-        if self.websocket.application_state == WebSocketState.DISCONNECTED:
-            return
-        try:
-            await self.websocket.close(code, reason)
-        except (WebSocketDisconnect, OSError, RuntimeError):
-            pass
+        await self.socket.close(code, reason)
 
 
 async def realtime_endpoint(websocket: WebSocket, hooks: Hooks) -> None:
