@@ -33,6 +33,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show a progress bar")
     t.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
     t.add_argument("-q", "--quiet", action="store_true", help="do not print transcripts")
+    t.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run the files on Ray actors (pip install 'speechpipe[ray]'): no ADDRESS starts a local instance, "
+        "'auto' joins this machine's cluster, ray://HOST:10001 a remote one (inputs on a shared file system)",
+    )
+    t.add_argument("--ray-actors", type=int, default=0, help="actors, each with a model (default: CPUs / per actor)")
+    t.add_argument("--ray-cpus-per-actor", type=float, default=1.0, help="CPUs per actor (default: 1)")
+    t.add_argument("--ray-gpus-per-actor", type=float, default=0.0, help="GPUs per actor (default: 0)")
     add_config_arguments(t)
     t.set_defaults(func=cmd_transcribe)
 
@@ -68,6 +79,12 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         telemetry.instrumentation.input_error(classify_input_error(failure.error))
         print(f"speechpipe: error: {failure.file}: {failure.error}", file=sys.stderr, flush=True)
 
+    transcriber = None
+    if args.ray is not None:
+        from speechpipe.pipeline.ray_runner import RaySettings, ray_transcriber
+
+        ray = RaySettings(args.ray or None, args.ray_actors, args.ray_cpus_per_actor, args.ray_gpus_per_actor)
+        transcriber = ray_transcriber(config, ray)  # the actors' spans stay on the actors
     try:
         summary = offline.run(
             args.paths,
@@ -79,6 +96,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
             on_failure=on_failure,
             observers_factory=lambda item: [telemetry.stream_observer(file=str(item.path))],
             metrics=telemetry.metrics_snapshot,
+            transcriber=transcriber,
         )
     finally:
         telemetry.shutdown()

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -200,6 +200,14 @@ def transcribe_file(
     return result
 
 
+#: transcribes inputs, yielding each with its result (or why it failed) as it completes, in any
+#: order: in this process one after another (:func:`local_transcriber`), or on Ray actors
+#: (:mod:`speechpipe.pipeline.ray_runner`). ``started`` is told each input as it begins.
+Transcriber = Callable[
+    [list[InputFile], Callable[[InputFile], None]], Iterator[tuple[InputFile, "FileResult | Failure"]]
+]
+
+
 def run(
     paths: Iterable[str | Path],
     out_dir: str | Path,
@@ -212,13 +220,15 @@ def run(
     on_failure: Callable[[Failure], None] | None = None,
     observers_factory: Callable[[InputFile], Iterable[Observer | None]] | None = None,
     metrics: Callable[[], dict] | None = None,
+    transcriber: Transcriber | None = None,
 ) -> RunSummary:
     """Transcribe every input into ``out_dir`` and write ``summary.json``.
 
     A file whose complete JSON already exists is skipped unless ``force``; its figures still count
     in the summary. A file that fails is reported (``on_failure``, ``summary.failed``) and the run
     goes on. ``metrics``, when given, is called once at the end and its figures are written into
-    ``summary.json`` under ``"metrics"``.
+    ``summary.json`` under ``"metrics"``. ``transcriber`` runs the files (default: here, one after
+    another, on ``engine``); whatever runs them, the outputs are written here, atomically.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -234,23 +244,25 @@ def run(
 
     bar = _Progress(inputs, enabled=progress)
     try:
+        todo = []
         for item in inputs:
-            bar.start(item)
             json_path = output_path(item.path, item.root, out)
             if not force and is_complete(json_path):
                 summary.skipped += 1
                 _account(summary, pairs, json.loads(json_path.read_text(encoding="utf-8")))
                 bar.advance(item)
-                continue
-            engine = engine or load_engine(config)
-            result = _transcribe_item(item, json_path, config, engine, observers_factory)
+            else:
+                todo.append(item)
+        run_all = transcriber or local_transcriber(config, engine, observers_factory)
+        for item, result in run_all(todo, bar.start):
             if isinstance(result, Failure):
                 summary.failed.append(result)
                 if on_failure:
                     on_failure(result)
                 bar.advance(item)
                 continue
-            result, doc = result
+            result.extra["input_root"] = str(item.root)
+            doc = write_outputs(result, output_path(item.path, item.root, out), formats=config.output.formats)
             summary.transcribed += 1
             _account(summary, pairs, doc)
             if on_result:
@@ -266,21 +278,32 @@ def run(
     return summary
 
 
-def _transcribe_item(
-    item: InputFile,
-    json_path: Path,
+def local_transcriber(
     config: Config,
-    engine: AsrEngine,
-    observers_factory: Callable[[InputFile], Iterable[Observer | None]] | None,
-) -> tuple[FileResult, dict] | Failure:
-    """One input transcribed and written (the result and its JSON), or why it could not be."""
+    engine: AsrEngine | None = None,
+    observers_factory: Callable[[InputFile], Iterable[Observer | None]] | None = None,
+) -> Transcriber:
+    """Files one after another in this process, on ``engine`` (loaded at the first file)."""
+
+    def run_all(items: list[InputFile], started: Callable[[InputFile], None]):
+        eng = engine
+        for item in items:
+            started(item)
+            eng = eng or load_engine(config)
+            observers = observers_factory(item) if observers_factory else ()
+            yield item, transcribe_item(item, config, eng, observers)
+
+    return run_all
+
+
+def transcribe_item(
+    item: InputFile, config: Config, engine: AsrEngine, observers: Iterable[Observer | None] = ()
+) -> FileResult | Failure:
+    """One input transcribed, or why it could not be (a corrupt file is a :class:`Failure`)."""
     try:
-        observers = observers_factory(item) if observers_factory else ()
-        result = transcribe_file(item.path, config, engine, observers=observers, reference=read_reference(item))
+        return transcribe_file(item.path, config, engine, observers=observers, reference=read_reference(item))
     except (AudioError, sf.LibsndfileError, RuntimeError, ValueError, OSError) as exc:
         return Failure(str(item.path), _describe(exc))
-    result.extra["input_root"] = str(item.root)
-    return result, write_outputs(result, json_path, formats=config.output.formats)
 
 
 def _account(summary: RunSummary, pairs: list[tuple[str, str]], data: dict) -> None:

@@ -1,0 +1,104 @@
+"""Folders on Ray (a local instance, ``ray.init(num_cpus=2)``) against the local run on the same
+corpus files: the same transcripts and outputs, the corrupt file reported in both, a file that
+crashes its actor retried once elsewhere and then reported, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from conftest import speech_files
+
+from speechpipe.pipeline import offline
+from speechpipe.pipeline.config import Config
+from speechpipe.pipeline.offline import transcribe_item
+
+pytestmark = pytest.mark.corpus
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    src = tmp_path / "in"
+    src.mkdir()
+    for path in speech_files()[:6]:
+        (src / path.name).symlink_to(path)
+        (src / path.with_suffix(".txt").name).symlink_to(path.with_suffix(".txt"))
+    (src / "corrupt.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + os.urandom(400))
+    return src
+
+
+def outputs(out: Path) -> dict[str, dict]:
+    docs = {p.name: json.loads(p.read_text()) for p in out.glob("*.json") if p.name != "summary.json"}
+    return {name: {k: d[k] for k in ("text", "segments", "duration", "wer")} for name, d in docs.items()}
+
+
+def test_ray_gives_the_local_run_s_outputs_and_reports_the_corrupt_file(local_ray, engine, folder, tmp_path):
+    from speechpipe.pipeline.ray_runner import RaySettings, ray_transcriber
+
+    config = Config()
+    local = offline.run([folder], tmp_path / "local", config, engine=engine, progress=False)
+    remote = offline.run(
+        [folder], tmp_path / "ray", config, progress=False, transcriber=ray_transcriber(config, RaySettings(actors=2))
+    )
+    assert outputs(tmp_path / "ray") == outputs(tmp_path / "local") and len(outputs(tmp_path / "ray")) == 6
+    for summary in (local, remote):
+        assert summary.transcribed == 6 and [Path(f.file).name for f in summary.failed] == ["corrupt.wav"]
+    assert remote.failed[0].error == local.failed[0].error
+    assert remote.wer.wer == local.wer.wer
+    doc = json.loads((tmp_path / "ray" / "summary.json").read_text())
+    assert doc["transcribed"] == 6 and doc["failed"][0]["file"].endswith("corrupt.wav")
+    # Resume: a second run finds every output complete and starts no actor.
+    again = offline.run(
+        [folder], tmp_path / "ray", config, progress=False, transcriber=ray_transcriber(config, RaySettings(actors=2))
+    )
+    assert again.skipped == 6 and again.transcribed == 0
+
+
+def crash_on(name: str, once_marker: Path | None = None):
+    """An actor's file function that kills its process on the file ``name`` (every time, or only
+    until ``once_marker`` exists)."""
+
+    def run_item(item, config, engine):
+        if item.path.name == name and (once_marker is None or not once_marker.exists()):
+            if once_marker is not None:
+                once_marker.touch()
+            os._exit(1)
+        return transcribe_item(item, config, engine)
+
+    return run_item
+
+
+def test_a_file_that_crashes_its_actor_is_retried_once_then_reported(local_ray, folder, tmp_path):
+    from speechpipe.pipeline.ray_runner import RaySettings, ray_transcriber
+
+    config = Config()
+    victim = speech_files()[2].name
+    summary = offline.run(
+        [folder],
+        tmp_path / "always",
+        config,
+        progress=False,
+        transcriber=ray_transcriber(config, RaySettings(actors=2), crash_on(victim)),
+    )
+    assert summary.transcribed == 5
+    failed = {Path(f.file).name: f.error for f in summary.failed}
+    assert set(failed) == {"corrupt.wav", victim} and failed[victim].startswith("crashed a Ray worker twice")
+    marker = tmp_path / "crashed-once"
+    flaky = offline.run(
+        [folder],
+        tmp_path / "once",
+        config,
+        progress=False,
+        transcriber=ray_transcriber(config, RaySettings(actors=2), crash_on(victim, marker)),
+    )
+    assert marker.exists() and flaky.transcribed == 6 and [Path(f.file).name for f in flaky.failed] == ["corrupt.wav"]
