@@ -34,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
     t.add_argument("-q", "--quiet", action="store_true", help="do not print transcripts")
     t.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        help="files transcribed at a time in this process, each on a model replica (default 0: from the cores)",
+    )
+    t.add_argument(
         "--ray",
         nargs="?",
         const="",
@@ -79,12 +85,15 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         telemetry.instrumentation.input_error(classify_input_error(failure.error))
         print(f"speechpipe: error: {failure.file}: {failure.error}", file=sys.stderr, flush=True)
 
-    transcriber = None
+    observers = lambda item: [telemetry.stream_observer(file=str(item.path))]
     if args.ray is not None:
         from speechpipe.pipeline.ray_runner import RaySettings, ray_transcriber
 
         ray = RaySettings(args.ray or None, args.ray_actors, args.ray_cpus_per_actor, args.ray_gpus_per_actor)
         transcriber = ray_transcriber(config, ray)  # the actors' spans stay on the actors
+    else:
+        sized, jobs = offline.parallel_config(config, args.jobs)
+        transcriber = offline.local_transcriber(sized, None, observers, jobs)
     try:
         summary = offline.run(
             args.paths,
@@ -94,7 +103,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
             progress=args.progress,
             on_result=on_result,
             on_failure=on_failure,
-            observers_factory=lambda item: [telemetry.stream_observer(file=str(item.path))],
+            observers_factory=observers,
             metrics=telemetry.metrics_snapshot,
             transcriber=transcriber,
         )

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import soundfile as sf
@@ -23,6 +23,7 @@ from speechpipe.pipeline.config import Config
 from speechpipe.pipeline.driver import drive
 from speechpipe.pipeline.hooks import FinalTranscript, Observer
 from speechpipe.pipeline.outputs import FileResult, atomic_write_text, is_complete, output_path, write_outputs
+from speechpipe.pipeline.progress import FileProgress
 from speechpipe.pipeline.session import StreamSession
 from speechpipe.stages.asr import AsrEngine
 from speechpipe.stages.audio import AudioError, header, iter_file_blocks
@@ -242,7 +243,7 @@ def run(
     summary.asr_model = config.asr.model
     pairs: list[tuple[str, str]] = []
 
-    bar = _Progress(inputs, enabled=progress)
+    bar = FileProgress(inputs, enabled=progress)
     try:
         todo = []
         for item in inputs:
@@ -271,7 +272,8 @@ def run(
     finally:
         bar.close()
     summary.wall_s = time.perf_counter() - t_start
-    summary.wer = score_corpus(pairs) if pairs else None
+    summary.per_file.sort(key=lambda row: str(row.get("file")))  # files may finish in any order
+    summary.wer = score_corpus(sorted(pairs)) if pairs else None
     if metrics is not None:
         summary.metrics = metrics()
     atomic_write_text(out / "summary.json", json.dumps(summary.to_dict(), indent=2) + "\n")
@@ -282,18 +284,51 @@ def local_transcriber(
     config: Config,
     engine: AsrEngine | None = None,
     observers_factory: Callable[[InputFile], Iterable[Observer | None]] | None = None,
+    jobs: int = 1,
 ) -> Transcriber:
-    """Files one after another in this process, on ``engine`` (loaded at the first file)."""
+    """Files in this process on ``engine`` (loaded at the first file): one after another, or
+    ``jobs`` at a time, each in a thread of its own on one of the model's ``jobs`` CTranslate2
+    replicas (while one file decodes and runs its VAD, the other's windows run on the model)."""
 
     def run_all(items: list[InputFile], started: Callable[[InputFile], None]):
         eng = engine
-        for item in items:
-            started(item)
-            eng = eng or load_engine(config)
+
+        def one(item: InputFile) -> FileResult | Failure:
             observers = observers_factory(item) if observers_factory else ()
-            yield item, transcribe_item(item, config, eng, observers)
+            return transcribe_item(item, config, eng, observers)
+
+        if items and eng is None:
+            eng = load_engine(config)
+        if jobs <= 1:
+            for item in items:
+                started(item)
+                yield item, one(item)
+            return
+        with ThreadPoolExecutor(jobs, thread_name_prefix="transcribe") as pool:
+            waiting = list(reversed(items))
+            running = {}
+            while waiting or running:
+                while waiting and len(running) < jobs:
+                    item = waiting.pop()
+                    started(item)
+                    running[pool.submit(one, item)] = item
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    yield running.pop(fut), fut.result()
 
     return run_all
+
+
+def parallel_config(config: Config, jobs: int = 0, cores: int | None = None) -> tuple[Config, int]:
+    """``config`` sized for ``jobs`` files at a time (0: from the core count: as many as there are
+    cores up to 2, then a file per 2 cores), each on its own model replica with the cores shared
+    out (``asr.threads`` when set). Two 1-thread calls on 2 cores did 1.35 times the work of one
+    2-thread call (tiny.en, the corpus utterances)."""
+    cores = cores or os.cpu_count() or 1
+    jobs = jobs or (cores if cores <= 2 else cores // 2)
+    threads = config.asr.threads or max(1, cores // jobs)
+    asr = replace(config.asr, workers=max(config.asr.workers, jobs), threads=threads)
+    return replace(config, asr=asr), jobs
 
 
 def transcribe_item(
@@ -321,46 +356,3 @@ def _account(summary: RunSummary, pairs: list[tuple[str, str]], data: dict) -> N
 def _describe(exc: BaseException) -> str:
     msg = str(exc) or type(exc).__name__
     return msg if isinstance(exc, AudioError) else f"{type(exc).__name__}: {msg}"
-
-
-class _Progress:
-    """A rich progress bar over seconds of audio, shown only on a terminal."""
-
-    def __init__(self, inputs: list[InputFile], enabled: bool | None) -> None:
-        if enabled is None:
-            enabled = sys.stderr.isatty() and not os.environ.get("CI")
-        self._bar = None
-        if not enabled or not inputs:
-            return
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-        total = 0.0
-        self._dur: dict[Path, float] = {}
-        for item in inputs:
-            try:
-                d = header(item.path).duration_s  # an estimate for MP3: enough for a progress bar
-            except AudioError:
-                d = 0.0
-            self._dur[item.path] = d
-            total += d
-        self._bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed:.0f}/{task.total:.0f} s audio"),
-            TimeRemainingColumn(),
-            transient=True,
-        )
-        self._task = self._bar.add_task("transcribing", total=max(total, 1e-9))
-        self._bar.start()
-
-    def start(self, item: InputFile) -> None:
-        if self._bar:
-            self._bar.update(self._task, description=item.path.name[:40])
-
-    def advance(self, item: InputFile, result: FileResult | None = None) -> None:
-        if self._bar:
-            self._bar.advance(self._task, self._dur.get(item.path, 0.0))
-
-    def close(self) -> None:
-        if self._bar:
-            self._bar.stop()

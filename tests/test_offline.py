@@ -61,6 +61,34 @@ def test_folder_with_bad_files(dataset, tmp_path, engine):
     assert not list(out.rglob("*.tmp*"))
 
 
+def test_files_in_parallel_give_the_same_outputs_as_one_after_another(dataset, tmp_path, engine):
+    """Two files at a time, each on its own replica of the model (sized from the cores): the same
+    outputs and failures as one at a time; the summary lists files in the same order."""
+    for k in range(3):  # more files than jobs
+        shutil.copy(SPEECH / SHORT[k % 2], dataset / f"copy{k}.wav")
+    config, jobs = offline.parallel_config(Config(asr=engine.config), 0, cores=2)
+    assert (jobs, config.asr.workers, config.asr.threads) == (2, 2, engine.config.threads)
+    one = offline.run([dataset], tmp_path / "one", Config(asr=engine.config), engine=engine, progress=False)
+    two = offline.run(
+        [dataset], tmp_path / "two", config, progress=False, transcriber=offline.local_transcriber(config, jobs=jobs)
+    )
+    docs = {}
+    for name in ("one", "two"):
+        docs[name] = {
+            p.relative_to(tmp_path / name).as_posix(): {
+                k: v for k, v in json.loads(p.read_text()).items() if k != "wall_s"
+            }
+            for p in (tmp_path / name).rglob("*.json")
+            if p.name != "summary.json"
+        }
+    assert docs["one"] == docs["two"] and len(docs["two"]) == 5
+    assert [f.file for f in one.failed] == [f.file for f in two.failed]
+    assert [r["file"] for r in one.per_file] == [r["file"] for r in two.per_file]
+    assert two.wer.wer == one.wer.wer
+    # a machine of 8 cores: 4 files at a time, 2 threads each
+    assert offline.parallel_config(Config(), 0, cores=8)[0].asr.threads == 2
+
+
 def test_json_schema_and_times(dataset, tmp_path, engine):
     out = tmp_path / "out"
     run([dataset / "nested" / SHORT[1]], out, engine)
