@@ -19,17 +19,21 @@ include it.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
 from speechpipe.pipeline.config import Config
-from speechpipe.pipeline.offline import transcribe_file
+from speechpipe.pipeline.offline import parallel_config, transcribe_file
 from speechpipe.stages.asr import AsrConfig, AsrEngine, load_model
 from speechpipe.stages.audio import load_audio
 from speechpipe.telemetry.wer import score
@@ -79,6 +83,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--processes", action="store_true", help="also compare whole processes (model load included)")
     args = ap.parse_args()
 
     audio, reference, facts = build_long_file(args.seed)
@@ -97,9 +102,17 @@ def main() -> int:
     engine = AsrEngine(asr, model=model)
     config = Config(asr=asr)
     pcm16 = sf.read(wav, dtype="float32")[0]  # the same samples the file holds
+    # What `speechpipe transcribe` does by default: replicas of the model sized from the cores,
+    # the file's windows on a pool of them while the file is still being read.
+    par_config, _jobs = parallel_config(Config(asr=replace(asr, threads=0)), 0, args.threads)
+    par_engine = AsrEngine(par_config.asr, model=load_model(par_config.asr))
+    asr_pool = ThreadPoolExecutor(par_config.asr.workers)
+
+    def speechpipe_inline() -> str:
+        return transcribe_file(wav, config, engine).text
 
     def speechpipe() -> str:
-        return transcribe_file(wav, config, engine).text
+        return transcribe_file(wav, par_config, par_engine, pool=asr_pool).text
 
     def faster_whisper(vad: bool, words: bool):
         def run() -> str:
@@ -109,13 +122,15 @@ def main() -> int:
         return run
 
     systems = {
-        "speechpipe (VAD + packed windows, words)": speechpipe,
+        "speechpipe (default: windows on 2 replicas)": speechpipe,
+        "speechpipe (inline, one call per release)": speechpipe_inline,
         "faster-whisper vad_filter=False": faster_whisper(False, False),
         "faster-whisper vad_filter=True": faster_whisper(True, False),
         "faster-whisper vad_filter=False, words": faster_whisper(False, True),
         "faster-whisper vad_filter=True, words": faster_whisper(True, True),
     }
     speechpipe()  # warm-up: first-call allocations should not count for anyone
+    speechpipe_inline()
     times: dict[str, list[float]] = {name: [] for name in systems}
     texts: dict[str, str] = {}
     for _ in range(args.repeat):
@@ -134,7 +149,45 @@ def main() -> int:
     print(
         f"\n{duration:.1f} s audio; median of {args.repeat} interleaved runs; tiny.en int8, beam 1, {args.threads} threads"
     )
+    if args.processes:
+        processes(wav, reference, duration, args)
     return 0
+
+
+#: plain faster-whisper as its user would run it: the same bundled model, all cores, its VAD.
+FW_SCRIPT = """
+import sys
+from faster_whisper import WhisperModel
+from speechpipe.stages.asr.model import resolve_model
+model = WhisperModel(resolve_model("tiny.en"), device="cpu", compute_type="int8", cpu_threads=int(sys.argv[2]))
+segments, _ = model.transcribe(sys.argv[1], beam_size=1, language="en", vad_filter=True)
+print(" ".join(s.text.strip() for s in segments))
+"""
+
+
+def processes(wav: Path, reference: str, duration: float, args) -> None:
+    """Whole processes on the same file, interleaved: ``speechpipe transcribe`` (model load, file
+    decode and outputs included) against a faster-whisper script with ``vad_filter=True``."""
+    out = wav.parent / "out"
+    runs = {
+        "speechpipe transcribe (process)": [sys.executable, "-m", "speechpipe.pipeline.cli", "transcribe", str(wav)],
+        "faster-whisper vad_filter=True (process)": [sys.executable, "-c", FW_SCRIPT, str(wav), str(args.threads)],
+    }
+    runs["speechpipe transcribe (process)"] += ["-o", str(out), "--force", "-q", "--no-progress"]
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    texts: dict[str, str] = {}
+    for _ in range(args.repeat):
+        for name, cmd in runs.items():
+            t0 = time.perf_counter()
+            done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
+            times[name].append(time.perf_counter() - t0)
+            texts[name] = done.stdout if "faster" in name else json.loads((out / "long.wav.json").read_text())["text"]
+    ref_wall = statistics.median(times["faster-whisper vad_filter=True (process)"])
+    print(f"\n{'whole process':44} {'wall s':>8} {'RTF':>7} {'WER %':>7} {'speed vs fw VAD':>16}")
+    for name in runs:
+        wall = statistics.median(times[name])
+        wer = score(reference, texts[name]).wer * 100
+        print(f"{name:44} {wall:8.2f} {wall / duration:7.4f} {wer:7.2f} {ref_wall / wall:15.2f}x")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ live server drives the same sessions through its scheduler instead."""
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Executor, Future
 
 import numpy as np
 
@@ -26,18 +28,60 @@ def run_job(engine: AsrEngine, job: AsrJob) -> tuple[list[Transcript], AsrRun]:
     return run_jobs(engine, [job])[0]
 
 
-def drive(session: StreamSession, engine: AsrEngine, chunks: Iterable[np.ndarray]) -> Iterator[Event]:
-    """Feed ``chunks`` through ``session`` and run its jobs inline. Yields every event in order;
-    ends once the stream is finished and drained."""
+def drive(
+    session: StreamSession,
+    engine: AsrEngine,
+    chunks: Iterable[np.ndarray],
+    pool: Executor | None = None,
+    per_call: int = 2,
+) -> Iterator[Event]:
+    """Feed ``chunks`` through ``session`` and run its jobs. Yields every event in order; ends once
+    the stream is finished and drained.
 
-    def run_ready() -> Iterator[Event]:
-        jobs = session.take_jobs()
-        for job, result in zip(jobs, run_jobs(engine, jobs)):
-            yield from session.complete(job, *result)
+    Without ``pool`` the jobs run inline, all those released together in one engine call. With a
+    pool (threads on as many CTranslate2 replicas of the model), every ``per_call`` jobs go to
+    the pool as soon as they are released and the audio keeps being decoded and segmented
+    meanwhile; results are handed back in job order. On 2 cores, 2 replicas of 1 thread with 2
+    windows a call took 7.0-7.4 s on the 408 s benchmark file against 9.8-11.7 s inline on 2
+    threads, with the same transcript."""
+    if pool is None:
 
-    for chunk in chunks:
-        yield from session.feed(chunk)
+        def run_ready() -> Iterator[Event]:
+            jobs = session.take_jobs()
+            for job, result in zip(jobs, run_jobs(engine, jobs)):
+                yield from session.complete(job, *result)
+
+        for chunk in chunks:
+            yield from session.feed(chunk)
+            yield from run_ready()
+        yield from session.finish()
         yield from run_ready()
-    yield from session.finish()
-    yield from run_ready()
+        session.close()
+        return
+
+    pending: deque[tuple[list[AsrJob], Future]] = deque()
+
+    def submit() -> None:
+        jobs = session.take_jobs()
+        for i in range(0, len(jobs), per_call):
+            group = jobs[i : i + per_call]
+            pending.append((group, pool.submit(run_jobs, engine, group)))
+
+    def collect(wait: bool) -> Iterator[Event]:
+        while pending and (wait or pending[0][1].done()):
+            group, future = pending.popleft()
+            for job, result in zip(group, future.result()):
+                yield from session.complete(job, *result)
+
+    try:
+        for chunk in chunks:
+            yield from session.feed(chunk)
+            submit()
+            yield from collect(wait=False)
+        yield from session.finish()
+        submit()
+        yield from collect(wait=True)
+    finally:
+        for _group, future in pending:  # a failure left work queued: do not run it for nothing
+            future.cancel()
     session.close()

@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -144,12 +144,15 @@ def transcribe_file(
     reference: str | None = None,
     stream_id: str | None = None,
     packed: bool = True,
+    pool: Executor | None = None,
 ) -> FileResult:
     """Transcribe one file through a :class:`StreamSession` (raises :class:`AudioError`).
 
     The file is decoded once, block by block; its duration is the frames actually decoded (exact
     for MP3, whose header only estimates it). With ``packed`` False every segment is transcribed
     alone, as the live server does (the drift baseline needs the live path's confidences).
+    With ``pool`` its windows run there while the file is still being read (see
+    :func:`~speechpipe.pipeline.driver.drive`).
     """
     t0 = time.perf_counter()
     info = header(path)
@@ -164,7 +167,7 @@ def transcribe_file(
     )
     finals: list[FinalTranscript] = []
     try:
-        for event in drive(session, engine, iter_file_blocks(path, BLOCK_S)):
+        for event in drive(session, engine, iter_file_blocks(path, BLOCK_S), pool):
             if isinstance(event, FinalTranscript):
                 finals.append(event)
     except BaseException as exc:
@@ -287,36 +290,48 @@ def local_transcriber(
     jobs: int = 1,
 ) -> Transcriber:
     """Files in this process on ``engine`` (loaded at the first file): one after another, or
-    ``jobs`` at a time, each in a thread of its own on one of the model's ``jobs`` CTranslate2
-    replicas (while one file decodes and runs its VAD, the other's windows run on the model)."""
+    ``jobs`` at a time, each read, segmented and driven by a thread of its own while the windows
+    of all of them run on a pool of ``asr.workers`` threads, one per CTranslate2 replica of the
+    model (see :func:`~speechpipe.pipeline.driver.drive`)."""
 
     def run_all(items: list[InputFile], started: Callable[[InputFile], None]):
         eng = engine
+        if items and eng is None:
+            eng = load_engine(config)
+        workers = eng.config.workers if eng is not None else 1
+        asr = ThreadPoolExecutor(workers, thread_name_prefix="asr") if workers > 1 else None
 
         def one(item: InputFile) -> FileResult | Failure:
             observers = observers_factory(item) if observers_factory else ()
-            return transcribe_item(item, config, eng, observers)
+            return transcribe_item(item, config, eng, observers, asr)
 
-        if items and eng is None:
-            eng = load_engine(config)
-        if jobs <= 1:
-            for item in items:
-                started(item)
-                yield item, one(item)
-            return
-        with ThreadPoolExecutor(jobs, thread_name_prefix="transcribe") as pool:
-            waiting = list(reversed(items))
-            running = {}
-            while waiting or running:
-                while waiting and len(running) < jobs:
-                    item = waiting.pop()
-                    started(item)
-                    running[pool.submit(one, item)] = item
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    yield running.pop(fut), fut.result()
+        try:
+            yield from _run_files(items, started, one, jobs)
+        finally:
+            if asr is not None:
+                asr.shutdown(cancel_futures=True)
 
     return run_all
+
+
+def _run_files(items, started, one, jobs: int):
+    """``one`` over ``items``, ``jobs`` at a time; each item with its outcome as it completes."""
+    if jobs <= 1:
+        for item in items:
+            started(item)
+            yield item, one(item)
+        return
+    with ThreadPoolExecutor(jobs, thread_name_prefix="transcribe") as pool:
+        waiting = list(reversed(items))
+        running = {}
+        while waiting or running:
+            while waiting and len(running) < jobs:
+                item = waiting.pop()
+                started(item)
+                running[pool.submit(one, item)] = item
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                yield running.pop(fut), fut.result()
 
 
 def parallel_config(config: Config, jobs: int = 0, cores: int | None = None) -> tuple[Config, int]:
@@ -332,11 +347,16 @@ def parallel_config(config: Config, jobs: int = 0, cores: int | None = None) -> 
 
 
 def transcribe_item(
-    item: InputFile, config: Config, engine: AsrEngine, observers: Iterable[Observer | None] = ()
+    item: InputFile,
+    config: Config,
+    engine: AsrEngine,
+    observers: Iterable[Observer | None] = (),
+    pool: Executor | None = None,
 ) -> FileResult | Failure:
     """One input transcribed, or why it could not be (a corrupt file is a :class:`Failure`)."""
     try:
-        return transcribe_file(item.path, config, engine, observers=observers, reference=read_reference(item))
+        ref = read_reference(item)
+        return transcribe_file(item.path, config, engine, observers=observers, reference=ref, pool=pool)
     except (AudioError, sf.LibsndfileError, RuntimeError, ValueError, OSError) as exc:
         return Failure(str(item.path), _describe(exc))
 
