@@ -9,9 +9,12 @@ with one shared model (tiny.en int8, beam 1, same thread count), with:
 * faster-whisper ``transcribe(vad_filter=True)`` (its Silero VAD)
 * the same two with ``word_timestamps=True``, which speechpipe always computes
 
-Each configuration runs ``--repeat`` times, interleaved, and the table shows the median wall time.
-faster-whisper gets the already decoded 16 kHz array, so its rows exclude decoding; speechpipe's
-include it.
+Each configuration runs ``--repeat`` times, interleaved, and the table shows the median wall time,
+and what each run asked of the model: encoder passes (30 s windows encoded), decoded tokens (every
+decode, temperature fallbacks included) and CPU seconds per second of audio (the process's CPU
+time over the run, all threads). faster-whisper gets the already decoded 16 kHz array, so its rows
+exclude decoding; speechpipe's include it. ``--processes`` adds whole processes (model load, file
+decode and outputs included), with their CPU time from the operating system.
 
     python benchmarks/offline.py [--repeat 3] [--threads 2] [--seed 1]
 """
@@ -20,10 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -78,6 +83,45 @@ def build_long_file(seed: int) -> tuple[np.ndarray, str, dict]:
     return audio, " ".join(refs), facts
 
 
+class CountingModel:
+    """Stands in for a ``WhisperModel``'s CTranslate2 model and counts what is asked of it:
+    encoder passes and decoded tokens. Everything else goes to the real model. Thread-safe: the
+    replicas of the parallel path call it from several threads."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+        self._lock = threading.Lock()
+        self.encoder_passes = 0
+        self.tokens = 0
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def encode(self, features, *args, **kwargs):
+        with self._lock:
+            self.encoder_passes += int(features.shape[0])
+        return self._inner.encode(features, *args, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        results = self._inner.generate(*args, **kwargs)
+        with self._lock:
+            self.tokens += sum(len(seq) for r in results for seq in r.sequences_ids)
+        return results
+
+    def take(self) -> tuple[int, int]:
+        """Passes and tokens since the last call."""
+        with self._lock:
+            counts = (self.encoder_passes, self.tokens)
+            self.encoder_passes = self.tokens = 0
+        return counts
+
+
+def counted(model) -> CountingModel:
+    """Wrap ``model``'s CTranslate2 model in a :class:`CountingModel` (in place); returns it."""
+    model.model = CountingModel(model.model)
+    return model.model
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=3)
@@ -99,13 +143,16 @@ def main() -> int:
 
     asr = AsrConfig(beam_size=1, threads=args.threads, compute_type="int8", device="cpu")
     model = load_model(asr)
+    counter = counted(model)
     engine = AsrEngine(asr, model=model)
     config = Config(asr=asr)
     pcm16 = sf.read(wav, dtype="float32")[0]  # the same samples the file holds
     # What `speechpipe transcribe` does by default: replicas of the model sized from the cores,
     # the file's windows on a pool of them while the file is still being read.
     par_config, _jobs = parallel_config(Config(asr=replace(asr, threads=0)), 0, args.threads)
-    par_engine = AsrEngine(par_config.asr, model=load_model(par_config.asr))
+    par_model = load_model(par_config.asr)
+    par_counter = counted(par_model)
+    par_engine = AsrEngine(par_config.asr, model=par_model)
     asr_pool = ThreadPoolExecutor(par_config.asr.workers)
 
     def speechpipe_inline() -> str:
@@ -131,21 +178,35 @@ def main() -> int:
     }
     speechpipe()  # warm-up: first-call allocations should not count for anyone
     speechpipe_inline()
+    counter.take()
+    par_counter.take()
     times: dict[str, list[float]] = {name: [] for name in systems}
+    cpu: dict[str, list[float]] = {name: [] for name in systems}
+    work: dict[str, tuple[int, int]] = {}
     texts: dict[str, str] = {}
     for _ in range(args.repeat):
         for name, fn in systems.items():
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             texts[name] = fn()
             times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+            passes, tokens = (par_counter if fn is speechpipe else counter).take()
+            work[name] = (passes, tokens)  # the same every run: the decode is deterministic
 
     ref_name = "faster-whisper vad_filter=True"
     ref_wall = statistics.median(times[ref_name])
-    print(f"\n{'system':44} {'wall s':>8} {'RTF':>7} {'WER %':>7} {'speed vs fw VAD':>16}")
+    print(
+        f"\n{'system':44} {'wall s':>8} {'RTF':>7} {'WER %':>7} {'speed vs fw VAD':>16}"
+        f" {'enc passes':>10} {'tokens':>7} {'CPU s/audio s':>13}"
+    )
     for name in systems:
         wall = statistics.median(times[name])
         wer = score(reference, texts[name]).wer * 100
-        print(f"{name:44} {wall:8.2f} {wall / duration:7.4f} {wer:7.2f} {ref_wall / wall:15.2f}x")
+        passes, tokens = work[name]
+        print(
+            f"{name:44} {wall:8.2f} {wall / duration:7.4f} {wer:7.2f} {ref_wall / wall:15.2f}x"
+            f" {passes:10d} {tokens:7d} {statistics.median(cpu[name]) / duration:13.4f}"
+        )
     print(
         f"\n{duration:.1f} s audio; median of {args.repeat} interleaved runs; tiny.en int8, beam 1, {args.threads} threads"
     )
@@ -175,19 +236,24 @@ def processes(wav: Path, reference: str, duration: float, args) -> None:
     }
     runs["speechpipe transcribe (process)"] += ["-o", str(out), "--force", "-q", "--no-progress"]
     times: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
     texts: dict[str, str] = {}
     for _ in range(args.repeat):
         for name, cmd in runs.items():
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
             done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
             times[name].append(time.perf_counter() - t0)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu[name].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
             texts[name] = done.stdout if "faster" in name else json.loads((out / "long.wav.json").read_text())["text"]
     ref_wall = statistics.median(times["faster-whisper vad_filter=True (process)"])
-    print(f"\n{'whole process':44} {'wall s':>8} {'RTF':>7} {'WER %':>7} {'speed vs fw VAD':>16}")
+    print(f"\n{'whole process':44} {'wall s':>8} {'RTF':>7} {'WER %':>7} {'speed vs fw VAD':>16} {'CPU s/audio s':>13}")
     for name in runs:
         wall = statistics.median(times[name])
         wer = score(reference, texts[name]).wer * 100
-        print(f"{name:44} {wall:8.2f} {wall / duration:7.4f} {wer:7.2f} {ref_wall / wall:15.2f}x")
+        per_audio = statistics.median(cpu[name]) / duration
+        print(f"{name:44} {wall:8.2f} {wall / duration:7.4f} {wer:7.2f} {ref_wall / wall:15.2f}x {per_audio:13.4f}")
 
 
 if __name__ == "__main__":

@@ -97,8 +97,6 @@ class StreamSession:
         pack_s: pack closed segments into final jobs (Whisper windows) of up to this many seconds
             of audio; 0 gives one job per segment as soon as it closes (live).
         pack_gap_s: silence the engine puts between packed segments (counted when packing).
-        pack_lookahead_s: offline, how much closed-segment audio to gather before packing; more
-            gives fuller windows, at the cost of holding that audio in memory.
         stream_id: identifier used in events and telemetry; random when not given.
         observers: told every event of the stream (see :mod:`speechpipe.pipeline.hooks`).
         clock: monotonic seconds; the arrival time of fed audio and of finals.
@@ -114,7 +112,6 @@ class StreamSession:
         channels: int = 1,
         pack_s: float = 0.0,
         pack_gap_s: float = 0.3,
-        pack_lookahead_s: float = 120.0,
         stream_id: str | None = None,
         observers: Iterable[Observer | None] = (),
         clock: Callable[[], float] = time.monotonic,
@@ -130,7 +127,6 @@ class StreamSession:
         self.channels = channels
         self.pack_s = pack_s
         self.pack_gap_s = pack_gap_s
-        self.pack_lookahead_s = pack_lookahead_s
         self.observers = Observers(observers)
         self.clock = clock
         self.vad = VadSegmenter(vad or VadConfig())
@@ -210,8 +206,8 @@ class StreamSession:
         """Final jobs ready to run.
 
         Live (``pack_s == 0``): one job per segment, as soon as it closes. Offline: closed segments
-        wait until ``pack_lookahead_s`` of audio has gathered (or the stream ended), then are
-        packed into as few ``pack_s`` windows as possible
+        fill ``pack_s`` windows in stream order; a window is released once the next segment does
+        not fit in it, the last one when the stream has ended
         (:func:`~speechpipe.stages.asr.packing.release_groups`). One job is one window.
         """
         if self.pack_s <= 0:
@@ -219,7 +215,7 @@ class StreamSession:
             self._closed.clear()
             return jobs
         groups, keep = release_groups(
-            [s.duration_s for s in self._closed], self.pack_s, self.pack_gap_s, self.pack_lookahead_s, self._finished
+            [s.duration_s for s in self._closed], self.pack_s, self.pack_gap_s, self._finished
         )
         jobs = [self._make_job([self._closed[i] for i in g]) for g in groups]
         self._closed = [self._closed[i] for i in keep]

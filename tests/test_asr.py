@@ -10,6 +10,7 @@ from conftest import NOISE, SPEECH
 from speechpipe.pipeline.config import Config
 from speechpipe.pipeline.offline import transcribe_file
 from speechpipe.stages.asr import AsrConfig, AudioPiece, is_hallucination, pack_windows
+from speechpipe.stages.asr.packing import release_groups
 from speechpipe.stages.audio import load_audio
 from speechpipe.telemetry.wer import score
 
@@ -23,17 +24,23 @@ UTTERANCES = [
 ]
 
 
-def test_pack_windows_first_fit_decreasing():
-    durations = [20.0, 5.0, 18.0, 4.0, 3.0, 29.5, 31.0]
+def test_pack_windows_fills_windows_in_stream_order():
+    durations = [20.0, 5.0, 18.0, 4.0, 3.0, 29.5, 31.0, 1.0]
     groups = pack_windows(durations, window_s=24.0, gap_s=0.3)
-    assert sorted(i for g in groups for i in g) == list(range(len(durations)))
+    assert [i for g in groups for i in g] == list(range(len(durations)))  # neighbours stay neighbours
     for g in groups:
-        assert g == sorted(g)  # stream order inside a window
         total = sum(durations[i] for i in g) + 0.3 * (len(g) - 1)
         assert total <= 24.0 or len(g) == 1
-    # Longest first: 18+5 share a window, 4 fits in neither (24.3 s with the gaps) so it opens a
-    # third, 3 joins 20; the two longer than the window stand alone.
-    assert groups == [[0, 4], [1, 2], [3], [5], [6]]
+    # 20 + 5 is 25.3 s with the gap: 5 opens a window that 18 joins (23.3 s); 4 + 3 fit together;
+    # the two longer than the window stand alone, and 1 s cannot follow 31 s.
+    assert groups == [[0], [1, 2], [3, 4], [5], [6], [7]]
+
+
+def test_release_groups_keeps_the_window_still_filling():
+    durations = [20.0, 5.0, 18.0, 4.0]
+    assert release_groups(durations, 24.0, 0.3, finished=False) == ([[0], [1, 2]], [3])
+    assert release_groups(durations, 24.0, 0.3, finished=True) == ([[0], [1, 2], [3]], [])
+    assert release_groups([], 24.0, 0.3, finished=False) == ([], [])
 
 
 def test_packed_pieces_get_their_own_words(engine):
@@ -59,6 +66,48 @@ def test_packed_pieces_get_their_own_words(engine):
         assert score(ref, t.text).wer <= wer_ceiling(f"wer.packed_pieces.{k}"), (ref, t.text)
     all_refs = " ".join(refs)
     assert score(all_refs, " ".join(t.text for t in transcripts)).wer <= wer_ceiling("wer.packed_all")
+
+
+def test_a_decode_that_stops_early_goes_on_from_the_same_encoder_output(engine, monkeypatch):
+    """Whisper ends packed windows early now and then. The four utterances in one window, the
+    decode cut after the first as if Whisper had emitted end-of-text there: the continuation
+    transcribes the other three from that timestamp, without another encoder pass."""
+    from faster_whisper.audio import pad_or_trim
+
+    from speechpipe.stages.asr.windows import assemble
+
+    pieces, refs, pos = [], [], 0
+    for k, name in enumerate(UTTERANCES):
+        audio, _ = load_audio(SPEECH / name)
+        pieces.append(AudioPiece(k, pos, audio))
+        refs.append((SPEECH / name).with_suffix(".txt").read_text(encoding="utf-8"))
+        pos += audio.size
+    audio, _offsets = assemble(pieces, engine.config.gap_s)
+    decoder = engine._decoder()
+    model, tok = decoder.model, decoder.tokenizer
+    feats = model.feature_extractor(audio)
+    size = min(3000, feats.shape[-1] - 1)
+    encoder_output = model.encode(pad_or_trim(feats[:, :size])[None])
+    result, avg_logprob, temperature, _ratio = model.generate_with_fallback(
+        encoder_output, decoder.prompt, tok, decoder.options
+    )
+    tokens = list(result.sequences_ids[0])
+    stamps = [i for i, t in enumerate(tokens) if t >= tok.timestamp_begin]
+    cut = tokens[: stamps[1] + 1]  # Whisper's first segment, closed by its timestamp
+    assert (cut[-1] - tok.timestamp_begin) * model.time_precision < audio.size / 16000 - 5
+    # the first utterance alone: the other three are left for the continuation
+    assert score(refs[0], tok.decode([t for t in cut if t < tok.eot])).wer <= wer_ceiling("wer.packed_pieces.0")
+
+    def no_encoder(*_args, **_kwargs):
+        raise AssertionError("a continuation must not encode the window again")
+
+    monkeypatch.setattr(model, "encode", no_encoder)
+    runs = [[(cut, result.no_speech_prob, avg_logprob, temperature)]]
+    decoder._continue(encoder_output, runs, [size], decoder.prompt, decoder.options)
+    assert len(runs[0]) >= 2
+    assert runs[0][1][0][0] == cut[-1]  # started where the cut decode ended
+    text = " ".join(tok.decode([t for t in run[0] if t < tok.eot]) for run in runs[0])
+    assert score(" ".join(refs), text).wer <= wer_ceiling("wer.packed_all"), text
 
 
 def test_batched_and_sequential_windows_agree(engine):

@@ -69,7 +69,7 @@ def test_live_mode_one_job_per_segment_and_offline_packs():
     assert len(jobs) == len(segs) >= 3 and all(len(j.segments) == 1 and j.kind is JobKind.FINAL for j in jobs)
     assert live.pending == len(segs) and not live.done
 
-    offline = StreamSession(VadConfig(), pack_s=24.0, pack_lookahead_s=120.0)
+    offline = StreamSession(VadConfig(), pack_s=24.0)
     vad_events(offline, audio, 16000)
     packed = offline.take_jobs()
     assert sum(len(j.segments) for j in packed) == len(segs)
@@ -77,13 +77,21 @@ def test_live_mode_one_job_per_segment_and_offline_packs():
     assert all(j.audio_s <= 24.0 for j in packed)
 
 
-def test_offline_waits_for_lookahead_before_packing():
+def test_offline_releases_a_window_once_the_next_segment_does_not_fit():
     audio, _ = sf.read(VAD_CLIPS / "ami-excerpt_pyannote-dev01.wav", dtype="float32")
-    session = StreamSession(VadConfig(), pack_s=24.0, pack_lookahead_s=120.0)
-    session.feed(audio)
-    assert session.take_jobs() == []  # 15 s of speech closed: not enough to pack well yet
-    session.finish()
-    assert session.take_jobs()
+    session = StreamSession(VadConfig(), pack_s=6.0)
+    segs = [e for e in session.feed(audio) if isinstance(e, SpeechSegment)]
+    early = session.take_jobs()
+    assert early, "full windows go out while the stream is still open"
+    released = [s.index for j in early for s in j.segments]
+    assert released == [s.index for s in segs[: len(released)]]  # in stream order
+    assert len(released) < len(segs)  # the window still filling waits for the next segment
+    for job in early:
+        assert sum(s.duration_s for s in job.segments) + 0.3 * (len(job.segments) - 1) <= 6.0 or len(job.segments) == 1
+    segs += [e for e in session.finish() if isinstance(e, SpeechSegment)]
+    rest = session.take_jobs()
+    assert rest
+    assert [s.index for j in early + rest for s in j.segments] == [s.index for s in segs]
 
 
 def test_bad_audio_is_refused():

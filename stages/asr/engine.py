@@ -23,7 +23,8 @@ from speechpipe.stages.asr.packing import pack_items
 from speechpipe.stages.asr.types import AsrRun, AudioPiece, Decoding, Transcript, WindowStats
 from speechpipe.stages.asr.windows import assemble, map_window, merge
 
-#: retries of audio a decode did not reach (each retry gives every miss a window of its own).
+#: retries of audio a decode did not reach, even going on from where it stopped (each retry gives
+#: every miss a window of its own).
 MAX_PACK_ATTEMPTS = 2
 
 Decoded = tuple[list[Transcript], WindowStats, list[AudioPiece | None]]
@@ -84,7 +85,8 @@ class AsrEngine:
         windows can share batched decoder calls; one (transcripts, stats) per group.
 
         Each window is encoded once. Whisper sometimes stops decoding before the end of a window
-        (it emits end-of-text after one piece, or after part of the last one); the audio it did not
+        (it emits end-of-text after one piece, or after part of the last one); the window decoder
+        goes on from there on the same encoder output, and audio even that did not
         reach is cut out of its piece and decoded again in a window of its own (up to
         ``MAX_PACK_ATTEMPTS`` times), and the words are merged back into the piece's transcript.
         Retried windows still share batched decoder calls. ``decoding``: the prompt and first

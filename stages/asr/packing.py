@@ -16,25 +16,29 @@ T = TypeVar("T")
 
 
 def pack_windows(durations: list[float], window_s: float, gap_s: float) -> list[list[int]]:
-    """First-fit-decreasing bin packing of pieces into Whisper windows.
+    """Pieces, in stream order, fill Whisper windows one after another.
 
     Whisper pays a full encoder pass per window whatever its fill, so the number of windows is
-    what costs. Pieces are placed longest first into the first window with room (``gap_s`` of
-    silence between pieces); a piece longer than ``window_s`` gets a window of its own. Returns the
-    piece indices of each window in their original (stream) order, windows ordered by their
-    first piece.
+    what costs; for a fixed order, filling each window until the next piece does not fit
+    (``gap_s`` of silence between pieces) gives the fewest. A piece longer than ``window_s`` gets
+    a window of its own. Neighbours stay neighbours: a sentence the VAD split at a pause is
+    decoded as one, and Whisper reads each piece after the speech that came before it. Measured
+    on the 408 s benchmark file (``benchmarks/offline.py``, four orders of its utterances):
+    4.25/4.48/4.25/3.89 % WER against 5.66/5.78/5.90/5.54 % for first-fit-decreasing packing
+    (fewer windows, 14 against 17, but pieces of other sentences side by side, and as many
+    encoder passes once the retries of missed audio are counted: 19-21 against 20).
+    Returns the piece indices of each window.
     """
-    bins: list[tuple[float, list[int]]] = []
-    for i in sorted(range(len(durations)), key=lambda k: -durations[k]):
-        d = durations[i]
-        for b, (fill, members) in enumerate(bins):
-            if fill + gap_s + d <= window_s:
-                bins[b] = (fill + gap_s + d, members + [i])
-                break
+    groups: list[list[int]] = []
+    used = 0.0
+    for i, d in enumerate(durations):
+        if groups and used + gap_s + d <= window_s:
+            groups[-1].append(i)
+            used += gap_s + d
         else:
-            bins.append((d, [i]))
-    groups = [sorted(members) for _fill, members in bins]
-    return sorted(groups, key=lambda g: g[0])
+            groups.append([i])
+            used = d
+    return groups
 
 
 def pack_items(items: Sequence[T], durations: Sequence[float], window_s: float, gap_s: float) -> list[list[T]]:
@@ -43,23 +47,21 @@ def pack_items(items: Sequence[T], durations: Sequence[float], window_s: float, 
 
 
 def release_groups(
-    durations: Sequence[float], window_s: float, gap_s: float, lookahead_s: float, finished: bool
+    durations: Sequence[float], window_s: float, gap_s: float, finished: bool
 ) -> tuple[list[list[int]], list[int]]:
-    """Which waiting pieces to pack into jobs now, and which to keep waiting for company.
+    """Which waiting pieces (closed segments, in stream order) to pack into jobs now, and which
+    to keep waiting for the next ones.
 
-    Offline, closed segments wait until ``lookahead_s`` of audio has gathered (or the stream
-    ended), then go out packed into as few windows as possible; the least-filled window keeps
-    waiting for more segments unless the stream is over. Returns the windows to release (piece
-    indices, see :func:`pack_windows`) and the indices kept back.
+    Offline, a window goes out as soon as the next piece does not fit in it; the last window keeps
+    filling until the stream is over. Returns the windows to release (piece indices, see
+    :func:`pack_windows`) and the indices kept back.
     """
-    if not durations or (not finished and sum(durations) < lookahead_s):
-        return [], list(range(len(durations)))
+    if not durations:
+        return [], []
     groups = pack_windows(list(durations), window_s, gap_s)
-    if finished or len(groups) == 1:
+    if finished:
         return groups, []
-    fill = [sum(durations[i] for i in g) for g in groups]
-    keep = groups.pop(fill.index(min(fill)))
-    return groups, keep
+    return groups[:-1], groups[-1]
 
 
 class WindowFill:

@@ -5,8 +5,9 @@ before the end of the audio it seeks there and encodes a fresh 30 s window for t
 our packed windows that remainder is usually the trailing post-roll of the last segment, so the
 encoder (the dominant cost on CPU) would run twice for one window. This decoder encodes each
 window exactly once, decodes it with timestamps, falls back to higher temperatures like Whisper
-when a decode fails its checks (but not on windows that look like silence), and aligns words.
-Pieces that a window's decode missed are retried by :class:`~speechpipe.stages.asr.engine.AsrEngine`.
+when a decode fails its checks (but not on windows that look like silence), goes on from where a
+decode stopped early on the same encoder output (:meth:`WindowDecoder._continue`), and aligns
+words. Pieces that even that missed are retried by :class:`~speechpipe.stages.asr.engine.AsrEngine`.
 
 It builds on faster-whisper's model helpers (prompt, timestamp splitting, word alignment), which is
 why ``pyproject.toml`` pins faster-whisper to the 1.x series this was written against.
@@ -23,6 +24,9 @@ from speechpipe.stages.asr.types import Decoding, Word
 N_FRAMES = 3000  # Whisper's 30 s window in mel frames
 #: the temperature fallback samples; seeding every batch makes transcripts reproducible run to run.
 SAMPLING_SEED = 20240601
+#: decodes on from where Whisper stopped early, per window, and the audio left that asks for one (s)
+MAX_CONTINUATIONS = 2
+CONTINUE_MIN_S = 1.0
 
 
 @dataclass
@@ -121,7 +125,6 @@ class WindowDecoder:
     def _decode_batch(self, audios: list[np.ndarray], prompt: list[int], opts) -> list[list[DecodedSegment]]:
         import ctranslate2
         from faster_whisper.audio import pad_or_trim
-        from faster_whisper.transcribe import get_compression_ratio
 
         m, tok = self.model, self.tokenizer
         ctranslate2.set_random_seed(SAMPLING_SEED)
@@ -147,27 +150,40 @@ class WindowDecoder:
                     single = m.encode(feats[k][None])
                     decoded[k] = m.generate_with_fallback(single, prompt, tok, opts)
 
+        # Each window's decodes: the first, then any continuations (tokens, no_speech, logprob, T).
+        runs = [
+            [(list(result.sequences_ids[0]), result.no_speech_prob, avg_logprob, temperature)]
+            for result, avg_logprob, temperature, _ratio in decoded
+        ]
+        self._continue(encoder_output, runs, sizes, prompt, opts)
+
         windows: list[list[dict]] = []
-        meta = []
-        for (result, avg_logprob, temperature, ratio), size in zip(decoded, sizes):
-            tokens = result.sequences_ids[0]
-            duration = size * self.time_per_frame
-            segments, _seek, _single = m._split_segments_by_timestamps(
-                tokenizer=tok, tokens=tokens, time_offset=0.0, segment_size=size, segment_duration=duration, seek=0
-            )
-            for s in segments:
-                s["seek"] = 0
+        for window_runs, size in zip(runs, sizes):
+            segments = []
+            for tokens, no_speech, avg_logprob, temperature in window_runs:
+                split, _seek, _single = m._split_segments_by_timestamps(
+                    tokenizer=tok,
+                    tokens=tokens,
+                    time_offset=0.0,
+                    segment_size=size,
+                    segment_duration=size * self.time_per_frame,
+                    seek=0,
+                )
+                for s in split:
+                    s["seek"] = 0
+                    s["meta"] = (no_speech, avg_logprob, temperature)
+                segments += split
             windows.append(segments)
-            meta.append((result.no_speech_prob, avg_logprob, temperature))
         if any(windows):
             m.add_word_timestamps(
                 windows, tok, encoder_output, sizes, opts.prepend_punctuations, opts.append_punctuations, 0.0
             )
 
         out: list[list[DecodedSegment]] = []
-        for segments, (no_speech, avg_logprob, temperature) in zip(windows, meta):
+        for segments in windows:
             items = []
             for s in segments:
+                no_speech, avg_logprob, temperature = s["meta"]
                 text = tok.decode(s["tokens"])
                 words = [
                     Word(float(w["start"]), float(w["end"]), w["word"], float(w["probability"]))
@@ -188,9 +204,82 @@ class WindowDecoder:
             out.append(items)
         return out
 
-    def _generate_batch(self, encoder_output, n: int, prompt: list[int], opts) -> list[tuple]:
-        from faster_whisper.transcribe import get_compression_ratio
+    def _continue(self, encoder_output, runs: list[list[tuple]], sizes: list[int], prompt: list[int], opts) -> None:
+        """Decode on from where Whisper stopped, on the same encoder output.
 
+        Whisper sometimes ends a packed window early: it emits end-of-text after one piece, or in
+        the middle of the last. Its own remedy is to seek there and encode a new window (one more
+        encoder pass, the dominant cost on CPU). The window's encoder output already holds that
+        audio, so the decode is started again with the last timestamp it reached as its first
+        token, which makes Whisper transcribe from that point. A continuation is kept when it gets
+        further and passes Whisper's checks; whatever is still missed is left to the engine's
+        retry in a window of its own. Windows whose encoder outputs cannot be taken apart (a batch
+        on a GPU) are left to that retry too.
+        """
+        tok, m = self.tokenizer, self.model
+        begin = tok.timestamp_begin
+        done: set[int] = set()
+        for _ in range(MAX_CONTINUATIONS):
+            need: list[tuple[int, int, int]] = []  # window, index of its last timestamp, position
+            for k, window_runs in enumerate(runs):
+                tokens = window_runs[-1][0]
+                last = max((i for i, t in enumerate(tokens) if t >= begin), default=None)
+                if k in done or last is None or not any(t < tok.eot for t in tokens):
+                    continue
+                position = tokens[last] - begin
+                if sizes[k] * self.time_per_frame - position * m.time_precision > CONTINUE_MIN_S:
+                    need.append((k, last, position))
+            if not need:
+                return
+            encoded = _subset(encoder_output, [k for k, _, _ in need], len(runs))
+            if encoded is None:
+                return
+            results = m.model.generate(
+                encoded,
+                [self._continuation_prompt(prompt, runs[k], last) + [begin + position] for k, last, position in need],
+                beam_size=opts.beam_size,
+                patience=opts.patience,
+                length_penalty=opts.length_penalty,
+                max_length=m.max_length,
+                return_scores=True,
+                return_no_speech_prob=True,
+                suppress_blank=opts.suppress_blank,
+                suppress_tokens=opts.suppress_tokens,
+            )
+            for (k, last, position), result in zip(need, results):
+                tokens = list(result.sequences_ids[0])
+                if tokens[:1] != [begin + position]:  # the prefix is part of the result
+                    tokens = [begin + position] + tokens
+                text = [t for t in tokens if t < tok.eot]
+                if tokens[-1] < begin:  # text to the end: closed at the end of the window's audio
+                    end = min(round(sizes[k] * self.time_per_frame / m.time_precision), N_FRAMES // 2)
+                    tokens.append(begin + max(end, position + 1))
+                stamps = [t - begin for t in tokens if t >= begin]
+                avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+                ratio = get_compression_ratio(tok.decode(text).strip()) if text else 0.0
+                if (
+                    not text
+                    or max(stamps) <= position
+                    or avg_logprob < opts.log_prob_threshold
+                    or ratio > opts.compression_ratio_threshold
+                ):
+                    done.add(k)
+                    continue
+                first_tokens, *rest = runs[k][-1]
+                runs[k][-1] = (first_tokens[: last + 1], *rest)  # its unfinished text is decoded again
+                runs[k].append((tokens, result.no_speech_prob, avg_logprob, 0.0))
+
+    def _continuation_prompt(self, prompt: list[int], window_runs: list[tuple], last: int) -> list[int]:
+        """``prompt`` with the window's text so far added to its previous text, as Whisper's own
+        seek would have it: without it, a decode started in mid-sentence goes astray."""
+        tok = self.tokenizer
+        previous = prompt[1 : prompt.index(tok.sot)] if prompt and prompt[0] == tok.sot_prev else []
+        for k, (tokens, *_meta) in enumerate(window_runs):
+            kept = tokens[: last + 1] if k == len(window_runs) - 1 else tokens
+            previous += [t for t in kept if t < tok.eot]
+        return self.model.get_prompt(tok, previous, without_timestamps=False)
+
+    def _generate_batch(self, encoder_output, n: int, prompt: list[int], opts) -> list[tuple]:
         m, tok = self.model, self.tokenizer
         results = m.model.generate(
             encoder_output,
@@ -218,6 +307,25 @@ class WindowDecoder:
         failed = ratio > opts.compression_ratio_threshold or avg_logprob < opts.log_prob_threshold
         silence = no_speech_prob > opts.no_speech_threshold and avg_logprob < opts.log_prob_threshold
         return failed and not silence and len(opts.temperatures) > 1
+
+
+def get_compression_ratio(text: str) -> float:
+    """Whisper's check for repetition loops (gzip ratio of the text), as faster-whisper has it."""
+    from faster_whisper.transcribe import get_compression_ratio as ratio
+
+    return ratio(text)
+
+
+def _subset(encoder_output, rows: list[int], n: int):
+    """The encoder output of ``rows`` of a batch of ``n`` windows; None where it stays on a device
+    it cannot be copied from."""
+    if len(rows) == n:
+        return encoder_output
+    if str(encoder_output.device) != "cpu":
+        return None
+    import ctranslate2
+
+    return ctranslate2.StorageView.from_array(np.ascontiguousarray(np.asarray(encoder_output)[rows]))
 
 
 def _suppress_tokens(tokenizer) -> list[int]:
