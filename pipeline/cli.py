@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from speechpipe.pipeline import deploy_cli, live_cli
-from speechpipe.pipeline.cli_args import add_config_arguments, config_from_args
+from speechpipe.pipeline.cli_args import add_config_arguments, add_ray_arguments, config_from_args, ray_settings
 from speechpipe.pipeline.config import ConfigError
 from speechpipe.pipeline.evaluate import cli as eval_cli
 from speechpipe.pipeline.monitoring import cli as monitoring_cli
@@ -39,17 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="files transcribed at a time in this process, each on a model replica (default 0: from the cores)",
     )
-    t.add_argument(
-        "--ray",
-        nargs="?",
-        const="",
-        metavar="ADDRESS",
-        help="run the files on Ray actors (pip install 'speechpipe[ray]'): no ADDRESS starts a local instance, "
-        "'auto' joins this machine's cluster, ray://HOST:10001 a remote one (inputs on a shared file system)",
-    )
-    t.add_argument("--ray-actors", type=int, default=0, help="actors, each with a model (default: CPUs / per actor)")
-    t.add_argument("--ray-cpus-per-actor", type=float, default=1.0, help="CPUs per actor (default: 1)")
-    t.add_argument("--ray-gpus-per-actor", type=float, default=0.0, help="GPUs per actor (default: 0)")
+    add_ray_arguments(t)
     add_config_arguments(t)
     t.set_defaults(func=cmd_transcribe)
 
@@ -87,10 +77,9 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
     observers = lambda item: [telemetry.stream_observer(file=str(item.path))]
     if args.ray is not None:
-        from speechpipe.pipeline.ray_runner import RaySettings, ray_transcriber
+        from speechpipe.pipeline.ray_runner import ray_transcriber
 
-        ray = RaySettings(args.ray or None, args.ray_actors, args.ray_cpus_per_actor, args.ray_gpus_per_actor)
-        transcriber = ray_transcriber(config, ray)  # the actors' spans stay on the actors
+        transcriber = ray_transcriber(config, ray_settings(args))  # the actors' spans stay on the actors
     else:
         sized, jobs = offline.parallel_config(config, args.jobs)
         transcriber = offline.local_transcriber(sized, None, observers, jobs)

@@ -98,3 +98,28 @@ def telemetry_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "telemetry.service_name": getattr(args, "service_name", None),
         "telemetry.prometheus_port": getattr(args, "prometheus_port", None),
     }
+
+
+def add_ray_arguments(p, what: str = "the files") -> None:
+    """``--ray [ADDRESS]`` and the actor sizes, for commands that can run on Ray."""
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help=f"run {what} on Ray actors (pip install 'speechpipe[ray]'): no ADDRESS starts a local instance, "
+        "'auto' joins this machine's cluster, ray://HOST:10001 a remote one (inputs on a shared file system)",
+    )
+    p.add_argument("--ray-actors", type=int, default=0, help="actors, each with a model (default: CPUs / per actor)")
+    p.add_argument("--ray-cpus-per-actor", type=float, default=1.0, help="CPUs per actor (default: 1)")
+    p.add_argument("--ray-gpus-per-actor", type=float, default=0.0, help="GPUs per actor (default: 0)")
+
+
+def ray_settings(args):
+    """The :class:`~speechpipe.pipeline.ray_runner.RaySettings` of ``--ray`` and its sizes (None
+    without ``--ray``)."""
+    if args.ray is None:
+        return None
+    from speechpipe.pipeline.ray_runner import RaySettings
+
+    return RaySettings(args.ray or None, args.ray_actors, args.ray_cpus_per_actor, args.ray_gpus_per_actor)

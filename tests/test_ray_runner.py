@@ -102,3 +102,44 @@ def test_a_file_that_crashes_its_actor_is_retried_once_then_reported(local_ray, 
         transcriber=ray_transcriber(config, RaySettings(actors=2), crash_on(victim, marker)),
     )
     assert marker.exists() and flaky.transcribed == 6 and [Path(f.file).name for f in flaky.failed] == ["corrupt.wav"]
+
+
+def _comparable(doc: dict) -> dict:
+    """An eval.json's figures without what depends on the machine and the clock."""
+    timing = ("wall", "s_per_audio_s", "asr_wall")
+
+    def strip(x):
+        if isinstance(x, dict):
+            return {k: strip(v) for k, v in x.items() if not any(t in k for t in timing)}
+        if isinstance(x, list):
+            return [strip(v) for v in x]
+        return x
+
+    return strip({k: doc[k] for k in ("variants", "comparisons", "files", "failed")})
+
+
+def test_eval_on_ray_gives_the_local_figures(local_ray, engine, tmp_path):
+    """``speechpipe eval --ray``: the reference timings and both variants' files on two actors give
+    the eval.json of the local run; the corrupt file is reported in both; the timings computed on
+    the actors fill the local cache."""
+    from test_evaluate import variants
+
+    from speechpipe.pipeline.evaluate.runner import EvalOptions, evaluate
+    from speechpipe.pipeline.ray_runner import RayPool, RaySettings
+
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    for path in speech_files()[:4]:
+        (ds / path.name).symlink_to(path)
+        (ds / path.with_suffix(".txt").name).symlink_to(path.with_suffix(".txt"))
+    (ds / "corrupt.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + os.urandom(400))
+    (ds / "corrupt.txt").write_text("a reference for audio that cannot be read\n")
+    opts = EvalOptions(report=False)
+    local = evaluate([ds], variants(), tmp_path / "local", options=opts, engine_factory=lambda cfg: engine)
+    with RayPool(RaySettings(actors=2)) as pool:
+        remote = evaluate([ds], variants(), tmp_path / "ray", options=opts, pool=pool)
+    assert _comparable(remote.doc) == _comparable(local.doc)
+    assert remote.doc["files"] == 4 and [f["file"] for f in remote.failed] == ["ds/corrupt.wav"]
+    assert [f["file"] for f in local.failed] == ["ds/corrupt.wav"]
+    assert len(list((tmp_path / "ray" / "cache" / "ref_timing").glob("*.json"))) == 4
+    assert remote.doc["variants"]["harmful"]["wer"] > remote.doc["variants"]["default"]["wer"]

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
 
-from speechpipe.pipeline.cli_args import add_set_argument, add_telemetry_arguments, telemetry_overrides
-from speechpipe.pipeline.config import load_config, parse_override
+from speechpipe.pipeline.cli_args import (
+    add_ray_arguments,
+    add_set_argument,
+    add_telemetry_arguments,
+    ray_settings,
+    telemetry_overrides,
+)
+from speechpipe.pipeline.config import ConfigError, load_config, parse_override
 from speechpipe.pipeline.evaluate.runner import EvalOptions, evaluate, pct
 from speechpipe.pipeline.evaluate.variants import EvalError, Variant, expand_sweep, variant_from_arg
 from speechpipe.pipeline.observability import start_telemetry
@@ -54,6 +61,7 @@ def add_arguments(p) -> None:
     add_set_argument(g, "set a base config key (repeatable)")
     g.add_argument("--model", help="faster-whisper model name or directory")
     g.add_argument("--threads", type=int, help="CPU threads for the model")
+    add_ray_arguments(p, "the reference timings and the variants' files")
     add_telemetry_arguments(p)
 
 
@@ -80,15 +88,23 @@ def run_cli(args) -> int:
             timelines=args.timelines,
         )
         telemetry = start_telemetry(base)
-        result = evaluate(
-            args.datasets,
-            variants,
-            args.output,
-            options=opts,
-            instrumentation=telemetry.instrumentation,
-            log=lambda m: print(m, file=sys.stderr, flush=True),
-        )
-    except EvalError as exc:
+        settings = ray_settings(args)
+        pool_context = contextlib.nullcontext()
+        if settings is not None:
+            from speechpipe.pipeline.ray_runner import RayPool
+
+            pool_context = RayPool(settings)
+        with pool_context as pool:
+            result = evaluate(
+                args.datasets,
+                variants,
+                args.output,
+                options=opts,
+                instrumentation=telemetry.instrumentation,
+                log=lambda m: print(m, file=sys.stderr, flush=True),
+                pool=pool,
+            )
+    except (EvalError, ConfigError) as exc:
         print(f"speechpipe: eval: {exc}", file=sys.stderr)
         return 2
     finally:

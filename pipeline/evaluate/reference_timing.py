@@ -75,6 +75,15 @@ class ReferenceTimer:
             atomic_write_text(cache, json.dumps(doc) + "\n")
         return doc
 
+    def has(self, path: Path, reference: str) -> bool:
+        """Whether the cache holds this file's reference timing."""
+        return self.cache_dir is not None and (self.cache_dir / f"{self._key(path, reference)}.json").is_file()
+
+    def store(self, path: Path, reference: str, doc: dict) -> None:
+        """Cache a reference timing computed elsewhere (on a Ray actor, with the same model)."""
+        if self.cache_dir is not None:
+            atomic_write_text(self.cache_dir / f"{self._key(path, reference)}.json", json.dumps(doc) + "\n")
+
     def timing(self, path: Path, reference: str, audio: np.ndarray | None = None) -> dict:
         """The reference timing of one file (a dict, see :meth:`compute`)."""
         return self._cached(

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import soundfile as sf
 from opentelemetry import context
@@ -46,6 +47,9 @@ from speechpipe.telemetry import names as n
 from speechpipe.telemetry.comparison import compare_variants
 from speechpipe.telemetry.instruments import Instrumentation
 from speechpipe.telemetry.word_timing import BOUNDARY_TOLERANCE_S
+
+if TYPE_CHECKING:
+    from speechpipe.pipeline.ray_runner import RayPool
 
 SCHEMA = "speechpipe.eval/1"
 
@@ -106,6 +110,7 @@ class _Run:
     log: Callable[[str], None]
     summaries: dict[str, dict] = field(default_factory=dict)
     failed: list[dict] = field(default_factory=list)
+    pool: RayPool | None = None
 
 
 def evaluate(
@@ -118,6 +123,7 @@ def evaluate(
     instrumentation: Instrumentation | None = None,
     observers_factory: Callable[[Variant, DatasetItem], Iterable[Observer | None]] | None = None,
     log: Callable[[str], None] | None = None,
+    pool: RayPool | None = None,
 ) -> EvalResult:
     """Run every variant over every file of ``datasets``; write ``eval.json`` (and ``report.html``).
 
@@ -127,7 +133,9 @@ def evaluate(
     once scored, the file's WER and error causes; the pipeline's own ``stream`` span of the file
     (with all its segment and ASR spans) is its child and carries the run id too, and every metric
     point carries the variant and VAD config id. ``observers_factory`` adds further observers of
-    each file's session.
+    each file's session. With a ``pool`` (an entered :class:`~speechpipe.pipeline.ray_runner.RayPool`)
+    the reference timings and the variants' files run on Ray actors
+    (:mod:`~speechpipe.pipeline.evaluate.ray_eval`), the figures are the same.
     """
     opts = options or EvalOptions()
     baseline = _check(variants, opts)
@@ -148,9 +156,14 @@ def evaluate(
         observers_factory=observers_factory,
         log=log or (lambda msg: None),
         failed=failures,
+        pool=pool,
     )
     # Reference timing: once per file with a reference, on the baseline's model.
     timer = ReferenceTimer(run.engines(ordered[0].config.asr), opts.cache_dir or out / "cache" / "ref_timing")
+    if pool is not None:
+        from speechpipe.pipeline.evaluate import ray_eval
+
+        ray_eval.prefill_timings(pool, items, timer, ordered[0].config, run.log)
     truth = reference_truths(items, timer, opts.label_check, run.log, run.failed)
     for v_i, variant in enumerate(ordered, 1):
         summary = _run_variant(run, variant, truth)
@@ -184,34 +197,25 @@ def _check(variants: Sequence[Variant], opts: EvalOptions) -> str:
 
 def _run_variant(run: _Run, variant: Variant, truth: ReferenceTruths) -> dict:
     """Every usable file through one variant; returns the variant's summary."""
-    engine = run.engines(variant.config.asr)
     inst = run.instrumentation.labelled(labels_for(variant.config)) if run.instrumentation is not None else None
     rows, runs, vtruths, vfailed = [], [], [], []
     base_rows = {r["file"]: r for r in run.summaries[run.baseline]["per_file"]} if run.baseline in run.summaries else {}
-    for item in truth.usable:
+    remote = None
+    if run.pool is not None:
+        from speechpipe.pipeline.evaluate import ray_eval
+
+        remote = ray_eval.run_variant(run.pool, variant, truth.usable, truth.truths)
+    for k, item in enumerate(truth.usable):
         file_truth = truth.truths[item.file_id]
         with _span(inst, run.run_id, variant, item) as span:
-            collector = EvalCollector()
-            observers = [collector, *(run.observers_factory(variant, item) if run.observers_factory else ())]
-            if inst is not None:
-                attributes = {n.EVAL_RUN_ID: run.run_id}
-                observers.append(
-                    inst.stream_observer(file=item.file_id, attributes=attributes, parent=context.get_current())
-                )
-            try:
-                result = transcribe_file(
-                    item.path,
-                    variant.config,
-                    engine,
-                    observers=observers,
-                    reference=item.reference,
-                    stream_id=f"{variant.name}/{item.file_id}",
-                )
-            except (AudioError, sf.LibsndfileError, RuntimeError, ValueError, OSError) as exc:
-                vfailed.append({"file": item.file_id, "error": str(exc) or type(exc).__name__})
-                run.log(f"error: [{variant.name}] {item.file_id}: {exc}")
+            if remote is not None:
+                file_run, error = remote[k].file_run, remote[k].error
+            else:
+                file_run, error = _run_file(run, variant, item, file_truth.duration, inst)
+            if file_run is None:
+                vfailed.append({"file": item.file_id, "error": error})
+                run.log(f"error: [{variant.name}] {item.file_id}: {error}")
                 continue
-            file_run = collector.file_run(item.file_id, file_truth.duration, result.text)
             row = ev.evaluate_file(file_run, file_truth, run.opts.tolerance)
             if span is not None:
                 _annotate(span, row, variant, base_rows.get(item.file_id), run.baseline)
@@ -224,6 +228,29 @@ def _run_variant(run: _Run, variant: Variant, truth: ReferenceTruths) -> dict:
     return ev.summarize_variant(
         ev.VariantInput(variant.name, rows, runs, vtruths, variant.config.to_dict(), variant.params, vfailed)
     )
+
+
+def _run_file(
+    run: _Run, variant: Variant, item: DatasetItem, duration: float, inst: Instrumentation | None
+) -> tuple[ev.FileRun | None, str]:
+    """One file through one variant here: what its collector saw, or why it failed."""
+    collector = EvalCollector()
+    observers = [collector, *(run.observers_factory(variant, item) if run.observers_factory else ())]
+    if inst is not None:
+        attributes = {n.EVAL_RUN_ID: run.run_id}
+        observers.append(inst.stream_observer(file=item.file_id, attributes=attributes, parent=context.get_current()))
+    try:
+        result = transcribe_file(
+            item.path,
+            variant.config,
+            run.engines(variant.config.asr),
+            observers=observers,
+            reference=item.reference,
+            stream_id=f"{variant.name}/{item.file_id}",
+        )
+    except (AudioError, sf.LibsndfileError, RuntimeError, ValueError, OSError) as exc:
+        return None, str(exc) or type(exc).__name__
+    return collector.file_run(item.file_id, duration, result.text), ""
 
 
 def _document(
