@@ -170,7 +170,7 @@ def main() -> int:
 
     systems = {
         "speechpipe (default: windows on 2 replicas)": speechpipe,
-        "speechpipe (inline, one call per release)": speechpipe_inline,
+        "speechpipe (inline, 2 threads)": speechpipe_inline,
         "faster-whisper vad_filter=False": faster_whisper(False, False),
         "faster-whisper vad_filter=True": faster_whisper(True, False),
         "faster-whisper vad_filter=False, words": faster_whisper(False, True),
