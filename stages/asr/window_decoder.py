@@ -231,22 +231,31 @@ class WindowDecoder:
                     need.append((k, last, position))
             if not need:
                 return
-            encoded = _subset(encoder_output, [k for k, _, _ in need], len(runs))
-            if encoded is None:
-                return
-            results = m.model.generate(
-                encoded,
-                [self._continuation_prompt(prompt, runs[k], last) + [begin + position] for k, last, position in need],
-                beam_size=opts.beam_size,
-                patience=opts.patience,
-                length_penalty=opts.length_penalty,
-                max_length=m.max_length,
-                return_scores=True,
-                return_no_speech_prob=True,
-                suppress_blank=opts.suppress_blank,
-                suppress_tokens=opts.suppress_tokens,
-            )
+            # One window at a time: Whisper's batched generate wants every prompt the same length,
+            # and each window's text so far is its own. Continuations are rare; their decode is short.
+            results = []
+            for k, last, position in need:
+                encoded = _subset(encoder_output, [k], len(runs))
+                if encoded is None:
+                    results.append(None)
+                    continue
+                [result] = m.model.generate(
+                    encoded,
+                    [self._continuation_prompt(prompt, runs[k], last) + [begin + position]],
+                    beam_size=opts.beam_size,
+                    patience=opts.patience,
+                    length_penalty=opts.length_penalty,
+                    max_length=m.max_length,
+                    return_scores=True,
+                    return_no_speech_prob=True,
+                    suppress_blank=opts.suppress_blank,
+                    suppress_tokens=opts.suppress_tokens,
+                )
+                results.append(result)
             for (k, last, position), result in zip(need, results):
+                if result is None:
+                    done.add(k)
+                    continue
                 tokens = list(result.sequences_ids[0])
                 if tokens[:1] != [begin + position]:  # the prefix is part of the result
                     tokens = [begin + position] + tokens
