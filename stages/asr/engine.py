@@ -43,8 +43,8 @@ class AsrEngine:
         self._decoder_lock = threading.Lock()  # several workers may share one engine
 
     def pack(self, pieces: list[AudioPiece]) -> list[list[AudioPiece]]:
-        """Group pieces into as few windows of at most ``window_s`` (gaps included) as
-        :func:`~speechpipe.stages.asr.packing.pack_windows` finds; each window keeps stream order."""
+        """Group pieces, in stream order, into windows of at most ``window_s`` (gaps included), as
+        :func:`~speechpipe.stages.asr.packing.pack_windows` fills them."""
         return pack_items(pieces, [p.duration_s for p in pieces], self.config.window_s, self.config.gap_s)
 
     def run(
