@@ -218,65 +218,55 @@ class WindowDecoder:
         """
         tok, m = self.tokenizer, self.model
         begin = tok.timestamp_begin
-        done: set[int] = set()
-        for _ in range(MAX_CONTINUATIONS):
-            need: list[tuple[int, int, int]] = []  # window, index of its last timestamp, position
-            for k, window_runs in enumerate(runs):
+        for k, window_runs in enumerate(runs):
+            encoded = None
+            for _ in range(MAX_CONTINUATIONS):
                 tokens = window_runs[-1][0]
                 last = max((i for i, t in enumerate(tokens) if t >= begin), default=None)
-                if k in done or last is None or not any(t < tok.eot for t in tokens):
-                    continue
+                if last is None or not any(t < tok.eot for t in tokens):
+                    break
                 position = tokens[last] - begin
-                if sizes[k] * self.time_per_frame - position * m.time_precision > CONTINUE_MIN_S:
-                    need.append((k, last, position))
-            if not need:
-                return
-            # One window at a time: Whisper's batched generate wants every prompt the same length,
-            # and each window's text so far is its own. Continuations are rare; their decode is short.
-            results = []
-            for k, last, position in need:
-                encoded = _subset(encoder_output, [k], len(runs))
+                if sizes[k] * self.time_per_frame - position * m.time_precision <= CONTINUE_MIN_S:
+                    break
                 if encoded is None:
-                    results.append(None)
-                    continue
-                [result] = m.model.generate(
-                    encoded,
-                    [self._continuation_prompt(prompt, runs[k], last) + [begin + position]],
-                    beam_size=opts.beam_size,
-                    patience=opts.patience,
-                    length_penalty=opts.length_penalty,
-                    max_length=m.max_length,
-                    return_scores=True,
-                    return_no_speech_prob=True,
-                    suppress_blank=opts.suppress_blank,
-                    suppress_tokens=opts.suppress_tokens,
+                    encoded = _row(encoder_output, k, len(runs))
+                    if encoded is None:
+                        break
+                # One window at a time: Whisper's batched generate wants every prompt the same
+                # length, and each window's text so far is its own. Continuations are rare.
+                [result] = self._generate(
+                    encoded, [self._continuation_prompt(prompt, window_runs, last) + [begin + position]], opts
                 )
-                results.append(result)
-            for (k, last, position), result in zip(need, results):
-                if result is None:
-                    done.add(k)
-                    continue
-                tokens = list(result.sequences_ids[0])
-                if tokens[:1] != [begin + position]:  # the prefix is part of the result
-                    tokens = [begin + position] + tokens
-                text = [t for t in tokens if t < tok.eot]
-                if tokens[-1] < begin:  # text to the end: closed at the end of the window's audio
-                    end = min(round(sizes[k] * self.time_per_frame / m.time_precision), N_FRAMES // 2)
-                    tokens.append(begin + max(end, position + 1))
-                stamps = [t - begin for t in tokens if t >= begin]
-                avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
-                ratio = get_compression_ratio(tok.decode(text).strip()) if text else 0.0
-                if (
-                    not text
-                    or max(stamps) <= position
-                    or avg_logprob < opts.log_prob_threshold
-                    or ratio > opts.compression_ratio_threshold
-                ):
-                    done.add(k)
-                    continue
-                first_tokens, *rest = runs[k][-1]
-                runs[k][-1] = (first_tokens[: last + 1], *rest)  # its unfinished text is decoded again
-                runs[k].append((tokens, result.no_speech_prob, avg_logprob, 0.0))
+                continued = self._continuation(result, position, sizes[k], opts)
+                if continued is None:
+                    break
+                new_tokens, avg_logprob = continued
+                # the text the first decode left unfinished is decoded again by the continuation
+                window_runs[-1] = (tokens[: last + 1], *window_runs[-1][1:])
+                window_runs.append((new_tokens, result.no_speech_prob, avg_logprob, 0.0))
+
+    def _continuation(self, result, position: int, size: int, opts) -> tuple[list[int], float] | None:
+        """A continuation's tokens (from its first timestamp, closed by a last one) and their
+        average log-probability, or None where it got no further or fails Whisper's checks."""
+        tok, begin = self.tokenizer, self.tokenizer.timestamp_begin
+        tokens = list(result.sequences_ids[0])
+        if tokens[:1] != [begin + position]:  # the prefix is part of the result
+            tokens = [begin + position] + tokens
+        text = [t for t in tokens if t < tok.eot]
+        if tokens[-1] < begin:  # text to the end: closed at the end of the window's audio
+            end = min(round(size * self.time_per_frame / self.model.time_precision), N_FRAMES // 2)
+            tokens.append(begin + max(end, position + 1))
+        stamps = [t - begin for t in tokens if t >= begin]
+        avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+        ratio = get_compression_ratio(tok.decode(text).strip()) if text else 0.0
+        if (
+            not text
+            or max(stamps) <= position
+            or avg_logprob < opts.log_prob_threshold
+            or ratio > opts.compression_ratio_threshold
+        ):
+            return None
+        return tokens, avg_logprob
 
     def _continuation_prompt(self, prompt: list[int], window_runs: list[tuple], last: int) -> list[int]:
         """``prompt`` with the window's text so far added to its previous text, as Whisper's own
@@ -288,19 +278,28 @@ class WindowDecoder:
             previous += [t for t in kept if t < tok.eot]
         return self.model.get_prompt(tok, previous, without_timestamps=False)
 
-    def _generate_batch(self, encoder_output, n: int, prompt: list[int], opts) -> list[tuple]:
-        m, tok = self.model, self.tokenizer
-        results = m.model.generate(
+    def _generate(self, encoder_output, prompts: list[list[int]], opts, **extra) -> list:
+        """CTranslate2's Whisper generate with the decoding options every decode here shares."""
+        return self.model.model.generate(
             encoder_output,
-            [list(prompt) for _ in range(n)],
+            prompts,
             beam_size=opts.beam_size,
             patience=opts.patience,
             length_penalty=opts.length_penalty,
-            max_length=m.max_length,
+            max_length=self.model.max_length,
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=opts.suppress_blank,
             suppress_tokens=opts.suppress_tokens,
+            **extra,
+        )
+
+    def _generate_batch(self, encoder_output, n: int, prompt: list[int], opts) -> list[tuple]:
+        tok = self.tokenizer
+        results = self._generate(
+            encoder_output,
+            [list(prompt) for _ in range(n)],
+            opts,
             max_initial_timestamp_index=round(opts.max_initial_timestamp / self.time_per_frame / 2),
         )
         decoded = []
@@ -325,16 +324,16 @@ def get_compression_ratio(text: str) -> float:
     return ratio(text)
 
 
-def _subset(encoder_output, rows: list[int], n: int):
-    """The encoder output of ``rows`` of a batch of ``n`` windows; None where it stays on a device
-    it cannot be copied from."""
-    if len(rows) == n:
+def _row(encoder_output, k: int, n: int):
+    """The encoder output of window ``k`` of a batch of ``n``; None where it stays on a device it
+    cannot be copied from."""
+    if n == 1:
         return encoder_output
     if str(encoder_output.device) != "cpu":
         return None
     import ctranslate2
 
-    return ctranslate2.StorageView.from_array(np.ascontiguousarray(np.asarray(encoder_output)[rows]))
+    return ctranslate2.StorageView.from_array(np.ascontiguousarray(np.asarray(encoder_output)[k : k + 1]))
 
 
 def _suppress_tokens(tokenizer) -> list[int]:
