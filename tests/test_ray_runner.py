@@ -26,15 +26,19 @@ def local_ray():
     ray.shutdown()
 
 
+def corpus_folder(dest: Path, files: int) -> Path:
+    """A folder of ``files`` corpus utterances with their references (links) and a corrupt WAV."""
+    dest.mkdir()
+    for path in speech_files()[:files]:
+        (dest / path.name).symlink_to(path)
+        (dest / path.with_suffix(".txt").name).symlink_to(path.with_suffix(".txt"))
+    (dest / "corrupt.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + os.urandom(400))
+    return dest
+
+
 @pytest.fixture
 def folder(tmp_path) -> Path:
-    src = tmp_path / "in"
-    src.mkdir()
-    for path in speech_files()[:6]:
-        (src / path.name).symlink_to(path)
-        (src / path.with_suffix(".txt").name).symlink_to(path.with_suffix(".txt"))
-    (src / "corrupt.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + os.urandom(400))
-    return src
+    return corpus_folder(tmp_path / "in", 6)
 
 
 def outputs(out: Path) -> dict[str, dict]:
@@ -127,12 +131,7 @@ def test_eval_on_ray_gives_the_local_figures(local_ray, engine, tmp_path):
     from speechpipe.pipeline.evaluate.runner import EvalOptions, evaluate
     from speechpipe.pipeline.ray_runner import RayPool, RaySettings
 
-    ds = tmp_path / "ds"
-    ds.mkdir()
-    for path in speech_files()[:4]:
-        (ds / path.name).symlink_to(path)
-        (ds / path.with_suffix(".txt").name).symlink_to(path.with_suffix(".txt"))
-    (ds / "corrupt.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + os.urandom(400))
+    ds = corpus_folder(tmp_path / "ds", 4)
     (ds / "corrupt.txt").write_text("a reference for audio that cannot be read\n")
     opts = EvalOptions(report=False)
     local = evaluate([ds], variants(), tmp_path / "local", options=opts, engine_factory=lambda cfg: engine)
