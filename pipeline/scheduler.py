@@ -316,7 +316,9 @@ def transcribe_call(
             last = pieces[-1]
             pieces.append(AudioPiece(last.index, last.start_sample, last.audio[:n]))
             filler = True
-    [(transcripts, run)] = engine.run([pieces], jobs[0].decoding)
+    # No continuations: which pieces share a live window depends on arrival times, and a
+    # continuation reads the window's text so far, so the same audio would decode differently.
+    [(transcripts, run)] = engine.run([pieces], jobs[0].decoding, resume=False)
     if filler:
         transcripts = transcripts[:-1]
     out, k = [], 0

@@ -48,12 +48,12 @@ class AsrEngine:
         return pack_items(pieces, [p.duration_s for p in pieces], self.config.window_s, self.config.gap_s)
 
     def run(
-        self, groups: list[list[AudioPiece]], decoding: Decoding | None = None
+        self, groups: list[list[AudioPiece]], decoding: Decoding | None = None, resume: bool = True
     ) -> list[tuple[list[Transcript], AsrRun]]:
         """:meth:`transcribe_groups`, with how the call ran: one :class:`AsrRun` per group, all
         sharing the call's wall-clock times (each with its own windows)."""
         started = time.time_ns()
-        results = self.transcribe_groups(groups, decoding)
+        results = self.transcribe_groups(groups, decoding, resume)
         ended = time.time_ns()
         return [
             (
@@ -79,18 +79,21 @@ class AsrEngine:
         return transcripts, stats
 
     def transcribe_groups(
-        self, groups: list[list[AudioPiece]], decoding: Decoding | None = None
+        self, groups: list[list[AudioPiece]], decoding: Decoding | None = None, resume: bool = True
     ) -> list[tuple[list[Transcript], list[WindowStats]]]:
         """Transcribe several independent groups of pieces (several jobs) at once, so that their
         windows can share batched decoder calls; one (transcripts, stats) per group.
 
         Each window is encoded once. Whisper sometimes stops decoding before the end of a window
-        (it emits end-of-text after one piece, or after part of the last one); the window decoder
-        goes on from there on the same encoder output, and audio even that did not
-        reach is cut out of its piece and decoded again in a window of its own (up to
+        (it emits end-of-text after one piece, or after part of the last one); with ``resume``
+        the window decoder goes on from there on the same encoder output, and audio even that did
+        not reach is cut out of its piece and decoded again in a window of its own (up to
         ``MAX_PACK_ATTEMPTS`` times), and the words are merged back into the piece's transcript.
         Retried windows still share batched decoder calls. ``decoding``: the prompt and first
-        temperature of every window of the call (None: none, and 0).
+        temperature of every window of the call (None: none, and 0). ``resume`` is for windows
+        whose make-up is fixed by the audio (offline): a continuation reads the window's text so
+        far as context, so where arrival times decide which pieces share a window (the live
+        scheduler) it would make the same audio come out differently run to run.
         """
         parts: dict[int, list[Transcript]] = {}
         stats: list[list[WindowStats]] = [[] for _ in groups]
@@ -106,7 +109,7 @@ class AsrEngine:
                     windows.append([(p, origin[id(p)]) for p in w])
                     owner.append(g)
             todo = [[] for _ in groups]
-            decoded = self._transcribe_windows([[p for p, _ in w] for w in windows], decoding or Decoding())
+            decoded = self._transcribe_windows([[p for p, _ in w] for w in windows], decoding or Decoding(), resume)
             for g, window, (transcripts, st, missed) in zip(owner, windows, decoded):
                 st.attempt = attempt
                 stats[g].append(st)
@@ -120,13 +123,13 @@ class AsrEngine:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _transcribe_windows(self, windows: list[list[AudioPiece]], decoding: Decoding) -> list[Decoded]:
+    def _transcribe_windows(self, windows: list[list[AudioPiece]], decoding: Decoding, resume: bool) -> list[Decoded]:
         """Run Whisper over each window: one call per window, or batched calls when
         ``batch_size`` > 1 and there is more than one window."""
         assembled = [assemble(w, self.config.gap_s) for w in windows]
         if self.config.batch_size > 1 and len(windows) > 1:
             t0 = time.perf_counter()
-            per_window = self._decoder().decode([a for a, _ in assembled], self.config.batch_size, decoding)
+            per_window = self._decoder().decode([a for a, _ in assembled], self.config.batch_size, decoding, resume)
             total = time.perf_counter() - t0
             audio_s = sum(a.size for a, _ in assembled) or 1
             walls = [total * a.size / audio_s for a, _ in assembled]
@@ -134,7 +137,7 @@ class AsrEngine:
             per_window, walls = [], []
             for audio, _ in assembled:
                 t0 = time.perf_counter()
-                per_window.append(self._decode_one(audio, decoding))
+                per_window.append(self._decode_one(audio, decoding, resume))
                 walls.append(time.perf_counter() - t0)
         return [
             map_window(w, offsets, audio, segs, wall, self.config)
@@ -161,7 +164,7 @@ class AsrEngine:
             )
         return self._window_decoder
 
-    def _decode_one(self, audio: np.ndarray, decoding: Decoding) -> list:
+    def _decode_one(self, audio: np.ndarray, decoding: Decoding, resume: bool) -> list:
         if audio.size == 0:
             return []
-        return self._decoder().decode([audio], 1, decoding)[0]
+        return self._decoder().decode([audio], 1, decoding, resume)[0]

@@ -99,10 +99,15 @@ class WindowDecoder:
         self.time_per_frame = model.feature_extractor.time_per_frame
 
     def decode(
-        self, audios: list[np.ndarray], batch_size: int = 1, decoding: Decoding | None = None
+        self,
+        audios: list[np.ndarray],
+        batch_size: int = 1,
+        decoding: Decoding | None = None,
+        resume: bool = True,
     ) -> list[list[DecodedSegment]]:
         """Decode each window (16 kHz mono, at most 30 s); returns each window's segments.
-        ``decoding``: the prompt and first temperature of every window."""
+        ``decoding``: the prompt and first temperature of every window. ``resume``: a decode that
+        stops early goes on from the same encoder output (:meth:`_continue`)."""
         decoding = decoding or Decoding()
         prompt = self._prompt(decoding.prompt)
         opts = self.options
@@ -110,7 +115,7 @@ class WindowDecoder:
             opts = replace(opts, temperatures=list(decoding.temperatures(tuple(opts.temperatures))))
         out: list[list[DecodedSegment]] = []
         for i in range(0, len(audios), max(1, batch_size)):
-            out.extend(self._decode_batch(audios[i : i + batch_size], prompt, opts))
+            out.extend(self._decode_batch(audios[i : i + batch_size], prompt, opts, resume))
         return out
 
     def _prompt(self, text: str) -> list[int]:
@@ -122,7 +127,9 @@ class WindowDecoder:
             self._prompts[text] = self.model.get_prompt(self.tokenizer, previous, without_timestamps=False)
         return self._prompts[text]
 
-    def _decode_batch(self, audios: list[np.ndarray], prompt: list[int], opts) -> list[list[DecodedSegment]]:
+    def _decode_batch(
+        self, audios: list[np.ndarray], prompt: list[int], opts, resume: bool
+    ) -> list[list[DecodedSegment]]:
         import ctranslate2
         from faster_whisper.audio import pad_or_trim
 
@@ -155,7 +162,8 @@ class WindowDecoder:
             [(list(result.sequences_ids[0]), result.no_speech_prob, avg_logprob, temperature)]
             for result, avg_logprob, temperature, _ratio in decoded
         ]
-        self._continue(encoder_output, runs, sizes, prompt, opts)
+        if resume:
+            self._continue(encoder_output, runs, sizes, prompt, opts)
 
         windows: list[list[dict]] = []
         for window_runs, size in zip(runs, sizes):
