@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from speechpipe.pipeline import deploy_cli, live_cli
+from speechpipe.pipeline.allocator import tune_allocator
 from speechpipe.pipeline.cli_args import add_config_arguments, add_ray_arguments, config_from_args, ray_settings
 from speechpipe.pipeline.config import ConfigError
 from speechpipe.pipeline.evaluate import cli as eval_cli
@@ -111,6 +112,9 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line (``argv``: the process's own arguments when None)."""
+    if argv is None:  # a process of its own: tune the allocator before any model is loaded
+        tune_allocator()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

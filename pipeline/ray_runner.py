@@ -26,6 +26,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any, Self
 
+from speechpipe.pipeline.allocator import tune_allocator
 from speechpipe.pipeline.config import Config, ConfigError
 from speechpipe.pipeline.offline import Failure, InputFile, Transcriber, load_engine, transcribe_item
 from speechpipe.pipeline.outputs import FileResult
@@ -53,6 +54,7 @@ class _Worker:
     """One actor: a model per ASR config it has been given work for, one job at a time."""
 
     def __init__(self, threads: int) -> None:
+        tune_allocator()  # before any model is loaded here (see speechpipe.pipeline.allocator)
         self.threads = threads
         self.engines: dict = {}
 
