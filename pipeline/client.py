@@ -20,10 +20,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from speechpipe.pipeline.protocol import Start
+from speechpipe.pipeline.server_settings import DEFAULT_URL  # noqa: F401 - part of this module's interface
 from speechpipe.stages.audio import header, iter_file_blocks
 from speechpipe.stages.pcm import to_mono
-
-DEFAULT_URL = "ws://127.0.0.1:8765/stream"
 
 
 @dataclass

@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import urllib.error
-import urllib.request
 from typing import Any
 
 DEFAULT_ADMIN_URL = "http://127.0.0.1:8765"
@@ -57,6 +55,9 @@ def action_of(args: argparse.Namespace) -> dict | None:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+
     from speechpipe.pipeline.server import admin_token_from_env  # the server's modules only when used
 
     token = admin_token_from_env(args.admin_token)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import sys
 from typing import Any
 
 from speechpipe.pipeline.cli_args import add_config_arguments, config_from_args
-from speechpipe.pipeline.client import DEFAULT_URL
+from speechpipe.pipeline.server_settings import DEFAULT_URL
 
 
 def register(sub: Any) -> None:
@@ -71,6 +70,8 @@ def register(sub: Any) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio  # the live commands import what they use: transcribe starts without it
+
     from speechpipe.pipeline.observability import server_telemetry, start_telemetry
     from speechpipe.pipeline.serve_loop import serve_forever
     from speechpipe.pipeline.server import SpeechServer
@@ -107,6 +108,8 @@ def _toml(value: Any) -> str:
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
+    import asyncio
+
     from speechpipe.pipeline.client import stream_file
     from speechpipe.pipeline.server import token_from_env
 
@@ -160,6 +163,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
 
 def cmd_mic(args: argparse.Namespace) -> int:
+    import asyncio
+
     from speechpipe.pipeline.mic import MicError, run_mic
     from speechpipe.pipeline.server import token_from_env
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: where ``speechpipe stream`` and ``mic`` connect by default: a local server with the default settings.
+DEFAULT_URL = "ws://127.0.0.1:8765/stream"
+
 
 @dataclass(frozen=True)
 class ServerSettings:

@@ -15,9 +15,7 @@ from speechpipe.pipeline.cli_args import (
     telemetry_overrides,
 )
 from speechpipe.pipeline.config import ConfigError, load_config, parse_override
-from speechpipe.pipeline.evaluate.runner import EvalOptions, evaluate, pct
 from speechpipe.pipeline.evaluate.variants import EvalError, Variant, expand_sweep, variant_from_arg
-from speechpipe.pipeline.observability import start_telemetry
 from speechpipe.telemetry.word_timing import BOUNDARY_TOLERANCE_S
 
 
@@ -67,6 +65,10 @@ def add_arguments(p) -> None:
 
 def run_cli(args) -> int:
     """Entry point of ``speechpipe eval`` (returns the exit code)."""
+    # imported here: every other command of the CLI starts without the eval runner and telemetry
+    from speechpipe.pipeline.evaluate.runner import EvalOptions, evaluate
+    from speechpipe.pipeline.observability import start_telemetry
+
     overrides: dict[str, Any] = dict(parse_override(t) for t in args.overrides)
     if args.model:
         overrides["asr.model"] = args.model
@@ -125,6 +127,8 @@ def run_cli(args) -> int:
 
 def print_summary(doc: dict) -> None:
     """The variant table on stdout."""
+    from speechpipe.pipeline.evaluate.runner import pct
+
     w = max([len(n) for n in doc["variants"]] + [21])
     print(
         f"{'variant':{w}s} {'WER':>7s} {'S':>4s} {'D':>4s} {'I':>4s} {'vad_drop':>8s} {'boundary':>8s} {'asr':>5s} "
