@@ -25,7 +25,7 @@ from speechpipe.pipeline.hooks import FinalTranscript, Observer
 from speechpipe.pipeline.outputs import FileResult, atomic_write_text, is_complete, output_path, write_outputs
 from speechpipe.pipeline.progress import FileProgress
 from speechpipe.pipeline.session import StreamSession
-from speechpipe.stages.asr import AsrEngine
+from speechpipe.stages.asr import AsrEngine, ModelLoadError
 from speechpipe.stages.audio import AudioError, header, iter_file_blocks
 from speechpipe.telemetry.wer import WerResult, score, score_corpus
 
@@ -115,14 +115,16 @@ def find_inputs(paths: Iterable[str | Path], exclude: Path | None = None) -> tup
     return found, missing
 
 
-class ModelError(RuntimeError):
-    """The ASR model could not be loaded; nothing can be transcribed."""
+#: the ASR model could not be loaded; nothing can be transcribed (the engine's own error, raised
+#: when the model is loaded, or first needed when it loads in the background).
+ModelError = ModelLoadError
 
 
-def load_engine(config: Config) -> AsrEngine:
-    """The shared engine for ``config.asr``; a model that cannot be loaded raises :class:`ModelError`."""
+def load_engine(config: Config, background: bool = False) -> AsrEngine:
+    """The shared engine for ``config.asr``; a model that cannot be loaded raises :class:`ModelError`
+    (with ``background``: when the engine first needs the model, see :class:`AsrEngine`)."""
     try:
-        return AsrEngine(config.asr)
+        return AsrEngine(config.asr, background=background)
     except Exception as exc:  # CTranslate2 and the hub client raise many types
         raise ModelError(f"cannot load ASR model {config.asr.model!r}: {exc}") from exc
 
@@ -296,8 +298,8 @@ def local_transcriber(
 
     def run_all(items: list[InputFile], started: Callable[[InputFile], None]):
         eng = engine
-        if items and eng is None:
-            eng = load_engine(config)
+        if items and eng is None:  # loads while the first files are read and segmented
+            eng = load_engine(config, background=True)
         workers = eng.config.workers if eng is not None else 1
         asr = ThreadPoolExecutor(workers, thread_name_prefix="asr") if workers > 1 else None
 
@@ -307,6 +309,8 @@ def local_transcriber(
 
         try:
             yield from _run_files(items, started, one, jobs)
+            if eng is not None:
+                eng.wait_loaded()  # a model that failed to load is an error even if no file needed it
         finally:
             if asr is not None:
                 asr.shutdown(cancel_futures=True)
@@ -357,6 +361,8 @@ def transcribe_item(
     try:
         ref = read_reference(item)
         return transcribe_file(item.path, config, engine, observers=observers, reference=ref, pool=pool)
+    except ModelError:
+        raise  # not this file's fault: the run stops
     except (AudioError, sf.LibsndfileError, RuntimeError, ValueError, OSError) as exc:
         return Failure(str(item.path), _describe(exc))
 

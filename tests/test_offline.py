@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from baselines import measured, wer_ceiling
-from conftest import SAMPLES, SPEECH
+from conftest import NOISE, SAMPLES, SPEECH
 
 from speechpipe.pipeline import offline
 from speechpipe.pipeline.cli import main
@@ -176,6 +176,15 @@ def test_unloadable_model_is_one_clear_error(tmp_path, capsys):
     assert code == 2
     assert "cannot load ASR model" in capsys.readouterr().err
     assert not (tmp_path / "o" / f"{SHORT[0]}.json").exists()
+
+
+def test_unloadable_model_is_an_error_even_when_no_file_needs_it(tmp_path, capsys):
+    """The model loads while the first file is segmented; a file of noise alone never asks for
+    it, and the failed load is still the run's error, not a silent success."""
+    noise = NOISE / "esc50_car_horn_2-100648-A-43.wav"
+    code = main(["transcribe", str(noise), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "none"), "-q"])
+    assert code == 2
+    assert "cannot load ASR model" in capsys.readouterr().err
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")

@@ -4,7 +4,7 @@ The public names are re-exported here; modules of the stage import each other di
 """
 
 from speechpipe.stages.asr.config import DEFAULT_MODEL, AsrConfig
-from speechpipe.stages.asr.engine import AsrEngine
+from speechpipe.stages.asr.engine import AsrEngine, ModelLoadError
 from speechpipe.stages.asr.guard import is_hallucination
 from speechpipe.stages.asr.model import load_model, resolve_device, resolve_model
 from speechpipe.stages.asr.packing import pack_windows
@@ -17,6 +17,7 @@ __all__ = [
     "AsrRun",
     "AudioPiece",
     "Decoding",
+    "ModelLoadError",
     "Transcript",
     "WindowStats",
     "Word",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import Future
 
 import numpy as np
 
@@ -27,6 +28,11 @@ from speechpipe.stages.asr.windows import assemble, map_window, merge
 #: every miss a window of its own).
 MAX_PACK_ATTEMPTS = 2
 
+
+class ModelLoadError(RuntimeError):
+    """The ASR model could not be loaded; nothing can be transcribed."""
+
+
 Decoded = tuple[list[Transcript], WindowStats, list[AudioPiece | None]]
 
 
@@ -34,13 +40,52 @@ class AsrEngine:
     """Transcribes audio pieces with a shared faster-whisper model. Synchronous and thread-safe
     to the extent CTranslate2 is (one call at a time per engine is the intended use)."""
 
-    def __init__(self, config: AsrConfig | None = None, model=None) -> None:
+    def __init__(self, config: AsrConfig | None = None, model=None, *, background: bool = False) -> None:
+        """``model``: an already loaded faster-whisper model; otherwise the one ``config`` names is
+        loaded now, or, with ``background``, in a thread of its own while the caller goes on (a
+        file is read and segmented meanwhile); the first use of :attr:`model` then waits for it,
+        and a load that failed raises :class:`ModelLoadError` there."""
         self.config = config or AsrConfig()
         self.device, self.compute_type = resolve_device(self.config.device, self.config.compute_type)
-        self.model = model if model is not None else load_model(self.config)
+        self._model = model
+        self._loading: Future | None = None
+        if model is None and background:
+            self._loading = self._load_in_background()
+        elif model is None:
+            self._model = load_model(self.config)
         self.model_name = self.config.model
         self._window_decoder = None
         self._decoder_lock = threading.Lock()  # several workers may share one engine
+
+    @property
+    def model(self):
+        """The faster-whisper model (waits for a background load to finish)."""
+        if self._model is None and self._loading is not None:
+            self._model = self._loading.result()
+        return self._model
+
+    @model.setter
+    def model(self, value) -> None:
+        self._model = value
+
+    def wait_loaded(self) -> None:
+        """Wait for a background load; raises :class:`ModelLoadError` if it failed."""
+        _ = self.model
+
+    def _load_in_background(self) -> Future:
+        done: Future = Future()
+        config = self.config
+
+        def load() -> None:
+            try:
+                done.set_result(load_model(config))
+            except Exception as exc:  # noqa: BLE001 - CTranslate2 and the hub client raise many types
+                error = ModelLoadError(f"cannot load ASR model {config.model!r}: {exc}")
+                error.__cause__ = exc
+                done.set_exception(error)
+
+        threading.Thread(target=load, name="asr-load", daemon=True).start()
+        return done
 
     def pack(self, pieces: list[AudioPiece]) -> list[list[AudioPiece]]:
         """Group pieces, in stream order, into windows of at most ``window_s`` (gaps included), as
