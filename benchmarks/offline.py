@@ -14,7 +14,12 @@ and what each run asked of the model: encoder passes (30 s windows encoded), dec
 decode, temperature fallbacks included) and CPU seconds per second of audio (the process's CPU
 time over the run, all threads). faster-whisper gets the already decoded 16 kHz array, so its rows
 exclude decoding; speechpipe's include it. ``--processes`` adds whole processes (model load, file
-decode and outputs included), with their CPU time from the operating system.
+decode and outputs included), with their CPU time from the operating system: after one untimed
+run of each (the model files in the page cache; Python may write its bytecode cache, as an
+installed package has one), ``speechpipe transcribe`` as shipped, the same with the allocator
+tuning off (``SPEECHPIPE_MALLOC_TUNING=0``), and faster-whisper's script plain and with that tuning,
+so the table shows what the tuning gives each. This process tunes the allocator as the command
+line does, so every in-process row runs with it.
 
     python benchmarks/offline.py [--repeat 3] [--threads 2] [--seed 1]
 """
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -37,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from speechpipe.pipeline.allocator import tune_allocator
 from speechpipe.pipeline.config import Config
 from speechpipe.pipeline.offline import parallel_config, transcribe_file
 from speechpipe.stages.asr import AsrConfig, AsrEngine, load_model
@@ -129,6 +136,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--processes", action="store_true", help="also compare whole processes (model load included)")
     args = ap.parse_args()
+    tuned = tune_allocator()  # as `speechpipe transcribe` does, before any model is loaded
 
     audio, reference, facts = build_long_file(args.seed)
     duration = audio.size / RATE
@@ -208,16 +216,21 @@ def main() -> int:
             f" {passes:10d} {tokens:7d} {statistics.median(cpu[name]) / duration:13.4f}"
         )
     print(
-        f"\n{duration:.1f} s audio; median of {args.repeat} interleaved runs; tiny.en int8, beam 1, {args.threads} threads"
+        f"\n{duration:.1f} s audio; median of {args.repeat} interleaved runs; tiny.en int8, beam 1, {args.threads} threads;"
+        f" allocator {'tuned' if tuned else 'as the system has it'}"
     )
     if args.processes:
         processes(wav, reference, duration, args)
     return 0
 
 
-#: plain faster-whisper as its user would run it: the same bundled model, all cores, its VAD.
+#: plain faster-whisper as its user would run it: the same bundled model, all cores, its VAD (with
+#: a third argument ``tuned``: speechpipe's allocator tuning first, to show what that alone gives).
 FW_SCRIPT = """
 import sys
+if sys.argv[3:] == ["tuned"]:
+    from speechpipe.pipeline.allocator import tune_allocator
+    tune_allocator()
 from faster_whisper import WhisperModel
 from speechpipe.stages.asr.model import resolve_model
 model = WhisperModel(resolve_model("tiny.en"), device="cpu", compute_type="int8", cpu_threads=int(sys.argv[2]))
@@ -228,32 +241,49 @@ print(" ".join(s.text.strip() for s in segments))
 
 def processes(wav: Path, reference: str, duration: float, args) -> None:
     """Whole processes on the same file, interleaved: ``speechpipe transcribe`` (model load, file
-    decode and outputs included) against a faster-whisper script with ``vad_filter=True``."""
+    decode and outputs included) against a faster-whisper script with ``vad_filter=True``, each
+    also with the allocator the other way (tuned or not); system CPU seconds shown apart."""
     out = wav.parent / "out"
+    speechpipe = [sys.executable, "-m", "speechpipe.pipeline.cli", "transcribe", str(wav)]
+    speechpipe += ["-o", str(out), "--force", "-q", "--no-progress"]
+    fw = [sys.executable, "-c", FW_SCRIPT, str(wav), str(args.threads)]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    untuned = {**env, "SPEECHPIPE_MALLOC_TUNING": "0"}
     runs = {
-        "speechpipe transcribe (process)": [sys.executable, "-m", "speechpipe.pipeline.cli", "transcribe", str(wav)],
-        "faster-whisper vad_filter=True (process)": [sys.executable, "-c", FW_SCRIPT, str(wav), str(args.threads)],
+        "speechpipe transcribe (process)": (speechpipe, env),
+        "speechpipe transcribe, allocator not tuned": (speechpipe, untuned),
+        "faster-whisper vad_filter=True (process)": (fw, env),
+        "faster-whisper vad_filter=True, allocator tuned": (fw + ["tuned"], env),
     }
-    runs["speechpipe transcribe (process)"] += ["-o", str(out), "--force", "-q", "--no-progress"]
+    for cmd, run_env in runs.values():  # untimed: page cache, bytecode cache
+        subprocess.run(cmd, cwd=ROOT, env=run_env, capture_output=True, check=True)
     times: dict[str, list[float]] = {name: [] for name in runs}
     cpu: dict[str, list[float]] = {name: [] for name in runs}
+    system: dict[str, list[float]] = {name: [] for name in runs}
     texts: dict[str, str] = {}
     for _ in range(args.repeat):
-        for name, cmd in runs.items():
+        for name, (cmd, run_env) in runs.items():
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
-            done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
+            done = subprocess.run(cmd, cwd=ROOT, env=run_env, capture_output=True, text=True, check=True)
             times[name].append(time.perf_counter() - t0)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu[name].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+            system[name].append(after.ru_stime - before.ru_stime)
             texts[name] = done.stdout if "faster" in name else json.loads((out / "long.wav.json").read_text())["text"]
     ref_wall = statistics.median(times["faster-whisper vad_filter=True (process)"])
-    print(f"\n{'whole process':44} {'wall s':>8} {'RTF':>7} {'WER %':>7} {'speed vs fw VAD':>16} {'CPU s/audio s':>13}")
+    print(
+        f"\n{'whole process':47} {'wall s':>8} {'RTF':>7} {'WER %':>7} {'speed vs fw VAD':>16}"
+        f" {'CPU s/audio s':>13} {'system CPU s':>12}"
+    )
     for name in runs:
         wall = statistics.median(times[name])
         wer = score(reference, texts[name]).wer * 100
         per_audio = statistics.median(cpu[name]) / duration
-        print(f"{name:44} {wall:8.2f} {wall / duration:7.4f} {wer:7.2f} {ref_wall / wall:15.2f}x {per_audio:13.4f}")
+        print(
+            f"{name:47} {wall:8.2f} {wall / duration:7.4f} {wer:7.2f} {ref_wall / wall:15.2f}x"
+            f" {per_audio:13.4f} {statistics.median(system[name]):12.2f}"
+        )
 
 
 if __name__ == "__main__":
