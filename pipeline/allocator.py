@@ -36,6 +36,13 @@ M_ARENA_MAX = -8
 #: two windows' attention buffers (108 MB) and the rest of an encoder pass.
 TRIM_THRESHOLD = 512 << 20
 
+#: what is set, in this order: name -> (mallopt parameter, value)
+SETTINGS = {
+    "M_ARENA_MAX": (M_ARENA_MAX, 1),  # every thread allocates from the one heap
+    "M_MMAP_MAX": (M_MMAP_MAX, 0),  # large buffers from the heap too, not a mmap each
+    "M_TRIM_THRESHOLD": (M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+}
+
 ENV = "SPEECHPIPE_MALLOC_TUNING"
 
 _applied: AllocatorTuning | None = None
@@ -66,11 +73,9 @@ def tune_allocator(environ: dict[str, str] | None = None) -> AllocatorTuning | N
     except (OSError, AttributeError):
         return None
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    settings = {"M_ARENA_MAX": 1, "M_MMAP_MAX": 0, "M_TRIM_THRESHOLD": TRIM_THRESHOLD}
-    params = {"M_ARENA_MAX": M_ARENA_MAX, "M_MMAP_MAX": M_MMAP_MAX, "M_TRIM_THRESHOLD": M_TRIM_THRESHOLD}
-    for name, value in settings.items():
-        if mallopt(params[name], value) != 1:  # mallopt returns 1 on success
+    for name, (param, value) in SETTINGS.items():
+        if mallopt(param, value) != 1:  # mallopt returns 1 on success
             log.debug("mallopt(%s, %d) refused; allocator left as it was", name, value)
             return None
-    _applied = AllocatorTuning(settings)
+    _applied = AllocatorTuning({name: value for name, (_param, value) in SETTINGS.items()})
     return _applied
