@@ -25,7 +25,7 @@ from speechpipe.pipeline.hooks import FinalTranscript, Observer
 from speechpipe.pipeline.outputs import FileResult, atomic_write_text, is_complete, output_path, write_outputs
 from speechpipe.pipeline.progress import FileProgress
 from speechpipe.pipeline.session import StreamSession
-from speechpipe.stages.asr import AsrEngine, ModelLoadError
+from speechpipe.stages.asr import AsrEngine, ModelLoadError, load_checked
 from speechpipe.stages.audio import AudioError, header, iter_file_blocks
 from speechpipe.telemetry.wer import WerResult, score, score_corpus
 
@@ -115,6 +115,10 @@ def find_inputs(paths: Iterable[str | Path], exclude: Path | None = None) -> tup
     return found, missing
 
 
+#: what reading and transcribing one file can raise that is that file's failure (not decodable,
+#: unreadable, truncated): the file is reported and the run goes on.
+FILE_ERRORS = (AudioError, sf.LibsndfileError, RuntimeError, ValueError, OSError)
+
 #: the ASR model could not be loaded; nothing can be transcribed (the engine's own error, raised
 #: when the model is loaded, or first needed when it loads in the background).
 ModelError = ModelLoadError
@@ -123,10 +127,9 @@ ModelError = ModelLoadError
 def load_engine(config: Config, background: bool = False) -> AsrEngine:
     """The shared engine for ``config.asr``; a model that cannot be loaded raises :class:`ModelError`
     (with ``background``: when the engine first needs the model, see :class:`AsrEngine`)."""
-    try:
-        return AsrEngine(config.asr, background=background)
-    except Exception as exc:  # CTranslate2 and the hub client raise many types
-        raise ModelError(f"cannot load ASR model {config.asr.model!r}: {exc}") from exc
+    if background:
+        return AsrEngine(config.asr, background=True)
+    return AsrEngine(config.asr, model=load_checked(config.asr))
 
 
 def read_reference(item: InputFile) -> str | None:
@@ -363,7 +366,7 @@ def transcribe_item(
         return transcribe_file(item.path, config, engine, observers=observers, reference=ref, pool=pool)
     except ModelError:
         raise  # not this file's fault: the run stops
-    except (AudioError, sf.LibsndfileError, RuntimeError, ValueError, OSError) as exc:
+    except FILE_ERRORS as exc:
         return Failure(str(item.path), _describe(exc))
 
 

@@ -15,16 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import soundfile as sf
-
 from speechpipe.pipeline.config import Config
 from speechpipe.pipeline.evaluate.collector import EvalCollector
 from speechpipe.pipeline.evaluate.datasets import DatasetItem
 from speechpipe.pipeline.evaluate.reference_timing import ReferenceTimer
 from speechpipe.pipeline.evaluate.variants import Variant
-from speechpipe.pipeline.offline import Failure, transcribe_file
+from speechpipe.pipeline.offline import FILE_ERRORS, Failure, transcribe_file
 from speechpipe.pipeline.ray_runner import Job, RayPool
-from speechpipe.stages.audio import AudioError
 from speechpipe.telemetry import evaluation as ev
 from speechpipe.telemetry.wer import normalized_words
 
@@ -53,7 +50,7 @@ def run_file(task: FileTask, config: Config, engine) -> FileOutcome:
         result = transcribe_file(
             task.path, config, engine, observers=[collector], reference=task.reference, stream_id=task.stream_id
         )
-    except (AudioError, sf.LibsndfileError, RuntimeError, ValueError, OSError) as exc:
+    except FILE_ERRORS as exc:
         return FileOutcome(None, str(exc) or type(exc).__name__)
     return FileOutcome(collector.file_run(task.file_id, task.duration, result.text))
 

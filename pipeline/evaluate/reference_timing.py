@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
 from speechpipe.pipeline.evaluate.datasets import DatasetItem
+from speechpipe.pipeline.offline import FILE_ERRORS
 from speechpipe.pipeline.outputs import atomic_write_text
 from speechpipe.stages.align import ForcedAligner
 from speechpipe.stages.asr import AsrEngine
-from speechpipe.stages.audio import AudioError, load_audio
+from speechpipe.stages.audio import load_audio
 from speechpipe.stages.pcm import SAMPLE_RATE
 from speechpipe.telemetry import evaluation as ev
 from speechpipe.telemetry.wer import normalized_words, score
@@ -313,7 +313,7 @@ def reference_truths(
     for k, item in enumerate(items, 1):
         try:
             audio, _info = load_audio(item.path)
-        except (AudioError, sf.LibsndfileError, RuntimeError, ValueError, OSError) as exc:
+        except FILE_ERRORS as exc:
             failures.append({"file": item.file_id, "error": str(exc) or type(exc).__name__})
             log(f"error: {item.file_id}: {exc}")
             continue

@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import soundfile as sf
 from opentelemetry import context
 
 from speechpipe.pipeline.evaluate.collector import EvalCollector
@@ -38,10 +37,9 @@ from speechpipe.pipeline.evaluate.reference_timing import (
 from speechpipe.pipeline.evaluate.variants import EvalError, Variant
 from speechpipe.pipeline.hooks import Observer
 from speechpipe.pipeline.observability import labels_for
-from speechpipe.pipeline.offline import transcribe_file
+from speechpipe.pipeline.offline import FILE_ERRORS, transcribe_file
 from speechpipe.pipeline.outputs import atomic_write_text
 from speechpipe.stages.asr import AsrConfig, AsrEngine
-from speechpipe.stages.audio import AudioError
 from speechpipe.telemetry import evaluation as ev
 from speechpipe.telemetry import names as n
 from speechpipe.telemetry.comparison import compare_variants
@@ -248,7 +246,7 @@ def _run_file(
             reference=item.reference,
             stream_id=f"{variant.name}/{item.file_id}",
         )
-    except (AudioError, sf.LibsndfileError, RuntimeError, ValueError, OSError) as exc:
+    except FILE_ERRORS as exc:
         return None, str(exc) or type(exc).__name__
     return collector.file_run(item.file_id, duration, result.text), ""
 

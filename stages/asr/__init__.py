@@ -4,9 +4,9 @@ The public names are re-exported here; modules of the stage import each other di
 """
 
 from speechpipe.stages.asr.config import DEFAULT_MODEL, AsrConfig
-from speechpipe.stages.asr.engine import AsrEngine, ModelLoadError
+from speechpipe.stages.asr.engine import AsrEngine
 from speechpipe.stages.asr.guard import is_hallucination
-from speechpipe.stages.asr.model import load_model, resolve_device, resolve_model
+from speechpipe.stages.asr.model import ModelLoadError, load_checked, load_model, resolve_device, resolve_model
 from speechpipe.stages.asr.packing import pack_windows
 from speechpipe.stages.asr.types import AsrRun, AudioPiece, Decoding, Transcript, WindowStats, Word
 
@@ -22,6 +22,7 @@ __all__ = [
     "WindowStats",
     "Word",
     "is_hallucination",
+    "load_checked",
     "load_model",
     "pack_windows",
     "resolve_device",

@@ -19,7 +19,7 @@ from concurrent.futures import Future
 import numpy as np
 
 from speechpipe.stages.asr.config import AsrConfig
-from speechpipe.stages.asr.model import load_model, resolve_device
+from speechpipe.stages.asr.model import ModelLoadError, load_checked, load_model, resolve_device
 from speechpipe.stages.asr.packing import pack_items
 from speechpipe.stages.asr.types import AsrRun, AudioPiece, Decoding, Transcript, WindowStats
 from speechpipe.stages.asr.windows import assemble, map_window, merge
@@ -27,11 +27,6 @@ from speechpipe.stages.asr.windows import assemble, map_window, merge
 #: retries of audio a decode did not reach, even going on from where it stopped (each retry gives
 #: every miss a window of its own).
 MAX_PACK_ATTEMPTS = 2
-
-
-class ModelLoadError(RuntimeError):
-    """The ASR model could not be loaded; nothing can be transcribed."""
-
 
 Decoded = tuple[list[Transcript], WindowStats, list[AudioPiece | None]]
 
@@ -78,11 +73,9 @@ class AsrEngine:
 
         def load() -> None:
             try:
-                done.set_result(load_model(config))
-            except Exception as exc:  # noqa: BLE001 - CTranslate2 and the hub client raise many types
-                error = ModelLoadError(f"cannot load ASR model {config.model!r}: {exc}")
-                error.__cause__ = exc
-                done.set_exception(error)
+                done.set_result(load_checked(config))
+            except ModelLoadError as exc:
+                done.set_exception(exc)
 
         threading.Thread(target=load, name="asr-load", daemon=True).start()
         return done

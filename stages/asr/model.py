@@ -48,6 +48,19 @@ def resolve_device(device: str, compute_type: str) -> tuple[str, str]:
     return device, compute_type
 
 
+class ModelLoadError(RuntimeError):
+    """The ASR model could not be loaded; nothing can be transcribed."""
+
+
+def load_checked(config: AsrConfig):
+    """:func:`load_model`, any failure raised as :class:`ModelLoadError` naming the model (with the
+    original as its cause)."""
+    try:
+        return load_model(config)
+    except Exception as exc:  # CTranslate2 and the hub client raise many types
+        raise ModelLoadError(f"cannot load ASR model {config.model!r}: {exc}") from exc
+
+
 _MODELS: dict[tuple, object] = {}
 _MODELS_LOCK = threading.Lock()
 
