@@ -30,14 +30,14 @@ import numpy as np
 import soundfile as sf
 
 from speechpipe.pipeline.config import Config
+from speechpipe.pipeline.evaluate.quality.vad_metrics import frame_score, pooled_score, read_segments
+from speechpipe.pipeline.evaluate.quality.wer import score, score_corpus
 from speechpipe.pipeline.evaluate.reference_timing import ReferenceTimer
-from speechpipe.pipeline.offline import run, transcribe_file
+from speechpipe.pipeline.offline.runner import run, transcribe_file
 from speechpipe.stages.asr import AsrConfig, AsrEngine, AudioPiece
 from speechpipe.stages.audio import load_audio, resample
 from speechpipe.stages.pcm import SAMPLE_RATE
 from speechpipe.stages.vad import SpeechSegment, VadConfig, VadSegmenter
-from speechpipe.telemetry.vad_metrics import frame_score, pooled_score, read_segments
-from speechpipe.telemetry.wer import score, score_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpus"

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from live_streams import FRAME_S, RATE, StreamAudio, build_stream, noises, utterances
 from streaming import pct, serve
 
-from speechpipe.pipeline.client import StreamResult, paced, stream_pcm
+from speechpipe.pipeline.clients.client import StreamResult, paced, stream_pcm
 from speechpipe.pipeline.deploy import share_of
 from speechpipe.pipeline.protocol import Start
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from speechpipe.pipeline.client import pcm_s16le
+from speechpipe.pipeline.clients.client import pcm_s16le
 from speechpipe.pipeline.protocol import Start
 from speechpipe.stages.audio import load_audio, resample
 

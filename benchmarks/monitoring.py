@@ -37,10 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from deployment import ADMIN, Server, key_for
 from live_streams import CORPUS, FORMATS, FRAME_S, RATE, StreamAudio, build_stream, noises, pause_audio, rms, utterances
 
-from speechpipe.pipeline.client import paced, stream_pcm
+from speechpipe.pipeline.clients.client import paced, stream_pcm
+from speechpipe.pipeline.evaluate.quality.wer import score_corpus
 from speechpipe.pipeline.protocol import Start
 from speechpipe.stages.audio import load_audio
-from speechpipe.telemetry.wer import score_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"

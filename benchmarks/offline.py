@@ -43,12 +43,12 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from speechpipe.pipeline.allocator import tune_allocator
 from speechpipe.pipeline.config import Config
-from speechpipe.pipeline.offline import parallel_config, transcribe_file
+from speechpipe.pipeline.evaluate.quality.wer import score
+from speechpipe.pipeline.offline.allocator import tune_allocator
+from speechpipe.pipeline.offline.runner import parallel_config, transcribe_file
 from speechpipe.stages.asr import AsrConfig, AsrEngine, load_model
 from speechpipe.stages.audio import load_audio
-from speechpipe.telemetry.wer import score
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpus"
@@ -229,7 +229,7 @@ def main() -> int:
 FW_SCRIPT = """
 import sys
 if sys.argv[3:] == ["tuned"]:
-    from speechpipe.pipeline.allocator import tune_allocator
+    from speechpipe.pipeline.offline.allocator import tune_allocator
     tune_allocator()
 from faster_whisper import WhisperModel
 from speechpipe.stages.asr.model import resolve_model

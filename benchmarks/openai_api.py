@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from deployment import Server
 from live_streams import CORPUS
 
-from speechpipe.telemetry.wer import score_corpus
+from speechpipe.pipeline.evaluate.quality.wer import score_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,6 +1,6 @@
 """How accurate are the reference word times the evaluation attributes errors with?
 
-The attribution (speechpipe.telemetry.attribution) places reference words in time with Whisper's
+The attribution (speechpipe.pipeline.evaluate.quality.attribution) places reference words in time with Whisper's
 cross-attention alignment on the unsegmented audio. This script checks those times against human
 speech/non-speech labels, where the truth is known: the VAD clips of ../shared/corpus/vad (TEN VAD
 test set: manual labels to the millisecond; AMI: human speaker turns).
@@ -26,12 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+from speechpipe.pipeline.evaluate.quality.vad_metrics import read_segments
+from speechpipe.pipeline.evaluate.quality.wer import normalized_words
+from speechpipe.pipeline.evaluate.quality.word_timing import BOUNDARY_TOLERANCE_S, edge_errors
 from speechpipe.pipeline.evaluate.reference_timing import ReferenceTimer, _timed
 from speechpipe.stages.asr import AsrConfig, AsrEngine
 from speechpipe.stages.audio import load_audio
-from speechpipe.telemetry.vad_metrics import read_segments
-from speechpipe.telemetry.wer import normalized_words
-from speechpipe.telemetry.word_timing import BOUNDARY_TOLERANCE_S, edge_errors
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CLIPS = HERE.parent.parent / "shared" / "corpus" / "vad"

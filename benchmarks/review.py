@@ -36,10 +36,10 @@ from deployment import ADMIN, Server
 from live_streams import FRAME_S, RATE, StreamAudio, build_stream, noises, utterances
 from websockets.asyncio.client import connect
 
+from speechpipe.pipeline.evaluate.quality.wer import score_corpus
 from speechpipe.pipeline.review.threshold import curve, pick
 from speechpipe.stages.align import ForcedAligner
 from speechpipe.stages.asr import AsrConfig, load_model
-from speechpipe.telemetry.wer import score_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 REVIEWER = "bench-reviewer-token"

@@ -40,13 +40,13 @@ from dataclasses import dataclass
 import numpy as np
 from live_streams import RATE, ROOT, StreamAudio, build_stream, noises, utterances
 
-from speechpipe.pipeline.client import StreamResult, paced, stream_pcm
+from speechpipe.pipeline.clients.client import StreamResult, paced, stream_pcm
 from speechpipe.pipeline.config import Config
-from speechpipe.pipeline.driver import drive
+from speechpipe.pipeline.evaluate.quality.wer import score_corpus
 from speechpipe.pipeline.hooks import FinalTranscript
+from speechpipe.pipeline.offline.driver import drive
 from speechpipe.pipeline.session import StreamSession
 from speechpipe.stages.asr import AsrConfig, AsrEngine
-from speechpipe.telemetry.wer import score_corpus
 
 FRAME_S = 0.02
 FINAL_ASR = re.compile(

@@ -55,7 +55,7 @@ def main() -> int:
 
     from speechpipe.pipeline.config import Config
     from speechpipe.pipeline.observability import start_telemetry
-    from speechpipe.pipeline.offline import transcribe_file
+    from speechpipe.pipeline.offline.runner import transcribe_file
     from speechpipe.stages.asr import AsrEngine
     from speechpipe.stages.audio import probe
 
@@ -66,7 +66,7 @@ def main() -> int:
     engine = AsrEngine(base.asr)
     # The receiver runs in a process of its own, as a collector would: its decoding work is not ours.
     rx = subprocess.Popen(
-        [sys.executable, "-m", "speechpipe.telemetry.receiver", "--protocol", args.protocol],
+        [sys.executable, str(ROOT / "tests" / "otlp_receiver.py"), "--protocol", args.protocol],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

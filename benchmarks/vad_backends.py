@@ -20,10 +20,10 @@ import sys
 import time
 from pathlib import Path
 
+from speechpipe.pipeline.evaluate.quality.vad_metrics import pooled_score, read_segments
 from speechpipe.stages.audio import load_audio
 from speechpipe.stages.pcm import SAMPLE_RATE
 from speechpipe.stages.vad import SpeechSegment, VadConfig, VadSegmenter, make_classifier
-from speechpipe.telemetry.vad_metrics import pooled_score, read_segments
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CLIPS = HERE.parent.parent / "shared" / "corpus" / "vad"

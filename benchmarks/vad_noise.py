@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 from live_streams import noise_stretch, pause_audio, rms
 
+from speechpipe.pipeline.evaluate.quality.vad_metrics import pooled_score, read_segments
 from speechpipe.stages.audio import load_audio
 from speechpipe.stages.pcm import SAMPLE_RATE
 from speechpipe.stages.vad import SpeechSegment, VadConfig, VadSegmenter
-from speechpipe.telemetry.vad_metrics import pooled_score, read_segments
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpus"

@@ -80,7 +80,7 @@ from typing import Any
 from speechpipe.pipeline.deploy.settings import DeploySettings
 from speechpipe.pipeline.monitoring.settings import MonitoringSettings
 from speechpipe.pipeline.review.settings import AutomationSettings, ReviewSettings
-from speechpipe.pipeline.server_settings import ServerSettings
+from speechpipe.pipeline.server.settings import ServerSettings
 from speechpipe.stages.asr import AsrConfig
 from speechpipe.stages.vad import VadConfig
 from speechpipe.telemetry.settings import TelemetryConfig

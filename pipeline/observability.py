@@ -59,7 +59,7 @@ def start_telemetry(
 
 @dataclass
 class ServerTelemetry:
-    """What plugs telemetry into :class:`~speechpipe.pipeline.server.SpeechServer` (its keyword
+    """What plugs telemetry into :class:`~speechpipe.pipeline.server.speech_server.SpeechServer` (its keyword
     arguments): the server-level observer, each stream's observers (for the variant and role that
     serve it), the instrumentation of a variant and role, the ``/metrics`` page, and the flush at
     shutdown."""
@@ -103,7 +103,7 @@ def server_telemetry(telemetry: Telemetry) -> ServerTelemetry:
         return [labelled(config, role).stream_observer(mode=n.LIVE, attributes=attributes)]
 
     def drift_telemetry(rows: Callable) -> Callable:
-        from speechpipe.telemetry.drift_telemetry import drift_alert, register_drift_gauges
+        from speechpipe.pipeline.monitoring.telemetry import drift_alert, register_drift_gauges
 
         register_drift_gauges(inst, rows)
 
@@ -113,7 +113,7 @@ def server_telemetry(telemetry: Telemetry) -> ServerTelemetry:
         return report
 
     def review_telemetry(figures: Callable[[], dict]) -> Callable:
-        from speechpipe.telemetry.review_telemetry import register_review_gauges, reviewed
+        from speechpipe.pipeline.review.telemetry import register_review_gauges, reviewed
 
         register_review_gauges(inst, figures)
         return lambda item: reviewed(inst, item.variant, item.level, item.reason)

@@ -1,8 +1,8 @@
 """The live streaming protocol (docs/protocol.md), Sans-I/O: parsing client messages, building
 server messages, and the error codes with their WebSocket close codes.
 
-Nothing here touches a socket; the server (:mod:`speechpipe.pipeline.server`) and the clients
-(:mod:`speechpipe.pipeline.client`) both use it, so the two sides cannot drift apart.
+Nothing here touches a socket; the server (:mod:`speechpipe.pipeline.server.speech_server`) and the clients
+(:mod:`speechpipe.pipeline.clients.client`) both use it, so the two sides cannot drift apart.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A :class:`StreamSession` strings the stages together for one stream (a live connection or a
 file): resampler -> VAD segmenter -> ASR jobs. It performs no I/O and never calls the model
-itself. Whoever drives it (the inline driver of :mod:`speechpipe.pipeline.driver` offline, the live
+itself. Whoever drives it (the inline driver of :mod:`speechpipe.pipeline.offline.driver` offline, the live
 core of a WebSocket stream) feeds audio, takes the :class:`~speechpipe.pipeline.hooks.AsrJob`
 objects it produces, runs them on an engine (directly, or through a shared scheduler), and hands
 the transcripts back with :meth:`StreamSession.complete`, which turns them into

@@ -6,7 +6,7 @@ the cross-attention weights of its alignment heads (``WhisperModel.find_alignmen
 step a *reference* text instead of the decoded one gives every reference word a time, including
 the words the recognizer would have got wrong: a forced alignment, with the same accuracy as
 Whisper's own word timestamps. The evaluation uses it to place reference words in time
-(:mod:`speechpipe.telemetry.attribution`).
+(:mod:`speechpipe.pipeline.evaluate.quality.attribution`).
 
 One call aligns at most one 30 s window (Whisper's input); longer audio is aligned window by
 window by the caller.

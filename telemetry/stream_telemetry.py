@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -37,8 +37,19 @@ from speechpipe.stages.vad import SpeechDiscarded, SpeechSegment, SpeechStarted
 from speechpipe.telemetry import names as n
 from speechpipe.telemetry.asr_figures import asr_figures, kind_label, outcome_attributes, span_attributes
 
-if TYPE_CHECKING:
-    from speechpipe.telemetry.instruments import Instrumentation
+
+class Instrumentation(Protocol):
+    """What a stream's telemetry uses of its process's instruments (implemented by
+    :class:`speechpipe.telemetry.instruments.Instrumentation`, which creates the stream's
+    :class:`StreamTelemetry`; named here, not imported, so the two modules do not depend on
+    each other)."""
+
+    tracer: trace.Tracer
+    labels: Any  # speechpipe.telemetry.instruments.Labels
+    trace_text: bool
+    instruments: Mapping[str, Any]
+
+    def base_attributes(self, vad_config_id: str | None = None, mode: str | None = None) -> dict[str, str]: ...
 
 
 @dataclass

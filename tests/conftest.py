@@ -59,7 +59,7 @@ def noisy_speech() -> list[bytes]:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from live_streams import build_stream, noises, utterances
 
-    from speechpipe.pipeline.client import pcm_s16le
+    from speechpipe.pipeline.clients.client import pcm_s16le
 
     audio = build_stream(3, utterances(), 30.0, noises(), -40.0, mixed_formats=False).audio
     return [pcm_s16le(audio[i : i + 320]) for i in range(0, audio.size, 320)]

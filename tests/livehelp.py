@@ -10,7 +10,7 @@ from typing import Self
 
 from speechpipe.pipeline.config import Config
 from speechpipe.pipeline.hooks import StreamEnded, StreamStarted
-from speechpipe.pipeline.server import SpeechServer
+from speechpipe.pipeline.server.speech_server import SpeechServer
 
 
 class RecordingObserver:

@@ -10,8 +10,8 @@ from conftest import SAMPLES
 from livehelp import ServerThread
 from websockets.asyncio.client import connect
 
-from speechpipe.pipeline.admission import Admission
-from speechpipe.pipeline.client import stream_file
+from speechpipe.pipeline.clients.client import stream_file
+from speechpipe.pipeline.scheduling.admission import Admission
 
 
 def test_the_prior_holds_until_a_window_was_served_then_the_measurement():

@@ -1,4 +1,4 @@
-"""The allocator tuning of processes that run the model (speechpipe.pipeline.allocator): freed
+"""The allocator tuning of processes that run the model (speechpipe.pipeline.offline.allocator): freed
 buffers are reused instead of being returned to the system and faulted in again."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from speechpipe.pipeline.allocator import tune_allocator
+from speechpipe.pipeline.offline.allocator import tune_allocator
 
 glibc = pytest.mark.skipif(
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="mallopt tuning is for glibc"
@@ -20,7 +20,7 @@ glibc = pytest.mark.skipif(
 #: with a batch's attention buffers, and prints the minor page faults that took.
 CHURN = """
 import ctypes, json, resource, sys
-from speechpipe.pipeline.allocator import tune_allocator
+from speechpipe.pipeline.offline.allocator import tune_allocator
 tuned = tune_allocator() if sys.argv[1] == "tune" else None
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p

@@ -17,9 +17,13 @@ def test_rule_is_kept(rule):
 def test_the_graph_sees_every_module_and_its_imports():
     graph = importgraph.build()
     assert "speechpipe.pipeline.hooks" in graph.modules and "speechpipe.stages.vad.segmenter" in graph.modules
-    # Function-level imports count (they run too); TYPE_CHECKING ones do not.
+    # Function-level imports count (they run too), and so do TYPE_CHECKING ones.
     assert "speechpipe.stages.asr.window_decoder" in graph.imports["speechpipe.stages.asr.engine"]
-    assert "speechpipe.telemetry.instruments" not in graph.imports["speechpipe.telemetry.stream_telemetry"]
+    source = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from speechpipe.stages.audio import header\n"
+    assert importgraph._imports(importgraph.ast.parse(source), "speechpipe.stages.pcm", False) == [
+        ("typing", ["TYPE_CHECKING"]),
+        ("speechpipe.stages.audio", ["header"]),
+    ]
     # A planted cycle is found.
     graph.imports["speechpipe.stages.pcm"] = {"speechpipe.stages.audio"}
     assert ["speechpipe.stages.audio", "speechpipe.stages.pcm"] in importgraph.cycles(graph)

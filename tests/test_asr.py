@@ -8,11 +8,11 @@ from baselines import wer_ceiling
 from conftest import NOISE, SPEECH
 
 from speechpipe.pipeline.config import Config
-from speechpipe.pipeline.offline import transcribe_file
+from speechpipe.pipeline.evaluate.quality.wer import score
+from speechpipe.pipeline.offline.runner import transcribe_file
 from speechpipe.stages.asr import AsrConfig, AudioPiece, is_hallucination, pack_windows
 from speechpipe.stages.asr.packing import release_groups
 from speechpipe.stages.audio import load_audio
-from speechpipe.telemetry.wer import score
 
 pytestmark = pytest.mark.corpus  # reads ../shared/corpus
 

@@ -9,14 +9,14 @@ from conftest import SPEECH
 
 from speechpipe.pipeline.config import Config
 from speechpipe.pipeline.evaluate.collector import EvalCollector
+from speechpipe.pipeline.evaluate.quality.attribution import ASR, BOUNDARY, VAD_DROPPED, Segments, attribute
+from speechpipe.pipeline.evaluate.quality.wer import normalized_words, score
+from speechpipe.pipeline.evaluate.quality.word_timing import RawWord, TimedWord, plan_windows, timed_tokens
 from speechpipe.pipeline.evaluate.reference_timing import ReferenceTimer, _timed
-from speechpipe.pipeline.offline import transcribe_file
+from speechpipe.pipeline.offline.runner import transcribe_file
 from speechpipe.stages.asr import AudioPiece
 from speechpipe.stages.audio import load_audio
 from speechpipe.stages.pcm import SAMPLE_RATE
-from speechpipe.telemetry.attribution import ASR, BOUNDARY, VAD_DROPPED, Segments, attribute
-from speechpipe.telemetry.wer import normalized_words, score
-from speechpipe.telemetry.word_timing import RawWord, TimedWord, plan_windows, timed_tokens
 
 pytestmark = pytest.mark.corpus  # reads ../shared/corpus
 

@@ -10,7 +10,7 @@ from baselines import live_wer_ceiling, measured
 from conftest import SPEECH
 from livehelp import ServerThread
 
-from speechpipe.telemetry.wer import score
+from speechpipe.pipeline.evaluate.quality.wer import score
 
 pytestmark = pytest.mark.corpus  # reads ../shared/corpus
 

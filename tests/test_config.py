@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from speechpipe.pipeline.cli import main
+from speechpipe.pipeline.cli.main import main
 from speechpipe.pipeline.config import Config, ConfigError, load_config, parse_override
 
 

@@ -16,11 +16,11 @@ import pytest
 from conftest import ROOT, SPEECH
 from livehelp import ServerThread
 
-from speechpipe.pipeline.client import file_frames, file_start, paced, stream_file, stream_pcm
+from speechpipe.pipeline.clients.client import file_frames, file_start, paced, stream_file, stream_pcm
 from speechpipe.pipeline.config import Config, ConfigError
 from speechpipe.pipeline.deploy import share_of
 from speechpipe.pipeline.protocol import Start
-from speechpipe.pipeline.server import SpeechServer
+from speechpipe.pipeline.server.speech_server import SpeechServer
 
 pytestmark = pytest.mark.corpus
 

@@ -17,12 +17,12 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from speechpipe.pipeline.client import paced, stream_pcm
+from speechpipe.pipeline.clients.client import paced, stream_pcm
 from speechpipe.pipeline.config import Config
 from speechpipe.pipeline.monitoring.baseline import build_profile, load_profile, save_profile
 from speechpipe.pipeline.monitoring.collector import FeatureCollector
 from speechpipe.pipeline.observability import server_telemetry, start_telemetry
-from speechpipe.pipeline.offline import transcribe_file
+from speechpipe.pipeline.offline.runner import transcribe_file
 from speechpipe.telemetry import names as n
 
 sys.path.insert(0, str(ROOT / "benchmarks"))

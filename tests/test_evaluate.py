@@ -16,14 +16,14 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from speechpipe.pipeline.cli import main
+from speechpipe.pipeline.cli.main import main
 from speechpipe.pipeline.config import Config
+from speechpipe.pipeline.evaluate.quality.attribution import CATEGORIES
 from speechpipe.pipeline.evaluate.runner import EvalOptions, evaluate
 from speechpipe.pipeline.evaluate.variants import EvalError, Variant, expand_sweep, variant_from_arg
 from speechpipe.stages.audio import probe
 from speechpipe.stages.pcm import level_stats
 from speechpipe.telemetry import names as n
-from speechpipe.telemetry.attribution import CATEGORIES
 from speechpipe.telemetry.instruments import Instrumentation, Labels
 from speechpipe.telemetry.spantree import read_spans
 

@@ -12,9 +12,9 @@ from conftest import SAMPLES
 from livehelp import ServerThread
 
 from speechpipe.pipeline import hooks as h
-from speechpipe.pipeline.client import stream_file
+from speechpipe.pipeline.clients.client import stream_file
 from speechpipe.pipeline.config import Config
-from speechpipe.pipeline.offline import transcribe_file
+from speechpipe.pipeline.offline.runner import transcribe_file
 from speechpipe.stages.asr import AsrRun, AudioPiece, Transcript
 from speechpipe.stages.vad import SpeechStarted
 

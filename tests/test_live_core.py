@@ -13,15 +13,15 @@ from conftest import SAMPLES
 
 from speechpipe.pipeline import protocol as P
 from speechpipe.pipeline.config import ServerSettings
+from speechpipe.pipeline.evaluate.quality.wer import normalized_words, score
 from speechpipe.pipeline.hooks import JobKind
 from speechpipe.pipeline.live.actions import Close, DropSide, LiveContext, OfferSide, Promote, Send, SubmitFinal
 from speechpipe.pipeline.live.core import LiveCore, State
 from speechpipe.pipeline.protocol import Start
-from speechpipe.pipeline.scheduler import transcribe_call
+from speechpipe.pipeline.scheduling.scheduler import transcribe_call
 from speechpipe.stages.audio import load_audio
 from speechpipe.stages.pcm import SAMPLE_RATE
 from speechpipe.stages.vad import VadConfig
-from speechpipe.telemetry.wer import normalized_words, score
 
 JFK = SAMPLES / "jfk_inaugural_ask-not.flac"
 FRAME = 320  # 20 ms at 16 kHz

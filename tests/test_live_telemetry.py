@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from speechpipe.pipeline.client import stream_file
+from speechpipe.pipeline.clients.client import stream_file
 from speechpipe.pipeline.config import Config
 from speechpipe.pipeline.observability import instrumentation_for
 from speechpipe.telemetry import names as n

@@ -72,8 +72,8 @@ def test_missing_packages_name_the_extra(cache):
 def test_joined_base_loads_and_transcribes(cache):
     from faster_whisper import WhisperModel
 
+    from speechpipe.pipeline.evaluate.quality.wer import score
     from speechpipe.stages.audio import load_audio
-    from speechpipe.telemetry.wer import score
 
     path = resolve_model("base")
     assert os.path.dirname(path) == str(cache / "models")

@@ -11,11 +11,11 @@ import soundfile as sf
 from baselines import measured, wer_ceiling
 from conftest import NOISE, SAMPLES, SPEECH
 
-from speechpipe.pipeline import offline
-from speechpipe.pipeline.cli import main
+from speechpipe.pipeline.cli.main import main
 from speechpipe.pipeline.config import Config
+from speechpipe.pipeline.evaluate.quality.wer import normalized_words, score
+from speechpipe.pipeline.offline import runner as offline
 from speechpipe.stages.audio import load_audio, resample
-from speechpipe.telemetry.wer import normalized_words, score
 
 pytestmark = pytest.mark.corpus  # reads ../shared/corpus
 

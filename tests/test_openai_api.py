@@ -20,13 +20,13 @@ from baselines import TOLERANCE
 from conftest import CORPUS, SPEECH, speech_files
 from livehelp import ServerThread
 
-from speechpipe.pipeline.client import paced, stream_pcm
+from speechpipe.pipeline.clients.client import paced, stream_pcm
 from speechpipe.pipeline.config import Config
-from speechpipe.pipeline.offline import transcribe_file
+from speechpipe.pipeline.evaluate.quality.wer import score_corpus
+from speechpipe.pipeline.offline.runner import transcribe_file
 from speechpipe.pipeline.openai_api.realtime_core import G711
 from speechpipe.pipeline.protocol import Start
 from speechpipe.stages.audio import load_audio, resample
-from speechpipe.telemetry.wer import score_corpus
 
 pytestmark = pytest.mark.corpus
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from speechpipe.pipeline import outputs
-from speechpipe.pipeline.outputs import (
+from speechpipe.pipeline.evaluate.quality.wer import score
+from speechpipe.pipeline.offline import outputs
+from speechpipe.pipeline.offline.outputs import (
     FileResult,
     atomic_write_text,
     cues,
@@ -26,7 +27,6 @@ from speechpipe.pipeline.outputs import (
     write_outputs,
 )
 from speechpipe.stages.asr import Transcript, Word
-from speechpipe.telemetry.wer import score
 
 
 def words_of(text: str, start: float, step: float) -> list[Word]:

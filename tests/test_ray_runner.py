@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import speech_files
 
-from speechpipe.pipeline import offline
 from speechpipe.pipeline.config import Config
-from speechpipe.pipeline.offline import transcribe_item
+from speechpipe.pipeline.offline import runner as offline
+from speechpipe.pipeline.offline.runner import transcribe_item
 
 pytestmark = pytest.mark.corpus
 ray = pytest.importorskip("ray")
@@ -47,7 +47,7 @@ def outputs(out: Path) -> dict[str, dict]:
 
 
 def test_ray_gives_the_local_run_s_outputs_and_reports_the_corrupt_file(local_ray, engine, folder, tmp_path):
-    from speechpipe.pipeline.ray_runner import RaySettings, ray_transcriber
+    from speechpipe.pipeline.offline.ray_runner import RaySettings, ray_transcriber
 
     config = Config()
     local = offline.run([folder], tmp_path / "local", config, engine=engine, progress=False)
@@ -83,7 +83,7 @@ def crash_on(name: str, once_marker: Path | None = None):
 
 
 def test_a_file_that_crashes_its_actor_is_retried_once_then_reported(local_ray, folder, tmp_path):
-    from speechpipe.pipeline.ray_runner import RaySettings, ray_transcriber
+    from speechpipe.pipeline.offline.ray_runner import RaySettings, ray_transcriber
 
     config = Config()
     victim = speech_files()[2].name
@@ -129,7 +129,7 @@ def test_eval_on_ray_gives_the_local_figures(local_ray, engine, tmp_path):
     from test_evaluate import variants
 
     from speechpipe.pipeline.evaluate.runner import EvalOptions, evaluate
-    from speechpipe.pipeline.ray_runner import RayPool, RaySettings
+    from speechpipe.pipeline.offline.ray_runner import RayPool, RaySettings
 
     ds = corpus_folder(tmp_path / "ds", 4)
     (ds / "corrupt.txt").write_text("a reference for audio that cannot be read\n")

@@ -18,7 +18,7 @@ from websockets.asyncio.client import connect
 
 from speechpipe.pipeline.config import Config, ConfigError
 from speechpipe.pipeline.observability import start_telemetry
-from speechpipe.pipeline.server import SpeechServer
+from speechpipe.pipeline.server.speech_server import SpeechServer
 
 pytestmark = pytest.mark.corpus
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import SPEECH
 
-from speechpipe.pipeline.asr_queue import AsrQueue, Ticket
 from speechpipe.pipeline.hooks import AsrJob, JobKind
-from speechpipe.pipeline.scheduler import AsrScheduler
+from speechpipe.pipeline.scheduling.asr_queue import AsrQueue, Ticket
+from speechpipe.pipeline.scheduling.scheduler import AsrScheduler
 from speechpipe.stages.asr import AudioPiece
 from speechpipe.stages.audio import load_audio
 

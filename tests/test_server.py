@@ -24,11 +24,11 @@ from livehelp import ServerThread, free_port
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from speechpipe.pipeline.client import file_frames, file_start, paced, stream_file, stream_pcm
+from speechpipe.pipeline.clients.client import file_frames, file_start, paced, stream_file, stream_pcm
 from speechpipe.pipeline.config import Config
-from speechpipe.pipeline.offline import transcribe_file
+from speechpipe.pipeline.evaluate.quality.wer import normalized_words, score
+from speechpipe.pipeline.offline.runner import transcribe_file
 from speechpipe.pipeline.protocol import Start
-from speechpipe.telemetry.wer import normalized_words, score
 
 pytestmark = pytest.mark.corpus  # reads ../shared/corpus
 
@@ -365,7 +365,7 @@ def test_sigterm_drains_pending_finals(tmp_path):
 
 
 def test_stream_command_prints_finals(server, capsys):
-    from speechpipe.pipeline.cli import main
+    from speechpipe.pipeline.cli.main import main
 
     assert main(["stream", "--url", server.url, "--speed", "0", str(LJ), str(QUILTER)]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -374,8 +374,8 @@ def test_stream_command_prints_finals(server, capsys):
 
 
 def test_mic_without_audio_device_says_so(server, capsys):
-    from speechpipe.pipeline.cli import main
-    from speechpipe.pipeline.mic import MicError, open_input
+    from speechpipe.pipeline.cli.main import main
+    from speechpipe.pipeline.clients.mic import MicError, open_input
 
     try:
         open_input()

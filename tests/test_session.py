@@ -7,7 +7,6 @@ import pytest
 import soundfile as sf
 from conftest import SPEECH, VAD_CLIPS
 
-from speechpipe.pipeline.driver import drive, run_jobs
 from speechpipe.pipeline.hooks import (
     AsrCompleted,
     AsrJob,
@@ -17,6 +16,7 @@ from speechpipe.pipeline.hooks import (
     StreamStarted,
     VadOutput,
 )
+from speechpipe.pipeline.offline.driver import drive, run_jobs
 from speechpipe.pipeline.session import SessionError, StreamSession, same_audio
 from speechpipe.stages.asr import AudioPiece
 from speechpipe.stages.audio import load_audio

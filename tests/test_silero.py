@@ -7,11 +7,11 @@ import pytest
 from baselines import floor, measured
 from conftest import VAD_CLIPS
 
+from speechpipe.pipeline.evaluate.quality.vad_metrics import frame_score, pooled_score, read_segments
 from speechpipe.stages.audio import load_audio
 from speechpipe.stages.pcm import SAMPLE_RATE
 from speechpipe.stages.vad import SpeechSegment, VadConfig, VadSegmenter, make_classifier
 from speechpipe.stages.vad.silero import FRAME_SAMPLES, SileroClassifier
-from speechpipe.telemetry.vad_metrics import frame_score, pooled_score, read_segments
 
 pytestmark = pytest.mark.corpus  # reads ../shared/corpus
 

@@ -16,10 +16,10 @@ from livehelp import ServerThread
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from speechpipe.pipeline.client import stream_file
+from speechpipe.pipeline.clients.client import stream_file
 from speechpipe.pipeline.config import Config
-from speechpipe.pipeline.offline import transcribe_file
-from speechpipe.telemetry.wer import score
+from speechpipe.pipeline.evaluate.quality.wer import score
+from speechpipe.pipeline.offline.runner import transcribe_file
 
 pytestmark = pytest.mark.corpus  # reads ../shared/corpus
 

@@ -17,9 +17,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from speechpipe.pipeline.config import Config
-from speechpipe.pipeline.driver import run_job
 from speechpipe.pipeline.observability import instrumentation_for
-from speechpipe.pipeline.offline import transcribe_file
+from speechpipe.pipeline.offline.driver import run_job
+from speechpipe.pipeline.offline.runner import transcribe_file
 from speechpipe.pipeline.session import StreamSession
 from speechpipe.stages.audio import AudioError, iter_file_blocks, load_audio, probe
 from speechpipe.stages.vad import END_MAX_LENGTH, END_OF_STREAM, END_SILENCE, SpeechSegment, VadConfig, VadSegmenter

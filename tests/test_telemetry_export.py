@@ -15,18 +15,18 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, SPEECH
 from opentelemetry import trace
+from otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver, attributes
 
-from speechpipe.pipeline.cli import main
+from speechpipe.pipeline.cli.main import main
 from speechpipe.pipeline.config import Config, ConfigError, load_config
 from speechpipe.pipeline.observability import start_telemetry
-from speechpipe.pipeline.offline import transcribe_file
+from speechpipe.pipeline.offline.runner import transcribe_file
 from speechpipe.pipeline.session import StreamSession
 from speechpipe.stages.audio import load_audio
 from speechpipe.stages.vad import VadConfig
 from speechpipe.telemetry import names as n
 from speechpipe.telemetry.metric_specs import METRICS_BY_NAME
 from speechpipe.telemetry.plan import TelemetryError, resolve_plan
-from speechpipe.telemetry.receiver import OtlpGrpcReceiver, OtlpHttpReceiver, attributes
 from speechpipe.telemetry.settings import TelemetryConfig
 from speechpipe.telemetry.spantree import format_trees, read_spans
 

@@ -7,6 +7,7 @@ import pytest
 from baselines import floor
 from conftest import SPEECH, VAD_CLIPS
 
+from speechpipe.pipeline.evaluate.quality.vad_metrics import frame_score, pooled_score, read_segments
 from speechpipe.stages.audio import load_audio
 from speechpipe.stages.pcm import SAMPLE_RATE
 from speechpipe.stages.vad import (
@@ -19,7 +20,6 @@ from speechpipe.stages.vad import (
     VadConfig,
     VadSegmenter,
 )
-from speechpipe.telemetry.vad_metrics import frame_score, pooled_score, read_segments
 
 pytestmark = pytest.mark.corpus  # reads ../shared/corpus
 

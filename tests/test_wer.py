@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from speechpipe.stages.textnorm import normalize
-from speechpipe.telemetry.wer import (
+from speechpipe.pipeline.evaluate.quality.wer import (
     AlignedOp,
     align,
     normalized_words,
     score,
     score_corpus,
 )
+from speechpipe.stages.textnorm import normalize
 
 pytestmark = pytest.mark.corpus  # reads ../shared/corpus
 

@@ -1,9 +1,14 @@
-"""Deployment patterns, pure and synchronous: which pipeline variant serves each new live stream.
+"""Deployment: which pipeline variant serves each new live stream, and how that changes.
 
-``settings`` (the ``[deploy]`` table), ``gates`` (a canary's window of figures and its gates),
-``events`` (assignments, changes, errors), ``controller`` (routing, canary steps, rollbacks,
-promotions, snapshots), ``admin`` (the admin actions), ``store`` (the state in SQLite). No
-asyncio, threads or sockets here: time is passed in, and the caller serialises the calls.
+The pure, synchronous core (no asyncio, threads or sockets; time is passed in, the caller
+serialises the calls): ``settings`` (the ``[deploy]`` table), ``gates`` (a canary's window of
+figures and its gates), ``events`` (assignments, changes, errors), ``controller`` (routing, canary
+steps, rollbacks, promotions, admin actions, snapshots), ``store`` (the state in SQLite).
+
+Around it: ``variants`` (the pipelines a server runs side by side), ``ledger`` (what each session
+produced, per variant), ``deployment`` (the live service: one lock, the store, telemetry),
+``router`` (what a new stream is given), ``routes`` (the admin API and feedback), ``cli``
+(``speechpipe deploy``) and ``telemetry`` (spans, metrics and logs of changes).
 """
 
 from speechpipe.pipeline.deploy.controller import DeployController
@@ -30,3 +35,6 @@ __all__ = [
     "p95",
     "share_of",
 ]
+
+#: the modules other features may import; the rest are this package's own (tests/importgraph.py).
+PUBLIC = ("cli", "deployment", "router", "routes", "variants")

@@ -3,6 +3,9 @@
 ``variants`` (named configs, sweeps), ``datasets`` (files, references, labels), ``collector`` (what
 each stream's session reports), ``reference_timing`` (reference word times, once per file),
 ``runner`` (the run and eval.json), ``cli`` (the command). The figures are computed in
-:mod:`speechpipe.telemetry.evaluation` and :mod:`speechpipe.telemetry.attribution`, the page in
-:mod:`speechpipe.telemetry.report`; docs/evaluation.md documents the method and eval.json.
+:mod:`speechpipe.pipeline.evaluate.quality.evaluation` and :mod:`speechpipe.pipeline.evaluate.quality.attribution`, the page in
+:mod:`speechpipe.pipeline.evaluate.report.page`; docs/evaluation.md documents the method and eval.json.
 """
+
+#: the modules other features may import; the rest are this package's own (tests/importgraph.py).
+PUBLIC = ("cli", "quality")

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from speechpipe.pipeline.cli_args import (
+from speechpipe.pipeline.cli.args import (
     add_ray_arguments,
     add_set_argument,
     add_telemetry_arguments,
@@ -15,8 +15,8 @@ from speechpipe.pipeline.cli_args import (
     telemetry_overrides,
 )
 from speechpipe.pipeline.config import ConfigError, load_config, parse_override
+from speechpipe.pipeline.evaluate.quality.word_timing import BOUNDARY_TOLERANCE_S
 from speechpipe.pipeline.evaluate.variants import EvalError, Variant, expand_sweep, variant_from_arg
-from speechpipe.telemetry.word_timing import BOUNDARY_TOLERANCE_S
 
 
 def add_arguments(p) -> None:
@@ -93,7 +93,7 @@ def run_cli(args) -> int:
         settings = ray_settings(args)
         pool_context = contextlib.nullcontext()
         if settings is not None:
-            from speechpipe.pipeline.ray_runner import RayPool
+            from speechpipe.pipeline.offline.ray_runner import RayPool
 
             pool_context = RayPool(settings)
         with pool_context as pool:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from speechpipe.pipeline.evaluate.quality import evaluation as ev
+from speechpipe.pipeline.evaluate.quality.word_timing import RawWord
 from speechpipe.pipeline.hooks import AsrCompleted, Event, FinalTranscript, StreamEnded, StreamStarted, VadOutput
 from speechpipe.stages.asr import Transcript
 from speechpipe.stages.vad import SpeechDiscarded, SpeechSegment
-from speechpipe.telemetry import evaluation as ev
-from speechpipe.telemetry.word_timing import RawWord
 
 
 class EvalCollector:

@@ -7,8 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from speechpipe.pipeline.offline import find_inputs, read_reference
-from speechpipe.telemetry.vad_metrics import read_segments
+from speechpipe.pipeline.evaluate.quality.vad_metrics import read_segments
+from speechpipe.pipeline.offline.runner import find_inputs, read_reference
 
 
 @dataclass

@@ -4,7 +4,7 @@ Two kinds of work leave this machine: the reference timing of each file (a whole
 forced alignment, :class:`~speechpipe.pipeline.evaluate.reference_timing.ReferenceTimer`), whose
 results come back to fill the local cache, and each variant's run of each file through the offline
 path with an :class:`~speechpipe.pipeline.evaluate.collector.EvalCollector`, whose
-:class:`~speechpipe.telemetry.evaluation.FileRun` comes back to be scored here. Scoring, the
+:class:`~speechpipe.pipeline.evaluate.quality.evaluation.FileRun` comes back to be scored here. Scoring, the
 report and the ``eval.utterance`` spans stay local; the pipeline's own spans of each file stay on
 the actors, and observers given by ``observers_factory`` are not called.
 """
@@ -18,12 +18,12 @@ from pathlib import Path
 from speechpipe.pipeline.config import Config
 from speechpipe.pipeline.evaluate.collector import EvalCollector
 from speechpipe.pipeline.evaluate.datasets import DatasetItem
+from speechpipe.pipeline.evaluate.quality import evaluation as ev
+from speechpipe.pipeline.evaluate.quality.wer import normalized_words
 from speechpipe.pipeline.evaluate.reference_timing import ReferenceTimer
 from speechpipe.pipeline.evaluate.variants import Variant
-from speechpipe.pipeline.offline import FILE_ERRORS, Failure, transcribe_file
-from speechpipe.pipeline.ray_runner import Job, RayPool
-from speechpipe.telemetry import evaluation as ev
-from speechpipe.telemetry.wer import normalized_words
+from speechpipe.pipeline.offline.ray_runner import Job, RayPool
+from speechpipe.pipeline.offline.runner import FILE_ERRORS, Failure, transcribe_file
 
 
 @dataclass

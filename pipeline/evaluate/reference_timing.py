@@ -12,15 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from speechpipe.pipeline.evaluate.datasets import DatasetItem
-from speechpipe.pipeline.offline import FILE_ERRORS
-from speechpipe.pipeline.outputs import atomic_write_text
-from speechpipe.stages.align import ForcedAligner
-from speechpipe.stages.asr import AsrEngine
-from speechpipe.stages.audio import load_audio
-from speechpipe.stages.pcm import SAMPLE_RATE
-from speechpipe.telemetry import evaluation as ev
-from speechpipe.telemetry.wer import normalized_words, score
-from speechpipe.telemetry.word_timing import (
+from speechpipe.pipeline.evaluate.quality import evaluation as ev
+from speechpipe.pipeline.evaluate.quality.wer import normalized_words, score
+from speechpipe.pipeline.evaluate.quality.word_timing import (
     BOUNDARY_TOLERANCE_S,
     RawWord,
     TimedWord,
@@ -31,6 +25,12 @@ from speechpipe.telemetry.word_timing import (
     timing_agreement,
     transcript_times,
 )
+from speechpipe.pipeline.offline.outputs import atomic_write_text
+from speechpipe.pipeline.offline.runner import FILE_ERRORS
+from speechpipe.stages.align import ForcedAligner
+from speechpipe.stages.asr import AsrEngine
+from speechpipe.stages.audio import load_audio
+from speechpipe.stages.pcm import SAMPLE_RATE
 
 #: bump when the reference-timing method changes, so cached timings are recomputed.
 TIMING_VERSION = 3
@@ -43,7 +43,7 @@ def _forced_text(reference: str) -> str:
 
 
 class ReferenceTimer:
-    """Times reference words on the unsegmented audio (see :mod:`speechpipe.telemetry.attribution`),
+    """Times reference words on the unsegmented audio (see :mod:`speechpipe.pipeline.evaluate.quality.attribution`),
     once per file and model, cached as JSON under ``cache_dir``."""
 
     def __init__(self, engine: AsrEngine, cache_dir: Path | None = None) -> None:
@@ -95,7 +95,7 @@ class ReferenceTimer:
         """Check the timing method against human VAD labels on a file without a reference: time the
         words of its own whole-file transcript exactly as references are timed, then measure how far
         the first and last word of each labelled region fall from the region's edges
-        (:func:`~speechpipe.telemetry.attribution.edge_errors`)."""
+        (:func:`~speechpipe.pipeline.evaluate.quality.attribution.edge_errors`)."""
 
         def make() -> dict:
             a = audio if audio is not None else load_audio(path)[0]

@@ -1,13 +1,13 @@
 """``speechpipe eval``: run pipeline variants over labelled datasets and explain the differences.
 
-Every variant runs every file through :func:`speechpipe.pipeline.offline.transcribe_file`, the same
+Every variant runs every file through :func:`speechpipe.pipeline.offline.runner.transcribe_file`, the same
 :class:`~speechpipe.pipeline.session.StreamSession` path as ``speechpipe transcribe`` and the live
 server; a session observer (:class:`EvalCollector`) records the VAD segments, the ASR runs and the
 final transcripts. Reference word times come from a pass over the unsegmented audio that is the
 same for all variants, so it runs once per file and is cached on disk
 (:class:`ReferenceTimer`). The figures themselves are computed in
-:mod:`speechpipe.telemetry.evaluation` and :mod:`speechpipe.telemetry.attribution`, the page in
-:mod:`speechpipe.telemetry.report`. docs/evaluation.md documents the method and eval.json.
+:mod:`speechpipe.pipeline.evaluate.quality.evaluation` and :mod:`speechpipe.pipeline.evaluate.quality.attribution`, the page in
+:mod:`speechpipe.pipeline.evaluate.report.page`. docs/evaluation.md documents the method and eval.json.
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ from opentelemetry import context
 
 from speechpipe.pipeline.evaluate.collector import EvalCollector
 from speechpipe.pipeline.evaluate.datasets import DatasetItem, discover
+from speechpipe.pipeline.evaluate.quality import evaluation as ev
+from speechpipe.pipeline.evaluate.quality.comparison import compare_variants
+from speechpipe.pipeline.evaluate.quality.word_timing import BOUNDARY_TOLERANCE_S
 from speechpipe.pipeline.evaluate.reference_timing import (
     TIMING_VERSION,
     ReferenceTimer,
@@ -37,17 +40,14 @@ from speechpipe.pipeline.evaluate.reference_timing import (
 from speechpipe.pipeline.evaluate.variants import EvalError, Variant
 from speechpipe.pipeline.hooks import Observer
 from speechpipe.pipeline.observability import labels_for
-from speechpipe.pipeline.offline import FILE_ERRORS, transcribe_file
-from speechpipe.pipeline.outputs import atomic_write_text
+from speechpipe.pipeline.offline.outputs import atomic_write_text
+from speechpipe.pipeline.offline.runner import FILE_ERRORS, transcribe_file
 from speechpipe.stages.asr import AsrConfig, AsrEngine
-from speechpipe.telemetry import evaluation as ev
 from speechpipe.telemetry import names as n
-from speechpipe.telemetry.comparison import compare_variants
 from speechpipe.telemetry.instruments import Instrumentation
-from speechpipe.telemetry.word_timing import BOUNDARY_TOLERANCE_S
 
 if TYPE_CHECKING:
-    from speechpipe.pipeline.ray_runner import RayPool
+    from speechpipe.pipeline.offline.ray_runner import RayPool
 
 SCHEMA = "speechpipe.eval/1"
 
@@ -131,7 +131,7 @@ def evaluate(
     once scored, the file's WER and error causes; the pipeline's own ``stream`` span of the file
     (with all its segment and ASR spans) is its child and carries the run id too, and every metric
     point carries the variant and VAD config id. ``observers_factory`` adds further observers of
-    each file's session. With a ``pool`` (an entered :class:`~speechpipe.pipeline.ray_runner.RayPool`)
+    each file's session. With a ``pool`` (an entered :class:`~speechpipe.pipeline.offline.ray_runner.RayPool`)
     the reference timings and the variants' files run on Ray actors
     (:mod:`~speechpipe.pipeline.evaluate.ray_eval`), the figures are the same.
     """
@@ -171,7 +171,7 @@ def evaluate(
     doc["wall_s"] = round(time.perf_counter() - t_start, 2)
     atomic_write_text(out / "eval.json", json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
     if opts.report:
-        from speechpipe.telemetry.report import render_report
+        from speechpipe.pipeline.evaluate.report.page import render_report
 
         page = render_report(doc, truths=truth.truths, envelopes=truth.envelopes, timelines=opts.timelines)
         atomic_write_text(out / "report.html", page)
@@ -301,7 +301,7 @@ def _unsegmented(timings: dict[str, dict], truths: dict[str, ev.FileTruth]) -> d
     """WER of the whole-file transcription (no VAD at all), from the reference-timing pass."""
     if not timings:
         return None
-    from speechpipe.telemetry.wer import score_corpus
+    from speechpipe.pipeline.evaluate.quality.wer import score_corpus
 
     pairs = [(truths[f].reference, d["transcript"]) for f, d in timings.items()]
     w = score_corpus(pairs)

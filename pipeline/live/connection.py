@@ -34,7 +34,7 @@ from speechpipe.pipeline.live.transport import Closed, Transport
 from speechpipe.pipeline.protocol import ProtocolError
 
 if TYPE_CHECKING:
-    from speechpipe.pipeline.scheduler import AsrScheduler
+    from speechpipe.pipeline.scheduling.scheduler import AsrScheduler
 
 log = logging.getLogger("speechpipe.server")
 

@@ -1,7 +1,7 @@
 """What a live stream needs of its WebSocket, whatever serves it.
 
 :class:`~speechpipe.pipeline.live.connection.Connection` talks to a :class:`Transport`; the server
-gives it one over an ASGI WebSocket (:mod:`speechpipe.pipeline.http.socket`), and a test may give
+gives it one over an ASGI WebSocket (:mod:`speechpipe.pipeline.server.transport`), and a test may give
 it anything with the same four members.
 """
 

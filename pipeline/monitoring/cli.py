@@ -8,7 +8,7 @@ import argparse
 import sys
 from typing import Any
 
-from speechpipe.pipeline.cli_args import add_config_arguments, config_from_args
+from speechpipe.pipeline.cli.args import add_config_arguments, config_from_args
 
 
 def register(sub: Any) -> None:
@@ -31,7 +31,7 @@ def register(sub: Any) -> None:
 def cmd_build(args: argparse.Namespace) -> int:
     from speechpipe.pipeline.monitoring.baseline import build_profile, save_profile
     from speechpipe.pipeline.monitoring.collector import FeatureCollector
-    from speechpipe.pipeline.offline import find_inputs, load_engine, read_reference, transcribe_file
+    from speechpipe.pipeline.offline.runner import find_inputs, load_engine, read_reference, transcribe_file
     from speechpipe.stages.audio import AudioError
 
     config = config_from_args(args)

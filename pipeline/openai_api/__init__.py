@@ -8,3 +8,6 @@ admission, the deployment's router, the VAD, the scheduler, drift and telemetry 
 any stream; a realtime session translates the Realtime API's events onto the live protocol
 (:mod:`.realtime_core`).
 """
+
+#: the modules other features may import; the rest are this package's own (tests/importgraph.py).
+PUBLIC = ("routes",)

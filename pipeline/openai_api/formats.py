@@ -13,7 +13,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from speechpipe.pipeline.outputs import srt, vtt
+from speechpipe.pipeline.offline.outputs import srt, vtt
 from speechpipe.stages.asr.types import Transcript, Word
 
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")

@@ -5,7 +5,7 @@
 * the model name of the primary variant (``tiny.en``): the same, routed.
 * a variant's name (``default``, ``candidate``...) or the model name of exactly one other variant:
   that variant itself (pinned; see
-  :meth:`~speechpipe.pipeline.stream_router.StreamRouter.pinned_context`).
+  :meth:`~speechpipe.pipeline.deploy.router.StreamRouter.pinned_context`).
 
 Anything else is unknown (404 ``model_not_found``).
 """

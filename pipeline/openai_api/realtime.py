@@ -15,16 +15,16 @@ from collections import deque
 
 from starlette.websockets import WebSocket
 
-from speechpipe.pipeline.http.socket import AsgiTransport
 from speechpipe.pipeline.live.transport import Closed
 from speechpipe.pipeline.openai_api.errors import ApiError
 from speechpipe.pipeline.openai_api.realtime_core import RealtimeError, RealtimeTranslator, error_event
 from speechpipe.pipeline.openai_api.transcriptions import Hooks, check_key, resolve_model
+from speechpipe.pipeline.server.transport import AsgiTransport
 
 
 class RealtimeTransport:
     """The live stream's :class:`~speechpipe.pipeline.live.transport.Transport` over a Realtime
-    client's WebSocket (an :class:`~speechpipe.pipeline.http.socket.AsgiTransport` underneath)."""
+    client's WebSocket (an :class:`~speechpipe.pipeline.server.transport.AsgiTransport` underneath)."""
 
     def __init__(self, websocket: WebSocket, translator: RealtimeTranslator) -> None:
         self.socket = AsgiTransport(websocket)

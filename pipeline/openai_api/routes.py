@@ -10,11 +10,11 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from speechpipe.pipeline.config import ServerSettings
-from speechpipe.pipeline.deployment import Deployment
+from speechpipe.pipeline.deploy.deployment import Deployment
+from speechpipe.pipeline.deploy.router import StreamRouter
 from speechpipe.pipeline.live.transport import Transport
 from speechpipe.pipeline.openai_api.realtime import realtime_endpoint
 from speechpipe.pipeline.openai_api.transcriptions import Hooks, models_endpoint, transcriptions_endpoint
-from speechpipe.pipeline.stream_router import StreamRouter
 
 
 class Served(Protocol):

@@ -23,12 +23,12 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from speechpipe.pipeline.http.app import bearer_token, token_matches
 from speechpipe.pipeline.live.transport import Transport
 from speechpipe.pipeline.openai_api import formats as F
 from speechpipe.pipeline.openai_api.errors import ApiError, bad_request, from_stream_error, unauthorized
 from speechpipe.pipeline.openai_api.fed import run_fed
 from speechpipe.pipeline.openai_api.models import ModelChoice, choose, listing
+from speechpipe.pipeline.server.app import bearer_token, token_matches
 from speechpipe.stages.asr.types import MAX_PROMPT_CHARS
 from speechpipe.stages.audio import AudioError, AudioInfo, iter_file_blocks, probe, to_mono
 

@@ -19,8 +19,8 @@ import soundfile as sf
 from sqlalchemy import and_, create_engine, delete, event, func, insert, or_, select, update
 from sqlalchemy.engine import Engine, RowMapping
 
+from speechpipe.pipeline.evaluate.quality import score
 from speechpipe.pipeline.review.schema import ai, items, migrate
-from speechpipe.telemetry.wer import score
 
 SAMPLE_RATE = 16000
 #: the longest human transcript taken, in characters.

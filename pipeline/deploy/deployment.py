@@ -1,0 +1,233 @@
+"""A live server's deployment: which variant serves each new stream, the controller fed by what
+the streams produce, shadow comparisons and human feedback, persisted and reported.
+
+The decisions are the pure :class:`~speechpipe.pipeline.deploy.DeployController`'s; this module
+is the glue around it: one lock (events come from the event loop, shadow results from the ASR
+worker threads), the state store, and telemetry of every change.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from speechpipe.pipeline.deploy import Assignment, Change, DeployController, DeployError, DeploySettings, DeployStore
+from speechpipe.pipeline.deploy import telemetry as dt
+from speechpipe.pipeline.deploy.ledger import Comparison, Ledger, Piece, Score
+from speechpipe.pipeline.hooks import AsrJob, Event, FinalLost, FinalTranscript, StreamEnded
+from speechpipe.telemetry.instruments import Instrumentation
+
+log = logging.getLogger("speechpipe.deploy")
+
+__all__ = ["DeployError", "Deployment", "StreamRoute"]
+
+
+@dataclass(frozen=True)
+class StreamRoute:
+    """Where a new stream goes: the assignment, and whether its shadow shares its segments."""
+
+    assignment: Assignment
+    shared_segments: bool
+
+
+class Deployment:
+    """See the module docstring.
+
+    Args:
+        settings: the ``[deploy]`` table, with ``primary`` resolved.
+        variant_ids: every loaded variant's config id, by name.
+        labelled: the instrumentation labelled for a variant and role (None: no telemetry).
+        clock: wall-clock seconds (the times in the deploy history).
+    """
+
+    def __init__(
+        self,
+        settings: DeploySettings,
+        variant_ids: dict[str, str],
+        *,
+        labelled: Callable[[str, str], Instrumentation] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.labelled = labelled
+        self.store = DeployStore(settings.state_file)
+        self.ledger = Ledger()
+        #: told ``(variant, errors, words)`` of each human reference scored (concept drift).
+        self.on_score: Callable[[str, int, int], None] | None = None
+        self._lock = threading.RLock()
+        now = clock()
+        self.controller = DeployController(settings, variant_ids, now, state=self.store.load())
+        self._weights = self.controller.weights()
+        self._report(list(self.controller.history[-1:]) if self.controller.history else [])
+        self._save()
+        for name, weight in self._weights.items():
+            self._telemetry(name, lambda inst, w=weight: dt.weight_changed(inst, w))
+
+    # -- routing --------------------------------------------------------------------------------
+
+    def assign(self, client_key: str | None, stream_id: str) -> Assignment:
+        with self._lock:
+            return self.controller.assign(self.clock(), client_key=client_key, stream_id=stream_id)
+
+    def opened(self, stream_id: str, assignment: Assignment, shared_segments: bool) -> None:
+        with self._lock:
+            self.ledger.open(stream_id, assignment.variant, assignment.role, assignment.shadow, shared_segments)
+
+    def observer(self, stream_id: str, variant: str) -> _StreamObserver:
+        """The observer of one stream served by ``variant``: feeds its finals to the controller."""
+        return _StreamObserver(self, stream_id, variant)
+
+    # -- what the streams produce ---------------------------------------------------------------
+
+    def _on_event(self, stream_id: str, variant: str, event: Event) -> None:
+        with self._lock:
+            now = self.clock()
+            comparisons: list[Comparison] = []
+            scores: list[Score] = []
+            if isinstance(event, FinalTranscript):
+                tr, seg = event.transcript, event.segment
+                self.controller.record_final(
+                    variant,
+                    now,
+                    latency_s=event.latency_s,
+                    error=False,
+                    empty=not tr.text.strip(),
+                    avg_logprob=tr.avg_logprob,
+                    guard_dropped=tr.dropped > 0,
+                )
+                comparisons = self.ledger.final(stream_id, Piece(seg.index, seg.start_s, seg.end_s, tr.text))
+            elif isinstance(event, FinalLost):
+                self.controller.record_final(variant, now, error=True)
+            elif isinstance(event, StreamEnded):
+                self.controller.stream_ended(variant, now)
+                comparisons, scores = self.ledger.ended(stream_id)
+            self._after(stream_id, comparisons, scores)
+
+    def on_shadow(self, stream_id: str, job: AsrJob, future: Future) -> None:
+        """A shadow job was queued; its result is compared with the primary's when it comes."""
+        with self._lock:
+            self.ledger.shadow_queued(stream_id)
+        future.add_done_callback(lambda f: self._shadow_done(stream_id, job, f))
+
+    def _shadow_done(self, stream_id: str, job: AsrJob, future: Future) -> None:
+        outcome, pieces, transcripts = "shed", None, []
+        if not future.cancelled():
+            if future.exception() is not None:
+                outcome = "failed"
+            elif future.result() is not None:
+                transcripts, _run = future.result()
+                outcome = "done"
+                pieces = [Piece(s.index, s.start_s, s.end_s, t.text) for s, t in zip(job.segments, transcripts)]
+        # job.created: when the segment closed (monotonic, like the worker's clock)
+        latency = time.monotonic() - job.created if outcome == "done" else None
+        self._telemetry(job.variant, lambda inst: dt.shadow_segment(inst, outcome, latency), role="shadow")
+        with self._lock:
+            if outcome == "done":  # the shadow's own figures (its latency waits below the clients')
+                for tr in transcripts:
+                    self.controller.record_final(
+                        job.variant,
+                        self.clock(),
+                        latency_s=None,
+                        empty=not tr.text.strip(),
+                        avg_logprob=tr.avg_logprob,
+                        guard_dropped=tr.dropped > 0,
+                    )
+            comparisons, scores = self.ledger.shadow_done(stream_id, pieces)
+            self._after(stream_id, comparisons, scores)
+
+    def _after(self, stream_id: str, comparisons: list[Comparison], scores: list[Score]) -> None:
+        rec = self.ledger.get(stream_id)
+        for c in comparisons:
+            if rec is not None and rec.shadow:
+                self.controller.record_agreement(rec.shadow, self.clock(), c.agreement)
+                self._telemetry(
+                    rec.shadow, lambda inst, c=c: dt.shadow_scored(inst, c.agreement, c.empty_mismatch), "shadow"
+                )
+        for s in scores:
+            self._scored(s)
+
+    def _scored(self, s: Score) -> None:
+        self.controller.record_feedback(s.variant, self.clock(), s.errors, s.words)
+        self._telemetry(s.variant, lambda inst: dt.feedback_scored(inst, s.errors, s.words), role=s.role)
+        if self.on_score is not None:
+            self.on_score(s.variant, s.errors, s.words)
+
+    # -- feedback, admin, time ------------------------------------------------------------------
+
+    def feedback(self, session: str, segment: int | None, text: str) -> list[Score]:
+        """Score a human reference (``POST /v1/feedback``); KeyError for an unknown session/segment."""
+        with self._lock:
+            scores = self.ledger.feedback(session, segment, text)
+            for s in scores:
+                self._scored(s)
+            return scores
+
+    def apply(self, action: dict, reason: str = "admin") -> Change:
+        """An admin action (``POST /admin/deploy``); DeployError for a bad one."""
+        with self._lock:
+            change = self.controller.apply(action, self.clock(), reason=reason)
+            self._changed([change])
+            return change
+
+    def tick(self) -> list[Change]:
+        """Evaluate the canary's gates (called every second by the server)."""
+        with self._lock:
+            changes = self.controller.tick(self.clock())
+            if changes:
+                self._changed(changes)
+            return changes
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return self.controller.snapshot()
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+
+    def _changed(self, changes: list[Change]) -> None:
+        self._save()
+        self._report(changes)
+        weights = self.controller.weights()
+        for name in set(weights) | set(self._weights):
+            delta = weights.get(name, 0.0) - self._weights.get(name, 0.0)
+            self._telemetry(name, lambda inst, d=delta: dt.weight_changed(inst, d))
+        self._weights = weights
+
+    def _save(self) -> None:
+        try:
+            self.store.save(self.controller.snapshot())
+        except Exception:  # a full disk must not stop serving; the change is still in memory and logged
+            log.exception("could not save the deploy state to %s", self.settings.state_file)
+
+    def _report(self, changes: list[Change]) -> None:
+        for change in changes:
+            doc = change.to_dict()
+            variant = self.controller.candidate or self.controller.primary
+            self._telemetry(variant, lambda inst, d=doc: dt.deploy_changed(inst, d["action"], d["reason"], d))
+            if change.action == "rollback":
+                failed = [g["name"] for g in doc.get("gates", []) if g.get("passed") is False]
+                gate = failed[0] if failed else "admin"
+                self._telemetry(variant, lambda inst, g=gate: dt.rolled_back(inst, g))
+
+    def _telemetry(self, variant: str, fn: Callable[[Instrumentation], None], role: str | None = None) -> None:
+        if self.labelled is None or not variant:
+            return
+        try:
+            fn(self.labelled(variant, role or self.controller.role_of(variant)))
+        except Exception:  # telemetry must never break serving
+            log.exception("deploy telemetry failed")
+
+
+class _StreamObserver:
+    def __init__(self, deployment: Deployment, stream_id: str, variant: str) -> None:
+        self.deployment = deployment
+        self.stream_id = stream_id
+        self.variant = variant
+
+    def on_event(self, event: Event) -> None:
+        if isinstance(event, (FinalTranscript, FinalLost, StreamEnded)):
+            self.deployment._on_event(self.stream_id, self.variant, event)
