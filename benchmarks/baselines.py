@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from machine import machine_line
 
 from speechpipe.pipeline.config import Config
 from speechpipe.pipeline.evaluate.quality.vad_metrics import frame_score, pooled_score, read_segments
@@ -93,7 +94,7 @@ def wer_figures(engine: AsrEngine) -> dict:
         audio = load_audio(SPEECH / name)[0]
         pieces.append(AudioPiece(k, pos, audio))
         pos += audio.size + 37 * SAMPLE_RATE
-    transcripts, _ = engine.transcribe(pieces)
+    [(transcripts, _)] = engine.run([pieces])
     out["packed_pieces"] = [wer_entry(ref[n], t.text) for n, t in zip(PACKED, transcripts)]
     out["packed_all"] = wer_entry(" ".join(ref[n] for n in PACKED), " ".join(t.text for t in transcripts))
     # ...and decoded as four windows, batched against one by one (the sequential text as reference).
@@ -170,6 +171,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--check", action="store_true", help="compare with tests/baselines.json; write nothing")
     args = ap.parse_args()
+    print(machine_line(), flush=True)
     doc = measure(args.threads)
     old = flat(json.loads(OUT.read_text())) if OUT.exists() else {}
     new = flat(doc)

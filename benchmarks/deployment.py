@@ -28,6 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from live_streams import FRAME_S, RATE, StreamAudio, build_stream, noises, utterances
+from machine import machine_line
 from streaming import pct, serve
 
 from speechpipe.pipeline.clients.client import StreamResult, paced, stream_pcm
@@ -303,6 +304,7 @@ def main() -> int:
     ap.add_argument("--shadow-streams", type=int, nargs="+", default=[2, 4], help="shadow rows (streams at once)")
     ap.add_argument("--shadow-queue", type=int, default=32, help="server.shadow_max_queued of the shadow rows")
     args = ap.parse_args()
+    print(machine_line(), flush=True)
     os.environ.setdefault("OTEL_SDK_DISABLED", "false")
     streams = corpus_streams(max(args.streams, 4), 30.0)
     with tempfile.TemporaryDirectory() as tmp:

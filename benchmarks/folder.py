@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import machine_line
+
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpus"
 
@@ -50,6 +52,7 @@ def main() -> int:
     ap.add_argument("--actors", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=1)
     args = ap.parse_args()
+    print(machine_line(), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "in"
         folder.mkdir()

@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from deployment import ADMIN, Server, key_for
 from live_streams import CORPUS, FORMATS, FRAME_S, RATE, StreamAudio, build_stream, noises, pause_audio, rms, utterances
+from machine import machine_line
 
 from speechpipe.pipeline.clients.client import paced, stream_pcm
 from speechpipe.pipeline.evaluate.quality.wer import score_corpus
@@ -320,6 +321,7 @@ def main() -> int:
     ap.add_argument("--speed", type=float, default=4.0, help="pace of the drift scenarios (x real time)")
     ap.add_argument("--shots", default="out/monitoring", help="folder of the dashboard screenshots")
     args = ap.parse_args()
+    print(machine_line(), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         if args.only != "canary":

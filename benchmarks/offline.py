@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from machine import machine_line
 
 from speechpipe.pipeline.config import Config
 from speechpipe.pipeline.evaluate.quality.wer import score
@@ -136,6 +137,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--processes", action="store_true", help="also compare whole processes (model load included)")
     args = ap.parse_args()
+    print(machine_line(), flush=True)
     tuned = tune_allocator()  # as `speechpipe transcribe` does, before any model is loaded
 
     audio, reference, facts = build_long_file(args.seed)

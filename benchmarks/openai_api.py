@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from deployment import Server
 from live_streams import CORPUS
+from machine import machine_line
 
 from speechpipe.pipeline.evaluate.quality.wer import score_corpus
 
@@ -51,6 +52,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--files", type=int, help="only the first N files")
     args = ap.parse_args()
+    print(machine_line(), flush=True)
     files = corpus_files(args.files)
     refs = [p.with_suffix(".txt").read_text() for p in files]
     rows = []

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import machine_line
 
 from speechpipe.pipeline.evaluate.quality.vad_metrics import read_segments
 from speechpipe.pipeline.evaluate.quality.wer import normalized_words
@@ -43,6 +44,7 @@ def main() -> int:
     p.add_argument("--tolerance", type=float, default=BOUNDARY_TOLERANCE_S)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
+    print(machine_line(), flush=True)
     timer = ReferenceTimer(AsrEngine(AsrConfig(threads=args.threads)))
     methods = ("transcript", "forced", "forced+snap")
     groups = ("all", "tenvad", "ami-excerpt", "musanmix")

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from deployment import ADMIN, Server
 from live_streams import FRAME_S, RATE, StreamAudio, build_stream, noises, utterances
+from machine import machine_line
 from websockets.asyncio.client import connect
 
 from speechpipe.pipeline.evaluate.quality.wer import score_corpus
@@ -227,6 +228,7 @@ def main() -> int:
     ap.add_argument("--shots", help="folder for a dashboard screenshot at level shadow")
     ap.add_argument("--only", nargs="+", help="only these rows (full, partial, assist, shadow)")
     ARGS = ap.parse_args()
+    print(machine_line(), flush=True)
     utts, noise = utterances(), noises()
     streams = [build_stream(200 + k, utts, 30.0, noise, None, mixed_formats=False) for k in range(ARGS.streams)]
     words = reference_words(streams)

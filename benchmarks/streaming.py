@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from live_streams import RATE, ROOT, StreamAudio, build_stream, noises, utterances
+from machine import machine_line
 
 from speechpipe.pipeline.clients.client import StreamResult, paced, stream_pcm
 from speechpipe.pipeline.config import Config
@@ -228,6 +229,7 @@ def main() -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="server config override")
     ap.add_argument("--no-offline", action="store_true", help="skip the offline WER")
     args = ap.parse_args()
+    print(machine_line(), flush=True)
 
     utts = utterances()
     n_max = max([*args.streams, args.overload])

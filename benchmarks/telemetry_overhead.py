@@ -21,6 +21,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from machine import machine_line
+
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpus"
 
@@ -52,6 +54,7 @@ def main() -> int:
     ap.add_argument("--protocol", choices=["http", "grpc"], default="http")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for the model (default 2)")
     args = ap.parse_args()
+    print(machine_line(), flush=True)
 
     from speechpipe.pipeline.config import Config
     from speechpipe.pipeline.observability import start_telemetry

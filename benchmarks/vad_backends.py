@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine import machine_line
+
 from speechpipe.pipeline.evaluate.quality.vad_metrics import pooled_score, read_segments
 from speechpipe.stages.audio import load_audio
 from speechpipe.stages.pcm import SAMPLE_RATE
@@ -52,6 +54,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clips", default=str(DEFAULT_CLIPS))
     args = p.parse_args()
+    print(machine_line(), flush=True)
     clips = []
     for wav in sorted(Path(args.clips).glob("*.wav")):
         labels = wav.with_suffix(".segments.txt")

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from live_streams import noise_stretch, pause_audio, rms
+from machine import machine_line
 
 from speechpipe.pipeline.evaluate.quality.vad_metrics import pooled_score, read_segments
 from speechpipe.stages.audio import load_audio
@@ -180,6 +181,7 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--variants", nargs="*", help="names of the variants to run (default: all)")
     args = ap.parse_args()
+    print(machine_line(), flush=True)
     utts = [load_audio(p)[0] for p in sorted((CORPUS / "speech").iterdir()) if p.suffix in (".wav", ".flac")]
     noises = [load_audio(p)[0] for p in sorted((CORPUS / "noise").glob("*.wav"))]
     streams = [build_stream(k, utts, noises, args.duration) for k in range(args.streams)]
