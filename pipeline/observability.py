@@ -1,5 +1,6 @@
 """Wiring telemetry to a pipeline: the one place that turns a :class:`Config` into telemetry and
-its observers, used by every command (``transcribe``, ``eval``, ``serve``) and by the benchmarks.
+its observers, used by every command (``transcribe``, ``eval``, ``serve``) and by the benchmarks
+(the live server's telemetry is a part of it: :mod:`speechpipe.pipeline.telemetry_part`).
 
 The telemetry package knows nothing of the pipeline's config: it is given the ``[telemetry]``
 table and explicit :class:`~speechpipe.telemetry.instruments.Labels` (variant, VAD config id,
@@ -9,11 +10,9 @@ model) from here.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 
 from speechpipe.pipeline.config import Config, ConfigError
-from speechpipe.pipeline.hooks import Observer
 from speechpipe.telemetry import names as n
 from speechpipe.telemetry.instruments import Instrumentation, Labels
 from speechpipe.telemetry.setup import Telemetry, TelemetryError
@@ -55,78 +54,6 @@ def start_telemetry(
         for line in telemetry.plan.describe():
             print(f"speechpipe: telemetry: {line}", file=sys.stderr)
     return telemetry
-
-
-@dataclass
-class ServerTelemetry:
-    """What plugs telemetry into :class:`~speechpipe.pipeline.server.speech_server.SpeechServer` (its keyword
-    arguments): the server-level observer, each stream's observers (for the variant and role that
-    serve it), the instrumentation of a variant and role, the ``/metrics`` page, and the flush at
-    shutdown."""
-
-    observer: Observer
-    stream_observers: Callable[[str, dict, Config, str], list[Observer]]
-    labelled: Callable[[Config, str], Instrumentation]
-    drift_telemetry: Callable[[Callable], Callable]
-    review_telemetry: Callable[[Callable], Callable]
-    metrics: Callable[[], tuple[bytes, str]]
-    on_shutdown: Callable[[], None]
-
-    def kwargs(self) -> dict:
-        return {
-            "observer": self.observer,
-            "stream_observers": self.stream_observers,
-            "labelled": self.labelled,
-            "drift_telemetry": self.drift_telemetry,
-            "review_telemetry": self.review_telemetry,
-            "metrics": self.metrics,
-            "on_shutdown": self.on_shutdown,
-        }
-
-
-def server_telemetry(telemetry: Telemetry) -> ServerTelemetry:
-    """Telemetry of ``speechpipe serve``: a ``stream`` span per connection and an ``utterance``
-    trace per segment, stage metrics, streams turned away, and ``/metrics`` from the server's own
-    port (a Prometheus registry fed by the same meter provider as every other exporter)."""
-    from prometheus_client import CONTENT_TYPE_LATEST
-
-    inst = telemetry.instrumentation
-    views: dict[Labels, Instrumentation] = {}
-
-    def labelled(config: Config, role: str) -> Instrumentation:
-        labels = labels_for(config, role)
-        if labels not in views:
-            views[labels] = inst.labelled(labels)
-        return views[labels]
-
-    def stream_observers(stream_id: str, attributes: dict, config: Config, role: str) -> list[Observer]:
-        return [labelled(config, role).stream_observer(mode=n.LIVE, attributes=attributes)]
-
-    def drift_telemetry(rows: Callable) -> Callable:
-        from speechpipe.pipeline.monitoring.telemetry import drift_alert, register_drift_gauges
-
-        register_drift_gauges(inst, rows)
-
-        def report(d, raised: bool) -> None:
-            drift_alert(inst, d.variant, d.stage, d.feature, d.score, d.threshold, d.n, raised)
-
-        return report
-
-    def review_telemetry(figures: Callable[[], dict]) -> Callable:
-        from speechpipe.pipeline.review.telemetry import register_review_gauges, reviewed
-
-        register_review_gauges(inst, figures)
-        return lambda item: reviewed(inst, item.variant, item.level, item.reason)
-
-    return ServerTelemetry(
-        observer=inst,
-        stream_observers=stream_observers,
-        labelled=labelled,
-        drift_telemetry=drift_telemetry,
-        review_telemetry=review_telemetry,
-        metrics=lambda: (telemetry.prometheus_text(), CONTENT_TYPE_LATEST),
-        on_shutdown=telemetry.shutdown,
-    )
 
 
 def instrumentation_for(config: Config, tracer_provider, meter_provider, **kwargs) -> Instrumentation:

@@ -283,6 +283,11 @@ def final_lost(segment: int, start: float, end: float, reason: str) -> dict:
     }
 
 
+def revision(segment: int, text: str, by: str = "human") -> dict:
+    """A reviewed transcript of a segment that has had its final: it replaces the final's text."""
+    return {"type": "revision", "segment": segment, "text": text, "by": by}
+
+
 def error(code: str, message: str, **extra: Any) -> dict:
     return {"type": "error", "code": code, "message": message, **extra}
 

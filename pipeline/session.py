@@ -159,7 +159,10 @@ class StreamSession:
         return self.arrivals.frames / self.sample_rate
 
     def feed(self, samples: np.ndarray) -> list[Event]:
-        """Feed audio at the session's rate: shape (n,) or (n, channels), float32 in [-1, 1]."""
+        """Feed audio at the session's rate: shape (n,) or (n, channels), float32 in [-1, 1].
+
+        The array is reported to observers as it is (:class:`AudioFed`), and they may read it after
+        this returns: the caller must not write to it again (:meth:`feed_pcm` makes a new one)."""
         if self._finished:
             raise SessionError("audio fed after the end of the stream")
         x, bad = sanitize(samples)
@@ -179,7 +182,11 @@ class StreamSession:
         events = self.vad.feed(self._resampler.process(x))
         vad_ns = time.perf_counter_ns() - t0
         if self.observers:
-            self.observers.on_event(AudioFed(self.stream_id, raw, self.sample_rate, vad_ns))
+            # Observers may read the chunk later, from another thread (BackgroundObservers): they
+            # get a read-only view, and the session never writes to what it was fed.
+            view = raw.view()
+            view.flags.writeable = False
+            self.observers.on_event(AudioFed(self.stream_id, view, self.sample_rate, vad_ns))
         return self._vad_events(events)
 
     def feed_pcm(self, data: bytes, encoding: str = "pcm_s16le") -> list[Event]:
@@ -270,22 +277,27 @@ class StreamSession:
 
     def complete(self, job: AsrJob, transcripts: list[Transcript], run: AsrRun | None = None) -> list[FinalTranscript]:
         """Hand back the transcripts of ``job`` (and how it ran). A final job's segments become
-        :class:`FinalTranscript` events, returned and reported; any other job is only reported."""
+        :class:`FinalTranscript` events, returned and reported; any other job is only reported.
+
+        Checks first (a :class:`SessionError` changes nothing), then every final is made and the
+        job leaves the session, and only then are the events reported: the finals returned never
+        depend on the observers (which do not raise anyway, see :class:`Observers`)."""
         if job.kind is not JobKind.FINAL:
             self.observers.on_event(AsrCompleted(self.stream_id, job, transcripts, run))
             return []
-        if self._in_flight.pop(job.job_id, None) is None:
+        if job.job_id not in self._in_flight:
             raise SessionError(f"job {job.job_id} is not in flight for stream {self.stream_id}")
         if len(transcripts) != len(job.segments):
             raise SessionError("one transcript per segment expected")
-        self.observers.on_event(AsrCompleted(self.stream_id, job, transcripts, run))
+        del self._in_flight[job.job_id]
         now = self.clock()
-        finals = []
-        for seg, tr in zip(job.segments, transcripts):
-            latency = max(0.0, now - self.arrivals.arrival_of(seg.end_sample, now))
-            final = FinalTranscript(self.stream_id, seg, tr, latency)
-            finals.append(final)
-            self.finals_emitted += 1
+        finals = [
+            FinalTranscript(self.stream_id, seg, tr, max(0.0, now - self.arrivals.arrival_of(seg.end_sample, now)))
+            for seg, tr in zip(job.segments, transcripts)
+        ]
+        self.finals_emitted += len(finals)
+        self.observers.on_event(AsrCompleted(self.stream_id, job, transcripts, run))
+        for final in finals:
             self.observers.on_event(final)
         return finals
 
@@ -294,9 +306,10 @@ class StreamSession:
         :class:`FinalLost`. Returns them (the caller tells the client)."""
         if self._in_flight.pop(job.job_id, None) is None:
             return []
-        for seg in job.segments:
+        lost = list(job.segments)
+        for seg in lost:
             self.observers.on_event(FinalLost(self.stream_id, seg, reason))
-        return list(job.segments)
+        return lost
 
     def abandon(self, error: BaseException | None = None, reason: str = "abandoned") -> int:
         """Forget queued and in-flight work (a client went away, or ``error`` stopped the stream);
@@ -305,14 +318,14 @@ class StreamSession:
         if error is not None and self.error is None:
             self.error = error
         self._abandoned = self._abandoned or not self.done
-        n = self.pending
-        for seg in [*self._closed, *(s for j in self._in_flight.values() for s in j.segments)]:
-            self.observers.on_event(FinalLost(self.stream_id, seg, reason))
+        lost = [*self._closed, *(s for j in self._in_flight.values() for s in j.segments)]
         self._closed.clear()
         self._in_flight.clear()
         self._finished = True
+        for seg in lost:
+            self.observers.on_event(FinalLost(self.stream_id, seg, reason))
         self.close()
-        return n
+        return len(lost)
 
     def close(self) -> None:
         """Mark the stream over for observers (idempotent); call once it is drained or abandoned."""

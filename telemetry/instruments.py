@@ -21,9 +21,10 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.context import Context
 
-from speechpipe.pipeline.hooks import Event, StreamRejected
+from speechpipe.pipeline.hooks import FAULTS, Event, ObserverFaults, StreamRejected
 from speechpipe.telemetry import metric_specs as specs
 from speechpipe.telemetry import names as n
+from speechpipe.telemetry.observer_metrics import register_observer_metrics
 from speechpipe.telemetry.process_metrics import register_process_metrics
 from speechpipe.telemetry.stream_telemetry import StreamTelemetry
 
@@ -108,6 +109,8 @@ class Instrumentation:
         trace_text: put transcript text on spans (personal data: off unless the user opts in).
         trace_layout: ``"stream"``, ``"utterance"`` or ``"auto"`` (stream offline, utterance live).
         process_metrics: observe this process's CPU and memory (psutil).
+        observer_faults: the tally of observers' errors and drops to report (default: the
+            process's, :data:`speechpipe.pipeline.hooks.FAULTS`, which every fan-out counts into).
     """
 
     def __init__(
@@ -120,6 +123,7 @@ class Instrumentation:
         trace_text: bool = False,
         trace_layout: str = "auto",
         process_metrics: bool = True,
+        observer_faults: ObserverFaults | None = None,
         _instruments: _Instruments | None = None,
     ) -> None:
         self._shared = _instruments or _Instruments(tracer_provider, meter_provider)
@@ -131,6 +135,9 @@ class Instrumentation:
         self.mode = mode
         self.trace_text = trace_text
         self.trace_layout = trace_layout
+        if _instruments is None:
+            faults = observer_faults if observer_faults is not None else FAULTS
+            register_observer_metrics(self._shared.meter, faults, self.base_attributes)
         if process_metrics and _instruments is None:
             register_process_metrics(self._shared.meter, self.base_attributes)
 

@@ -104,6 +104,23 @@ METRICS: tuple[MetricSpec, ...] = (
         "software",
         "segments that will never get a final transcript, by reason (drain_timeout, asr_failed, disconnected, abandoned)",
     ),
+    MetricSpec(
+        n.OBSERVER_ERRORS,
+        OBSERVABLE_COUNTER,
+        "{error}",
+        (n.OBSERVER,),
+        "software",
+        "errors raised by a stream's observers (telemetry, deployment evidence, drift...), by observer; "
+        "the stream and the other observers go on",
+    ),
+    MetricSpec(
+        n.OBSERVER_DROPPED,
+        OBSERVABLE_COUNTER,
+        "{event}",
+        (n.OBSERVER,),
+        "software",
+        "events an observer missed because its stream's observer queue was full (it was too slow), by observer",
+    ),
     # -- deployment (pipeline.variant / deploy.role: the variant concerned) -----------------------
     MetricSpec(
         n.DEPLOY_CHANGES,

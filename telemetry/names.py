@@ -121,6 +121,7 @@ SHADOW_OUTCOME = "shadow.outcome"  # done | shed | failed
 SHADOW_EMPTY_MISMATCH = "shadow.empty_mismatch"
 AUTOMATION_LEVEL = "automation.level"  # human | shadow | assist | partial | full, on every stream span
 REVIEW_REASON = "review.reason"  # level | low_confidence | audit
+OBSERVER = "observer"  # an observer's name: its `name` attribute or its class name
 # drift gauges (Prometheus: speechpipe_drift_score{variant,stage,feature})
 DRIFT_VARIANT = "variant"
 DRIFT_STAGE = "stage"
@@ -139,6 +140,8 @@ FINAL_LATENCY = "speechpipe.final.latency"
 STREAMS_ACTIVE = "speechpipe.streams.active"
 STREAMS_REJECTED = "speechpipe.streams.rejected"
 FINALS_LOST = "speechpipe.finals.lost"
+OBSERVER_ERRORS = "speechpipe.observer.errors"
+OBSERVER_DROPPED = "speechpipe.observer.dropped"
 # deployment
 DEPLOY_CHANGES = "speechpipe.deploy.changes"
 DEPLOY_ROLLBACKS = "speechpipe.deploy.rollbacks"

@@ -5,12 +5,18 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from dataclasses import replace
 from typing import Self
 
+from speechpipe.pipeline.cli.live import server_parts
 from speechpipe.pipeline.config import Config
 from speechpipe.pipeline.hooks import StreamEnded, StreamStarted
+from speechpipe.pipeline.server.auth import Principals
+from speechpipe.pipeline.server.parts import Part, StreamInfo
 from speechpipe.pipeline.server.speech_server import SpeechServer
+
+__all__ = ["ObserversPart", "RecordingObserver", "RecordingPart", "ServerThread", "free_port"]
 
 
 class RecordingObserver:
@@ -26,8 +32,39 @@ class RecordingObserver:
             self.log.append(("ended", event.stream_id))
 
 
+class RecordingPart(Part):
+    """Puts a :class:`RecordingObserver` on every stream."""
+
+    name = "recording"
+
+    def __init__(self, log: list) -> None:
+        self.log = log
+
+    def observers(self, stream: StreamInfo) -> list:
+        return [RecordingObserver(self.log)]
+
+
+class ObserversPart(Part):
+    """Puts the observers ``make(stream)`` gives on every stream (a test's own)."""
+
+    name = "test-observers"
+
+    def __init__(self, make) -> None:
+        self.make = make
+
+    def observers(self, stream: StreamInfo) -> list:
+        return list(self.make(stream))
+
+
 class ServerThread:
-    """``with ServerThread(engine, max_streams=2) as srv:`` serves on ``srv.url`` until the block ends."""
+    """``with ServerThread(engine, max_streams=2) as srv:`` serves on ``srv.url`` until the block ends.
+
+    The server has the parts ``speechpipe serve`` gives it (:func:`server_parts`, with real
+    ``telemetry`` when given one), a part recording every stream's start and end in ``hook_log``,
+    and the test's own ``parts``. It does not tick on its own: a test runs the parts' periodic
+    work with :meth:`tick`, at the time of ``clock`` (the server's clock: the wall clock unless
+    the test gives its own).
+    """
 
     def __init__(
         self,
@@ -37,21 +74,39 @@ class ServerThread:
         admin_token: str | None = None,
         reviewer_token: str | None = None,
         config: Config | None = None,
+        telemetry=None,
+        parts: list | None = None,
+        clock=time.time,
         **settings,
     ) -> None:
         config = config or Config()
         config = replace(config, server=replace(config.server, host="127.0.0.1", port=0, **settings))
         self.hook_log: list = []
         self.loop = asyncio.new_event_loop()
+        self.clock = clock
         self.server = SpeechServer(
             config,
             engine,
-            token=token,
-            admin_token=admin_token,
-            reviewer_token=reviewer_token,
-            stream_observers=lambda sid, attrs, *_variant: [RecordingObserver(self.hook_log)],
+            parts=server_parts(config, telemetry) + [RecordingPart(self.hook_log)] + list(parts or []),
+            principals=Principals.from_tokens(stream=token, admin=admin_token, reviewer=reviewer_token),
+            clock=clock,
+            tick_s=None,
         )
         self.thread = threading.Thread(target=self.loop.run_forever, name="test-server", daemon=True)
+
+    def part(self, name: str):
+        """The server's part called ``name`` (``review``, ``drift``, ``deploy``...)."""
+        return next(p for p in self.server.parts if p.name == name)
+
+    def tick(self, timeout: float = 30.0) -> None:
+        """Run every part's periodic work now (the deploy gates, drift, the review figures), once
+        the streams the test opened have closed: a stream's observers have had all of its events
+        by then (its connection drains their queue before it closes)."""
+        deadline = time.monotonic() + timeout
+        while self.server.streams:
+            assert time.monotonic() < deadline, "streams still open"
+            time.sleep(0.02)
+        self.call(self.server.tick())
 
     def call(self, coro, timeout: float = 120.0):
         """Run a coroutine on the server's loop and return its result."""
@@ -92,18 +147,3 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def with_telemetry(srv: ServerThread, telemetry) -> ServerThread:
-    """``srv`` reporting through real ``telemetry`` (its /metrics, stream metrics, drift gauges),
-    as ``speechpipe serve`` wires it; set before the server starts."""
-    from speechpipe.pipeline.hooks import Observers
-    from speechpipe.pipeline.observability import server_telemetry
-
-    kw = server_telemetry(telemetry)
-    s = srv.server
-    s.metrics, s.drift_telemetry, s.labelled = kw.metrics, kw.drift_telemetry, kw.labelled
-    s.review_telemetry = kw.review_telemetry
-    s.stream_observers = kw.stream_observers
-    s.observer = Observers([kw.observer])
-    return srv

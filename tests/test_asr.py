@@ -54,9 +54,9 @@ def test_packed_pieces_get_their_own_words(engine):
         refs.append((SPEECH / name).with_suffix(".txt").read_text(encoding="utf-8"))
         pos += audio.size + 37 * 16000  # pieces lie far apart in the stream
     assert len(engine.pack(pieces)) == 1
-    transcripts, windows = engine.transcribe(pieces)
+    [(transcripts, run)] = engine.run([pieces])
     assert len(transcripts) == len(pieces)
-    assert windows[0].pieces == 4
+    assert run.windows[0].pieces == 4
     for k, (piece, t, ref) in enumerate(zip(pieces, transcripts, refs)):
         assert t.index == piece.index
         assert t.start == pytest.approx(piece.start_s)
@@ -154,5 +154,5 @@ def test_noise_transcribes_to_nothing(engine, path):
 
 
 def test_engine_handles_silence(engine):
-    transcripts, _ = engine.transcribe([AudioPiece(0, 0, np.zeros(16000 * 3, dtype=np.float32))])
+    [(transcripts, _)] = engine.run([[AudioPiece(0, 0, np.zeros(16000 * 3, dtype=np.float32))]])
     assert transcripts[0].text == "" and transcripts[0].words == []

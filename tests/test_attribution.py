@@ -75,7 +75,7 @@ def test_one_segment_over_the_whole_file_blames_only_asr(engine):
     audio, _ = load_audio(STEW)
     ref = reference(STEW)
     ref_words = _timed(ReferenceTimer(engine).compute(audio, ref))
-    (tr,), _ = engine.transcribe([AudioPiece(0, 0, audio)])
+    [((tr,), _)] = engine.run([[AudioPiece(0, 0, audio)]])
     text = tr.text
     wer = score(ref, text)
     assert wer.errors > 0  # the file is chosen for tiny.en's mistakes ("flour fattened sauce")
@@ -101,7 +101,7 @@ def test_cutting_the_first_word_of_every_segment_is_blamed_on_the_vad(jfk, engin
         a, b = int(start * SAMPLE_RATE), int(seg.end * SAMPLE_RATE)
         pieces.append(AudioPiece(seg.index, a, audio[a:b]))
         intervals.append((seg.index, a / SAMPLE_RATE, seg.end))
-    transcripts, _ = engine.transcribe(pieces)
+    [(transcripts, _)] = engine.run([pieces])
     text = " ".join(t.text for t in transcripts if t.text)
     raw = [RawWord(w.word, w.start, w.end, t.index) for t in transcripts for w in t.words]
     att = attribute(ref, text, ref_words, hyp_words(text, raw), Segments(intervals, run.duration))

@@ -84,3 +84,23 @@ def test_cli_reports_config_errors(tmp_path, capsys):
     code = main(["transcribe", str(tmp_path), "-o", str(tmp_path / "out"), "--config", str(path)])
     assert code == 2
     assert "vad.hangover: unknown key" in capsys.readouterr().err
+
+
+def test_workers_are_sized_from_the_cores_by_one_rule_for_serve_and_transcribe():
+    """``server.asr_workers = 0`` and ``transcribe --jobs 0`` size the same: a worker per core up to
+    2 cores, then one per 2 cores, the cores shared out; explicit counts and threads are kept."""
+    from speechpipe.pipeline.config import sized_for_cores
+    from speechpipe.pipeline.deploy.variants import live_asr
+    from speechpipe.pipeline.offline.runner import parallel_config
+    from speechpipe.pipeline.server.settings import ServerSettings
+
+    asr = Config().asr
+    for cores, expected in ((1, (1, 1)), (2, (2, 1)), (3, (1, 3)), (8, (4, 2)), (16, (8, 2))):
+        sized = sized_for_cores(asr, 0, cores)
+        assert (sized.workers, sized.threads) == expected
+        assert live_asr(asr, ServerSettings(), cores) == sized
+        config, jobs = parallel_config(Config(asr=asr), 0, cores)
+        assert (jobs, config.asr) == (expected[0], sized)
+    assert (sized_for_cores(asr, 3, 8).workers, sized_for_cores(asr, 3, 8).threads) == (3, 2)
+    threaded = sized_for_cores(Config(asr=asr).with_overrides({"asr.threads": 4}).asr, 0, 8)
+    assert (threaded.workers, threaded.threads) == (4, 4)

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import SPEECH
-from livehelp import ServerThread, with_telemetry
+from livehelp import ServerThread
 from prometheus_client.parser import text_string_to_metric_families
 from test_deploy_server import http, key_for, stream
 from test_drift_server import offline_profile
@@ -63,7 +63,7 @@ def test_dashboard_matches_metrics_shows_drift_and_drives_the_deployment(engine,
         }
     )
     telemetry = start_telemetry(cfg, mode="live", metrics_page=True, environ={}, announce=False)
-    srv = with_telemetry(ServerThread(engine, config=cfg, admin_token=ADMIN), telemetry)
+    srv = ServerThread(engine, config=cfg, admin_token=ADMIN, telemetry=telemetry)
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-background-networking"]
@@ -86,6 +86,7 @@ def test_dashboard_matches_metrics_shows_drift_and_drives_the_deployment(engine,
                 with ThreadPoolExecutor(3) as pool:
                     results = list(pool.map(lambda side: stream(srv, key_for("twin", 0.5, side)), (False, True, False)))
                 assert {r.ready["variant"] for r in results} == {"default", "twin"}
+                srv.tick()  # drift judges the windows
                 finals = sum(len(r.finals) for r in results)
                 metrics = totals(get_text(srv, "/metrics"))
                 assert total(metrics, "speechpipe_output_segments_total") == finals

@@ -511,7 +511,7 @@ def test_a_promoted_canary_stays_promoted_after_a_restart_and_a_memory_store_wor
     ctl.apply({"action": "promote"}, 1.0)
     store = DeployStore("")
     store.save(ctl.snapshot())
-    again = DeployController.restore(canary(), VARIANTS, store.load(), now=5.0)
+    again = DeployController(canary(), VARIANTS, now=5.0, state=store.load())
     assert (again.state, again.primary, again.candidate, again.assign(6.0).variant) == (
         "promoted",
         "green",

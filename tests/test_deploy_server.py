@@ -20,7 +20,7 @@ from speechpipe.pipeline.clients.client import file_frames, file_start, paced, s
 from speechpipe.pipeline.config import Config, ConfigError
 from speechpipe.pipeline.deploy import share_of
 from speechpipe.pipeline.protocol import Start
-from speechpipe.pipeline.server.speech_server import SpeechServer
+from speechpipe.pipeline.server.auth import Principals
 
 pytestmark = pytest.mark.corpus
 
@@ -92,7 +92,7 @@ def test_admin_api_refuses_no_token_a_wrong_one_and_the_stream_token(engine):
         # The server still serves streams, and the stream token is what feedback takes.
         assert http(srv, "POST", "/v1/feedback", {"session": "x", "text": "hi"}, token=ADMIN)[0] == 401
     with pytest.raises(ConfigError, match="differ"):
-        SpeechServer(Config(), token="same", admin_token="same")
+        Principals.from_tokens(stream="same", admin="same")
 
 
 def canary_config(candidate: str, tmp_path) -> Config:
@@ -115,8 +115,10 @@ def canary_config(candidate: str, tmp_path) -> Config:
 
 
 def wait_state(srv: ServerThread, want: set[str], timeout: float = 20.0) -> dict:
+    """The deploy state once it is one of ``want`` (the gates judged at a tick each time)."""
     deadline = time.monotonic() + timeout
     while True:
+        srv.tick()
         state = http(srv, "GET", "/admin/deploy")[1]
         if state["state"] in want or time.monotonic() > deadline:
             return state
@@ -158,8 +160,7 @@ def test_canary_promotes_a_good_candidate_through_every_step(engine, tmp_path):
                 result = stream(srv, key_for("twin", weight, on_candidate))
                 assert result.ready["variant"] == ("twin" if on_candidate else "default")
                 http(srv, "POST", "/v1/feedback", {"session": result.ready["session"], "text": REFERENCE})
-            wait_state(srv, {"promoted", "progressing"}, timeout=3)
-            time.sleep(1.5)  # a deploy tick
+            wait_state(srv, {"promoted", "progressing"}, timeout=3)  # a deploy tick
         state = http(srv, "GET", "/admin/deploy")[1]
         final = stream(srv)
     assert steps == [0.5, 1.0]
@@ -175,7 +176,11 @@ def test_bluegreen_switch_and_rollback_under_a_live_stream(engine):
 
         async def scenario():
             running = asyncio.create_task(asyncio.to_thread(stream, srv, None, 1.0))  # 11 s in real time
-            await asyncio.sleep(2.0)
+            # The switch comes once that stream has been routed (its session exists), while it runs.
+            deadline = time.monotonic() + 30
+            while not any(c.core.session is not None for c in list(srv.server.streams.values())):
+                assert time.monotonic() < deadline, "the first stream was never routed"
+                await asyncio.sleep(0.02)
             t0 = time.monotonic()
             status, body = await asyncio.to_thread(
                 http, srv, "POST", "/admin/deploy", {"action": "switch", "active": "green"}
@@ -208,15 +213,11 @@ def metric(srv: ServerThread, name: str, **labels: str) -> float:
 
 
 def test_shadow_transcribes_unseen_and_is_scored_against_primary_and_feedback(engine):
-    from speechpipe.pipeline.observability import server_telemetry, start_telemetry
+    from speechpipe.pipeline.observability import start_telemetry
 
     cfg = config(**{"deploy.mode": "shadow", "deploy.candidate": "twin", "variants.twin.vad.backend": "silero"})
     telemetry = start_telemetry(cfg, mode="live", metrics_page=True, environ={}, announce=False)
-    srv = ServerThread(engine, config=cfg, admin_token=ADMIN)
-    kw = server_telemetry(telemetry).kwargs()
-    srv.server.stream_observers, srv.server.labelled = kw["stream_observers"], kw["labelled"]
-    srv.server.metrics = kw["metrics"]
-    with srv:
+    with ServerThread(engine, config=cfg, admin_token=ADMIN, telemetry=telemetry) as srv:
         result = asyncio.run(stream_file(srv.url, JFK, speed=0))
         deadline = time.monotonic() + 30
         while metric(srv, "speechpipe_shadow_segments_total", shadow_outcome="done") < len(result.finals):

@@ -7,12 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
 import urllib.request
 
 import pytest
 from conftest import ROOT, SPEECH
-from livehelp import ServerThread, with_telemetry
+from livehelp import ServerThread
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -21,7 +20,7 @@ from speechpipe.pipeline.clients.client import paced, stream_pcm
 from speechpipe.pipeline.config import Config
 from speechpipe.pipeline.monitoring.baseline import build_profile, load_profile, save_profile
 from speechpipe.pipeline.monitoring.collector import FeatureCollector
-from speechpipe.pipeline.observability import server_telemetry, start_telemetry
+from speechpipe.pipeline.observability import start_telemetry
 from speechpipe.pipeline.offline.runner import transcribe_file
 from speechpipe.telemetry import names as n
 
@@ -80,20 +79,18 @@ def test_live_streams_drift_on_the_feature_that_changed(engine, tmp_path):
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     telemetry.instrumentation.tracer = provider.get_tracer("test")
-    srv = ServerThread(engine, config=cfg, admin_token=ADMIN)
-    kw = server_telemetry(telemetry).kwargs()
-    srv.server.metrics, srv.server.drift_telemetry = kw["metrics"], kw["drift_telemetry"]
+    srv = ServerThread(engine, config=cfg, admin_token=ADMIN, telemetry=telemetry)
 
     def send(s: StreamAudio):
         return asyncio.run(stream_pcm(srv.url, s.fmt.start, paced(s.frames(), 0.02, 0.0)))
 
     with srv:
         wide = send(streams[6])
-        time.sleep(1.5)  # a tick judges the window
+        srv.tick()  # a tick judges the window
         calm = json.loads(get(srv, "/admin/drift"))
         phone = send(StreamAudio(streams[7].audio, "", FORMATS[1]))  # 8 kHz telephone audio, twice:
         phone = send(StreamAudio(streams[6].audio, "", FORMATS[1]))  # the window is all telephone then
-        time.sleep(1.5)
+        srv.tick()
         drifted = json.loads(get(srv, "/admin/drift"))
         page = get(srv, "/metrics")
     assert wide.finals and phone.finals
@@ -134,10 +131,10 @@ def test_feedback_wer_is_judged_against_the_baseline_wer(engine, tmp_path):
     other = " ".join(files[0].with_suffix(".txt").read_text().split())  # what someone else said
 
     def judged(srv) -> dict:
-        time.sleep(1.5)  # a tick judges the windows
+        srv.tick()  # a tick judges the windows
         return http(srv, "GET", "/admin/drift")[1]["variants"]["default"]
 
-    with with_telemetry(ServerThread(engine, config=cfg, admin_token=ADMIN), telemetry) as srv:
+    with ServerThread(engine, config=cfg, admin_token=ADMIN, telemetry=telemetry) as srv:
         first = stream(srv)
         before = judged(srv)
         assert http(srv, "POST", "/v1/feedback", {"session": first.ready["session"], "text": REFERENCE})[0] == 200

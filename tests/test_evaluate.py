@@ -17,10 +17,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from speechpipe.pipeline.cli.main import main
-from speechpipe.pipeline.config import Config
+from speechpipe.pipeline.config import Config, ConfigError, load_config
 from speechpipe.pipeline.evaluate.quality.attribution import CATEGORIES
 from speechpipe.pipeline.evaluate.runner import EvalOptions, evaluate
-from speechpipe.pipeline.evaluate.variants import EvalError, Variant, expand_sweep, variant_from_arg
+from speechpipe.pipeline.variants import Variant, configured, expand_sweep, variant_from_arg
 from speechpipe.stages.audio import probe
 from speechpipe.stages.pcm import level_stats
 from speechpipe.telemetry import names as n
@@ -341,9 +341,9 @@ def test_variant_and_sweep_arguments(tmp_path):
     assert variant_from_arg("plain", base).config.vad == base.vad
     bad = tmp_path / "bad.toml"
     bad.write_text("[vad]\nagressiveness = 3\n")
-    with pytest.raises(EvalError, match="agressiveness"):
+    with pytest.raises(ConfigError, match="agressiveness"):
         variant_from_arg(f"x={bad}", base)
-    with pytest.raises(EvalError, match="not found"):
+    with pytest.raises(ConfigError, match="not found"):
         variant_from_arg(f"x={tmp_path / 'missing.toml'}", base)
     sweep = expand_sweep(base, ["vad.aggressiveness=0,3", "vad.backend=webrtc,silero"])
     assert [s.name for s in sweep] == [
@@ -352,7 +352,51 @@ def test_variant_and_sweep_arguments(tmp_path):
         "aggressiveness=3,backend=webrtc",
         "aggressiveness=3,backend=silero",
     ]
-    with pytest.raises(EvalError, match="aggressiveness"):
+    with pytest.raises(ConfigError, match="aggressiveness"):
         expand_sweep(base, ["vad.aggressiveness=2,7"])
-    with pytest.raises(EvalError):
+    with pytest.raises(ConfigError):
         expand_sweep(base, ["vad.aggressiveness"])
+
+
+HARMFUL_TOML = """
+[variants.harmful.vad]
+backend = "webrtc"
+aggressiveness = 3
+pre_roll_ms = 0
+hangover_ms = 90
+"""
+
+
+def test_declared_variants_are_the_ones_serve_loads(tmp_path, engine):
+    """A config's ``[variants.*]`` tables mean the same variants to ``eval`` as to ``serve``: the
+    base first, then each table over it; ``--variant NAME`` picks a declared one."""
+    from speechpipe.pipeline.deploy.variants import load_variants
+
+    path = tmp_path / "variants.toml"
+    path.write_text(HARMFUL_TOML)
+    config = load_config(path, {"asr.threads": engine.config.threads})
+    declared = configured(config)
+    assert [v.name for v in declared] == ["default", "harmful"]
+    assert declared[1].config == config.for_variant("harmful") and declared[1].config.vad.hangover_ms == 90
+    assert variant_from_arg("harmful", config) == declared[1]
+    served = load_variants(config, list(config.variant_names()), engine)
+    assert {name: v.config for name, v in served.items()} == {v.name: v.config for v in declared}
+    assert {name: v.variant_id for name, v in served.items()} == {v.name: v.variant_id for v in declared}
+
+
+def test_eval_config_with_variants_tables_evaluates_them(dataset, tmp_path):
+    """``speechpipe eval --config X.toml`` with ``[variants.*]`` and no ``--variant``: every
+    declared variant is evaluated, the base the baseline."""
+    path = tmp_path / "variants.toml"
+    path.write_text(HARMFUL_TOML)
+    config = load_config(path)
+    out = tmp_path / "out"
+    clip = dataset / "speech" / SHORT_SPEECH[1]
+    assert main(["eval", str(clip), "--config", str(path), "-o", str(out), "--threads", "2", "--no-report"]) == 0
+    doc = json.loads((out / "eval.json").read_text())
+    assert list(doc["variants"]) == ["default", "harmful"] and doc["baseline"] == "default"
+    for name in ("default", "harmful"):
+        assert doc["variants"][name]["vad_config_id"] == config.for_variant(name).vad.config_id
+        assert doc["variants"][name]["wer"] is not None
+    assert doc["variants"]["default"]["vad_config_id"] != doc["variants"]["harmful"]["vad_config_id"]
+    assert [(c["variant"], c["baseline"]) for c in doc["comparisons"]] == [("harmful", "default")]

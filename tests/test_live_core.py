@@ -35,7 +35,7 @@ class Harness:
     """Drives a :class:`LiveCore` as its connection would: carries out its actions, keeps a fake
     clock, and answers queued ASR jobs inline on the engine when asked (``run``)."""
 
-    def __init__(self, engine, **settings) -> None:
+    def __init__(self, engine, stream_observers=None, **settings) -> None:
         self.engine = engine
         self.now = 1000.0
         context = LiveContext(
@@ -44,6 +44,7 @@ class Harness:
             languages=("en",),
             model=engine.model_name,
             variant="default",
+            stream_observers=stream_observers,
         )
         self.core = LiveCore("s1", context, self.now)
         self.sent: list[dict] = []
@@ -274,3 +275,30 @@ def test_float_frames_with_nan_and_inf_are_repaired_not_fatal(engine, jfk):
     assert not h.of_type("error") and h.sent[-1]["type"] == "end"
     assert normalized_words(" ".join(f["text"] for f in h.of_type("final")))[:4] == ["and", "so", "my", "fellow"]
     assert h.core.session.sanitized_samples == 110
+
+
+def test_observers_that_raise_or_cannot_be_made_change_nothing_for_the_client(engine, jfk):
+    """The same stream with an observer raising on every event, and with a factory of observers
+    that raises: the client gets the same messages as with no observer at all."""
+    from speechpipe.pipeline.hooks import FAULTS
+
+    class Raises:
+        name = "core-raises-always"
+
+        def on_event(self, event) -> None:
+            raise RuntimeError("broken on purpose")
+
+    def cannot(_sid, _attrs):
+        raise RuntimeError("no observers today")
+
+    runs = {}
+    for label, factory in (("none", None), ("raising", lambda _sid, _attrs: [Raises()]), ("factory", cannot)):
+        h = Harness(engine, stream_observers=factory)
+        h.send(start(partials=False))
+        h.stream(jfk)
+        h.send(json.dumps({"type": "stop"}))
+        h.run()
+        runs[label] = [{k: v for k, v in m.items() if k not in ("session", "latency_s")} for m in h.sent]
+        assert h.closed == Close(P.CLOSE_NORMAL, "end of stream")
+    assert runs["raising"] == runs["none"] == runs["factory"]
+    assert FAULTS.errors()["core-raises-always"] > len(jfk) // FRAME  # every event, each counted

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 from conftest import SPEECH
-from livehelp import ServerThread
+from livehelp import ObserversPart, ServerThread
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -31,8 +31,7 @@ def test_live_stream_telemetry_spans_and_metrics(engine):
     reader = InMemoryMetricReader()
     meter_provider = MeterProvider(metric_readers=[reader])
     inst = instrumentation_for(Config(), tracer_provider, meter_provider, mode="live", process_metrics=False)
-    with ServerThread(engine) as srv:
-        srv.server.stream_observers = lambda sid, attrs, *_variant: [inst.stream_observer(mode="live")]
+    with ServerThread(engine, parts=[ObserversPart(lambda _stream: [inst.stream_observer(mode="live")])]) as srv:
         result = asyncio.run(stream_file(srv.url, JFK, speed=0))
     assert result.finals and not result.errors
     spans = exporter.get_finished_spans()

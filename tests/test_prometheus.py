@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 import yaml
 from conftest import ROOT
-from livehelp import ServerThread, free_port, with_telemetry
+from livehelp import ServerThread, free_port
 from prometheus_client.parser import text_string_to_metric_families
 from test_deploy_server import stream
 
@@ -106,7 +106,7 @@ def test_the_deploy_files_agree_with_each_other_and_with_the_metrics():
 def test_real_prometheus_scrapes_a_running_server(engine, tmp_path):
     cfg = Config()
     telemetry = start_telemetry(cfg, mode="live", metrics_page=True, environ={}, announce=False)
-    with with_telemetry(ServerThread(engine, config=cfg), telemetry) as srv:
+    with ServerThread(engine, config=cfg, telemetry=telemetry) as srv:
         result = stream(srv)
         with urllib.request.urlopen(srv.http + "/metrics", timeout=10) as r:
             page = r.read().decode()

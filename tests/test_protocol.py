@@ -65,3 +65,20 @@ def test_large_numbers_that_fit_a_float_are_judged_as_numbers():
     with pytest.raises(ProtocolError) as info:
         P.parse_client_text(f'{{"type": "start", "sample_rate": 1{"0" * 300}}}')
     assert info.value.code == "unsupported_rate"
+
+
+def test_revision_message_as_documented():
+    """docs/protocol.md: a reviewed transcript replaces the final of its segment."""
+    assert P.revision(3, "and so my fellow Americans") == {
+        "type": "revision",
+        "segment": 3,
+        "text": "and so my fellow Americans",
+        "by": "human",
+    }
+
+
+def test_a_start_written_by_to_dict_reads_back_as_itself():
+    """The OpenAI routes write their ``start`` with :meth:`Start.to_dict`: what the server reads."""
+    start = Start(8000, "pcm_f32le", 2, "en", partials=False, prompt="Philip Steels", temperature=0.2)
+    assert P.parse_client_text(P.dumps(start.to_dict())) == start
+    assert P.parse_client_text(P.dumps(Start(partials=False).to_dict())) == Start(partials=False)

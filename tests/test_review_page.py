@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from livehelp import ServerThread, with_telemetry
+from livehelp import ServerThread
 from test_review_server import REVIEWER, STREAM, call, config, live_client
 
 from speechpipe.pipeline.observability import start_telemetry
@@ -26,8 +26,8 @@ def test_play_edit_skip_submit_and_the_revision_reaches_the_live_client(engine, 
     playwright = pytest.importorskip("playwright.sync_api")
     cfg = config(tmp_path, "assist")
     telemetry = start_telemetry(cfg, mode="live", metrics_page=True, environ={}, announce=False)
-    srv = with_telemetry(
-        ServerThread(engine, config=cfg, token=STREAM, reviewer_token=REVIEWER, admin_token=ADMIN), telemetry
+    srv = ServerThread(
+        engine, config=cfg, token=STREAM, reviewer_token=REVIEWER, admin_token=ADMIN, telemetry=telemetry
     )
     with srv, playwright.sync_playwright() as p:
         out: dict = {}
@@ -77,6 +77,7 @@ def test_play_edit_skip_submit_and_the_revision_reaches_the_live_client(engine, 
                     page.keyboard.press("Control+Enter")
                 time.sleep(0.5)
             client.join(60)
+            srv.tick()  # the queue's figures are refreshed
             # The dashboard shows the queue and the curve from these reviews.
             board = browser.new_page(viewport={"width": 1300, "height": 1800})
             board.goto(f"{srv.http}/dashboard?token={ADMIN}")

@@ -13,9 +13,10 @@ import urllib.error
 import urllib.request
 
 import pytest
-from livehelp import ServerThread, with_telemetry
+from livehelp import ServerThread
 from websockets.asyncio.client import connect
 
+from speechpipe.pipeline.cli.live import server_parts
 from speechpipe.pipeline.config import Config, ConfigError
 from speechpipe.pipeline.observability import start_telemetry
 from speechpipe.pipeline.server.speech_server import SpeechServer
@@ -103,13 +104,15 @@ def test_partial_sends_low_confidence_finals_to_review_and_the_revision_reaches_
 ):
     cfg = config(tmp_path, "partial", **{"automation.review_below": 0.9})
     telemetry = start_telemetry(cfg, mode="live", metrics_page=True, environ={}, announce=False)
-    server = ServerThread(engine, config=cfg, token=STREAM, reviewer_token=REVIEWER, admin_token=ADMIN)
-    with with_telemetry(server, telemetry) as srv:
+    server = ServerThread(
+        engine, config=cfg, token=STREAM, reviewer_token=REVIEWER, admin_token=ADMIN, telemetry=telemetry
+    )
+    with server as srv:
         messages, items = run(srv, noisy_speech)
         finals = [m for m in messages if m["type"] == "final"]
         session = messages[0]["session"]
         _, later = call(srv, "GET", f"/v1/sessions/{session}", token=STREAM)
-        time.sleep(2.5)  # the figures behind the gauges refresh every 2 s
+        srv.tick()  # the figures behind the gauges are refreshed at a tick
         _, stats = call(srv, "GET", "/v1/review/stats")
         metrics = urllib.request.urlopen(srv.http + "/metrics", timeout=10).read().decode()
     pending = [f for f in finals if f["review"] == "pending"]
@@ -157,7 +160,7 @@ def test_shadow_level_hides_the_ai_and_scores_it_against_the_humans(engine, nois
     with ServerThread(engine, config=config(tmp_path, "shadow"), token=STREAM, reviewer_token=REVIEWER) as srv:
         messages, items = run(srv, noisy_speech, text_of=lambda item: "and so my fellow americans")
         _, stats = call(srv, "GET", "/v1/review/stats")
-        store = srv.server.review.store
+        store = srv.part("review").store
         hidden = [store.transcripts(i["id"]) for i in items]
     finals = [m for m in messages if m["type"] == "final"]
     assert all(f["text"] == "" and f["review"] == "pending" and f["avg_logprob"] is None for f in finals)
@@ -188,7 +191,7 @@ def test_review_api_auth_and_a_restart_that_loses_nothing(engine, noisy_speech, 
             assert call(srv, "GET", "/v1/review/stats", token=token)[0] == status
         assert call(srv, "GET", "/v1/sessions/x", token=None)[0] == 401
         messages = asyncio.run(live_client_stop_early(srv.url, noisy_speech[: len(noisy_speech) // 2]))
-        srv.call(srv.server.review.flush())
+        srv.call(srv.part("review").service.flush())
         _, first = call(srv, "POST", "/v1/review/claim")
         assert call(srv, "POST", f"/v1/review/{first['id']}", {"text": "kept", "claim": first["claim"]})[0] == 200
         _, before = call(srv, "GET", "/v1/review/queue")
@@ -216,9 +219,10 @@ async def live_client_stop_early(url: str, frames: list[bytes]) -> list[dict]:
 
 def test_a_level_that_needs_people_needs_a_review_store():
     with pytest.raises(ConfigError, match=r"\[review\] db"):
-        asyncio.run(SpeechServer(Config().with_overrides({"automation.level": "partial", "server.port": 0})).start())
+        cfg = Config().with_overrides({"automation.level": "partial", "server.port": 0})
+        asyncio.run(SpeechServer(cfg, parts=server_parts(cfg)).start())
     # A variant may run at a level of its own; it needs the store as much.
     cfg = Config().with_overrides({"variants.green.automation.level": "shadow", "server.port": 0})
     assert cfg.for_variant("green").automation.level == "shadow" and cfg.automation.level == "full"
     with pytest.raises(ConfigError, match=r"automation.level shadow sends segments to people"):
-        asyncio.run(SpeechServer(cfg).start())
+        asyncio.run(SpeechServer(cfg, parts=server_parts(cfg)).start())

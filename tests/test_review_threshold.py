@@ -44,7 +44,7 @@ def test_the_command_picks_a_threshold_from_real_reviews(engine, tmp_path):
     store = ReviewStore(str(db), tmp_path / "audio")
     for k, path in enumerate(speech_files()[:16]):
         audio, _ = load_audio(path)
-        (t,), _ = engine.transcribe([AudioPiece(0, 0, audio)])
+        [((t,), _)] = engine.run([[AudioPiece(0, 0, audio)]])
         conf = confidence_of(t)
         item = store.add(
             NewItem(

@@ -188,3 +188,64 @@ def test_speculative_job_holds_exactly_the_audio_of_the_segment_that_closes():
         assert same_audio(spec, final)
     # Predictions made before speech resumed do not match any segment: they are never reused.
     assert len(predictions) >= len(closed_by_silence)
+
+
+class Broken:
+    """An observer that raises on every event of ``kinds`` (and records them all)."""
+
+    def __init__(self, *kinds: type) -> None:
+        self.kinds = kinds
+        self.name = "broken-" + "-".join(k.__name__ for k in kinds)
+        self.events: list = []
+
+    def on_event(self, event) -> None:
+        self.events.append(event)
+        if not isinstance(event, self.kinds):
+            return
+        raise RuntimeError("broken on purpose")
+
+
+def test_an_observer_that_raises_changes_no_final_and_no_loss(engine):
+    """complete() makes every final whatever its observers do, and abandon() loses every segment
+    left and ends the stream: an observer raising on each of those events changes nothing."""
+    from speechpipe.pipeline.hooks import FAULTS, FinalLost
+
+    audio, rate = sf.read(JFK, dtype="float32", always_2d=True)
+    broken = Broken(FinalTranscript, AsrCompleted, FinalLost, StreamEnded)
+    session = StreamSession(VadConfig(), sample_rate=rate, channels=2, observers=[broken])
+    for i in range(0, len(audio), rate):
+        session.feed(audio[i : i + rate])
+    session.finish()
+    jobs = session.take_jobs()
+    assert len(jobs) >= 3
+    first, *rest = jobs
+    [(transcripts, run)] = run_jobs(engine, [first])
+    finals = session.complete(first, transcripts, run)
+    assert [f.segment for f in finals] == first.segments and session.finals_emitted == len(finals)
+    with pytest.raises(SessionError):
+        session.complete(first, transcripts, run)  # handed back once only: it left the session
+    assert session.lose(rest[0], "asr_failed") == rest[0].segments
+    pending = session.pending
+    assert session.abandon(reason="disconnected") == pending == sum(len(j.segments) for j in rest[1:])
+    lost = [e for e in broken.events if isinstance(e, FinalLost)]
+    assert [e.segment for e in lost] == [s for j in rest for s in j.segments]
+    assert isinstance(broken.events[-1], StreamEnded) and not broken.events[-1].finished
+    assert FAULTS.errors()[broken.name] == 1 + len(finals) + len(lost) + 1
+
+
+def test_observers_get_the_audio_fed_read_only():
+    class Keep:
+        def __init__(self) -> None:
+            self.fed: list = []
+
+        def on_event(self, event) -> None:
+            if type(event).__name__ == "AudioFed":
+                self.fed.append(event.samples)
+
+    keep = Keep()
+    session = StreamSession(VadConfig(), observers=[keep])
+    chunk = np.zeros(1600, np.float32)
+    session.feed(chunk)
+    session.feed_pcm(np.zeros(1600, "<i2").tobytes())
+    assert len(keep.fed) == 2 and not any(a.flags.writeable for a in keep.fed)
+    assert chunk.flags.writeable  # the caller's own array is left as it was

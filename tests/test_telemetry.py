@@ -18,7 +18,7 @@ from opentelemetry.trace import StatusCode
 
 from speechpipe.pipeline.config import Config
 from speechpipe.pipeline.observability import instrumentation_for
-from speechpipe.pipeline.offline.driver import run_job
+from speechpipe.pipeline.offline.driver import run_jobs
 from speechpipe.pipeline.offline.runner import transcribe_file
 from speechpipe.pipeline.session import StreamSession
 from speechpipe.stages.audio import AudioError, iter_file_blocks, load_audio, probe
@@ -311,16 +311,16 @@ def test_live_streams_get_a_trace_per_utterance(engine) -> None:
     for k in range(0, audio.size, chunk):
         session.feed(audio[k : k + chunk])
         if k % 48000 == 0 and partials < 2 and (job := session.partial_job()) is not None:
-            session.complete(job, *run_job(engine, job))
+            session.complete(job, *run_jobs(engine, [job])[0])
             partials += 1
         for job in session.take_jobs():
             session.job_queued(job)
             session.job_dequeued(job)
-            transcripts, run = run_job(engine, job)
+            [(transcripts, run)] = run_jobs(engine, [job])
             session.complete(job, transcripts, replace(run, queue_wait_s=0.01))
     session.finish()
     for job in session.take_jobs():
-        session.complete(job, *run_job(engine, job))
+        session.complete(job, *run_jobs(engine, [job])[0])
     session.close()
 
     (stream,) = t.by_name(n.SPAN_STREAM)

@@ -6,10 +6,16 @@ import argparse
 import json
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from speechpipe.pipeline.cli.args import add_config_arguments, config_from_args
+from speechpipe.pipeline.review.settings import LEVELS
 from speechpipe.pipeline.server.settings import DEFAULT_URL
+
+if TYPE_CHECKING:
+    from speechpipe.pipeline.config import Config
+    from speechpipe.pipeline.server.parts import ServerPart
+    from speechpipe.telemetry.setup import Telemetry
 
 
 def register(sub: Any) -> None:
@@ -32,7 +38,7 @@ def register(sub: Any) -> None:
         help="bearer token of the review API and /review (default: $SPEECHPIPE_REVIEWER_TOKEN; without one: 403)",
     )
     s.add_argument("--db", help="the review queue: a SQLite file (created) or postgresql://... ([review] db)")
-    s.add_argument("--automation", choices=("human", "shadow", "assist", "partial", "full"), help="[automation] level")
+    s.add_argument("--automation", choices=LEVELS, help="[automation] level")
     s.add_argument("--baseline", help="drift monitoring against this profile (speechpipe baseline build)")
     s.add_argument("--max-streams", type=int, help="concurrent streams (default: 16)")
     s.add_argument(
@@ -69,10 +75,31 @@ def register(sub: Any) -> None:
     m.set_defaults(func=cmd_mic)
 
 
+def server_parts(config: Config, telemetry: Telemetry | None = None) -> list[ServerPart]:
+    """The parts of a server of ``config`` (:mod:`speechpipe.pipeline.server.parts`): telemetry
+    (given ``telemetry``, started with ``metrics_page=True``), the deployment's admin API and
+    feedback, drift monitoring, the review queue, the OpenAI API and the dashboard, which is given
+    what it shows of the others. Raises :class:`~speechpipe.pipeline.config.ConfigError` for a
+    baseline or review database that cannot be opened."""
+    from speechpipe.pipeline.dashboard.part import DashboardPart
+    from speechpipe.pipeline.deploy.part import DeployPart
+    from speechpipe.pipeline.monitoring.part import DriftPart
+    from speechpipe.pipeline.openai_api.part import OpenAIPart
+    from speechpipe.pipeline.review.part import ReviewPart
+    from speechpipe.pipeline.telemetry_part import TelemetryPart
+
+    observed = TelemetryPart(telemetry, config) if telemetry is not None else None
+    drift, review = DriftPart(config.monitoring), ReviewPart(config)
+    board = DashboardPart(observed.prometheus if observed else None, drift.figures, review.dashboard)
+    parts = [DeployPart(), drift, review, OpenAIPart(config.server), board]
+    return ([observed] if observed else []) + parts
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio  # the live commands import what they use: transcribe starts without it
 
-    from speechpipe.pipeline.observability import server_telemetry, start_telemetry
+    from speechpipe.pipeline.observability import start_telemetry
+    from speechpipe.pipeline.server.auth import Principals
     from speechpipe.pipeline.server.serve_loop import serve_forever
     from speechpipe.pipeline.server.speech_server import SpeechServer
     from speechpipe.pipeline.server.tokens import admin_token_from_env, reviewer_token_from_env, token_from_env
@@ -91,14 +118,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     args.overrides = list(args.overrides) + [f"{k}={_toml(v)}" for k, v in overrides.items() if v is not None]
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # one line per Whisper call otherwise
     config = config_from_args(args)
-    telemetry = start_telemetry(config, mode="live", metrics_page=True)
-    server = SpeechServer(
-        config,
-        token=token_from_env(args.token),
-        admin_token=admin_token_from_env(args.admin_token),
-        reviewer_token=reviewer_token_from_env(args.reviewer_token),
-        **server_telemetry(telemetry).kwargs(),
+    principals = Principals.from_tokens(
+        stream=token_from_env(args.token),
+        admin=admin_token_from_env(args.admin_token),
+        reviewer=reviewer_token_from_env(args.reviewer_token),
     )
+    telemetry = start_telemetry(config, mode="live", metrics_page=True)
+    server = SpeechServer(config, parts=server_parts(config, telemetry), principals=principals)
     asyncio.run(serve_forever(server))
     return 0
 

@@ -13,8 +13,8 @@ from speechpipe.pipeline.deploy import cli as deploy_cli
 from speechpipe.pipeline.evaluate import cli as eval_cli
 from speechpipe.pipeline.monitoring import cli as monitoring_cli
 from speechpipe.pipeline.offline.allocator import tune_allocator
-from speechpipe.pipeline.offline.runner import ModelError
 from speechpipe.pipeline.review import cli as review_cli
+from speechpipe.stages.asr import ModelLoadError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"speechpipe: config error: {exc}", file=sys.stderr)
         return 2
-    except ModelError as exc:
+    except ModelLoadError as exc:
         print(f"speechpipe: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -6,9 +6,10 @@ figures and its gates), ``events`` (assignments, changes, errors), ``controller`
 steps, rollbacks, promotions, admin actions, snapshots), ``store`` (the state in SQLite).
 
 Around it: ``variants`` (the pipelines a server runs side by side), ``ledger`` (what each session
-produced, per variant), ``deployment`` (the live service: one lock, the store, telemetry),
-``router`` (what a new stream is given), ``routes`` (the admin API and feedback), ``cli``
-(``speechpipe deploy``) and ``telemetry`` (spans, metrics and logs of changes).
+produced, per variant), ``deployment`` (the live service: one lock, the store, its reports as
+events), ``router`` (what a new stream is given), ``part`` (the admin API, feedback and the gates'
+tick, as a part of the server), ``cli`` (``speechpipe deploy``) and ``telemetry`` (spans, metrics
+and logs of changes, which the server's telemetry part calls on the deployment's events).
 """
 
 from speechpipe.pipeline.deploy.controller import DeployController
@@ -37,4 +38,4 @@ __all__ = [
 ]
 
 #: the modules other features may import; the rest are this package's own (tests/importgraph.py).
-PUBLIC = ("cli", "deployment", "router", "routes", "variants")
+PUBLIC = ("cli", "deployment", "part", "router", "variants")

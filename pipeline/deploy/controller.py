@@ -123,13 +123,6 @@ class DeployController:
         )
         self._record(now, "start", why, INITIAL_STATE[self.mode])
 
-    @classmethod
-    def restore(
-        cls, settings: DeploySettings, variants: Mapping[str, str], snapshot: dict | None, now: float
-    ) -> DeployController:
-        """A controller resuming ``snapshot`` (None: a fresh start); see the module docstring."""
-        return cls(settings, variants, now, state=snapshot)
-
     @property
     def deployment(self) -> dict[str, str]:
         """What the settings deploy: mode, primary, candidate (recorded on every change)."""

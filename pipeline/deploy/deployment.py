@@ -3,7 +3,10 @@ the streams produce, shadow comparisons and human feedback, persisted and report
 
 The decisions are the pure :class:`~speechpipe.pipeline.deploy.DeployController`'s; this module
 is the glue around it: one lock (events come from the event loop, shadow results from the ASR
-worker threads), the state store, and telemetry of every change.
+worker threads), the state store, and a report of every change and score as an event
+(:class:`WeightChanged`, :class:`DeployChanged`, :class:`RolledBack`, :class:`ShadowSegment`,
+:class:`ShadowScored`, :class:`FeedbackScored`) to an observer: the server's parts (telemetry
+turns them into spans and metrics, drift monitoring takes the human scores).
 """
 
 from __future__ import annotations
@@ -13,25 +16,86 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from speechpipe.pipeline.deploy import Assignment, Change, DeployController, DeployError, DeploySettings, DeployStore
-from speechpipe.pipeline.deploy import telemetry as dt
 from speechpipe.pipeline.deploy.ledger import Comparison, Ledger, Piece, Score
-from speechpipe.pipeline.hooks import AsrJob, Event, FinalLost, FinalTranscript, StreamEnded
-from speechpipe.telemetry.instruments import Instrumentation
+from speechpipe.pipeline.hooks import AsrJob, Event, FinalLost, FinalTranscript, Observer, StreamEnded
 
 log = logging.getLogger("speechpipe.deploy")
 
-__all__ = ["DeployError", "Deployment", "StreamRoute"]
+__all__ = [
+    "DeployChanged",
+    "DeployError",
+    "Deployment",
+    "FeedbackScored",
+    "RolledBack",
+    "ShadowScored",
+    "ShadowSegment",
+    "WeightChanged",
+]
+
+
+# -- what the deployment reports (every event names the variant and its role then) -----------------
 
 
 @dataclass(frozen=True)
-class StreamRoute:
-    """Where a new stream goes: the assignment, and whether its shadow shares its segments."""
+class WeightChanged:
+    """A variant's share of new streams moved by ``delta`` (its first weight at start)."""
 
-    assignment: Assignment
-    shared_segments: bool
+    variant: str
+    role: str
+    delta: float
+
+
+@dataclass(frozen=True)
+class DeployChanged:
+    """A change of the deployment (``doc``: the change as its history keeps it)."""
+
+    variant: str
+    role: str
+    action: str
+    reason: str
+    doc: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RolledBack:
+    """A rollback, by the gate that failed first (``admin`` when someone asked for it)."""
+
+    variant: str
+    role: str
+    gate: str
+
+
+@dataclass(frozen=True)
+class ShadowSegment:
+    """A shadow job ended: ``done`` (after ``latency_s``), ``failed`` or ``shed``."""
+
+    variant: str
+    role: str
+    outcome: str
+    latency_s: float | None
+
+
+@dataclass(frozen=True)
+class ShadowScored:
+    """The shadow's transcript of a segment compared with the primary's."""
+
+    variant: str
+    role: str
+    agreement: float
+    empty_mismatch: bool
+
+
+@dataclass(frozen=True)
+class FeedbackScored:
+    """A human reference scored against a variant's transcript of the same audio."""
+
+    variant: str
+    role: str
+    errors: int
+    words: int
 
 
 class Deployment:
@@ -40,7 +104,7 @@ class Deployment:
     Args:
         settings: the ``[deploy]`` table, with ``primary`` resolved.
         variant_ids: every loaded variant's config id, by name.
-        labelled: the instrumentation labelled for a variant and role (None: no telemetry).
+        reports: told what the deployment does (the events above; None: nobody listens).
         clock: wall-clock seconds (the times in the deploy history).
     """
 
@@ -49,16 +113,14 @@ class Deployment:
         settings: DeploySettings,
         variant_ids: dict[str, str],
         *,
-        labelled: Callable[[str, str], Instrumentation] | None = None,
+        reports: Observer | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.clock = clock
-        self.labelled = labelled
+        self.reports = reports
         self.store = DeployStore(settings.state_file)
         self.ledger = Ledger()
-        #: told ``(variant, errors, words)`` of each human reference scored (concept drift).
-        self.on_score: Callable[[str, int, int], None] | None = None
         self._lock = threading.RLock()
         now = clock()
         self.controller = DeployController(settings, variant_ids, now, state=self.store.load())
@@ -66,7 +128,7 @@ class Deployment:
         self._report(list(self.controller.history[-1:]) if self.controller.history else [])
         self._save()
         for name, weight in self._weights.items():
-            self._telemetry(name, lambda inst, w=weight: dt.weight_changed(inst, w))
+            self._emit(WeightChanged(name, self.controller.role_of(name), weight))
 
     # -- routing --------------------------------------------------------------------------------
 
@@ -125,7 +187,7 @@ class Deployment:
                 pieces = [Piece(s.index, s.start_s, s.end_s, t.text) for s, t in zip(job.segments, transcripts)]
         # job.created: when the segment closed (monotonic, like the worker's clock)
         latency = time.monotonic() - job.created if outcome == "done" else None
-        self._telemetry(job.variant, lambda inst: dt.shadow_segment(inst, outcome, latency), role="shadow")
+        self._emit(ShadowSegment(job.variant, "shadow", outcome, latency))
         with self._lock:
             if outcome == "done":  # the shadow's own figures (its latency waits below the clients')
                 for tr in transcripts:
@@ -145,17 +207,13 @@ class Deployment:
         for c in comparisons:
             if rec is not None and rec.shadow:
                 self.controller.record_agreement(rec.shadow, self.clock(), c.agreement)
-                self._telemetry(
-                    rec.shadow, lambda inst, c=c: dt.shadow_scored(inst, c.agreement, c.empty_mismatch), "shadow"
-                )
+                self._emit(ShadowScored(rec.shadow, "shadow", c.agreement, c.empty_mismatch))
         for s in scores:
             self._scored(s)
 
     def _scored(self, s: Score) -> None:
         self.controller.record_feedback(s.variant, self.clock(), s.errors, s.words)
-        self._telemetry(s.variant, lambda inst: dt.feedback_scored(inst, s.errors, s.words), role=s.role)
-        if self.on_score is not None:
-            self.on_score(s.variant, s.errors, s.words)
+        self._emit(FeedbackScored(s.variant, s.role, s.errors, s.words))
 
     # -- feedback, admin, time ------------------------------------------------------------------
 
@@ -194,7 +252,7 @@ class Deployment:
         weights = self.controller.weights()
         for name in set(weights) | set(self._weights):
             delta = weights.get(name, 0.0) - self._weights.get(name, 0.0)
-            self._telemetry(name, lambda inst, d=delta: dt.weight_changed(inst, d))
+            self._emit(WeightChanged(name, self.controller.role_of(name), delta))
         self._weights = weights
 
     def _save(self) -> None:
@@ -207,19 +265,21 @@ class Deployment:
         for change in changes:
             doc = change.to_dict()
             variant = self.controller.candidate or self.controller.primary
-            self._telemetry(variant, lambda inst, d=doc: dt.deploy_changed(inst, d["action"], d["reason"], d))
+            if not variant:
+                continue
+            role = self.controller.role_of(variant)
+            self._emit(DeployChanged(variant, role, doc["action"], doc["reason"], doc))
             if change.action == "rollback":
                 failed = [g["name"] for g in doc.get("gates", []) if g.get("passed") is False]
-                gate = failed[0] if failed else "admin"
-                self._telemetry(variant, lambda inst, g=gate: dt.rolled_back(inst, g))
+                self._emit(RolledBack(variant, role, failed[0] if failed else "admin"))
 
-    def _telemetry(self, variant: str, fn: Callable[[Instrumentation], None], role: str | None = None) -> None:
-        if self.labelled is None or not variant:
+    def _emit(self, event: object) -> None:
+        if self.reports is None or not event.variant:
             return
         try:
-            fn(self.labelled(variant, role or self.controller.role_of(variant)))
-        except Exception:  # telemetry must never break serving
-            log.exception("deploy telemetry failed")
+            self.reports.on_event(event)
+        except Exception:  # whoever listens must never break serving
+            log.exception("deploy report failed")
 
 
 class _StreamObserver:

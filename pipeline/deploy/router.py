@@ -3,25 +3,27 @@
 :class:`StreamRouter` holds the loaded variants and the :class:`~speechpipe.pipeline.deploy.deployment.Deployment`;
 once a stream's ``start`` has been read (its client key is in it) the live core asks
 :meth:`StreamRouter.route` for the :class:`~speechpipe.pipeline.live.actions.LiveContext` of the
-variant it was assigned: that variant's VAD, model, id and role, its shadow if any, and its
-observers (telemetry labelled for the variant and role, plus the deployment's own).
+variant it was assigned: that variant's VAD, model, id and role, its shadow if any, its observers
+(what the server's parts want on a stream of that variant and role, asked with a
+:class:`~speechpipe.pipeline.server.parts.StreamInfo`) and where its segments go to review.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 from speechpipe.pipeline.config import Config
 from speechpipe.pipeline.deploy.deployment import Deployment
-from speechpipe.pipeline.deploy.variants import Variant
+from speechpipe.pipeline.deploy.variants import LoadedVariant
 from speechpipe.pipeline.hooks import Observer
 from speechpipe.pipeline.live.actions import LiveContext, SubmitReview
-from speechpipe.pipeline.monitoring.service import DriftService
-from speechpipe.pipeline.review.service import ReviewService
+from speechpipe.pipeline.server.parts import StreamInfo
 
-#: builds a stream's observers from its id, its audio format's attributes, the effective config
-#: of the variant serving it and its role (telemetry).
-StreamObservers = Callable[[str, dict, Config, str], Sequence[Observer]]
+#: the observers the server's parts want on a stream.
+StreamObservers = Callable[[StreamInfo], Sequence[Observer]]
+#: takes a segment a stream sends to people (the review queue).
+ReviewSink = Callable[[StreamInfo, SubmitReview], None]
 
 
 class StreamRouter:
@@ -30,17 +32,15 @@ class StreamRouter:
     def __init__(
         self,
         config: Config,
-        variants: dict[str, Variant],
+        variants: dict[str, LoadedVariant],
         deployment: Deployment,
         stream_observers: StreamObservers | None = None,
-        drift: DriftService | None = None,
-        review: ReviewService | None = None,
+        review: ReviewSink | None = None,
     ) -> None:
         self.config = config
         self.variants = variants
         self.deployment = deployment
         self.stream_observers = stream_observers
-        self.drift = drift
         self.review = review
 
     @property
@@ -48,22 +48,24 @@ class StreamRouter:
         lang = self.config.asr.language
         return (lang,) if lang else ("en",)
 
-    def base_context(self) -> LiveContext:
-        """What a stream is given before its ``start`` is read (the primary's, plus the route)."""
+    def base_context(self, principal: str | None = None) -> LiveContext:
+        """What a stream opened by ``principal`` is given before its ``start`` is read (the
+        primary's, plus the route)."""
         primary = self.variants[self.deployment.controller.primary]
-        return self._context(primary, "primary", None, route=self.route)
+        route = functools.partial(self.route, principal=principal)
+        return self._context(primary, "primary", None, route=route, principal=principal)
 
-    def route(self, client_key: str | None, stream_id: str) -> LiveContext:
+    def route(self, client_key: str | None, stream_id: str, principal: str | None = None) -> LiveContext:
         """The context of the variant assigned to ``stream_id`` (sticky by ``client_key``)."""
         assignment = self.deployment.assign(client_key, stream_id)
         variant = self.variants[assignment.variant]
-        ai = variant.config.automation.level != "human"  # at level human no model runs, no shadow either
+        ai = variant.config.automation.runs_model  # at level human no model runs, no shadow either
         shadow = self.variants.get(assignment.shadow) if assignment.shadow and ai else None
         shared = shadow is not None and shadow.config.vad == variant.config.vad
         self.deployment.opened(stream_id, assignment, shared)
-        return self._context(variant, assignment.role, shadow, stream_id=stream_id, shared=shared)
+        return self._context(variant, assignment.role, shadow, stream_id=stream_id, shared=shared, principal=principal)
 
-    def pinned_context(self, name: str) -> LiveContext:
+    def pinned_context(self, name: str, principal: str | None = None) -> LiveContext:
         """What a stream that asked for variant ``name`` itself is given (an OpenAI request naming
         it as its model): that variant, whatever the deployment routes, without a shadow. Its
         finals are not the deployment's traffic (a canary's gates compare routed streams only);
@@ -72,36 +74,33 @@ class StreamRouter:
         role = self.deployment.controller.role_of(name)
 
         def route(_client_key: str | None, stream_id: str) -> LiveContext:
-            return self._context(variant, role, None, stream_id=stream_id, routed=False)
+            return self._context(variant, role, None, stream_id=stream_id, routed=False, principal=principal)
 
-        return self._context(variant, role, None, route=route, routed=False)
+        return self._context(variant, role, None, route=route, routed=False, principal=principal)
 
     def _context(
         self,
-        variant: Variant,
+        variant: LoadedVariant,
         role: str,
-        shadow: Variant | None,
+        shadow: LoadedVariant | None,
         *,
         stream_id: str = "",
         shared: bool = True,
         route: Callable[[str | None, str], LiveContext] | None = None,
         routed: bool = True,
+        principal: str | None = None,
     ) -> LiveContext:
         factory = self.stream_observers
-        deployment = self.deployment
-        drift = self.drift
         review = self.review
 
+        def info(sid: str, attributes: dict) -> StreamInfo:
+            return StreamInfo(sid, attributes, variant.name, role, variant.config, principal, routed)
+
         def observers(sid: str, attributes: dict) -> list[Observer]:
-            found = list(factory(sid, attributes, variant.config, role)) if factory else []
-            if routed:
-                found.append(deployment.observer(sid, variant.name))
-            if drift is not None and variant.config.automation.level != "human":  # no model output to watch
-                found.append(drift.observer(variant.name))
-            return found
+            return list(factory(info(sid, attributes))) if factory else []
 
         def on_review(sid: str, request: SubmitReview) -> None:
-            review.enqueue(variant.name, role, sid, request, variant.config.automation.level)
+            review(info(sid, {}), request)
 
         return LiveContext(
             settings=self.config.server,
@@ -114,7 +113,7 @@ class StreamRouter:
             variant_id=variant.variant_id,
             shadow_variant=shadow.name if shadow else "",
             shadow_vad=None if shadow is None or shared else shadow.config.vad,
-            on_shadow=deployment.on_shadow if shadow else None,
+            on_shadow=self.deployment.on_shadow if shadow else None,
             route=route,
             automation=variant.config.automation,
             on_review=on_review if review is not None else None,

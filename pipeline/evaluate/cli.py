@@ -16,7 +16,6 @@ from speechpipe.pipeline.cli.args import (
 )
 from speechpipe.pipeline.config import ConfigError, load_config, parse_override
 from speechpipe.pipeline.evaluate.quality.word_timing import BOUNDARY_TOLERANCE_S
-from speechpipe.pipeline.evaluate.variants import EvalError, Variant, expand_sweep, variant_from_arg
 
 
 def add_arguments(p) -> None:
@@ -32,7 +31,7 @@ def add_arguments(p) -> None:
         action="append",
         default=[],
         metavar="NAME[=CONFIG.toml]",
-        help="a pipeline variant: NAME=CONFIG.toml (applied on top of the base settings) or NAME for the base settings; repeatable",
+        help="a pipeline variant: NAME=CONFIG.toml (applied on top of the base settings) or NAME (the config's [variants.NAME], else the base settings); repeatable; without --variant and --sweep, every variant of --config",
     )
     p.add_argument(
         "--sweep",
@@ -66,8 +65,9 @@ def add_arguments(p) -> None:
 def run_cli(args) -> int:
     """Entry point of ``speechpipe eval`` (returns the exit code)."""
     # imported here: every other command of the CLI starts without the eval runner and telemetry
-    from speechpipe.pipeline.evaluate.runner import EvalOptions, evaluate
+    from speechpipe.pipeline.evaluate.runner import EvalError, EvalOptions, evaluate
     from speechpipe.pipeline.observability import start_telemetry
+    from speechpipe.pipeline.variants import selected
 
     overrides: dict[str, Any] = dict(parse_override(t) for t in args.overrides)
     if args.model:
@@ -78,10 +78,7 @@ def run_cli(args) -> int:
     base = load_config(args.config, overrides)
     telemetry = None
     try:
-        variants = [variant_from_arg(v, base) for v in args.variants]
-        variants += expand_sweep(base, args.sweep) if args.sweep else []
-        if not variants:
-            variants = [Variant("default", base.with_overrides({"pipeline.variant": "default"}))]
+        variants = selected(base, args.variants, args.sweep)
         opts = EvalOptions(
             tolerance=args.tolerance,
             baseline=args.baseline,

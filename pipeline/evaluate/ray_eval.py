@@ -21,9 +21,9 @@ from speechpipe.pipeline.evaluate.datasets import DatasetItem
 from speechpipe.pipeline.evaluate.quality import evaluation as ev
 from speechpipe.pipeline.evaluate.quality.wer import normalized_words
 from speechpipe.pipeline.evaluate.reference_timing import ReferenceTimer
-from speechpipe.pipeline.evaluate.variants import Variant
 from speechpipe.pipeline.offline.ray_runner import Job, RayPool
 from speechpipe.pipeline.offline.runner import FILE_ERRORS, Failure, transcribe_file
+from speechpipe.pipeline.variants import Variant
 
 
 @dataclass

@@ -37,12 +37,12 @@ from speechpipe.pipeline.evaluate.reference_timing import (
     reference_truths,
     timing_summary,
 )
-from speechpipe.pipeline.evaluate.variants import EvalError, Variant
 from speechpipe.pipeline.hooks import Observer
 from speechpipe.pipeline.observability import labels_for
 from speechpipe.pipeline.offline.outputs import atomic_write_text
 from speechpipe.pipeline.offline.runner import FILE_ERRORS, transcribe_file
-from speechpipe.stages.asr import AsrConfig, AsrEngine
+from speechpipe.pipeline.variants import Variant
+from speechpipe.stages.asr import AsrConfig, AsrEngine, load_checked
 from speechpipe.telemetry import names as n
 from speechpipe.telemetry.instruments import Instrumentation
 
@@ -50,6 +50,11 @@ if TYPE_CHECKING:
     from speechpipe.pipeline.offline.ray_runner import RayPool
 
 SCHEMA = "speechpipe.eval/1"
+
+
+class EvalError(ValueError):
+    """A set of variants or a dataset that cannot be evaluated; the message says which (a variant
+    that cannot be built is a :class:`~speechpipe.pipeline.config.ConfigError`)."""
 
 
 @dataclass
@@ -89,7 +94,7 @@ def _engine_cache(factory: Callable[[AsrConfig], AsrEngine] | None) -> Callable[
 
     def get(cfg: AsrConfig) -> AsrEngine:
         if cfg not in engines:
-            engines[cfg] = factory(cfg) if factory else AsrEngine(cfg)
+            engines[cfg] = factory(cfg) if factory else AsrEngine(cfg, model=load_checked(cfg))
         return engines[cfg]
 
     return get
@@ -126,7 +131,8 @@ def evaluate(
     """Run every variant over every file of ``datasets``; write ``eval.json`` (and ``report.html``).
 
     ``engine_factory`` builds the ASR engine for an ASR config (one per distinct config; by
-    default ``AsrEngine(config)``). With an ``instrumentation`` each file of each variant runs
+    default the config's model, a failed load raising :class:`~speechpipe.stages.asr.ModelLoadError`,
+    which stops the run). With an ``instrumentation`` each file of each variant runs
     inside an ``eval.utterance`` span carrying the run id, the variant, its VAD config id and,
     once scored, the file's WER and error causes; the pipeline's own ``stream`` span of the file
     (with all its segment and ASR spans) is its child and carries the run id too, and every metric
@@ -237,11 +243,12 @@ def _run_file(
     if inst is not None:
         attributes = {n.EVAL_RUN_ID: run.run_id}
         observers.append(inst.stream_observer(file=item.file_id, attributes=attributes, parent=context.get_current()))
+    engine = run.engines(variant.config.asr)  # a model that cannot load stops the run, not this file
     try:
         result = transcribe_file(
             item.path,
             variant.config,
-            run.engines(variant.config.asr),
+            engine,
             observers=observers,
             reference=item.reference,
             stream_id=f"{variant.name}/{item.file_id}",

@@ -5,6 +5,12 @@ It owns the stream's tasks (one writer keeps messages in order), its scheduler f
 outgoing queue, and releases them on every way out: ``stop``, a protocol error, a limit, server
 shutdown, or the client vanishing mid-utterance. ASR results arrive from the scheduler's worker
 thread and are handed to the core on the event loop.
+
+The stream's observers run on a worker thread of its own (:class:`~speechpipe.pipeline.hooks.BackgroundObservers`,
+``server.observer_queue`` events at most waiting): the event loop and the ASR workers only queue
+their events. Once the stream is over, what is queued is delivered before :meth:`Connection.run`
+returns (so a server that has drained its streams has drained their observers too), waited for
+in a thread, at most :data:`OBSERVER_DRAIN_S`.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
 from speechpipe.pipeline import protocol as P
-from speechpipe.pipeline.hooks import AsrJob
+from speechpipe.pipeline.hooks import AsrJob, BackgroundObservers
 from speechpipe.pipeline.live.actions import (
     Action,
     Close,
@@ -40,6 +46,8 @@ log = logging.getLogger("speechpipe.server")
 
 #: outgoing messages a client may leave unread before the stream is closed as a slow reader.
 MAX_OUTGOING = 2000
+#: how long a stream that is over waits for its observers to take what is queued for them.
+OBSERVER_DRAIN_S = 10.0
 
 
 class Connection:
@@ -50,7 +58,8 @@ class Connection:
         self.stream_id = stream_id
         self.scheduler = scheduler
         self.loop = asyncio.get_running_loop()
-        self.core = LiveCore(stream_id, context, time.monotonic())
+        self.observers = BackgroundObservers(context.settings.observer_queue, name=f"observers-{stream_id}")
+        self.core = LiveCore(stream_id, context, time.monotonic(), queue_observers=self.observers.wrap)
         self._inbox: asyncio.Queue[tuple] = asyncio.Queue()
         self._out: asyncio.Queue[dict] = asyncio.Queue()
         self._futures: dict[int, Future] = {}
@@ -77,6 +86,7 @@ class Connection:
     async def run(self) -> None:
         """Serve the connection until the stream ends one way or another."""
         self._writer = asyncio.create_task(self._write(), name=f"writer-{self.stream_id}")
+        self.observers.start()
         try:
             await self._serve()
         except Closed:
@@ -89,6 +99,12 @@ class Connection:
                 pass
         finally:
             self._release()
+            await self._drain_observers()
+
+    async def _drain_observers(self) -> None:
+        """Deliver what the stream's observers still have queued (its end included), off the loop."""
+        # Cancelled meanwhile (the server gave up on the stream), the worker still finishes alone.
+        await asyncio.to_thread(self.observers.stop, OBSERVER_DRAIN_S)
 
     # -- the loop -------------------------------------------------------------------------------
 

@@ -15,6 +15,10 @@ ready instead of starting only then. If speech resumes, the result is shown as a
 
 Latency: a final's ``latency_s`` is the session's final latency (from the arrival of the audio at
 the segment's end to the final), measured when the final is handed to the connection.
+
+Observers: the stream's observers (from the context's ``stream_observers``) are handed to the
+session through ``queue_observers`` when the connection gives one (it queues their events for a
+worker thread, off the event loop and the ASR workers); they never change what the client gets.
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from functools import partial
 
 from speechpipe.pipeline import protocol as P
-from speechpipe.pipeline.hooks import AsrJob, JobKind
+from speechpipe.pipeline.hooks import AsrJob, JobKind, Observer
 from speechpipe.pipeline.live.actions import (
     Action,
     Close,
@@ -41,7 +46,6 @@ from speechpipe.pipeline.live.actions import (
 from speechpipe.pipeline.live.review import final_actions
 from speechpipe.pipeline.live.side import Result, Side, SideSlot
 from speechpipe.pipeline.protocol import ProtocolError, Start, Stop
-from speechpipe.pipeline.review.policy import transcribes
 from speechpipe.pipeline.session import SessionError, StreamSession
 from speechpipe.stages.asr import Transcript
 from speechpipe.stages.pcm import SAMPLE_RATE
@@ -67,10 +71,19 @@ class _Final:
 
 
 class LiveCore:
-    """The logic of one live stream (see the module docstring); ``now`` is monotonic seconds."""
+    """The logic of one live stream (see the module docstring); ``now`` is monotonic seconds.
+    ``queue_observers`` turns the stream's observers into the one its session reports to (None:
+    the session calls them itself, as tests without a connection do)."""
 
-    def __init__(self, stream_id: str, context: LiveContext, now: float) -> None:
+    def __init__(
+        self,
+        stream_id: str,
+        context: LiveContext,
+        now: float,
+        queue_observers: Callable[[Sequence[Observer]], Observer] | None = None,
+    ) -> None:
         self.stream_id = stream_id
+        self._queue_observers = queue_observers
         self.context = context
         self.settings = context.settings
         self.state = State.STARTING
@@ -257,13 +270,12 @@ class LiveCore:
         if self.context.route is not None:
             self.context = self.context.route(start.client, self.stream_id)
         attributes = {"audio.encoding": start.encoding, "audio.channels": start.channels}
-        factory = self.context.stream_observers
         stream = {"sample_rate": start.sample_rate, "channels": start.channels, "stream_id": self.stream_id}
         stream |= {"clock": lambda: self._now, "decoding": start.decoding}
         self.session = StreamSession(
             self.context.vad,
             pack_s=0.0,
-            observers=factory(self.stream_id, attributes) if factory else (),
+            observers=self._observers(attributes),
             variant=self.context.variant,
             **stream,
         )
@@ -282,6 +294,19 @@ class LiveCore:
         ready |= {"role": self.context.role, "variant_id": self.context.variant_id}
         return [Send(ready | {"partials": self.partials_wanted})]
 
+    def _observers(self, attributes: dict) -> list[Observer]:
+        """The stream's observers, queued when the connection queues them. Observers that cannot
+        even be made leave the stream without them, not without its transcripts."""
+        factory = self.context.stream_observers
+        if factory is None:
+            return []
+        try:
+            found = list(factory(self.stream_id, attributes))
+        except Exception:
+            log.exception("stream %s: its observers could not be made; it goes on without them", self.stream_id)
+            return []
+        return [self._queue_observers(found)] if self._queue_observers is not None and found else found
+
     def _audio(self, data: bytes) -> list[Action]:
         P.check_audio(data, self.start)
         try:
@@ -293,7 +318,7 @@ class LiveCore:
         if self._shadow is not None:
             self._shadow.feed_pcm(data, self.start.encoding)
             actions += self._shadow_jobs()
-        actions += self._slot.next() if transcribes(self.context.automation.level) else []  # no partial
+        actions += self._slot.next() if self.context.automation.runs_model else []  # no partial
         if max(self.stats.audio_s, self._now - self._opened) > self.settings.max_stream_s:
             limit = f"the stream reached this server's limit of {self.settings.max_stream_s:g} s"
             actions += self.fail(ProtocolError("stream_too_long", limit), self._now)
@@ -331,7 +356,7 @@ class LiveCore:
     def _queue_final(self, job: AsrJob) -> list[Action]:
         final = _Final(job)
         self._finals.append(final)
-        if not transcribes(self.context.automation.level):  # a human transcribes, not the model
+        if not self.context.automation.runs_model:  # a human transcribes, not the model
             final.result = (
                 [Transcript(s.index, s.start_s, s.end_s, "", [], 0.0, 0.0, 0.0) for s in job.segments],
                 None,
@@ -350,20 +375,41 @@ class LiveCore:
     # -- finals and the end -----------------------------------------------------------------------
 
     def _emit_finals(self) -> list[Action]:
-        """Finals in segment order, as far as their transcriptions are done."""
+        """Finals in segment order, as far as their transcriptions are done.
+
+        A final made is never dropped: a segment leaves the queue only once the session made its
+        final, and if something breaks after that, the messages already made still go out before
+        the error (the rest of the stream's segments are sent as lost, see :meth:`internal_error`)."""
         actions: list[Action] = []
-        while self._finals and self._finals[0].result is not None:
-            item = self._finals.popleft()
-            transcripts, run = item.result
-            for final in self.session.complete(item.job, transcripts, run):
-                seg, latency = final.segment, final.latency_s
-                self.stats.latencies.append(latency)
-                if latency > 2.0:
-                    queued, ran = (run.queue_wait_s, run.wall_s) if run else (-1, -1)
-                    what = "stream %s: segment %d final after %.2f s (ASR queued %.2f s, ran %.2f s)"
-                    log.info(what, self.stream_id, seg.index, latency, queued, ran)
-                message = P.final(seg.index, seg.start_s, seg.end_s, final.transcript, latency)
-                actions += final_actions(self.context, self.stream_id, seg, final.transcript, message)
+        made: list = []  # finals the session made whose messages are not made yet
+        try:
+            while self._finals and self._finals[0].result is not None:
+                item = self._finals[0]
+                transcripts, run = item.result
+                made = self.session.complete(item.job, transcripts, run)  # raises before it changes anything
+                self._finals.popleft()
+                while made:
+                    actions += self._final_message(made[0], run)
+                    made.pop(0)
+        except Exception:
+            log.exception("stream %s: a final could not be sent", self.stream_id)
+            for final in made:  # made, but its message could not be: the client is told it is lost
+                seg = final.segment
+                self.stats.lost += 1
+                lost = P.final_lost(seg.index, seg.start_s, seg.end_s, "internal_error")
+                actions.append(Send(lost | {"variant": self.context.variant}))
+            return actions + self.internal_error()
+        return actions
+
+    def _final_message(self, final, run) -> list[Action]:
+        seg, latency = final.segment, final.latency_s
+        if latency > 2.0:
+            queued, ran = (run.queue_wait_s, run.wall_s) if run else (-1, -1)
+            what = "stream %s: segment %d final after %.2f s (ASR queued %.2f s, ran %.2f s)"
+            log.info(what, self.stream_id, seg.index, latency, queued, ran)
+        message = P.final(seg.index, seg.start_s, seg.end_s, final.transcript, latency)
+        actions = final_actions(self.context, self.stream_id, seg, final.transcript, message)
+        self.stats.latencies.append(latency)
         return actions
 
     def _drain(self, reason: str) -> list[Action]:

@@ -5,7 +5,7 @@ human is to review the segment, the :class:`~speechpipe.pipeline.live.actions.Su
 from __future__ import annotations
 
 from speechpipe.pipeline.live.actions import Action, LiveContext, Send, SubmitReview
-from speechpipe.pipeline.review.policy import NONE, decide, transcribes
+from speechpipe.pipeline.review.policy import NONE, decide
 from speechpipe.stages.asr import Transcript
 from speechpipe.stages.vad import SpeechSegment
 
@@ -23,14 +23,13 @@ def final_actions(
     message = message | {"variant": context.variant}
     if context.on_review is None:  # no review queue: today's behaviour
         return [Send(message | {"review": NONE})]
-    level = context.automation.level
     confidence = confidence_of(transcript)
     d = decide(context.automation, confidence, stream_id, seg.index)
     if not d.show_text:  # neither the words nor Whisper's confidences of a hidden transcript
         message |= {"text": "", "words": [], "avg_logprob": None, "no_speech_prob": None, "compression_ratio": None}
     actions: list[Action] = [Send(message | {"review": d.review})]
     if d.queue:
-        ai_text = transcript.text.strip() if transcribes(level) else None
+        ai_text = transcript.text.strip() if context.automation.runs_model else None
         review = SubmitReview(
             seg.index,
             seg.start_s,
@@ -39,7 +38,7 @@ def final_actions(
             reason=d.reason,
             text=ai_text,
             draft=ai_text if d.draft else None,
-            confidence=confidence if transcribes(level) else None,
+            confidence=confidence if context.automation.runs_model else None,
         )
         actions.append(review)
     return actions

@@ -2,8 +2,8 @@
 variant compared with the baseline (:class:`~speechpipe.pipeline.monitoring.drift.DriftMonitor`),
 human feedback as a rolling WER against the baseline's
 (:class:`~speechpipe.pipeline.monitoring.concept.ConceptMonitor`; reported as the feature ``wer``
-of stage ``concept``), alerts reported when a feature crosses its threshold, and the figures for
-``GET /admin/drift``, ``/metrics`` and the dashboard. Events come from the event loop and the
+of stage ``concept``), each feature that crosses its threshold logged and returned (the drift part reports it
+to the server's telemetry), and the figures for ``GET /admin/drift``, ``/metrics`` and the dashboard. Events come from the event loop and the
 scheduler's threads; one lock keeps it consistent."""
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 
 from speechpipe.pipeline.config import ConfigError
 from speechpipe.pipeline.monitoring.baseline import load_profile, window_sizes, with_thresholds
@@ -29,11 +28,9 @@ class DriftService:
 
     Args:
         settings: the ``[monitoring]`` table (its ``baseline`` is loaded here).
-        on_alert: told ``(drift, raised)`` when a feature crosses its threshold either way (the
-            server's telemetry: a span and a log line); without it the crossing is logged.
     """
 
-    def __init__(self, settings: MonitoringSettings, on_alert: Callable[[FeatureDrift, bool], None] | None = None):
+    def __init__(self, settings: MonitoringSettings):
         try:
             profile = load_profile(settings.baseline)
         except ValueError as exc:
@@ -46,7 +43,6 @@ class DriftService:
             settings.concept_window_words,
             settings.concept_min_words,
         )
-        self.on_alert = on_alert
         self._lock = threading.Lock()
         self._latest: dict[str, list[FeatureDrift]] = {}
         self._concept: dict[str, ConceptDrift] = {}
@@ -63,12 +59,13 @@ class DriftService:
         return FeatureCollector(add)
 
     def feedback(self, variant: str, errors: int, words: int) -> None:
-        """A human reference scored against ``variant`` (the deployment's ``on_score``)."""
+        """A human reference scored against ``variant`` (the deployment's scores)."""
         with self._lock:
             self.concept.add(variant, errors, words)
 
     def evaluate(self, now: float | None = None) -> list[FeatureDrift]:
-        """Judge every variant's window now; report the features that crossed their threshold."""
+        """Judge every variant's window now; log and return the features that crossed their
+        threshold either way."""
         with self._lock:
             variants = list(dict.fromkeys(self.monitor.variants() + self.concept.variants()))
             self._latest = {v: self.monitor.report(v) for v in variants}
@@ -90,22 +87,17 @@ class DriftService:
                         )
             del self._alerts[:-200]
         for d in crossed:
-            if self.on_alert is None:
-                what = "drifted" if d.alert else "back within its baseline"
-                log.warning(
-                    "drift: %s %s.%s %s (score %.3g, threshold %.3g)",
-                    d.variant,
-                    d.stage,
-                    d.feature,
-                    what,
-                    d.score,
-                    d.threshold,
-                )
-                continue
-            try:
-                self.on_alert(d, d.alert)
-            except Exception:  # telemetry must never break serving
-                log.exception("drift alert report failed")
+            log.log(
+                logging.WARNING if d.alert else logging.INFO,
+                "drift: %s %s.%s %s: score %.3g, threshold %.3g over %d segments",
+                d.variant,
+                d.stage,
+                d.feature,
+                "drifted" if d.alert else "back within its baseline",
+                d.score,
+                d.threshold,
+                d.n,
+            )
         return crossed
 
     def rows(self) -> list[tuple[str, str, str, float, float, bool]]:

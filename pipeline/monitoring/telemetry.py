@@ -1,9 +1,8 @@
 """Telemetry of drift monitoring: the score and alert of every feature as gauges, and each alert
-(raised or cleared) as a ``drift`` span with a ``drift.alert`` event and a log line."""
+(raised or cleared) as a ``drift`` span with a ``drift.alert`` event (the service logs it)."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable
 
 from opentelemetry.context import Context
@@ -12,8 +11,6 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from speechpipe.telemetry import names as n
 from speechpipe.telemetry.instruments import Instrumentation
 from speechpipe.telemetry.metric_specs import METRICS_BY_NAME
-
-log = logging.getLogger("speechpipe.drift")
 
 #: (variant, stage, feature, score, threshold, alert) of every feature judged now.
 DriftRows = Callable[[], Iterable[tuple[str, str, str, float, float, bool]]]
@@ -60,15 +57,3 @@ def drift_alert(
     }
     with inst.tracer.start_as_current_span(n.SPAN_DRIFT, context=Context(), attributes=inst.base_attributes()) as span:
         span.add_event(n.EVENT_DRIFT_ALERT, attrs)
-    what = "drifted" if raised else "back within its baseline"
-    log.log(
-        logging.WARNING if raised else logging.INFO,
-        "drift: %s %s.%s %s: score %.3g, threshold %.3g over %d segments",
-        variant,
-        stage,
-        feature,
-        what,
-        score,
-        threshold,
-        n_segments,
-    )

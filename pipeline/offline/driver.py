@@ -1,6 +1,11 @@
 """The synchronous driver: a session's jobs run inline on an engine, as soon as the session hands
 them out. Offline transcription, the evaluation and the benchmarks drive sessions this way; the
-live server drives the same sessions through its scheduler instead."""
+live server drives the same sessions through its scheduler instead.
+
+Observers run inline here, on the caller's thread: the driver is the only consumer of its hot
+path, and an offline run wants every event. They are isolated all the same (the session's
+:class:`~speechpipe.pipeline.hooks.Observers` counts and logs what they raise), so a broken
+observer never costs a file its transcript."""
 
 from __future__ import annotations
 
@@ -21,11 +26,6 @@ def run_jobs(engine: AsrEngine, jobs: list[AsrJob]) -> list[tuple[list[Transcrip
     if not jobs:
         return []
     return engine.run([job.pieces for job in jobs], jobs[0].decoding)
-
-
-def run_job(engine: AsrEngine, job: AsrJob) -> tuple[list[Transcript], AsrRun]:
-    """Run one job on an engine synchronously."""
-    return run_jobs(engine, [job])[0]
 
 
 def drive(

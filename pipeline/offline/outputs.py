@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from speechpipe.pipeline.config import OUTPUT_FORMATS
 from speechpipe.pipeline.evaluate.quality import WerResult
 from speechpipe.stages.asr import Transcript, Word
 
@@ -27,9 +28,6 @@ from speechpipe.stages.asr import Transcript, Word
 CUE_LINE_CHARS = 42
 CUE_LINES = 2
 CUE_MAX_S = 7.0
-
-#: every file :func:`write_outputs` can write; the JSON is always written.
-OUTPUT_FORMATS = ("json", "txt", "srt", "vtt")
 
 
 @dataclass

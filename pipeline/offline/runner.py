@@ -10,7 +10,6 @@ output folder.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, ThreadPoolExecutor, wait
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import soundfile as sf
 
-from speechpipe.pipeline.config import Config
+from speechpipe.pipeline.config import Config, sized_for_cores
 from speechpipe.pipeline.evaluate.quality import WerResult, score, score_corpus
 from speechpipe.pipeline.hooks import FinalTranscript, Observer
 from speechpipe.pipeline.offline.driver import drive
@@ -119,14 +118,10 @@ def find_inputs(paths: Iterable[str | Path], exclude: Path | None = None) -> tup
 #: unreadable, truncated): the file is reported and the run goes on.
 FILE_ERRORS = (AudioError, sf.LibsndfileError, RuntimeError, ValueError, OSError)
 
-#: the ASR model could not be loaded; nothing can be transcribed (the engine's own error, raised
-#: when the model is loaded, or first needed when it loads in the background).
-ModelError = ModelLoadError
-
 
 def load_engine(config: Config, background: bool = False) -> AsrEngine:
-    """The shared engine for ``config.asr``; a model that cannot be loaded raises :class:`ModelError`
-    (with ``background``: when the engine first needs the model, see :class:`AsrEngine`)."""
+    """The shared engine for ``config.asr``; a model that cannot be loaded raises
+    :class:`~speechpipe.stages.asr.ModelLoadError` (with ``background``: when the engine first needs the model, see :class:`AsrEngine`)."""
     if background:
         return AsrEngine(config.asr, background=True)
     return AsrEngine(config.asr, model=load_checked(config.asr))
@@ -342,15 +337,11 @@ def _run_files(items, started, one, jobs: int):
 
 
 def parallel_config(config: Config, jobs: int = 0, cores: int | None = None) -> tuple[Config, int]:
-    """``config`` sized for ``jobs`` files at a time (0: from the core count: as many as there are
-    cores up to 2, then a file per 2 cores), each on its own model replica with the cores shared
-    out (``asr.threads`` when set). Two 1-thread calls on 2 cores did 1.35 times the work of one
-    2-thread call (tiny.en, the corpus utterances)."""
-    cores = cores or os.cpu_count() or 1
-    jobs = jobs or (cores if cores <= 2 else cores // 2)
-    threads = config.asr.threads or max(1, cores // jobs)
-    asr = replace(config.asr, workers=max(config.asr.workers, jobs), threads=threads)
-    return replace(config, asr=asr), jobs
+    """``config`` sized for ``jobs`` files at a time (0: from the cores), each on its own model
+    replica with the cores shared out, by the one rule of :func:`~speechpipe.pipeline.config.sized_for_cores`;
+    ``asr.workers`` stays if it already asks for more replicas."""
+    asr = sized_for_cores(config.asr, jobs, cores)
+    return replace(config, asr=replace(asr, workers=max(config.asr.workers, asr.workers))), asr.workers
 
 
 def transcribe_item(
@@ -364,7 +355,7 @@ def transcribe_item(
     try:
         ref = read_reference(item)
         return transcribe_file(item.path, config, engine, observers=observers, reference=ref, pool=pool)
-    except ModelError:
+    except ModelLoadError:
         raise  # not this file's fault: the run stops
     except FILE_ERRORS as exc:
         return Failure(str(item.path), _describe(exc))

@@ -10,4 +10,4 @@ any stream; a realtime session translates the Realtime API's events onto the liv
 """
 
 #: the modules other features may import; the rest are this package's own (tests/importgraph.py).
-PUBLIC = ("routes",)
+PUBLIC = ("part",)

@@ -18,7 +18,7 @@ from starlette.websockets import WebSocket
 from speechpipe.pipeline.live.transport import Closed
 from speechpipe.pipeline.openai_api.errors import ApiError
 from speechpipe.pipeline.openai_api.realtime_core import RealtimeError, RealtimeTranslator, error_event
-from speechpipe.pipeline.openai_api.transcriptions import Hooks, check_key, resolve_model
+from speechpipe.pipeline.openai_api.transcriptions import Hooks, resolve_model
 from speechpipe.pipeline.server.transport import AsgiTransport
 
 
@@ -58,9 +58,8 @@ class RealtimeTransport:
 
 
 async def realtime_endpoint(websocket: WebSocket, hooks: Hooks) -> None:
-    """Serve one Realtime transcription session."""
+    """Serve one Realtime transcription session (its API key checked by the server's authentication)."""
     try:
-        check_key(websocket, hooks)
         choice = resolve_model(websocket.query_params.get("model", ""), hooks)
     except ApiError as exc:
         await websocket.send_denial_response(exc.response())

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from speechpipe.pipeline.protocol import Start
 from speechpipe.stages.asr.types import MAX_PROMPT_CHARS
 
 #: the live ``start`` of each input format: (sample rate, G.711 law or None)
@@ -206,12 +207,8 @@ class RealtimeTranslator:
         step = Step()
         if not self.started:
             rate, _law = _FORMATS[self.format]
-            start = {"type": "start", "sample_rate": rate, "encoding": "pcm_s16le", "channels": 1, "partials": False}
-            if self.language:
-                start["language"] = self.language
-            if self.prompt:
-                start["prompt"] = self.prompt
-            step.live.append(json.dumps(start))
+            start = Start(rate, "pcm_s16le", 1, self.language or Start.language, partials=False, prompt=self.prompt)
+            step.live.append(json.dumps(start.to_dict()))
             self.started = True
         law = _FORMATS[self.format][1]
         if law is not None:

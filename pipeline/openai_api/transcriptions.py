@@ -25,24 +25,23 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from speechpipe.pipeline.live.transport import Transport
 from speechpipe.pipeline.openai_api import formats as F
-from speechpipe.pipeline.openai_api.errors import ApiError, bad_request, from_stream_error, unauthorized
+from speechpipe.pipeline.openai_api.errors import ApiError, bad_request, from_stream_error
 from speechpipe.pipeline.openai_api.fed import run_fed
 from speechpipe.pipeline.openai_api.models import ModelChoice, choose, listing
-from speechpipe.pipeline.server.app import bearer_token, token_matches
+from speechpipe.pipeline.protocol import Start
 from speechpipe.stages.asr.types import MAX_PROMPT_CHARS
 from speechpipe.stages.audio import AudioError, AudioInfo, iter_file_blocks, probe, to_mono
 
 
 @dataclass
 class Hooks:
-    """What the OpenAI routes need of the server.
+    """What the OpenAI routes need of the server (the API key, the stream token, is checked by the
+    server's authentication before they run; the body's size by its body limit).
 
     Attributes:
-        token: the stream token, the API key of these routes (None: open).
         serve: serves a stream on a transport, pinned to a variant or routed (None); the flag
             says it is fed as fast as it reads (an upload) rather than in real time.
         models: the served variants' model names and the primary, None while they load.
-        max_upload_bytes: the largest request body.
         max_frame_bytes: the largest audio message a stream takes.
         max_audio_s: the longest stream.
         retry_after_s: the retry hint of a refused request.
@@ -50,20 +49,13 @@ class Hooks:
         languages: the language codes the served models take.
     """
 
-    token: str | None
     serve: Callable[[Transport, str | None, bool], Awaitable[None]]
     models: Callable[[], tuple[dict[str, str], str] | None]
-    max_upload_bytes: int
     max_frame_bytes: int
     max_audio_s: float
     retry_after_s: float
     created: int
     languages: Callable[[], tuple[str, ...]] = lambda: ("en",)
-
-
-def check_key(request_or_ws, hooks: Hooks) -> None:
-    if hooks.token and not token_matches(bearer_token(request_or_ws), hooks.token):
-        raise unauthorized()
 
 
 def resolve_model(requested: str, hooks: Hooks) -> ModelChoice:
@@ -83,7 +75,6 @@ def resolve_model(requested: str, hooks: Hooks) -> ModelChoice:
 
 async def models_endpoint(request: Request, hooks: Hooks) -> Response:
     try:
-        check_key(request, hooks)
         served = hooks.models()
         if served is None:
             raise ApiError(503, "the models are still loading", "not_ready", retry_after_s=hooks.retry_after_s)
@@ -107,23 +98,6 @@ class Params:
     temperature: float = 0.0
 
 
-def _limited(request: Request, limit: int) -> Request:
-    """``request`` whose body may not exceed ``limit`` bytes (413 as soon as it does)."""
-    seen = 0
-    receive = request.receive
-
-    async def counted() -> dict:
-        nonlocal seen
-        message = await receive()
-        if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                raise ApiError(413, f"the upload exceeds {limit} bytes (server.max_upload_bytes)", "file_too_large")
-        return message
-
-    return Request(request.scope, counted)
-
-
 def _flag(value: str | None, name: str) -> bool:
     if value is None or value.strip().lower() in ("", "false", "0"):
         return False
@@ -134,17 +108,12 @@ def _flag(value: str | None, name: str) -> bool:
 
 async def parse(request: Request, hooks: Hooks) -> Params:
     """The request's fields, checked; :class:`ApiError` says what is wrong."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > hooks.max_upload_bytes:
-        raise ApiError(
-            413, f"the upload exceeds {hooks.max_upload_bytes} bytes (server.max_upload_bytes)", "file_too_large"
-        )
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise bad_request(
             "the request must be multipart/form-data, with the audio as its 'file' part", "invalid_request"
         )
     try:
-        form = await _limited(request, hooks.max_upload_bytes).form(max_files=1, max_fields=64)
+        form = await request.form(max_files=1, max_fields=64)
     except MultiPartException as exc:
         raise bad_request(f"malformed multipart body: {exc.message}", "invalid_request") from None
     upload = form.get("file")
@@ -217,15 +186,17 @@ def _check_audio(path: str, name: str, max_audio_s: float) -> AudioInfo:
 def stream_messages(path: str, info: AudioInfo, params: Params, max_frame_bytes: int) -> Iterator[str | bytes]:
     """What a WebSocket client streaming this file would send: ``start``, PCM, ``stop``."""
     channels = info.channels if info.channels <= 2 else 1
-    start = {"type": "start", "sample_rate": info.sample_rate, "encoding": "pcm_f32le", "channels": channels}
-    start["partials"] = False
-    if params.language:
-        start["language"] = params.language
-    if params.prompt:
-        start["prompt"] = params.prompt
-    if params.temperature:
-        start["temperature"] = params.temperature
-    yield json.dumps(start)
+    language = params.language or Start.language
+    start = Start(
+        info.sample_rate,
+        "pcm_f32le",
+        channels,
+        language,
+        partials=False,
+        prompt=params.prompt,
+        temperature=params.temperature,
+    )
+    yield json.dumps(start.to_dict())
     frames = max(1, min(info.sample_rate, max_frame_bytes // (4 * channels)))
     for block in iter_file_blocks(path, frames / info.sample_rate):
         pcm = block if channels == info.channels else to_mono(block)
@@ -282,7 +253,6 @@ class Outcome:
 async def transcriptions_endpoint(request: Request, hooks: Hooks) -> Response:
     path: str | None = None
     try:
-        check_key(request, hooks)
         params = await parse(request, hooks)
         path = await asyncio.to_thread(_save, params.file)
         info = await asyncio.to_thread(_check_audio, path, params.file.filename or "file", hooks.max_audio_s)

@@ -46,11 +46,6 @@ class Decision:
     draft: bool = False
 
 
-def transcribes(level: str) -> bool:
-    """Whether the AI transcribes at all at ``level``."""
-    return level != "human"
-
-
 def audited(session: str, segment: int, share: float) -> bool:
     """Whether a segment is in the audit sample: a hash of session and segment below ``share``."""
     digest = hashlib.sha256(f"audit:{session}:{segment}".encode()).digest()

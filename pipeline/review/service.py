@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -22,15 +23,17 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from speechpipe.pipeline import protocol
 from speechpipe.pipeline.config import Config, ConfigError
 from speechpipe.pipeline.live.actions import SubmitReview
-from speechpipe.pipeline.review.settings import AutomationSettings, ReviewSettings
+from speechpipe.pipeline.review.settings import AutomationSettings, ReviewSettings, model_runs_at
 from speechpipe.pipeline.review.store import AiText, Item, NewItem, ReviewStore
 from speechpipe.pipeline.review.threshold import curve
 
 log = logging.getLogger("speechpipe.review")
 
-#: how often the store's figures (queue length, oldest item) are refreshed for telemetry.
+#: how often (on the server's clock) the store's figures (queue length, oldest item) are refreshed
+#: for telemetry and the dashboard.
 STATS_EVERY_S = 2.0
 #: the most recent reviewed segments the dashboard's threshold curves are drawn from.
 DASHBOARD_ROWS = 5000
@@ -82,7 +85,7 @@ class ReviewService:
         self.counters = ReviewCounters()
         self.figures: dict = {}
         self._tasks: set[asyncio.Task] = set()
-        self._loop_task: asyncio.Task | None = None
+        self._last_stats = self._last_purge = -math.inf
 
     # -- from the streams ----------------------------------------------------------------------------
 
@@ -160,10 +163,9 @@ class ReviewService:
         """Store a review, then send it where it is ground truth (see the module docstring)."""
         item = await asyncio.to_thread(self.store.submit, item_id, text, claim, reviewer, self.clock())
         self.counters.reviewed += 1
-        revision = {"type": "revision", "segment": item.segment, "text": text, "by": "human"}
-        if self.push(item.session, revision):
+        if self.push(item.session, protocol.revision(item.segment, text)):
             self.counters.revisions_sent += 1
-        if self.feedback is not None and item.level != "human":
+        if self.feedback is not None and model_runs_at(item.level):
             try:
                 self.feedback(item.session, item.segment, text)
             except KeyError:  # a session this replica never served, or one long gone from its ledger
@@ -175,41 +177,34 @@ class ReviewService:
                 log.exception("review telemetry failed")
         return item
 
-    # -- upkeep ---------------------------------------------------------------------------------
+    # -- upkeep (the review part calls it at each tick, on the server's clock) ---------------------
 
-    def start(self) -> None:
-        """Refresh the figures and purge expired audio in the background."""
-        self._loop_task = asyncio.get_running_loop().create_task(self._upkeep(), name="review-upkeep")
+    async def upkeep(self, now: float) -> bool:
+        """Refresh the figures every :data:`STATS_EVERY_S` and purge expired audio every
+        :data:`PURGE_EVERY_S` of ``now``; True when the figures were refreshed."""
+        refreshed = False
+        try:
+            if now - self._last_purge >= PURGE_EVERY_S:
+                gone = await asyncio.to_thread(self.store.purge, now, self.settings.keep_days)
+                self._last_purge = now
+                if gone:
+                    log.info("review: deleted the audio of %d segment(s) past %g days", gone, self.settings.keep_days)
+            if now - self._last_stats >= STATS_EVERY_S:
+                self.figures = await asyncio.to_thread(self.store.stats, now)
+                self._last_stats = now
+                refreshed = True
+        except Exception:  # a database hiccup must not stop the upkeep
+            log.exception("review upkeep failed")
+        return refreshed
 
     async def stop(self) -> None:
-        if self._loop_task is not None:
-            self._loop_task.cancel()
         await self.flush()
 
-    async def _upkeep(self) -> None:
-        last_purge = -PURGE_EVERY_S
-        while True:
-            try:
-                now = self.clock()
-                if now - last_purge >= PURGE_EVERY_S:
-                    gone = await asyncio.to_thread(self.store.purge, now, self.settings.keep_days)
-                    last_purge = now
-                    if gone:
-                        log.info(
-                            "review: deleted the audio of %d segment(s) past %g days", gone, self.settings.keep_days
-                        )
-                self.figures = await asyncio.to_thread(self.store.stats, self.clock())
-            except Exception:  # a database hiccup must not stop the upkeep
-                log.exception("review upkeep failed")
-            await asyncio.sleep(STATS_EVERY_S)
 
-
-def open_review(
-    config: Config, push: Callable[[str, dict], bool], feedback: Callable[[str, int, str], object]
-) -> ReviewService | None:
-    """The review queue of ``config`` (None where ``[review] db`` is unset; then only ``full``
-    automation, without its audit, can run)."""
-    auto, settings = config.automation, config.review
+def open_store(config: Config) -> ReviewStore | None:
+    """The review queue's store of ``config`` (None where ``[review] db`` is unset; then only
+    ``full`` automation, without its audit, can run). Raises :class:`ConfigError`."""
+    settings = config.review
     if not settings.db:
         levels = {config.for_variant(name).automation.level for name in config.variant_names()}
         if levels - {"full"}:
@@ -220,11 +215,10 @@ def open_review(
         Path(settings.db).expanduser().resolve().parent / "review-audio" if "://" not in settings.db else "review-audio"
     )
     try:
-        store = ReviewStore(settings.db, data_dir)
+        return ReviewStore(settings.db, data_dir)
     except ModuleNotFoundError as exc:
         raise ConfigError(
             f"review.db: its driver is missing ({exc}); PostgreSQL: pip install 'speechpipe[postgres]'"
         ) from None
     except (ValueError, SQLAlchemyError) as exc:
         raise ConfigError(f"review.db: {settings.db}: {exc}") from None
-    return ReviewService(store, auto, settings, push, feedback)

@@ -6,6 +6,14 @@ from dataclasses import dataclass
 
 #: from no AI at all to no human at all (docs/review.md).
 LEVELS = ("human", "shadow", "assist", "partial", "full")
+#: the level at which no model runs: a human transcribes every segment.
+HUMAN = LEVELS[0]
+
+
+def model_runs_at(level: str) -> bool:
+    """Whether the model transcribes at all at ``level`` (every level but ``human``): what decides
+    whether a stream gets ASR jobs, a shadow and drift watching, and whether a review scores it."""
+    return level != HUMAN
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,11 @@ class AutomationSettings:
             raise ValueError(f"automation.level must be one of {', '.join(LEVELS)}, not {self.level!r}")
         if not 0.0 <= self.review_below <= 1.0 or not 0.0 <= self.audit_share <= 1.0:
             raise ValueError("automation.review_below and automation.audit_share must lie in [0, 1]")
+
+    @property
+    def runs_model(self) -> bool:
+        """Whether the model transcribes at all at this level (:func:`model_runs_at`)."""
+        return model_runs_at(self.level)
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from sqlalchemy import and_, create_engine, delete, event, func, insert, or_, select, update
+from sqlalchemy import and_, create_engine, event, func, insert, or_, select, update
 from sqlalchemy.engine import Engine, RowMapping
 
 from speechpipe.pipeline.evaluate.quality import score
 from speechpipe.pipeline.review.schema import ai, items, migrate
+from speechpipe.stages.pcm import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
 #: the longest human transcript taken, in characters.
 MAX_TEXT = 20000
 QUEUED, CLAIMED, DONE, EXPIRED = "queued", "claimed", "done", "expired"
@@ -181,21 +181,6 @@ class ReviewStore:
                     )
                 )
         return self.get(item_id)
-
-    def add_transcript(self, session: str, segment: int, t: AiText) -> bool:
-        """Another variant's transcript of a queued segment (a shadow's, done later); False when the
-        segment is not in the queue."""
-        with self.engine.begin() as conn:
-            item_id = conn.execute(
-                select(items.c.id).where(items.c.session == session, items.c.segment == segment)
-            ).scalar()
-            if item_id is None:
-                return False
-            conn.execute(delete(ai).where(ai.c.item == item_id, ai.c.variant == t.variant))
-            conn.execute(
-                insert(ai).values(item=item_id, variant=t.variant, role=t.role, text=t.text, confidence=t.confidence)
-            )
-        return True
 
     def claim(self, reviewer: str, now: float, claim_s: float) -> Item | None:
         """The next free item for ``reviewer`` (lowest confidence first, then oldest), claimed until

@@ -46,7 +46,9 @@ class Ticket:
     kind: JobKind = JobKind.FINAL
     future: Future = field(default_factory=Future)
     #: called once when the ticket leaves the queue (taken by the worker, dropped or cancelled);
-    #: from the worker thread when taken. Telemetry keeps the queue depth with it.
+    #: from the worker thread when taken, under the scheduler's lock: it must be quick. A live
+    #: session's reports an AsrDequeued event, which only queues it for the stream's observers
+    #: (their worker thread keeps the queue depth), so no observer runs on an ASR worker.
     on_leave: Callable[[], None] | None = None
 
     def left(self) -> None:
@@ -54,7 +56,7 @@ class Ticket:
         if callback is not None:
             try:
                 callback()
-            except Exception:  # telemetry must never break scheduling
+            except Exception:  # whatever it does must never break scheduling
                 log.exception("on_leave callback failed")
 
     @property

@@ -33,7 +33,7 @@ async def start_http(app: Starlette, sock: socket.socket, max_message_bytes: int
         ws_per_message_deflate=False,  # PCM does not compress; spare the CPU
         ws_ping_interval=20,
         ws_ping_timeout=20,
-        lifespan="off",
+        lifespan="on",  # the app's startup and shutdown run (parts start with the variants: see app.py)
         log_config=None,
         access_log=False,
         server_header=False,

@@ -20,8 +20,9 @@ class ServerSettings:
             capacity; more queues finals past the latency budget. ``max_streams`` stays a hard cap.
         stream_load: the ASR work one stream is assumed to need (worker-seconds per second of
             audio) until a minute of serving has been measured.
-        asr_workers: ASR calls run at the same time (0: one per CPU core). Each worker runs
-            ``asr.threads`` threads (0: the cores shared out between the workers). On 2 cores
+        asr_workers: ASR calls run at the same time (0: from the cores, one per core up to 2
+            cores, then one per 2 cores: :func:`~speechpipe.pipeline.config.sized_for_cores`).
+            Each worker runs ``asr.threads`` threads (0: the cores shared out between them). On 2 cores
             two calls of 1 thread each doubled the throughput of one call on 2 threads, at the
             same latency per call (tiny.en, a 6 s live call: 0.65 s against 0.67 s).
         retry_after_s: the retry hint sent to a stream turned away.
@@ -49,6 +50,10 @@ class ServerSettings:
         pack_backlog: finals of this many streams waiting make them share Whisper calls.
         shadow_max_queued: shadow-mode jobs (a shadow variant's finals, run below the clients'
             work) that may wait; beyond it the oldest is shed, counted.
+        observer_queue: events of one stream that may wait for its observers (telemetry, the
+            deployment's evidence, drift), which run on a thread of their own; beyond it the
+            stream's audio and ASR events are dropped for them, counted
+            (``speechpipe.observer.dropped``); never is the stream held up.
     """
 
     host: str = "127.0.0.1"
@@ -72,6 +77,7 @@ class ServerSettings:
     max_queued_finals: int = 8
     pack_backlog: int = 2
     shadow_max_queued: int = 32
+    observer_queue: int = 1000
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -83,6 +89,7 @@ class ServerSettings:
             "max_queued_finals",
             "pack_backlog",
             "shadow_max_queued",
+            "observer_queue",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"server.{name} must be at least 1")
@@ -92,6 +99,6 @@ class ServerSettings:
         if not 0.0 < self.max_load <= 1.0 or self.stream_load <= 0:
             raise ValueError("server.max_load must lie in (0, 1] and server.stream_load be positive")
         if self.asr_workers < 0:
-            raise ValueError("server.asr_workers must not be negative (0: one per core)")
+            raise ValueError("server.asr_workers must not be negative (0: from the cores)")
         if self.retry_after_s < 0 or self.stream_gap_s < 0:
             raise ValueError("server.retry_after_s and server.stream_gap_s must not be negative")

@@ -1,4 +1,4 @@
-"""The live server: ``ws://HOST:PORT/stream`` and the HTTP routes on one port.
+"""The live server: ``ws://HOST:PORT/stream`` and the HTTP routes on one port, composed of parts.
 
 An ASGI app (:mod:`speechpipe.pipeline.server.app`, Starlette) runs under uvicorn with the
 ``websockets`` library's Sans-I/O protocol: routes that take a body need that HTTP layer.
@@ -6,18 +6,20 @@ An ASGI app (:mod:`speechpipe.pipeline.server.app`, Starlette) runs under uvicor
 Every configured pipeline variant is loaded (:mod:`speechpipe.pipeline.deploy.variants`; variants of one
 model share it) and one :class:`~speechpipe.pipeline.scheduling.scheduler.AsrScheduler` runs all of their
 jobs on the same worker threads. The :class:`~speechpipe.pipeline.deploy.deployment.Deployment` decides
-which variant serves each new stream (``[deploy]``: single, shadow, canary, blue/green) and is
-driven by the admin API (:mod:`speechpipe.pipeline.deploy.routes`). Each connection gets its own
-:class:`~speechpipe.pipeline.live.connection.Connection` around a Sans-I/O
+which variant serves each new stream (``[deploy]``: single, shadow, canary, blue/green). Each
+connection gets its own :class:`~speechpipe.pipeline.live.connection.Connection` around a Sans-I/O
 :class:`~speechpipe.pipeline.live.core.LiveCore`, which is given a
 :class:`~speechpipe.pipeline.live.actions.LiveContext` (by the
 :class:`~speechpipe.pipeline.deploy.router.StreamRouter`), not the server.
 
-Telemetry plugs in from outside (see :mod:`speechpipe.pipeline.observability`):
-``stream_observers`` builds the observers of each stream's session (spans, per-stream metrics)
-for the variant and role that serve it, ``labelled`` gives the instrumentation of a variant and
-role (deployment metrics), ``observer`` is told about server-level events (streams turned away),
-and ``metrics`` renders ``/metrics``.
+Everything else is a part (:mod:`speechpipe.pipeline.server.parts`): telemetry, the admin API and
+feedback, drift monitoring, the review queue, the OpenAI API, the dashboard. The server asks each
+for its routes when it starts listening, for the observers it wants on each stream, and for the
+observers of the server's own events; once the variants are loaded it starts each with a
+:class:`~speechpipe.pipeline.server.parts.ServerContext`, then calls their ``tick`` every
+``tick_s`` seconds of its loop with the time of its ``clock`` (``tick_s=None``: only when told,
+``await server.tick()``, as tests do). Who may call what is the principals' business
+(:mod:`speechpipe.pipeline.server.auth`).
 """
 
 from __future__ import annotations
@@ -27,27 +29,28 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from starlette.applications import Starlette
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from speechpipe.pipeline.config import Config, ConfigError
 from speechpipe.pipeline.deploy.deployment import Deployment
-from speechpipe.pipeline.deploy.router import StreamObservers, StreamRouter
-from speechpipe.pipeline.deploy.routes import admin_routes
-from speechpipe.pipeline.deploy.variants import Variant, load_variants
+from speechpipe.pipeline.deploy.router import StreamRouter
+from speechpipe.pipeline.deploy.variants import LoadedVariant, load_variants
 from speechpipe.pipeline.hooks import Observer, Observers, StreamRejected
-from speechpipe.pipeline.live.actions import LiveContext
+from speechpipe.pipeline.live.actions import LiveContext, SubmitReview
 from speechpipe.pipeline.live.connection import Connection
 from speechpipe.pipeline.live.transport import Transport
-from speechpipe.pipeline.monitoring.service import DriftService
-from speechpipe.pipeline.openai_api.routes import openai_routes
-from speechpipe.pipeline.review.routes import review_routes
-from speechpipe.pipeline.review.service import ReviewService, open_review
 from speechpipe.pipeline.scheduling.admission import Admission, refusal
 from speechpipe.pipeline.scheduling.scheduler import AsrScheduler
-from speechpipe.pipeline.server.app import build_app
+from speechpipe.pipeline.server.app import build_app, static_routes, upgrade_required
+from speechpipe.pipeline.server.auth import NO_STORE, STREAM, Principals, requires, unauthorized
+from speechpipe.pipeline.server.parts import ReviewQueue, ServerContext, ServerPart, StreamInfo
 from speechpipe.pipeline.server.runner import HttpServer, reject, start_http, stop_listening
 from speechpipe.pipeline.server.tokens import admin_token_from_env, token_from_env
 from speechpipe.pipeline.server.transport import AsgiTransport
@@ -55,12 +58,10 @@ from speechpipe.stages.asr import AsrEngine
 
 log = logging.getLogger("speechpipe.server")
 
-#: how often the canary's gates are evaluated.
+#: how often the parts tick (the canary's gates, drift, the review figures), by default.
 DEPLOY_TICK_S = 1.0
 
 __all__ = ["SpeechServer", "admin_token_from_env", "token_from_env"]  # the tokens' helpers, from here too
-
-MetricsRenderer = Callable[[], tuple[bytes, str]]
 
 
 @dataclass
@@ -81,19 +82,13 @@ class SpeechServer:
         engine: a loaded engine to share (tests pass theirs) with every variant of the same ASR
             settings; the variants' models are loaded otherwise, in a thread, after the socket is
             listening (``/readyz`` says when).
-        token: required bearer token of streams (and feedback); None allows everyone.
-        admin_token: bearer token of the admin API; None: the admin routes answer 403.
-        reviewer_token: bearer token of the review API and page; None: they answer 403.
-        stream_observers: builds the observers of each stream's session from its id, its audio
-            format's attributes, the effective config of the variant serving it and its role.
-        labelled: the instrumentation of a variant (its effective config) and role, for the
-            deployment's metrics and spans.
-        drift_telemetry: given the drift figures' source, registers their gauges and returns the
-            reporter of drift alerts (span, log); without it alerts are logged.
-        review_telemetry: the same for the review queue's figures; returns the reporter of reviews.
-        observer: told server-level events (:class:`~speechpipe.pipeline.hooks.StreamRejected`).
-        metrics: renders ``/metrics`` as ``(body, content_type)``; without it the page is empty.
-        on_shutdown: called once the server has drained (flush telemetry there).
+        parts: the features plugged in (:mod:`speechpipe.pipeline.server.parts`), in the order
+            their observers see events and their routes are matched.
+        principals: who may call what (:class:`~speechpipe.pipeline.server.auth.Principals`);
+            by default no token is set: anyone may stream and send feedback, the admin and
+            review APIs are off.
+        clock: the time the parts tick at and the deployment and review queue keep (Unix seconds).
+        tick_s: seconds of the event loop between two ticks; None: no ticking on its own.
     """
 
     def __init__(
@@ -101,50 +96,39 @@ class SpeechServer:
         config: Config | None = None,
         engine: AsrEngine | None = None,
         *,
-        token: str | None = None,
-        admin_token: str | None = None,
-        reviewer_token: str | None = None,
-        stream_observers: StreamObservers | None = None,
-        labelled: Callable[[Config, str], object] | None = None,
-        drift_telemetry: Callable[[Callable], Callable] | None = None,
-        review_telemetry: Callable[[Callable], Callable] | None = None,
-        observer: Observer | None = None,
-        metrics: MetricsRenderer | None = None,
-        on_shutdown: Callable[[], None] | None = None,
+        parts: Sequence[ServerPart] = (),
+        principals: Principals | None = None,
+        clock: Callable[[], float] = time.time,
+        tick_s: float | None = DEPLOY_TICK_S,
     ) -> None:
         self.config = config or Config()
         self.settings = self.config.server
         self.engine = engine
-        self.token = token or None
-        self.admin_token = admin_token or None
-        self.reviewer_token = reviewer_token or None
-        tokens = [t for t in (self.token, self.admin_token, self.reviewer_token) if t]
-        if len(set(tokens)) < len(tokens):
-            raise ConfigError("the admin and reviewer tokens must differ from each other and from the stream token")
-        self.stream_observers = stream_observers
-        self.labelled = labelled
-        self.drift_telemetry = drift_telemetry
-        self.review_telemetry = review_telemetry
-        self.variants: dict[str, Variant] = {}
+        self.parts = list(parts)
+        self.principals = principals or Principals()
+        self.clock = clock
+        self.tick_s = tick_s
+        # The server's own events (streams turned away, the deployment's reports...), to every part.
+        self.observer = Observers(o for p in self.parts for o in p.server_observers())
+        queues = [p for p in self.parts if isinstance(p, ReviewQueue) and p.queues_reviews]
+        self._review_queue = queues[0] if queues else None
+        self.variants: dict[str, LoadedVariant] = {}
         self.deployment: Deployment | None = None
         self.router: StreamRouter | None = None
-        self.drift: DriftService | None = None
-        self.review: ReviewService | None = None
-        self._tick_task: asyncio.Task | None = None
-        self.observer = Observers([observer])
-        self.metrics = metrics or _no_metrics
-        self.on_shutdown = on_shutdown
         self.scheduler: AsrScheduler | None = None
         self.streams: dict[str, Connection] = {}
         self._fed: set[str] = set()  # streams of uploads, fed as fast as they are read
         self.counters = ServerCounters()
+        self.app: Starlette | None = None  # built when the server starts listening
         self._http: HttpServer | None = None
         self._http_task: asyncio.Task | None = None
         self._socket: socket.socket | None = None
         self._ready = asyncio.Event()
-        self._draining = False
+        self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
+        self._started: list[ServerPart] = []
         self._load_task: asyncio.Task | None = None
+        self._tick_task: asyncio.Task | None = None
         self._handlers: set[asyncio.Task] = set()
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -160,43 +144,37 @@ class SpeechServer:
         return self._load_task
 
     @property
+    def draining(self) -> bool:
+        return self._stopping.is_set()
+
+    @property
     def ready(self) -> bool:
-        return self._ready.is_set() and not self._draining
+        return self._ready.is_set() and not self.draining
+
+    def routes(self) -> list[BaseRoute]:
+        """The server's own routes, then every part's."""
+        own: list[BaseRoute] = [
+            WebSocketRoute("/stream", requires(STREAM, self._refuse_stream)(self.stream_endpoint)),
+            Route("/stream", upgrade_required),
+            Route("/healthz", self.healthz),
+            Route("/readyz", self.readyz),
+            *static_routes(),
+        ]
+        return own + [route for part in self.parts for route in part.routes()]
 
     async def start(self) -> None:
         """Listen, then load the model (unless one was given) in a thread."""
         s = self.settings
-        # The review store first: a database that cannot be opened stops the server before it listens.
-        self.review = await asyncio.to_thread(open_review, self.config, self._push, self._feedback)
-        if self.review is not None and self.review_telemetry is not None:
-            self.review.on_reviewed = self.review_telemetry(lambda: self.review.figures)
         # The socket is bound here, so a port in use is an OSError to the caller, not uvicorn's exit.
         self._socket = socket.create_server((s.host, s.port), reuse_port=False)
         self._socket.setblocking(False)
-        app = build_app(
-            stream=self._handle,
-            token=self.token,
-            is_ready=lambda: (self.ready, "draining" if self._draining else "loading model"),
-            metrics=self.metrics,
-            on_unauthorized=lambda: self._rejected("unauthorized"),
-            extra_routes=admin_routes(
-                admin_token=self.admin_token,
-                stream_token=self.token,
-                deployment=lambda: self.deployment,
-                drift=lambda: self.drift,
-                metrics=lambda: self.metrics(),
-                closing=lambda: self._draining,
-                review=lambda: self.review,
-            )
-            + openai_routes(self)
-            + review_routes(reviewer_token=self.reviewer_token, stream_token=self.token, service=lambda: self.review),
-        )
+        self.app = build_app(self.routes(), self.principals)
         # Our own check answers up to 4x the limit with a clear error; beyond that the protocol
         # closes with 1009 before buffering it all.
-        self._http, self._http_task = await start_http(app, self._socket, 4 * s.max_frame_bytes)
+        self._http, self._http_task = await start_http(self.app, self._socket, 4 * s.max_frame_bytes)
         log.info("listening on ws://%s:%d/stream", s.host, self.port)
         if self.engine is not None and not self.config.variants:
-            self._on_variants(load_variants(self.config, list(self.config.variant_names()), self.engine))
+            await self._on_variants(load_variants(self.config, list(self.config.variant_names()), self.engine))
         else:
             self._load_task = asyncio.create_task(self._load(), name="load-variants")
 
@@ -208,45 +186,27 @@ class SpeechServer:
         names = list(self.config.variant_names())
         try:
             variants = await asyncio.to_thread(load_variants, self.config, names, self.engine)
-            self._on_variants(variants)
+            await self._on_variants(variants)
         except Exception:
             log.exception("could not load the pipeline variants")
             raise
         models = ", ".join(f"{v.name}: {v.config.asr.model}" for v in variants.values())
         log.info("variants loaded in %.1f s (%s)", time.perf_counter() - t0, models)
 
-    def _on_variants(self, variants: dict[str, Variant]) -> None:
-        """Everything loaded: the deployment, the scheduler, then ready."""
+    async def _on_variants(self, variants: dict[str, LoadedVariant]) -> None:
+        """Everything loaded: the deployment, the scheduler, the parts, then ready."""
         s = self.settings
         deploy = self.config.deploy.resolved(self.config.pipeline.variant)
         try:
             deploy.check(set(variants))
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        config_of = {name: v.config for name, v in variants.items()}
-        labelled = self.labelled
-        self.deployment = Deployment(
-            deploy,
-            {name: v.variant_id for name, v in variants.items()},
-            labelled=(lambda name, role: labelled(config_of[name], role)) if labelled else None,
-        )
-        if self.config.monitoring.baseline:
-            self.drift = DriftService(self.config.monitoring)
-            if self.drift_telemetry is not None:
-                self.drift.on_alert = self.drift_telemetry(self.drift.rows)
-            self.deployment.on_score = self.drift.feedback
+        ids = {name: v.variant_id for name, v in variants.items()}
+        self.deployment = Deployment(deploy, ids, reports=self.observer, clock=self.clock)
         self.variants = variants
-        primary = variants[self.deployment.controller.primary]
-        self.engine = primary.engine
-        # Read at each stream, so observers can be set after start (tests do).
-        self.router = StreamRouter(
-            self.config,
-            variants,
-            self.deployment,
-            lambda *args: self.stream_observers(*args) if self.stream_observers else [],
-            self.drift,
-            self.review,
-        )
+        self.engine = variants[self.deployment.controller.primary].engine
+        review = self._review if self._review_queue is not None else None
+        self.router = StreamRouter(self.config, variants, self.deployment, self._stream_observers, review)
         workers = self.engine.config.workers
         self.admission = Admission(workers, s.max_load, s.stream_load)
         self.scheduler = AsrScheduler(
@@ -262,28 +222,46 @@ class SpeechServer:
             on_call=self._measured_call,
         )
         self.scheduler.start()
-        self._tick_task = asyncio.get_running_loop().create_task(self._tick(), name="deploy-tick")
-        if self.review is not None:
-            self.review.start()
+        ctx = ServerContext(
+            config=self.config,
+            clock=self.clock,
+            variants=variants,
+            deployment=self.deployment,
+            languages=self.router.languages,
+            scheduler=self.scheduler,
+            observer=self.observer,
+            push=self._push,
+            serve=self.serve_transport,
+            stopping=self._stopping,
+        )
+        for part in self.parts:
+            await part.start(ctx)
+            self._started.append(part)
+        if self.tick_s is not None:
+            self._tick_task = asyncio.get_running_loop().create_task(self._tick_loop(), name="tick")
         self._ready.set()
 
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(DEPLOY_TICK_S)
+    async def tick(self) -> None:
+        """Every started part's periodic work, now (the loop's, or a test's)."""
+        now = self.clock()
+        for part in list(self._started):
             try:
-                self.deployment.tick()
-                if self.drift is not None:
-                    self.drift.evaluate()
-            except Exception:  # the deployment's bug must not stop serving
-                log.exception("deploy tick failed")
+                await part.tick(now)
+            except Exception:  # a part's bug must not stop serving, nor the other parts' ticks
+                log.exception("%s: tick failed", part.name)
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_s)
+            await self.tick()
 
     async def shutdown(self) -> None:
         """Graceful stop: refuse new streams, let each stream finish (pending finals, ``end``,
-        close 1001), stop the worker, then call ``on_shutdown``. Idempotent."""
-        if self._draining:
+        close 1001), stop the worker, then the parts (last first). Idempotent."""
+        if self.draining:
             await self._stopped.wait()
             return
-        self._draining = True
+        self._stopping.set()
         log.info("draining %d stream(s)", len(self.streams))
         if self._http is not None:
             stop_listening(self._http)
@@ -302,37 +280,50 @@ class SpeechServer:
             self._tick_task.cancel()
         if self.scheduler is not None:
             await asyncio.to_thread(self.scheduler.stop, 10.0)
-        if self.review is not None:
-            await self.review.stop()
-        if self.on_shutdown is not None:
+        for part in reversed(self._started):
             try:
-                self.on_shutdown()
+                await part.stop()
             except Exception:
-                log.exception("shutdown hook failed")
+                log.exception("%s: stop failed", part.name)
         log.info("stopped")
         self._stopped.set()
 
-    # -- per stream ---------------------------------------------------------------------------
+    # -- the server's own routes ----------------------------------------------------------------
 
-    def context(self) -> LiveContext:
-        """What each stream is given before its ``start``: the router picks its variant then."""
-        return self.router.base_context()
+    def _refuse_stream(self, _conn: HTTPConnection, _scope: str, _granted: bool) -> Response:
+        """A stream refused for its token: counted, and denied in the handshake."""
+        self._rejected("unauthorized")
+        return unauthorized()
 
-    async def _handle(self, websocket: WebSocket) -> None:
+    async def stream_endpoint(self, websocket: WebSocket) -> None:
+        await websocket.accept()
         task = asyncio.current_task()
         self._handlers.add(task)
         try:
-            await self.serve_transport(AsgiTransport(websocket))
+            await self.serve_transport(AsgiTransport(websocket), principal=websocket.user.display_name)
         finally:
             self._handlers.discard(task)
+
+    async def healthz(self, _request: Request) -> Response:
+        return PlainTextResponse("ok\n", headers=NO_STORE)
+
+    async def readyz(self, _request: Request) -> Response:
+        if self.ready:
+            return PlainTextResponse("ready\n", headers=NO_STORE)
+        why = "draining" if self.draining else "loading model"
+        return PlainTextResponse(f"{why}\n", 503, headers=NO_STORE)
+
+    # -- per stream ---------------------------------------------------------------------------
+
+    def _stream_observers(self, stream: StreamInfo) -> list[Observer]:
+        return [o for part in self.parts for o in part.observers(stream)]
+
+    def _review(self, stream: StreamInfo, request: SubmitReview) -> None:
+        self._review_queue.enqueue(stream, request)
 
     def _push(self, session: str, message: dict) -> bool:
         stream = self.streams.get(session)
         return stream is not None and stream.push(message)
-
-    def _feedback(self, session: str, segment: int, text: str) -> None:
-        if self.deployment is not None:
-            self.deployment.feedback(session, segment, text)
 
     def _measured_call(self, now: float, seconds: float, streams: frozenset[str]) -> None:
         """Admission's measure: calls of real-time streams only. A request fed faster than real
@@ -344,7 +335,13 @@ class SpeechServer:
     def _record_streams(self) -> None:
         self.admission.record_streams(time.monotonic(), len(self.streams) - len(self._fed))
 
-    async def serve_transport(self, ws: Transport, variant: str | None = None, fed: bool = False) -> None:
+    def context(self, principal: str | None = None) -> LiveContext:
+        """What each stream is given before its ``start``: the router picks its variant then."""
+        return self.router.base_context(principal)
+
+    async def serve_transport(
+        self, ws: Transport, variant: str | None = None, fed: bool = False, *, principal: str | None = None
+    ) -> None:
         """Serve one stream on ``ws`` (admission first), routed by the deployment or, given
         ``variant``, by that variant (an OpenAI request naming it). ``fed``: the client is code
         sending as fast as the stream reads (an upload), not in real time; it is admitted as
@@ -352,14 +349,14 @@ class SpeechServer:
         stream_id = uuid.uuid4().hex[:12]
         # Admission is decided before the first await, so concurrent connections cannot overshoot.
         s, n = self.settings, len(self.streams)
-        verdict = None if self._draining or n >= s.max_streams else self.admission.verdict(time.monotonic(), n)
-        reason, exc = refusal(self._draining, self._ready.is_set(), n, s.max_streams, verdict, s.retry_after_s)
+        verdict = None if self.draining or n >= s.max_streams else self.admission.verdict(time.monotonic(), n)
+        reason, exc = refusal(self.draining, self._ready.is_set(), n, s.max_streams, verdict, s.retry_after_s)
         if exc is not None:
             self._rejected(reason)
             retry = {} if exc.code == "shutting_down" else {"retry_after_s": self.settings.retry_after_s}
             await reject(ws, exc, retry)
             return
-        context = self.router.pinned_context(variant) if variant else self.context()
+        context = self.router.pinned_context(variant, principal) if variant else self.context(principal)
         stream = Connection(ws, stream_id, context, self.scheduler)
         self.streams[stream_id] = stream
         if fed:
@@ -381,11 +378,4 @@ class SpeechServer:
 
     def _rejected(self, reason: str) -> None:
         self.counters.rejected += 1
-        try:
-            self.observer.on_event(StreamRejected(reason))
-        except Exception:  # telemetry must never break serving
-            log.exception("observer failed")
-
-
-def _no_metrics() -> tuple[bytes, str]:
-    return b"", "text/plain; version=0.0.4; charset=utf-8"
+        self.observer.on_event(StreamRejected(reason))  # the fan-out counts and logs what fails

@@ -108,14 +108,6 @@ class AsrEngine:
             for transcripts, windows in results
         ]
 
-    def transcribe(
-        self, pieces: list[AudioPiece], decoding: Decoding | None = None
-    ) -> tuple[list[Transcript], list[WindowStats]]:
-        """Transcribe ``pieces`` (packed into windows); one :class:`Transcript` per piece, in the
-        order given."""
-        [(transcripts, stats)] = self.transcribe_groups([pieces], decoding)
-        return transcripts, stats
-
     def transcribe_groups(
         self, groups: list[list[AudioPiece]], decoding: Decoding | None = None, resume: bool = True
     ) -> list[tuple[list[Transcript], list[WindowStats]]]:

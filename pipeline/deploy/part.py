@@ -1,0 +1,120 @@
+"""The deployment as a part of the live server: the admin API, human feedback, the gates judged
+at each tick, and the observer that feeds each routed stream's finals to the ledger.
+
+* ``GET /admin/deploy``: the deploy state (mode, variants with role, weight, streams and config
+  id, step, state, history).
+* ``POST /admin/deploy``: an action, ``{"action": "switch", "active": NAME}``, ``{"action":
+  "rollback"}``, ``{"action": "promote"}``, ``{"action": "set_weight", "variant": NAME, "weight":
+  0.25}``, ``{"action": "pause"}`` or ``{"action": "resume"}``; answers the change and the state.
+* ``POST /v1/feedback``: ``{"session": ID, "segment": N?, "text": "..."}``, a human reference
+  scored against every variant that transcribed that audio.
+
+The admin routes need the ``admin`` scope (the admin token; without one configured they answer
+403, with a missing or wrong one 401), feedback the ``feedback`` scope (the stream token; open
+when streams are). The deployment itself is the server's (it routes every stream); it is given in
+the :class:`~speechpipe.pipeline.server.parts.ServerContext`.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from speechpipe.pipeline.deploy import DeployError
+from speechpipe.pipeline.deploy.deployment import Deployment
+from speechpipe.pipeline.hooks import Observer
+from speechpipe.pipeline.server.auth import ADMIN, FEEDBACK, NO_STORE, requires
+from speechpipe.pipeline.server.http import BadRequest, error, read_json
+from speechpipe.pipeline.server.parts import Part, ServerContext, StreamInfo
+
+
+class DeployPart(Part):
+    """See the module docstring."""
+
+    name = "deploy"
+
+    def __init__(self) -> None:
+        self.deployment: Deployment | None = None
+
+    async def start(self, ctx: ServerContext) -> None:
+        self.deployment = ctx.deployment
+
+    def observers(self, stream: StreamInfo) -> list[Observer]:
+        # a stream that named its variant is not the deployment's traffic: its gates compare routed ones
+        if self.deployment is None or not stream.routed:
+            return []
+        return [self.deployment.observer(stream.stream_id, stream.variant)]
+
+    async def tick(self, now: float) -> None:
+        if self.deployment is not None:
+            self.deployment.tick()
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/admin/deploy", self.state, methods=["GET"]),
+            Route("/admin/deploy", self.act, methods=["POST"]),
+            Route("/v1/feedback", self.feedback, methods=["POST"]),
+        ]
+
+    def _loaded(self) -> Deployment:
+        if self.deployment is None:
+            raise BadRequest(503, "not_ready", "the pipeline variants are still loading")
+        return self.deployment
+
+    @requires(ADMIN)
+    async def state(self, request: Request) -> Response:
+        try:
+            return JSONResponse(self._loaded().snapshot(), headers=NO_STORE)
+        except BadRequest as exc:
+            return error(exc.status, exc.code, exc.message)
+
+    @requires(ADMIN)
+    async def act(self, request: Request) -> Response:
+        try:
+            dep = self._loaded()
+            action = await read_json(request)
+            reason = action.pop("reason", None) or "admin"
+            if not isinstance(reason, str):
+                raise BadRequest(400, "bad_request", "reason must be a string")
+            change = dep.apply(action, reason=f"admin: {reason}" if reason != "admin" else reason)
+        except BadRequest as exc:
+            return error(exc.status, exc.code, exc.message)
+        except DeployError as exc:
+            return error(400, "bad_action", str(exc))
+        return JSONResponse({"change": change.to_dict(), "deploy": dep.snapshot()}, headers=NO_STORE)
+
+    @requires(FEEDBACK)
+    async def feedback(self, request: Request) -> Response:
+        try:
+            dep = self._loaded()
+            session, segment, text = _feedback_fields(await read_json(request))
+            scores = dep.feedback(session, segment, text)
+        except BadRequest as exc:
+            return error(exc.status, exc.code, exc.message)
+        except KeyError as exc:
+            return error(404, "unknown_session", str(exc.args[0]))
+        body = {
+            "session": session,
+            "segment": segment,
+            "scores": {
+                s.variant: {"role": s.role, "wer": s.wer, "errors": s.errors, "words": s.words, "text": s.hypothesis}
+                for s in scores
+            },
+        }
+        return JSONResponse(body, headers=NO_STORE)
+
+
+def _feedback_fields(doc: dict) -> tuple[str, int | None, str]:
+    """``(session, segment, text)`` of a feedback body, checked."""
+    session, segment, text = doc.get("session"), doc.get("segment"), doc.get("text")
+    unknown = sorted(set(doc) - {"session", "segment", "text"})
+    if unknown:
+        raise BadRequest(400, "bad_request", f"unknown field(s): {', '.join(unknown)}")
+    if not isinstance(session, str) or not session:
+        raise BadRequest(400, "bad_request", "session must be the stream id given in ready")
+    if segment is not None and (isinstance(segment, bool) or not isinstance(segment, int) or segment < 0):
+        raise BadRequest(400, "bad_request", "segment must be a segment index (a whole number)")
+    if not isinstance(text, str):
+        raise BadRequest(400, "bad_request", "text must be a string (the human transcript)")
+    return session, segment, text

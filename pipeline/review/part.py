@@ -1,0 +1,253 @@
+"""The review queue as a part of the live server: segments in from the streams, the review API
+and page, a session's revisions, the figures refreshed at each tick (docs/review.md).
+
+``review`` scope (the reviewer token; without one configured the routes answer 403):
+
+* ``POST /v1/review/claim`` (``{"reviewer": NAME}`` optional): the next item, claimed, as
+  ``{"id", "session", "segment", "audio_url", "draft", "confidence", "claimed_until", "claim", ...}``;
+  204 when the queue is empty.
+* ``GET /v1/review/{id}/audio``: the segment's audio (FLAC).
+* ``POST /v1/review/{id}`` ``{"text": "...", "claim"?: CLAIM}``: the human transcript.
+* ``POST /v1/review/{id}/release``: back to the queue.
+* ``GET /v1/review/stats``: queue length, oldest age, done, per-variant human-vs-AI WER.
+* ``GET /v1/review/queue``: what waits, in the order claims take it.
+* ``GET /review``: the page.
+
+``stream`` scope: ``GET /v1/sessions/{id}``, the session's segments sent to review with their
+revisions.
+
+The part reports to the server's observer :class:`Reviewed` for each review submitted here and
+:class:`ReviewFigures` whenever the store's figures are refreshed (telemetry's gauges).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from importlib import resources
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from speechpipe.pipeline.config import Config
+from speechpipe.pipeline.hooks import Observer
+from speechpipe.pipeline.live.actions import SubmitReview
+from speechpipe.pipeline.review.service import ReviewService, open_store
+from speechpipe.pipeline.review.store import MAX_TEXT, Item, ReviewError
+from speechpipe.pipeline.server.auth import NO_STORE, REVIEW, STREAM, requires
+from speechpipe.pipeline.server.http import BadRequest, error, read_json
+from speechpipe.pipeline.server.parts import Part, ServerContext, StreamInfo
+
+MAX_NAME = 128
+
+
+@dataclass(frozen=True)
+class Reviewed:
+    """A segment reviewed on this server."""
+
+    variant: str
+    level: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ReviewFigures:
+    """The store's figures, refreshed: ``{"queue", "oldest_age_s", "variants": {NAME: {"wer", "words"}}}``."""
+
+    figures: dict
+
+
+def item_doc(item: Item) -> dict:
+    """An item as the API shows it."""
+    doc = asdict(item)
+    doc["audio_url"] = f"/v1/review/{item.id}/audio" if item.audio else None
+    doc["start"], doc["end"] = doc.pop("start_s"), doc.pop("end_s")
+    return doc
+
+
+def _page(name: str, content_type: str) -> Response:
+    body = resources.files("speechpipe.pipeline").joinpath("web", name).read_bytes()
+    return Response(body, headers={"Content-Type": content_type, **NO_STORE})
+
+
+def _served(endpoint: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
+    """An endpoint of the review API given the service, its refusals rendered as JSON errors."""
+
+    @functools.wraps(endpoint)
+    async def run(part: ReviewPart, request: Request) -> Response:
+        try:
+            return await endpoint(part, request, part._service())
+        except (BadRequest, ReviewError) as exc:
+            return error(exc.status, exc.code, exc.message)
+
+    return run
+
+
+class ReviewPart(Part):
+    """See the module docstring. The store of ``config`` is opened here, so a database that
+    cannot be opened (or a level that needs people without one) stops the server before it
+    listens; the service runs once the part starts."""
+
+    name = "review"
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.store = open_store(config)
+        self.service: ReviewService | None = None
+        self._report: Observer | None = None
+
+    @property
+    def queues_reviews(self) -> bool:
+        return self.store is not None
+
+    async def start(self, ctx: ServerContext) -> None:
+        if self.store is None:
+            return
+        self._report = ctx.observer
+        self.service = ReviewService(
+            self.store,
+            self.config.automation,
+            self.config.review,
+            ctx.push,
+            ctx.deployment.feedback,
+            on_reviewed=self._reviewed,
+            clock=ctx.clock,
+        )
+
+    async def stop(self) -> None:
+        if self.service is not None:
+            await self.service.stop()
+
+    async def tick(self, now: float) -> None:
+        if self.service is not None and await self.service.upkeep(now) and self._report is not None:
+            self._report.on_event(ReviewFigures(self.service.figures))
+
+    def enqueue(self, stream: StreamInfo, request: SubmitReview) -> None:
+        """A segment of ``stream`` goes to review (called on the event loop)."""
+        if self.service is not None:
+            level = stream.config.automation.level
+            self.service.enqueue(stream.variant, stream.role, stream.stream_id, request, level)
+
+    def _reviewed(self, item: Item) -> None:
+        if self._report is not None:
+            self._report.on_event(Reviewed(item.variant, item.level, item.reason))
+
+    def dashboard(self) -> dict | None:
+        """The dashboard's view of the queue (from a worker thread), None without one."""
+        return None if self.service is None else self.service.dashboard()
+
+    # -- routes ---------------------------------------------------------------------------------
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/v1/review/claim", self.claim, methods=["POST"]),
+            Route("/v1/review/stats", self.stats),
+            Route("/v1/review/queue", self.queue),
+            Route("/v1/review/{id}/audio", self.audio),
+            Route("/v1/review/{id}/release", self.release, methods=["POST"]),
+            Route("/v1/review/{id}", self.submit, methods=["POST"]),
+            Route("/v1/sessions/{id}", self.session),
+            Route("/review", self.page),
+            Route("/review.js", self.script),
+        ]
+
+    def _service(self) -> ReviewService:
+        if self.store is None:
+            raise BadRequest(404, "no_review_queue", "this server has no review queue: set [review] db")
+        if self.service is None:
+            raise BadRequest(503, "not_ready", "the pipeline variants are still loading")
+        return self.service
+
+    @requires(REVIEW)
+    @_served
+    async def claim(self, request: Request, svc: ReviewService) -> Response:
+        item = await svc.claim(_reviewer(request, await _optional_json(request)))
+        if item is None:
+            return Response(status_code=204, headers=NO_STORE)
+        return JSONResponse(item_doc(item), headers=NO_STORE)
+
+    @requires(REVIEW)
+    @_served
+    async def submit(self, request: Request, svc: ReviewService) -> Response:
+        doc = await read_json(request)
+        text = doc.get("text")
+        if not isinstance(text, str) or len(text) > MAX_TEXT:
+            raise BadRequest(
+                400, "bad_request", f"text must be the transcript, a string of at most {MAX_TEXT} characters"
+            )
+        item = await svc.submit(request.path_params["id"], text.strip(), _claim(doc), _reviewer(request, doc))
+        return JSONResponse(item_doc(item), headers=NO_STORE)
+
+    @requires(REVIEW)
+    @_served
+    async def release(self, request: Request, svc: ReviewService) -> Response:
+        item = await svc.release(request.path_params["id"], _claim(await _optional_json(request)))
+        return JSONResponse(item_doc(item), headers=NO_STORE)
+
+    @requires(REVIEW)
+    @_served
+    async def audio(self, request: Request, svc: ReviewService) -> Response:
+        item = svc.store.get(request.path_params["id"])
+        path = svc.store.audio_path(item) if item is not None else None
+        if path is None or not path.is_file():
+            return error(404, "not_found", "no audio for this item (unknown, or past the retention period)")
+        return FileResponse(path, media_type="audio/flac", headers=NO_STORE)
+
+    @requires(REVIEW)
+    @_served
+    async def stats(self, request: Request, svc: ReviewService) -> Response:
+        return JSONResponse(await svc.stats(), headers=NO_STORE)
+
+    @requires(REVIEW)
+    @_served
+    async def queue(self, request: Request, svc: ReviewService) -> Response:
+        items = await svc.queue()
+        return JSONResponse({"items": [item_doc(i) for i in items]}, headers=NO_STORE)
+
+    @requires(REVIEW)
+    @_served
+    async def page(self, request: Request, svc: ReviewService) -> Response:
+        return _page("review.html", "text/html; charset=utf-8")
+
+    async def script(self, request: Request) -> Response:
+        return _page("review.js", "text/javascript; charset=utf-8")
+
+    @requires(STREAM)
+    @_served
+    async def session(self, request: Request, svc: ReviewService) -> Response:
+        items = await svc.session(request.path_params["id"])
+        segments = [
+            {
+                "segment": i.segment,
+                "start": i.start_s,
+                "end": i.end_s,
+                "state": i.state,
+                "review": "done" if i.state == "done" else "pending",
+                "text": i.text,
+                "by": "human" if i.state == "done" else None,
+            }
+            for i in items
+        ]
+        return JSONResponse({"session": request.path_params["id"], "segments": segments}, headers=NO_STORE)
+
+
+async def _optional_json(request: Request) -> dict:
+    if not (await request.body()).strip():
+        return {}
+    return await read_json(request)
+
+
+def _reviewer(request: Request, doc: dict) -> str:
+    name = doc.get("reviewer", request.headers.get("x-reviewer", "reviewer"))
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
+        raise BadRequest(400, "bad_request", f"reviewer must be a name of 1-{MAX_NAME} characters")
+    return name
+
+
+def _claim(doc: dict) -> str | None:
+    claim = doc.get("claim")
+    if claim is not None and not isinstance(claim, str):
+        raise BadRequest(400, "bad_request", "claim must be the string the claim returned")
+    return claim

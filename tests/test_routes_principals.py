@@ -1,0 +1,155 @@
+"""Every route of the server against every principal: a real server on 127.0.0.1 with the stream,
+admin and reviewer tokens set and every part plugged in; each route of its app (read from the app,
+so a new route cannot escape this) called with no token, each token and a wrong one. A caller
+whose principal holds the scope the route declares gets anything but 401/403; one who does not
+gets 401 or 403. The matrix is written as a markdown table (``pytest -s`` prints it; with
+``SPEECHPIPE_WRITE_ROUTES=1`` it is written to docs/routes.md, which must list every route).
+
+And the one body limit: a body over a route's limit is refused with 413 before it is read,
+whether its size is announced (``Content-Length``) or not (chunked)."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+
+import pytest
+from conftest import ROOT
+from livehelp import ServerThread
+from starlette.routing import Route, WebSocketRoute
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from speechpipe.pipeline.config import Config
+from speechpipe.pipeline.server.auth import Principals, required_scope
+from speechpipe.pipeline.server.http import MAX_BODY
+
+pytestmark = pytest.mark.corpus
+
+STREAM, ADMIN, REVIEWER = "stream-secret", "admin-secret", "reviewer-secret"
+CALLERS = {"none": None, "stream": STREAM, "admin": ADMIN, "reviewer": REVIEWER, "wrong": "not-a-token"}
+DOC = ROOT / "docs" / "routes.md"
+
+
+def endpoints(app) -> list[tuple[str, str, str | None]]:
+    """``(method, path, scope)`` of every route of ``app``: each HTTP method it takes (HEAD aside),
+    ``WS`` for a WebSocket route."""
+    found = []
+    for route in app.routes:
+        scope = required_scope(route.endpoint)
+        if isinstance(route, WebSocketRoute):
+            found.append(("WS", route.path, scope))
+        elif isinstance(route, Route):
+            found += [(m, route.path, scope) for m in sorted(route.methods or {"GET"}) if m != "HEAD"]
+        else:  # a mount or a host would hide routes from this matrix
+            pytest.fail(f"a route of a kind this test does not know: {route!r}")
+    return found
+
+
+def call_http(port: int, method: str, path: str, token: str | None) -> int:
+    """The status of one request (the headers only: an event stream never ends)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        conn.request(method, path, body=b"{}" if method == "POST" else None, headers=headers)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+async def call_ws(port: int, path: str, token: str | None) -> int:
+    """101 when the handshake is accepted, else the status it was denied with."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        async with connect(f"ws://127.0.0.1:{port}{path}", additional_headers=headers, open_timeout=30):
+            return 101
+    except InvalidStatus as exc:
+        return exc.response.status_code
+
+
+def table(rows: list[tuple[str, str, str | None, dict[str, int]]]) -> str:
+    head = "| route | scope | " + " | ".join(CALLERS) + " |"
+    lines = [head, "|" + "---|" * (2 + len(CALLERS))]
+    for method, path, scope, got in rows:
+        cells = " | ".join(str(got[c]) for c in CALLERS)
+        lines.append(f"| `{method} {path}` | {scope or 'open'} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def test_every_route_answers_each_principal_as_its_scope_says(engine, tmp_path):
+    cfg = Config().with_overrides({"review.db": str(tmp_path / "reviews.db")})
+    principals = Principals.from_tokens(stream=STREAM, admin=ADMIN, reviewer=REVIEWER)
+    rows = []
+    with ServerThread(engine, config=cfg, token=STREAM, admin_token=ADMIN, reviewer_token=REVIEWER) as srv:
+        routes = endpoints(srv.server.app)
+        for method, path, scope in routes:
+            url = path.replace("{id}", "x")
+            got = {}
+            for caller, token in CALLERS.items():
+                if method == "WS":
+                    got[caller] = asyncio.run(call_ws(srv.server.port, url, token))
+                else:
+                    got[caller] = call_http(srv.server.port, method, url, token)
+            rows.append((method, path, scope, got))
+    text = table(rows)
+    (tmp_path / "routes.md").write_text(text)
+    print("\n" + text)
+    for method, path, scope, got in rows:
+        for caller, token in CALLERS.items():
+            allowed = scope is None or scope in principals.find(token).scopes
+            status = got[caller]
+            if allowed:
+                assert status not in (401, 403) and status < 500, (method, path, caller, status)
+            else:
+                assert status in (401, 403), (method, path, caller, status)
+    # Every part's routes are there, each with the scope its feature needs.
+    scopes = {(m, p): s for m, p, s in routes}
+    assert scopes[("WS", "/stream")] == "stream" and scopes[("GET", "/healthz")] is None
+    assert scopes[("POST", "/admin/deploy")] == "admin" and scopes[("GET", "/dashboard/state")] == "admin"
+    assert scopes[("POST", "/v1/feedback")] == "feedback" and scopes[("POST", "/v1/audio/transcriptions")] == "stream"
+    assert scopes[("POST", "/v1/review/claim")] == "review" and scopes[("GET", "/admin/drift")] == "admin"
+    if os.environ.get("SPEECHPIPE_WRITE_ROUTES"):
+        DOC.write_text(DOC_HEAD + text)
+    listed = {line.split("`")[1] for line in DOC.read_text().splitlines() if line.startswith("| `")}
+    assert listed == {f"{m} {p}" for m, p, _ in routes}, "docs/routes.md is stale: SPEECHPIPE_WRITE_ROUTES=1"
+
+
+DOC_HEAD = """# Routes and who may call them
+
+Written by `tests/test_routes_principals.py` (`SPEECHPIPE_WRITE_ROUTES=1 pytest -s
+tests/test_routes_principals.py`): a server with the stream, admin and reviewer tokens set and a
+review queue, every route of its app called with no token, each token and a wrong one. Each cell
+is the HTTP status (101: a WebSocket accepted). A route's scope is what its endpoint declares; the
+stream token holds `stream` and `feedback`, the admin token `admin`, the reviewer token `review`.
+Allowed callers get what the request deserves (400 for the empty bodies sent here, 404 for the
+unknown id `x`); the others 401, or 403 where no token grants the scope. POST bodies are `{}`.
+
+"""
+
+
+def test_every_body_is_bounded_before_it_is_read(engine):
+    with ServerThread(engine, admin_token=ADMIN) as srv:
+        port = srv.server.port
+        headers = {"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"}
+
+        def post(path: str, body, chunked: bool = False) -> tuple[int, dict]:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            try:
+                conn.request("POST", path, body=body, headers=headers, encode_chunked=chunked)
+                r = conn.getresponse()
+                return r.status, json.loads(r.read() or b"{}")
+            finally:
+                conn.close()
+
+        # Announced: refused from its Content-Length, nothing read.
+        status, body = post("/admin/deploy", b" " * (MAX_BODY + 1))
+        assert status == 413 and body["error"] == "too_large"
+        # Chunked: counted as it comes, refused once over.
+        chunks = iter([b" " * 16384] * 5)
+        status, body = post("/v1/feedback", chunks, chunked=True)
+        assert status == 413 and body["error"] == "too_large"
+        # Up to the limit it goes through to the endpoint (which finds the JSON wanting).
+        status, body = post("/admin/deploy", b"{}" + b" " * (MAX_BODY - 2))
+        assert status == 400 and body["error"] == "bad_action"
