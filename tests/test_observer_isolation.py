@@ -212,3 +212,23 @@ def test_a_blocked_observer_holds_no_final_back_and_what_it_misses_is_counted(en
     assert [e.segment.index for e in healthy.of(h.FinalTranscript)] == made
     assert isinstance(healthy.events[0], h.StreamStarted) and isinstance(healthy.events[-1], h.StreamEnded)
     assert len(healthy.events) + tel.by_observer(n.OBSERVER_DROPPED)[healthy.name] > len(result.sends)
+
+
+class CannotMakeObservers(Part):
+    """A part whose observers cannot be made: its ``observers()`` raises for every stream."""
+
+    name = "cannot-make-observers"
+
+    def observers(self, stream) -> list:
+        raise RuntimeError(f"{self.name}: broken on purpose")
+
+
+def test_a_part_that_cannot_make_its_observers_costs_only_its_own(engine):
+    healthy, tel = Recorder(), Telemetry()
+    parts = [CannotMakeObservers(), ObserversPart(lambda _stream: [healthy, tel.inst.stream_observer(mode="live")])]
+    with ServerThread(engine, parts=parts) as srv:
+        result = asyncio.run(stream_file(srv.url, JFK, speed=0))
+    one_outcome_per_speech_start(result)
+    assert result.finals and all(m.get("status") != "lost" for m in result.finals)
+    every_event(healthy, result)  # the other part's observers were made and got every event
+    assert tel.by_observer(n.OBSERVER_ERRORS)[CannotMakeObservers.name] == 1

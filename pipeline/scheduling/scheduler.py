@@ -1,4 +1,5 @@
-"""The ASR scheduler shared by all live streams: one worker thread per model running what the
+"""The ASR scheduler shared by all live streams and variants: worker threads (as many as the
+model has CTranslate2 workers, sized from the cores) running what the
 :class:`~speechpipe.pipeline.scheduling.asr_queue.AsrQueue` picks (finals before speculative jobs before
 partials, fair between streams, stale partials dropped, never a final).
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import replace
@@ -59,9 +61,6 @@ class AsrScheduler:
             streams this took live WER from 7.5 % to 6.6 % (offline: 6.2 %).
         workers: calls run at the same time, each from a thread of its own (the engine's model must
             have as many CTranslate2 workers, ``AsrConfig.workers``).
-        on_call: told ``(now, seconds, streams)`` after every call that carried promised work
-            (finals or speculative jobs), ``streams`` the ids of the streams whose audio it
-            carried: the server's admission measures its load with it.
         clock: monotonic seconds (queue waits, staleness, partial rest).
     """
 
@@ -79,7 +78,6 @@ class AsrScheduler:
         partial_rest: float = 1.0,
         tail_filler_s: float = 3.0,
         workers: int = 1,
-        on_call: Callable[[float, float, frozenset[str]], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
@@ -95,7 +93,8 @@ class AsrScheduler:
         self.partial_rest = partial_rest
         self.tail_filler_s = tail_filler_s
         self.clock = clock
-        self.on_call = on_call
+        # The calls that carried promised work, until the server takes them (take_calls).
+        self._calls: deque[tuple[float, float, frozenset[str]]] = deque(maxlen=10_000)
         # Audio one call may carry: the window less room for the filler (a lone long segment
         # still goes alone, without filler).
         budget = max(1.0, self.window_s - (tail_filler_s + gap if tail_filler_s > 0 else 0.0))
@@ -123,6 +122,16 @@ class AsrScheduler:
                 thread = threading.Thread(target=self._work, name=f"asr-worker-{k}", daemon=True)
                 thread.start()
                 self._threads.append(thread)
+
+    def take_calls(self) -> list[tuple[float, float, frozenset[str]]]:
+        """The calls that carried promised work (finals, speculative jobs) since the last take, in
+        the order they ended: ``(ended at, seconds, ids of the streams whose audio it carried)``.
+        The server's admission measures its load from them; it reads them when it decides, so a
+        worker thread never calls up into the server."""
+        with self._lock:
+            calls = list(self._calls)
+            self._calls.clear()
+        return calls
 
     def stop(self, timeout: float | None = None) -> None:
         """Finish queued finals, drop queued partials, and stop the worker."""
@@ -290,11 +299,9 @@ class AsrScheduler:
                 else:
                     st.partials += 1
         promised = (JobKind.FINAL, JobKind.SPECULATIVE)
-        if self.on_call is not None and any(t.kind in promised for t in batch):
-            try:
-                self.on_call(now, now - t0, frozenset(t.stream_id for t in batch))
-            except Exception:  # measurement must never break scheduling
-                log.exception("on_call failed")
+        if any(t.kind in promised for t in batch):
+            with self._lock:
+                self._calls.append((now, now - t0, frozenset(t.stream_id for t in batch)))
         for t, (transcripts, run) in zip(batch, results):
             t.future.set_result((transcripts, replace(run, queue_wait_s=max(0.0, t0 - t.submitted))))
 

@@ -42,7 +42,7 @@ from speechpipe.pipeline.config import Config, ConfigError
 from speechpipe.pipeline.deploy.deployment import Deployment
 from speechpipe.pipeline.deploy.router import StreamRouter
 from speechpipe.pipeline.deploy.variants import LoadedVariant, load_variants
-from speechpipe.pipeline.hooks import Observer, Observers, StreamRejected
+from speechpipe.pipeline.hooks import FAULTS, Observer, Observers, StreamRejected
 from speechpipe.pipeline.live.actions import LiveContext, SubmitReview
 from speechpipe.pipeline.live.connection import Connection
 from speechpipe.pipeline.live.transport import Transport
@@ -219,7 +219,6 @@ class SpeechServer:
             pack_backlog=s.pack_backlog,
             partial_rest=s.partial_rest,
             workers=workers,
-            on_call=self._measured_call,
         )
         self.scheduler.start()
         ctx = ServerContext(
@@ -316,7 +315,16 @@ class SpeechServer:
     # -- per stream ---------------------------------------------------------------------------
 
     def _stream_observers(self, stream: StreamInfo) -> list[Observer]:
-        return [o for part in self.parts for o in part.observers(stream)]
+        """Every part's observers of a new stream. A part that cannot make its own is counted and
+        logged as that part's observer failing (on ``StreamStarted``); the stream gets the
+        others'."""
+        found: list[Observer] = []
+        for part in self.parts:
+            try:
+                found.extend(part.observers(stream))
+            except Exception as exc:  # noqa: BLE001  # one part's bug costs that part, never the stream
+                FAULTS.record_error(part.name, "StreamStarted", exc)
+        return found
 
     def _review(self, stream: StreamInfo, request: SubmitReview) -> None:
         self._review_queue.enqueue(stream, request)
@@ -325,14 +333,20 @@ class SpeechServer:
         stream = self.streams.get(session)
         return stream is not None and stream.push(message)
 
-    def _measured_call(self, now: float, seconds: float, streams: frozenset[str]) -> None:
-        """Admission's measure: calls of real-time streams only. A request fed faster than real
-        time makes its ASR work per second of stream many times a live stream's, and taken as
-        one it had the next live stream refused on an idle server."""
-        if not any(s in self._fed for s in streams):
-            self.admission.record_call(now, seconds)
+    def _measure(self) -> None:
+        """Admission's measure: the scheduler's calls of real-time streams only. A request fed
+        faster than real time makes its ASR work per second of stream many times a live stream's,
+        and taken as one it had the next live stream refused on an idle server. Read whenever
+        admission decides or a stream opens or closes (a fed stream's calls while it is still
+        known as fed)."""
+        if self.scheduler is None:
+            return
+        for ended, seconds, streams in self.scheduler.take_calls():
+            if not streams & self._fed:
+                self.admission.record_call(ended, seconds)
 
     def _record_streams(self) -> None:
+        self._measure()
         self.admission.record_streams(time.monotonic(), len(self.streams) - len(self._fed))
 
     def context(self, principal: str | None = None) -> LiveContext:
@@ -349,6 +363,7 @@ class SpeechServer:
         stream_id = uuid.uuid4().hex[:12]
         # Admission is decided before the first await, so concurrent connections cannot overshoot.
         s, n = self.settings, len(self.streams)
+        self._measure()
         verdict = None if self.draining or n >= s.max_streams else self.admission.verdict(time.monotonic(), n)
         reason, exc = refusal(self.draining, self._ready.is_set(), n, s.max_streams, verdict, s.retry_after_s)
         if exc is not None:
@@ -368,6 +383,7 @@ class SpeechServer:
             await stream.run()
         finally:
             del self.streams[stream_id]
+            self._measure()  # its calls while it is still known as fed (or not)
             self._fed.discard(stream_id)
             self._record_streams()
             self.counters.closed += 1
