@@ -36,6 +36,11 @@ A config file has these tables, every key optional::
     max_streams = 16
     partial_interval_s = 1.0
 
+    [[auth.keys]]              # speechpipe.pipeline.server.keys: who may call speechpipe serve
+    name = "alice"
+    token_sha256 = "9f86d0..." # or token = "..."; docs/protocol.md, Authentication
+    scopes = ["stream"]        # any of: stream, feedback, review, admin
+
     [variants.green.vad]       # a named variant: any [vad] / [asr] / [automation] key over the base
     backend = "webrtc"
 
@@ -81,6 +86,7 @@ from typing import Any
 from speechpipe.pipeline.deploy.settings import DeploySettings
 from speechpipe.pipeline.monitoring.settings import MonitoringSettings
 from speechpipe.pipeline.review.settings import AutomationSettings, ReviewSettings
+from speechpipe.pipeline.server.keys import AuthSettings
 from speechpipe.pipeline.server.settings import ServerSettings
 from speechpipe.stages.asr import AsrConfig
 from speechpipe.stages.vad import VadConfig
@@ -132,6 +138,7 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     server: ServerSettings = field(default_factory=ServerSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
     deploy: DeploySettings = field(default_factory=DeploySettings)
     monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
     automation: AutomationSettings = field(default_factory=AutomationSettings)

@@ -73,6 +73,7 @@ class ServerThread:
         token: str | None = None,
         admin_token: str | None = None,
         reviewer_token: str | None = None,
+        keys: tuple = (),
         config: Config | None = None,
         telemetry=None,
         parts: list | None = None,
@@ -88,7 +89,7 @@ class ServerThread:
             config,
             engine,
             parts=server_parts(config, telemetry) + [RecordingPart(self.hook_log)] + list(parts or []),
-            principals=Principals.from_tokens(stream=token, admin=admin_token, reviewer=reviewer_token),
+            principals=Principals.from_tokens(stream=token, admin=admin_token, reviewer=reviewer_token, keys=keys),
             clock=clock,
             tick_s=None,
         )

@@ -145,9 +145,10 @@ class Cluster:
             "initdb", "-D", str(self.data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync"
         )
 
-    def start(self) -> int:
-        """Starts the server and waits until it accepts connections; returns its port."""
-        port = free_port()
+    def start(self, port: int | None = None) -> int:
+        """Starts the server on ``port`` (a free one when None: a restart passes the port it had)
+        and waits until it accepts connections; returns its port."""
+        port = port or free_port()
         options = {
             "listen_addresses": "127.0.0.1",
             "port": str(port),

@@ -126,6 +126,14 @@ def wait_state(srv: ServerThread, want: set[str], timeout: float = 20.0) -> dict
 
 
 def test_canary_rolls_back_a_harmful_candidate_at_the_first_step(engine, tmp_path):
+    """The mute candidate returns nothing: every gate that compares it with the primary and has its
+    data fails. Which gate fires is not left to timing: the server does not tick on its own here, so
+    the first judgement (``wait_state``'s tick) comes after both streams ended and both feedbacks
+    were scored, and every gate with data is judged at that one tick. (With a server ticking every
+    second, an Intel Xeon's slower decode let a tick between the candidate's stream and its feedback
+    roll back on the empty and guard-drop rates alone, before the WER gate had data.) The figures
+    asserted hold on any CPU: the mute candidate's finals are empty by construction (rate 1.0, WER
+    1.0) and the primary's WER on JFK is far under 0.2."""
     with ServerThread(engine, config=canary_config("mute", tmp_path), admin_token=ADMIN) as srv:
         for on_candidate in (False, True):
             result = stream(srv, key_for("mute", 0.5, on_candidate))

@@ -210,12 +210,13 @@ def test_write_outputs_files(tmp_path: Path, monkeypatch) -> None:
     r = result([seg(0, 0.5, 2.0, "Hello there.")])
     json_path = tmp_path / "OUT" / "a" / "b.wav.json"
     written: list[str] = []
+    replace = os.replace
 
-    def recording_write(path: Path, text: str) -> None:
-        written.append(path.name)
-        atomic_write_text(path, text)
+    def recording_replace(src, dst) -> None:  # the order the files land in
+        written.append(Path(dst).name)
+        replace(src, dst)
 
-    monkeypatch.setattr(outputs, "atomic_write_text", recording_write)
+    monkeypatch.setattr(outputs.os, "replace", recording_replace)
     write_outputs(r, json_path)
     assert written[-1] == "b.wav.json" and len(written) == 4
     assert sorted(p.name for p in json_path.parent.iterdir()) == [

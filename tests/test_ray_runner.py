@@ -124,8 +124,8 @@ def _comparable(doc: dict) -> dict:
 
 def test_eval_on_ray_gives_the_local_figures(local_ray, engine, tmp_path):
     """``speechpipe eval --ray``: the reference timings and both variants' files on two actors give
-    the eval.json of the local run; the corrupt file is reported in both; the timings computed on
-    the actors fill the local cache."""
+    the eval.json of the local run on the same machine (by construction: the same decodes); the
+    corrupt file is reported in both; the timings computed on the actors fill the local cache."""
     from test_evaluate import variants
 
     from speechpipe.pipeline.evaluate.runner import EvalOptions, evaluate
@@ -141,4 +141,10 @@ def test_eval_on_ray_gives_the_local_figures(local_ray, engine, tmp_path):
     assert remote.doc["files"] == 4 and [f["file"] for f in remote.failed] == ["ds/corrupt.wav"]
     assert [f["file"] for f in local.failed] == ["ds/corrupt.wav"]
     assert len(list((tmp_path / "ray" / "cache" / "ref_timing").glob("*.json"))) == 4
-    assert remote.doc["variants"]["harmful"]["wer"] > remote.doc["variants"]["default"]["wer"]
+    # Both variants were scored on the actors, and the comparison of the two is the local one. Which
+    # of the two is worse on these 4 files (37 words) is not asserted: it is a decode of a handful of
+    # words, and another CPU decodes them slightly differently (an Intel Xeon gave 13.5 % vs 16.2 %
+    # where the machine this was written on gave the opposite order). What holds on any machine is
+    # that Ray gives the figures of the local run on the same machine, asserted above.
+    assert set(remote.doc["variants"]) == {"default", "harmful"}
+    assert [(c["baseline"], c["variant"]) for c in remote.doc["comparisons"]] == [("default", "harmful")]

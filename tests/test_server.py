@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -404,3 +405,123 @@ def test_pcm_f32le_and_resampled_input(server, offline_wer):
     assert_well_formed(result, QUILTER)
     assert score(reference(QUILTER), result.text).wer <= live_wer_ceiling(offline_wer(QUILTER))
     assert np.isclose(result.sent_s, audio.size / 16000, atol=0.01)
+
+
+# -------------------------------------------------------------------------- a client that stops reading
+
+
+def _client_frame(opcode: int, payload: bytes) -> bytes:
+    """One masked client WebSocket frame (a raw client: nothing reads for it behind our back)."""
+    mask = os.urandom(4)
+    n = len(payload)
+    head = bytes([0x80 | opcode])
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def _server_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """The whole (unmasked) frames at the start of ``data``."""
+    frames, at = [], 0
+    while at + 2 <= len(data):
+        opcode, n, head = data[at] & 0x0F, data[at + 1] & 0x7F, 2
+        if n == 126:
+            n, head = int.from_bytes(data[at + 2 : at + 4], "big"), 4
+        elif n == 127:
+            n, head = int.from_bytes(data[at + 2 : at + 10], "big"), 10
+        if at + head + n > len(data):
+            break
+        frames.append((opcode, data[at + head : at + head + n]))
+        at += head + n
+    return frames
+
+
+class _Accounting:
+    """Records each stream's finals, made or lost, and its end."""
+
+    def __init__(self, log: list) -> None:
+        self.log = log
+
+    def on_event(self, event) -> None:
+        from speechpipe.pipeline.hooks import FinalLost, FinalTranscript, StreamEnded
+
+        if isinstance(event, FinalTranscript):
+            self.log.append(("final", event.segment.index))
+        elif isinstance(event, FinalLost):
+            self.log.append(("lost", event.segment.index, event.reason))
+        elif isinstance(event, StreamEnded):
+            self.log.append(("ended",))
+
+
+def test_a_client_that_stops_reading_is_closed_as_slow_reader(engine):
+    """A raw client with a tiny receive buffer sends a 6 s utterance (and 1 s of silence) and then reads nothing
+    while the server has a lot to tell it (many revisions pushed to it). The server's own bound acts
+    (``server.slow_reader_s``, 1 s here; 10 s by default), long before uvicorn's keepalive would
+    (a 20 s ping): when the client reads again it finds the ``slow_reader`` error and the close
+    1008. The stream's finals are all accounted: each segment made or lost (``slow_reader`` for
+    those still owed), once, and the stream ends."""
+    from livehelp import ObserversPart
+
+    log: list = []
+    with ServerThread(engine, slow_reader_s=1.0, parts=[ObserversPart(lambda s: [_Accounting(log)])]) as srv:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(30)
+        sock.connect(("127.0.0.1", srv.server.port))
+        sock.sendall(
+            b"GET /stream HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += sock.recv(1)
+        assert answer.startswith(b"HTTP/1.1 101"), answer
+        sock.sendall(_client_frame(1, json.dumps(file_start(QUILTER).to_dict()).encode()))
+        frames = list(file_frames(QUILTER, 100.0)) + [bytes(3200)] * 10  # and 1 s of silence: its end heard
+        for frame in frames:
+            sock.sendall(_client_frame(2, frame))
+        assert wait_until(lambda: len(srv.server.streams) == 1)
+        conn = next(iter(srv.server.streams.values()))
+        assert wait_until(lambda: conn.stats.audio_s >= 6.8)  # all of it read before the client stalls
+
+        async def flood() -> None:  # far more than the socket buffers hold, under MAX_OUTGOING messages
+            for i in range(1500):
+                conn.push({"type": "revision", "segment": 0, "n": i, "text": "x" * 2000})
+
+        t0 = time.monotonic()
+        srv.call(flood())
+        assert wait_until(lambda: conn.core.state.value == "closed", timeout=15.0)
+        decided = time.monotonic() - t0
+        assert decided < 10.0  # our bound, well before any keepalive (20 s ping, 20 s for the pong)
+
+        data = b""
+        while True:  # the client reads again: what is buffered, then the error and the close
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            if any(op == 8 for op, _ in _server_frames(data)):
+                break
+        sock.close()
+        got = _server_frames(data)
+        texts = [json.loads(p) for op, p in got if op == 1]
+        close = [p for op, p in got if op == 8]
+        assert close, "no close frame"
+        assert int.from_bytes(close[0][:2], "big") == 1008
+        assert close[0][2:].decode() == "the client is not reading the server's messages"
+        assert texts[-1] == {
+            "type": "error",
+            "code": "slow_reader",
+            "message": "the client is not reading the server's messages",
+        }
+        assert wait_until(lambda: ("ended",) in log)
+    lost = [e for e in log if e[0] == "lost"]
+    assert all(e[2] in ("slow_reader", "disconnected") for e in lost)
+    made = {e[1] for e in log if e[0] == "final"}
+    accounted = made | {e[1] for e in lost}
+    assert accounted and made.isdisjoint({e[1] for e in lost})
+    assert accounted == set(range(len(accounted)))  # every segment of the stream: made or lost, once

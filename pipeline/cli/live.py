@@ -37,6 +37,12 @@ def register(sub: Any) -> None:
         "--reviewer-token",
         help="bearer token of the review API and /review (default: $SPEECHPIPE_REVIEWER_TOKEN; without one: 403)",
     )
+    s.add_argument(
+        "--keys",
+        metavar="FILE",
+        help="named API keys: a TOML file with [[auth.keys]] entries (name, token_sha256, scopes), "
+        "added to the config's [auth] keys; see docs/protocol.md, Authentication",
+    )
     s.add_argument("--db", help="the review queue: a SQLite file (created) or postgresql://... ([review] db)")
     s.add_argument("--automation", choices=LEVELS, help="[automation] level")
     s.add_argument("--baseline", help="drift monitoring against this profile (speechpipe baseline build)")
@@ -98,8 +104,10 @@ def server_parts(config: Config, telemetry: Telemetry | None = None) -> list[Ser
 def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio  # the live commands import what they use: transcribe starts without it
 
+    from speechpipe.pipeline.config import ConfigError
     from speechpipe.pipeline.observability import start_telemetry
     from speechpipe.pipeline.server.auth import Principals
+    from speechpipe.pipeline.server.keys import read_keys_file
     from speechpipe.pipeline.server.serve_loop import serve_forever
     from speechpipe.pipeline.server.speech_server import SpeechServer
     from speechpipe.pipeline.server.tokens import admin_token_from_env, reviewer_token_from_env, token_from_env
@@ -118,10 +126,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     args.overrides = list(args.overrides) + [f"{k}={_toml(v)}" for k, v in overrides.items() if v is not None]
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # one line per Whisper call otherwise
     config = config_from_args(args)
+    keys = config.auth.keys
+    if args.keys:
+        try:
+            keys += read_keys_file(args.keys).keys
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     principals = Principals.from_tokens(
         stream=token_from_env(args.token),
         admin=admin_token_from_env(args.admin_token),
         reviewer=reviewer_token_from_env(args.reviewer_token),
+        keys=keys,
     )
     telemetry = start_telemetry(config, mode="live", metrics_page=True)
     server = SpeechServer(config, parts=server_parts(config, telemetry), principals=principals)

@@ -98,18 +98,27 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
             metrics=telemetry.metrics_snapshot,
             transcriber=transcriber,
         )
+    except offline.OutputError as exc:  # the output folder or summary.json: one line, no traceback
+        if exc.summary is not None:
+            print(_totals(exc.summary, args.output), file=sys.stderr)
+        print(f"speechpipe: error: {exc}", file=sys.stderr)
+        return 1
     finally:
         telemetry.shutdown()
         for line in telemetry.problems():
             print(f"speechpipe: {line}", file=sys.stderr)
+    print(_totals(summary, args.output), file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+def _totals(summary, output: str) -> str:
+    """The run's last line: what was done, and where the results are."""
     wer = f", WER {summary.wer.wer * 100:.2f}% over {summary.wer.ref_words} words" if summary.wer else ""
-    print(
+    return (
         f"{summary.files} file(s): {summary.transcribed} transcribed, {summary.skipped} already done, "
         f"{len(summary.failed)} failed; {summary.audio_s:.1f} s of audio in {summary.wall_s:.1f} s{wer}. "
-        f"Results in {Path(args.output)}/",
-        file=sys.stderr,
+        f"Results in {Path(output)}/"
     )
-    return 1 if summary.failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,9 @@ from speechpipe.pipeline.deploy.deployment import Deployment
 from speechpipe.pipeline.server.auth import ADMIN, NO_STORE, requires
 from speechpipe.pipeline.server.parts import Part, ServerContext
 
+#: the error a part's figures carry while its store cannot be reached (the review queue's).
+STORE_UNAVAILABLE = "store_unavailable"
+
 #: seconds between two events of a page's stream.
 EVENT_INTERVAL_S = 1.0
 
@@ -82,7 +85,15 @@ class DashboardPart(Part):
 
     @requires(ADMIN)
     async def snapshot(self, request: Request) -> Response:
-        return JSONResponse(await asyncio.to_thread(self.state.snapshot), headers=NO_STORE)
+        """The snapshot; while the review store is down, ``503`` with its error and
+        ``Retry-After`` (the rest of the snapshot, the deploy state above all, still in the body).
+        The event stream carries the same snapshot and goes on."""
+        doc = await asyncio.to_thread(self.state.snapshot)
+        review = doc.get("review")
+        if isinstance(review, dict) and review.get("error") == STORE_UNAVAILABLE:
+            headers = {**NO_STORE, "Retry-After": str(review.get("retry_after_s", 5))}
+            return JSONResponse(doc | {"error": review["error"], "message": review["message"]}, 503, headers=headers)
+        return JSONResponse(doc, headers=NO_STORE)
 
     @requires(ADMIN)
     async def events(self, request: Request) -> Response:

@@ -11,7 +11,8 @@ Canary rules:
 
 * A failing gate rolls back at once, as soon as both sides have its data, whatever the step's
   minimums (early rollback): a bad candidate should not keep its share of the users until the
-  step is over. A gate without data neither passes nor fails.
+  step is over. A gate without its minimum evidence (:func:`~speechpipe.pipeline.deploy.gates.minimum_evidence`)
+  neither passes nor fails.
 * A step advances only once it has lasted ``step_min_s`` and seen ``step_min_streams`` candidate
   streams end, and only if at least one gate passed: a step where nothing could be measured (no
   candidate finals at all) holds until something can.

@@ -25,6 +25,7 @@ from speechpipe.pipeline.hooks import AsrJob, Event, FinalLost, FinalTranscript,
 log = logging.getLogger("speechpipe.deploy")
 
 __all__ = [
+    "ClientFeedback",
     "DeployChanged",
     "DeployError",
     "Deployment",
@@ -98,6 +99,18 @@ class FeedbackScored:
     words: int
 
 
+@dataclass(frozen=True)
+class ClientFeedback:
+    """Feedback from a principal whose feedback does not count (a client with the ``stream``
+    scope only), scored against the variant that served it: reported apart, never scored into
+    the gates, drift or review figures."""
+
+    variant: str
+    role: str
+    errors: int
+    words: int
+
+
 class Deployment:
     """See the module docstring.
 
@@ -121,6 +134,8 @@ class Deployment:
         self.reports = reports
         self.store = DeployStore(settings.state_file)
         self.ledger = Ledger()
+        #: feedback received since start: ``counted`` (scored into the figures), ``client`` (kept apart)
+        self.feedback_counts = {"counted": 0, "client": 0}
         self._lock = threading.RLock()
         now = clock()
         self.controller = DeployController(settings, variant_ids, now, state=self.store.load())
@@ -217,13 +232,32 @@ class Deployment:
 
     # -- feedback, admin, time ------------------------------------------------------------------
 
-    def feedback(self, session: str, segment: int | None, text: str) -> list[Score]:
-        """Score a human reference (``POST /v1/feedback``); KeyError for an unknown session/segment."""
+    def feedback(self, session: str, segment: int | None, text: str, counted: bool = True) -> list[Score]:
+        """Score a human reference (``POST /v1/feedback``, a review); KeyError for an unknown
+        session/segment. Only ``counted`` feedback (from a principal trusted with it: the
+        ``feedback``, ``review`` or ``admin`` scope) moves the gates and, through
+        :class:`FeedbackScored`, drift; the rest is client feedback, kept apart on the session
+        and reported as :class:`ClientFeedback`. A made-up reference from any stream client must
+        not be able to roll a canary back."""
         with self._lock:
-            scores = self.ledger.feedback(session, segment, text)
+            scores = self.ledger.feedback(session, segment, text, counted=counted)
+            self.feedback_counts["counted" if counted else "client"] += 1
             for s in scores:
-                self._scored(s)
+                if counted:
+                    self._scored(s)
+                elif s.role != "shadow":
+                    self._emit(ClientFeedback(s.variant, s.role, s.errors, s.words))
             return scores
+
+    def unknown_session(self, session: str) -> str:
+        """What an unknown session is answered with (also told to a caller who may not see one)."""
+        return str(self.ledger.unknown(session).args[0])
+
+    def owner_variant(self, session: str) -> str | None:
+        """The variant that served ``session`` to its client (None: unknown)."""
+        with self._lock:
+            rec = self.ledger.get(session)
+            return rec.variant if rec is not None else None
 
     def apply(self, action: dict, reason: str = "admin") -> Change:
         """An admin action (``POST /admin/deploy``); DeployError for a bad one."""
@@ -241,8 +275,10 @@ class Deployment:
             return changes
 
     def snapshot(self) -> dict:
+        """The controller's state, with the feedback received since start (``counted`` and
+        ``client``: the client feedback kept apart)."""
         with self._lock:
-            return self.controller.snapshot()
+            return {**self.controller.snapshot(), "feedback": dict(self.feedback_counts)}
 
     # -- bookkeeping ----------------------------------------------------------------------------
 

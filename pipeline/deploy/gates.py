@@ -18,6 +18,31 @@ from speechpipe.pipeline.deploy.settings import GateSettings
 #: slack on every comparison, so that 0.12 - 0.10 against a limit of 0.02 is not a failure.
 _EPS = 1e-9
 
+#: streams a side (ended in the window) the latency gate needs before it is judged. A final's
+#: latency is mostly the load of the moment its stream ran in (every stream's jobs share the same
+#: workers), so the finals of one stream are one draw of that load, not independent samples: a
+#: candidate stream that happened to run while the machine was busy made every one of its finals
+#: slow and rolled back a canary after that single stream ("1.72 > 1.5, candidate 2.89 s, primary
+#: 1.68 s", issue 23). Three streams a side are three moments of load on each side.
+LATENCY_MIN_STREAMS = 3
+
+
+def minimum_evidence(gates: GateSettings) -> dict[str, str]:
+    """What each gate needs on each side before it passes or fails (below it, ``passed`` is None),
+    in words: the table docs/deployment.md gives. Above its minimum a gate still fails only on a
+    difference surely past its limit (``gates.confidence``), so a minimum is the least evidence,
+    never enough by itself to fail."""
+    n = gates.min_finals
+    return {
+        "latency_p95_ratio": f"{n} latencies and {LATENCY_MIN_STREAMS} ended streams",
+        "error_rate_delta": f"{n} finals",
+        "empty_rate_delta": f"{n} answered finals",
+        "logprob_delta": f"{n} non-empty finals with a log-probability",
+        "guard_drop_delta": f"{n} answered finals",
+        "wer_delta": f"{gates.min_feedback_words} reference words of feedback",
+        "agreement_min": f"{n} agreement scores (candidate side only)",
+    }
+
 
 def p95(values: list[float]) -> float | None:
     """The nearest-rank 95th percentile of ``values`` (None for none)."""
@@ -236,12 +261,19 @@ def _latency_gate(cand: WindowStats, prim: WindowStats, g: GateSettings) -> Gate
     exact test), and holds otherwise. The second test is there because ``T`` is itself a sample:
     the primary's p95 from two finals is no more certain than the candidate's, and two slow
     candidate finals against two fast primary ones (p = 1/6) are no proof. A p95 of ten finals is
-    their slowest."""
+    their slowest. It needs ``LATENCY_MIN_STREAMS`` ended streams a side (see there)."""
     name, limit = "latency_p95_ratio", g.latency_p95_ratio
     enough = len(cand.latencies) >= g.min_finals and len(prim.latencies) >= g.min_finals
+    streams = min(cand.streams_ended, prim.streams_ended)
     c, p = p95(cand.latencies), p95(prim.latencies)
     if not enough or c is None or p is None:
         return GateResult(name, None, c, p, limit, "not enough data for the final-latency p95")
+    if streams < LATENCY_MIN_STREAMS:
+        detail = (
+            f"not enough streams for the final-latency p95: {cand.streams_ended} candidate and "
+            f"{prim.streams_ended} primary streams ended, {LATENCY_MIN_STREAMS} a side needed"
+        )
+        return GateResult(name, None, c, p, limit, detail)
     ratio = c / p if p > 0 else None
     figures = f"p95 {c:.3f} s vs {p:.3f} s"
     if c <= g.latency_p95_floor_s + _EPS:
@@ -288,8 +320,9 @@ def evaluate_gates(candidate: WindowStats, primary: WindowStats, gates: GateSett
     """Every gate of ``gates``, the candidate's window against the primary's.
 
     A gate needs ``min_finals`` of its figures on both sides (the WER gate ``min_feedback_words``
-    reference words on both sides, the agreement gate ``min_finals`` scores); without them its
-    ``passed`` is None. The agreement gate is left out while ``agreement_min`` is 0 (off).
+    reference words on both sides, the agreement gate ``min_finals`` scores, the latency gate also
+    ``LATENCY_MIN_STREAMS`` ended streams; :func:`minimum_evidence`); without them its ``passed``
+    is None. The agreement gate is left out while ``agreement_min`` is 0 (off).
     """
     n = gates.min_finals
     finals = candidate.finals >= n and primary.finals >= n

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 
 from speechpipe.pipeline.evaluate.quality import normalized_words, score
 
+#: client feedback kept per session (the oldest dropped beyond it): enough to look at, bounded.
+MAX_CLIENT_REFERENCES = 20
+
 
 @dataclass
 class Piece:
@@ -66,6 +69,9 @@ class SessionRecord:
     compared: set[int] = field(default_factory=set)
     #: feedback waiting for shadow transcripts still pending: (segment or None, text)
     references: list[tuple[int | None, str]] = field(default_factory=list)
+    #: client feedback (from a principal whose feedback does not count), kept apart: the last
+    #: :data:`MAX_CLIENT_REFERENCES` (segment or None, text); never scored into any figure
+    client_references: list[tuple[int | None, str]] = field(default_factory=list)
 
     def text(self, pieces: dict[int, Piece], segment: int | None) -> str:
         if segment is not None:
@@ -167,24 +173,33 @@ class Ledger:
         rec.references = waiting
         return scores
 
-    def feedback(self, stream_id: str, segment: int | None, text: str) -> list[Score]:
+    def unknown(self, stream_id: str) -> KeyError:
+        """The error of a session this ledger does not know; also what a caller who may not see
+        a session is told, word for word, so that the answer never reveals that it exists."""
+        return KeyError(f"unknown session {stream_id!r} (sessions are kept for the last {self.max_sessions} streams)")
+
+    def feedback(self, stream_id: str, segment: int | None, text: str, counted: bool = True) -> list[Score]:
         """Score a human reference against each variant that transcribed the audio. Raises
         KeyError for an unknown session or segment. The shadow is scored now if its transcripts
-        are in, else once they are (returned by :meth:`shadow_done`)."""
+        are in, else once they are (returned by :meth:`shadow_done`).
+
+        ``counted=False`` (client feedback): kept apart on the session
+        (:attr:`SessionRecord.client_references`) and scored for the answer only; it never waits
+        for the shadow, so nothing of it reaches a figure later either."""
         rec = self._sessions.get(stream_id)
         if rec is None:
-            raise KeyError(
-                f"unknown session {stream_id!r} (sessions are kept for the last {self.max_sessions} streams)"
-            )
+            raise self.unknown(stream_id)
         if segment is not None and segment not in rec.finals:
             known = ", ".join(str(i) for i in sorted(rec.finals)) or "none yet"
             raise KeyError(f"session {stream_id!r} has no final for segment {segment} (finals: {known})")
         scores = [self._score(rec, rec.variant, rec.role, text, rec.text(rec.finals, segment))]
+        if not counted:
+            rec.client_references = [*rec.client_references, (segment, text)][-MAX_CLIENT_REFERENCES:]
         if rec.shadow:
             ready = rec.shadow_ready(segment)
             if ready:
                 scores.append(self._score(rec, rec.shadow, "shadow", text, rec.shadow_text(segment)))
-            elif ready is False:
+            elif ready is False and counted:
                 rec.references.append((segment, text))
         return scores
 

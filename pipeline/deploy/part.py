@@ -7,11 +7,18 @@ at each tick, and the observer that feeds each routed stream's finals to the led
   "rollback"}``, ``{"action": "promote"}``, ``{"action": "set_weight", "variant": NAME, "weight":
   0.25}``, ``{"action": "pause"}`` or ``{"action": "resume"}``; answers the change and the state.
 * ``POST /v1/feedback``: ``{"session": ID, "segment": N?, "text": "..."}``, a human reference
-  scored against every variant that transcribed that audio.
+  scored against every variant that transcribed that audio. Answered to the session's owner (the
+  principal that opened it), reviewers and admins; anyone else gets the 404 of an unknown
+  session. The owner sees its own variant's score and text, a reviewer or admin every variant's.
+  ``"counted"`` says whether it moved the figures: only feedback from a principal with the
+  ``feedback``, ``review`` or ``admin`` scope does (gates, drift); a client's with ``stream``
+  only is kept apart as client feedback (``"feedback": {"counted", "client"}`` of the deploy
+  state, :class:`~speechpipe.pipeline.deploy.deployment.ClientFeedback` events).
 
 The admin routes need the ``admin`` scope (the admin token; without one configured they answer
-403, with a missing or wrong one 401), feedback the ``feedback`` scope (the stream token; open
-when streams are). The deployment itself is the server's (it routes every stream); it is given in
+403, with a missing or wrong one 401), feedback the ``feedback`` scope, or ``stream`` (client
+feedback) or ``review`` (the stream token holds ``stream`` and ``feedback``; open when streams
+are). The deployment itself is the server's (it routes every stream); it is given in
 the :class:`~speechpipe.pipeline.server.parts.ServerContext`.
 """
 
@@ -24,7 +31,17 @@ from starlette.routing import BaseRoute, Route
 from speechpipe.pipeline.deploy import DeployError
 from speechpipe.pipeline.deploy.deployment import Deployment
 from speechpipe.pipeline.hooks import Observer
-from speechpipe.pipeline.server.auth import ADMIN, FEEDBACK, NO_STORE, requires
+from speechpipe.pipeline.server.auth import (
+    ADMIN,
+    FEEDBACK,
+    NO_STORE,
+    REVIEW,
+    STREAM,
+    SessionOwners,
+    requires,
+    sees_everything,
+    trusted,
+)
 from speechpipe.pipeline.server.http import BadRequest, error, read_json
 from speechpipe.pipeline.server.parts import Part, ServerContext, StreamInfo
 
@@ -36,9 +53,11 @@ class DeployPart(Part):
 
     def __init__(self) -> None:
         self.deployment: Deployment | None = None
+        self.owners = SessionOwners()  # the server's, once started
 
     async def start(self, ctx: ServerContext) -> None:
         self.deployment = ctx.deployment
+        self.owners = ctx.owners
 
     def observers(self, stream: StreamInfo) -> list[Observer]:
         # a stream that named its variant is not the deployment's traffic: its gates compare routed ones
@@ -84,19 +103,26 @@ class DeployPart(Part):
             return error(400, "bad_action", str(exc))
         return JSONResponse({"change": change.to_dict(), "deploy": dep.snapshot()}, headers=NO_STORE)
 
-    @requires(FEEDBACK)
+    @requires(FEEDBACK, also=(STREAM, REVIEW))
     async def feedback(self, request: Request) -> Response:
         try:
             dep = self._loaded()
             session, segment, text = _feedback_fields(await read_json(request))
-            scores = dep.feedback(session, segment, text)
+            # Someone else's session is answered exactly like one that does not exist.
+            if not self.owners.may_see(session, request):
+                raise KeyError(dep.unknown_session(session))
+            counted = trusted(request)
+            scores = dep.feedback(session, segment, text, counted=counted)
         except BadRequest as exc:
             return error(exc.status, exc.code, exc.message)
         except KeyError as exc:
             return error(404, "unknown_session", str(exc.args[0]))
+        if not sees_everything(request):  # the owner sees its own transcript, never another variant's
+            scores = [s for s in scores if s.role != "shadow"]
         body = {
             "session": session,
             "segment": segment,
+            "counted": counted,
             "scores": {
                 s.variant: {"role": s.role, "wer": s.wer, "errors": s.errors, "words": s.words, "text": s.hypothesis}
                 for s in scores

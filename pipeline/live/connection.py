@@ -11,6 +11,18 @@ The stream's observers run on a worker thread of its own (:class:`~speechpipe.pi
 their events. Once the stream is over, what is queued is delivered before :meth:`Connection.run`
 returns (so a server that has drained its streams has drained their observers too), waited for
 in a thread, at most :data:`OBSERVER_DRAIN_S`.
+
+A client that does not read its socket is a slow reader, closed with ``slow_reader`` (1008) by
+the stream's own bound on what waits to be sent, whatever the volume: more than
+:data:`MAX_OUTGOING` messages queued, or one message waiting ``server.slow_reader_s`` to be
+written. The second is the one that acts in practice. The WebSocket layer does not queue without
+end: once its buffer is full (the client's receive window and the kernel's buffers too) a send
+*blocks* until the client reads, so the queue behind it grows by a few messages a second and
+never got near 2000; uvicorn's keepalive (no pong in 20 s after a 20 s ping) closed such a client
+first, with 1011. The send's own clock closes it after ``slow_reader_s`` (10 s) instead. Then the
+stream ends at once (its owed finals counted lost, reason ``slow_reader``), what was queued is
+dropped, and the error and the close are offered for at most ``slow_reader_s`` more: a client that
+reads again gets them, one that never does is left to the close timeout.
 """
 
 from __future__ import annotations
@@ -66,6 +78,10 @@ class Connection:
         self._recv: asyncio.Task | None = None
         self._writer: asyncio.Task | None = None
         self._closing: Close | None = None
+        self._slow_reader_s = context.settings.slow_reader_s
+        #: when the message being written began to wait for the client's socket (None: none is)
+        self._sending_since: float | None = None
+        self._slow = False
 
     @property
     def stats(self):
@@ -121,8 +137,8 @@ class Connection:
             self._recv = asyncio.ensure_future(self.ws.recv())
         inbox = asyncio.ensure_future(self._inbox.get())
         waiting = {inbox, self._writer} | ({self._recv} if self._recv is not None else set())
-        deadline = core.deadline
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        deadlines = [d for d in (core.deadline, self._stall_deadline()) if d is not None]
+        timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
         try:
             done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -130,16 +146,26 @@ class Connection:
                 inbox.cancel()
         if self._writer in done:
             self._writer.result()  # re-raise what broke it (a closed connection)
+        if self._is_slow_reader(time.monotonic()):
+            self._slow = True
+            log.info("stream %s: slow reader (%d message(s) waiting)", self.stream_id, self._out.qsize())
+            return core.abandon_client(ProtocolError("slow_reader", "the client is not reading the server's messages"))
         if inbox in done:
             return self._on_inbox(inbox.result())
         if self._recv is not None and self._recv in done:
             recv, self._recv = self._recv, None
             message = recv.result()  # raises Closed when the client went away
-            if self._out.qsize() > MAX_OUTGOING:
-                error = ProtocolError("slow_reader", "the client is not reading the server's messages")
-                return core.fail(error, time.monotonic())
             return core.receive(message, time.monotonic())
         return core.tick(time.monotonic())
+
+    def _stall_deadline(self) -> float | None:
+        """When the message being written counts as unread (None: nothing is being written)."""
+        since = self._sending_since
+        return None if since is None else since + self._slow_reader_s
+
+    def _is_slow_reader(self, now: float) -> bool:
+        stall = self._stall_deadline()
+        return self._out.qsize() > MAX_OUTGOING or (stall is not None and now >= stall)
 
     def _on_inbox(self, item: tuple) -> list[Action]:
         now = time.monotonic()
@@ -190,9 +216,11 @@ class Connection:
     async def _write(self) -> None:
         while True:
             msg = await self._out.get()
+            self._sending_since = time.monotonic()
             try:
                 await self.ws.send(P.dumps(msg))
             finally:
+                self._sending_since = None
                 self._out.task_done()
 
     async def _close(self, actions: list[Action]) -> None:
@@ -202,6 +230,12 @@ class Connection:
         self._carry_out(actions)
         close = self._closing or Close(P.CLOSE_INTERNAL_ERROR, "internal server error")
         discard = asyncio.create_task(self._discard_incoming(), name=f"discard-{self.stream_id}")
+        if self._slow:
+            try:
+                await self._close_slow_reader(close)
+            finally:
+                discard.cancel()
+            return
         try:
             joined = asyncio.ensure_future(self._out.join())
             done, _ = await asyncio.wait({joined, self._writer}, return_when=asyncio.FIRST_COMPLETED)
@@ -211,6 +245,30 @@ class Connection:
             await self.ws.close(close.code, close.reason)
         finally:
             discard.cancel()
+
+    async def _close_slow_reader(self, close: Close) -> None:
+        """Close a client that does not read: the write waiting on it is given up and the queue
+        dropped (finals among it are logged as never delivered); the error, then the close, are
+        offered for at most ``slow_reader_s``: they go out only if the client reads again."""
+        self._writer.cancel()
+        dropped = []
+        while not self._out.empty():
+            dropped.append(self._out.get_nowait())
+            self._out.task_done()
+        finals = sum(1 for m in dropped if m.get("type") == "final" and m.get("status") != "lost")
+        if finals:
+            log.info("stream %s: %d final(s) made but never read by the slow client", self.stream_id, finals)
+        error = next((m for m in reversed(dropped) if m.get("type") == "error"), None)
+
+        async def last_words() -> None:
+            if error is not None:
+                await self.ws.send(P.dumps(error))
+            await self.ws.close(close.code, close.reason)
+
+        try:
+            await asyncio.wait_for(last_words(), self._slow_reader_s)
+        except (Closed, TimeoutError):
+            pass
 
     async def _discard_incoming(self) -> None:
         try:

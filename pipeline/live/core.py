@@ -224,6 +224,15 @@ class LiveCore:
             return [Send(P.error(error.code, error.message, **extra)), Close(error.close_code, error.message[:120])]
         return []
 
+    def abandon_client(self, error: ProtocolError) -> list[Action]:
+        """The client cannot be served any more (it does not read what it is sent): the stream
+        ends now, without waiting for its finals. Those still owed are counted lost with
+        ``error.code`` as the reason (the session's observers see them so), then the error and
+        the close; the connection sends what it still can."""
+        lost = self._lose_pending(error.code) if self.state in (State.STREAMING, State.DRAINING) else []
+        self.state = State.CLOSED
+        return [*lost, Send(P.error(error.code, error.message)), Close(error.close_code, error.message[:120])]
+
     def internal_error(self, reason: str = "internal_error") -> list[Action]:
         """Something broke (a bug, a failed ASR call): the finals still owed are sent as lost,
         then the error, and the stream closes."""

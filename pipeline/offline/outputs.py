@@ -2,8 +2,9 @@
 
 Outputs mirror the input tree: the input ``IN/sub/x.flac`` gives ``OUT/sub/x.flac.json`` (see
 :func:`output_path`) with ``x.flac.txt``, ``x.flac.srt`` and ``x.flac.vtt`` next to it (those
-asked for). Every file is written atomically, and the JSON last: a JSON that parses and says
-``"complete": true`` (see :func:`is_complete`) means all the files of that input are in place, so an
+asked for). The files of one input are written as one unit (each to a temporary name, then all
+renamed, the JSON last; on a write error none lands, see :func:`write_together`): a JSON that
+parses and says ``"complete": true`` (see :func:`is_complete`) means all the files of that input are in place, so an
 interrupted batch run can skip the inputs already done.
 """
 
@@ -275,11 +276,10 @@ def txt(result: FileResult) -> str:
 # ------------------------------------------------------------------------------------- files
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically: a temporary file in the same directory,
-    fsynced, then renamed over ``path``. Parent directories are created; on error the temporary
-    file is removed and ``path`` is left as it was."""
-    path = Path(path)
+def _temp_copy(path: Path, text: str) -> Path:
+    """``text`` (UTF-8) written and fsynced to a new temporary file beside ``path``; its name.
+    Parent directories are created. On error nothing is left behind and the error propagates
+    (a full disk shows here, at the write or the fsync, never at the rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
@@ -294,25 +294,66 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    # Make the rename itself durable; not every platform/filesystem allows fsync on a directory.
+    return tmp
+
+
+def _sync_dir(directory: Path) -> None:
+    # Make renames durable; not every platform/filesystem allows fsync on a directory.
     with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+        dir_fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically: a temporary file in the same directory,
+    fsynced, then renamed over ``path``. Parent directories are created; on error the temporary
+    file is removed and ``path`` is left as it was."""
+    write_together([(Path(path), text)])
+
+
+def write_together(files: Sequence[tuple[Path, str]]) -> None:
+    """Write several files as one unit: each to a temporary name first (all of them, fsynced),
+    then renamed into place in the order given (so the last one named, the JSON that marks a
+    set complete, lands last). A file that cannot be written (a full disk, no permission, a
+    read-only file system) leaves none of the set in place: every temporary is removed and the
+    ``OSError`` propagates. Renames need no space, so once every temporary is written they only
+    fail on a file system that breaks under us; then the temporaries and the files already
+    renamed go too (the set is not half there)."""
+    temps: list[tuple[Path, Path]] = []
+    placed: list[Path] = []
+    try:
+        for path, text in files:
+            temps.append((_temp_copy(path, text), path))
+        while temps:
+            tmp, path = temps[0]
+            os.replace(tmp, path)
+            temps.pop(0)
+            placed.append(path)
+    except BaseException:
+        for leftover in [tmp for tmp, _path in temps] + placed:
+            with contextlib.suppress(OSError):
+                os.unlink(leftover)
+        raise
+    for directory in dict.fromkeys(path.parent for path, _text in files):
+        _sync_dir(directory)
+
+
 def write_outputs(result: FileResult, json_path: Path, formats: Iterable[str] = OUTPUT_FORMATS) -> dict:
     """Write the side files named in ``formats`` (``"txt"``, ``"srt"``, ``"vtt"``; all by
     default) next to ``json_path`` (same name, other suffix), then the JSON, which is always
     written and marks the set complete; returns the JSON document. An existing JSON is removed
-    first so that a rewrite interrupted half way is not taken for complete."""
+    first so that a rewrite interrupted half way is not taken for complete.
+
+    The set lands as one unit (see :func:`write_together`): when one of them cannot be written
+    (``OSError``: ENOSPC, EACCES, EROFS) none is put in place, so there is never a ``.txt``
+    without its JSON from this call."""
     json_path = Path(json_path)
     if json_path.suffix != ".json":
         raise ValueError(f"output path must end in .json: {json_path}")
@@ -322,13 +363,15 @@ def write_outputs(result: FileResult, json_path: Path, formats: Iterable[str] = 
         raise ValueError(f"unknown output format(s) {sorted(unknown)}, not in {OUTPUT_FORMATS}")
     doc = to_json_dict(result)  # before touching anything: it validates ``extra``
     json_path.unlink(missing_ok=True)
+    files: list[tuple[Path, str]] = []
     if "txt" in formats:
-        atomic_write_text(json_path.with_suffix(".txt"), txt(result))
+        files.append((json_path.with_suffix(".txt"), txt(result)))
     if "srt" in formats:
-        atomic_write_text(json_path.with_suffix(".srt"), srt(result.segments))
+        files.append((json_path.with_suffix(".srt"), srt(result.segments)))
     if "vtt" in formats:
-        atomic_write_text(json_path.with_suffix(".vtt"), vtt(result.segments))
-    atomic_write_text(json_path, json.dumps(doc, ensure_ascii=False, indent=2) + "\n")
+        files.append((json_path.with_suffix(".vtt"), vtt(result.segments)))
+    files.append((json_path, json.dumps(doc, ensure_ascii=False, indent=2) + "\n"))
+    write_together(files)
     return doc
 
 

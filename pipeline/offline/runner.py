@@ -9,6 +9,7 @@ output folder.
 
 from __future__ import annotations
 
+import errno
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -39,6 +40,24 @@ class Failure:
 
     file: str
     error: str
+
+
+class OutputError(OSError):
+    """The run's output folder or its ``summary.json`` cannot be written (a full disk, no
+    permission, a read-only file system): the run cannot report, so it ends with this one line.
+    ``summary`` holds the totals so far when the files were run."""
+
+    def __init__(self, message: str, summary: RunSummary | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``exc`` in one line: its cause in words and the symbolic errno (``ENOSPC``), without the
+    path (the caller says which file it was)."""
+    name = errno.errorcode.get(exc.errno or 0)
+    cause = exc.strerror or str(exc) or type(exc).__name__
+    return f"{cause} ({name})" if name else cause
 
 
 @dataclass
@@ -230,12 +249,18 @@ def run(
 
     A file whose complete JSON already exists is skipped unless ``force``; its figures still count
     in the summary. A file that fails is reported (``on_failure``, ``summary.failed``) and the run
-    goes on. ``metrics``, when given, is called once at the end and its figures are written into
+    goes on, and so does a file whose outputs cannot be written (a full disk, no permission, a
+    read-only file system; none of its outputs is left in place, see
+    :func:`~speechpipe.pipeline.offline.outputs.write_outputs`). An output folder or a
+    ``summary.json`` that cannot be written raises :class:`OutputError`. ``metrics``, when given, is called once at the end and its figures are written into
     ``summary.json`` under ``"metrics"``. ``transcriber`` runs the files (default: here, one after
     another, on ``engine``); whatever runs them, the outputs are written here, atomically.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the output folder {out}: {describe_os_error(exc)}") from exc
     t_start = time.perf_counter()
     inputs, failures = find_inputs(paths, exclude=out)
     summary = RunSummary(files=len(inputs) + len(failures), failed=failures, variant=config.pipeline.variant)
@@ -266,7 +291,16 @@ def run(
                 bar.advance(item.path)
                 continue
             result.extra["input_root"] = str(item.root)
-            doc = write_outputs(result, output_path(item.path, item.root, out), formats=config.output.formats)
+            json_path = output_path(item.path, item.root, out)
+            try:
+                doc = write_outputs(result, json_path, formats=config.output.formats)
+            except OSError as exc:  # this file's outputs, not the run: report it and go on
+                failure = Failure(str(item.path), f"cannot write {json_path}: {describe_os_error(exc)}")
+                summary.failed.append(failure)
+                if on_failure:
+                    on_failure(failure)
+                bar.advance(item.path)
+                continue
             summary.transcribed += 1
             _account(summary, pairs, doc)
             if on_result:
@@ -279,7 +313,10 @@ def run(
     summary.wer = score_corpus(sorted(pairs)) if pairs else None
     if metrics is not None:
         summary.metrics = metrics()
-    atomic_write_text(out / "summary.json", json.dumps(summary.to_dict(), indent=2) + "\n")
+    try:
+        atomic_write_text(out / "summary.json", json.dumps(summary.to_dict(), indent=2) + "\n")
+    except OSError as exc:
+        raise OutputError(f"cannot write {out / 'summary.json'}: {describe_os_error(exc)}", summary) from exc
     return summary
 
 

@@ -1,14 +1,17 @@
 """The OpenAI-compatible routes as a part of the live server (see the package docstring and
 docs/openai.md): ``POST /v1/audio/transcriptions``, ``GET /v1/models`` and ``/v1/realtime``.
 
-They need the ``stream`` scope (the stream token is their API key) and answer a caller without it
+They need the ``stream`` scope (the stream token or a key with ``stream`` is their API key; the
+session an upload or a realtime session opens belongs to that principal) and answer a caller without it
 in OpenAI's shape (401 ``invalid_api_key``); an upload is bounded by ``server.max_upload_bytes``
 (413 ``file_too_large``), both by the server's middleware before the endpoint runs.
 """
 
 from __future__ import annotations
 
+import functools
 import time
+from dataclasses import replace
 
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
@@ -55,10 +58,16 @@ class OpenAIPart(Part):
     async def start(self, ctx: ServerContext) -> None:
         self.ctx = ctx
 
-    async def _serve(self, transport: Transport, variant: str | None, fed: bool) -> None:
+    async def _serve(self, transport: Transport, variant: str | None, fed: bool, principal: str | None = None) -> None:
         if self.ctx is None:  # not reached: the models are unknown until the part starts
             raise ApiError(503, "the models are still loading", "not_ready", retry_after_s=self.settings.retry_after_s)
-        await self.ctx.serve(transport, variant, fed)
+        await self.ctx.serve(transport, variant, fed, principal=principal)
+
+    def _hooks_of(self, conn: HTTPConnection) -> Hooks:
+        """The hooks of one request: its streams belong to the principal that made it (an upload's
+        session and a realtime session are its own, like a WebSocket stream)."""
+        principal = conn.user.display_name
+        return replace(self.hooks, serve=functools.partial(self._serve, principal=principal))
 
     def _models(self) -> tuple[dict[str, str], str] | None:
         """The served variants' model names and the primary's variant, None while they load."""
@@ -82,7 +91,7 @@ class OpenAIPart(Part):
 
     @requires(STREAM, refused)
     async def transcriptions(self, request: Request) -> Response:
-        return await transcriptions_endpoint(request, self.hooks)
+        return await transcriptions_endpoint(request, self._hooks_of(request))
 
     @requires(STREAM, refused)
     async def models(self, request: Request) -> Response:
@@ -90,4 +99,4 @@ class OpenAIPart(Part):
 
     @requires(STREAM, refused)
     async def realtime(self, websocket: WebSocket) -> None:
-        await realtime_endpoint(websocket, self.hooks)
+        await realtime_endpoint(websocket, self._hooks_of(websocket))

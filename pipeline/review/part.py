@@ -13,8 +13,10 @@ and page, a session's revisions, the figures refreshed at each tick (docs/review
 * ``GET /v1/review/queue``: what waits, in the order claims take it.
 * ``GET /review``: the page.
 
-``stream`` scope: ``GET /v1/sessions/{id}``, the session's segments sent to review with their
-revisions.
+``GET /v1/sessions/{id}``: the session's segments sent to review with their revisions, to its
+owner (the principal that opened it, ``stream`` scope), reviewers and admins; anyone else gets
+the 404 of an unknown session. Owners are known for the server's recent sessions since it
+started: after a restart an older session is answered to reviewers and admins only.
 
 The part reports to the server's observer :class:`Reviewed` for each review submitted here and
 :class:`ReviewFigures` whenever the store's figures are refreshed (telemetry's gauges).
@@ -23,10 +25,12 @@ The part reports to the server's observer :class:`Reviewed` for each review subm
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from importlib import resources
 
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -36,11 +40,13 @@ from speechpipe.pipeline.hooks import Observer
 from speechpipe.pipeline.live.actions import SubmitReview
 from speechpipe.pipeline.review.service import ReviewService, open_store
 from speechpipe.pipeline.review.store import MAX_TEXT, Item, ReviewError
-from speechpipe.pipeline.server.auth import NO_STORE, REVIEW, STREAM, requires
+from speechpipe.pipeline.server.auth import ADMIN, NO_STORE, REVIEW, STREAM, SessionOwners, requires
 from speechpipe.pipeline.server.http import BadRequest, error, read_json
 from speechpipe.pipeline.server.parts import Part, ServerContext, StreamInfo
 
 MAX_NAME = 128
+
+log = logging.getLogger("speechpipe.review")
 
 
 @dataclass(frozen=True)
@@ -72,8 +78,24 @@ def _page(name: str, content_type: str) -> Response:
     return Response(body, headers={"Content-Type": content_type, **NO_STORE})
 
 
+STORE_UNAVAILABLE = "store_unavailable"
+#: what a client is told to wait before it asks again while the store is down (seconds).
+RETRY_AFTER_S = 5
+
+
+def store_unavailable() -> dict:
+    """The error document of a store that cannot be reached (its cause is logged, not shown: a
+    database's message may name its host or its SQL)."""
+    return {
+        "error": STORE_UNAVAILABLE,
+        "message": "the review store cannot be reached; segments sent to review wait in the server's spool",
+        "retry_after_s": RETRY_AFTER_S,
+    }
+
+
 def _served(endpoint: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
-    """An endpoint of the review API given the service, its refusals rendered as JSON errors."""
+    """An endpoint of the review API given the service, its refusals rendered as JSON errors; the
+    one place where the store's failures become ``503 store_unavailable`` with ``Retry-After``."""
 
     @functools.wraps(endpoint)
     async def run(part: ReviewPart, request: Request) -> Response:
@@ -81,6 +103,10 @@ def _served(endpoint: Callable[..., Awaitable[Response]]) -> Callable[..., Await
             return await endpoint(part, request, part._service())
         except (BadRequest, ReviewError) as exc:
             return error(exc.status, exc.code, exc.message)
+        except SQLAlchemyError as exc:
+            log.warning("review API %s %s: the store failed (%s)", request.method, request.url.path, type(exc).__name__)
+            headers = {**NO_STORE, "Retry-After": str(RETRY_AFTER_S)}
+            return JSONResponse(store_unavailable(), 503, headers=headers)
 
     return run
 
@@ -97,12 +123,14 @@ class ReviewPart(Part):
         self.store = open_store(config)
         self.service: ReviewService | None = None
         self._report: Observer | None = None
+        self.owners = SessionOwners()  # the server's, once started
 
     @property
     def queues_reviews(self) -> bool:
         return self.store is not None
 
     async def start(self, ctx: ServerContext) -> None:
+        self.owners = ctx.owners
         if self.store is None:
             return
         self._report = ctx.observer
@@ -135,8 +163,15 @@ class ReviewPart(Part):
             self._report.on_event(Reviewed(item.variant, item.level, item.reason))
 
     def dashboard(self) -> dict | None:
-        """The dashboard's view of the queue (from a worker thread), None without one."""
-        return None if self.service is None else self.service.dashboard()
+        """The dashboard's view of the queue (from a worker thread), None without one; while the
+        store cannot be reached, :func:`store_unavailable` with the last figures refreshed."""
+        if self.service is None:
+            return None
+        try:
+            return self.service.dashboard()
+        except SQLAlchemyError as exc:
+            log.warning("dashboard: the review store failed (%s)", type(exc).__name__)
+            return store_unavailable() | {"figures": self.service.figures, "spooled": self.service.waiting()}
 
     # -- routes ---------------------------------------------------------------------------------
 
@@ -189,7 +224,7 @@ class ReviewPart(Part):
     @requires(REVIEW)
     @_served
     async def audio(self, request: Request, svc: ReviewService) -> Response:
-        item = svc.store.get(request.path_params["id"])
+        item = await svc.item(request.path_params["id"])
         path = svc.store.audio_path(item) if item is not None else None
         if path is None or not path.is_file():
             return error(404, "not_found", "no audio for this item (unknown, or past the retention period)")
@@ -214,10 +249,17 @@ class ReviewPart(Part):
     async def script(self, request: Request) -> Response:
         return _page("review.js", "text/javascript; charset=utf-8")
 
-    @requires(STREAM)
+    @requires(STREAM, also=(REVIEW, ADMIN))
     @_served
     async def session(self, request: Request, svc: ReviewService) -> Response:
-        items = await svc.session(request.path_params["id"])
+        session = request.path_params["id"]
+        # Someone else's session is answered exactly like one that does not exist.
+        unknown = error(404, "unknown_session", f"unknown session {session!r}")
+        if not self.owners.may_see(session, request):
+            return unknown
+        items = await svc.session(session)
+        if not items and self.owners.owner(session) is None:
+            return unknown
         segments = [
             {
                 "segment": i.segment,

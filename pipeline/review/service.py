@@ -9,6 +9,13 @@ the server's event loop. A submitted review goes
   it: shadow agreement, canary gates, concept drift), unless no model did (level ``human``);
 * into the store, where each variant's transcript of the segment is scored against it
   (``GET /v1/review/stats``).
+
+A segment sent to review is durable before its client is told ``review: pending``: the stream's
+hand-over writes it to the local spool (:mod:`.spool`) on the event loop, before the final
+leaves; a single mover then takes the spool to the store in order, one item at a time, and while
+the store fails retries with a backoff that doubles up to :data:`RETRY_MAX_S`, on the server's
+clock (each tick retries once the wait is over; no sleeping). What is still spooled when the
+server stops is moved by the next one.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from speechpipe.pipeline import protocol
 from speechpipe.pipeline.config import Config, ConfigError
 from speechpipe.pipeline.live.actions import SubmitReview
 from speechpipe.pipeline.review.settings import AutomationSettings, ReviewSettings, model_runs_at
+from speechpipe.pipeline.review.spool import ReviewSpool
 from speechpipe.pipeline.review.store import AiText, Item, NewItem, ReviewStore
 from speechpipe.pipeline.review.threshold import curve
 
@@ -39,6 +47,16 @@ STATS_EVERY_S = 2.0
 DASHBOARD_ROWS = 5000
 #: how often expired audio is deleted.
 PURGE_EVERY_S = 3600.0
+#: how often audio files without a row are looked for, and how old one must be to go: a file is
+#: written a moment before its row commits, so a young one may be an item on its way in.
+SWEEP_EVERY_S = 600.0
+SWEEP_GRACE_S = 600.0
+#: the first wait before moving spooled items to a store that failed, doubled at each failure
+#: in a row up to the last.
+RETRY_FIRST_S = 0.5
+RETRY_MAX_S = 30.0
+#: spooled items read at a time by the mover.
+MOVE_BATCH = 16
 
 
 @dataclass
@@ -47,6 +65,8 @@ class ReviewCounters:
 
     queued: int = 0
     failed: int = 0
+    spooled: int = 0
+    store_failures: int = 0
     reviewed: int = 0
     revisions_sent: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)
@@ -63,6 +83,7 @@ class ReviewService:
         feedback: scores a human transcript of ``(session, segment)`` against every variant.
         on_reviewed: told each submitted item (telemetry).
         clock: Unix seconds.
+        spool: where items wait for the store (default: :func:`spool_path` of the settings).
     """
 
     def __init__(
@@ -74,8 +95,10 @@ class ReviewService:
         feedback: Callable[[str, int, str], object] | None = None,
         on_reviewed: Callable[[Item], None] | None = None,
         clock: Callable[[], float] = time.time,
+        spool: ReviewSpool | None = None,
     ) -> None:
         self.store = store
+        self.spool = spool if spool is not None else ReviewSpool(spool_path(settings, store))
         self.automation = automation
         self.settings = settings
         self.push = push
@@ -85,7 +108,11 @@ class ReviewService:
         self.counters = ReviewCounters()
         self.figures: dict = {}
         self._tasks: set[asyncio.Task] = set()
-        self._last_stats = self._last_purge = -math.inf
+        self._last_stats = self._last_purge = self._last_sweep = -math.inf
+        self._mover: asyncio.Task | None = None
+        self._failures = 0  # failed moves in a row
+        self._retry_at = -math.inf
+        self._stopped = False
 
     # -- from the streams ----------------------------------------------------------------------------
 
@@ -108,24 +135,58 @@ class ReviewService:
             confidence=request.confidence,
             transcripts=transcripts,
         )
-        task = asyncio.get_running_loop().create_task(self._add(new), name=f"review-add-{stream_id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _add(self, new: NewItem) -> None:
         try:
-            await asyncio.to_thread(self.store.add, new, self.clock())
-        except Exception:  # the final has gone out; the review is what is lost, and it is said
+            if self.spool.put(new, self.clock()):
+                self.counters.spooled += 1
+        except Exception:  # the local disk failed: the one case where the item is lost, and it is said
             self.counters.failed += 1
-            log.exception("review: segment %d of %s could not be queued", new.segment, new.session)
+            log.exception("review: segment %d of %s could not be spooled", new.segment, new.session)
             return
-        self.counters.queued += 1
-        self.counters.by_reason[new.reason] = self.counters.by_reason.get(new.reason, 0) + 1
+        self._move(self.clock())
+
+    def _move(self, now: float) -> None:
+        """Start the mover unless it runs or waits for its next try."""
+        if self._stopped:
+            return
+        if (self._mover is None or self._mover.done()) and now >= self._retry_at:
+            task = asyncio.get_running_loop().create_task(self._move_all(), name="review-spool-mover")
+            self._mover = task
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _move_all(self) -> None:
+        """Move the spool to the store, oldest first, until it is empty or the store fails."""
+        while batch := await asyncio.to_thread(self.spool.head, MOVE_BATCH):
+            for s in batch:
+                try:
+                    await asyncio.to_thread(self.store.add, s.item, s.spooled_at)
+                except Exception as exc:  # noqa: BLE001  # the store is down: the item waits in the spool
+                    self._failures += 1
+                    self.counters.store_failures += 1
+                    wait = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (self._failures - 1))
+                    self._retry_at = self.clock() + wait
+                    tries = await asyncio.to_thread(self.spool.failed, s.seq, f"{type(exc).__name__}: {exc}")
+                    log.warning(
+                        "review: the store failed (%s); %s waits in the spool (try %d), next try in %.1f s",
+                        type(exc).__name__,
+                        s.key,
+                        tries,
+                        wait,
+                    )
+                    return
+                await asyncio.to_thread(self.spool.done, s.seq)
+                self._failures, self._retry_at = 0, -math.inf
+                self.counters.queued += 1
+                self.counters.by_reason[s.item.reason] = self.counters.by_reason.get(s.item.reason, 0) + 1
 
     async def flush(self) -> None:
-        """Wait for the segments being written (a server stopping, a test)."""
+        """Wait for the mover (a server stopping, a test); what the store refused stays spooled."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def waiting(self) -> int:
+        """How many items wait in the spool (from a worker thread)."""
+        return len(self.spool)
 
     # -- from the reviewers ----------------------------------------------------------------------
 
@@ -146,6 +207,9 @@ class ReviewService:
             "figures": self.figures,
             "curves": {v: [p.to_dict() for p in curve(rows)] for v, rows in by_variant.items()},
         }
+
+    async def item(self, item_id: str) -> Item | None:
+        return await asyncio.to_thread(self.store.get, item_id)
 
     async def queue(self) -> list[Item]:
         return await asyncio.to_thread(self.store.queue, self.clock())
@@ -180,25 +244,54 @@ class ReviewService:
     # -- upkeep (the review part calls it at each tick, on the server's clock) ---------------------
 
     async def upkeep(self, now: float) -> bool:
-        """Refresh the figures every :data:`STATS_EVERY_S` and purge expired audio every
-        :data:`PURGE_EVERY_S` of ``now``; True when the figures were refreshed."""
-        refreshed = False
+        """Sweep audio without a row every :data:`SWEEP_EVERY_S`, start moving the spool to the
+        store when its wait is over, purge expired audio every :data:`PURGE_EVERY_S` and refresh
+        the figures every :data:`STATS_EVERY_S` of ``now``; True when the figures were refreshed.
+        The sweep runs before the mover starts, so a file on its way in is never taken for a
+        leftover (its grace period covers the moves that start from a stream meanwhile)."""
+        if now - self._last_sweep >= SWEEP_EVERY_S and (self._mover is None or self._mover.done()):
+            swept = await self._guarded(self.store.sweep, now, SWEEP_GRACE_S)
+            self._last_sweep = now
+            if swept:
+                log.info("review: removed %d audio file(s) that no item owns", swept)
+        self._move(now)
+        if now - self._last_purge >= PURGE_EVERY_S:
+            gone = await self._guarded(self.store.purge, now, self.settings.keep_days)
+            self._last_purge = now
+            if gone:
+                log.info("review: deleted the audio of %d segment(s) past %g days", gone, self.settings.keep_days)
+        if now - self._last_stats >= STATS_EVERY_S:
+            figures = await self._guarded(self.store.stats, now)
+            if figures is not None:
+                self.figures, self._last_stats = figures, now
+                return True
+        return False
+
+    async def _guarded(self, work: Callable, *args: object) -> object:
+        """``work(*args)`` in a worker thread; None when it fails (a database hiccup must not stop
+        the upkeep, and a store that is down is said without a traceback at each tick)."""
         try:
-            if now - self._last_purge >= PURGE_EVERY_S:
-                gone = await asyncio.to_thread(self.store.purge, now, self.settings.keep_days)
-                self._last_purge = now
-                if gone:
-                    log.info("review: deleted the audio of %d segment(s) past %g days", gone, self.settings.keep_days)
-            if now - self._last_stats >= STATS_EVERY_S:
-                self.figures = await asyncio.to_thread(self.store.stats, now)
-                self._last_stats = now
-                refreshed = True
-        except Exception:  # a database hiccup must not stop the upkeep
+            return await asyncio.to_thread(work, *args)
+        except SQLAlchemyError as exc:
+            log.warning("review upkeep: the store failed (%s)", type(exc).__name__)
+        except Exception:
             log.exception("review upkeep failed")
-        return refreshed
+        return None
 
     async def stop(self) -> None:
+        """Wait for the mover, then close the spool (what is in it waits for the next start)."""
+        self._stopped = True
         await self.flush()
+        self.spool.close()
+
+
+def spool_path(settings: ReviewSettings, store: ReviewStore) -> Path:
+    """``[review] spool``, else ``spool.db`` in the store's data directory."""
+    if settings.spool:
+        return Path(settings.spool).expanduser()
+    if store.data_dir is None:
+        raise ValueError("the review service needs a store with a data directory")
+    return store.data_dir / "spool.db"
 
 
 def open_store(config: Config) -> ReviewStore | None:

@@ -62,10 +62,14 @@ class ReviewSettings:
         keep_days: the audio of a segment is deleted this long after it was queued (an item
             still waiting then expires).
         claim_s: how long a reviewer holds a claimed item before it returns to the queue.
+        spool: the local SQLite file where a segment sent to review waits until the store has it
+            ("" : ``spool.db`` in the data directory). It must be on this machine's own disk,
+            one per server (docs/review.md, "What is durable").
     """
 
     db: str = ""
     data_dir: str = ""
+    spool: str = ""
     keep_days: float = 30.0
     claim_s: float = 300.0
 

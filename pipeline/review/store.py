@@ -18,6 +18,7 @@ import numpy as np
 import soundfile as sf
 from sqlalchemy import and_, create_engine, event, func, insert, or_, select, update
 from sqlalchemy.engine import Engine, RowMapping
+from sqlalchemy.exc import IntegrityError
 
 from speechpipe.pipeline.evaluate.quality import score
 from speechpipe.pipeline.review.schema import ai, items, migrate
@@ -26,6 +27,8 @@ from speechpipe.stages.pcm import SAMPLE_RATE
 #: the longest human transcript taken, in characters.
 MAX_TEXT = 20000
 QUEUED, CLAIMED, DONE, EXPIRED = "queued", "claimed", "done", "expired"
+#: the suffix of an audio file written but not yet owned by a committed row.
+TMP = ".tmp"
 
 
 class ReviewError(Exception):
@@ -139,18 +142,22 @@ class ReviewStore:
     # -- writing ------------------------------------------------------------------------------------
 
     def add(self, new: NewItem, now: float) -> Item:
-        """Queue ``new``: its audio written as FLAC first (atomically), then its row. A segment
-        already queued (the same session and index) is returned as it is."""
+        """Queue ``new`` (idempotent: a segment already queued, the same session and index, is
+        returned as it is, so a retry after a lost answer adds nothing).
+
+        The audio and its row land as one unit: the FLAC is written under a temporary name, the
+        row committed, and only then is the file renamed to the name the row gives. A failure
+        before the commit deletes the temporary file; a crash leaves at most a temporary file,
+        which :meth:`sweep` renames when its row did commit and deletes when it did not. So no
+        audio file is ever without its row for longer than the sweeper's grace period."""
         if self.data_dir is None:
             raise ValueError("this store was opened without a data directory: it cannot keep audio")
         item_id = uuid.uuid4().hex
-        day = Path(f"{int(now // 86400)}")
-        rel = day / f"{item_id}.flac"
+        rel = Path(f"{int(now // 86400)}") / f"{item_id}.flac"
         path = self.data_dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(TMP)
         sf.write(tmp, np.clip(new.audio, -1, 1), SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-        os.replace(tmp, path)
         row = {
             "id": item_id,
             "session": new.session,
@@ -166,21 +173,79 @@ class ReviewStore:
             "state": QUEUED,
             "audio": rel.as_posix(),
         }
-        with self.engine.begin() as conn:
-            known = conn.execute(
-                select(items).where(items.c.session == new.session, items.c.segment == new.segment)
-            ).first()
-            if known is not None:
-                path.unlink(missing_ok=True)
-                return Item.of(known._mapping)
-            conn.execute(insert(items).values(row))
-            for t in new.transcripts:
-                conn.execute(
-                    insert(ai).values(
-                        item=item_id, variant=t.variant, role=t.role, text=t.text, confidence=t.confidence
+        try:
+            known = self._insert(new, row)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        if known is None:
+            os.replace(tmp, path)
+            return self.get(item_id)
+        # Already queued: by an earlier try whose answer was lost (it may have died before its
+        # rename, so its audio is put in place from ours), or by another replica.
+        there = self.data_dir / known.audio if known.audio else None
+        if there is not None and not there.exists():
+            there.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, there)
+        else:
+            tmp.unlink(missing_ok=True)
+        return known
+
+    def _insert(self, new: NewItem, row: dict) -> Item | None:
+        """Insert ``row`` and its transcripts in one transaction; the item already there (None
+        when the insert went in)."""
+        same = select(items).where(items.c.session == new.session, items.c.segment == new.segment)
+        try:
+            with self.engine.begin() as conn:
+                known = conn.execute(same).first()
+                if known is not None:
+                    return Item.of(known._mapping)
+                conn.execute(insert(items).values(row))
+                for t in new.transcripts:
+                    conn.execute(
+                        insert(ai).values(
+                            item=row["id"], variant=t.variant, role=t.role, text=t.text, confidence=t.confidence
+                        )
                     )
-                )
-        return self.get(item_id)
+        except IntegrityError:  # inserted meanwhile by another writer (a replica sharing the store)
+            with self.engine.connect() as conn:
+                known = conn.execute(same).first()
+            if known is None:
+                raise
+            return Item.of(known._mapping)
+        return None
+
+    def sweep(self, now: float, grace_s: float) -> int:
+        """Remove the audio files no row owns that are older than ``grace_s`` (by their
+        modification time against ``now``): leftovers of a crash between a file and its row, or of
+        an older speechpipe that wrote the file first. A temporary file whose row did commit is
+        renamed into place instead. Returns how many files were removed."""
+        if self.data_dir is None:
+            raise ValueError("this store was opened without a data directory")
+        found: dict[str, list[Path]] = {}
+        for day in self.data_dir.iterdir():
+            if not (day.is_dir() and day.name.isdigit()):
+                continue
+            for f in day.iterdir():
+                if f.suffix in (".flac", TMP) and f.stat().st_mtime < now - grace_s:
+                    found.setdefault(f.stem, []).append(f)
+        owned: dict[str, str | None] = {}
+        ids = sorted(found)
+        with self.engine.connect() as conn:
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
+                owned.update(conn.execute(select(items.c.id, items.c.audio).where(items.c.id.in_(chunk))).all())
+        removed = 0
+        for item_id, files in found.items():
+            rel = owned.get(item_id)
+            for f in files:
+                final = self.data_dir / rel if rel else None
+                if f.suffix == TMP and final is not None and final.with_suffix(TMP) == f and not final.exists():
+                    os.replace(f, final)
+                elif item_id not in owned or rel is None or self.data_dir / rel != f:
+                    f.unlink(missing_ok=True)
+                    removed += 1
+        return removed
 
     def claim(self, reviewer: str, now: float, claim_s: float) -> Item | None:
         """The next free item for ``reviewer`` (lowest confidence first, then oldest), claimed until

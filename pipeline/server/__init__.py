@@ -6,4 +6,4 @@ JSON errors the routes share (:mod:`.http`), the WebSocket as a transport (:mod:
 settings and tokens."""
 
 #: the modules other features may import; the rest are this package's own (tests/importgraph.py).
-PUBLIC = ("auth", "http", "parts", "serve_loop", "settings", "speech_server", "tokens", "transport")
+PUBLIC = ("auth", "http", "keys", "parts", "serve_loop", "settings", "speech_server", "tokens", "transport")

@@ -2,14 +2,22 @@
 backend (Starlette's :class:`~starlette.middleware.authentication.AuthenticationMiddleware`), and
 the scope each route declares (:func:`requires`).
 
-Scopes: ``stream`` (open live streams, the OpenAI routes, read a session's revisions),
-``feedback`` (send human references), ``review`` (the review API and page), ``admin`` (the admin
-API and the dashboard). The server's tokens become principals with the rights they always had:
+Scopes: ``stream`` (open live streams, the OpenAI routes, read its own sessions, send client
+feedback on them), ``feedback`` (send human references that count: they move the canary's gates,
+drift and review WER), ``review`` (the review API and page, every session), ``admin`` (the admin
+API and the dashboard, every session). Principals come from the ``[auth]`` table's named keys
+(:mod:`.keys`: exactly the scopes each lists) and from the server's tokens, with the rights they
+always had:
 
-* the stream token: ``stream`` and ``feedback``;
-* the admin token: ``admin``; the reviewer token: ``review``;
-* without a stream token, every caller (whatever token it sends, or none) has ``stream`` and
-  ``feedback``: the anonymous scopes are a floor every principal stands on.
+* the stream token: principal ``stream``, scopes ``stream`` and ``feedback``;
+* the admin token: ``admin``; the reviewer token: ``reviewer``, scope ``review``;
+* without a stream token or a key with ``stream``, every caller (whatever token it sends, or
+  none) has ``stream`` and ``feedback``: the anonymous scopes are a floor every principal
+  stands on.
+
+A session belongs to the principal that opened it (:class:`SessionOwners`): its routes answer its
+owner, reviewers and admins, and 404 to anyone else, exactly as for a session that does not exist.
+Tokens are kept and compared as sha256 digests; none is ever logged.
 
 A request carries its token as ``Authorization: Bearer TOKEN``, as ``X-Speechpipe-Token: TOKEN``
 or as ``?token=TOKEN`` (browsers cannot set headers on a WebSocket or an ``EventSource``). A token
@@ -25,8 +33,13 @@ feature is off: start the server with its token). Features whose clients expect 
 from __future__ import annotations
 
 import functools
+import hashlib
 import hmac
-from collections.abc import Awaitable, Callable
+import logging
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from starlette.authentication import AuthCredentials, AuthenticationBackend, BaseUser
@@ -35,6 +48,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.websockets import WebSocket
 
 from speechpipe.pipeline.config import ConfigError
+from speechpipe.pipeline.server.keys import ApiKey, token_digest
 
 STREAM, FEEDBACK, REVIEW, ADMIN = "stream", "feedback", "review", "admin"
 SCOPES = (STREAM, FEEDBACK, REVIEW, ADMIN)
@@ -80,48 +94,152 @@ class Principal(BaseUser):
 
 @dataclass(frozen=True)
 class Principals:
-    """The principals a server knows, by token, and the scopes of anyone else.
+    """The principals a server knows, by the sha256 of their token, and the scopes of anyone else.
+
+    Only digests are kept: a presented token is hashed and compared with every digest in constant
+    time (:func:`hmac.compare_digest`, no early exit), so neither the tokens nor how much of one
+    matched can leak through memory dumps, logs or timing.
 
     Attributes:
-        tokens: each token and the principal it stands for.
+        digests: each token's sha256 (hex) and the principal it stands for.
         anonymous: the scopes every caller has.
     """
 
-    tokens: dict[str, Principal] = field(default_factory=dict)
+    digests: dict[str, Principal] = field(default_factory=dict)
     anonymous: frozenset[str] = frozenset({STREAM, FEEDBACK})
 
     @classmethod
     def from_tokens(
-        cls, stream: str | None = None, admin: str | None = None, reviewer: str | None = None
+        cls,
+        stream: str | None = None,
+        admin: str | None = None,
+        reviewer: str | None = None,
+        keys: Iterable[ApiKey] = (),
     ) -> Principals:
-        """The principals of the server's three tokens (None or empty: that token is not set).
-        Raises :class:`ConfigError` when two of them are the same: a token must say who it is."""
+        """The principals of the server's three tokens (None or empty: that token is not set)
+        and of the named ``keys`` (the ``[auth]`` table). Raises :class:`ConfigError` when two
+        of them share a token: a token must say who it is.
+
+        The legacy tokens keep their rights: the stream token ``stream`` and ``feedback`` (so
+        its holders' feedback counts, as it always did), the admin token ``admin``, the
+        reviewer token ``review``. A key gets exactly the scopes it lists. Streams are open to
+        anyone (the anonymous floor: ``stream`` and ``feedback``) only while neither the
+        stream token nor any key with the ``stream`` scope is set."""
+        keys = tuple(keys)
         given = [t for t in (stream, admin, reviewer) if t]
         if len(set(given)) < len(given):
             raise ConfigError("the admin and reviewer tokens must differ from each other and from the stream token")
-        anonymous = frozenset() if stream else frozenset({STREAM, FEEDBACK})
-        tokens = {}
-        for token, name, scopes in (
-            (stream, "stream", {STREAM, FEEDBACK}),
-            (admin, "admin", {ADMIN}),
-            (reviewer, "reviewer", {REVIEW}),
-        ):
-            if token:
-                tokens[token] = Principal(name, frozenset(scopes) | anonymous)
-        return cls(tokens, anonymous)
+        closed = bool(stream) or any(STREAM in k.scopes for k in keys)
+        anonymous = frozenset() if closed else frozenset({STREAM, FEEDBACK})
+        digests: dict[str, Principal] = {}
+        entries = [
+            (token_digest(token), name, scopes)
+            for token, name, scopes in (
+                (stream, "stream", {STREAM, FEEDBACK}),
+                (admin, "admin", {ADMIN}),
+                (reviewer, "reviewer", {REVIEW}),
+            )
+            if token
+        ] + [(k.token_sha256, k.name, set(k.scopes)) for k in keys]
+        for digest, name, scopes in entries:
+            if digest in digests:
+                raise ConfigError(f"the key {name!r} has the same token as {digests[digest].name!r}")
+            if any(p.name == name for p in digests.values()):
+                raise ConfigError(f"two principals are named {name!r}: names must be unique")
+            digests[digest] = Principal(name, frozenset(scopes) | anonymous)
+        return cls(digests, anonymous)
 
     def find(self, token: str | None) -> Principal:
-        """The principal of ``token`` (compared in constant time), else the anonymous one."""
+        """The principal of ``token`` (its digest compared with every known one in constant
+        time), else the anonymous one."""
         found = None
         if token:
-            for known, principal in self.tokens.items():
-                if hmac.compare_digest(token.encode(), known.encode()):
+            presented = hashlib.sha256(token.encode()).digest()
+            for known, principal in self.digests.items():
+                if hmac.compare_digest(presented, bytes.fromhex(known)):
                     found = principal
         return found or Principal("anonymous", self.anonymous)
 
     def grants(self, scope: str) -> bool:
         """Whether anyone can hold ``scope`` (a token grants it, or everyone has it)."""
-        return scope in self.anonymous or any(scope in p.scopes for p in self.tokens.values())
+        return scope in self.anonymous or any(scope in p.scopes for p in self.digests.values())
+
+
+# -- sessions belong to who opened them ---------------------------------------------------------
+
+
+class SessionOwners:
+    """Which principal opened each recent session (its name), the one record of it: the server
+    notes every stream it serves (WebSocket, realtime, upload) and the session routes ask.
+
+    Bounded: the last ``max_sessions`` sessions; an older one has no known owner, so only
+    reviewers and admins may see it (as after a restart: owners live in memory only).
+    """
+
+    def __init__(self, max_sessions: int = 100_000) -> None:
+        self.max_sessions = max_sessions
+        self._owners: OrderedDict[str, str | None] = OrderedDict()
+        self._lock = threading.Lock()  # streams open on the event loop, uploads too; cheap anyway
+
+    def record(self, session: str, principal: str | None) -> None:
+        with self._lock:
+            self._owners[session] = principal
+            while len(self._owners) > self.max_sessions:
+                self._owners.popitem(last=False)
+
+    def owner(self, session: str) -> str | None:
+        with self._lock:
+            return self._owners.get(session)
+
+    def may_see(self, session: str, conn: HTTPConnection) -> bool:
+        """Whether the caller of ``conn`` may see ``session``: its owner, or a principal with the
+        ``review`` or ``admin`` scope. Anyone else must be answered as if it did not exist."""
+        if conn.auth.scopes and ({REVIEW, ADMIN} & set(conn.auth.scopes)):
+            return True
+        owner = self.owner(session)
+        return owner is not None and owner == conn.user.display_name
+
+
+def sees_everything(conn: HTTPConnection) -> bool:
+    """Whether the caller holds ``review`` or ``admin``: it sees every variant's text of a session."""
+    return bool({REVIEW, ADMIN} & set(conn.auth.scopes))
+
+
+def trusted(conn: HTTPConnection) -> bool:
+    """Whether the caller's feedback counts (moves gates, drift, review WER): ``feedback``,
+    ``review`` or ``admin`` scope. A caller with ``stream`` only is a client: its feedback is kept
+    apart."""
+    return bool({FEEDBACK, REVIEW, ADMIN} & set(conn.auth.scopes))
+
+
+#: a token where a log line might carry one: a bearer header, the token header, a ``token=`` query
+_TOKEN_IN_TEXT = re.compile(r"(?i)(bearer\s+|x-speechpipe-token:\s*|[?&]token=)[^\s&'\"]+")
+
+
+class RedactTokens(logging.Filter):
+    """Replaces any token in a log record by ``[redacted]``. The WebSocket implementation under
+    uvicorn logs every handshake's headers at debug level (``Authorization: Bearer ...``
+    included), and uvicorn's access log every path (``?token=...``): installed on their loggers
+    (:func:`redact_tokens_in_logs`), no token reaches a log whatever the level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        redacted = _TOKEN_IN_TEXT.sub(lambda m: m.group(1) + "[redacted]", text)
+        if redacted != text:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+#: the loggers that may see a request's headers or query: uvicorn's and the WebSocket library's
+_REQUEST_LOGGERS = ("uvicorn.error", "uvicorn.access", "websockets.server", "websockets")
+
+
+def redact_tokens_in_logs() -> None:
+    """Install :class:`RedactTokens` on the loggers that see requests (once)."""
+    for name in _REQUEST_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in logger.filters):
+            logger.addFilter(RedactTokens())
 
 
 def request_token(conn: HTTPConnection) -> str | None:
@@ -162,21 +280,26 @@ def refusal(conn: HTTPConnection, scope: str, granted: bool) -> Response:
     return unauthorized(_WRONG[scope])
 
 
-def requires(scope: str, refuse: Refusal = refusal) -> Callable[[Callable[..., Awaitable]], Callable[..., Awaitable]]:
+def requires(
+    scope: str, refuse: Refusal = refusal, *, also: tuple[str, ...] = ()
+) -> Callable[[Callable[..., Awaitable]], Callable[..., Awaitable]]:
     """Declare that an endpoint (a function or method taking a request or a WebSocket last) needs
-    ``scope``. A caller without it gets ``refuse``'s answer (a WebSocket, as its handshake's
-    denial) and the endpoint does not run. The scope is kept on the endpoint as
-    ``required_scope``: the route x principal matrix (tests/test_routes_principals.py) reads it."""
-    if scope not in SCOPES:
-        raise ValueError(f"unknown scope {scope!r}")
+    ``scope`` (or any of ``also``: a session route its owner calls with ``stream`` and a reviewer
+    with ``review``). A caller without any gets ``refuse``'s answer (a WebSocket, as its
+    handshake's denial) and the endpoint does not run. The scopes are kept on the endpoint
+    (``required_scope``, ``accepted_scopes``): the route x principal matrix
+    (tests/test_routes_principals.py) reads them."""
+    accepted = frozenset((scope, *also))
+    if not accepted <= set(SCOPES):
+        raise ValueError(f"unknown scope in {sorted(accepted)}")
 
     def decorate(endpoint: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
         @functools.wraps(endpoint)
         async def guarded(*args):
             conn: HTTPConnection = args[-1]
-            if scope not in conn.auth.scopes:
+            if not accepted & set(conn.auth.scopes):
                 principals: Principals = conn.app.state.principals
-                denied = refuse(conn, scope, principals.grants(scope))
+                denied = refuse(conn, scope, any(principals.grants(s) for s in accepted))
                 if isinstance(conn, WebSocket):
                     await conn.send_denial_response(denied)
                     return None
@@ -184,6 +307,7 @@ def requires(scope: str, refuse: Refusal = refusal) -> Callable[[Callable[..., A
             return await endpoint(*args)
 
         guarded.required_scope = scope
+        guarded.accepted_scopes = accepted
         return guarded
 
     return decorate
@@ -192,3 +316,8 @@ def requires(scope: str, refuse: Refusal = refusal) -> Callable[[Callable[..., A
 def required_scope(endpoint: object) -> str | None:
     """The scope an endpoint declared (None: open to everyone)."""
     return getattr(endpoint, "required_scope", None)
+
+
+def accepted_scopes(endpoint: object) -> frozenset[str] | None:
+    """Every scope that lets a caller in (None: open to everyone)."""
+    return getattr(endpoint, "accepted_scopes", None)

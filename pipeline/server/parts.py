@@ -40,8 +40,8 @@ if TYPE_CHECKING:
     from speechpipe.pipeline.deploy.deployment import Deployment
     from speechpipe.pipeline.deploy.variants import LoadedVariant
     from speechpipe.pipeline.live.actions import SubmitReview
-    from speechpipe.pipeline.live.transport import Transport
     from speechpipe.pipeline.scheduling.scheduler import AsrScheduler
+    from speechpipe.pipeline.server.auth import SessionOwners
 
 
 @dataclass(frozen=True)
@@ -81,8 +81,11 @@ class ServerContext:
         observer: the server's events, fanned out to every part's :meth:`ServerPart.server_observers`.
         push: sends a message to the live stream of a session; False when it is gone.
         serve: serves a stream on a transport, pinned to a variant or routed (None); the flag
-            says it is fed as fast as it reads (an upload) rather than in real time.
+            says it is fed as fast as it reads (an upload) rather than in real time; keyword
+            ``principal``: who opened it (its owner).
         stopping: set when the server starts draining (long responses end then).
+        owners: who opened each session (the session routes answer its owner, reviewers and
+            admins only).
     """
 
     config: Config
@@ -93,8 +96,9 @@ class ServerContext:
     scheduler: AsrScheduler
     observer: Observer
     push: Callable[[str, dict], bool]
-    serve: Callable[[Transport, str | None, bool], Awaitable[None]]
+    serve: Callable[..., Awaitable[None]]
     stopping: asyncio.Event
+    owners: SessionOwners
 
 
 class ServerPart(Protocol):

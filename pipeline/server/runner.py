@@ -31,6 +31,9 @@ async def start_http(app: Starlette, sock: socket.socket, max_message_bytes: int
         ws="websockets-sansio",
         ws_max_size=max_message_bytes,
         ws_per_message_deflate=False,  # PCM does not compress; spare the CPU
+        # The keepalive closes a client that answers no ping (1011 "keepalive ping timeout",
+        # docs/protocol.md) after 20 + 20 s; a client that does not read what it is sent is closed
+        # first by the stream's own bound (slow_reader, server.slow_reader_s: see live/connection.py).
         ws_ping_interval=20,
         ws_ping_timeout=20,
         lifespan="on",  # the app's startup and shutdown run (parts start with the variants: see app.py)

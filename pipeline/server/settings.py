@@ -31,6 +31,9 @@ class ServerSettings:
         idle_timeout_s: a stream that sends nothing for this long is closed.
         max_stream_s: longest stream, in seconds of audio or of wall time, whichever comes first.
         drain_timeout_s: on SIGTERM, how long in-flight streams get to receive their finals.
+        slow_reader_s: a message that waits this long to be written (the client does not read
+            its socket, so the connection's buffers are full) closes the stream as a slow reader
+            (1008), well before the WebSocket keepalive (20 s ping + 20 s for its pong) would.
         partials: send partial transcripts at all.
         partial_interval_s: re-transcribe an open segment once it has grown this much since the
             last partial (only when the ASR worker has nothing better to do).
@@ -68,6 +71,7 @@ class ServerSettings:
     idle_timeout_s: float = 30.0
     max_stream_s: float = 4 * 3600.0
     drain_timeout_s: float = 30.0
+    slow_reader_s: float = 10.0
     partials: bool = True
     partial_interval_s: float = 1.0
     partial_rest: float = 2.0
@@ -93,7 +97,14 @@ class ServerSettings:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"server.{name} must be at least 1")
-        for name in ("idle_timeout_s", "max_stream_s", "drain_timeout_s", "partial_interval_s", "partial_rest"):
+        for name in (
+            "idle_timeout_s",
+            "max_stream_s",
+            "drain_timeout_s",
+            "slow_reader_s",
+            "partial_interval_s",
+            "partial_rest",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"server.{name} must be positive")
         if not 0.0 < self.max_load <= 1.0 or self.stream_load <= 0:

@@ -49,7 +49,15 @@ from speechpipe.pipeline.live.transport import Transport
 from speechpipe.pipeline.scheduling.admission import Admission, refusal
 from speechpipe.pipeline.scheduling.scheduler import AsrScheduler
 from speechpipe.pipeline.server.app import build_app, static_routes, upgrade_required
-from speechpipe.pipeline.server.auth import NO_STORE, STREAM, Principals, requires, unauthorized
+from speechpipe.pipeline.server.auth import (
+    NO_STORE,
+    STREAM,
+    Principals,
+    SessionOwners,
+    redact_tokens_in_logs,
+    requires,
+    unauthorized,
+)
 from speechpipe.pipeline.server.parts import ReviewQueue, ServerContext, ServerPart, StreamInfo
 from speechpipe.pipeline.server.runner import HttpServer, reject, start_http, stop_listening
 from speechpipe.pipeline.server.tokens import admin_token_from_env, token_from_env
@@ -106,6 +114,7 @@ class SpeechServer:
         self.engine = engine
         self.parts = list(parts)
         self.principals = principals or Principals()
+        self.owners = SessionOwners()  # who opened each session: the one record the session routes ask
         self.clock = clock
         self.tick_s = tick_s
         # The server's own events (streams turned away, the deployment's reports...), to every part.
@@ -168,6 +177,7 @@ class SpeechServer:
         # The socket is bound here, so a port in use is an OSError to the caller, not uvicorn's exit.
         self._socket = socket.create_server((s.host, s.port), reuse_port=False)
         self._socket.setblocking(False)
+        redact_tokens_in_logs()  # before the first request can be logged
         self.app = build_app(self.routes(), self.principals)
         # Our own check answers up to 4x the limit with a clear error; beyond that the protocol
         # closes with 1009 before buffering it all.
@@ -232,6 +242,7 @@ class SpeechServer:
             push=self._push,
             serve=self.serve_transport,
             stopping=self._stopping,
+            owners=self.owners,
         )
         for part in self.parts:
             await part.start(ctx)
@@ -361,6 +372,7 @@ class SpeechServer:
         sending as fast as the stream reads (an upload), not in real time; it is admitted as
         one more stream, and its calls are left out of what a live stream is measured to cost."""
         stream_id = uuid.uuid4().hex[:12]
+        self.owners.record(stream_id, principal)
         # Admission is decided before the first await, so concurrent connections cannot overshoot.
         s, n = self.settings, len(self.streams)
         self._measure()
