@@ -21,6 +21,7 @@ from starlette.routing import BaseRoute, Route
 from speechpipe.pipeline.config import Config
 from speechpipe.pipeline.deploy import telemetry as dt
 from speechpipe.pipeline.deploy.deployment import (
+    ClientFeedback,
     DeployChanged,
     FeedbackScored,
     RolledBack,
@@ -97,6 +98,10 @@ class TelemetryPart(Part):
                 dt.shadow_scored(self._of(variant, role), agreement, empty_mismatch)
             case FeedbackScored(variant, role, errors, words):
                 dt.feedback_scored(self._of(variant, role), errors, words)
+                if role != "shadow":
+                    dt.feedback_counted(self._of(variant, role))
+            case ClientFeedback(variant, role):
+                dt.client_feedback(self._of(variant, role))
             case DriftJudged(rows, crossed):
                 self._drift_rows = rows
                 for d in crossed:

@@ -189,6 +189,24 @@ METRICS: tuple[MetricSpec, ...] = (
         "word errors (substitutions + deletions + insertions) of each variant against human feedback",
     ),
     MetricSpec(
+        n.FEEDBACK_COUNTED,
+        COUNTER,
+        "{feedback}",
+        (),
+        "output",
+        "feedback that counts (feedback, review or admin scope; reviews too) on sessions each variant served: "
+        "it moves gates, drift and review WER",
+    ),
+    MetricSpec(
+        n.FEEDBACK_CLIENT,
+        COUNTER,
+        "{feedback}",
+        (),
+        "output",
+        "client feedback (a principal with the stream scope only) on sessions each variant served: kept apart, "
+        "it moves nothing",
+    ),
+    MetricSpec(
         n.DRIFT_SCORE,
         OBSERVABLE_GAUGE,
         "1",

@@ -151,6 +151,8 @@ SHADOW_AGREEMENT = "speechpipe.shadow.agreement"
 SHADOW_LATENCY = "speechpipe.shadow.latency"
 FEEDBACK_WORDS = "speechpipe.feedback.words"
 FEEDBACK_ERRORS = "speechpipe.feedback.errors"
+FEEDBACK_COUNTED = "speechpipe.feedback.counted"
+FEEDBACK_CLIENT = "speechpipe.feedback.client"
 DRIFT_SCORE = "speechpipe.drift.score"
 DRIFT_ALERT = "speechpipe.drift.alert"
 # human review (Prometheus: speechpipe_review_queue, speechpipe_review_ai_wer{variant}...)

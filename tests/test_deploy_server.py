@@ -60,7 +60,22 @@ def key_for(candidate: str, below: float, on_candidate: bool) -> str:
 def stream(srv: ServerThread, client: str | None = None, speed: float = 0.0):
     start = file_start(JFK)
     start = Start(start.sample_rate, start.encoding, start.channels, client=client)
-    return asyncio.run(stream_pcm(srv.url, start, paced(file_frames(JFK), 0.02, speed)))
+    return settled(srv, asyncio.run(stream_pcm(srv.url, start, paced(file_frames(JFK), 0.02, speed))))
+
+
+def settled(srv: ServerThread, result, timeout: float = 30.0):
+    """``result`` once the server has let go of its stream. The client has every final and the
+    ``end`` before the server has *recorded* them: the deployment hears of a stream's finals and
+    its end through the stream's observer queue, on a worker thread, and the connection drains
+    that queue before it closes. Feedback posted in between is scored against the finals the
+    ledger has so far (a twin missing its last final looks worse than the primary: its WER gate
+    holds, and the promotion comes a round late). Once the stream is gone from the server's
+    streams, its observers have had all of its events."""
+    deadline = time.monotonic() + timeout
+    while result.ready["session"] in srv.server.streams:
+        assert time.monotonic() < deadline, "the stream never closed on the server"
+        time.sleep(0.01)
+    return result
 
 
 def test_single_mode_names_the_variant_and_admin_is_off_without_a_token(engine):
@@ -226,7 +241,7 @@ def test_shadow_transcribes_unseen_and_is_scored_against_primary_and_feedback(en
     cfg = config(**{"deploy.mode": "shadow", "deploy.candidate": "twin", "variants.twin.vad.backend": "silero"})
     telemetry = start_telemetry(cfg, mode="live", metrics_page=True, environ={}, announce=False)
     with ServerThread(engine, config=cfg, admin_token=ADMIN, telemetry=telemetry) as srv:
-        result = asyncio.run(stream_file(srv.url, JFK, speed=0))
+        result = settled(srv, asyncio.run(stream_file(srv.url, JFK, speed=0)))
         deadline = time.monotonic() + 30
         while metric(srv, "speechpipe_shadow_segments_total", shadow_outcome="done") < len(result.finals):
             assert time.monotonic() < deadline, "the shadow never finished"

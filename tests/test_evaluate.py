@@ -9,6 +9,7 @@ from html.parser import HTMLParser
 
 import pytest
 import soundfile as sf
+from baselines import floor, measured
 from conftest import SPEECH, VAD_CLIPS
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -19,10 +20,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from speechpipe.pipeline.cli.main import main
 from speechpipe.pipeline.config import Config, ConfigError, load_config
 from speechpipe.pipeline.evaluate.quality.attribution import CATEGORIES
+from speechpipe.pipeline.evaluate.quality.vad_metrics import pooled_score, read_segments
 from speechpipe.pipeline.evaluate.runner import EvalOptions, evaluate
 from speechpipe.pipeline.variants import Variant, configured, expand_sweep, variant_from_arg
-from speechpipe.stages.audio import probe
-from speechpipe.stages.pcm import level_stats
+from speechpipe.stages.audio import load_audio, probe
+from speechpipe.stages.pcm import SAMPLE_RATE, level_stats
+from speechpipe.stages.vad import SpeechSegment, VadSegmenter
 from speechpipe.telemetry import names as n
 from speechpipe.telemetry.instruments import Instrumentation, Labels
 from speechpipe.telemetry.spantree import read_spans
@@ -123,14 +126,76 @@ def test_eval_json_schema(run):
     assert lc["files"] == 1 and lc["regions"] >= 1 and 0.0 <= lc["edges_within_tolerance"] <= 1.0
 
 
+def _inside(start: float, end: float, segments: list[dict]) -> float:
+    return sum(max(0.0, min(end, s["end"]) - max(start, s["start"])) for s in segments)
+
+
 def test_harmful_vad_is_worse_and_blamed_on_the_vad(run):
+    """The report explains a harmful VAD with what holds on any machine. Which variant decodes a
+    handful of words better on two short files is left to the CPU (an Intel Xeon decoded the
+    harmful variant better on the Ray test's 37 words), so no WER is ordered here. What holds:
+
+    * on the labelled clip, the harmful VAD (webrtcvad, deterministic fixed-point code, at its most
+      aggressive with no pre-roll and a 90 ms hangover) leaves labelled speech out, while the
+      default's padded segments cover all of it: lower recall against the human labels. (Its
+      precision and F1 are higher on this clip, cutting closer to the words; over the 35 clips it
+      is worse on all three: test_harmful_vad_scores_below_the_default_on_the_corpus.)
+    * the accounting: every error of each file's WER is blamed on exactly one cause, the variant's
+      counts are the sum of its files', and an error blamed on the VAD lies where the variant has
+      no segment;
+    * a file whose segments did not change has the same text (same audio, same model), and a file
+      whose WER changed shows both the segments and the words that changed."""
     doc = run[0].doc
     default, harmful = doc["variants"]["default"], doc["variants"]["harmful"]
-    assert harmful["wer"] > default["wer"]
-    d = {k: harmful["errors"][k] - default["errors"][k] for k in CATEGORIES}
-    assert d["vad_dropped"] + d["boundary"] > d["asr"]
-    worse = [f for f in doc["comparisons"][0]["files"] if (f["wer_delta"] or 0) > 0]
-    assert worse and all(f["words_changed"] and f["segments_changed"] for f in worse)
+    clip = f"vad/{SHORT_CLIP}.wav"
+    rows = {name: {r["file"]: r for r in v["per_file"]} for name, v in doc["variants"].items()}
+    assert harmful["vad"]["recall"] < default["vad"]["recall"]
+    assert rows["harmful"][clip]["vad"]["recall"] < rows["default"][clip]["vad"]["recall"]
+    for v in (default, harmful):
+        files = [r for r in v["per_file"] if r["errors"] is not None]
+        assert files
+        for r in files:
+            assert (
+                sum(r["errors"].values()) == r["wer"]["substitutions"] + r["wer"]["deletions"] + r["wer"]["insertions"]
+            )
+            for e in r["error_list"]:
+                if e["category"] == "vad_dropped":
+                    # SLIVER_S of the word may be inside a segment; the rest of 2 ms is rounding.
+                    assert _inside(e["start"], e["end"], r["segments"]) <= 0.02 + 0.002, e
+        for k in CATEGORIES:
+            assert v["errors"][k] == sum(r["errors"][k] for r in files)
+    changed = {f["file"]: f for f in doc["comparisons"][0]["files"]}
+    for fid, base in rows["default"].items():
+        var = rows["harmful"][fid]
+        same_segments = [(s["start"], s["end"]) for s in base["segments"]] == [
+            (s["start"], s["end"]) for s in var["segments"]
+        ]
+        if same_segments:
+            assert base["text"] == var["text"] and (fid not in changed or not changed[fid]["segments_changed"])
+        else:
+            assert changed[fid]["segments_changed"]
+        if base["wer"] is not None and base["wer"]["wer"] != var["wer"]["wer"]:
+            assert changed[fid]["words_changed"] and changed[fid]["segments_changed"]
+            assert changed[fid]["wer_delta"] == pytest.approx(var["wer"]["wer"] - base["wer"]["wer"], abs=1e-4)
+
+
+def test_harmful_vad_scores_below_the_default_on_the_corpus():
+    """The harmful VAD against the human labels of all 35 clips: each of its frame scores is under
+    the default's (silero) measured figure in tests/baselines.json less its tolerance. webrtcvad is
+    deterministic fixed-point code, so the harmful side is the same on any CPU, and the margins
+    (F1 0.83 against 0.89, recall 0.89 against 0.98) are far wider than the tolerance."""
+    harmful = variants()[1].config.vad
+    pairs = []
+    for wav in sorted(VAD_CLIPS.glob("*.wav")):
+        audio, _ = load_audio(wav)
+        vad = VadSegmenter(harmful)
+        events = vad.feed(audio) + vad.flush()
+        segments = [(e.start_s, e.end_s) for e in events if isinstance(e, SpeechSegment)]
+        pairs.append((segments, read_segments(wav.with_suffix(".segments.txt")), audio.size / SAMPLE_RATE))
+    assert len(pairs) == measured("vad.clips")
+    score = pooled_score(pairs)
+    for key in ("precision", "recall", "f1"):
+        assert getattr(score, key) < floor(f"vad.silero.{key}"), key
 
 
 class _Page(HTMLParser):

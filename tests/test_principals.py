@@ -20,10 +20,12 @@ import urllib.request
 import pytest
 from conftest import SPEECH
 from livehelp import ServerThread
+from prometheus_client.parser import text_string_to_metric_families
 
 from speechpipe.pipeline.clients.client import file_frames, file_start, paced, stream_pcm
 from speechpipe.pipeline.config import Config, ConfigError
 from speechpipe.pipeline.deploy import share_of
+from speechpipe.pipeline.observability import start_telemetry
 from speechpipe.pipeline.protocol import Start
 from speechpipe.pipeline.server.auth import Principals
 from speechpipe.pipeline.server.keys import AuthSettings, read_keys_file, token_digest
@@ -205,3 +207,34 @@ def test_an_admin_sees_every_variants_text_the_owner_its_own_and_no_token_is_log
     assert "Bearer [redacted]" in server_log, "no handshake was logged: this check would be empty"
     for secret in (ALICE, BOB, CAROL, OPS, ADMIN, REVIEWER, "a-wrong-token", token_digest(ALICE), token_digest(BOB)):
         assert secret not in server_log
+
+
+def metric(page: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples on a Prometheus page whose labels include ``labels``."""
+    total = 0.0
+    for family in text_string_to_metric_families(page):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
+
+
+def test_client_feedback_is_its_own_metric_apart_from_the_feedback_that_counts(engine):
+    """Telemetry tells the two kinds of feedback apart: each piece of a stream-only client's
+    feedback on ``speechpipe.feedback.client``, each piece that counts on
+    ``speechpipe.feedback.counted``, and only the latter's words in ``speechpipe.feedback.words``."""
+    cfg = Config()
+    telemetry = start_telemetry(cfg, mode="live", metrics_page=True, environ={}, announce=False)
+    with ServerThread(engine, config=cfg, admin_token=ADMIN, keys=KEYS, telemetry=telemetry) as srv:
+        alices = stream(srv, ALICE).ready["session"]
+        carols = stream(srv, CAROL).ready["session"]
+        for _ in range(2):
+            assert feedback(srv, alices, MADE_UP, ALICE)[1]["counted"] is False
+        status, trusted = feedback(srv, carols, REFERENCE, CAROL)
+        assert status == 200 and trusted["counted"] is True
+        with urllib.request.urlopen(srv.http + "/metrics", timeout=10) as r:
+            page = r.read().decode()
+    assert metric(page, "speechpipe_feedback_client_total", pipeline_variant="default") == 2
+    assert metric(page, "speechpipe_feedback_counted_total", pipeline_variant="default") == 1
+    words = metric(page, "speechpipe_feedback_words_total", pipeline_variant="default")
+    assert words == trusted["scores"]["default"]["words"] > 10

@@ -19,11 +19,14 @@ from websockets.asyncio.client import connect
 from speechpipe.pipeline.cli.live import server_parts
 from speechpipe.pipeline.config import Config, ConfigError
 from speechpipe.pipeline.observability import start_telemetry
+from speechpipe.pipeline.server.keys import AuthSettings
 from speechpipe.pipeline.server.speech_server import SpeechServer
 
 pytestmark = pytest.mark.corpus
 
-REVIEWER, STREAM, ADMIN = "reviewer-secret", "stream-secret", "admin-secret"
+REVIEWER, STREAM, ADMIN, BOB = "reviewer-secret", "stream-secret", "admin-secret", "bob-secret"
+#: another stream principal, who must not read the stream token's sessions
+OTHER = AuthSettings(({"name": "bob", "token": BOB, "scopes": ["stream"]},)).keys
 
 
 def config(tmp_path, level: str, **more) -> Config:
@@ -197,13 +200,19 @@ def test_review_api_auth_and_a_restart_that_loses_nothing(engine, noisy_speech, 
         _, before = call(srv, "GET", "/v1/review/queue")
     finals = [m for m in messages if m["type"] == "final"]
     assert len(before["items"]) == len(finals) - 1
-    with ServerThread(engine, config=cfg, token=STREAM, reviewer_token=REVIEWER) as srv:
+    with ServerThread(engine, config=cfg, token=STREAM, reviewer_token=REVIEWER, keys=OTHER) as srv:
         _, after = call(srv, "GET", "/v1/review/queue")
         _, stats = call(srv, "GET", "/v1/review/stats")
-        # after a restart a session's owner is not known (owners live in memory): a reviewer reads it
-        _, session = call(srv, "GET", f"/v1/sessions/{messages[0]['session']}", token=REVIEWER)
+        # after a restart the session's owner is the one stored with its items: the stream token
+        # that opened it reads it, another stream principal is told it does not exist
+        path = f"/v1/sessions/{messages[0]['session']}"
+        _, session = call(srv, "GET", path, token=STREAM)
+        theirs = call(srv, "GET", path, token=BOB)
+        none = call(srv, "GET", "/v1/sessions/" + "0" * len(messages[0]["session"]), token=BOB)
     assert [i["id"] for i in after["items"]] == [i["id"] for i in before["items"]]
     assert stats["done"] == 1 and {s["text"] for s in session["segments"]} >= {"kept"}
+    assert theirs[0] == none[0] == 404
+    assert json.loads(theirs[1])["error"] == json.loads(none[1])["error"] == "unknown_session"
     with ServerThread(engine, config=cfg) as srv:  # no reviewer token: the review API is off
         assert call(srv, "GET", "/v1/review/stats")[0] == 403
 

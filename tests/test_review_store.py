@@ -5,6 +5,7 @@ a restart that loses nothing."""
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,7 +13,8 @@ import soundfile as sf
 from conftest import SPEECH
 from sqlalchemy import create_engine, text
 
-from speechpipe.pipeline.review.store import AiText, NewItem, ReviewError, ReviewStore
+from speechpipe.pipeline.review.schema import SCHEMA_VERSION
+from speechpipe.pipeline.review.store import AiText, NewItem, ReviewError, ReviewStore, database_url
 from speechpipe.stages.audio import load_audio
 
 pytestmark = pytest.mark.corpus
@@ -86,7 +88,7 @@ def test_a_submitted_review_scores_every_variant_and_survives_a_restart(review_d
     store.close()
     # A restart (a new process on the same database and folder) loses nothing.
     again = ReviewStore(review_db, tmp_path / "audio")
-    assert again.schema_was == 1
+    assert again.schema_was == SCHEMA_VERSION
     assert [i.segment for i in again.queue(T0 + 200)] == [1]
     assert again.get(done.id).text == REFERENCE and again.audio_path(again.get(done.id)).is_file()
     assert again.reviewed() == [{"variant": "default", "confidence": 0.5, "errors": 3, "words": 8}]
@@ -141,3 +143,26 @@ def test_a_database_of_a_newer_schema_is_refused(review_db, tmp_path):
     engine.dispose()
     with pytest.raises(ValueError, match="schema version 99, newer"):
         ReviewStore(review_db, tmp_path / "audio")
+
+
+def test_a_version_1_database_gains_the_owner_column_and_keeps_its_items(review_db, tmp_path):
+    """A database written before owners were stored (version 1: no ``owner`` column) is migrated
+    on open: its items are kept, ownerless, and new items keep the principal that opened their
+    session."""
+    store = ReviewStore(review_db, tmp_path / "audio")
+    old = store.add(new(0, 0.5, session="before"), T0)
+    store.close()
+    engine = create_engine(database_url(review_db))
+    with engine.begin() as conn:  # back to version 1's shape
+        conn.execute(text("ALTER TABLE review_items DROP COLUMN owner"))
+        conn.execute(text("UPDATE speechpipe_schema SET version = 1"))
+    engine.dispose()
+    again = ReviewStore(review_db, tmp_path / "audio")
+    assert again.schema_was == 1
+    assert again.get(old.id).owner is None and again.get(old.id).session == "before"
+    again.add(replace(new(0, 0.5, session="after"), owner="alice"), T0 + 1)
+    assert [i.owner for i in again.session("after")] == ["alice"]
+    again.close()
+    current = ReviewStore(review_db, tmp_path / "audio")
+    assert current.schema_was == SCHEMA_VERSION
+    current.close()

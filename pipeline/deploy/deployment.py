@@ -103,7 +103,7 @@ class FeedbackScored:
 class ClientFeedback:
     """Feedback from a principal whose feedback does not count (a client with the ``stream``
     scope only), scored against the variant that served it: reported apart, never scored into
-    the gates, drift or review figures."""
+    the gates, drift or review figures (telemetry counts it as ``speechpipe.feedback.client``)."""
 
     variant: str
     role: str

@@ -1,5 +1,6 @@
 """Telemetry of deployments: changes (a span with its event, a metric, a log line), weights,
-shadow work and its agreement with the primary, and human feedback scored per variant.
+shadow work and its agreement with the primary, and human feedback scored per variant, the
+pieces of feedback that count and those of clients (``stream`` scope only) counted apart.
 
 Each function takes the :class:`~speechpipe.telemetry.instruments.Instrumentation` labelled for
 the variant concerned (its ``pipeline.variant``, ``pipeline.variant_id`` and ``deploy.role``).
@@ -65,3 +66,15 @@ def feedback_scored(inst: Instrumentation, errors: int, words: int) -> None:
     attrs = inst.base_attributes()
     inst.instruments[n.FEEDBACK_WORDS].add(words, attrs)
     inst.instruments[n.FEEDBACK_ERRORS].add(errors, attrs)
+
+
+def feedback_counted(inst: Instrumentation) -> None:
+    """One piece of feedback that counts, on a session this variant served (a shadow's scores of
+    the same feedback are not another piece of it)."""
+    inst.instruments[n.FEEDBACK_COUNTED].add(1, inst.base_attributes())
+
+
+def client_feedback(inst: Instrumentation) -> None:
+    """One piece of client feedback (``stream`` scope only) on a session this variant served:
+    counted apart from the feedback that counts, so a flood of it shows without moving anything."""
+    inst.instruments[n.FEEDBACK_CLIENT].add(1, inst.base_attributes())

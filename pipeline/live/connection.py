@@ -60,6 +60,8 @@ log = logging.getLogger("speechpipe.server")
 MAX_OUTGOING = 2000
 #: how long a stream that is over waits for its observers to take what is queued for them.
 OBSERVER_DRAIN_S = 10.0
+#: how long ``end`` waits for the stream's observers to take every event before it (see _write).
+END_FLUSH_S = 2.0
 
 
 class Connection:
@@ -216,6 +218,12 @@ class Connection:
     async def _write(self) -> None:
         while True:
             msg = await self._out.get()
+            if msg.get("type") == "end":
+                # The stream's observers catch up first, so that a client who has ``end`` finds the
+                # server knowing every final it was sent (feedback posted right after is scored
+                # against all of them). Bounded: a stuck observer delays ``end`` by END_FLUSH_S at
+                # most, and what it has not taken by then it gets later (or is counted dropped).
+                await asyncio.to_thread(self.observers.flush, END_FLUSH_S)
             self._sending_since = time.monotonic()
             try:
                 await self.ws.send(P.dumps(msg))

@@ -15,8 +15,9 @@ and page, a session's revisions, the figures refreshed at each tick (docs/review
 
 ``GET /v1/sessions/{id}``: the session's segments sent to review with their revisions, to its
 owner (the principal that opened it, ``stream`` scope), reviewers and admins; anyone else gets
-the 404 of an unknown session. Owners are known for the server's recent sessions since it
-started: after a restart an older session is answered to reviewers and admins only.
+the 404 of an unknown session. The owner is the server's record of its recent sessions, else the
+one stored with the session's review items: so after a restart the owner still reads a session
+that has items in the store (a session with none has nothing to read anyway).
 
 The part reports to the server's observer :class:`Reviewed` for each review submitted here and
 :class:`ReviewFigures` whenever the store's figures are refreshed (telemetry's gauges).
@@ -70,6 +71,7 @@ def item_doc(item: Item) -> dict:
     doc = asdict(item)
     doc["audio_url"] = f"/v1/review/{item.id}/audio" if item.audio else None
     doc["start"], doc["end"] = doc.pop("start_s"), doc.pop("end_s")
+    doc.pop("owner")  # who opened the session is the session route's business, not the reviewers'
     return doc
 
 
@@ -156,7 +158,7 @@ class ReviewPart(Part):
         """A segment of ``stream`` goes to review (called on the event loop)."""
         if self.service is not None:
             level = stream.config.automation.level
-            self.service.enqueue(stream.variant, stream.role, stream.stream_id, request, level)
+            self.service.enqueue(stream.variant, stream.role, stream.stream_id, request, level, owner=stream.principal)
 
     def _reviewed(self, item: Item) -> None:
         if self._report is not None:
@@ -255,11 +257,16 @@ class ReviewPart(Part):
         session = request.path_params["id"]
         # Someone else's session is answered exactly like one that does not exist.
         unknown = error(404, "unknown_session", f"unknown session {session!r}")
-        if not self.owners.may_see(session, request):
-            return unknown
-        items = await svc.session(session)
-        if not items and self.owners.owner(session) is None:
-            return unknown
+        if self.owners.may_see(session, request):
+            items = await svc.session(session)
+            if not items and self.owners.owner(session) is None:
+                return unknown
+        elif self.owners.owner(session) is not None:
+            return unknown  # a live session of someone else's: the store is not asked
+        else:  # not in the server's record (a restart, or long ago): the owner stored with its items
+            items = await svc.session(session)
+            if not items or not self.owners.may_see(session, request, stored=_stored_owner(items)):
+                return unknown
         segments = [
             {
                 "segment": i.segment,
@@ -273,6 +280,12 @@ class ReviewPart(Part):
             for i in items
         ]
         return JSONResponse({"session": request.path_params["id"], "segments": segments}, headers=NO_STORE)
+
+
+def _stored_owner(items: list[Item]) -> str | None:
+    """The owner stored with a session's items (the first that has one: items queued by a
+    speechpipe before owners were stored have none)."""
+    return next((i.owner for i in items if i.owner), None)
 
 
 async def _optional_json(request: Request) -> dict:

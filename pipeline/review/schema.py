@@ -4,6 +4,11 @@ SQLite and PostgreSQL).
 ``speechpipe_schema`` holds the version a database is at; :func:`migrate` applies every step
 above it in one transaction, so a server of this version upgrades an older database on start,
 and refuses a newer one instead of writing into a shape it does not know.
+
+Versions: 1, the queue and each variant's transcripts; 2, ``review_items.owner``, the principal
+that opened the item's session, so a session's owner may still read it after a restart (the
+server's record of owners lives in memory). Rows of version 1 have no owner: their sessions are
+answered to reviewers and admins only, as they were.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Connection, Engine
@@ -30,7 +37,7 @@ from sqlalchemy.engine import Connection, Engine
 metadata = MetaData()
 
 #: the version this code writes and reads.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 schema = Table("speechpipe_schema", metadata, Column("version", Integer, nullable=False))
 
@@ -57,6 +64,7 @@ items = Table(
     Column("reviewer", String(128)),
     Column("done_at", Float),
     Column("audio", String(255)),  # FLAC path under the data directory (None once expired)
+    Column("owner", String(128)),  # the principal that opened the session (None: unknown, version 1)
     UniqueConstraint("session", "segment", name="uq_review_items_segment"),
 )
 Index("ix_review_items_queue", items.c.state, items.c.confidence, items.c.created_at)
@@ -81,8 +89,15 @@ def _v1(conn: Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _v2(conn: Connection) -> None:
+    """Add ``review_items.owner``. Version 1 creates the tables from today's definitions, so a
+    database made empty at this version has the column already: it is added only where missing."""
+    if "owner" not in {c["name"] for c in inspect(conn).get_columns(items.name)}:
+        conn.execute(text(f"ALTER TABLE {items.name} ADD COLUMN owner VARCHAR(128)"))
+
+
 #: migration to version N is MIGRATIONS[N - 1]
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
 
 
 def version_of(conn: Connection) -> int:

@@ -116,9 +116,18 @@ class ReviewService:
 
     # -- from the streams ----------------------------------------------------------------------------
 
-    def enqueue(self, variant: str, role: str, stream_id: str, request: SubmitReview, level: str | None = None) -> None:
+    def enqueue(
+        self,
+        variant: str,
+        role: str,
+        stream_id: str,
+        request: SubmitReview,
+        level: str | None = None,
+        owner: str | None = None,
+    ) -> None:
         """A segment of a live stream served by ``variant`` at ``level`` (the server's by default)
-        goes to review (called on the event loop)."""
+        goes to review (called on the event loop); ``owner``, the principal that opened the
+        stream, is kept with it (the session's owner may read it after a restart)."""
         transcripts = []
         if request.text is not None:
             transcripts.append(AiText(variant, role, request.text, request.confidence))
@@ -134,6 +143,7 @@ class ReviewService:
             draft=request.draft,
             confidence=request.confidence,
             transcripts=transcripts,
+            owner=owner,
         )
         try:
             if self.spool.put(new, self.clock()):

@@ -9,6 +9,10 @@ the review service moves the spooled items to the store in the order they came, 
 here only once the store has committed it. The store's insert is idempotent on (session, segment),
 so an item moved twice (the store committed, then the answer was lost) is one row.
 
+An item is kept whole (its fields as JSON, its audio as a blob): the owner of its session
+included, so the store learns who may read the session even when the item is moved by the next
+process; an item spooled by an older speechpipe has no owner and is moved without one.
+
 Every method is synchronous and thread-safe (one connection behind a lock): the service calls
 :meth:`put` on the event loop, the rest from worker threads.
 """

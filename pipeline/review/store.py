@@ -64,6 +64,7 @@ class NewItem:
     draft: str | None = None
     confidence: float | None = None
     transcripts: list[AiText] = field(default_factory=list)
+    owner: str | None = None  # the principal that opened the session (its name)
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class Item:
     reviewer: str | None
     done_at: float | None
     audio: str | None
+    owner: str | None = None  # the principal that opened the session (None: not recorded)
 
     @classmethod
     def of(cls, row: RowMapping) -> Item:
@@ -172,6 +174,7 @@ class ReviewStore:
             "created_at": now,
             "state": QUEUED,
             "audio": rel.as_posix(),
+            "owner": new.owner,
         }
         try:
             known = self._insert(new, row)
@@ -353,7 +356,8 @@ class ReviewStore:
         return [Item.of(r._mapping) for r in rows]
 
     def session(self, session: str) -> list[Item]:
-        """Every item of a live session, in segment order."""
+        """Every item of a live session, in segment order (each carries the session's owner, as
+        recorded when it was queued)."""
         with self.engine.connect() as conn:
             rows = conn.execute(select(items).where(items.c.session == session).order_by(items.c.segment)).all()
         return [Item.of(r._mapping) for r in rows]

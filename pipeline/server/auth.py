@@ -172,8 +172,9 @@ class SessionOwners:
     """Which principal opened each recent session (its name), the one record of it: the server
     notes every stream it serves (WebSocket, realtime, upload) and the session routes ask.
 
-    Bounded: the last ``max_sessions`` sessions; an older one has no known owner, so only
-    reviewers and admins may see it (as after a restart: owners live in memory only).
+    Bounded: the last ``max_sessions`` sessions. An older one, or one from before a restart
+    (this record lives in memory), has no owner here: a route that keeps owners with its data
+    (the review store does, with each item) passes the stored one to :meth:`may_see`.
     """
 
     def __init__(self, max_sessions: int = 100_000) -> None:
@@ -191,12 +192,13 @@ class SessionOwners:
         with self._lock:
             return self._owners.get(session)
 
-    def may_see(self, session: str, conn: HTTPConnection) -> bool:
-        """Whether the caller of ``conn`` may see ``session``: its owner, or a principal with the
-        ``review`` or ``admin`` scope. Anyone else must be answered as if it did not exist."""
+    def may_see(self, session: str, conn: HTTPConnection, stored: str | None = None) -> bool:
+        """Whether the caller of ``conn`` may see ``session``: its owner (as recorded here, else
+        ``stored``, the owner a store kept with the session), or a principal with the ``review``
+        or ``admin`` scope. Anyone else must be answered as if it did not exist."""
         if conn.auth.scopes and ({REVIEW, ADMIN} & set(conn.auth.scopes)):
             return True
-        owner = self.owner(session)
+        owner = self.owner(session) or stored
         return owner is not None and owner == conn.user.display_name
 
 
