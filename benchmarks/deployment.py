@@ -2,6 +2,7 @@
 blue/green switches under live streams, and a Whisper base shadow beside tiny.en.
 
     python benchmarks/deployment.py [--only canary|bluegreen|shadow]
+    python benchmarks/deployment.py --only canary --repeat 4 [--seed 0] [--issue-setting]
 
 Streams are corpus utterances joined by noisy pauses (benchmarks/live_streams.py), sent in real
 time; after each stream its reference is posted to ``/v1/feedback``, so the canary's WER gate and
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +99,26 @@ async def send(server: Server, s: StreamAudio, client: str | None = None, feedba
     return result
 
 
+@dataclass
+class Timed:
+    """A stream's result with the wall-clock times (the deploy history's clock) it ran between;
+    ``ended`` is after its feedback was posted, when the gates could first see all of it."""
+
+    result: StreamResult
+    started: float
+    ended: float
+
+    @property
+    def variant(self) -> str | None:
+        return self.result.ready["variant"] if self.result.ready else None
+
+
+async def send_timed(server: Server, s: StreamAudio, client: str) -> Timed:
+    started = time.time()
+    result = await send(server, s, client)
+    return Timed(result, started, time.time())
+
+
 def corpus_streams(n: int, duration_s: float, seed: int = 0) -> list[StreamAudio]:
     utts, noise = utterances(), noises()
     return [build_stream(seed + k, utts, duration_s, noise, mixed_formats=True) for k in range(n)]
@@ -113,8 +135,8 @@ CANARY = """
 mode = "canary"
 primary = "default"
 candidate = "{candidate}"
-steps = [0.25, 0.5, 1.0]
-step_min_streams = 2
+steps = {steps}
+step_min_streams = {step_min_streams}
 step_min_s = 20
 [deploy.gates]
 min_finals = 4
@@ -140,31 +162,64 @@ def key_for(candidate: str, weight: float, on_candidate: bool, skip: int) -> str
     raise SystemExit("no client key found")
 
 
-async def canary_run(candidate: str, streams: list[StreamAudio], workdir: Path) -> tuple[dict, int, list]:
-    """Rounds of concurrent streams, two on each side of the canary (keys picked so; at 100 %
-    every key is the candidate's), each stream's reference posted as feedback; until the canary
-    is promoted or rolled back."""
-    server = Server(CANARY.format(candidate=candidate), [], workdir)
-    results: list[StreamResult] = []
+@dataclass
+class CanarySetting:
+    """What one canary run is: the steps, streams a round on each side, and stream length.
+
+    ``default``: steps [0.25, 0.5, 1.0], rounds of two candidate and two primary streams of 30 s.
+    ``issue``: issue 23's run, steps [0.5, 1.0], ``step_min_streams = 2``, streams of about 20 s
+    two at a time (one a side while the candidate is below 100 %), 8 streams at most."""
+
+    name: str
+    steps: tuple[float, ...]
+    step_min_streams: int
+    per_side: int
+    duration_s: float
+    max_streams: int
+
+    def config(self, candidate: str) -> str:
+        return CANARY.format(candidate=candidate, steps=list(self.steps), step_min_streams=self.step_min_streams)
+
+
+DEFAULT_SETTING = CanarySetting("default", (0.25, 0.5, 1.0), 2, 2, 30.0, 32)
+ISSUE_SETTING = CanarySetting("issue", (0.5, 1.0), 2, 1, 20.0, 8)
+
+
+async def canary_run(
+    candidate: str, streams: list[StreamAudio], workdir: Path, setting: CanarySetting = DEFAULT_SETTING
+) -> tuple[dict, int, list[Timed], list[str]]:
+    """Rounds of concurrent streams, ``setting.per_side`` on each side of the canary (keys picked
+    so; at 100 % every key is the candidate's), each stream's reference posted as feedback; until
+    the canary is promoted or rolled back, or the streams run out. Also returns, for each round
+    after which a gate held the step (not yet sure), ``"round r: gate"``."""
+    server = Server(setting.config(candidate), [], workdir)
+    results: list[Timed] = []
+    holds: list[str] = []
+    per_round = 2 * setting.per_side
     try:
         k = 0
-        while k + 4 <= len(streams):
+        while k + per_round <= len(streams):
             state = server.admin()
             if state["state"] in ("rolled_back", "promoted"):
                 break
+            held = [g["name"] for g in state["window"]["gates"] if g.get("held")]
+            holds += [f"round {k // per_round}: {name}" for name in held if k]
             weight = state["variants"][candidate]["weight"]
-            sides = (True, True, False, False) if weight < 1.0 else (True, True, True, True)
+            sides = (True,) * setting.per_side + (False,) * setting.per_side if weight < 1.0 else (True,) * per_round
             keys = [key_for(candidate, weight, side, k + i) for i, side in enumerate(sides)]
-            batch = streams[k : k + 4]
-            results += await asyncio.gather(*(send(server, s, key) for s, key in zip(batch, keys)))
+            batch = streams[k : k + per_round]
+            results += await asyncio.gather(*(send_timed(server, s, key) for s, key in zip(batch, keys)))
             k += len(batch)
             await asyncio.sleep(2.5)  # deploy ticks see the last feedback
-        return server.admin(), k, results
+        state = server.admin()
+        holds += [f"round {k // per_round}: {g['name']}" for g in state["window"]["gates"] if g.get("held")]
+        return state, k, results, holds
     finally:
         server.stop()
 
 
-def canary_table(name: str, state: dict, sent: int, results: list[StreamResult]) -> None:
+def canary_table(name: str, state: dict, sent: int, timed: list[Timed]) -> None:
+    results = [t.result for t in timed]
     print(f"\n### canary of `{name}`: {state['state']} after {sent} streams, lost finals {lost(results)}\n")
     print("| time | action | reason | weights | step |")
     print("|---|---|---|---|---|")
@@ -179,6 +234,125 @@ def canary_table(name: str, state: dict, sent: int, results: list[StreamResult])
                     f"|   gate | {g['name']} | passed={g['passed']} | candidate {g['candidate']} vs primary "
                     f"{g['primary']} | threshold {g['threshold']} |"
                 )
+
+
+# -- repeated canaries -----------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """One canary run, summed up: how it ended, and for a rollback how soon."""
+
+    candidate: str
+    seed: int
+    state: str
+    streams: int  # streams sent in the run, both sides
+    on_candidate: int  # of which the candidate served
+    until: int | None  # candidate streams ended (feedback posted) before the rollback
+    seconds: float | None  # from the first stream's start to the rollback
+    failed: list[str]  # gates that failed at the rollback
+    reason: str
+    lost: int
+    load: str
+    holds: list[str]
+
+
+def outcome_of(
+    candidate: str, seed: int, state: dict, sent: int, timed: list[Timed], load: str, holds: list[str]
+) -> Outcome:
+    back = next((ch for ch in state["history"] if ch["action"] == "rollback"), None)
+    until = seconds = None
+    failed: list[str] = []
+    t0 = min((t.started for t in timed), default=0.0)
+    if back is not None:
+        until = sum(1 for t in timed if t.variant == candidate and t.ended <= back["at"])
+        seconds = back["at"] - t0
+        failed = [g["name"] for g in back.get("gates", []) if g.get("passed") is False]
+    reason = back["reason"] if back else ""
+    if state["state"] == "progressing":  # why it was held: the gates not yet decided, at which weight
+        pending = [
+            f"{g['name']} ({'held: not yet sure' if g.get('held') else 'too little data'})"
+            for g in state.get("window", {}).get("gates", [])
+            if g.get("passed") is None
+        ]
+        weight = state["variants"][candidate]["weight"]
+        reason = f"held at {weight:.0%} (step {state['step']}); undecided: {', '.join(pending) or 'none'}"
+    return Outcome(
+        candidate,
+        seed,
+        state["state"],
+        sent,
+        sum(1 for t in timed if t.variant == candidate),
+        until,
+        seconds,
+        failed,
+        reason,
+        lost([t.result for t in timed]),
+        load,
+        holds,
+    )
+
+
+def load_average() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def repeated_canaries(setting: CanarySetting, repeat: int, seed: int, workdir: Path) -> list[Outcome]:
+    """``repeat`` harmful and ``repeat`` good canaries, run ``i`` on the streams of seed
+    ``seed + 100 * i`` (a different order of utterances each run), alternating harmful and good
+    so that a change of machine load falls on both."""
+    outcomes = []
+    for i in range(repeat):
+        run_seed = seed + 100 * i
+        streams = corpus_streams(setting.max_streams, setting.duration_s, seed=run_seed)
+        for name in ("harmful", "good"):
+            before = load_average()
+            state, sent, timed, holds = asyncio.run(canary_run(name, streams, workdir, setting))
+            o = outcome_of(name, run_seed, state, sent, timed, f"{before} -> {load_average()}", holds)
+            outcomes.append(o)
+            print(f"run {i + 1}/{repeat} {name}: {o.state} {o.failed or ''} {o.reason}", flush=True)
+    return outcomes
+
+
+def repeated_table(setting: CanarySetting, outcomes: list[Outcome]) -> None:
+    print(
+        f"\n### canary, {setting.name} setting, repeated: steps {list(setting.steps)}, step_min_streams "
+        f"{setting.step_min_streams}, {setting.per_side} stream(s) a side at once, ~{setting.duration_s:.0f} s "
+        f"each, {setting.max_streams} at most a run\n"
+    )
+    print(
+        "| run | candidate | seed | load 1/5/15 min (start -> end) | end state | streams (on candidate) | "
+        "candidate streams until rollback | s until rollback | failed gates | lost |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for i, o in enumerate(outcomes):
+        until = "-" if o.until is None else str(o.until)
+        secs = "-" if o.seconds is None else f"{o.seconds:.0f}"
+        print(
+            f"| {i // 2 + 1} | {o.candidate} | {o.seed} | {o.load} | {o.state} | {o.streams} ({o.on_candidate}) | "
+            f"{until} | {secs} | {', '.join(o.failed) or '-'} | {o.lost} |"
+        )
+    bad = [o for o in outcomes if o.candidate == "harmful"]
+    good = [o for o in outcomes if o.candidate == "good"]
+    backs = [o for o in bad if o.state == "rolled_back"]
+    untils = [o.until for o in backs if o.until is not None]
+    secs = [o.seconds for o in backs if o.seconds is not None]
+    spread = (
+        f"median {np.median(untils):g}, max {max(untils)} candidate streams; median {np.median(secs):.0f} s, "
+        f"max {max(secs):.0f} s"
+        if untils
+        else "-"
+    )
+    counts = {s: sum(1 for o in good if o.state == s) for s in ("promoted", "progressing", "rolled_back")}
+    print(
+        f"\n**Summary**: harmful rolled back {len(backs)} of {len(bad)} ({spread}); good promoted "
+        f"{counts['promoted']}, held (still progressing) {counts['progressing']}, wrongly rolled back "
+        f"{counts['rolled_back']} of {len(good)}."
+    )
+    for o in bad + good:
+        if o.reason or o.holds:
+            held = f" (steps held after {'; '.join(o.holds)})" if o.holds else ""
+            print(f"- {o.candidate} seed {o.seed}: {o.reason or o.state}{held}")
 
 
 # -- blue/green -----------------------------------------------------------------------------------
@@ -300,18 +474,30 @@ async def shadow(streams: list[StreamAudio], workdir: Path, levels: list[int], q
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", choices=("canary", "bluegreen", "shadow"))
-    ap.add_argument("--streams", type=int, default=32, help="canary streams at most per run")
+    ap.add_argument("--streams", type=int, help="canary streams at most per run (32; 8 with --issue-setting)")
+    ap.add_argument("--repeat", type=int, default=0, help="N harmful and N good canaries, one summary table")
+    ap.add_argument("--seed", type=int, default=0, help="first seed of --repeat's streams (run i: seed + 100 i)")
+    ap.add_argument(
+        "--issue-setting",
+        action="store_true",
+        help="with --repeat: issue 23's run (steps [0.5, 1.0], ~20 s streams, one a side at once, 8 at most)",
+    )
     ap.add_argument("--shadow-streams", type=int, nargs="+", default=[2, 4], help="shadow rows (streams at once)")
     ap.add_argument("--shadow-queue", type=int, default=32, help="server.shadow_max_queued of the shadow rows")
     args = ap.parse_args()
     print(machine_line(), flush=True)
     os.environ.setdefault("OTEL_SDK_DISABLED", "false")
-    streams = corpus_streams(max(args.streams, 4), 30.0)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        if args.only in (None, "canary"):
+        if args.only in (None, "canary") and args.repeat:
+            setting = ISSUE_SETTING if args.issue_setting else DEFAULT_SETTING
+            if args.streams is not None:
+                setting = replace(setting, max_streams=args.streams)
+            repeated_table(setting, repeated_canaries(setting, args.repeat, args.seed, work))
+        elif args.only in (None, "canary"):
+            streams = corpus_streams(max(args.streams or 32, 4), 30.0)
             for name in ("harmful", "good"):
-                state, sent, results = asyncio.run(canary_run(name, streams[: args.streams], work))
+                state, sent, results, _ = asyncio.run(canary_run(name, streams[: args.streams or 32], work))
                 canary_table(name, state, sent, results)
         if args.only in (None, "bluegreen"):
             asyncio.run(bluegreen(corpus_streams(4, 30.0, seed=40), work))
