@@ -11,6 +11,7 @@ from typing import Self
 
 from speechpipe.pipeline.cli.live import server_parts
 from speechpipe.pipeline.config import Config
+from speechpipe.pipeline.deploy import share_of
 from speechpipe.pipeline.hooks import StreamEnded, StreamStarted
 from speechpipe.pipeline.server.auth import Principals
 from speechpipe.pipeline.server.parts import Part, StreamInfo
@@ -148,3 +149,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def key_for(candidate: str, below: float, on_candidate: bool) -> str:
+    """A client key the canary routes to the candidate (or not) at a weight of ``below``."""
+    for k in range(10_000):
+        key = f"client-{k}"
+        if (share_of(f"client:{key}", candidate) < below) == on_candidate:
+            return key
+    raise AssertionError("no key found")

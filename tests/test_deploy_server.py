@@ -14,11 +14,10 @@ import urllib.request
 
 import pytest
 from conftest import ROOT, SPEECH
-from livehelp import ServerThread
+from livehelp import ServerThread, key_for
 
 from speechpipe.pipeline.clients.client import file_frames, file_start, paced, stream_file, stream_pcm
 from speechpipe.pipeline.config import Config, ConfigError
-from speechpipe.pipeline.deploy import share_of
 from speechpipe.pipeline.protocol import Start
 from speechpipe.pipeline.server.auth import Principals
 
@@ -46,15 +45,6 @@ def http(srv: ServerThread, method: str, path: str, body=None, token: str | None
 
 def config(**overrides) -> Config:
     return Config().with_overrides(overrides)
-
-
-def key_for(candidate: str, below: float, on_candidate: bool) -> str:
-    """A client key the canary routes to the candidate (or not) at a weight of ``below``."""
-    for k in range(10_000):
-        key = f"client-{k}"
-        if (share_of(f"client:{key}", candidate) < below) == on_candidate:
-            return key
-    raise AssertionError("no key found")
 
 
 def stream(srv: ServerThread, client: str | None = None, speed: float = 0.0):

@@ -19,12 +19,11 @@ import urllib.request
 
 import pytest
 from conftest import SPEECH
-from livehelp import ServerThread
+from livehelp import ServerThread, key_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from speechpipe.pipeline.clients.client import file_frames, file_start, paced, stream_pcm
 from speechpipe.pipeline.config import Config, ConfigError
-from speechpipe.pipeline.deploy import share_of
 from speechpipe.pipeline.observability import start_telemetry
 from speechpipe.pipeline.protocol import Start
 from speechpipe.pipeline.server.auth import Principals
@@ -69,15 +68,6 @@ def stream(srv: ServerThread, token: str, client: str | None = None):
     start = file_start(JFK)
     start = Start(start.sample_rate, start.encoding, start.channels, client=client)
     return asyncio.run(stream_pcm(srv.url, start, paced(file_frames(JFK), 0.02, 0.0), token=token))
-
-
-def key_for(candidate: str, below: float, on_candidate: bool) -> str:
-    """A client key the canary routes to the candidate (or not) at a weight of ``below``."""
-    for k in range(10_000):
-        key = f"client-{k}"
-        if (share_of(f"client:{key}", candidate) < below) == on_candidate:
-            return key
-    raise AssertionError("no key found")
 
 
 def feedback(srv, session: str, text: str, token: str) -> tuple[int, dict]:
