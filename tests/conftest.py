@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,3 +84,34 @@ def review_db(request, tmp_path) -> Iterator[str]:
     metadata.drop_all(engine)
     schema.drop(engine, checkfirst=True)
     engine.dispose()
+
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.fixture()
+def tmpfs(tmp_path: Path):
+    """A 1 MiB tmpfs of its own, unmounted afterwards; skipped where mounting is not allowed."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=False, capture_output=True, text=True
+        )
+    except OSError as exc:  # no mount command at all
+        pytest.skip(f"cannot mount a tmpfs here: {exc}")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root and a sandbox that allows mount): {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(mnt: Path, leave_pages: int) -> Path:
+    """Fill ``mnt`` so that ``leave_pages`` pages stay free; the filler's path."""
+    filler = mnt / "filler"
+    free = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize
+    filler.write_bytes(b"\0" * (free - leave_pages * PAGE))
+    assert os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize == leave_pages * PAGE
+    return filler

@@ -18,7 +18,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import SPEECH
+from conftest import PAGE, SPEECH, fill
 
 from speechpipe.pipeline.cli.main import main
 from speechpipe.pipeline.config import Config
@@ -28,7 +28,6 @@ from speechpipe.pipeline.offline import runner as offline
 pytestmark = pytest.mark.corpus  # reads ../shared/corpus
 
 SHORT = ["ljspeech_LJ001-0002.wav", "librispeech-dev-clean_1272-128104-0000.wav"]
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 @pytest.fixture()
@@ -39,34 +38,6 @@ def inputs(tmp_path: Path) -> Path:
     shutil.copy(SPEECH / SHORT[0], root / f"a_{SHORT[0]}")
     shutil.copy(SPEECH / SHORT[1], root / f"b_{SHORT[1]}")
     return root
-
-
-@pytest.fixture()
-def tmpfs(tmp_path: Path):
-    """A 1 MiB tmpfs of its own, unmounted afterwards; skipped where mounting is not allowed."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    try:
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=False, capture_output=True, text=True
-        )
-    except OSError as exc:  # no mount command at all
-        pytest.skip(f"cannot mount a tmpfs here: {exc}")
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root and a sandbox that allows mount): {done.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def fill(mnt: Path, leave_pages: int) -> Path:
-    """Fill ``mnt`` so that ``leave_pages`` pages stay free; the filler's path."""
-    filler = mnt / "filler"
-    free = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize
-    filler.write_bytes(b"\0" * (free - leave_pages * PAGE))
-    assert os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize == leave_pages * PAGE
-    return filler
 
 
 def pages(paths) -> int:

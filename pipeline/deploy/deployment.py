@@ -136,6 +136,10 @@ class Deployment:
         self.ledger = Ledger()
         #: feedback received since start: ``counted`` (scored into the figures), ``client`` (kept apart)
         self.feedback_counts = {"counted": 0, "client": 0}
+        #: since when the state in memory is newer than the state saved (None: saved): a change
+        #: that could not be written (a full disk, a read-only mount) is kept, served, and written
+        #: at the next tick that can.
+        self.unsaved_since: float | None = None
         self._lock = threading.RLock()
         now = clock()
         self.controller = DeployController(settings, variant_ids, now, state=self.store.load())
@@ -267,8 +271,11 @@ class Deployment:
             return change
 
     def tick(self) -> list[Change]:
-        """Evaluate the canary's gates (called every second by the server)."""
+        """Evaluate the canary's gates (called every second by the server); first write the state
+        if a change could not be written before."""
         with self._lock:
+            if self.unsaved_since is not None:
+                self._save()
             changes = self.controller.tick(self.clock())
             if changes:
                 self._changed(changes)
@@ -278,7 +285,8 @@ class Deployment:
         """The controller's state, with the feedback received since start (``counted`` and
         ``client``: the client feedback kept apart)."""
         with self._lock:
-            return {**self.controller.snapshot(), "feedback": dict(self.feedback_counts)}
+            saved = {"saved": self.unsaved_since is None, "unsaved_since": self.unsaved_since}
+            return {**self.controller.snapshot(), "feedback": dict(self.feedback_counts), **saved}
 
     # -- bookkeeping ----------------------------------------------------------------------------
 
@@ -295,7 +303,15 @@ class Deployment:
         try:
             self.store.save(self.controller.snapshot())
         except Exception:  # a full disk must not stop serving; the change is still in memory and logged
-            log.exception("could not save the deploy state to %s", self.settings.state_file)
+            if self.unsaved_since is None:  # once per outage, not once per tick
+                log.exception("could not save the deploy state to %s; retried at each tick", self.settings.state_file)
+                self.unsaved_since = self.clock()
+            return
+        if self.unsaved_since is not None:
+            log.warning(
+                "deploy state saved to %s again (unsaved since %.0f)", self.settings.state_file, self.unsaved_since
+            )
+        self.unsaved_since = None
 
     def _report(self, changes: list[Change]) -> None:
         for change in changes:
