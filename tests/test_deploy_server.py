@@ -54,12 +54,10 @@ def stream(srv: ServerThread, client: str | None = None, speed: float = 0.0):
 
 
 def settled(srv: ServerThread, result, timeout: float = 30.0):
-    """``result`` once the server has let go of its stream. The client has every final and the
-    ``end`` before the server has *recorded* them: the deployment hears of a stream's finals and
-    its end through the stream's observer queue, on a worker thread, and the connection drains
-    that queue before it closes. Feedback posted in between is scored against the finals the
-    ledger has so far (a twin missing its last final looks worse than the primary: its WER gate
-    holds, and the promotion comes a round late). Once the stream is gone from the server's
+    """``result`` once the server has let go of its stream. The server sends ``end`` only after
+    the stream's observers took its finals (feedback posted then is scored against all of them),
+    but the stream's end itself (``StreamEnded``: the streams a step counts, the ledger's
+    comparisons) is reported as the connection closes: once the stream is gone from the server's
     streams, its observers have had all of its events."""
     deadline = time.monotonic() + timeout
     while result.ready["session"] in srv.server.streams:

@@ -22,10 +22,8 @@ from starlette.routing import BaseRoute, Route
 from speechpipe.pipeline.dashboard.state import DashboardState
 from speechpipe.pipeline.deploy.deployment import Deployment
 from speechpipe.pipeline.server.auth import ADMIN, NO_STORE, requires
+from speechpipe.pipeline.server.http import STORE_UNAVAILABLE, unavailable
 from speechpipe.pipeline.server.parts import Part, ServerContext
-
-#: the error a part's figures carry while its store cannot be reached (the review queue's).
-STORE_UNAVAILABLE = "store_unavailable"
 
 #: seconds between two events of a page's stream.
 EVENT_INTERVAL_S = 1.0
@@ -91,8 +89,8 @@ class DashboardPart(Part):
         doc = await asyncio.to_thread(self.state.snapshot)
         review = doc.get("review")
         if isinstance(review, dict) and review.get("error") == STORE_UNAVAILABLE:
-            headers = {**NO_STORE, "Retry-After": str(review.get("retry_after_s", 5))}
-            return JSONResponse(doc | {"error": review["error"], "message": review["message"]}, 503, headers=headers)
+            body = doc | {"error": review["error"], "message": review["message"]}
+            return unavailable(body, review.get("retry_after_s", 5))
         return JSONResponse(doc, headers=NO_STORE)
 
     @requires(ADMIN)

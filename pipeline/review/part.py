@@ -42,7 +42,7 @@ from speechpipe.pipeline.live.actions import SubmitReview
 from speechpipe.pipeline.review.service import ReviewService, open_store
 from speechpipe.pipeline.review.store import MAX_TEXT, Item, ReviewError
 from speechpipe.pipeline.server.auth import ADMIN, NO_STORE, REVIEW, STREAM, SessionOwners, requires
-from speechpipe.pipeline.server.http import BadRequest, error, read_json
+from speechpipe.pipeline.server.http import STORE_UNAVAILABLE, BadRequest, error, read_json, unavailable
 from speechpipe.pipeline.server.parts import Part, ServerContext, StreamInfo
 
 MAX_NAME = 128
@@ -80,7 +80,6 @@ def _page(name: str, content_type: str) -> Response:
     return Response(body, headers={"Content-Type": content_type, **NO_STORE})
 
 
-STORE_UNAVAILABLE = "store_unavailable"
 #: what a client is told to wait before it asks again while the store is down (seconds).
 RETRY_AFTER_S = 5
 
@@ -107,8 +106,7 @@ def _served(endpoint: Callable[..., Awaitable[Response]]) -> Callable[..., Await
             return error(exc.status, exc.code, exc.message)
         except SQLAlchemyError as exc:
             log.warning("review API %s %s: the store failed (%s)", request.method, request.url.path, type(exc).__name__)
-            headers = {**NO_STORE, "Retry-After": str(RETRY_AFTER_S)}
-            return JSONResponse(store_unavailable(), 503, headers=headers)
+            return unavailable(store_unavailable(), RETRY_AFTER_S)
 
     return run
 

@@ -33,7 +33,6 @@ feature is off: start the server with its token). Features whose clients expect 
 from __future__ import annotations
 
 import functools
-import hashlib
 import hmac
 import logging
 import re
@@ -48,10 +47,10 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.websockets import WebSocket
 
 from speechpipe.pipeline.config import ConfigError
-from speechpipe.pipeline.server.keys import ApiKey, token_digest
+from speechpipe.pipeline.server.keys import KEY_SCOPES, ApiKey, token_digest
 
 STREAM, FEEDBACK, REVIEW, ADMIN = "stream", "feedback", "review", "admin"
-SCOPES = (STREAM, FEEDBACK, REVIEW, ADMIN)
+SCOPES = KEY_SCOPES  # the scopes a key may list are all there are
 
 #: the header a client may carry its token in, besides ``Authorization: Bearer``.
 TOKEN_HEADER = "x-speechpipe-token"
@@ -154,9 +153,9 @@ class Principals:
         time), else the anonymous one."""
         found = None
         if token:
-            presented = hashlib.sha256(token.encode()).digest()
+            presented = token_digest(token)
             for known, principal in self.digests.items():
-                if hmac.compare_digest(presented, bytes.fromhex(known)):
+                if hmac.compare_digest(presented, known):  # hex digests: ASCII, as compare_digest needs
                     found = principal
         return found or Principal("anonymous", self.anonymous)
 

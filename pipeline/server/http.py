@@ -45,6 +45,15 @@ def error(status: int, code: str, message: str) -> Response:
     return JSONResponse({"error": code, "message": message}, status, headers=NO_STORE)
 
 
+#: the error of a part whose store cannot be reached now (the review queue's database).
+STORE_UNAVAILABLE = "store_unavailable"
+
+
+def unavailable(doc: dict, retry_after_s: float) -> Response:
+    """``503`` with ``doc`` and ``Retry-After``: a store a part needs cannot be reached now."""
+    return JSONResponse(doc, 503, headers={**NO_STORE, "Retry-After": str(max(1, round(retry_after_s)))})
+
+
 def too_large(limit: int) -> Response:
     return error(413, "too_large", f"request body over {limit} bytes")
 
