@@ -469,7 +469,7 @@ def test_state_survives_a_restart_through_the_sqlite_store(tmp_path):
     store.close()
 
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
         assert db.execute("SELECT COUNT(*) FROM changes").fetchone()[0] == 3
 
     store = DeployStore(path)
@@ -557,8 +557,39 @@ def test_a_store_written_by_a_newer_version_is_refused(tmp_path):
     path = tmp_path / "deploy.sqlite"
     with sqlite3.connect(path) as db:
         db.execute("PRAGMA user_version = 99")
-    with pytest.raises(ValueError, match=r"schema version 99, newer than this speechpipe's \(1\)"):
+    with pytest.raises(ValueError, match=r"schema version 99, newer than this speechpipe's \(2\)"):
         DeployStore(path).load()
+
+
+def test_a_store_of_version_1_is_migrated_in_place_and_keeps_its_state(tmp_path):
+    """A file written before feedback was kept (schema 1: state and changes only) is resumed as it
+    was and given the feedback table."""
+    path = tmp_path / "deploy.sqlite"
+    ctl = DeployController(canary(), VARIANTS, now=0.0)
+    ctl.apply({"action": "pause"}, 1.0, reason="before the upgrade")
+    snap = ctl.snapshot()
+    with sqlite3.connect(path) as db:  # what version 1 wrote
+        db.executescript(
+            "CREATE TABLE state (id INTEGER PRIMARY KEY CHECK (id = 1), snapshot TEXT NOT NULL, "
+            "history_from INTEGER NOT NULL); CREATE TABLE changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "at REAL NOT NULL, action TEXT NOT NULL, change TEXT NOT NULL); PRAGMA user_version = 1;"
+        )
+        for change in snap["history"]:
+            db.execute(
+                "INSERT INTO changes (at, action, change) VALUES (?, ?, ?)",
+                (change["at"], change["action"], json.dumps(change)),
+            )
+        rest = {k: v for k, v in snap.items() if k != "history"}
+        db.execute("INSERT INTO state VALUES (1, ?, 1)", (json.dumps(rest),))
+    store = DeployStore(path)
+    again = DeployController(canary(), VARIANTS, now=2.0, state=store.load())
+    assert again.paused and [c.action for c in again.history] == ["start", "pause", "start"]
+    store.add_feedback(
+        [{"at": 3.0, "session": "s", "segment": 0, "principal": "p", "counted": True, "text": "t", "scores": []}]
+    )
+    assert [r["text"] for r in store.feedback()] == ["t"]
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
 
 
 def test_one_slow_final_holds_the_latency_gate_many_fail_it():

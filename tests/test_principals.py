@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from speechpipe.pipeline.clients.client import file_frames, file_start, paced, stream_pcm
 from speechpipe.pipeline.config import Config, ConfigError
+from speechpipe.pipeline.deploy import DeployStore
 from speechpipe.pipeline.observability import start_telemetry
 from speechpipe.pipeline.protocol import Start
 from speechpipe.pipeline.server.auth import Principals
@@ -127,7 +130,12 @@ def test_a_session_is_its_owners_reviewers_and_admins(engine, tmp_path):
         # Alice's own feedback is answered, with her transcript, and kept apart as a client's.
         status, body = feedback(srv, mine, REFERENCE, ALICE)
         assert status == 200 and body["counted"] is False and set(body["scores"]) == {"default"}
-        assert http(srv, "GET", "/admin/deploy", token=ADMIN)[1]["feedback"] == {"counted": 0, "client": 1}
+        assert body["saved"] is True  # kept in the deploy state with who sent it
+        assert http(srv, "GET", "/admin/deploy", token=ADMIN)[1]["feedback"] == {
+            "counted": 0,
+            "client": 1,
+            "unsaved": 0,
+        }
 
 
 def test_a_clients_made_up_feedback_does_not_move_the_canary_a_trusted_one_does(engine, tmp_path):
@@ -157,7 +165,7 @@ def test_a_clients_made_up_feedback_does_not_move_the_canary_a_trusted_one_does(
         srv.tick()
         state = http(srv, "GET", "/admin/deploy", token=ADMIN)[1]
         assert state["state"] != "rolled_back", state["history"][-1]
-        assert state["feedback"] == {"counted": 1, "client": 1}
+        assert state["feedback"] == {"counted": 1, "client": 1, "unsaved": 0}
         # The same words from a principal trusted with feedback count: the gate sees them.
         trusted = stream(srv, CAROL, key_for("twin", 0.5, True)).ready
         assert trusted["role"] == "candidate"
@@ -166,9 +174,31 @@ def test_a_clients_made_up_feedback_does_not_move_the_canary_a_trusted_one_does(
         while state["state"] != "rolled_back" and time.monotonic() < deadline:
             srv.tick()
             state = http(srv, "GET", "/admin/deploy", token=ADMIN)[1]
+        kept = http(srv, "GET", "/admin/deploy/feedback", token=ADMIN)[1]
+        assert http(srv, "GET", "/admin/deploy/feedback", token=CAROL)[0] == 401  # not an admin
+        listed = subprocess.run(
+            [sys.executable, "-m", "speechpipe.pipeline.cli", "deploy", "--url", srv.http, "--admin-token", ADMIN]
+            + ["feedback", "--session", candidate["session"]],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
     assert state["state"] == "rolled_back"
     failed = {g["name"] for g in state["history"][-1]["gates"] if g["passed"] is False}
     assert failed == {"wer_delta"}, state["history"][-1]["gates"]
+    # Every accepted feedback is kept with who sent it and whether it counted, across a restart.
+    assert kept["unsaved"] == 0
+    who = [(r["session"], r["principal"], r["counted"]) for r in kept["feedback"]]
+    assert who == [
+        (primary["session"], "reviewer", True),
+        (candidate["session"], "alice", False),
+        (trusted["session"], "carol", True),
+    ]
+    assert kept["feedback"][1]["text"] == MADE_UP and kept["feedback"][1]["scores"][0]["variant"] == "twin"
+    assert listed.returncode == 0, listed.stderr
+    assert [json.loads(line) for line in listed.stdout.splitlines()] == [kept["feedback"][1]]
+    assert [r["principal"] for r in DeployStore(tmp_path / "deploy.db").feedback()] == ["reviewer", "alice", "carol"]
 
 
 def test_an_admin_sees_every_variants_text_the_owner_its_own_and_no_token_is_logged(engine, caplog):

@@ -24,11 +24,21 @@ from speechpipe.pipeline.hooks import AsrJob, Event, FinalLost, FinalTranscript,
 
 log = logging.getLogger("speechpipe.deploy")
 
+#: the most feedback kept in memory while the state store cannot be written; more is refused
+#: (:class:`FeedbackBacklog`) rather than held without bound or dropped.
+MAX_UNSAVED_FEEDBACK = 10_000
+
+
+class FeedbackBacklog(Exception):
+    """Feedback refused: :data:`MAX_UNSAVED_FEEDBACK` wait to be written to a store that fails."""
+
+
 __all__ = [
     "ClientFeedback",
     "DeployChanged",
     "DeployError",
     "Deployment",
+    "FeedbackBacklog",
     "FeedbackScored",
     "RolledBack",
     "ShadowScored",
@@ -119,6 +129,7 @@ class Deployment:
         variant_ids: every loaded variant's config id, by name.
         reports: told what the deployment does (the events above; None: nobody listens).
         clock: wall-clock seconds (the times in the deploy history).
+        max_unsaved_feedback: the most feedback kept in memory while the store cannot be written.
     """
 
     def __init__(
@@ -128,8 +139,10 @@ class Deployment:
         *,
         reports: Observer | None = None,
         clock: Callable[[], float] = time.time,
+        max_unsaved_feedback: int = MAX_UNSAVED_FEEDBACK,
     ) -> None:
         self.settings = settings
+        self.max_unsaved_feedback = max_unsaved_feedback
         self.clock = clock
         self.reports = reports
         self.store = DeployStore(settings.state_file)
@@ -140,6 +153,10 @@ class Deployment:
         #: that could not be written (a full disk, a read-only mount) is kept, served, and written
         #: at the next tick that can.
         self.unsaved_since: float | None = None
+        #: feedback accepted but not yet written (in order), written at the next tick that can,
+        #: and since when (None: all written)
+        self._unsaved_feedback: list[dict] = []
+        self._feedback_unsaved_since: float | None = None
         self._lock = threading.RLock()
         now = clock()
         self.controller = DeployController(settings, variant_ids, now, state=self.store.load())
@@ -236,14 +253,34 @@ class Deployment:
 
     # -- feedback, admin, time ------------------------------------------------------------------
 
-    def feedback(self, session: str, segment: int | None, text: str, counted: bool = True) -> list[Score]:
+    def feedback(
+        self,
+        session: str,
+        segment: int | None,
+        text: str,
+        counted: bool = True,
+        *,
+        keep: bool = False,
+        principal: str | None = None,
+    ) -> list[Score]:
         """Score a human reference (``POST /v1/feedback``, a review); KeyError for an unknown
         session/segment. Only ``counted`` feedback (from a principal trusted with it: the
         ``feedback``, ``review`` or ``admin`` scope) moves the gates and, through
         :class:`FeedbackScored`, drift; the rest is client feedback, kept apart on the session
         and reported as :class:`ClientFeedback`. A made-up reference from any stream client must
-        not be able to roll a canary back."""
+        not be able to roll a canary back.
+
+        ``keep``: write the feedback (its text, ``principal``, whether it counted, each variant's
+        score and hypothesis) to the state store, with the same care as a deploy change: a write
+        that fails keeps it in memory, in order, and the next tick that can writes it
+        (:meth:`feedback_saved` says whether everything accepted is written). A review does not
+        ask for it: the review store keeps reviews."""
         with self._lock:
+            if keep and len(self._unsaved_feedback) >= self.max_unsaved_feedback:
+                raise FeedbackBacklog(
+                    f"{len(self._unsaved_feedback)} feedback wait to be written to the deploy state "
+                    f"(unwritable since {self._feedback_unsaved_since:.0f}); try again later"
+                )
             scores = self.ledger.feedback(session, segment, text, counted=counted)
             self.feedback_counts["counted" if counted else "client"] += 1
             for s in scores:
@@ -251,7 +288,38 @@ class Deployment:
                     self._scored(s)
                 elif s.role != "shadow":
                     self._emit(ClientFeedback(s.variant, s.role, s.errors, s.words))
+            if keep:
+                record = {
+                    "at": self.clock(),
+                    "session": session,
+                    "segment": segment,
+                    "principal": principal,
+                    "counted": counted,
+                    "text": text,
+                    "scores": [
+                        {
+                            "variant": s.variant,
+                            "role": s.role,
+                            "errors": s.errors,
+                            "words": s.words,
+                            "hypothesis": s.hypothesis,
+                        }
+                        for s in scores
+                    ],
+                }
+                self._unsaved_feedback.append(record)
+                self._save_feedback()
             return scores
+
+    def feedback_saved(self) -> bool:
+        """Whether every feedback kept so far is written to the state store."""
+        with self._lock:
+            return not self._unsaved_feedback
+
+    def stored_feedback(self, after: int = 0, limit: int = 1000, session: str | None = None) -> list[dict]:
+        """The feedback written to the state store (:meth:`DeployStore.feedback`)."""
+        with self._lock:
+            return self.store.feedback(after, limit, session)
 
     def unknown_session(self, session: str) -> str:
         """What an unknown session is answered with (also told to a caller who may not see one)."""
@@ -276,6 +344,8 @@ class Deployment:
         with self._lock:
             if self.unsaved_since is not None:
                 self._save()
+            if self._unsaved_feedback:
+                self._save_feedback()
             changes = self.controller.tick(self.clock())
             if changes:
                 self._changed(changes)
@@ -285,8 +355,10 @@ class Deployment:
         """The controller's state, with the feedback received since start (``counted`` and
         ``client``: the client feedback kept apart)."""
         with self._lock:
-            saved = {"saved": self.unsaved_since is None, "unsaved_since": self.unsaved_since}
-            return {**self.controller.snapshot(), "feedback": dict(self.feedback_counts), **saved}
+            since = [t for t in (self.unsaved_since, self._feedback_unsaved_since) if t is not None]
+            saved = {"saved": not since, "unsaved_since": min(since) if since else None}
+            feedback = {**self.feedback_counts, "unsaved": len(self._unsaved_feedback)}
+            return {**self.controller.snapshot(), "feedback": feedback, **saved}
 
     # -- bookkeeping ----------------------------------------------------------------------------
 
@@ -312,6 +384,23 @@ class Deployment:
                 "deploy state saved to %s again (unsaved since %.0f)", self.settings.state_file, self.unsaved_since
             )
         self.unsaved_since = None
+
+    def _save_feedback(self) -> None:
+        try:
+            self.store.add_feedback(self._unsaved_feedback)
+        except Exception:  # as _save: kept in memory, in order, and tried again at each tick
+            if self._feedback_unsaved_since is None:
+                log.exception("could not save feedback to %s; retried at each tick", self.settings.state_file)
+                self._feedback_unsaved_since = self.clock()
+            return
+        if self._feedback_unsaved_since is not None:
+            log.warning(
+                "%d feedback saved to %s again (unsaved since %.0f)",
+                len(self._unsaved_feedback),
+                self.settings.state_file,
+                self._feedback_unsaved_since,
+            )
+        self._unsaved_feedback, self._feedback_unsaved_since = [], None
 
     def _report(self, changes: list[Change]) -> None:
         for change in changes:

@@ -6,6 +6,10 @@ at each tick, and the observer that feeds each routed stream's finals to the led
 * ``POST /admin/deploy``: an action, ``{"action": "switch", "active": NAME}``, ``{"action":
   "rollback"}``, ``{"action": "promote"}``, ``{"action": "set_weight", "variant": NAME, "weight":
   0.25}``, ``{"action": "pause"}`` or ``{"action": "resume"}``; answers the change and the state.
+* ``GET /admin/deploy/feedback?after=SEQ&limit=N&session=ID``: the feedback kept in the state
+  store (``seq``, ``at``, ``session``, ``segment``, ``principal``, ``counted``, ``text`` and each
+  variant's ``scores`` with its hypothesis), oldest first after ``after``; ``unsaved``: how many
+  accepted ones still wait for the store to take them.
 * ``POST /v1/feedback``: ``{"session": ID, "segment": N?, "text": "..."}``, a human reference
   scored against every variant that transcribed that audio. Answered to the session's owner (the
   principal that opened it), reviewers and admins; anyone else gets the 404 of an unknown
@@ -13,7 +17,11 @@ at each tick, and the observer that feeds each routed stream's finals to the led
   ``"counted"`` says whether it moved the figures: only feedback from a principal with the
   ``feedback``, ``review`` or ``admin`` scope does (gates, drift); a client's with ``stream``
   only is kept apart as client feedback (``"feedback": {"counted", "client"}`` of the deploy
-  state, :class:`~speechpipe.pipeline.deploy.deployment.ClientFeedback` events).
+  state, :class:`~speechpipe.pipeline.deploy.deployment.ClientFeedback` events). Every accepted
+  feedback is kept in the deploy state store (``"saved"`` says it is written; while the store
+  cannot be written it waits in memory, in order, and is written at the next tick that can; past
+  :data:`~speechpipe.pipeline.deploy.deployment.MAX_UNSAVED_FEEDBACK` waiting, feedback is refused
+  with 503 and ``Retry-After``).
 
 The admin routes need the ``admin`` scope (the admin token; without one configured they answer
 403, with a missing or wrong one 401), feedback the ``feedback`` scope, or ``stream`` (client
@@ -24,12 +32,14 @@ the :class:`~speechpipe.pipeline.server.parts.ServerContext`.
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from speechpipe.pipeline.deploy import DeployError
-from speechpipe.pipeline.deploy.deployment import Deployment
+from speechpipe.pipeline.deploy.deployment import Deployment, FeedbackBacklog
 from speechpipe.pipeline.hooks import Observer
 from speechpipe.pipeline.server.auth import (
     ADMIN,
@@ -42,8 +52,11 @@ from speechpipe.pipeline.server.auth import (
     sees_everything,
     trusted,
 )
-from speechpipe.pipeline.server.http import BadRequest, error, read_json
+from speechpipe.pipeline.server.http import STORE_UNAVAILABLE, BadRequest, error, read_json, unavailable
 from speechpipe.pipeline.server.parts import Part, ServerContext, StreamInfo
+
+#: what a refused feedback is told to wait (the state store is retried at every tick).
+RETRY_AFTER_S = 5.0
 
 
 class DeployPart(Part):
@@ -73,6 +86,7 @@ class DeployPart(Part):
         return [
             Route("/admin/deploy", self.state, methods=["GET"]),
             Route("/admin/deploy", self.act, methods=["POST"]),
+            Route("/admin/deploy/feedback", self.stored_feedback, methods=["GET"]),
             Route("/v1/feedback", self.feedback, methods=["POST"]),
         ]
 
@@ -103,6 +117,19 @@ class DeployPart(Part):
             return error(400, "bad_action", str(exc))
         return JSONResponse({"change": change.to_dict(), "deploy": dep.snapshot()}, headers=NO_STORE)
 
+    @requires(ADMIN)
+    async def stored_feedback(self, request: Request) -> Response:
+        try:
+            dep = self._loaded()
+            after = _whole(request.query_params.get("after", "0"), "after")
+            limit = min(_whole(request.query_params.get("limit", "1000"), "limit"), 10_000)
+            session = request.query_params.get("session") or None
+            rows = await asyncio.to_thread(dep.stored_feedback, after, limit, session)
+        except BadRequest as exc:
+            return error(exc.status, exc.code, exc.message)
+        unsaved = dep.snapshot()["feedback"]["unsaved"]
+        return JSONResponse({"feedback": rows, "unsaved": unsaved}, headers=NO_STORE)
+
     @requires(FEEDBACK, also=(STREAM, REVIEW))
     async def feedback(self, request: Request) -> Response:
         try:
@@ -112,23 +139,33 @@ class DeployPart(Part):
             if not self.owners.may_see(session, request):
                 raise KeyError(dep.unknown_session(session))
             counted = trusted(request)
-            scores = dep.feedback(session, segment, text, counted=counted)
+            principal = request.user.display_name
+            scores = dep.feedback(session, segment, text, counted=counted, keep=True, principal=principal)
         except BadRequest as exc:
             return error(exc.status, exc.code, exc.message)
         except KeyError as exc:
             return error(404, "unknown_session", str(exc.args[0]))
+        except FeedbackBacklog as exc:
+            return unavailable({"error": STORE_UNAVAILABLE, "message": str(exc)}, RETRY_AFTER_S)
         if not sees_everything(request):  # the owner sees its own transcript, never another variant's
             scores = [s for s in scores if s.role != "shadow"]
         body = {
             "session": session,
             "segment": segment,
             "counted": counted,
+            "saved": dep.feedback_saved(),
             "scores": {
                 s.variant: {"role": s.role, "wer": s.wer, "errors": s.errors, "words": s.words, "text": s.hypothesis}
                 for s in scores
             },
         }
         return JSONResponse(body, headers=NO_STORE)
+
+
+def _whole(value: str, name: str) -> int:
+    if not value.isdigit():
+        raise BadRequest(400, "bad_request", f"{name} must be a whole number")
+    return int(value)
 
 
 def _feedback_fields(doc: dict) -> tuple[str, int | None, str]:

@@ -1,11 +1,14 @@
 """The deploy state in SQLite (stdlib ``sqlite3``, one file), so that a restart resumes a deployment.
 
-Two tables: ``state``, one row with the latest snapshot less its history, and ``changes``, append-only,
-one row per :class:`~speechpipe.pipeline.deploy.events.Change` (as JSON). The snapshot's history is
-the run of ``changes`` rows from ``state.history_from`` on; a snapshot whose history does not
-continue the stored one (a controller that did not resume this file) starts a new run, and the
-older rows stay as a record. The schema version is ``PRAGMA user_version`` (see
-:data:`SCHEMA_VERSION`), so later versions can migrate a file.
+Three tables: ``state``, one row with the latest snapshot less its history; ``changes``,
+append-only, one row per :class:`~speechpipe.pipeline.deploy.events.Change` (as JSON); and
+``feedback``, append-only, one row per human reference accepted by ``POST /v1/feedback`` (who sent
+it, whether it counted, the text and what each variant had said: ground truth kept, not only its
+effect on the gates). The snapshot's history is the run of ``changes`` rows from
+``state.history_from`` on; a snapshot whose history does not continue the stored one (a
+controller that did not resume this file) starts a new run, and the older rows stay as a record.
+The schema version is ``PRAGMA user_version`` (see :data:`SCHEMA_VERSION`); an older file is
+migrated in place on open (1 -> 2 adds ``feedback``), a newer one refused.
 
 Not thread-safe by itself: the caller serialises calls (one at a time, from any thread).
 """
@@ -18,7 +21,7 @@ from pathlib import Path
 from typing import Self
 
 #: the schema this module writes; a file with a newer one is refused rather than misread.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE state (
@@ -32,6 +35,20 @@ CREATE TABLE changes (
     action TEXT NOT NULL,
     change TEXT NOT NULL          -- the Change (JSON)
 );
+"""
+#: version 2: the feedback received (one row per accepted ``POST /v1/feedback``).
+_FEEDBACK = """
+CREATE TABLE feedback (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    session TEXT NOT NULL,
+    segment INTEGER,               -- NULL: the whole session
+    principal TEXT,                -- who sent it (a key's name), NULL when unknown
+    counted INTEGER NOT NULL,      -- 1: it moved the figures; 0: client feedback, kept apart
+    text TEXT NOT NULL,            -- the human reference
+    scores TEXT NOT NULL           -- [{variant, role, errors, words, hypothesis}] (JSON)
+);
+CREATE INDEX feedback_session ON feedback (session);
 """
 
 
@@ -93,6 +110,35 @@ class DeployStore:
             )
         self._run = history
 
+    def add_feedback(self, records: list[dict]) -> None:
+        """Append feedback records (the keys of :data:`_FEEDBACK` but ``seq``; ``scores`` a list),
+        all or none, in order."""
+        db = self._connect()
+        with db:
+            db.executemany(
+                "INSERT INTO feedback (at, session, segment, principal, counted, text, scores) "
+                "VALUES (:at, :session, :segment, :principal, :counted, :text, :scores)",
+                [{**r, "counted": int(bool(r["counted"])), "scores": json.dumps(r["scores"])} for r in records],
+            )
+
+    def feedback(self, after: int = 0, limit: int = 1000, session: str | None = None) -> list[dict]:
+        """The stored feedback with ``seq`` above ``after``, oldest first (``limit`` rows at most),
+        of one ``session`` if given."""
+        where, args = "seq > ?", [after]
+        if session is not None:
+            where, args = where + " AND session = ?", [*args, session]
+        db = self._connect()
+        rows = db.execute(
+            "SELECT seq, at, session, segment, principal, counted, text, scores FROM feedback "
+            f"WHERE {where} ORDER BY seq LIMIT ?",
+            (*args, limit),
+        ).fetchall()
+        keys = ("seq", "at", "session", "segment", "principal", "counted", "text", "scores")
+        docs = [dict(zip(keys, row)) for row in rows]
+        for d in docs:
+            d["counted"], d["scores"] = bool(d["counted"]), json.loads(d["scores"])
+        return docs
+
     def changes(self) -> list[dict]:
         """Every change ever stored, oldest first (all runs)."""
         return [json.loads(c) for (c,) in self._connect().execute("SELECT change FROM changes ORDER BY seq")]
@@ -124,7 +170,9 @@ class DeployStore:
                 f"({SCHEMA_VERSION}); it was written by a later version"
             )
         if version == 0:  # a new file: the tables and the version in one transaction
-            db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+            db.executescript(f"BEGIN; {_SCHEMA} {_FEEDBACK} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+        elif version == 1:  # written before feedback was kept
+            db.executescript(f"BEGIN; {_FEEDBACK} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
         self._db = db
         return db
 
