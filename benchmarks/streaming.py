@@ -10,9 +10,11 @@ without a final transcript, or a final sent as lost, or a stream that broke); th
 (``latency_s`` as the server reports it: from the arrival of the audio at a segment's end to the
 final being sent) p50/p95/max; partials per second; WER of the finals against the references
 and the offline WER of exactly the same audio (the same StreamSession, segments packed); the
-server's CPU (share of all cores); and the ASR work the finals took per second of stream audio
-(from the server's own /metrics: what its admission measures). An overload row offers
-``--overload`` streams at once.
+server's CPU (share of all cores) and its CPU seconds per second of stream audio served; the ASR
+work the finals took per second of stream audio (from the server's own /metrics: what its
+admission measures); and the Whisper encoder passes of all the level's jobs (partials and
+speculative ones included) per final sent (``speechpipe.asr.passes``; "-" for a server older
+than issue 24, which does not count them). An overload row offers ``--overload`` streams at once.
 
     python benchmarks/streaming.py                                  # N = 1 4 8 12 16 + 24 offered
     python benchmarks/streaming.py --streams 1 8 --pauses noise --overload 0
@@ -53,6 +55,8 @@ FRAME_S = 0.02
 FINAL_ASR = re.compile(
     r'^speechpipe_asr_duration_seconds_sum\{[^}]*asr_kind="final"[^}]*\} ([0-9.e+-]+)$', re.MULTILINE
 )
+#: encoder passes (Whisper windows) of every job, partials included; absent before issue 24
+PASSES = re.compile(r"^speechpipe_asr_passes_total\{[^}]*\} ([0-9.e+-]+)$", re.MULTILINE)
 
 
 @dataclass
@@ -64,6 +68,8 @@ class Row:
     wall: float
     cpu: float
     asr_per_audio_s: float
+    cpu_per_audio_s: float = 0.0  # server CPU seconds per second of stream audio served
+    passes: float | None = None  # encoder passes of every job in the level (None: not counted)
 
     @property
     def refused(self) -> int:
@@ -84,9 +90,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def final_asr_seconds(port: int) -> float:
+def final_asr_seconds(port: int) -> tuple[float, float | None]:
+    """The ASR seconds of final jobs so far, and the encoder passes of every job (None: a server
+    that does not count them)."""
     page = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    return sum(float(m) for m in FINAL_ASR.findall(page))
+    passes = PASSES.findall(page)
+    return sum(float(m) for m in FINAL_ASR.findall(page)), (sum(map(float, passes)) if passes else None)
 
 
 async def run_level(
@@ -155,13 +164,16 @@ def measure(args, streams: list[StreamAudio], levels: list[tuple[str, int, float
         warm = StreamAudio(streams[0].audio[: 8 * RATE], "", streams[0].fmt)
         asyncio.run(run_level(url, [warm], 0, 0.0))
         for label, n, stagger in levels:
-            c0, a0 = cpu_seconds(server.pid), final_asr_seconds(port)
+            c0, (a0, p0) = cpu_seconds(server.pid), final_asr_seconds(port)
             results, wall = asyncio.run(run_level(url, streams[:n], n, stagger))
-            cpu = (cpu_seconds(server.pid) - c0) / wall / (os.cpu_count() or 1)
+            cpu_s = cpu_seconds(server.pid) - c0
+            cpu = cpu_s / wall / (os.cpu_count() or 1)
             served = [k for k, r in enumerate(results) if not refused(r)]
             audio_s = sum(streams[k].audio.size for k in served) / RATE
-            asr = (final_asr_seconds(port) - a0) / audio_s if audio_s else 0.0
-            rows.append(Row(label, n, results, served, wall, cpu, asr))
+            a1, p1 = final_asr_seconds(port)
+            asr = (a1 - a0) / audio_s if audio_s else 0.0
+            passes = p1 - p0 if p0 is not None and p1 is not None else None
+            rows.append(Row(label, n, results, served, wall, cpu, asr, cpu_s / audio_s if audio_s else 0.0, passes))
             lat = [x for r in results for x in r.latencies]
             print(
                 f"{label}: {len(served)}/{n} served, {len(lat)} finals, p50 {pct(lat, 50):.2f} s, "
@@ -188,7 +200,8 @@ def table(title: str, rows: list[Row], streams: list[StreamAudio], offline: dict
     print(f"\n{title}")
     head = (
         f"{'N':>9} {'refused':>7} {'finals':>6} {'lost':>4} {'p50 s':>6} {'p95 s':>6} {'max s':>6} "
-        f"{'partials/s':>10} {'WER %':>6} {'offline WER %':>13} {'CPU %':>6} {'ASR s/s':>8}"
+        f"{'partials/s':>10} {'WER %':>6} {'offline WER %':>13} {'CPU %':>6} {'ASR s/s':>8} "
+        f"{'CPU s/s':>8} {'passes/final':>12}"
     )
     print(head)
     print("-" * len(head))
@@ -205,7 +218,9 @@ def table(title: str, rows: list[Row], streams: list[StreamAudio], offline: dict
         print(
             f"{row.label:>9} {row.refused:7d} {len(lat):6d} {lost(row):4d} {pct(lat, 50):6.2f} {pct(lat, 95):6.2f} "
             f"{max(lat, default=float('nan')):6.2f} {partials / row.wall:10.2f} "
-            f"{(wer.wer * 100 if wer else float('nan')):6.2f} {off} {row.cpu * 100:6.0f} {row.asr_per_audio_s:8.3f}"
+            f"{(wer.wer * 100 if wer else float('nan')):6.2f} {off} {row.cpu * 100:6.0f} {row.asr_per_audio_s:8.3f} "
+            f"{row.cpu_per_audio_s:8.4f} "
+            + (f"{row.passes / len(lat):12.2f}" if row.passes is not None and lat else f"{'-':>12}")
         )
     ok = [
         row.offered

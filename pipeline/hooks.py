@@ -74,6 +74,10 @@ class AsrJob:
     variant: str = ""
     #: the stream's prompt and first temperature (one call never mixes two).
     decoding: Decoding = field(default_factory=Decoding)
+    #: its pieces are one window fixed by the audio (a file or an upload, packed offline's way):
+    #: the scheduler runs it as a call of its own, never with another job, so the same audio is
+    #: decoded the same way whenever a worker takes it.
+    fixed: bool = False
 
     @property
     def audio_s(self) -> float:

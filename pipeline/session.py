@@ -236,6 +236,7 @@ class StreamSession:
             segments=segments,
             variant=self.variant,
             decoding=self.decoding,
+            fixed=self.pack_s > 0,
         )
         self._in_flight[job.job_id] = job
         return job

@@ -33,6 +33,11 @@ class AsrFigures:
     window_s: float
     windows: int
     retries: int
+    #: the job's share of the call, of its encoder passes (windows), and pieces of the call
+    #: decoded again alone because a word crossed between streams
+    share: float
+    passes: float
+    crossed: int
     dropped: int
     words: int
     avg_logprob: float
@@ -50,13 +55,14 @@ def asr_figures(
     if run is not None:
         started, ended = run.started_ns, max(run.ended_ns, run.started_ns)
         model, device, compute = run.model or default_model, run.device, run.compute_type
-        windows, queue_wait = list(run.windows), run.queue_wait_s
+        windows, queue_wait, share = list(run.windows), run.queue_wait_s, run.share
     else:
         started = ended = now_ns
-        model, device, compute, windows, queue_wait = default_model, "", "", [], 0.0
+        model, device, compute, windows, queue_wait, share = default_model, "", "", [], 0.0, 1.0
     # The job's own compute: its windows' wall times (shares of the engine call when several
-    # jobs were decoded in one batch; then the span covers the whole call that ran it).
-    compute_s = sum(w.wall_s for w in windows) if windows else (ended - started) / 1e9
+    # jobs were decoded in one batch; then the span covers the whole call that ran it), its share
+    # of them where several streams' jobs shared the call's windows.
+    compute_s = share * (sum(w.wall_s for w in windows) if windows else (ended - started) / 1e9)
     first = [w for w in windows if w.attempt == 0]
     speech_s = sum(p.duration_s for p in job.pieces)
     weights = [max(p.duration_s, 1e-3) for p in job.pieces] or [1.0]
@@ -74,6 +80,9 @@ def asr_figures(
         window_s=sum(w.audio_s for w in first) if first else speech_s,
         windows=len(windows) or 1,
         retries=sum(1 for w in windows if w.attempt > 0),
+        share=share,
+        passes=share * (len(windows) or 1),
+        crossed=sum(w.crossed for w in windows),
         dropped=sum(w.dropped for w in windows) if windows else sum(t.dropped for t in transcripts),
         words=sum(len(t.words) for t in transcripts),
         avg_logprob=sum(w * t.avg_logprob for w, t in zip(weights, transcripts)) / wsum,
@@ -93,6 +102,8 @@ def span_attributes(job: AsrJob, transcripts: list[Transcript], f: AsrFigures, t
         n.ASR_WINDOW_S: round(f.window_s, 3),
         n.ASR_WINDOWS: f.windows,
         n.ASR_RETRIES: f.retries,
+        n.ASR_SHARE: round(f.share, 4),
+        n.ASR_CROSSED: f.crossed,
         n.ASR_COMPUTE_S: round(f.compute_s, 4),
         n.ASR_QUEUE_WAIT_S: round(f.queue_wait_s, 4),
         n.ASR_RTF: round(f.rtf, 4),

@@ -70,6 +70,15 @@ METRICS: tuple[MetricSpec, ...] = (
         _RTF,
     ),
     MetricSpec(
+        n.ASR_PASSES,
+        COUNTER,
+        "{window}",
+        _ASR,
+        "software",
+        "Whisper encoder passes (windows, retries included) per job; a job sharing a call with other streams' "
+        "counts its share of the call's",
+    ),
+    MetricSpec(
         n.ASR_QUEUE_WAIT,
         HISTOGRAM,
         "s",

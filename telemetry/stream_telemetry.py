@@ -309,6 +309,7 @@ class StreamTelemetry:
         metric_attrs = self._asr_attrs(f.kind, f.model, f.device)
         self._metric(n.ASR_QUEUE_WAIT).record(f.queue_wait_s, self._asr_attrs(f.kind))
         self._metric(n.ASR_DURATION).record(f.compute_s, metric_attrs)
+        self._metric(n.ASR_PASSES).add(f.passes, metric_attrs)
         if f.speech_s:
             self._metric(n.ASR_RTF_METRIC).record(f.rtf, metric_attrs)
         if f.dropped:

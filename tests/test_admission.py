@@ -37,6 +37,24 @@ def test_mean_streams_weights_time():
     assert adm.cost(20.0) == pytest.approx(3.0 / 10.0 / 3.0)
 
 
+def test_an_upload_waits_for_the_worker_live_streams_leave_and_for_the_uploads_queued():
+    """Two workers: an upload runs on one of them, below the live finals. A new upload is refused
+    while the live streams would need more than the worker an upload leaves them, or while the
+    uploads already queued would take longer than the limit; a live stream is judged on the live
+    streams alone (uploads yield to it)."""
+    adm = Admission(workers=2, max_load=0.6, prior_cost=0.125, window_s=60.0)
+    assert adm.upload_verdict(0.0, 4, backlog_s=0.0, max_wait_s=30.0).admitted  # 4 x 0.125 / 1 = 0.5
+    crowded = adm.upload_verdict(0.0, 5, backlog_s=0.0, max_wait_s=30.0)  # 0.625 of the one worker left
+    assert not crowded.admitted and "5 live streams need 62%" in crowded.reason
+    queued = adm.upload_verdict(0.0, 0, backlog_s=31.0, max_wait_s=30.0)
+    assert not queued.admitted and "about 31 s" in queued.reason
+    assert adm.upload_verdict(0.0, 0, backlog_s=29.0, max_wait_s=30.0).admitted
+    assert adm.verdict(0.0, 8).admitted and not adm.verdict(0.0, 9).admitted  # 9 x 0.125 / 2, 10 x
+    one = Admission(workers=1, max_load=0.6, prior_cost=0.125)  # one worker: uploads take what is left
+    assert one.upload_verdict(0.0, 4, backlog_s=0.0, max_wait_s=30.0).admitted
+    assert not one.upload_verdict(0.0, 5, backlog_s=0.0, max_wait_s=30.0).admitted
+
+
 @pytest.mark.corpus
 def test_a_server_at_capacity_refuses_with_server_busy(engine):
     # One worker, a stream assumed to need half of it: a second stream would take it to 100 %.

@@ -219,3 +219,43 @@ def test_scheduler_runs_each_variant_on_its_engine_and_keeps_a_worker_for_client
     assert shadow_text.text == "" and shadow_text.dropped >= 1  # the mute variant's guard dropped it all
     st = sched.stats()
     assert st.shadow == 1 and st.finals == 1 and st.shadow_shed == 0
+
+
+def fixed(stream: str, seconds: float, index: int = 0) -> Ticket:
+    """An upload's window: a final whose pieces are fixed by its audio."""
+    piece = AudioPiece(index, 0, np.zeros(int(seconds * 16000), np.float32))
+    return Ticket(AsrJob(stream, JobKind.FINAL, [piece], fixed=True), 0.0)
+
+
+def test_upload_windows_run_alone_below_live_finals_and_round_robin_between_uploads():
+    """An upload's window is one call of its own whatever else waits (never packed with another
+    job, even of its own upload: the same audio, the same windows, the same text), after the
+    live streams' finals and speculative jobs, before partials, and only while the scheduler
+    allows one more upload call."""
+    q = AsrQueue(budget_s=20.0, gap_s=1.0, pack_streams=True, partial_max_age_s=60.0)
+    u1, u2 = fixed("U", 3.0, 0), fixed("U", 3.0, 1)
+    v1 = fixed("V", 3.0, 0)
+    live = ticket("A", JobKind.FINAL, 2.0)
+    spec = ticket("B", JobKind.SPECULATIVE, 2.0)
+    part = ticket("C", JobKind.PARTIAL, 2.0)
+    for t in (u1, u2, v1, live):
+        q.add_final(t)
+    q.offer_side(spec)
+    q.offer_side(part)
+    assert q.depth() == (4, 2) and q.streams() == {"U", "V", "A", "B", "C"}
+    assert q.pick(0.0) == [live]  # live finals first, though the uploads came before
+    assert q.pick(0.0) == [spec]
+    assert q.pick(0.0, fixed_ok=False) == [part]  # no upload call allowed now: partials go on
+    assert q.pick(0.0) == [u1]  # alone, although u2 would fit the same window
+    assert q.pick(0.0) == [v1]  # round-robin between uploads
+    assert q.pick(0.0) == [u2]
+    assert q.pick(0.0) == [] and q.depth() == (0, 0) and not q.has_finals
+
+
+def test_cancelling_an_upload_forgets_its_windows():
+    q = AsrQueue(budget_s=20.0, gap_s=1.0)
+    u = fixed("U", 3.0)
+    q.add_final(u)
+    assert q.has_finals and [j.stream_id for j in q.fixed_waiting()] == ["U"]
+    assert q.cancel_stream("U") == 1 and u.future.cancelled()
+    assert q.pick(0.0) == [] and q.fixed_waiting() == []

@@ -117,4 +117,6 @@ class StreamRouter:
             route=route,
             automation=variant.config.automation,
             on_review=on_review if review is not None else None,
+            window_s=variant.engine.config.window_s,
+            gap_s=variant.engine.config.gap_s,
         )

@@ -105,6 +105,8 @@ class LiveContext:
             from the client's key in ``start`` (a canary's sticky routing) and the stream id.
         automation: the level of automation: what the client gets, what humans review.
         on_review: given the stream id and each :class:`SubmitReview` (None: no review queue).
+        window_s / gap_s: the variant's Whisper window and the silence between packed pieces: an
+            upload's finals are packed into windows of these, fixed by its audio, as offline.
     """
 
     settings: ServerSettings
@@ -121,6 +123,8 @@ class LiveContext:
     route: Callable[[str | None, str], LiveContext] | None = None
     automation: AutomationSettings = field(default_factory=AutomationSettings)
     on_review: Callable[[str, SubmitReview], None] | None = None
+    window_s: float = 24.0
+    gap_s: float = 0.3
 
 
 @dataclass

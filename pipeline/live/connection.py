@@ -67,13 +67,15 @@ END_FLUSH_S = 2.0
 class Connection:
     """Serves one WebSocket connection for the lifetime of its stream."""
 
-    def __init__(self, ws: Transport, stream_id: str, context: LiveContext, scheduler: AsrScheduler) -> None:
+    def __init__(
+        self, ws: Transport, stream_id: str, context: LiveContext, scheduler: AsrScheduler, *, fed: bool = False
+    ) -> None:
         self.ws = ws
         self.stream_id = stream_id
         self.scheduler = scheduler
         self.loop = asyncio.get_running_loop()
         self.observers = BackgroundObservers(context.settings.observer_queue, name=f"observers-{stream_id}")
-        self.core = LiveCore(stream_id, context, time.monotonic(), queue_observers=self.observers.wrap)
+        self.core = LiveCore(stream_id, context, time.monotonic(), queue_observers=self.observers.wrap, fed=fed)
         self._inbox: asyncio.Queue[tuple] = asyncio.Queue()
         self._out: asyncio.Queue[dict] = asyncio.Queue()
         self._futures: dict[int, Future] = {}

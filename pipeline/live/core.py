@@ -81,11 +81,15 @@ class LiveCore:
         context: LiveContext,
         now: float,
         queue_observers: Callable[[Sequence[Observer]], Observer] | None = None,
+        fed: bool = False,
     ) -> None:
         self.stream_id = stream_id
         self._queue_observers = queue_observers
         self.context = context
-        self.settings = context.settings
+        self.fed = fed
+        # An upload is decoded as a file is: no guess during the hangover (which audio it would
+        # hold depends on when the worker is free), its finals packed into windows fixed by the audio.
+        self.settings = dataclasses.replace(context.settings, speculative=False) if fed else context.settings
         self.state = State.STARTING
         self.session: StreamSession | None = None
         self.start: Start | None = None
@@ -283,7 +287,8 @@ class LiveCore:
         stream |= {"clock": lambda: self._now, "decoding": start.decoding}
         self.session = StreamSession(
             self.context.vad,
-            pack_s=0.0,
+            pack_s=self.context.window_s if self.fed else 0.0,
+            pack_gap_s=self.context.gap_s,
             observers=self._observers(attributes),
             variant=self.context.variant,
             **stream,

@@ -1,10 +1,19 @@
-"""Admission by capacity: does one more live stream fit in what the ASR workers can do?
+"""Admission by capacity: does one more live stream, or one more upload, fit in what the ASR
+workers can do?
 
 The work a server has promised is the ASR calls for finals and their speculative jobs (partials
 only use spare time and are shed first). :class:`Admission` measures it as the server runs: the
 worker-seconds those calls took over the last ``window_s``, per stream served meanwhile, and
 admits a new stream only while the streams, one more included, stay under ``max_load`` of the
 workers' capacity. Until a window's worth has been measured it assumes ``prior_cost`` per stream.
+
+Uploads (files fed as fast as they are read) are work of another kind: each is a known amount
+(its windows), run below the live finals on at most ``workers - 1`` workers (the scheduler keeps
+one for the live streams), and never measured as a live stream's cost. The live streams come
+first: an upload is admitted (:meth:`Admission.upload_verdict`) only while the live streams leave
+the upload worker its share, so uploads cannot push live finals past their budget, and while the
+upload work already waiting (its windows at their measured cost) would be done within
+``max_upload_wait_s``; a live stream is never refused because uploads are running (they yield).
 Time is passed in; the lock only makes it safe to record from the worker threads.
 """
 
@@ -24,6 +33,8 @@ class Verdict:
     admitted: bool
     load: float  # share of the workers' capacity the streams would use, this one included
     cost: float  # worker-seconds of promised ASR work per second of one stream
+    #: why an upload was refused ("" : admitted, or not an upload)
+    reason: str = ""
 
 
 class Admission:
@@ -73,10 +84,29 @@ class Admission:
             return busy / self.window_s / mean_streams if mean_streams > 0 else self.prior_cost
 
     def verdict(self, now: float, streams: int) -> Verdict:
-        """Would ``streams + 1`` streams fit?"""
+        """Would ``streams + 1`` live streams fit?"""
         cost = self.cost(now)
         load = (streams + 1) * cost / self.workers
         return Verdict(load <= self.max_load, load, cost)
+
+    def upload_verdict(self, now: float, streams: int, backlog_s: float, max_wait_s: float) -> Verdict:
+        """Would one more upload fit, with ``streams`` live streams served and ``backlog_s``
+        worker-seconds of upload windows queued or running? The live streams must stay under
+        ``max_load`` of the workers left to them while an upload holds one (all of them with a
+        single worker: uploads then only take what the live finals leave), and the waiting
+        upload work must be done within ``max_wait_s`` on the upload workers."""
+        cost = self.cost(now)
+        upload_workers = max(1, self.workers - 1)
+        live_workers = self.workers - 1 if self.workers > 1 else 1
+        load = streams * cost / live_workers
+        if load > self.max_load:
+            why = f"its {streams} live streams need {load:.0%} of the ASR workers an upload would leave them"
+            return Verdict(False, load, cost, why)
+        wait = backlog_s / upload_workers
+        if wait > max_wait_s:
+            why = f"the uploads already queued need about {wait:.0f} s of ASR work (limit {max_wait_s:g} s)"
+            return Verdict(False, load, cost, why)
+        return Verdict(True, load, cost)
 
     def _mean_streams(self, now: float) -> float:
         """Time-weighted number of streams served over the window."""
@@ -113,6 +143,9 @@ def refusal(
     if streams >= max_streams:
         text = f"all {max_streams} streams are in use; retry in {retry_after_s:g} s"
         return "busy", ProtocolError("server_busy", text)
+    if verdict is not None and not verdict.admitted and verdict.reason:
+        text = f"the server cannot take another upload now: {verdict.reason}; retry in {retry_after_s:g} s"
+        return "upload_capacity", ProtocolError("server_busy", text)
     if verdict is not None and not verdict.admitted:
         text = (
             f"the server is at capacity: {streams + 1} streams would need {verdict.load:.0%} of its "

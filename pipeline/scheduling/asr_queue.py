@@ -9,10 +9,13 @@ one of, in this order of priority:
    finals of ``pack_backlog`` or more streams waiting, one call carries finals of several streams
    instead, one per stream per round;
 2. speculative jobs (a segment transcribed during the VAD's hangover), finals-to-be, the same way;
-3. partials, only once ``partials_after`` has passed (with ``pack_streams``, several streams'
+3. fixed finals (an upload's windows, fixed by its audio: :attr:`AsrJob.fixed`), one job per call
+   and never with another, round-robin between uploads, while the caller allows one more such
+   call (the scheduler keeps a worker for the live streams);
+4. partials, only once ``partials_after`` has passed (with ``pack_streams``, several streams'
    partials in a window of at most ``partial_window_s``); a partial that waited longer than
    ``partial_max_age_s`` is dropped as stale;
-4. shadow jobs (a shadow variant's finals, never shown), oldest first, while the caller allows one
+5. shadow jobs (a shadow variant's finals, never shown), oldest first, while the caller allows one
    more shadow call (the scheduler keeps a worker free for the clients). At most
    ``shadow_max_queued`` wait: beyond that the oldest is shed (its future resolves to ``None``,
    counted), so shadow work is what gives way under load.
@@ -75,9 +78,14 @@ class SchedulerStats:
     partials_dropped: int = 0
     shadow: int = 0
     shadow_shed: int = 0
+    fixed: int = 0  # fixed finals (upload windows) run
     busy_s: float = 0.0
     max_batch: int = 0
     mixed_calls: int = 0  # calls that carried audio of more than one stream
+    #: pieces of those calls decoded again alone because a word crossed between streams' slots
+    crossed: int = 0
+    #: Whisper encoder passes (windows) of every call, retries and second decodes included
+    windows: int = 0
     max_concurrent: int = 0  # the most calls that ran at the same time
 
 
@@ -119,10 +127,17 @@ class AsrQueue:
         self._side: dict[str, Ticket] = {}  # one partial or speculative job per stream
         self._order: deque[str] = deque()  # round-robin order of streams
         self._shadow: deque[Ticket] = deque()  # shadow jobs of every stream, oldest first
+        self._fixed: dict[str, deque[Ticket]] = {}  # fixed finals (uploads), per stream
+        self._fixed_order: deque[str] = deque()  # round-robin order of the uploads
 
     # -- submissions ------------------------------------------------------------------------------
 
     def add_final(self, ticket: Ticket) -> None:
+        if ticket.job.fixed:
+            self._fixed.setdefault(ticket.stream_id, deque()).append(ticket)
+            if ticket.stream_id not in self._fixed_order:
+                self._fixed_order.append(ticket.stream_id)
+            return
         self._finals.setdefault(ticket.stream_id, deque()).append(ticket)
         self._touch(ticket.stream_id)
 
@@ -174,7 +189,9 @@ class AsrQueue:
     def cancel_stream(self, stream_id: str) -> int:
         """Forget every queued ticket of a stream; returns how many were removed. Its shadow jobs
         stay: they are measured after the stream is over."""
-        tickets = list(self._finals.pop(stream_id, ()))
+        tickets = list(self._finals.pop(stream_id, ())) + list(self._fixed.pop(stream_id, ()))
+        if stream_id in self._fixed_order:
+            self._fixed_order.remove(stream_id)
         side = self._side.pop(stream_id, None)
         if side is not None:
             tickets.append(side)
@@ -200,8 +217,13 @@ class AsrQueue:
     # -- state --------------------------------------------------------------------------------
 
     def depth(self) -> tuple[int, int]:
-        """(queued finals, queued partials/speculative)."""
-        return sum(len(q) for q in self._finals.values()), len(self._side)
+        """(queued finals, fixed ones included; queued partials/speculative)."""
+        finals = sum(len(q) for q in self._finals.values()) + sum(len(q) for q in self._fixed.values())
+        return finals, len(self._side)
+
+    def fixed_waiting(self) -> list[AsrJob]:
+        """The fixed finals (upload windows) waiting, oldest of each upload first."""
+        return [t.job for q in self._fixed.values() for t in q]
 
     @property
     def shadow_depth(self) -> int:
@@ -209,11 +231,11 @@ class AsrQueue:
 
     def streams(self) -> set[str]:
         """Streams with queued work."""
-        return {s for s, q in self._finals.items() if q} | set(self._side)
+        return {s for s, q in self._finals.items() if q} | {s for s, q in self._fixed.items() if q} | set(self._side)
 
     @property
     def has_finals(self) -> bool:
-        return any(self._finals.values())
+        return any(self._finals.values()) or any(self._fixed.values())
 
     @property
     def has_side(self) -> bool:
@@ -221,9 +243,9 @@ class AsrQueue:
 
     # -- picking ------------------------------------------------------------------------------
 
-    def pick(self, now: float, shadow_ok: bool = True) -> list[Ticket]:
+    def pick(self, now: float, shadow_ok: bool = True, fixed_ok: bool = True) -> list[Ticket]:
         """The tickets of the next call (empty: nothing to do now); stale partials are dropped.
-        ``shadow_ok``: whether a shadow call may start now."""
+        ``shadow_ok`` / ``fixed_ok``: whether a shadow call / a fixed (upload) call may start now."""
         for sid, t in list(self._side.items()):
             if t.kind is JobKind.PARTIAL and now - t.submitted > self.partial_max_age_s:
                 del self._side[sid]
@@ -241,6 +263,10 @@ class AsrQueue:
             if self.pack_streams and len(specs) >= self.pack_backlog:
                 return self._pack([t.stream_id for t in specs], JobKind.SPECULATIVE, self.budget_s)
             return self._one_stream(specs[0].stream_id)
+        if fixed_ok:
+            fixed = self._next_fixed()
+            if fixed:
+                return fixed
         partials = sorted(self._side.values(), key=lambda t: t.submitted)
         if partials and now >= self.partials_after:
             if self.pack_streams:
@@ -251,6 +277,23 @@ class AsrQueue:
             batch: list[Ticket] = []
             if self._take(WindowFill(self.budget_s, self.gap_s), batch, t):
                 return batch
+        return []
+
+    def _next_fixed(self) -> list[Ticket]:
+        """The oldest fixed final of the next upload in round-robin order, alone."""
+        for _ in range(len(self._fixed_order)):
+            sid = self._fixed_order.popleft()
+            q = self._fixed.get(sid)
+            while q:
+                t = q.popleft()
+                t.left()
+                if t.future.set_running_or_notify_cancel():
+                    if q:
+                        self._fixed_order.append(sid)
+                    else:
+                        del self._fixed[sid]
+                    return [t]
+            self._fixed.pop(sid, None)
         return []
 
     def _take(self, fill: WindowFill, batch: list[Ticket], t: Ticket) -> bool:

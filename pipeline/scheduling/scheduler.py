@@ -21,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from speechpipe.pipeline.hooks import AsrJob, JobKind
 from speechpipe.pipeline.scheduling.asr_queue import AsrQueue, SchedulerStats, Ticket
@@ -30,6 +30,23 @@ from speechpipe.stages.asr.packing import WindowFill
 from speechpipe.stages.pcm import SAMPLE_RATE
 
 log = logging.getLogger("speechpipe.scheduler")
+
+#: what a fixed (upload) call is assumed to take until one has been measured (worker-seconds:
+#: about a full window of tiny.en on one core of the 2-core machines here), and the weight of
+#: each new measure in the moving mean.
+FIXED_CALL_PRIOR_S = 1.0
+FIXED_CALL_WEIGHT = 0.2
+
+
+@dataclass(frozen=True)
+class Call:
+    """An ASR call that carried promised work: when it ended, how long it ran, the streams whose
+    audio it carried, and whether it was an upload's fixed window."""
+
+    ended: float
+    seconds: float
+    streams: frozenset[str]
+    fixed: bool = False
 
 
 class AsrScheduler:
@@ -42,9 +59,10 @@ class AsrScheduler:
             oversubscribed however many models are loaded.
         shadow_max_queued: shadow jobs that may wait before the oldest is shed.
         pack_streams: let one Whisper call carry pieces of several streams (partials always,
-            finals and speculative jobs under backlog). Off by default: Whisper's word times can
-            put a word at the edge of one stream's piece into its neighbour's, i.e. into another
-            user's transcript.
+            finals and speculative jobs under backlog). A piece a word crossed into or out of
+            from another stream's slot is decoded again alone (``SchedulerStats.crossed``), so no
+            word reaches another user's transcript. Off by default: it costs accuracy (see
+            :class:`~speechpipe.pipeline.server.settings.ServerSettings`).
         stream_gap_s: silence between packed pieces (at least the engine's own ``gap_s``); a wider
             gap keeps Whisper from running one stream's words into the next stream's piece.
         partial_max_age_s: a partial that waited longer is dropped instead of run.
@@ -94,7 +112,9 @@ class AsrScheduler:
         self.tail_filler_s = tail_filler_s
         self.clock = clock
         # The calls that carried promised work, until the server takes them (take_calls).
-        self._calls: deque[tuple[float, float, frozenset[str]]] = deque(maxlen=10_000)
+        self._calls: deque[Call] = deque(maxlen=10_000)
+        # the worker-seconds of a fixed (upload) call, a moving mean of the last ones
+        self._fixed_call_s = FIXED_CALL_PRIOR_S
         # Audio one call may carry: the window less room for the filler (a lone long segment
         # still goes alone, without filler).
         budget = max(1.0, self.window_s - (tail_filler_s + gap if tail_filler_s > 0 else 0.0))
@@ -123,9 +143,9 @@ class AsrScheduler:
                 thread.start()
                 self._threads.append(thread)
 
-    def take_calls(self) -> list[tuple[float, float, frozenset[str]]]:
+    def take_calls(self) -> list[Call]:
         """The calls that carried promised work (finals, speculative jobs) since the last take, in
-        the order they ended: ``(ended at, seconds, ids of the streams whose audio it carried)``.
+        the order they ended (:class:`Call`).
         The server's admission measures its load from them; it reads them when it decides, so a
         worker thread never calls up into the server."""
         with self._lock:
@@ -238,7 +258,7 @@ class AsrScheduler:
         while True:
             with self._lock:
                 while True:
-                    batch = self._queue.pick(self.clock(), self._shadow_ok())
+                    batch = self._queue.pick(self.clock(), self._shadow_ok(), self._fixed_ok())
                     if batch or (self._stopping and not self._queue.has_finals):
                         break
                     rest = self._queue.partials_after - self.clock()
@@ -261,6 +281,20 @@ class AsrScheduler:
         shadow = sum(1 for batch in self._running if batch[0].kind is JobKind.SHADOW)
         return shadow < max(1, self.workers - 1) and len(self._running) < self.workers
 
+    def _fixed_ok(self) -> bool:
+        """A fixed call (an upload's window) may start while it leaves a worker free for the live
+        streams' finals (with one worker: the queue's order alone keeps live finals first)."""
+        fixed = sum(1 for batch in self._running if batch[0].job.fixed)
+        return fixed < max(1, self.workers - 1)
+
+    def fixed_backlog(self) -> tuple[int, float]:
+        """Upload windows queued or running, and the worker-seconds they are expected to take
+        (their count times the mean of the last fixed calls; :data:`FIXED_CALL_PRIOR_S` each
+        until one has run)."""
+        with self._lock:
+            n = len(self._queue.fixed_waiting()) + sum(1 for b in self._running if b[0].job.fixed)
+            return n, n * self._fixed_call_s
+
     def _engine_for(self, batch: list[Ticket]) -> AsrEngine:
         variant = batch[0].job.variant
         if len({t.stream_id for t in batch}) > 1:
@@ -270,8 +304,13 @@ class AsrScheduler:
     def _run(self, batch: list[Ticket]) -> None:
         engine = self._engine_for(batch)
         t0 = self.clock()
+        fixed = batch[0].job.fixed
         try:
-            results = transcribe_call(engine, [t.job for t in batch], self.window_s, self.gap_s, self.tail_filler_s)
+            if fixed:  # one upload window, decoded as offline decodes it: no filler, continuations on
+                [job] = [t.job for t in batch]
+                results = engine.run([job.pieces], job.decoding, resume=True)
+            else:
+                results = transcribe_call(engine, [t.job for t in batch], self.window_s, self.gap_s, self.tail_filler_s)
         except Exception as exc:  # delivered to every owner; the worker lives on
             log.exception("ASR call failed for %d job(s)", len(batch))
             for t in batch:
@@ -289,6 +328,12 @@ class AsrScheduler:
             st.busy_s += now - t0
             st.max_batch = max(st.max_batch, len(batch))
             st.mixed_calls += len({t.stream_id for t in batch}) > 1
+            windows = results[0][1].windows if results else []
+            st.windows += len(windows)
+            st.crossed += sum(w.crossed for w in windows)
+            if fixed:
+                st.fixed += 1
+                self._fixed_call_s += FIXED_CALL_WEIGHT * (now - t0 - self._fixed_call_s)
             for t in batch:
                 if t.kind is JobKind.FINAL:
                     st.finals += 1
@@ -301,7 +346,7 @@ class AsrScheduler:
         promised = (JobKind.FINAL, JobKind.SPECULATIVE)
         if any(t.kind in promised for t in batch):
             with self._lock:
-                self._calls.append((now, now - t0, frozenset(t.stream_id for t in batch)))
+                self._calls.append(Call(now, now - t0, frozenset(t.stream_id for t in batch), fixed))
         for t, (transcripts, run) in zip(batch, results):
             t.future.set_result((transcripts, replace(run, queue_wait_s=max(0.0, t0 - t.submitted))))
 
@@ -309,10 +354,14 @@ class AsrScheduler:
 def transcribe_call(
     engine: AsrEngine, jobs: list[AsrJob], window_s: float, gap_s: float, tail_filler_s: float
 ) -> list[tuple[list[Transcript], AsrRun]]:
-    """One Whisper call for ``jobs``, their pieces in one group: each job's transcripts, all with the
-    call's run. The first ``tail_filler_s`` of the last piece are appended once more where they fit
-    the window (a window of its own would cost a whole call), and their words discarded."""
+    """One Whisper call for ``jobs``, their pieces in one group: each job's transcripts, each with
+    the call's run and its share of it. The first ``tail_filler_s`` of the last piece are appended
+    once more where they fit the window (a window of its own would cost a whole call), and their
+    words discarded. Jobs of several streams: each piece is owned by its stream, so that no word
+    passes from one stream's piece into another's (:func:`~speechpipe.stages.asr.windows.crossings`)."""
     pieces = [p for job in jobs for p in job.pieces]
+    if len({job.stream_id for job in jobs}) > 1:
+        pieces = [replace(p, owner=job.stream_id) for job in jobs for p in job.pieces]
     filler = False
     if tail_filler_s > 0 and pieces:
         fill = WindowFill(window_s, gap_s)
@@ -321,7 +370,7 @@ def transcribe_call(
         n = int(min(tail_filler_s, fill.room_s - 0.05) * SAMPLE_RATE)
         if n >= SAMPLE_RATE // 2:
             last = pieces[-1]
-            pieces.append(AudioPiece(last.index, last.start_sample, last.audio[:n]))
+            pieces.append(AudioPiece(last.index, last.start_sample, last.audio[:n], last.owner))
             filler = True
     # No continuations: which pieces share a live window depends on arrival times, and a
     # continuation reads the window's text so far, so the same audio would decode differently.
@@ -329,7 +378,9 @@ def transcribe_call(
     if filler:
         transcripts = transcripts[:-1]
     out, k = [], 0
+    total = sum(job.audio_s for job in jobs) or 1.0
     for job in jobs:
-        out.append((transcripts[k : k + len(job.pieces)], run))
+        share = run if len(jobs) == 1 else replace(run, share=job.audio_s / total)
+        out.append((transcripts[k : k + len(job.pieces)], share))
         k += len(job.pieces)
     return out

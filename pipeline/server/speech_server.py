@@ -46,7 +46,7 @@ from speechpipe.pipeline.hooks import FAULTS, Observer, Observers, StreamRejecte
 from speechpipe.pipeline.live.actions import LiveContext, SubmitReview
 from speechpipe.pipeline.live.connection import Connection
 from speechpipe.pipeline.live.transport import Transport
-from speechpipe.pipeline.scheduling.admission import Admission, refusal
+from speechpipe.pipeline.scheduling.admission import Admission, Verdict, refusal
 from speechpipe.pipeline.scheduling.scheduler import AsrScheduler
 from speechpipe.pipeline.server.app import build_app, static_routes, upgrade_required
 from speechpipe.pipeline.server.auth import (
@@ -352,9 +352,9 @@ class SpeechServer:
         known as fed)."""
         if self.scheduler is None:
             return
-        for ended, seconds, streams in self.scheduler.take_calls():
-            if not streams & self._fed:
-                self.admission.record_call(ended, seconds)
+        for call in self.scheduler.take_calls():
+            if not call.fixed and not call.streams & self._fed:
+                self.admission.record_call(call.ended, call.seconds)
 
     def _record_streams(self) -> None:
         self._measure()
@@ -376,7 +376,7 @@ class SpeechServer:
         # Admission is decided before the first await, so concurrent connections cannot overshoot.
         s, n = self.settings, len(self.streams)
         self._measure()
-        verdict = None if self.draining or n >= s.max_streams else self.admission.verdict(time.monotonic(), n)
+        verdict = None if self.draining or n >= s.max_streams else self._verdict(n, fed)
         reason, exc = refusal(self.draining, self._ready.is_set(), n, s.max_streams, verdict, s.retry_after_s)
         if exc is not None:
             self._rejected(reason)
@@ -384,7 +384,7 @@ class SpeechServer:
             await reject(ws, exc, retry)
             return
         context = self.router.pinned_context(variant, principal) if variant else self.context(principal)
-        stream = Connection(ws, stream_id, context, self.scheduler)
+        stream = Connection(ws, stream_id, context, self.scheduler, fed=fed)
         self.streams[stream_id] = stream
         if fed:
             self._fed.add(stream_id)
@@ -403,6 +403,16 @@ class SpeechServer:
             log.info(
                 "stream %s: closed (%.1f s of audio, %d finals)", stream_id, stream.stats.audio_s, stream.stats.finals
             )
+
+    def _verdict(self, streams: int, fed: bool) -> Verdict | None:
+        """Admission's verdict on one more live stream, or on one more upload (``fed``)."""
+        now, live = time.monotonic(), streams - len(self._fed)
+        if not fed:
+            return self.admission.verdict(now, live)
+        if self.scheduler is None:
+            return None
+        _windows, backlog_s = self.scheduler.fixed_backlog()
+        return self.admission.upload_verdict(now, live, backlog_s, self.settings.max_upload_wait_s)
 
     def _rejected(self, reason: str) -> None:
         self.counters.rejected += 1

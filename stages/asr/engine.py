@@ -28,7 +28,7 @@ from speechpipe.stages.asr.windows import assemble, map_window, merge
 #: every miss a window of its own).
 MAX_PACK_ATTEMPTS = 2
 
-Decoded = tuple[list[Transcript], WindowStats, list[AudioPiece | None]]
+Decoded = tuple[list[Transcript], WindowStats, list[AudioPiece | None], list[bool]]
 
 
 class AsrEngine:
@@ -119,7 +119,12 @@ class AsrEngine:
         the window decoder goes on from there on the same encoder output, and audio even that did
         not reach is cut out of its piece and decoded again in a window of its own (up to
         ``MAX_PACK_ATTEMPTS`` times), and the words are merged back into the piece's transcript.
-        Retried windows still share batched decoder calls. ``decoding``: the prompt and first
+        Retried windows still share batched decoder calls. Where the pieces of a window have
+        different owners (several streams' audio), a piece that a word crossed into or out of from
+        another owner's slot is decoded again in a window of its own, whole, its first words
+        discarded (:func:`~speechpipe.stages.asr.windows.crossings`; counted in the window's
+        :class:`WindowStats`); a retry window holds one piece, so it cannot cross again.
+        ``decoding``: the prompt and first
         temperature of every window of the call (None: none, and 0). ``resume`` is for windows
         whose make-up is fixed by the audio (offline): a continuation reads the window's text so
         far as context, so where arrival times decide which pieces share a window (the live
@@ -140,10 +145,14 @@ class AsrEngine:
                     owner.append(g)
             todo = [[] for _ in groups]
             decoded = self._transcribe_windows([[p for p, _ in w] for w in windows], decoding or Decoding(), resume)
-            for g, window, (transcripts, st, missed) in zip(owner, windows, decoded):
+            for g, window, (transcripts, st, missed, crossed) in zip(owner, windows, decoded):
                 st.attempt = attempt
                 stats[g].append(st)
-                for (_piece, orig), t, miss in zip(window, transcripts, missed):
+                for (_piece, orig), t, miss, cross in zip(window, transcripts, missed, crossed):
+                    if cross:  # a word crossed between owners: this piece is decoded again, alone
+                        parts.pop(id(orig), None)
+                        todo[g].append((orig, orig))
+                        continue
                     parts.setdefault(id(orig), []).append(t)
                     if miss is not None and not last:
                         todo[g].append((miss, orig))

@@ -54,11 +54,18 @@ class Word:
 
 @dataclass
 class AudioPiece:
-    """A span of 16 kHz audio to transcribe, positioned in its stream."""
+    """A span of 16 kHz audio to transcribe, positioned in its stream.
+
+    ``owner``: whose audio it is where pieces of several streams share a window (the stream id;
+    "" where every piece of the window is one stream's). Words never pass between pieces of
+    different owners: a piece a word crossed into or out of is decoded again alone
+    (:func:`~speechpipe.stages.asr.windows.map_window`).
+    """
 
     index: int
     start_sample: int
     audio: np.ndarray = field(repr=False)
+    owner: str = ""
 
     @property
     def start_s(self) -> float:
@@ -94,7 +101,8 @@ class Transcript:
 
 @dataclass
 class WindowStats:
-    """What one Whisper call cost and covered (``attempt`` > 0: a retry of pieces a packed window missed)."""
+    """What one Whisper call cost and covered (``attempt`` > 0: a retry of pieces a packed window
+    missed, or of a piece decoded again alone because words crossed its slot)."""
 
     audio_s: float
     wall_s: float
@@ -102,6 +110,11 @@ class WindowStats:
     whisper_segments: int
     dropped: int
     attempt: int = 0
+    #: pieces of this window whose words crossed into or out of another owner's slot, decoded
+    #: again alone (their words here were discarded)
+    crossed: int = 0
+    #: words seen crossing between slots of different owners (each counted once)
+    crossing_words: int = 0
 
 
 @dataclass
@@ -116,6 +129,9 @@ class AsrRun:
     model: str = ""
     device: str = ""
     compute_type: str = ""
+    #: the job's share of the call (its audio over the call's) where jobs of several streams
+    #: shared it: its compute and encoder passes are this share of the call's
+    share: float = 1.0
 
     @property
     def wall_s(self) -> float:

@@ -165,6 +165,12 @@ class WindowDecoder:
         if resume:
             self._continue(encoder_output, runs, sizes, prompt, opts)
 
+        return self._segments(runs, sizes, encoder_output, opts)
+
+    def _segments(self, runs: list[list[tuple]], sizes: list[int], encoder_output, opts) -> list[list[DecodedSegment]]:
+        """Each window's decodes (tokens, no_speech, avg_logprob, temperature) as segments in
+        window time, with word times aligned on ``encoder_output`` (one row per window)."""
+        m, tok = self.model, self.tokenizer
         windows: list[list[dict]] = []
         for window_runs, size in zip(runs, sizes):
             segments = []
@@ -182,9 +188,21 @@ class WindowDecoder:
                     s["meta"] = (no_speech, avg_logprob, temperature)
                 segments += split
             windows.append(segments)
-        if any(windows):
+        full = [k for k, w in enumerate(windows) if w]
+        if full:
+            # faster-whisper aligns every window it is given and cannot take one without
+            # segments: where some are empty, only the others' rows are aligned (on the CPU).
+            rows = encoder_output if len(full) == len(windows) else _rows(encoder_output, full, len(windows))
+            if rows is None:
+                rows, full = encoder_output, list(range(len(windows)))
             m.add_word_timestamps(
-                windows, tok, encoder_output, sizes, opts.prepend_punctuations, opts.append_punctuations, 0.0
+                [windows[k] for k in full],
+                tok,
+                rows,
+                [sizes[k] for k in full],
+                opts.prepend_punctuations,
+                opts.append_punctuations,
+                0.0,
             )
 
         out: list[list[DecodedSegment]] = []
@@ -330,6 +348,18 @@ def get_compression_ratio(text: str) -> float:
     from faster_whisper.transcribe import get_compression_ratio as ratio
 
     return ratio(text)
+
+
+def _rows(encoder_output, keep: list[int], n: int):
+    """The encoder outputs of windows ``keep`` of a batch of ``n``; None where they stay on a
+    device they cannot be copied from."""
+    if len(keep) == 1:
+        return _row(encoder_output, keep[0], n)
+    if str(encoder_output.device) != "cpu":
+        return None
+    import ctranslate2
+
+    return ctranslate2.StorageView.from_array(np.ascontiguousarray(np.asarray(encoder_output)[keep]))
 
 
 def _row(encoder_output, k: int, n: int):

@@ -1,6 +1,8 @@
 """One packed window and its pieces: the audio handed to Whisper (pieces joined by silence), and
 Whisper's segments mapped back to per-piece transcripts in stream time, with the hallucination
-guard applied and the audio a decode did not reach cut out for a retry."""
+guard applied, the audio a decode did not reach cut out for a retry, and, where pieces of several
+owners (streams) share the window, the pieces a word crossed between owners marked for a decode
+of their own."""
 
 from __future__ import annotations
 
@@ -65,11 +67,22 @@ class _PieceOutput:
 
 
 def map_window(
-    window: list[AudioPiece], offsets: list[int], audio: np.ndarray, segments: list, wall: float, config: AsrConfig
-) -> tuple[list[Transcript], WindowStats, list[AudioPiece | None]]:
-    """Turn one window's Whisper segments into per-piece transcripts (guard applied), and the
-    audio of each piece that the decode did not reach (None where it was covered)."""
+    window: list[AudioPiece],
+    offsets: list[int],
+    audio: np.ndarray,
+    segments: list,
+    wall: float,
+    config: AsrConfig,
+    covered: list[float] | None = None,
+) -> tuple[list[Transcript], WindowStats, list[AudioPiece | None], list[bool]]:
+    """Turn one window's Whisper segments into per-piece transcripts (guard applied), the audio
+    of each piece that the decode did not reach (None where it was covered), and which pieces a
+    word crossed into or out of from another owner's slot (:func:`crossings`): their transcripts
+    here cannot be trusted to hold only their own words. ``covered``: how far (window seconds)
+    the decode of each piece's slot reached, where slots were decoded apart (default: the end of
+    the window's last segment, for every piece)."""
     outputs = [_PieceOutput() for _ in window]
+    crossed, crossing_words = crossings(window, offsets, [w for seg in segments for w in seg.words or []])
     dropped_total = 0
     for seg in segments:
         drop = is_hallucination(config, seg.no_speech_prob, seg.avg_logprob, seg.compression_ratio)
@@ -93,23 +106,62 @@ def map_window(
         dropped_total += int(drop)
     results = [out.transcript(p) for p, out in zip(window, outputs)]
     stats = WindowStats(audio.size / SAMPLE_RATE, wall, len(window), len(segments), dropped_total)
-    covered = max((seg.end for seg in segments), default=0.0)
-    return results, stats, _missed(window, offsets, covered, outputs)
+    stats.crossed, stats.crossing_words = sum(crossed), crossing_words
+    if covered is None:
+        covered = [max((seg.end for seg in segments), default=0.0)] * len(window)
+    return results, stats, _missed(window, offsets, covered, outputs), crossed
+
+
+def crossings(window: list[AudioPiece], offsets: list[int], words: list) -> tuple[list[bool], int]:
+    """Which pieces of a window shared by several owners a word crossed into or out of, and how
+    many words did.
+
+    Each piece owns a slot: its span, widened to the middle of the silence on either side. A word
+    (window time) belongs to the piece its middle falls nearest (:func:`piece_of`); it crosses
+    when it reaches past its piece's slot into the slot of a piece of another owner. Both pieces
+    are then marked: the word may be one's audio read as the other's, or the other's context
+    carried over, and neither transcript may hold a word of someone else's audio. Between pieces
+    of one owner (a stream's own neighbouring segments) words move as they always did.
+    """
+    crossed = [False] * len(window)
+    if len({p.owner for p in window}) < 2:
+        return crossed, 0
+    spans = [(off / SAMPLE_RATE, off / SAMPLE_RATE + p.duration_s) for off, p in zip(offsets, window)]
+    # the boundary between slot k and slot k + 1: the middle of the silence between the pieces
+    bounds = [(spans[k][1] + spans[k + 1][0]) / 2 for k in range(len(window) - 1)]
+    n = 0
+    for w in words:
+        k = piece_of((w.start + w.end) / 2, offsets, window)
+        hit = False
+        j = k
+        while j > 0 and w.start < bounds[j - 1]:  # reaches into earlier slots
+            j -= 1
+            if window[j].owner != window[k].owner:
+                crossed[j] = hit = True
+        j = k
+        while j < len(bounds) and w.end > bounds[j]:  # reaches into later slots
+            j += 1
+            if window[j].owner != window[k].owner:
+                crossed[j] = hit = True
+        if hit:
+            crossed[k] = True
+            n += 1
+    return crossed, n
 
 
 def _missed(
-    window: list[AudioPiece], offsets: list[int], covered: float, outputs: list[_PieceOutput]
+    window: list[AudioPiece], offsets: list[int], covered: list[float], outputs: list[_PieceOutput]
 ) -> list[AudioPiece | None]:
-    """The audio of each piece after ``covered`` (window time the decode reached), where worth a retry."""
+    """The audio of each piece after ``covered[k]`` (window time the decode reached), where worth a retry."""
     missed: list[AudioPiece | None] = []
     for k, p in enumerate(window):
         a = offsets[k] / SAMPLE_RATE
-        from_s = max(a, covered)
+        from_s = max(a, covered[k])
         # A lone piece with no output at all is Whisper's verdict (no speech), not a miss.
         reached = len(window) > 1 or bool(outputs[k].seen)
         if reached and a + p.duration_s - from_s > MISS_MIN_S:
             cut = round((from_s - a) * SAMPLE_RATE)
-            missed.append(AudioPiece(p.index, p.start_sample + cut, p.audio[cut:]))
+            missed.append(AudioPiece(p.index, p.start_sample + cut, p.audio[cut:], p.owner))
         else:
             missed.append(None)
     return missed
