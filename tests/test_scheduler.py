@@ -259,3 +259,29 @@ def test_cancelling_an_upload_forgets_its_windows():
     assert q.has_finals and [j.stream_id for j in q.fixed_waiting()] == ["U"]
     assert q.cancel_stream("U") == 1 and u.future.cancelled()
     assert q.pick(0.0) == [] and q.fixed_waiting() == []
+
+
+@pytest.mark.corpus
+def test_several_streams_windows_in_one_call_give_what_a_call_each_gives(engine):
+    """Where the device decodes windows in batches (CUDA: ``batch_windows`` from the engine's
+    ``batch_size``), one call takes a window of each of several streams waiting. The path runs
+    here on the CPU with ``batch_size`` 1, each window decoded on its own inside the call: every
+    stream's words are what a call of its own gives, and the call counts its windows."""
+    from speechpipe.stages.asr import AsrEngine
+
+    names = ["ljspeech_LJ001-0002.wav", "cmuarctic_aew_a0001.wav", "librispeech-dev-clean_1272-128104-0000.wav"]
+    audio = {n: load_audio(SPEECH / n)[0] for n in names}
+    one_by_one = AsrEngine(replace(engine.config, batch_size=1), model=engine.model)
+    assert AsrScheduler(one_by_one).batch_windows == 1  # a CPU engine: a window per call
+    texts, stats = {}, {}
+    for label, windows in (("together", 3), ("alone", 1)):
+        sched = AsrScheduler(one_by_one, batch_windows=windows, partial_max_age_s=60.0)
+        futures = {n: sched.submit_final(job(n, JobKind.FINAL, a)) for n, a in audio.items()}
+        sched.start()
+        texts[label] = {n: [w.word for w in f.result(120)[0][0].words] for n, f in futures.items()}
+        sched.stop(10)
+        stats[label] = sched.stats()
+    assert (stats["together"].calls, stats["together"].max_windows) == (1, 3)
+    assert (stats["alone"].calls, stats["alone"].max_windows) == (3, 1)
+    assert stats["together"].windows == stats["alone"].windows >= 3
+    assert texts["together"] == texts["alone"] and all(texts["alone"].values())

@@ -87,6 +87,7 @@ class SchedulerStats:
     #: Whisper encoder passes (windows) of every call, retries and second decodes included
     windows: int = 0
     max_concurrent: int = 0  # the most calls that ran at the same time
+    max_windows: int = 0  # the most windows one call decoded in one batch
 
 
 class AsrQueue:
@@ -278,6 +279,26 @@ class AsrQueue:
             if self._take(WindowFill(self.budget_s, self.gap_s), batch, t):
                 return batch
         return []
+
+    def pick_like(self, like: Ticket) -> list[Ticket]:
+        """One more window for a call that already carries ``like``'s (a device that decodes
+        several windows in one batch): the next stream's finals, else the oldest speculative
+        job, of the same variant and decoding, as :meth:`pick` would take them alone; never a
+        partial, an upload's window or shadow work. Empty when none is waiting."""
+
+        def same(t: Ticket) -> bool:
+            return (t.job.variant, t.job.decoding) == (like.job.variant, like.job.decoding)
+
+        for sid in [s for s in self._order if self._finals.get(s)]:
+            q = self._finals[sid]
+            while q and q[0].future.cancelled():
+                q.popleft()
+            if q and same(q[0]):
+                return self._one_stream(sid)
+        specs = sorted(
+            (t for t in self._side.values() if t.kind is JobKind.SPECULATIVE and same(t)), key=lambda t: t.submitted
+        )
+        return self._one_stream(specs[0].stream_id) if specs else []
 
     def _next_fixed(self) -> list[Ticket]:
         """The oldest fixed final of the next upload in round-robin order, alone."""

@@ -79,6 +79,10 @@ class AsrScheduler:
             streams this took live WER from 7.5 % to 6.6 % (offline: 6.2 %).
         workers: calls run at the same time, each from a thread of its own (the engine's model must
             have as many CTranslate2 workers, ``AsrConfig.workers``).
+        batch_windows: windows one call may decode in one batch (a window each of several
+            streams' finals, never mixing variants): a GPU decodes a batch in little more than
+            the time of one window, a CPU in the time of them all. None: the engine's
+            ``batch_size`` on CUDA, 1 elsewhere.
         clock: monotonic seconds (queue waits, staleness, partial rest).
     """
 
@@ -96,9 +100,13 @@ class AsrScheduler:
         partial_rest: float = 1.0,
         tail_filler_s: float = 3.0,
         workers: int = 1,
+        batch_windows: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
+        if batch_windows is None:
+            batch_windows = engine.config.batch_size if engine.device == "cuda" else 1
+        self.batch_windows = max(1, batch_windows)
         self.engines = dict(engines or {})
         gap = max(engine.config.gap_s, stream_gap_s)
         # Same model, wider gap between packed pieces: no second copy of the weights.
@@ -266,14 +274,31 @@ class AsrScheduler:
                 if not batch:
                     self._lock.notify_all()  # the other workers see the stop too
                     return
+                windows = [batch]
+                if self._batchable(batch):
+                    while len(windows) < self.batch_windows and (more := self._queue.pick_like(batch[0])):
+                        windows.append(more)
+                batch = [t for w in windows for t in w]
                 self._running.append(batch)
                 self._queue.stats.max_concurrent = max(self._queue.stats.max_concurrent, len(self._running))
             try:
-                self._run(batch)
+                self._run(windows)
             finally:
                 with self._lock:
                     self._running.remove(batch)
                     self._lock.notify_all()
+
+    def _batchable(self, batch: list[Ticket]) -> bool:
+        """Whether more windows may join this one's call: a live stream's own finals or
+        speculative job (a window shared by streams, an upload's window, partials and shadow work
+        go alone)."""
+        first = batch[0]
+        return (
+            self.batch_windows > 1
+            and not first.job.fixed
+            and first.kind in (JobKind.FINAL, JobKind.SPECULATIVE)
+            and len({t.stream_id for t in batch}) == 1
+        )
 
     def _shadow_ok(self) -> bool:
         """A shadow call may start while it leaves a worker free for the clients' work (with one
@@ -301,8 +326,9 @@ class AsrScheduler:
             return self._packers.get(variant, self._packers[""])
         return self.engines.get(variant, self.engine)
 
-    def _run(self, batch: list[Ticket]) -> None:
-        engine = self._engine_for(batch)
+    def _run(self, windows: list[list[Ticket]]) -> None:
+        batch = [t for w in windows for t in w]
+        engine = self._engine_for(windows[0])
         t0 = self.clock()
         fixed = batch[0].job.fixed
         try:
@@ -310,7 +336,9 @@ class AsrScheduler:
                 [job] = [t.job for t in batch]
                 results = engine.run([job.pieces], job.decoding, resume=True)
             else:
-                results = transcribe_call(engine, [t.job for t in batch], self.window_s, self.gap_s, self.tail_filler_s)
+                results = transcribe_calls(
+                    engine, [[t.job for t in w] for w in windows], self.window_s, self.gap_s, self.tail_filler_s
+                )
         except Exception as exc:  # delivered to every owner; the worker lives on
             log.exception("ASR call failed for %d job(s)", len(batch))
             for t in batch:
@@ -327,10 +355,15 @@ class AsrScheduler:
             st.calls += 1
             st.busy_s += now - t0
             st.max_batch = max(st.max_batch, len(batch))
-            st.mixed_calls += len({t.stream_id for t in batch}) > 1
-            windows = results[0][1].windows if results else []
-            st.windows += len(windows)
-            st.crossed += sum(w.crossed for w in windows)
+            st.mixed_calls += any(len({t.stream_id for t in w}) > 1 for w in windows)
+            st.max_windows = max(st.max_windows, len(windows))
+            # each window's jobs share its run: count each window's run once
+            passes, k = [], 0
+            for w in windows:
+                passes += results[k][1].windows if k < len(results) else []
+                k += len(w)
+            st.windows += len(passes)
+            st.crossed += sum(p.crossed for p in passes)
             if fixed:
                 st.fixed += 1
                 self._fixed_call_s += FIXED_CALL_WEIGHT * (now - t0 - self._fixed_call_s)
@@ -354,33 +387,49 @@ class AsrScheduler:
 def transcribe_call(
     engine: AsrEngine, jobs: list[AsrJob], window_s: float, gap_s: float, tail_filler_s: float
 ) -> list[tuple[list[Transcript], AsrRun]]:
-    """One Whisper call for ``jobs``, their pieces in one group: each job's transcripts, each with
-    the call's run and its share of it. The first ``tail_filler_s`` of the last piece are appended
-    once more where they fit the window (a window of its own would cost a whole call), and their
-    words discarded. Jobs of several streams: each piece is owned by its stream, so that no word
-    passes from one stream's piece into another's (:func:`~speechpipe.stages.asr.windows.crossings`)."""
-    pieces = [p for job in jobs for p in job.pieces]
-    if len({job.stream_id for job in jobs}) > 1:
-        pieces = [replace(p, owner=job.stream_id) for job in jobs for p in job.pieces]
-    filler = False
-    if tail_filler_s > 0 and pieces:
-        fill = WindowFill(window_s, gap_s)
-        for p in pieces:
-            fill.add(p.duration_s)
-        n = int(min(tail_filler_s, fill.room_s - 0.05) * SAMPLE_RATE)
-        if n >= SAMPLE_RATE // 2:
-            last = pieces[-1]
-            pieces.append(AudioPiece(last.index, last.start_sample, last.audio[:n], last.owner))
-            filler = True
+    """One Whisper call for ``jobs``, their pieces in one window: :func:`transcribe_calls` of one."""
+    return transcribe_calls(engine, [jobs], window_s, gap_s, tail_filler_s)
+
+
+def transcribe_calls(
+    engine: AsrEngine, windows: list[list[AsrJob]], window_s: float, gap_s: float, tail_filler_s: float
+) -> list[tuple[list[Transcript], AsrRun]]:
+    """One engine call for several windows of jobs (decoded in batches of the engine's
+    ``batch_size``), each window's jobs' pieces in one group: each job's transcripts, in the order
+    of the jobs, each with its window's run and its share of it. The first ``tail_filler_s`` of a
+    window's last piece are appended once more where they fit the window (a window of its own
+    would cost a whole call), and their words discarded. Jobs of several streams in one window:
+    each piece is owned by its stream, so that no word passes from one stream's piece into
+    another's (:func:`~speechpipe.stages.asr.windows.crossings`)."""
+    groups: list[list[AudioPiece]] = []
+    fillers: list[bool] = []
+    for jobs in windows:
+        pieces = [p for job in jobs for p in job.pieces]
+        if len({job.stream_id for job in jobs}) > 1:
+            pieces = [replace(p, owner=job.stream_id) for job in jobs for p in job.pieces]
+        filler = False
+        if tail_filler_s > 0 and pieces:
+            fill = WindowFill(window_s, gap_s)
+            for p in pieces:
+                fill.add(p.duration_s)
+            n = int(min(tail_filler_s, fill.room_s - 0.05) * SAMPLE_RATE)
+            if n >= SAMPLE_RATE // 2:
+                last = pieces[-1]
+                pieces.append(AudioPiece(last.index, last.start_sample, last.audio[:n], last.owner))
+                filler = True
+        groups.append(pieces)
+        fillers.append(filler)
     # No continuations: which pieces share a live window depends on arrival times, and a
     # continuation reads the window's text so far, so the same audio would decode differently.
-    [(transcripts, run)] = engine.run([pieces], jobs[0].decoding, resume=False)
-    if filler:
-        transcripts = transcripts[:-1]
-    out, k = [], 0
-    total = sum(job.audio_s for job in jobs) or 1.0
-    for job in jobs:
-        share = run if len(jobs) == 1 else replace(run, share=job.audio_s / total)
-        out.append((transcripts[k : k + len(job.pieces)], share))
-        k += len(job.pieces)
+    runs = engine.run(groups, windows[0][0].decoding, resume=False)
+    out = []
+    for jobs, filler, (transcripts, run) in zip(windows, fillers, runs):
+        if filler:
+            transcripts = transcripts[:-1]
+        total = sum(job.audio_s for job in jobs) or 1.0
+        k = 0
+        for job in jobs:
+            share = run if len(jobs) == 1 else replace(run, share=job.audio_s / total)
+            out.append((transcripts[k : k + len(job.pieces)], share))
+            k += len(job.pieces)
     return out
