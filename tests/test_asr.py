@@ -156,3 +156,23 @@ def test_noise_transcribes_to_nothing(engine, path):
 def test_engine_handles_silence(engine):
     [(transcripts, _)] = engine.run([[AudioPiece(0, 0, np.zeros(16000 * 3, dtype=np.float32))]])
     assert transcripts[0].text == "" and transcripts[0].words == []
+
+
+def test_a_short_context_encodes_the_audio_and_the_silence_asked_for(engine):
+    """``asr.context_s``: the encoder reads a window's audio and that much silence after it, not
+    the full 30 s; the words are still there (what they are is the model's, not asserted)."""
+    from dataclasses import replace
+
+    from speechpipe.stages.asr import AsrEngine
+
+    assert engine._decoder().context_frames(300) == 3000  # the default: Whisper's full window
+    short = AsrEngine(replace(engine.config, context_s=7.0), model=engine.model)
+    assert short._decoder().context_frames(300) == 1000  # 3 s of audio and 7 s of silence
+    assert short._decoder().context_frames(2501) == 3000  # never past the window
+    assert short._decoder().context_frames(401) == 1102  # even: the encoder halves it
+    audio, _ = load_audio(SPEECH / "cmuarctic_aew_a0001.wav")
+    [(transcripts, run)] = short.run([[AudioPiece(0, 0, audio)]])
+    assert transcripts[0].words and all(0 <= w.start <= w.end <= audio.size / 16000 for w in transcripts[0].words)
+    assert run.windows[0].pieces == 1
+    with pytest.raises(ValueError, match="context_s"):
+        AsrConfig(context_s=31.0)

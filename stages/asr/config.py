@@ -42,6 +42,13 @@ class AsrConfig:
             (repetition loops); Whisper's temperature fallback uses it too.
         logprob_threshold: Whisper's own temperature fallback re-decodes below this avg_logprob.
         temperatures: decoding temperatures tried in turn when a decode fails Whisper's own checks.
+        context_s: the encoder reads a window's audio and this many seconds of silence after
+            it, not Whisper's full 30 s (0: the full window, as Whisper was trained). Its cost
+            grows with what it reads: a live final of a few seconds then costs a fraction of a
+            full pass. Too little context and the decode drifts: on the corpus's 200 utterances
+            cut into live finals (5,806 words, tiny.en), 7 s gave 6.17 % WER against 5.96 % for
+            the full window at a third less CPU, 1 s gave 7.9 % on 40 of them at more CPU
+            (temperature fallbacks); docs/benchmarks.md.
         batch_size: windows decoded together when several are ready (offline, or several streams);
             1 decodes them one by one. A window of a batch that fails Whisper's checks is decoded
             again on its own with the full temperature fallback.
@@ -68,6 +75,7 @@ class AsrConfig:
     logprob_threshold: float = -1.0
     temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
     batch_size: int = 4
+    context_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -78,6 +86,8 @@ class AsrConfig:
             raise ValueError("asr.beam_size must be at least 1")
         if not 1.0 <= self.window_s <= 30.0:
             raise ValueError("asr.window_s must lie between 1 and 30 s (Whisper's window)")
+        if not 0.0 <= self.context_s <= 30.0:
+            raise ValueError("asr.context_s must lie between 0 (Whisper's full window) and 30 s")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"asr.device must be auto, cpu or cuda, not {self.device!r}")
         object.__setattr__(self, "temperatures", tuple(float(t) for t in self.temperatures))

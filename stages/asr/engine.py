@@ -200,6 +200,7 @@ class AsrEngine:
                 compression_ratio_threshold=cfg.compression_ratio_threshold,
                 logprob_threshold=cfg.logprob_threshold,
                 no_speech_threshold=cfg.no_speech_threshold,
+                context_s=cfg.context_s,
             )
         return self._window_decoder
 
