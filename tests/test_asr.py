@@ -170,6 +170,10 @@ def test_a_short_context_encodes_the_audio_and_the_silence_asked_for(engine):
     assert short._decoder().context_frames(300) == 1000  # 3 s of audio and 7 s of silence
     assert short._decoder().context_frames(2501) == 3000  # never past the window
     assert short._decoder().context_frames(401) == 1102  # even: the encoder halves it
+    # a decode there is bounded by the audio (a loop is cut, not run to 448 tokens), not elsewhere
+    prompt = short._decoder().prompt
+    assert short._decoder()._bounded(short._decoder().options, 300, prompt).max_new_tokens == 16 + 24
+    assert engine._decoder()._bounded(engine._decoder().options, 300, prompt).max_new_tokens is None
     audio, _ = load_audio(SPEECH / "cmuarctic_aew_a0001.wav")
     [(transcripts, run)] = short.run([[AudioPiece(0, 0, audio)]])
     assert transcripts[0].words and all(0 <= w.start <= w.end <= audio.size / 16000 for w in transcripts[0].words)

@@ -48,7 +48,9 @@ class AsrConfig:
             full pass. Too little context and the decode drifts: on the corpus's 200 utterances
             cut into live finals (5,806 words, tiny.en), 7 s gave 6.17 % WER against 5.96 % for
             the full window at a third less CPU, 1 s gave 7.9 % on 40 of them at more CPU
-            (temperature fallbacks); docs/benchmarks.md.
+            (temperature fallbacks). Such a window's decode is bounded by its audio (a loop is
+            cut); live on 2 cores, 7 s served 12 streams with none refused, p95 1.07 s, where the
+            full window served 8 (docs/benchmarks.md).
         batch_size: windows decoded together when several are ready (offline, or several streams);
             1 decodes them one by one. A window of a batch that fails Whisper's checks is decoded
             again on its own with the full temperature fallback.

@@ -27,6 +27,10 @@ SAMPLING_SEED = 20240601
 #: decodes on from where Whisper stopped early, per window, and the audio left that asks for one (s)
 MAX_CONTINUATIONS = 2
 CONTINUE_MIN_S = 1.0
+#: the longest decode of a window read with a short context: this many tokens, and this many per
+#: second of its audio (speech is about 4 tokens a second, timestamps included; a loop is many more)
+TOKENS_BASE = 16
+TOKENS_PER_S = 8.0
 
 
 @dataclass
@@ -126,6 +130,16 @@ class WindowDecoder:
             out.extend(self._decode_batch(audios[i : i + batch_size], prompt, opts, resume))
         return out
 
+    def _bounded(self, opts, size: int, prompt: list[int]):
+        """``opts`` with the decode's length bounded by the audio where the encoder reads a short
+        context (``context_s``): a decode that loops there is cut at :data:`TOKENS_BASE` +
+        :data:`TOKENS_PER_S` tokens per second of audio instead of running to Whisper's 448, each
+        time the temperature fallback tries again."""
+        if self.context_s <= 0:
+            return opts
+        bound = TOKENS_BASE + round(TOKENS_PER_S * size * self.time_per_frame)
+        return replace(opts, max_new_tokens=min(bound, self.model.max_length - len(prompt)))
+
     def context_frames(self, size: int) -> int:
         """The mel frames the encoder reads for a window of ``size`` frames of audio: Whisper's
         full 30 s, or the audio and ``context_s`` seconds of silence after it (an even count: the
@@ -164,7 +178,7 @@ class WindowDecoder:
         encoder_output = m.encode(np.stack(feats))
 
         if len(audios) == 1:
-            decoded = [m.generate_with_fallback(encoder_output, prompt, tok, opts)]
+            decoded = [m.generate_with_fallback(encoder_output, prompt, tok, self._bounded(opts, sizes[0], prompt))]
         elif opts.temperatures[0] > 0:  # sampling from the start: each window on its own
             decoded = [m.generate_with_fallback(m.encode(f[None]), prompt, tok, opts) for f in feats]
         else:
