@@ -149,20 +149,18 @@ class Deployment:
         self.ledger = Ledger()
         #: feedback received since start: ``counted`` (scored into the figures), ``client`` (kept apart)
         self.feedback_counts = {"counted": 0, "client": 0}
-        #: since when the state in memory is newer than the state saved (None: saved): a change
-        #: that could not be written (a full disk, a read-only mount) is kept, served, and written
-        #: at the next tick that can.
+        #: since when something in memory could not be written (None: all saved): a change or
+        #: feedback that could not be written (a full disk, a read-only mount) is kept, served,
+        #: and written at the next tick that can (:meth:`_flush`).
         self.unsaved_since: float | None = None
-        #: feedback accepted but not yet written (in order), written at the next tick that can,
-        #: and since when (None: all written)
-        self._unsaved_feedback: list[dict] = []
-        self._feedback_unsaved_since: float | None = None
+        self._state_dirty = True  # the controller's state is newer than the one written
+        self._unsaved_feedback: list[dict] = []  # feedback accepted, not yet written (in order)
         self._lock = threading.RLock()
         now = clock()
         self.controller = DeployController(settings, variant_ids, now, state=self.store.load())
         self._weights = self.controller.weights()
         self._report(list(self.controller.history[-1:]) if self.controller.history else [])
-        self._save()
+        self._flush()
         for name, weight in self._weights.items():
             self._emit(WeightChanged(name, self.controller.role_of(name), weight))
 
@@ -279,7 +277,7 @@ class Deployment:
             if keep and len(self._unsaved_feedback) >= self.max_unsaved_feedback:
                 raise FeedbackBacklog(
                     f"{len(self._unsaved_feedback)} feedback wait to be written to the deploy state "
-                    f"(unwritable since {self._feedback_unsaved_since:.0f}); try again later"
+                    f"(unwritable since {self.unsaved_since:.0f}); try again later"
                 )
             scores = self.ledger.feedback(session, segment, text, counted=counted)
             self.feedback_counts["counted" if counted else "client"] += 1
@@ -308,13 +306,17 @@ class Deployment:
                     ],
                 }
                 self._unsaved_feedback.append(record)
-                self._save_feedback()
+                self._flush()
             return scores
 
     def feedback_saved(self) -> bool:
         """Whether every feedback kept so far is written to the state store."""
+        return self.unsaved_feedback() == 0
+
+    def unsaved_feedback(self) -> int:
+        """How many accepted feedback wait to be written to the state store."""
         with self._lock:
-            return not self._unsaved_feedback
+            return len(self._unsaved_feedback)
 
     def stored_feedback(self, after: int = 0, limit: int = 1000, session: str | None = None) -> list[dict]:
         """The feedback written to the state store (:meth:`DeployStore.feedback`)."""
@@ -343,9 +345,7 @@ class Deployment:
         if a change could not be written before."""
         with self._lock:
             if self.unsaved_since is not None:
-                self._save()
-            if self._unsaved_feedback:
-                self._save_feedback()
+                self._flush()
             changes = self.controller.tick(self.clock())
             if changes:
                 self._changed(changes)
@@ -355,15 +355,15 @@ class Deployment:
         """The controller's state, with the feedback received since start (``counted`` and
         ``client``: the client feedback kept apart)."""
         with self._lock:
-            since = [t for t in (self.unsaved_since, self._feedback_unsaved_since) if t is not None]
-            saved = {"saved": not since, "unsaved_since": min(since) if since else None}
+            saved = {"saved": self.unsaved_since is None, "unsaved_since": self.unsaved_since}
             feedback = {**self.feedback_counts, "unsaved": len(self._unsaved_feedback)}
             return {**self.controller.snapshot(), "feedback": feedback, **saved}
 
     # -- bookkeeping ----------------------------------------------------------------------------
 
     def _changed(self, changes: list[Change]) -> None:
-        self._save()
+        self._state_dirty = True
+        self._flush()
         self._report(changes)
         weights = self.controller.weights()
         for name in set(weights) | set(self._weights):
@@ -371,10 +371,18 @@ class Deployment:
             self._emit(WeightChanged(name, self.controller.role_of(name), delta))
         self._weights = weights
 
-    def _save(self) -> None:
+    def _flush(self) -> None:
+        """Write what waits: the state if it changed, then the feedback kept, in order. A full
+        disk must not stop serving: what could not be written stays in memory, is logged once
+        per outage, and is written at the next tick that can."""
         try:
-            self.store.save(self.controller.snapshot())
-        except Exception:  # a full disk must not stop serving; the change is still in memory and logged
+            if self._state_dirty:
+                self.store.save(self.controller.snapshot())
+                self._state_dirty = False
+            if self._unsaved_feedback:
+                self.store.add_feedback(self._unsaved_feedback)
+                self._unsaved_feedback = []
+        except Exception:
             if self.unsaved_since is None:  # once per outage, not once per tick
                 log.exception("could not save the deploy state to %s; retried at each tick", self.settings.state_file)
                 self.unsaved_since = self.clock()
@@ -384,23 +392,6 @@ class Deployment:
                 "deploy state saved to %s again (unsaved since %.0f)", self.settings.state_file, self.unsaved_since
             )
         self.unsaved_since = None
-
-    def _save_feedback(self) -> None:
-        try:
-            self.store.add_feedback(self._unsaved_feedback)
-        except Exception:  # as _save: kept in memory, in order, and tried again at each tick
-            if self._feedback_unsaved_since is None:
-                log.exception("could not save feedback to %s; retried at each tick", self.settings.state_file)
-                self._feedback_unsaved_since = self.clock()
-            return
-        if self._feedback_unsaved_since is not None:
-            log.warning(
-                "%d feedback saved to %s again (unsaved since %.0f)",
-                len(self._unsaved_feedback),
-                self.settings.state_file,
-                self._feedback_unsaved_since,
-            )
-        self._unsaved_feedback, self._feedback_unsaved_since = [], None
 
     def _report(self, changes: list[Change]) -> None:
         for change in changes:

@@ -127,8 +127,7 @@ class DeployPart(Part):
             rows = await asyncio.to_thread(dep.stored_feedback, after, limit, session)
         except BadRequest as exc:
             return error(exc.status, exc.code, exc.message)
-        unsaved = dep.snapshot()["feedback"]["unsaved"]
-        return JSONResponse({"feedback": rows, "unsaved": unsaved}, headers=NO_STORE)
+        return JSONResponse({"feedback": rows, "unsaved": dep.unsaved_feedback()}, headers=NO_STORE)
 
     @requires(FEEDBACK, also=(STREAM, REVIEW))
     async def feedback(self, request: Request) -> Response:
