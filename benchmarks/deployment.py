@@ -16,8 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from live_streams import FRAME_S, RATE, StreamAudio, build_stream, noises, utterances
 from machine import machine_line
-from streaming import pct, serve
+from streaming import pct, serve, stop
 
 from speechpipe.pipeline.clients.client import StreamResult, paced, stream_pcm
 from speechpipe.pipeline.deploy import share_of
@@ -83,11 +81,7 @@ class Server:
         return urllib.request.urlopen(f"{self.http}/metrics", timeout=30).read().decode()
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(90)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop(self.proc, 90.0)
 
 
 async def send(server: Server, s: StreamAudio, client: str | None = None, feedback: bool = True) -> StreamResult:

@@ -440,7 +440,7 @@ def ramp_streams(model: str, args, budget: Budget, reserve_s: float) -> Ramp:
     import asyncio
 
     from live_streams import StreamAudio, build_stream, noises, utterances
-    from streaming import Row, cpu_seconds, final_asr_seconds, lost, refused, run_level, serve
+    from streaming import Row, cpu_seconds, final_asr_seconds, lost, refused, run_level, serve, stop
 
     from speechpipe.pipeline.evaluate.quality.wer import score_corpus
 
@@ -507,11 +507,7 @@ def ramp_streams(model: str, args, budget: Budget, reserve_s: float) -> Ramp:
                 break
             time.sleep(3)  # the admission window sees the streams go before the next level
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
     return ramp
 
 

@@ -154,6 +154,16 @@ def serve(flags: list[str], timeout_s: float = 120.0) -> tuple[subprocess.Popen,
         time.sleep(0.2)
 
 
+def stop(server: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    """Stop a server started by :func:`serve` as an operator would (SIGTERM: it drains), killed
+    if it has not exited within ``timeout_s``."""
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
 def measure(args, streams: list[StreamAudio], levels: list[tuple[str, int, float]]) -> list[Row]:
     """Run each level (label, streams offered, stagger) against one fresh server."""
     server, port = start_server(args, max(16, *(n for _label, n, _s in levels)))
@@ -183,11 +193,7 @@ def measure(args, streams: list[StreamAudio], levels: list[tuple[str, int, float
             )
             time.sleep(3)  # let the admission window see the streams go
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
     return rows
 
 

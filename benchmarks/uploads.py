@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from live_streams import CORPUS, build_stream, noises, utterances
 from machine import machine_line
-from streaming import FRAME_S, pct, run_level, serve
+from streaming import FRAME_S, pct, run_level, serve, stop
 
 from speechpipe.pipeline.evaluate.quality.wer import score_corpus
 
@@ -91,11 +89,7 @@ def main() -> int:
 
         with_uploads, ups = asyncio.run(beside())
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
     texts = [t for t, _w, _s in repeat if t is not None]
     reference = LONG.with_suffix(".txt").read_text()
     wers = sorted({round(score_corpus([(reference, t)]).wer * 100, 2) for t in texts})

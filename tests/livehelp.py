@@ -158,3 +158,24 @@ def key_for(candidate: str, below: float, on_candidate: bool) -> str:
         if (share_of(f"client:{key}", candidate) < below) == on_candidate:
             return key
     raise AssertionError("no key found")
+
+
+def canary_config(candidate: str, tmp_path) -> Config:
+    """A canary of ``candidate`` at steps [0.5, 1.0] that judges its gates on little evidence (one
+    stream a step, two finals, ten feedback words), its state under ``tmp_path``, with two
+    candidates to choose from: ``mute`` (its guard drops every segment: finals come back empty)
+    and ``twin`` (the same pipeline under a new name)."""
+    return Config().with_overrides(
+        {
+            "deploy.mode": "canary",
+            "deploy.candidate": candidate,
+            "deploy.steps": [0.5, 1.0],
+            "deploy.step_min_streams": 1,
+            "deploy.step_min_s": 0.0,
+            "deploy.gates.min_finals": 2,
+            "deploy.gates.min_feedback_words": 10,
+            "deploy.state_file": str(tmp_path / "deploy.db"),
+            "variants.mute.asr.min_avg_logprob": -0.0001,
+            "variants.twin.vad.backend": Config().vad.backend,
+        }
+    )

@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 from conftest import ROOT, SPEECH
-from livehelp import ServerThread, key_for
+from livehelp import ServerThread, canary_config, key_for
 
 from speechpipe.pipeline.clients.client import file_frames, file_start, paced, stream_file, stream_pcm
 from speechpipe.pipeline.config import Config, ConfigError
@@ -96,25 +96,6 @@ def test_admin_api_refuses_no_token_a_wrong_one_and_the_stream_token(engine):
         assert http(srv, "POST", "/v1/feedback", {"session": "x", "text": "hi"}, token=ADMIN)[0] == 401
     with pytest.raises(ConfigError, match="differ"):
         Principals.from_tokens(stream="same", admin="same")
-
-
-def canary_config(candidate: str, tmp_path) -> Config:
-    return config(
-        **{
-            "deploy.mode": "canary",
-            "deploy.candidate": candidate,
-            "deploy.steps": [0.5, 1.0],
-            "deploy.step_min_streams": 1,
-            "deploy.step_min_s": 0.0,
-            "deploy.gates.min_finals": 2,
-            "deploy.gates.min_feedback_words": 10,
-            "deploy.state_file": str(tmp_path / "deploy.db"),
-            # A candidate whose guard drops every segment: finals come back empty.
-            "variants.mute.asr.min_avg_logprob": -0.0001,
-            # The same pipeline under a new name.
-            "variants.twin.vad.backend": Config().vad.backend,
-        }
-    )
 
 
 def wait_state(srv: ServerThread, want: set[str], timeout: float = 20.0) -> dict:

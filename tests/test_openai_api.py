@@ -225,6 +225,16 @@ def test_the_same_upload_gives_the_same_text_every_time(srv):
     assert srv.server.scheduler.stats().fixed >= 6 * 2  # every upload in windows of its own calls
 
 
+async def refusal_of(api: openai.OpenAI, path) -> openai.APIStatusError | None:
+    """Upload ``path`` from a thread: the API error it was answered with, None when served."""
+    try:
+        with path.open("rb") as f:
+            await asyncio.to_thread(api.audio.transcriptions.create, file=f, model="whisper-1")
+    except openai.APIStatusError as exc:
+        return exc
+    return None
+
+
 def test_an_upload_is_refused_while_the_uploads_queued_would_take_too_long(engine):
     """Uploads run below the live streams on the workers they leave; one more is refused with
     503 and Retry-After while the upload work already queued is over ``max_upload_wait_s``,
@@ -238,13 +248,7 @@ def test_an_upload_is_refused_while_the_uploads_queued_would_take_too_long(engin
             )
             while small.server.scheduler.fixed_backlog()[0] == 0:  # its windows are queued
                 await asyncio.sleep(0.01)
-            try:
-                await asyncio.to_thread(api.audio.transcriptions.create, file=FILES[0].open("rb"), model="whisper-1")
-            except openai.APIStatusError as exc:
-                refused = exc
-            else:
-                refused = None
-            return refused, await first
+            return await refusal_of(api, FILES[0]), await first
 
         refused, served = asyncio.run(scenario())
         later = api.audio.transcriptions.create(file=FILES[0].open("rb"), model="whisper-1")
@@ -293,15 +297,7 @@ def test_a_full_server_refuses_with_503_and_retry_after(engine):
             )
             while not small.server.streams:
                 await asyncio.sleep(0.05)
-            try:
-                await asyncio.to_thread(
-                    client(small).audio.transcriptions.create, file=FILES[0].open("rb"), model="whisper-1"
-                )
-            except openai.APIStatusError as exc:
-                refused = exc
-            else:
-                refused = None
-            return refused, await holding
+            return await refusal_of(client(small), FILES[0]), await holding
 
         refused, held = asyncio.run(scenario())
     assert refused is not None and refused.status_code == 503 and refused.body["code"] == "server_busy"

@@ -21,7 +21,7 @@ import urllib.request
 
 import pytest
 from conftest import SPEECH
-from livehelp import ServerThread, key_for
+from livehelp import ServerThread, canary_config, key_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from speechpipe.pipeline.clients.client import file_frames, file_start, paced, stream_pcm
@@ -142,19 +142,7 @@ def test_a_clients_made_up_feedback_does_not_move_the_canary_a_trusted_one_does(
     """The issue's rollback: a good candidate (the same pipeline under another name) and 60
     made-up words on its session. The primary's session gets the true reference from a reviewer
     (counted), so the WER gate has both sides as soon as the candidate's feedback counts."""
-    cfg = Config().with_overrides(
-        {
-            "deploy.mode": "canary",
-            "deploy.candidate": "twin",
-            "deploy.steps": [0.5, 1.0],
-            "deploy.step_min_streams": 1,
-            "deploy.step_min_s": 0.0,
-            "deploy.gates.min_finals": 2,
-            "deploy.gates.min_feedback_words": 10,
-            "deploy.state_file": str(tmp_path / "deploy.db"),
-            "variants.twin.vad.backend": Config().vad.backend,
-        }
-    )
+    cfg = canary_config("twin", tmp_path)
     with ServerThread(engine, config=cfg, admin_token=ADMIN, reviewer_token=REVIEWER, keys=KEYS) as srv:
         primary = stream(srv, ALICE, key_for("twin", 0.5, False)).ready
         candidate = stream(srv, ALICE, key_for("twin", 0.5, True)).ready
