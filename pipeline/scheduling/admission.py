@@ -96,13 +96,14 @@ class Admission:
         single worker: uploads then only take what the live finals leave), and the waiting
         upload work must be done within ``max_wait_s`` on the upload workers."""
         cost = self.cost(now)
-        upload_workers = max(1, self.workers - 1)
-        live_workers = self.workers - 1 if self.workers > 1 else 1
-        load = streams * cost / live_workers
+        # the workers uploads may take, and (the same count) those an upload leaves the live
+        # streams: all but one, or the single one, which uploads then only share
+        spare = max(1, self.workers - 1)
+        load = streams * cost / spare
         if load > self.max_load:
             why = f"its {streams} live streams need {load:.0%} of the ASR workers an upload would leave them"
             return Verdict(False, load, cost, why)
-        wait = backlog_s / upload_workers
+        wait = backlog_s / spare
         if wait > max_wait_s:
             why = f"the uploads already queued need about {wait:.0f} s of ASR work (limit {max_wait_s:g} s)"
             return Verdict(False, load, cost, why)

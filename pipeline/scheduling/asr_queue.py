@@ -251,9 +251,7 @@ class AsrQueue:
             if t.kind is JobKind.PARTIAL and now - t.submitted > self.partial_max_age_s:
                 del self._side[sid]
                 self.drop(t)
-        for q in self._finals.values():
-            while q and q[0].future.cancelled():
-                q.popleft()
+        self._drop_cancelled_finals()
         waiting = [s for s in self._order if self._finals.get(s)]
         if waiting:
             if self.pack_streams and len(waiting) >= self.pack_backlog:
@@ -289,16 +287,20 @@ class AsrQueue:
         def same(t: Ticket) -> bool:
             return (t.job.variant, t.job.decoding) == (like.job.variant, like.job.decoding)
 
+        self._drop_cancelled_finals()
         for sid in [s for s in self._order if self._finals.get(s)]:
-            q = self._finals[sid]
-            while q and q[0].future.cancelled():
-                q.popleft()
-            if q and same(q[0]):
+            if same(self._finals[sid][0]):
                 return self._one_stream(sid)
         specs = sorted(
             (t for t in self._side.values() if t.kind is JobKind.SPECULATIVE and same(t)), key=lambda t: t.submitted
         )
         return self._one_stream(specs[0].stream_id) if specs else []
+
+    def _drop_cancelled_finals(self) -> None:
+        """Finals cancelled by their owner leave the head of their stream's queue."""
+        for q in self._finals.values():
+            while q and q[0].future.cancelled():
+                q.popleft()
 
     def _next_fixed(self) -> list[Ticket]:
         """The oldest fixed final of the next upload in round-robin order, alone."""

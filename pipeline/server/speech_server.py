@@ -347,13 +347,13 @@ class SpeechServer:
     def _measure(self) -> None:
         """Admission's measure: the scheduler's calls of real-time streams only. A request fed
         faster than real time makes its ASR work per second of stream many times a live stream's,
-        and taken as one it had the next live stream refused on an idle server. Read whenever
-        admission decides or a stream opens or closes (a fed stream's calls while it is still
-        known as fed)."""
+        and taken as one it had the next live stream refused on an idle server; its calls are
+        the fixed ones (an upload's windows, its only promised work). Read whenever admission
+        decides or a stream opens or closes."""
         if self.scheduler is None:
             return
         for call in self.scheduler.take_calls():
-            if not call.fixed and not call.streams & self._fed:
+            if not call.fixed:
                 self.admission.record_call(call.ended, call.seconds)
 
     def _record_streams(self) -> None:
@@ -395,7 +395,6 @@ class SpeechServer:
             await stream.run()
         finally:
             del self.streams[stream_id]
-            self._measure()  # its calls while it is still known as fed (or not)
             self._fed.discard(stream_id)
             self._record_streams()
             self.counters.closed += 1
