@@ -185,9 +185,11 @@ def measure(args, streams: list[StreamAudio], levels: list[tuple[str, int, float
             passes = p1 - p0 if p0 is not None and p1 is not None else None
             rows.append(Row(label, n, results, served, wall, cpu, asr, cpu_s / audio_s if audio_s else 0.0, passes))
             lat = [x for r in results for x in r.latencies]
+            why = next((e.get("message", "") for r in results for e in r.errors if e.get("code") == "server_busy"), "")
             print(
                 f"{label}: {len(served)}/{n} served, {len(lat)} finals, p50 {pct(lat, 50):.2f} s, "
-                f"p95 {pct(lat, 95):.2f} s, lost {lost(rows[-1])}, CPU {cpu * 100:.0f}%",
+                f"p95 {pct(lat, 95):.2f} s, lost {lost(rows[-1])}, CPU {cpu * 100:.0f}%"
+                + (f"; first refusal: {why}" if why else ""),
                 file=sys.stderr,
                 flush=True,
             )

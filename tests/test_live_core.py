@@ -15,7 +15,7 @@ from speechpipe.pipeline import protocol as P
 from speechpipe.pipeline.config import ServerSettings
 from speechpipe.pipeline.evaluate.quality.wer import normalized_words, score
 from speechpipe.pipeline.hooks import JobKind
-from speechpipe.pipeline.live.actions import Close, DropSide, LiveContext, OfferSide, Promote, Send, SubmitFinal
+from speechpipe.pipeline.live.actions import Close, DropSide, LiveContext, OfferSide, Promote, Reuse, Send, SubmitFinal
 from speechpipe.pipeline.live.core import LiveCore, State
 from speechpipe.pipeline.protocol import Start
 from speechpipe.pipeline.scheduling.scheduler import transcribe_call
@@ -52,6 +52,7 @@ class Harness:
         self.closed: Close | None = None
         self.queued: list = []  # jobs submitted or offered, not answered yet
         self.promoted: list = []
+        self.reused: list = []  # speculative jobs that had run when their segment closed
         self.actions: list = []
 
     def apply(self, actions) -> None:
@@ -71,6 +72,8 @@ class Harness:
                 self.queued = [j for j in self.queued if j not in dropped]
             elif isinstance(a, Promote):
                 self.promoted.append(a.job)
+            elif isinstance(a, Reuse):
+                self.reused.append(a.job)
             elif isinstance(a, Close):
                 self.closed = a
         for job in dropped:  # the scheduler answers a dropped job with None
@@ -127,6 +130,8 @@ def test_a_stream_gets_ready_speech_starts_finals_and_end(engine, jfk):
     # of every segment a pause closed (the last one closes at the end of the stream).
     closed_in_pause = [f for f in finals if f["end"] < jfk.size / SAMPLE_RATE]
     assert closed_in_pause and h.core.stats.speculative_used == len(closed_in_pause)
+    # each one the scheduler is told of, so that admission counts its call as the final's
+    assert len(h.reused) + len(h.promoted) == len(closed_in_pause)
     assert h.of_type("partial"), "partials of the open segment"
     assert h.core.state is State.CLOSED
 

@@ -183,6 +183,48 @@ def test_two_workers_run_two_streams_at_once(engine):
     assert "modern" in texts[names[0]] and "danger" in texts[names[1]] and "quilter" in texts[names[2]]
 
 
+@pytest.mark.corpus
+def test_a_speculative_call_counts_as_promised_work_only_once_it_is_a_final(engine):
+    """Admission measures the calls of finals: a speculative job's call joins them when its
+    segment closes as predicted (promoted, or reused after it ran), never when speech went on,
+    and one never used is forgotten after a minute."""
+    audio = load_audio(SPEECH / "ljspeech_LJ001-0002.wav")[0]
+    now = [100.0]
+    sched = AsrScheduler(engine, partial_max_age_s=60.0, clock=lambda: now[0])
+    sched.start()
+    try:
+        final = sched.submit_final(job("a", JobKind.FINAL, audio))
+        final.result(60)
+        [call] = sched.take_calls()
+        assert call.streams == {"a"} and call.seconds == 0.0  # the clock only moves when told
+
+        wasted = job("a", JobKind.SPECULATIVE, audio, index=1)
+        sched.offer_partial(wasted).result(60)
+        used = job("b", JobKind.SPECULATIVE, audio, index=1)
+        used_future = sched.offer_partial(used)
+        used_future.result(60)
+        assert sched.take_calls() == []  # neither is known to be a final yet
+        sched.reused("b", used.job_id + 1)  # another job of the stream: nothing
+        assert sched.take_calls() == []
+        sched.reused("b", used.job_id)
+        assert [c.streams for c in sched.take_calls()] == [{"b"}]
+        sched.reused("b", used.job_id)  # counted once
+        assert sched.take_calls() == []
+
+        promoted = job("c", JobKind.SPECULATIVE, audio, index=1)
+        future = sched.offer_partial(promoted)
+        future.result(60)
+        assert sched.promote(future) is True  # it ran: its result is the final's
+        assert [c.streams for c in sched.take_calls()] == [{"c"}]
+
+        now[0] += 61.0  # stream a's speech went on: its speculative call is spare-time work
+        assert sched.take_calls() == []
+        sched.reused("a", wasted.job_id)
+        assert sched.take_calls() == []
+    finally:
+        sched.stop(10)
+
+
 def test_queue_runs_shadow_work_last_sheds_the_oldest_and_keeps_it_past_the_stream():
     audio = np.zeros(16000, np.float32)
     q = AsrQueue(budget_s=20.0, gap_s=0.3, shadow_max_queued=2)

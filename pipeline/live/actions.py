@@ -49,6 +49,14 @@ class Promote:
 
 
 @dataclass(frozen=True)
+class Reuse:
+    """The speculative ``job`` had already run when its segment closed as predicted: its
+    transcription is the final (the scheduler counts its call as the final's work)."""
+
+    job: AsrJob
+
+
+@dataclass(frozen=True)
 class SubmitShadow:
     """Queue a shadow variant's job (never shown to the client); its result is the shadow's."""
 
@@ -80,7 +88,7 @@ class Close:
     reason: str
 
 
-Action = Send | SubmitFinal | OfferSide | DropSide | Promote | SubmitShadow | SubmitReview | Close
+Action = Send | SubmitFinal | OfferSide | DropSide | Promote | Reuse | SubmitShadow | SubmitReview | Close
 
 
 @dataclass(frozen=True)
@@ -123,8 +131,8 @@ class LiveContext:
     route: Callable[[str | None, str], LiveContext] | None = None
     automation: AutomationSettings = field(default_factory=AutomationSettings)
     on_review: Callable[[str, SubmitReview], None] | None = None
-    window_s: float = 24.0
-    gap_s: float = 0.3
+    window_s: float = 30.0
+    gap_s: float = 0.2
 
 
 @dataclass

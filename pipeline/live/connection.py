@@ -42,6 +42,7 @@ from speechpipe.pipeline.live.actions import (
     LiveContext,
     OfferSide,
     Promote,
+    Reuse,
     Send,
     SubmitFinal,
     SubmitReview,
@@ -199,6 +200,8 @@ class Connection:
                     fut = self._futures.get(job.job_id)
                     if fut is not None:
                         self.scheduler.promote(fut)  # if it was dropped meanwhile, its None result says so
+                case Reuse(job=job):
+                    self.scheduler.reused(self.stream_id, job.job_id)
                 case SubmitReview():
                     on_review = self.core.context.on_review
                     if on_review is not None:

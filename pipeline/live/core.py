@@ -38,6 +38,7 @@ from speechpipe.pipeline.live.actions import (
     Close,
     LiveContext,
     Promote,
+    Reuse,
     Send,
     StreamStats,
     SubmitFinal,
@@ -382,7 +383,7 @@ class LiveCore:
         # The segment closed exactly as predicted during the hangover: reuse that transcription.
         if side.result is not None:
             final.result = side.result
-            return []
+            return [Reuse(side.job)]
         final.side = side
         return [Promote(side.job)]
 

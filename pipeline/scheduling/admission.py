@@ -1,8 +1,9 @@
 """Admission by capacity: does one more live stream, or one more upload, fit in what the ASR
 workers can do?
 
-The work a server has promised is the ASR calls for finals and their speculative jobs (partials
-only use spare time and are shed first). :class:`Admission` measures it as the server runs: the
+The work a server has promised is the ASR calls for finals, a speculative job's call among them
+once its segment closed as predicted (partials, and speculative calls whose speech went on, only
+use spare time: finals are picked first). :class:`Admission` measures it as the server runs: the
 worker-seconds those calls took over the last ``window_s``, per stream served meanwhile, and
 admits a new stream only while the streams, one more included, stay under ``max_load`` of the
 workers' capacity. Until a window's worth has been measured it assumes ``prior_cost`` per stream.
@@ -59,7 +60,7 @@ class Admission:
         self._since: float | None = None  # when the first stream was served
 
     def record_call(self, now: float, seconds: float) -> None:
-        """A call for promised work (finals, speculative jobs) ended at ``now`` after ``seconds``."""
+        """A call for promised work (finals) ended at ``now`` after ``seconds``."""
         with self._lock:
             self._calls.append((now, seconds))
             self._trim(now)

@@ -36,12 +36,16 @@ log = logging.getLogger("speechpipe.scheduler")
 #: each new measure in the moving mean.
 FIXED_CALL_PRIOR_S = 1.0
 FIXED_CALL_WEIGHT = 0.2
+#: how long a speculative call that ran waits to be known used (its segment closed as predicted)
+SPECULATIVE_KEEP_S = 60.0
 
 
 @dataclass(frozen=True)
 class Call:
     """An ASR call that carried promised work: when it ended, how long it ran, the streams whose
-    audio it carried, and whether it was an upload's fixed window."""
+    audio it carried, and whether it was an upload's fixed window. A speculative job's call is
+    promised work once its segment closed as predicted (it is that final's call); one whose
+    speech went on was spare-time work, as a partial is."""
 
     ended: float
     seconds: float
@@ -121,6 +125,10 @@ class AsrScheduler:
         self.clock = clock
         # The calls that carried promised work, until the server takes them (take_calls).
         self._calls: deque[Call] = deque(maxlen=10_000)
+        # Each stream's last speculative call that ran, until its segment closes as predicted
+        # (promote, reused: then it is a final's call) or the next one replaces it: (the job's
+        # future, its job id, the call's share).
+        self._speculative: dict[str, tuple[Future, int, Call]] = {}
         # the worker-seconds of a fixed (upload) call, a moving mean of the last ones
         self._fixed_call_s = FIXED_CALL_PRIOR_S
         # Audio one call may carry: the window less room for the filler (a lone long segment
@@ -152,13 +160,17 @@ class AsrScheduler:
                 self._threads.append(thread)
 
     def take_calls(self) -> list[Call]:
-        """The calls that carried promised work (finals, speculative jobs) since the last take, in
-        the order they ended (:class:`Call`).
+        """The calls that carried promised work (finals: see :class:`Call`) since the last take, in
+        the order they ended.
         The server's admission measures its load from them; it reads them when it decides, so a
         worker thread never calls up into the server."""
         with self._lock:
             calls = list(self._calls)
             self._calls.clear()
+            # a speculative call not used within a minute never will be: its stream went on
+            old = self.clock() - SPECULATIVE_KEEP_S
+            for sid in [sid for sid, (_f, _j, call) in self._speculative.items() if call.ended < old]:
+                del self._speculative[sid]
         return calls
 
     def stop(self, timeout: float | None = None) -> None:
@@ -216,9 +228,27 @@ class AsrScheduler:
             if self._queue.promote(future):
                 self._lock.notify_all()
                 return True
-            if any(t.future is future for batch in self._running for t in batch):
+            self._count_speculative(lambda f, _job_id: f is future)
+            running = [t for batch in self._running for t in batch if t.future is future]
+            for t in running:
+                t.kind = JobKind.FINAL  # its call, when it ends, is this final's call
+            if running:
                 return True
         return future.done() and not future.cancelled() and future.exception() is None and future.result() is not None
+
+    def reused(self, stream_id: str, job_id: int) -> None:
+        """The stream's speculative job ``job_id`` had run when its segment closed as predicted:
+        its transcription is the final, so its call counts as that final's (admission)."""
+        with self._lock:
+            self._count_speculative(lambda _f, j: j == job_id, stream_id)
+
+    def _count_speculative(self, used: Callable[[Future, int], bool], stream_id: str | None = None) -> None:
+        """Move the speculative call that ``used`` picks (of ``stream_id``, or any stream's) to
+        the promised calls. Called under the lock."""
+        for sid, (future, job_id, call) in list(self._speculative.items()):
+            if (stream_id is None or sid == stream_id) and used(future, job_id):
+                del self._speculative[sid]
+                self._calls.append(call)
 
     def drop_partial(self, stream_id: str) -> None:
         """Drop the stream's queued partial/speculative job, if any (its segment changed)."""
@@ -231,6 +261,7 @@ class AsrScheduler:
         A job already running finishes, and its result is ignored by its owner."""
         with self._lock:
             n = self._queue.cancel_stream(stream_id)
+            self._speculative.pop(stream_id, None)
             self._lock.notify_all()
             return n
 
@@ -376,10 +407,14 @@ class AsrScheduler:
                     st.shadow += 1
                 else:
                     st.partials += 1
-        promised = (JobKind.FINAL, JobKind.SPECULATIVE)
-        if any(t.kind in promised for t in batch):
-            with self._lock:
-                self._calls.append(Call(now, now - t0, frozenset(t.stream_id for t in batch), fixed))
+            streams = frozenset(t.stream_id for t in batch)
+            if any(t.kind is JobKind.FINAL for t in batch):
+                self._calls.append(Call(now, now - t0, streams, fixed))
+            else:  # speculative jobs' calls wait to be known used; each its share of the call
+                specs = [t for t in batch if t.kind is JobKind.SPECULATIVE]
+                for t in specs:
+                    share = Call(now, (now - t0) / len(specs), streams)
+                    self._speculative[t.stream_id] = (t.future, t.job.job_id, share)
         for t, (transcripts, run) in zip(batch, results):
             t.future.set_result((transcripts, replace(run, queue_wait_s=max(0.0, t0 - t.submitted))))
 
