@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -263,20 +262,19 @@ def processes(wav: Path, reference: str, duration: float, args) -> None:
     cpu: dict[str, list[float]] = {name: [] for name in runs}
     system: dict[str, list[float]] = {name: [] for name in runs}
     texts: dict[str, str] = {}
+    rss: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.repeat):
         for name, (cmd, run_env) in runs.items():
-            before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            t0 = time.perf_counter()
-            done = subprocess.run(cmd, cwd=ROOT, env=run_env, capture_output=True, text=True, check=True)
-            times[name].append(time.perf_counter() - t0)
-            after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            cpu[name].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
-            system[name].append(after.ru_stime - before.ru_stime)
-            texts[name] = done.stdout if "faster" in name else json.loads((out / "long.wav.json").read_text())["text"]
+            wall, user_s, system_s, peak_mb, stdout = timed_process(cmd, run_env)
+            times[name].append(wall)
+            cpu[name].append(user_s + system_s)
+            system[name].append(system_s)
+            rss[name].append(peak_mb)
+            texts[name] = stdout if "faster" in name else json.loads((out / "long.wav.json").read_text())["text"]
     ref_wall = statistics.median(times["faster-whisper vad_filter=True (process)"])
     print(
         f"\n{'whole process':47} {'wall s':>8} {'RTF':>7} {'WER %':>7} {'speed vs fw VAD':>16}"
-        f" {'CPU s/audio s':>13} {'system CPU s':>12}"
+        f" {'CPU s/audio s':>13} {'system CPU s':>12} {'peak RSS MB':>11}"
     )
     for name in runs:
         wall = statistics.median(times[name])
@@ -284,8 +282,42 @@ def processes(wav: Path, reference: str, duration: float, args) -> None:
         per_audio = statistics.median(cpu[name]) / duration
         print(
             f"{name:47} {wall:8.2f} {wall / duration:7.4f} {wer:7.2f} {ref_wall / wall:15.2f}x"
-            f" {per_audio:13.4f} {statistics.median(system[name]):12.2f}"
+            f" {per_audio:13.4f} {statistics.median(system[name]):12.2f} {statistics.median(rss[name]):11.0f}"
         )
+
+
+def timed_process(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float, float, str]:
+    """Run ``cmd`` to its end: its wall seconds, user and system CPU seconds, peak RSS in MB and
+    its standard output. The peak is the process's own ``VmHWM``, read every 20 ms while it
+    runs: ``wait4``'s ``ru_maxrss`` would report this benchmark's own size, since the child
+    began as a copy of it (fork, or vfork on Linux) before its ``exec``."""
+    peak = [0]
+
+    def watch(pid: int, done: threading.Event) -> None:
+        while not done.wait(0.02):
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    hwm = next((int(line.split()[1]) for line in f if line.startswith("VmHWM:")), 0)
+            except (OSError, ValueError):
+                continue
+            peak[0] = max(peak[0], hwm)
+
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=stdout, stderr=stderr, text=True)
+        done = threading.Event()
+        watcher = threading.Thread(target=watch, args=(proc.pid, done), daemon=True)
+        watcher.start()
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        done.set()
+        watcher.join()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        stdout.seek(0)
+        stderr.seek(0)
+        if proc.returncode:
+            raise subprocess.CalledProcessError(proc.returncode, cmd, stdout.read(), stderr.read())
+        return wall, usage.ru_utime, usage.ru_stime, peak[0] / 1024, stdout.read()
 
 
 if __name__ == "__main__":

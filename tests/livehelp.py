@@ -160,6 +160,16 @@ def key_for(candidate: str, below: float, on_candidate: bool) -> str:
     raise AssertionError("no key found")
 
 
+def full_window(config: Config | None = None) -> Config:
+    """``config`` (default: the defaults) with the encoder reading Whisper's full 30 s for every
+    call (``asr.context_s`` = 0), for tests of identities that hold only there: with a short
+    context a live final's words depend on the length of what shares its call. JFK sent at once
+    (its finals meet in calls) then reads "and so am I fellow Americans", and a twin shadow that
+    decodes each final alone agrees with the primary on fewer than all finals."""
+    config = config or Config()
+    return replace(config, asr=replace(config.asr, context_s=0.0))
+
+
 def canary_config(candidate: str, tmp_path) -> Config:
     """A canary of ``candidate`` at steps [0.5, 1.0] that judges its gates on little evidence (one
     stream a step, two finals, ten feedback words), its state under ``tmp_path``, with two

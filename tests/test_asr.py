@@ -165,7 +165,9 @@ def test_a_short_context_encodes_the_audio_and_the_silence_asked_for(engine):
 
     from speechpipe.stages.asr import AsrEngine
 
-    assert engine._decoder().context_frames(300) == 3000  # the default: Whisper's full window
+    assert AsrConfig().context_s == 7.0  # the default since issue 24
+    full = AsrEngine(replace(engine.config, context_s=0.0), model=engine.model)
+    assert full._decoder().context_frames(300) == 3000  # 0: Whisper's full window
     short = AsrEngine(replace(engine.config, context_s=7.0), model=engine.model)
     assert short._decoder().context_frames(300) == 1000  # 3 s of audio and 7 s of silence
     assert short._decoder().context_frames(2501) == 3000  # never past the window
@@ -173,9 +175,9 @@ def test_a_short_context_encodes_the_audio_and_the_silence_asked_for(engine):
     # a decode there is bounded by the audio (a loop is cut, not run to 448 tokens), not elsewhere
     prompt = short._decoder().prompt
     assert short._decoder()._bounded(short._decoder().options, 300, prompt).max_new_tokens == 16 + 24
-    assert engine._decoder()._bounded(engine._decoder().options, 300, prompt).max_new_tokens is None
+    assert full._decoder()._bounded(full._decoder().options, 300, prompt).max_new_tokens is None
     audio, _ = load_audio(SPEECH / "cmuarctic_aew_a0001.wav")
-    [(transcripts, run)] = short.run([[AudioPiece(0, 0, audio)]])
+    [(transcripts, run)] = short.run([[AudioPiece(0, 0, audio)]], resume=False)  # a live call
     assert transcripts[0].words and all(0 <= w.start <= w.end <= audio.size / 16000 for w in transcripts[0].words)
     assert run.windows[0].pieces == 1
     with pytest.raises(ValueError, match="context_s"):

@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 from conftest import ROOT, SPEECH
-from livehelp import ServerThread, canary_config, key_for
+from livehelp import ServerThread, canary_config, full_window, key_for
 
 from speechpipe.pipeline.clients.client import file_frames, file_start, paced, stream_file, stream_pcm
 from speechpipe.pipeline.config import Config, ConfigError
@@ -209,7 +209,9 @@ def test_shadow_transcribes_unseen_and_is_scored_against_primary_and_feedback(en
 
     cfg = config(**{"deploy.mode": "shadow", "deploy.candidate": "twin", "variants.twin.vad.backend": "silero"})
     telemetry = start_telemetry(cfg, mode="live", metrics_page=True, environ={}, announce=False)
-    with ServerThread(engine, config=cfg, admin_token=ADMIN, telemetry=telemetry) as srv:
+    # A twin agrees with the primary on every final where the words do not depend on what
+    # shares a call: the full window (livehelp.full_window)
+    with ServerThread(engine, config=full_window(cfg), admin_token=ADMIN, telemetry=telemetry) as srv:
         result = settled(srv, asyncio.run(stream_file(srv.url, JFK, speed=0)))
         deadline = time.monotonic() + 30
         while metric(srv, "speechpipe_shadow_segments_total", shadow_outcome="done") < len(result.finals):

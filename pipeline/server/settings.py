@@ -15,11 +15,13 @@ class ServerSettings:
     Attributes:
         host / port: where to listen.
         max_streams: concurrent streams; one more is closed with code 1013 and a retry hint.
-        max_load: admit a new stream only while the ASR work promised to the streams (finals and
-            speculative jobs, measured as the server runs) stays under this share of the workers'
-            capacity; more queues finals past the latency budget. ``max_streams`` stays a hard cap.
+        max_load: admit a new stream only while the ASR work promised to the streams (the calls
+            of their finals, speculative jobs that became finals among them, measured as the
+            server runs) stays under this share of the workers' capacity; more queues finals past
+            the latency budget. ``max_streams`` stays a hard cap.
         stream_load: the ASR work one stream is assumed to need (worker-seconds per second of
-            audio) until a minute of serving has been measured.
+            audio) until a minute of serving has been measured: 0.07 measured for noisy streams
+            with ``asr.context_s`` = 7 on 2 cores (docs/benchmarks.md).
         asr_workers: ASR calls run at the same time (0: from the cores, one per core up to 2
             cores, then one per 2 cores: :func:`~speechpipe.pipeline.config.sized_for_cores`).
             Each worker runs ``asr.threads`` threads (0: the cores shared out between them). On 2 cores
@@ -68,7 +70,7 @@ class ServerSettings:
     max_streams: int = 16
     asr_workers: int = 0
     max_load: float = 0.6
-    stream_load: float = 0.12
+    stream_load: float = 0.07
     retry_after_s: float = 5.0
     max_frame_bytes: int = 256 * 1024
     max_upload_bytes: int = 25 * 1024 * 1024

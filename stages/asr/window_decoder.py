@@ -50,10 +50,12 @@ class DecodedSegment:
 class WindowDecoder:
     """Decodes windows of at most 30 s with a faster-whisper ``WhisperModel``.
 
-    ``context_s``: the encoder reads each window's audio and this many seconds of silence after
-    it instead of Whisper's full 30 s (0: the full window). The encoder's cost grows with what it
-    reads (its attention quadratically): tiny.en on one core encodes 30 s in 0.56 s and 10 s in
-    0.07 s, so a live final of a few seconds pays a fraction of a pass (``AsrConfig.context_s``).
+    ``context_s``: the encoder reads each window decoded once (``resume`` False: live calls) as
+    its audio and this many seconds of silence after it instead of Whisper's full 30 s (0: the
+    full window); windows decoded on (``resume``) read the full 30 s. The encoder's cost grows with
+    what it reads (its attention quadratically): tiny.en on one core encodes 30 s in 0.56 s and
+    10 s in 0.07 s, so a live final of a few seconds pays a fraction of a pass
+    (``AsrConfig.context_s``).
     """
 
     def __init__(
@@ -173,12 +175,17 @@ class WindowDecoder:
             size = min(N_FRAMES, max(1, f.shape[-1] - 1))
             sizes.append(size)
             mels.append(pad_or_trim(f[:, :size]))
-        frames = self.context_frames(max(sizes))
+        # A short context is for windows decoded once (live calls). A window decoded on from where
+        # Whisper stopped (offline, uploads) reads the full 30 s: from a timestamp near the end of
+        # a short context the continuation began the window again (JFK's cut segments came out
+        # twice, tests/test_attribution.py).
+        frames = N_FRAMES if resume else self.context_frames(max(sizes))
         feats = [np.ascontiguousarray(f[:, :frames]) for f in mels]
         encoder_output = m.encode(np.stack(feats))
 
         if len(audios) == 1:
-            decoded = [m.generate_with_fallback(encoder_output, prompt, tok, self._bounded(opts, sizes[0], prompt))]
+            first = opts if resume else self._bounded(opts, sizes[0], prompt)
+            decoded = [m.generate_with_fallback(encoder_output, prompt, tok, first)]
         elif opts.temperatures[0] > 0:  # sampling from the start: each window on its own
             decoded = [m.generate_with_fallback(m.encode(f[None]), prompt, tok, opts) for f in feats]
         else:
