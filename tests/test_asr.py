@@ -36,6 +36,25 @@ def test_pack_windows_fills_windows_in_stream_order():
     assert groups == [[0], [1, 2], [3, 4], [5], [6], [7]]
 
 
+def test_words_whisper_attached_to_the_one_before_are_joined_to_it():
+    """A word without a leading space ("-not" after " S") is part of the word before it in the
+    text: the words a client gets are the text's words (tests/test_server.py checks it live)."""
+    from speechpipe.stages.asr.types import Word
+    from speechpipe.stages.asr.windows import whole_words
+
+    raw = [
+        Word(0.0, 0.3, " S", 0.9),
+        Word(0.3, 0.6, "-not", 0.4),
+        Word(0.7, 1.0, " what", 0.8),
+        Word(1.0, 1.2, "'s", 0.7),
+    ]
+    joined = whole_words(raw)
+    assert [w.word for w in joined] == [" S-not", " what's"]
+    assert (joined[0].start, joined[0].end, joined[0].probability) == (0.0, 0.6, 0.4)
+    assert "".join(w.word for w in joined) == "".join(w.word for w in raw)
+    assert whole_words([Word(0.0, 0.2, "Hi", 0.9)]) == [Word(0.0, 0.2, "Hi", 0.9)]  # a first word stays
+
+
 def test_release_groups_keeps_the_window_still_filling():
     durations = [20.0, 5.0, 18.0, 4.0]
     assert release_groups(durations, 24.0, 0.3, finished=False) == ([[0], [1, 2]], [3])

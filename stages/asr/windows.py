@@ -35,6 +35,22 @@ def assemble(window: list[AudioPiece], gap_s: float) -> tuple[np.ndarray, list[i
     return (np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)), offsets
 
 
+def whole_words(words: list[Word]) -> list[Word]:
+    """``words`` with each one that Whisper attached to the one before (no leading space:
+    "-not" after " S", "'s" after " John") joined to it, so that the words are the text's
+    whitespace-separated words, as clients show them: the join spans both, with the lower
+    probability."""
+    out: list[Word] = []
+    for w in words:
+        if out and w.word and not w.word[0].isspace():
+            prev = out[-1]
+            w = Word(prev.start, max(prev.end, w.end), prev.word + w.word, min(prev.probability, w.probability))
+            out[-1] = w
+        else:
+            out.append(w)
+    return out
+
+
 @dataclass
 class _PieceOutput:
     """What one window's Whisper segments left for one of its pieces."""
@@ -53,12 +69,13 @@ class _PieceOutput:
             avg_lp, nsp, cr = (sum(e[0] * e[i] for e in basis) / wsum for i in (1, 2, 3))
         else:
             avg_lp, nsp, cr = 0.0, 1.0, 0.0
+        words = whole_words(self.words)
         return Transcript(
             index=piece.index,
             start=piece.start_s,
             end=piece.start_s + piece.duration_s,
-            text="".join(w.word for w in self.words).strip(),
-            words=self.words,
+            text="".join(w.word for w in words).strip(),
+            words=words,
             avg_logprob=float(avg_lp),  # plain floats: these end up in JSON
             no_speech_prob=float(nsp),
             compression_ratio=float(cr),
@@ -199,7 +216,7 @@ def merge(piece: AudioPiece, parts: list[Transcript]) -> Transcript:
     """One transcript for ``piece`` from the transcripts of its first pass and of retried tails."""
     if len(parts) == 1:
         return parts[0]
-    words = sorted((w for t in parts for w in t.words), key=lambda w: w.start)
+    words = whole_words(sorted((w for t in parts for w in t.words), key=lambda w: w.start))
     weights = [len(t.words) + 1e-3 for t in parts]
     total = sum(weights)
 
