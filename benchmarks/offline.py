@@ -56,10 +56,11 @@ RATE = 16000
 NOISE_RMS_DBFS = -35.0
 
 
-def build_long_file(seed: int) -> tuple[np.ndarray, str, dict]:
-    """Concatenate all corpus utterances with silence/noise gaps; returns audio, reference, facts."""
+def build_long_file(seed: int, folder: str = "speech") -> tuple[np.ndarray, str, dict]:
+    """Concatenate all utterances of the corpus ``folder`` with silence/noise gaps; returns audio,
+    reference, facts."""
     rng = np.random.default_rng(seed)
-    speech = sorted(p for p in (CORPUS / "speech").iterdir() if p.suffix in (".wav", ".flac"))
+    speech = sorted(p for p in (CORPUS / folder).iterdir() if p.suffix in (".wav", ".flac"))
     noises = [load_audio(p)[0] for p in sorted((CORPUS / "noise").glob("*.wav"))]
     parts: list[np.ndarray] = []
     refs: list[str] = []

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import soundfile as sf
 from machine import machine_line
-from offline import CORPUS, RATE, build_long_file, counted
+from offline import RATE, build_long_file, counted
 
 from speechpipe.pipeline.config import Config
 from speechpipe.pipeline.evaluate.quality.wer import score
@@ -48,14 +48,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     print(machine_line(), flush=True)
-    # build_long_file reads CORPUS/speech and CORPUS/noise: point "speech" at the folder asked for
     root = Path(tempfile.mkdtemp(prefix="speechpipe-windows-"))
-    (root / "speech").symlink_to(CORPUS / args.corpus)
-    (root / "noise").symlink_to(CORPUS / "noise")
-    import offline
-
-    offline.CORPUS = root
-
     base = AsrConfig(beam_size=1, threads=args.threads, compute_type="int8", device="cpu")
     model = load_model(base)
     counter = counted(model)
@@ -63,7 +56,7 @@ def main() -> int:
     print(f"\n{args.corpus}, {len(args.seeds)} layouts; tiny.en int8, beam 1, {args.threads} threads\n{head}")
     totals: dict[tuple, list[int]] = {}
     for seed in args.seeds:
-        audio, reference, _facts = build_long_file(seed)
+        audio, reference, _facts = build_long_file(seed, args.corpus)
         wav = root / f"long{seed}.wav"
         sf.write(wav, audio, RATE, subtype="PCM_16")
         for window, gap in args.configs:
@@ -75,15 +68,13 @@ def main() -> int:
             cpu = time.process_time() - c0
             passes, tokens = counter.take()
             s = score(reference, result.text)
-            errors = s.errors
-            key = (window, gap)
-            t = totals.setdefault(key, [0, 0, 0, 0])
+            t = totals.setdefault((window, gap), [0, 0, 0, 0])
             t[0] += passes
             t[1] += tokens
-            t[2] += errors
+            t[2] += s.errors
             t[3] += s.ref_words
             print(
-                f"{seed:>4} {window:8g} {gap:5g} {passes:6d} {tokens:6d} {errors:6d}"
+                f"{seed:>4} {window:8g} {gap:5g} {passes:6d} {tokens:6d} {s.errors:6d}"
                 f" {s.ref_words:6d} {s.wer * 100:6.2f} {cpu:6.1f}",
                 flush=True,
             )

@@ -52,12 +52,13 @@ def haproxy_config(template: str, port: int, replicas: list[int]) -> str:
     """The template with its frontend bound to ``port`` and one ``server`` line per replica port
     (the template's own ``server`` lines replaced)."""
     lines: list[str] = []
+    servers = [f"    server replica{k + 1} {HOST}:{p} check" for k, p in enumerate(replicas)]
     for line in template.splitlines():
         if re.match(r"\s*bind\s", line):
             lines.append(f"    bind {HOST}:{port}")
         elif re.match(r"\s*server\s", line):
-            if not any(re.match(r"\s*server\s", x) for x in lines):
-                lines += [f"    server replica{k + 1} {HOST}:{p} check" for k, p in enumerate(replicas)]
+            lines += servers  # in place of the template's first server line, none of the others
+            servers = []
         else:
             lines.append(line)
     return "\n".join(lines) + "\n"

@@ -228,7 +228,9 @@ class AsrScheduler:
             if self._queue.promote(future):
                 self._lock.notify_all()
                 return True
-            self._count_speculative(lambda f, _job_id: f is future)
+            ran = next((sid for sid, (f, _j, _c) in self._speculative.items() if f is future), None)
+            if ran is not None:
+                self._calls.append(self._speculative.pop(ran)[2])
             running = [t for batch in self._running for t in batch if t.future is future]
             for t in running:
                 t.kind = JobKind.FINAL  # its call, when it ends, is this final's call
@@ -240,15 +242,9 @@ class AsrScheduler:
         """The stream's speculative job ``job_id`` had run when its segment closed as predicted:
         its transcription is the final, so its call counts as that final's (admission)."""
         with self._lock:
-            self._count_speculative(lambda _f, j: j == job_id, stream_id)
-
-    def _count_speculative(self, used: Callable[[Future, int], bool], stream_id: str | None = None) -> None:
-        """Move the speculative call that ``used`` picks (of ``stream_id``, or any stream's) to
-        the promised calls. Called under the lock."""
-        for sid, (future, job_id, call) in list(self._speculative.items()):
-            if (stream_id is None or sid == stream_id) and used(future, job_id):
-                del self._speculative[sid]
-                self._calls.append(call)
+            ran = self._speculative.get(stream_id)
+            if ran is not None and ran[1] == job_id:
+                self._calls.append(self._speculative.pop(stream_id)[2])
 
     def drop_partial(self, stream_id: str) -> None:
         """Drop the stream's queued partial/speculative job, if any (its segment changed)."""
