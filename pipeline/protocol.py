@@ -50,6 +50,9 @@ ERROR_CLOSE_CODES: dict[str, int] = {
     "shutting_down": CLOSE_GOING_AWAY,
     "slow_reader": CLOSE_POLICY,
     "internal_error": CLOSE_INTERNAL_ERROR,
+    "unknown_session": CLOSE_POLICY,
+    "session_open": CLOSE_TRY_AGAIN_LATER,
+    "resume_unavailable": CLOSE_TRY_AGAIN_LATER,
 }
 
 
@@ -67,6 +70,22 @@ class ProtocolError(Exception):
 
 
 @dataclass(frozen=True)
+class Resume:
+    """``start.resume``: the session a new connection continues after the old one broke (a
+    replica that died or stopped), from stream time ``from_s`` (the ``end`` of the last final the
+    client got, 0 when none) with segment index ``segment`` (that final's index + 1). The client
+    sends again its audio from ``from_s`` on; the server's stream times and indices go on from
+    there, so no final is sent twice and none is skipped."""
+
+    session: str
+    from_s: float = 0.0
+    segment: int = 0
+
+    def to_dict(self) -> dict:
+        return {"session": self.session, "from_s": self.from_s, "segment": self.segment}
+
+
+@dataclass(frozen=True)
 class Start:
     """The client's ``start`` message: the format of the binary frames that follow."""
 
@@ -81,6 +100,8 @@ class Start:
     prompt: str = ""
     #: the first decoding temperature (0: greedy, falling back to higher ones on a failed decode).
     temperature: float = 0.0
+    #: a session this stream continues (its connection broke); None: a new session.
+    resume: Resume | None = None
 
     @property
     def decoding(self) -> Decoding:
@@ -104,6 +125,7 @@ class Start:
             ({"client": self.client} if self.client is not None else {})
             | ({"prompt": self.prompt} if self.prompt else {})
             | ({"temperature": self.temperature} if self.temperature else {})
+            | ({"resume": self.resume.to_dict()} if self.resume is not None else {})
         )
 
 
@@ -138,8 +160,13 @@ _START_FIELDS = {
     "client",
     "prompt",
     "temperature",
+    "resume",
 }
 MAX_CLIENT_KEY = 128
+#: the longest session id ``resume`` may name (the server's are 12 hex characters).
+MAX_SESSION_ID = 64
+#: the latest stream time ``resume`` may name: a week of audio.
+MAX_RESUME_S = 7 * 24 * 3600.0
 
 
 def parse_client_text(text: str, languages: tuple[str, ...] = ("en",)) -> Start | Stop:
@@ -207,7 +234,30 @@ def parse_client_text(text: str, languages: tuple[str, ...] = ("en",)) -> Start 
         or not 0.0 <= temperature <= 1.0
     ):
         raise ProtocolError("bad_message", f"temperature must be a number from 0 to 1, got {temperature!r}")
-    return Start(int(rate), encoding, channels, language, partials, client, prompt, float(temperature))
+    resume = _resume(msg["resume"]) if msg.get("resume") is not None else None
+    return Start(int(rate), encoding, channels, language, partials, client, prompt, float(temperature), resume)
+
+
+def _resume(doc: object) -> Resume:
+    """``start.resume``, checked (``bad_message`` saying what is wrong)."""
+    if not isinstance(doc, dict):
+        raise ProtocolError("bad_message", 'resume must be an object: {"session": ID, "from_s": S, "segment": N}')
+    unknown = sorted(set(doc) - {"session", "from_s", "segment"})
+    if unknown:
+        raise ProtocolError("bad_message", f"unknown field(s) in resume: {', '.join(unknown)}")
+    session, from_s, segment = doc.get("session"), doc.get("from_s", 0.0), doc.get("segment", 0)
+    if not isinstance(session, str) or not 0 < len(session) <= MAX_SESSION_ID:
+        raise ProtocolError("bad_message", "resume.session must be the session id given in ready")
+    if (
+        isinstance(from_s, bool)
+        or not isinstance(from_s, (int, float))
+        or not math.isfinite(from_s)
+        or not 0 <= from_s <= MAX_RESUME_S
+    ):
+        raise ProtocolError("bad_message", f"resume.from_s must be a stream time in seconds, got {from_s!r}")
+    if isinstance(segment, bool) or not isinstance(segment, int) or not 0 <= segment <= 10_000_000:
+        raise ProtocolError("bad_message", f"resume.segment must be a segment index, got {segment!r}")
+    return Resume(session, float(from_s), segment)
 
 
 def check_audio(data: bytes, start: Start) -> None:

@@ -64,8 +64,9 @@ class SessionError(ValueError):
 class ArrivalClock:
     """When the input audio arrived: one stamp per fed chunk, for ``history_s`` seconds of input."""
 
-    def __init__(self, sample_rate: int, history_s: float = ARRIVAL_HISTORY_S) -> None:
+    def __init__(self, sample_rate: int, history_s: float = ARRIVAL_HISTORY_S, origin_sample: int = 0) -> None:
         self.sample_rate = sample_rate
+        self.origin_sample = origin_sample  # the 16 kHz stream sample of the first frame (a resumed stream)
         self.frames = 0  # input frames received so far
         self._history = int(history_s * sample_rate)
         self._stamps: deque[tuple[int, float]] = deque()  # (frames received up to then, time)
@@ -80,7 +81,7 @@ class ArrivalClock:
 
     def arrival_of(self, end_sample: int, default: float) -> float:
         """When the input audio up to 16 kHz stream sample ``end_sample`` had arrived."""
-        frame = -(-end_sample * self.sample_rate // SAMPLE_RATE)  # ceil
+        frame = -(-(end_sample - self.origin_sample) * self.sample_rate // SAMPLE_RATE)  # ceil
         for frames, when in self._stamps:
             if frames >= frame:
                 return when
@@ -102,6 +103,9 @@ class StreamSession:
         clock: monotonic seconds; the arrival time of fed audio and of finals.
         variant: the pipeline variant whose engine is to run this stream's jobs (stamped on them).
         decoding: the stream's prompt and first temperature (stamped on its jobs).
+        start_s: the stream time of the first sample fed (a resumed stream: where the client's
+            last final ended; times go on from there).
+        first_segment: the index of the stream's first segment (a resumed stream: the next one).
     """
 
     def __init__(
@@ -117,6 +121,8 @@ class StreamSession:
         clock: Callable[[], float] = time.monotonic,
         variant: str = "",
         decoding: Decoding | None = None,
+        start_s: float = 0.0,
+        first_segment: int = 0,
     ) -> None:
         if channels < 1:
             raise SessionError(f"channels must be at least 1, not {channels}")
@@ -131,8 +137,11 @@ class StreamSession:
         self.clock = clock
         self.vad = VadSegmenter(vad or VadConfig())
         self.vad_config_id = self.vad.config_id
+        origin = round(start_s * SAMPLE_RATE)
+        if origin or first_segment:  # a resumed stream goes on from where its last final left it
+            self.vad.start_at(origin, first_segment)
         self._resampler = StreamResampler(sample_rate, SAMPLE_RATE)
-        self.arrivals = ArrivalClock(sample_rate)
+        self.arrivals = ArrivalClock(sample_rate, origin_sample=origin)
         self._closed: list[SpeechSegment] = []  # closed segments not yet in a job
         self._in_flight: dict[int, AsrJob] = {}
         self._finished = False

@@ -43,7 +43,11 @@ def register(sub: Any) -> None:
         help="named API keys: a TOML file with [[auth.keys]] entries (name, token_sha256, scopes), "
         "added to the config's [auth] keys; see docs/protocol.md, Authentication",
     )
-    s.add_argument("--db", help="the review queue: a SQLite file (created) or postgresql://... ([review] db)")
+    s.add_argument(
+        "--db",
+        help="the review queue: a SQLite file (created) or postgresql://... ([review] db); a PostgreSQL URL is "
+        "also where replicas share the deployment ([deploy] db)",
+    )
     s.add_argument("--automation", choices=LEVELS, help="[automation] level")
     s.add_argument("--baseline", help="drift monitoring against this profile (speechpipe baseline build)")
     s.add_argument("--max-streams", type=int, help="concurrent streams (default: 16)")
@@ -68,6 +72,13 @@ def register(sub: Any) -> None:
     c.add_argument("--token", help="bearer token (default: $SPEECHPIPE_TOKEN)")
     c.add_argument("--no-partials", action="store_true", help="ask for finals only")
     c.add_argument("--json", action="store_true", help="print every server message as a JSON line")
+    c.add_argument(
+        "--reconnect",
+        type=int,
+        default=5,
+        metavar="N",
+        help="resume a stream whose connection breaks up to N times (docs/protocol.md, Resume; default: 5; 0: never)",
+    )
     c.set_defaults(func=cmd_stream)
 
     m = sub.add_parser(
@@ -78,6 +89,9 @@ def register(sub: Any) -> None:
     m.add_argument("--url", default=DEFAULT_URL, help=f"server endpoint (default: {DEFAULT_URL})")
     m.add_argument("--token", help="bearer token (default: $SPEECHPIPE_TOKEN)")
     m.add_argument("--device", help="input device name or index (default: the system default)")
+    m.add_argument(
+        "--reconnect", type=int, default=5, metavar="N", help="resume after a broken connection up to N times"
+    )
     m.set_defaults(func=cmd_mic)
 
 
@@ -121,6 +135,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "server.partials": False if args.no_partials else None,
         "monitoring.baseline": args.baseline,
         "review.db": args.db,
+        # PostgreSQL: the replicas given it share the deployment too (its state, gates, ledger)
+        "deploy.db": args.db if args.db and args.db.startswith(("postgresql://", "postgres://")) else None,
         "automation.level": args.automation,
     }
     args.overrides = list(args.overrides) + [f"{k}={_toml(v)}" for k, v in overrides.items() if v is not None]
@@ -183,6 +199,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
                     token=token,
                     partials=not args.no_partials,
                     on_message=printer(f),
+                    reconnect=args.reconnect,
                 )
                 for f in args.files
             ),
@@ -211,7 +228,7 @@ def cmd_mic(args: argparse.Namespace) -> int:
 
     device = int(args.device) if args.device and args.device.isdigit() else args.device
     try:
-        result = asyncio.run(run_mic(args.url, token_from_env(args.token), device))
+        result = asyncio.run(run_mic(args.url, token_from_env(args.token), device, reconnect=args.reconnect))
     except MicError as exc:
         print(f"speechpipe: {exc}", file=sys.stderr)
         return 2

@@ -104,8 +104,11 @@ class LinePrinter:
             self._partial = False
 
 
-async def run_mic(url: str, token: str | None = None, device: str | int | None = None) -> StreamResult:
-    """Stream the microphone until Ctrl-C (SIGINT) or the server ends the stream."""
+async def run_mic(
+    url: str, token: str | None = None, device: str | int | None = None, reconnect: int = 5
+) -> StreamResult:
+    """Stream the microphone until Ctrl-C (SIGINT) or the server ends the stream; a connection
+    that breaks is resumed up to ``reconnect`` times (the audio no final covers is sent again)."""
     import signal
 
     sd, info = open_input(RATE, device)
@@ -115,7 +118,12 @@ async def run_mic(url: str, token: str | None = None, device: str | int | None =
     loop.add_signal_handler(signal.SIGINT, stop.set)
     try:
         return await stream_pcm(
-            url, Start(sample_rate=RATE), mic_frames(sd, device, stop), token=token, on_message=LinePrinter()
+            url,
+            Start(sample_rate=RATE),
+            mic_frames(sd, device, stop),
+            token=token,
+            on_message=LinePrinter(),
+            reconnect=reconnect,
         )
     finally:
         loop.remove_signal_handler(signal.SIGINT)

@@ -53,6 +53,9 @@ STATES = {
 }
 
 
+#: the changes after which the gates compare a new window.
+WINDOW_ACTIONS = frozenset({"start", "advance", "rollback", "promote", "set_weight"})
+
 #: each action's fields besides "action".
 FIELDS: dict[str, tuple[str, ...]] = {
     "switch": ("active",),
@@ -82,6 +85,11 @@ class DeployController:
         self.settings = settings
         self.variants = dict(variants)
         self.mode = settings.mode
+        self.load(state, now)
+
+    def load(self, state: dict | None, now: float) -> None:
+        """Start from ``state`` (a :meth:`snapshot`; None: from the settings), as a restart does:
+        see the module docstring. A ``start`` change says what happened."""
         self.history: list[Change] = []
         self.streams: dict[str, int] = {name: 0 for name in self.variants}
         self.paused = False
@@ -124,6 +132,44 @@ class DeployController:
         )
         self._record(now, "start", why, INITIAL_STATE[self.mode])
 
+    def adopt(self, state: dict, now: float) -> list[Change] | None:
+        """Take another replica's snapshot as this one's (a shared deployment: a change decided
+        elsewhere): the routing state and the history, nothing recorded. Returns the changes new
+        here; None when ``state`` is of another deployment or unreadable (nothing taken). A new
+        change that starts a window (start, advance, rollback, promote, set_weight) starts one
+        here, from the ``window.started_at`` of ``state``."""
+        try:
+            history = [Change.from_dict(c) for c in state.get("history", [])]
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None
+        saved = history[-1].deployment if history else {}
+        if saved != self.deployment or state.get("mode") != self.mode:
+            return None
+        mine = [c.to_dict() for c in self.history]
+        common = 0
+        while common < min(len(mine), len(history)) and mine[common] == history[common].to_dict():
+            common += 1
+        kept = (self.primary, self.candidate, self.active, self.paused, self.step, self.weight, self.state)
+        streams = dict(self.streams)
+        self._start_over()
+        if not self._resume(state):
+            self.primary, self.candidate, self.active, self.paused, self.step, self.weight, self.state = kept
+            self.streams = streams
+            return None
+        self.history = history
+        new = history[common:]
+        if any(c.action in WINDOW_ACTIONS for c in new):
+            window = state.get("window") if isinstance(state.get("window"), dict) else {}
+            started = window.get("started_at", now)
+            keep = not any(c.action in ("start", "promote") for c in new)
+            self._new_window(float(started) if isinstance(started, int | float) else now, keep_baseline=keep)
+        return new
+
+    def begin_window(self, started: float) -> None:
+        """A new window from ``started``, without the baseline (a shared deployment's new leader
+        rebuilds the window from every replica's evidence since it began)."""
+        self._new_window(started, keep_baseline=False)
+
     @property
     def deployment(self) -> dict[str, str]:
         """What the settings deploy: mode, primary, candidate (recorded on every change)."""
@@ -131,8 +177,10 @@ class DeployController:
 
     # -- routing ----------------------------------------------------------------------------------
 
-    def assign(self, now: float, client_key: str | None = None, stream_id: str = "") -> Assignment:
-        """The variant of a new stream; see the module docstring for the canary's routing."""
+    def assign(self, now: float, client_key: str | None = None, stream_id: str = "", count: bool = True) -> Assignment:
+        """The variant of a new stream; see the module docstring for the canary's routing.
+        ``count``: add it to the variant's streams (a shared deployment's leader counts every
+        replica's instead)."""
         if self.mode == "bluegreen":
             out = Assignment(self.active, "primary")
         elif self.mode == "shadow" and self.state == "shadowing":
@@ -152,7 +200,7 @@ class DeployController:
         else:
             out = Assignment(self.primary, "primary")
         for name in (out.variant, out.shadow):
-            if name:
+            if name and count:
                 self.streams[name] = self.streams.get(name, 0) + 1
         return out
 

@@ -14,12 +14,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from speechpipe.pipeline.deploy import Assignment, Change, DeployController, DeployError, DeploySettings, DeployStore
 from speechpipe.pipeline.deploy.ledger import Comparison, Ledger, Piece, Score
+from speechpipe.pipeline.deploy.replication import SYNC_S, ReplicaInfo, Replicator
+from speechpipe.pipeline.deploy.shared import SharedStore, is_shared
 from speechpipe.pipeline.hooks import AsrJob, Event, FinalLost, FinalTranscript, Observer, StreamEnded
 
 log = logging.getLogger("speechpipe.deploy")
@@ -33,6 +36,10 @@ class FeedbackBacklog(Exception):
     """Feedback refused: :data:`MAX_UNSAVED_FEEDBACK` wait to be written to a store that fails."""
 
 
+class SessionOpen(Exception):
+    """A resume of a session still open on this replica (its connection has not ended here)."""
+
+
 __all__ = [
     "ClientFeedback",
     "DeployChanged",
@@ -40,7 +47,9 @@ __all__ = [
     "Deployment",
     "FeedbackBacklog",
     "FeedbackScored",
+    "ReplicaInfo",
     "RolledBack",
+    "SessionOpen",
     "ShadowScored",
     "ShadowSegment",
     "WeightChanged",
@@ -130,6 +139,10 @@ class Deployment:
         reports: told what the deployment does (the events above; None: nobody listens).
         clock: wall-clock seconds (the times in the deploy history).
         max_unsaved_feedback: the most feedback kept in memory while the store cannot be written.
+        replica: who this replica is, when ``settings.db`` is shared (PostgreSQL): then the state
+            lives there, one replica judges the gates on every replica's evidence
+            (:mod:`~speechpipe.pipeline.deploy.replication`), and a thread syncs every
+            :data:`~speechpipe.pipeline.deploy.replication.SYNC_S` until :meth:`close`.
     """
 
     def __init__(
@@ -140,12 +153,15 @@ class Deployment:
         reports: Observer | None = None,
         clock: Callable[[], float] = time.time,
         max_unsaved_feedback: int = MAX_UNSAVED_FEEDBACK,
+        replica: ReplicaInfo | None = None,
     ) -> None:
         self.settings = settings
         self.max_unsaved_feedback = max_unsaved_feedback
         self.clock = clock
         self.reports = reports
-        self.store = DeployStore(settings.state_file)
+        shared = is_shared(settings.db)
+        replica = replica or ReplicaInfo(f"replica-{uuid.uuid4().hex[:8]}")
+        self.store = SharedStore(settings.db, replica.name) if shared else DeployStore(settings.state_file)
         self.ledger = Ledger()
         #: feedback received since start: ``counted`` (scored into the figures), ``client`` (kept apart)
         self.feedback_counts = {"counted": 0, "client": 0}
@@ -157,22 +173,72 @@ class Deployment:
         self._unsaved_feedback: list[dict] = []  # feedback accepted, not yet written (in order)
         self._lock = threading.RLock()
         now = clock()
-        self.controller = DeployController(settings, variant_ids, now, state=self.store.load())
-        self._weights = self.controller.weights()
-        self._report(list(self.controller.history[-1:]) if self.controller.history else [])
+        # shared: routed as the settings start until the first sync has read the stored state
+        state = None if shared else self.store.load()
+        self.controller = DeployController(settings, variant_ids, now, state=state)
+        self.replicator: Replicator | None = None
+        self._stop = threading.Event()
+        self._sync: threading.Thread | None = None
+        if shared:
+            self.replicator = Replicator(self.store, self.controller, self.ledger, self._lock, replica, clock)
+            self._state_dirty = False  # the replicator writes the state
+        else:
+            self._report(list(self.controller.history[-1:]) if self.controller.history else [])
         self._flush()
+        self._weights = self.controller.weights()
         for name, weight in self._weights.items():
             self._emit(WeightChanged(name, self.controller.role_of(name), weight))
+        if shared:
+            self._sync = threading.Thread(target=self._sync_loop, name="deploy-sync", daemon=True)
+            self._sync.start()
 
     # -- routing --------------------------------------------------------------------------------
 
     def assign(self, client_key: str | None, stream_id: str) -> Assignment:
         with self._lock:
-            return self.controller.assign(self.clock(), client_key=client_key, stream_id=stream_id)
+            rep = self.replicator
+            out = self.controller.assign(self.clock(), client_key=client_key, stream_id=stream_id, count=rep is None)
+            if rep is not None:
+                for name in (out.variant, out.shadow):
+                    if name:
+                        rep.record("assigned", name)
+            return out
 
-    def opened(self, stream_id: str, assignment: Assignment, shared_segments: bool) -> None:
+    def opened(
+        self, stream_id: str, assignment: Assignment, shared_segments: bool, principal: str | None = None
+    ) -> None:
         with self._lock:
-            self.ledger.open(stream_id, assignment.variant, assignment.role, assignment.shadow, shared_segments)
+            a = assignment
+            self.ledger.open(stream_id, a.variant, a.role, a.shadow, shared_segments, principal)
+            self._touch(stream_id)
+
+    def fetch_session(self, session: str) -> None:
+        """Bring a session another replica kept into the ledger (no-op unless shared); raises
+        when the shared store cannot answer. Called off the event loop."""
+        if self.replicator is not None:
+            self.replicator.fetch(session)
+
+    def resume(self, session: str, principal: str | None) -> tuple[Assignment, bool]:
+        """A stream resuming ``session`` (after :meth:`fetch_session`): the variant that served it
+        and whether its shadow shared its segments. KeyError (the unknown-session answer) when
+        it is unknown or another principal's; :class:`SessionOpen` while it is still open here."""
+        with self._lock:
+            rec = self.ledger.get(session)
+            if rec is None or rec.principal != principal:
+                raise self.ledger.unknown(session)
+            if not rec.ended:
+                raise SessionOpen(f"session {session!r} is still open on this server; resume once it has ended")
+            rec.ended = False
+            self._touch(session)
+            if self.replicator is not None:
+                self.replicator.record("assigned", rec.variant)
+            return Assignment(rec.variant, rec.role, rec.shadow), rec.shared_segments
+
+    def session_owner(self, session: str) -> str | None:
+        """Who opened ``session`` as the ledger keeps it (None: unknown here)."""
+        with self._lock:
+            rec = self.ledger.get(session)
+            return rec.principal if rec is not None else None
 
     def observer(self, stream_id: str, variant: str) -> _StreamObserver:
         """The observer of one stream served by ``variant``: feeds its finals to the controller."""
@@ -187,7 +253,8 @@ class Deployment:
             scores: list[Score] = []
             if isinstance(event, FinalTranscript):
                 tr, seg = event.transcript, event.segment
-                self.controller.record_final(
+                self._evidence(
+                    "final",
                     variant,
                     now,
                     latency_s=event.latency_s,
@@ -198,10 +265,11 @@ class Deployment:
                 )
                 comparisons = self.ledger.final(stream_id, Piece(seg.index, seg.start_s, seg.end_s, tr.text))
             elif isinstance(event, FinalLost):
-                self.controller.record_final(variant, now, error=True)
+                self._evidence("final", variant, now, error=True)
             elif isinstance(event, StreamEnded):
-                self.controller.stream_ended(variant, now)
+                self._evidence("ended", variant, now)
                 comparisons, scores = self.ledger.ended(stream_id)
+            self._touch(stream_id)
             self._after(stream_id, comparisons, scores)
 
     def on_shadow(self, stream_id: str, job: AsrJob, future: Future) -> None:
@@ -225,7 +293,8 @@ class Deployment:
         with self._lock:
             if outcome == "done":  # the shadow's own figures (its latency waits below the clients')
                 for tr in transcripts:
-                    self.controller.record_final(
+                    self._evidence(
+                        "final",
                         job.variant,
                         self.clock(),
                         latency_s=None,
@@ -234,20 +303,39 @@ class Deployment:
                         guard_dropped=tr.dropped > 0,
                     )
             comparisons, scores = self.ledger.shadow_done(stream_id, pieces)
+            self._touch(stream_id)
             self._after(stream_id, comparisons, scores)
 
     def _after(self, stream_id: str, comparisons: list[Comparison], scores: list[Score]) -> None:
         rec = self.ledger.get(stream_id)
         for c in comparisons:
             if rec is not None and rec.shadow:
-                self.controller.record_agreement(rec.shadow, self.clock(), c.agreement)
+                self._evidence("agreement", rec.shadow, self.clock(), score=c.agreement)
                 self._emit(ShadowScored(rec.shadow, "shadow", c.agreement, c.empty_mismatch))
         for s in scores:
             self._scored(s)
 
     def _scored(self, s: Score) -> None:
-        self.controller.record_feedback(s.variant, self.clock(), s.errors, s.words)
+        self._evidence("feedback", s.variant, self.clock(), errors=s.errors, words=s.words)
         self._emit(FeedbackScored(s.variant, s.role, s.errors, s.words))
+
+    def _evidence(self, kind: str, variant: str, now: float, **doc: object) -> None:
+        """What a variant produced, for the gates: to the controller, or (shared) to the store,
+        where the leader folds every replica's."""
+        if self.replicator is not None:
+            self.replicator.record(kind, variant, **doc)
+        elif kind == "final":
+            self.controller.record_final(variant, now, **doc)
+        elif kind == "feedback":
+            self.controller.record_feedback(variant, now, doc["errors"], doc["words"])
+        elif kind == "agreement":
+            self.controller.record_agreement(variant, now, doc["score"])
+        elif kind == "ended":
+            self.controller.stream_ended(variant, now)
+
+    def _touch(self, session: str) -> None:
+        if self.replicator is not None:
+            self.replicator.touch(session)
 
     # -- feedback, admin, time ------------------------------------------------------------------
 
@@ -334,7 +422,15 @@ class Deployment:
             return rec.variant if rec is not None else None
 
     def apply(self, action: dict, reason: str = "admin") -> Change:
-        """An admin action (``POST /admin/deploy``); DeployError for a bad one."""
+        """An admin action (``POST /admin/deploy``); DeployError for a bad one. Shared: made on
+        the stored state (a store that cannot be written raises, nothing changed); call it off
+        the event loop."""
+        if self.replicator is not None:
+            change, adopted = self.replicator.apply(action, reason)
+            with self._lock:
+                self._changed(adopted, report=False)
+                self._changed([change])
+            return change
         with self._lock:
             change = self.controller.apply(action, self.clock(), reason=reason)
             self._changed([change])
@@ -346,6 +442,8 @@ class Deployment:
         with self._lock:
             if self.unsaved_since is not None:
                 self._flush()
+            if self.replicator is not None:
+                return []  # the leader judges, in the sync thread
             changes = self.controller.tick(self.clock())
             if changes:
                 self._changed(changes)
@@ -357,14 +455,45 @@ class Deployment:
         with self._lock:
             saved = {"saved": self.unsaved_since is None, "unsaved_since": self.unsaved_since}
             feedback = {**self.feedback_counts, "unsaved": len(self._unsaved_feedback)}
-            return {**self.controller.snapshot(), "feedback": feedback, **saved}
+            rep = self.replicator
+            if rep is None:
+                return {**self.controller.snapshot(), "feedback": feedback, **saved}
+            # the stored state (the leader's figures): the same on every replica
+            view = dict(rep.view) if rep.view is not None else self.controller.snapshot()
+            return {**view, "feedback": feedback, **saved, "replication": rep.status()}
+
+    def close(self) -> None:
+        """Stop syncing (shared): what waits is written, the leader's lock let go."""
+        self._stop.set()
+        if self._sync is not None:
+            self._sync.join(timeout=10)
+        if self.replicator is not None:
+            self.replicator.close()
+
+    def _sync_loop(self) -> None:
+        rep = self.replicator
+        while not self._stop.wait(SYNC_S):
+            try:
+                adopted, decided = rep.sync()
+                if adopted or decided:
+                    with self._lock:
+                        self._changed(adopted, report=False)
+                        self._changed(decided)
+            except Exception:  # a bug here must not stop the syncing
+                log.exception("deploy sync failed")
 
     # -- bookkeeping ----------------------------------------------------------------------------
 
-    def _changed(self, changes: list[Change]) -> None:
-        self._state_dirty = True
-        self._flush()
-        self._report(changes)
+    def _changed(self, changes: list[Change], report: bool = True) -> None:
+        """After ``changes``: the state written, the changes reported (``report``: made here; a
+        change adopted from another replica was reported there), the weights' moves reported."""
+        if not changes:
+            return
+        if self.replicator is None:
+            self._state_dirty = True
+            self._flush()
+        if report:
+            self._report(changes)
         weights = self.controller.weights()
         for name in set(weights) | set(self._weights):
             delta = weights.get(name, 0.0) - self._weights.get(name, 0.0)

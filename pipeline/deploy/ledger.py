@@ -61,6 +61,7 @@ class SessionRecord:
     role: str
     shadow: str | None
     shared_segments: bool  # the shadow transcribes the primary's own segments (same VAD)
+    principal: str | None = None  # who opened it (a resume must come from the same principal)
     finals: dict[int, Piece] = field(default_factory=dict)
     shadow_pieces: dict[int, Piece] = field(default_factory=dict)
     shadow_pending: int = 0
@@ -72,6 +73,47 @@ class SessionRecord:
     #: client feedback (from a principal whose feedback does not count), kept apart: the last
     #: :data:`MAX_CLIENT_REFERENCES` (segment or None, text); never scored into any figure
     client_references: list[tuple[int | None, str]] = field(default_factory=list)
+
+    def to_doc(self) -> dict:
+        """What a shared ledger keeps of the session (JSON): who, which variant, the texts."""
+
+        def pieces(d: dict[int, Piece]) -> list:
+            return [[p.index, p.start_s, p.end_s, p.text] for _, p in sorted(d.items())]
+
+        return {
+            "session": self.stream_id,
+            "variant": self.variant,
+            "role": self.role,
+            "shadow": self.shadow,
+            "shared_segments": self.shared_segments,
+            "principal": self.principal,
+            "finals": pieces(self.finals),
+            "shadow_pieces": pieces(self.shadow_pieces),
+            "shadow_pending": self.shadow_pending,
+            "shadow_lost": self.shadow_lost,
+            "ended": self.ended,
+        }
+
+    @classmethod
+    def from_doc(cls, doc: dict) -> SessionRecord:
+        """A session kept by another replica (:meth:`to_doc`); not open here, so ``ended``, and
+        the shadow work that replica still had pending will not come (counted lost)."""
+
+        def pieces(rows: list) -> dict[int, Piece]:
+            return {int(r[0]): Piece(int(r[0]), float(r[1]), float(r[2]), str(r[3])) for r in rows}
+
+        rec = cls(
+            str(doc["session"]),
+            str(doc["variant"]),
+            str(doc["role"]),
+            doc.get("shadow") or None,
+            bool(doc.get("shared_segments", True)),
+            doc.get("principal"),
+        )
+        rec.finals, rec.shadow_pieces = pieces(doc.get("finals", [])), pieces(doc.get("shadow_pieces", []))
+        rec.shadow_lost = int(doc.get("shadow_lost", 0)) + int(doc.get("shadow_pending", 0))
+        rec.ended = True
+        return rec
 
     def text(self, pieces: dict[int, Piece], segment: int | None) -> str:
         if segment is not None:
@@ -120,8 +162,21 @@ class Ledger:
         self.max_sessions = max_sessions
         self._sessions: OrderedDict[str, SessionRecord] = OrderedDict()
 
-    def open(self, stream_id: str, variant: str, role: str, shadow: str | None, shared_segments: bool) -> None:
-        self._sessions[stream_id] = SessionRecord(stream_id, variant, role, shadow, shared_segments)
+    def open(
+        self,
+        stream_id: str,
+        variant: str,
+        role: str,
+        shadow: str | None,
+        shared_segments: bool,
+        principal: str | None = None,
+    ) -> None:
+        self.put(SessionRecord(stream_id, variant, role, shadow, shared_segments, principal))
+
+    def put(self, record: SessionRecord) -> None:
+        """Keep ``record`` (a new session, or one another replica kept), as the newest."""
+        self._sessions[record.stream_id] = record
+        self._sessions.move_to_end(record.stream_id)
         while len(self._sessions) > self.max_sessions:
             self._sessions.popitem(last=False)
 

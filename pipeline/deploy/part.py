@@ -33,6 +33,8 @@ the :class:`~speechpipe.pipeline.server.parts.ServerContext`.
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -54,6 +56,8 @@ from speechpipe.pipeline.server.auth import (
 )
 from speechpipe.pipeline.server.http import STORE_UNAVAILABLE, BadRequest, error, read_json, unavailable
 from speechpipe.pipeline.server.parts import Part, ServerContext, StreamInfo
+
+log = logging.getLogger("speechpipe.deploy")
 
 #: what a refused feedback is told to wait (the state store is retried at every tick).
 RETRY_AFTER_S = 5.0
@@ -80,7 +84,10 @@ class DeployPart(Part):
 
     async def tick(self, now: float) -> None:
         if self.deployment is not None:
-            self.deployment.tick()
+            if self.deployment.replicator is None:
+                self.deployment.tick()
+            else:  # its store is another machine: off the event loop
+                await asyncio.to_thread(self.deployment.tick)
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -110,11 +117,17 @@ class DeployPart(Part):
             reason = action.pop("reason", None) or "admin"
             if not isinstance(reason, str):
                 raise BadRequest(400, "bad_request", "reason must be a string")
-            change = dep.apply(action, reason=f"admin: {reason}" if reason != "admin" else reason)
+            reason = f"admin: {reason}" if reason != "admin" else reason
+            change = (
+                dep.apply(action, reason=reason) if dep.replicator is None else await _shared_apply(dep, action, reason)
+            )
         except BadRequest as exc:
             return error(exc.status, exc.code, exc.message)
         except DeployError as exc:
             return error(400, "bad_action", str(exc))
+        except StoreDown as exc:
+            message = f"the shared deploy state cannot be written now ({exc}); nothing was changed"
+            return unavailable({"error": STORE_UNAVAILABLE, "message": message}, RETRY_AFTER_S)
         return JSONResponse({"change": change.to_dict(), "deploy": dep.snapshot()}, headers=NO_STORE)
 
     @requires(ADMIN)
@@ -134,12 +147,21 @@ class DeployPart(Part):
         try:
             dep = self._loaded()
             session, segment, text = _feedback_fields(await read_json(request))
+            if dep.replicator is not None:  # a session another replica served: its record from the store
+                try:
+                    await asyncio.to_thread(dep.fetch_session, session)
+                except Exception as exc:  # noqa: BLE001  # the store is down: this request only
+                    message = f"the shared session ledger cannot be read now ({type(exc).__name__})"
+                    return unavailable({"error": STORE_UNAVAILABLE, "message": message}, RETRY_AFTER_S)
             # Someone else's session is answered exactly like one that does not exist.
-            if not self.owners.may_see(session, request):
+            if not self.owners.may_see(session, request, stored=dep.session_owner(session)):
                 raise KeyError(dep.unknown_session(session))
             counted = trusted(request)
             principal = request.user.display_name
-            scores = dep.feedback(session, segment, text, counted=counted, keep=True, principal=principal)
+            feedback = functools.partial(
+                dep.feedback, session, segment, text, counted=counted, keep=True, principal=principal
+            )
+            scores = feedback() if dep.replicator is None else await asyncio.to_thread(feedback)
         except BadRequest as exc:
             return error(exc.status, exc.code, exc.message)
         except KeyError as exc:
@@ -159,6 +181,21 @@ class DeployPart(Part):
             },
         }
         return JSONResponse(body, headers=NO_STORE)
+
+
+class StoreDown(Exception):
+    """The shared deploy store failed under an admin action (nothing was changed)."""
+
+
+async def _shared_apply(dep: Deployment, action: dict, reason: str):
+    """An admin action made on the shared store, in a transaction, off the event loop."""
+    try:
+        return await asyncio.to_thread(dep.apply, action, reason)
+    except DeployError:
+        raise
+    except Exception as exc:  # the store is down or refused: this action only
+        log.warning("admin action not made: the deploy store failed: %s", exc)
+        raise StoreDown(type(exc).__name__) from exc
 
 
 def _whole(value: str, name: str) -> int:

@@ -14,10 +14,11 @@ import functools
 from collections.abc import Callable, Sequence
 
 from speechpipe.pipeline.config import Config
-from speechpipe.pipeline.deploy.deployment import Deployment
+from speechpipe.pipeline.deploy.deployment import Deployment, SessionOpen
 from speechpipe.pipeline.deploy.variants import LoadedVariant
 from speechpipe.pipeline.hooks import Observer
 from speechpipe.pipeline.live.actions import LiveContext, SubmitReview
+from speechpipe.pipeline.protocol import ProtocolError, Resume
 from speechpipe.pipeline.server.parts import StreamInfo
 
 #: the observers the server's parts want on a stream.
@@ -53,7 +54,8 @@ class StreamRouter:
         primary's, plus the route)."""
         primary = self.variants[self.deployment.controller.primary]
         route = functools.partial(self.route, principal=principal)
-        return self._context(primary, "primary", None, route=route, principal=principal)
+        resume = functools.partial(self.resume, principal=principal)
+        return self._context(primary, "primary", None, route=route, resume=resume, principal=principal)
 
     def route(self, client_key: str | None, stream_id: str, principal: str | None = None) -> LiveContext:
         """The context of the variant assigned to ``stream_id`` (sticky by ``client_key``)."""
@@ -62,8 +64,31 @@ class StreamRouter:
         ai = variant.config.automation.runs_model  # at level human no model runs, no shadow either
         shadow = self.variants.get(assignment.shadow) if assignment.shadow and ai else None
         shared = shadow is not None and shadow.config.vad == variant.config.vad
-        self.deployment.opened(stream_id, assignment, shared)
+        self.deployment.opened(stream_id, assignment, shared, principal)
         return self._context(variant, assignment.role, shadow, stream_id=stream_id, shared=shared, principal=principal)
+
+    def resume(self, resume: Resume, principal: str | None = None) -> LiveContext:
+        """The context of a stream that resumes ``resume.session`` (fetched already): the variant
+        that served it, whatever the deployment routes new streams to now. A ProtocolError when
+        it cannot be resumed: ``unknown_session`` (unknown, or another principal's: the same
+        answer), ``session_open`` (still open on this server)."""
+        try:
+            assignment, shared = self.deployment.resume(resume.session, principal)
+        except KeyError as exc:
+            raise ProtocolError("unknown_session", str(exc.args[0])) from None
+        except SessionOpen as exc:
+            raise ProtocolError("session_open", str(exc)) from None
+        variant = self.variants.get(assignment.variant)
+        if variant is None:
+            raise ProtocolError(
+                "unknown_session", f"session {resume.session!r} was served by {assignment.variant!r}, not served here"
+            )
+        ai = variant.config.automation.runs_model
+        shadow = self.variants.get(assignment.shadow) if assignment.shadow and ai else None
+        shared = shared and shadow is not None
+        return self._context(
+            variant, assignment.role, shadow, stream_id=resume.session, shared=shared, principal=principal
+        )
 
     def pinned_context(self, name: str, principal: str | None = None) -> LiveContext:
         """What a stream that asked for variant ``name`` itself is given (an OpenAI request naming
@@ -87,6 +112,7 @@ class StreamRouter:
         stream_id: str = "",
         shared: bool = True,
         route: Callable[[str | None, str], LiveContext] | None = None,
+        resume: Callable[[Resume], LiveContext] | None = None,
         routed: bool = True,
         principal: str | None = None,
     ) -> LiveContext:
@@ -115,6 +141,8 @@ class StreamRouter:
             shadow_vad=None if shadow is None or shared else shadow.config.vad,
             on_shadow=self.deployment.on_shadow if shadow else None,
             route=route,
+            resume=resume,
+            fetch_session=self.deployment.fetch_session if resume is not None else None,
             automation=variant.config.automation,
             on_review=on_review if review is not None else None,
             window_s=variant.engine.config.window_s,

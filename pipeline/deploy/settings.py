@@ -119,6 +119,9 @@ class DeploySettings:
         sticky: ``client``: a stream that gives a client key is routed by hashing the key, so one
             client stays on one side as the weight ramps; ``stream``: every stream on its own.
         state_file: SQLite file the deploy state is kept in across restarts; "" keeps it in memory.
+        db: ``postgresql://...``: the state is shared by every replica given the same database
+            (``speechpipe serve --db`` sets it with the review queue's); then ``state_file`` is
+            not used. "" : one process, ``state_file``.
         gates: the canary's gates.
     """
 
@@ -130,16 +133,21 @@ class DeploySettings:
     step_min_s: float = 300.0
     sticky: str = "client"
     state_file: str = ""
+    db: str = ""
     gates: GateSettings = field(default_factory=GateSettings)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"deploy.mode must be one of {', '.join(MODES)}, not {self.mode!r}")
-        for key in ("primary", "candidate", "state_file"):
+        for key in ("primary", "candidate", "state_file", "db"):
             if not isinstance(getattr(self, key), str):
                 raise ValueError(f"deploy.{key} must be a string, not {getattr(self, key)!r}")  # noqa: TRY004 - a config error
         if self.sticky not in STICKY:
             raise ValueError(f"deploy.sticky must be one of {', '.join(STICKY)}, not {self.sticky!r}")
+        if self.db and not self.db.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+            raise ValueError(
+                f"deploy.db must be a postgresql:// URL (or empty: one process, state_file), not {self.db!r}"
+            )
         self._check_steps()
         if not _integer(self.step_min_streams) or self.step_min_streams < 1:
             raise ValueError(f"deploy.step_min_streams must be an integer >= 1, not {self.step_min_streams!r}")

@@ -9,6 +9,7 @@ import numpy as np
 
 from speechpipe.pipeline.config import ServerSettings
 from speechpipe.pipeline.hooks import AsrJob, Observer
+from speechpipe.pipeline.protocol import Resume
 from speechpipe.pipeline.review.settings import AutomationSettings
 from speechpipe.stages.vad import VadConfig
 
@@ -57,6 +58,15 @@ class Reuse:
 
 
 @dataclass(frozen=True)
+class Fetch:
+    """``start`` resumes ``session``: look its record up where the server keeps sessions (off the
+    event loop: a shared store may be another machine) and tell the core, which reads nothing more
+    until then (:meth:`~speechpipe.pipeline.live.core.LiveCore.fetched`)."""
+
+    session: str
+
+
+@dataclass(frozen=True)
 class SubmitShadow:
     """Queue a shadow variant's job (never shown to the client); its result is the shadow's."""
 
@@ -88,7 +98,7 @@ class Close:
     reason: str
 
 
-Action = Send | SubmitFinal | OfferSide | DropSide | Promote | Reuse | SubmitShadow | SubmitReview | Close
+Action = Send | SubmitFinal | OfferSide | DropSide | Promote | Reuse | Fetch | SubmitShadow | SubmitReview | Close
 
 
 @dataclass(frozen=True)
@@ -111,6 +121,11 @@ class LiveContext:
         on_shadow: given each shadow job and the future of its result (the deployment scores it).
         route: once ``start`` is read, gives the context of the variant that serves the stream,
             from the client's key in ``start`` (a canary's sticky routing) and the stream id.
+        resume: once a ``start`` that resumes a session is read and the session fetched, gives
+            the context of the variant that served it (raises a ProtocolError when the session
+            is unknown, someone else's or still open); None: this route does not resume.
+        fetch_session: looks a session up where the server keeps them (called off the event
+            loop; raises when the store cannot answer).
         automation: the level of automation: what the client gets, what humans review.
         on_review: given the stream id and each :class:`SubmitReview` (None: no review queue).
         window_s / gap_s: the variant's Whisper window and the silence between packed pieces: an
@@ -129,6 +144,8 @@ class LiveContext:
     shadow_vad: VadConfig | None = None
     on_shadow: Callable[[str, AsrJob, object], None] | None = None
     route: Callable[[str | None, str], LiveContext] | None = None
+    resume: Callable[[Resume], LiveContext] | None = None
+    fetch_session: Callable[[str], None] | None = None
     automation: AutomationSettings = field(default_factory=AutomationSettings)
     on_review: Callable[[str, SubmitReview], None] | None = None
     window_s: float = 30.0

@@ -39,6 +39,7 @@ from speechpipe.pipeline.live.actions import (
     Action,
     Close,
     DropSide,
+    Fetch,
     LiveContext,
     OfferSide,
     Promote,
@@ -83,6 +84,7 @@ class Connection:
         self._recv: asyncio.Task | None = None
         self._writer: asyncio.Task | None = None
         self._closing: Close | None = None
+        self._fetching: asyncio.Task | None = None  # a resumed session's lookup (Fetch)
         self._slow_reader_s = context.settings.slow_reader_s
         #: when the message being written began to wait for the client's socket (None: none is)
         self._sending_since: float | None = None
@@ -176,6 +178,8 @@ class Connection:
         now = time.monotonic()
         if item[0] == "shutdown":
             return self.core.shutdown(now)
+        if item[0] == "fetched":
+            return self.core.fetched(now, item[1])
         _, job, fut = item
         if self._futures.pop(job.job_id, None) is None or fut.cancelled():
             return []  # the stream was released meanwhile
@@ -195,24 +199,38 @@ class Connection:
                 case OfferSide(job=job, on_leave=on_leave):
                     self._track(job, self.scheduler.offer_partial(job, on_leave=on_leave))
                 case DropSide():
-                    self.scheduler.drop_partial(self.stream_id)
+                    self.scheduler.drop_partial(self.core.stream_id)
                 case Promote(job=job):
                     fut = self._futures.get(job.job_id)
                     if fut is not None:
                         self.scheduler.promote(fut)  # if it was dropped meanwhile, its None result says so
                 case Reuse(job=job):
-                    self.scheduler.reused(self.stream_id, job.job_id)
+                    self.scheduler.reused(self.core.stream_id, job.job_id)
                 case SubmitReview():
                     on_review = self.core.context.on_review
                     if on_review is not None:
-                        on_review(self.stream_id, action)
+                        on_review(self.core.stream_id, action)
                 case SubmitShadow(job=job):
                     fut = self.scheduler.submit_shadow(job)
                     on_shadow = self.core.context.on_shadow
                     if on_shadow is not None:
-                        on_shadow(self.stream_id, job, fut)
+                        on_shadow(self.core.stream_id, job, fut)
+                case Fetch(session=session):
+                    self._fetching = asyncio.create_task(self._fetch(session), name=f"fetch-{self.stream_id}")
                 case Close():
                     self._closing = action
+
+    async def _fetch(self, session: str) -> None:
+        """Look the resumed session up off the loop (a shared store is a network call), then
+        tell the core."""
+        fetch, error = self.core.context.fetch_session, None
+        if fetch is not None:
+            try:
+                await asyncio.to_thread(fetch, session)
+            except Exception as exc:  # noqa: BLE001  # the store is down: this resume is refused, nothing else
+                log.warning("stream %s: session %s could not be fetched: %s", self.stream_id, session, exc)
+                error = exc
+        self._inbox.put_nowait(("fetched", error))
 
     def _track(self, job: AsrJob, fut: Future) -> None:
         self._futures[job.job_id] = fut
@@ -294,10 +312,10 @@ class Connection:
 
     def _release(self) -> None:
         """Free everything this stream holds; safe to call in any state, more than once."""
-        for task in (self._writer, self._recv):
+        for task in (self._writer, self._recv, self._fetching):
             if task is not None:
                 task.cancel()
-        self.scheduler.cancel_stream(self.stream_id)
+        self.scheduler.cancel_stream(self.core.stream_id)
         for fut in self._futures.values():
             fut.cancel()
         self._futures.clear()

@@ -36,6 +36,7 @@ from speechpipe.pipeline.hooks import AsrJob, JobKind, Observer
 from speechpipe.pipeline.live.actions import (
     Action,
     Close,
+    Fetch,
     LiveContext,
     Promote,
     Reuse,
@@ -105,6 +106,7 @@ class LiveCore:
         self._slot: SideSlot | None = None
         #: the shadow variant's own VAD on the same audio, when its VAD differs from ours
         self._shadow: StreamSession | None = None
+        self._resuming = False  # a start that resumes a session waits for its record (Fetch)
 
     # -- what the connection asks ---------------------------------------------------------------
 
@@ -117,7 +119,7 @@ class LiveCore:
         """Whether to read the next client message now: not while this stream has
         ``max_queued_finals`` finals waiting for the model (the client is slowed down by TCP)."""
         if self.state is not State.STREAMING:
-            return self.state is not State.CLOSED
+            return self.state is not State.CLOSED and not self._resuming
         return sum(f.result is None for f in self._finals) < self.settings.max_queued_finals
 
     @property
@@ -281,11 +283,43 @@ class LiveCore:
         if isinstance(start, Stop):
             raise ProtocolError("bad_message", "stop received before start")
         self.start = start
-        if self.context.route is not None:
+        if start.resume is not None:
+            if self.context.resume is None:
+                raise ProtocolError("bad_message", "this endpoint does not resume sessions (resume is for /stream)")
+            self._resuming = True
+            return [Fetch(start.resume.session)]
+        return self._open(start)
+
+    def fetched(self, now: float, error: BaseException | None = None) -> list[Action]:
+        """The session ``start.resume`` names was looked up (``error``: the store could not
+        answer): the stream resumes it, or is refused."""
+        self._now = now
+        if self.state is not State.STARTING or not self._resuming:
+            return []
+        self._resuming = False
+        self._last_message = now
+        try:
+            if error is not None:
+                raise ProtocolError(
+                    "resume_unavailable", f"the session store cannot be read now ({error}); try again shortly"
+                )
+            return self._open(self.start)
+        except ProtocolError as exc:
+            return self.fail(exc, now)
+
+    def _open(self, start: Start) -> list[Action]:
+        """The stream begins: routed (or resumed), its session made, ``ready`` sent."""
+        resume = start.resume
+        if resume is not None:
+            self.context = self.context.resume(resume)
+            self.stream_id = resume.session
+        elif self.context.route is not None:
             self.context = self.context.route(start.client, self.stream_id)
         attributes = {"audio.encoding": start.encoding, "audio.channels": start.channels}
         stream = {"sample_rate": start.sample_rate, "channels": start.channels, "stream_id": self.stream_id}
         stream |= {"clock": lambda: self._now, "decoding": start.decoding}
+        if resume is not None:  # times and indices go on from the client's last final
+            stream |= {"start_s": resume.from_s, "first_segment": resume.segment}
         self.session = StreamSession(
             self.context.vad,
             pack_s=self.context.window_s if self.fed else 0.0,
@@ -447,7 +481,8 @@ class LiveCore:
         self._slot.report_unused()
         lost = self._lose_pending("drain_timeout")  # only past the drain deadline are any left
         self.state = State.CLOSED
-        end = Send(P.end(self._drain_reason, self.session.segments_closed))
+        first = self.start.resume.segment if self.start.resume is not None else 0  # a resumed stream counts on
+        end = Send(P.end(self._drain_reason, first + self.session.segments_closed))
         if self._error is not None:
             close = Close(self._error.close_code, self._error.message[:120])
         elif self._drain_reason == "shutdown":

@@ -39,7 +39,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from speechpipe.pipeline.config import Config, ConfigError
-from speechpipe.pipeline.deploy.deployment import Deployment
+from speechpipe.pipeline.deploy.deployment import Deployment, ReplicaInfo
 from speechpipe.pipeline.deploy.router import StreamRouter
 from speechpipe.pipeline.deploy.variants import LoadedVariant, load_variants
 from speechpipe.pipeline.hooks import FAULTS, Observer, Observers, StreamRejected
@@ -132,6 +132,7 @@ class SpeechServer:
         self._http: HttpServer | None = None
         self._http_task: asyncio.Task | None = None
         self._socket: socket.socket | None = None
+        self._port = 0
         self._ready = asyncio.Event()
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -144,8 +145,9 @@ class SpeechServer:
 
     @property
     def port(self) -> int:
-        """The port actually bound (useful with port 0)."""
-        return self._socket.getsockname()[1]
+        """The port actually bound (useful with port 0); read once when bound: the HTTP server
+        may close our handle of the socket once it serves."""
+        return self._port
 
     @property
     def loading(self) -> asyncio.Task | None:
@@ -177,6 +179,7 @@ class SpeechServer:
         # The socket is bound here, so a port in use is an OSError to the caller, not uvicorn's exit.
         self._socket = socket.create_server((s.host, s.port), reuse_port=False)
         self._socket.setblocking(False)
+        self._port = self._socket.getsockname()[1]
         redact_tokens_in_logs()  # before the first request can be logged
         self.app = build_app(self.routes(), self.principals)
         # Our own check answers up to 4x the limit with a clear error; beyond that the protocol
@@ -212,7 +215,9 @@ class SpeechServer:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         ids = {name: v.variant_id for name, v in variants.items()}
-        self.deployment = Deployment(deploy, ids, reports=self.observer, clock=self.clock)
+        host = self.settings.host
+        replica = ReplicaInfo(f"{socket.gethostname()}:{self.port}", f"http://{host}:{self.port}")
+        self.deployment = Deployment(deploy, ids, reports=self.observer, clock=self.clock, replica=replica)
         self.variants = variants
         self.engine = variants[self.deployment.controller.primary].engine
         review = self._review if self._review_queue is not None else None
@@ -295,6 +300,8 @@ class SpeechServer:
                 await part.stop()
             except Exception:
                 log.exception("%s: stop failed", part.name)
+        if self.deployment is not None:  # shared: the last evidence written, the leader's lock let go
+            await asyncio.to_thread(self.deployment.close)
         log.info("stopped")
         self._stopped.set()
 

@@ -115,8 +115,26 @@ function renderDeploy(d) {
     }
     return tr;
   }));
+  renderReplicas(d.replication);
   const hist = (d.history || []).slice(-30).reverse();
   $("history").replaceChildren(...hist.map((c) => el("li", {}, `${new Date(c.at * 1000).toLocaleTimeString()} ${c.action}: ${c.from_state} → ${c.to_state}, weights ${byText(c.weights)} (${c.reason})`)));
+}
+
+// Replicas sharing the deployment (PostgreSQL): the deployment above is theirs as a whole (the
+// leader's gate figures on every replica's evidence); each row is one replica's heartbeat.
+function renderReplicas(r) {
+  $("replicas-wrap").hidden = !r;
+  if (!r) return;
+  const sync = r.synced ? "in sync" : `store unreachable since ${new Date(r.unsynced_since * 1000).toLocaleTimeString()}: ${r.error}`;
+  set("replicas-facts", `this page: ${r.replica} · leader: ${r.leader_name || "none"} · version ${r.version} · ${sync}`);
+  $("replica-rows").replaceChildren(...(r.replicas || []).map((x) => {
+    const tr = el("tr", { "data-replica": x.replica, class: x.alive ? "" : "gone" });
+    const role = x.alive ? (x.replica === r.leader_name ? "leader" : "replica") : "gone";
+    for (const text of [x.replica, x.url, String(x.pid), role, String(x.streams), String(x.finals), String(x.version), `${x.seen_s_ago} s ago`]) {
+      tr.appendChild(el("td", {}, text));
+    }
+    return tr;
+  }));
 }
 
 function histogram(h) {

@@ -74,6 +74,18 @@ class VadSegmenter:
 
     # -- public API ---------------------------------------------------------------------------
 
+    def start_at(self, sample: int, index: int) -> None:
+        """Begin the stream at 16 kHz stream sample ``sample`` with segment index ``index`` (a
+        resumed stream: its times and indices go on from where the last final left them).
+        Only before any audio."""
+        if self.samples_seen or self._pending.size:
+            raise ValueError("start_at: audio was fed already")
+        if sample < 0 or index < 0:
+            raise ValueError(f"start_at: sample and index must be >= 0, not {sample}, {index}")
+        self._pos = self._buf_start = self._seg_start = self._last_speech_end = sample
+        self._frames_start = self._min_start = self.samples_seen = sample
+        self._index = index
+
     @property
     def triggered(self) -> bool:
         """True while a segment is open."""
