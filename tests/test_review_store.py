@@ -166,3 +166,33 @@ def test_a_version_1_database_gains_the_owner_column_and_keeps_its_items(review_
     current = ReviewStore(review_db, tmp_path / "audio")
     assert current.schema_was == SCHEMA_VERSION
     current.close()
+
+
+def test_replicas_starting_together_on_a_new_postgresql_database_migrate_it_once(postgres_url):
+    """Three replicas of a cluster started at once on a fresh database: before the migration held
+    an advisory lock, two ``CREATE TABLE speechpipe_schema`` met in PostgreSQL's catalogue and one
+    replica exited with a duplicate key (issue 25's local cluster)."""
+    import pg
+
+    from speechpipe.pipeline.review.schema import migrate
+
+    with pg.fresh_database(postgres_url) as url:
+        engines = [create_engine(url) for _ in range(4)]
+        start, was, failed = threading.Barrier(len(engines)), [], []
+
+        def replica(engine) -> None:
+            start.wait()
+            try:
+                was.append(migrate(engine))
+            except Exception as exc:  # noqa: BLE001  # collected: the assertion says which
+                failed.append(exc)
+
+        threads = [threading.Thread(target=replica, args=(e,)) for e in engines]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        for e in engines:
+            e.dispose()
+    assert not failed, failed
+    assert sorted(was) == [0] + [SCHEMA_VERSION] * (len(engines) - 1)  # one migrated, the others found it done

@@ -3,7 +3,9 @@ SQLite and PostgreSQL).
 
 ``speechpipe_schema`` holds the version a database is at; :func:`migrate` applies every step
 above it in one transaction, so a server of this version upgrades an older database on start,
-and refuses a newer one instead of writing into a shape it does not know.
+and refuses a newer one instead of writing into a shape it does not know. On PostgreSQL the
+transaction holds an advisory lock first: replicas that start together on a new database migrate
+one after the other (at once, one of them failed on a duplicate ``CREATE TABLE``).
 
 Versions: 1, the queue and each variant's transcripts; 2, ``review_items.owner``, the principal
 that opened the item's session, so a session's owner may still read it after a restart (the
@@ -96,6 +98,9 @@ def _v2(conn: Connection) -> None:
         conn.execute(text(f"ALTER TABLE {items.name} ADD COLUMN owner VARCHAR(128)"))
 
 
+#: the advisory lock a migration holds on PostgreSQL ("spreview" in ASCII, as a bigint).
+MIGRATE_LOCK = 0x7370_7265_7669_6577
+
 #: migration to version N is MIGRATIONS[N - 1]
 MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
 
@@ -114,6 +119,10 @@ def migrate(engine: Engine) -> int:
         ValueError: the database was written by a newer speechpipe.
     """
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # replicas starting at once on a new database: one migrates, the others wait for it
+            # (two CREATE TABLE at once fail on PostgreSQL's catalogue, not with IF NOT EXISTS)
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATE_LOCK})
         was = version_of(conn)
         if was > SCHEMA_VERSION:
             raise ValueError(f"the review database is at schema version {was}, newer than this speechpipe's")
