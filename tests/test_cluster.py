@@ -290,6 +290,13 @@ def test_a_canary_is_judged_once_on_the_evidence_of_every_replica(cluster):
     assert sum(f["counted"] for f in feedback) == 3  # each replica counts what it received
     after = asyncio.run(jfk_stream(url, key_for("mute", 0.5, True), speed=0))
     assert after.ready["variant"] == "default"
+    # each replica's dashboard shows the deployment as a whole and every replica
+    for r in cluster["replicas"]:
+        with urllib.request.urlopen(f"{r['url']}/dashboard/state?token={ADMIN}", timeout=10) as page:
+            shown = json.loads(page.read())["deploy"]
+        assert shown["state"] == "rolled_back" and shown["history"] == rolled[0]["history"]
+        alive = {x["url"] for x in shown["replication"]["replicas"] if x["alive"]}
+        assert alive == {x["url"] for x in cluster["replicas"]}
 
 
 def test_a_replica_stopped_under_a_stream_sends_its_finals_and_new_streams_go_elsewhere(cluster):

@@ -349,6 +349,8 @@ class SpeechServer:
 
     def _push(self, session: str, message: dict) -> bool:
         stream = self.streams.get(session)
+        if stream is None:  # a resumed session is served by a connection of another id
+            stream = next((c for c in self.streams.values() if c.core.stream_id == session), None)
         return stream is not None and stream.push(message)
 
     def _measure(self) -> None:
