@@ -31,7 +31,7 @@ from speechpipe.pipeline.deploy.deployment import (
 )
 from speechpipe.pipeline.hooks import Observer, StreamRejected
 from speechpipe.pipeline.monitoring.part import DriftJudged
-from speechpipe.pipeline.monitoring.telemetry import drift_alert, register_drift_gauges
+from speechpipe.pipeline.monitoring.telemetry import drift_alert, register_drift_gauges, register_quality_gauges
 from speechpipe.pipeline.observability import labels_for
 from speechpipe.pipeline.review.part import Reviewed, ReviewFigures
 from speechpipe.pipeline.review.telemetry import register_review_gauges, reviewed
@@ -59,10 +59,12 @@ class TelemetryPart(Part):
         self.config = config
         self._views: dict[Labels, Instrumentation] = {}
         self._drift_rows: list = []
+        self._quality: dict = {}
         self._review_figures: dict = {}
         inst = telemetry.instrumentation
         if config.monitoring.baseline:
             register_drift_gauges(inst, self._rows)
+            register_quality_gauges(inst, lambda: self._quality)
         if config.review.db:
             register_review_gauges(inst, self._figures)
 
@@ -102,8 +104,9 @@ class TelemetryPart(Part):
                     dt.feedback_counted(self._of(variant, role))
             case ClientFeedback(variant, role):
                 dt.client_feedback(self._of(variant, role))
-            case DriftJudged(rows, crossed):
+            case DriftJudged(rows, crossed, quality):
                 self._drift_rows = rows
+                self._quality = quality
                 for d in crossed:
                     drift_alert(inst, d.variant, d.stage, d.feature, d.score, d.threshold, d.n, d.alert)
             case ReviewFigures(figures):

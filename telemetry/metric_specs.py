@@ -232,6 +232,31 @@ METRICS: tuple[MetricSpec, ...] = (
         "input",
         "1 while the feature's drift score is above the threshold learned from the baseline, else 0",
     ),
+    MetricSpec(
+        n.QUALITY_ESTIMATED_WER,
+        OBSERVABLE_GAUGE,
+        "1",
+        (n.DRIFT_VARIANT,),
+        "output",
+        "the variant's word error rate over the drift window, estimated without references from its "
+        "segments' confidences and lengths (calibrated on the baseline's references)",
+    ),
+    MetricSpec(
+        n.QUALITY_ESTIMATED_WER_LOW,
+        OBSERVABLE_GAUGE,
+        "1",
+        (n.DRIFT_VARIANT,),
+        "output",
+        "the low end of the estimated WER's 90 % interval (sampling and model error)",
+    ),
+    MetricSpec(
+        n.QUALITY_ESTIMATED_WER_HIGH,
+        OBSERVABLE_GAUGE,
+        "1",
+        (n.DRIFT_VARIANT,),
+        "output",
+        "the high end of the estimated WER's 90 % interval (sampling and model error)",
+    ),
     MetricSpec(n.STREAMS_ACTIVE, UP_DOWN_COUNTER, "{stream}", (), "software", "streams open now"),
     MetricSpec(
         n.STREAMS_REJECTED,

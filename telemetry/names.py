@@ -158,6 +158,10 @@ FEEDBACK_COUNTED = "speechpipe.feedback.counted"
 FEEDBACK_CLIENT = "speechpipe.feedback.client"
 DRIFT_SCORE = "speechpipe.drift.score"
 DRIFT_ALERT = "speechpipe.drift.alert"
+# the WER estimated without references (Prometheus: speechpipe_quality_estimated_wer{variant})
+QUALITY_ESTIMATED_WER = "speechpipe.quality.estimated_wer"
+QUALITY_ESTIMATED_WER_LOW = "speechpipe.quality.estimated_wer_low"
+QUALITY_ESTIMATED_WER_HIGH = "speechpipe.quality.estimated_wer_high"
 # human review (Prometheus: speechpipe_review_queue, speechpipe_review_ai_wer{variant}...)
 REVIEW_QUEUE = "speechpipe.review.queue"
 REVIEW_OLDEST_AGE = "speechpipe.review.oldest_age"

@@ -193,6 +193,10 @@ def test_baseline_build_command_profiles_every_variant_and_reports_a_corrupt_fil
     assert features["empty"]["kind"] == "rate" and features["sample_rate"]["kind"] == "categorical"
     assert set(features["rms_dbfs"]["thresholds"]) == {"2", "3", "4"}
     assert len(features["rms_dbfs"]["values"]) == default["segments"]
+    # the estimated WER's calibration, from the files with a reference (all four)
+    calibration = default["quality"]["calibration"]
+    assert calibration["files"] == len(files) and calibration["source"] == "baseline" and calibration["version"]
+    assert len(default["quality"]["samples"]) == len(files)
 
 
 def test_a_server_watching_other_windows_learns_their_thresholds_from_the_baseline(profile):

@@ -20,6 +20,7 @@ from speechpipe.pipeline.clients.client import paced, stream_pcm
 from speechpipe.pipeline.config import Config
 from speechpipe.pipeline.monitoring.baseline import build_profile, load_profile, save_profile
 from speechpipe.pipeline.monitoring.collector import FeatureCollector
+from speechpipe.pipeline.monitoring.quality import Sample
 from speechpipe.pipeline.observability import start_telemetry
 from speechpipe.pipeline.offline.runner import transcribe_file
 from speechpipe.telemetry import names as n
@@ -44,6 +45,7 @@ def offline_profile(engine, tmp_path, files) -> str:
     found: list[dict] = []
     groups: list[str] = []
     scored: list[list[int]] = []
+    samples: list[Sample] = []
     for path in files:
         before = len(found)
         collector = FeatureCollector(lambda _s, _i, f: found.append(f))
@@ -51,8 +53,12 @@ def offline_profile(engine, tmp_path, files) -> str:
         result = transcribe_file(path, Config(), engine, observers=[collector], reference=ref, packed=False)
         groups += [str(path)] * (len(found) - before)
         scored.append([result.wer.errors, result.wer.ref_words])
+        samples.append(Sample.of(found[before:], result.wer.errors, result.wer.ref_words))
     out = tmp_path / "baseline.json"
-    save_profile(build_profile({"default": found}, 8, 4, groups={"default": groups}, wer={"default": scored}), out)
+    profile = build_profile(
+        {"default": found}, 8, 4, groups={"default": groups}, wer={"default": scored}, quality={"default": samples}
+    )
+    save_profile(profile, out)
     return str(out)
 
 
@@ -157,3 +163,17 @@ def test_feedback_wer_is_judged_against_the_baseline_wer(engine, tmp_path):
     assert wrong["concept"]["wer"] > 0.5 > wrong["concept"]["threshold"]
     line = next(x for x in page.splitlines() if x.startswith("speechpipe_drift_alert") and 'feature="wer"' in x)
     assert 'stage="concept"' in line and line.endswith(" 1.0")
+    # the WER estimated without references, from the window's own segments
+    calibration = load_profile(baseline)["variants"]["default"]["quality"]["calibration"]
+    assert before["quality"]["estimated_wer"] is None or before["quality"]["segments"] >= 2
+    q = wrong["quality"]
+    assert q["calibration"] == {k: calibration[k] for k in ("version", "source", "files", "segments")}
+    assert q["calibration"]["files"] == len(files) and q["level"] == 0.9
+    assert 0 <= q["low"] <= q["estimated_wer"] <= q["high"] and q["segments"] >= 2
+    shown = {
+        name: float(x.rsplit(" ", 1)[1])
+        for x in page.splitlines()
+        for name in ("speechpipe_quality_estimated_wer", "speechpipe_quality_estimated_wer_low")
+        if x.startswith(name + "{") and 'variant="default"' in x
+    }
+    assert set(shown) == {"speechpipe_quality_estimated_wer", "speechpipe_quality_estimated_wer_low"}

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from speechpipe.pipeline.monitoring.drift import kind_of, learn_threshold
+from speechpipe.pipeline.monitoring.quality import Sample, calibrate
 from speechpipe.stages.features import INPUT_FEATURES, OUTPUT_FEATURES, SCALES
 
 PROFILE_VERSION = 1
@@ -25,12 +26,15 @@ def build_profile(
     min_segments: int = 30,
     groups: Mapping[str, Sequence[str]] | None = None,
     wer: Mapping[str, Sequence[Sequence[int]]] | None = None,
+    quality: Mapping[str, Sequence[Sample]] | None = None,
 ) -> dict:
     """The profile of ``segments`` (per variant, each segment's features), with thresholds learned
     for windows of ``min_segments`` up to ``window_segments`` segments; ``groups`` gives the stream
     of each segment, per variant (see :func:`~speechpipe.pipeline.monitoring.drift.learn_threshold`);
     ``wer`` the ``[errors, reference words]`` of each file scored against a reference, per variant
-    (the baseline of concept drift)."""
+    (the baseline of concept drift); ``quality`` each such file's segments and truth, per variant:
+    the calibration of the estimated WER (:mod:`~speechpipe.pipeline.monitoring.quality`), kept
+    with its samples so that a server can recalibrate with reviews added."""
     sizes = window_sizes(window_segments, min_segments)
     variants = {}
     for variant, segs in segments.items():
@@ -59,6 +63,13 @@ def build_profile(
                 "errors": sum(e for e, _ in files),
                 "words": sum(w for _, w in files),
                 "files": files,
+            }
+        samples = list((quality or {}).get(variant, ()))
+        calibration = calibrate(samples, "baseline")
+        if calibration is not None:
+            variants[variant]["quality"] = {
+                "samples": [s.to_dict() for s in samples],
+                "calibration": calibration.to_dict(),
             }
     return {"version": PROFILE_VERSION, "window_segments": window_segments, "variants": variants}
 

@@ -31,6 +31,7 @@ def register(sub: Any) -> None:
 def cmd_build(args: argparse.Namespace) -> int:
     from speechpipe.pipeline.monitoring.baseline import build_profile, save_profile
     from speechpipe.pipeline.monitoring.collector import FeatureCollector
+    from speechpipe.pipeline.monitoring.quality import Sample
     from speechpipe.pipeline.offline.runner import find_inputs, load_engine, read_reference, transcribe_file
     from speechpipe.stages.audio import AudioError
 
@@ -44,6 +45,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     segments: dict[str, list[dict]] = {}
     groups: dict[str, list[str]] = {}
     scored: dict[str, list[list[int]]] = {}  # per variant, [errors, words] of each file with a reference
+    samples: dict[str, list[Sample]] = {}  # per variant, those files' segments and truth (the WER estimate)
     for name in config.variant_names():
         variant = config.for_variant(name)
         engine = load_engine(variant)
@@ -60,6 +62,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                 continue
             if result.wer is not None and result.wer.ref_words:
                 scored.setdefault(name, []).append([result.wer.errors, result.wer.ref_words])
+                samples.setdefault(name, []).append(Sample.of(found, result.wer.errors, result.wer.ref_words))
             segments.setdefault(name, []).extend(found)
             groups.setdefault(name, []).extend(str(item.path) for _ in found)
         wer = scored.get(name)
@@ -77,7 +80,16 @@ def cmd_build(args: argparse.Namespace) -> int:
                 "(other recordings will alarm). Build from more files, or watch smaller windows.",
                 file=sys.stderr,
             )
-    profile = build_profile(segments, args.window_segments, args.min_segments, groups=groups, wer=scored)
+    profile = build_profile(
+        segments, args.window_segments, args.min_segments, groups=groups, wer=scored, quality=samples
+    )
+    for name, spec in profile["variants"].items():
+        if "quality" not in spec:
+            print(
+                f"speechpipe baseline: {name}: no estimated WER (it needs 3 files with a reference: "
+                "a .txt beside each audio file)",
+                file=sys.stderr,
+            )
     save_profile(profile, args.output)
     print(f"speechpipe baseline: wrote {args.output}", file=sys.stderr)
     return 0

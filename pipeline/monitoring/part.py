@@ -10,7 +10,7 @@ gauges of ``/metrics``) and those that crossed their threshold (a span each).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -36,6 +36,8 @@ class DriftJudged:
 
     rows: list[Row]
     crossed: list[FeatureDrift]
+    #: each variant's estimated WER (``{variant: {"estimated_wer", "low", "high", ...}}``)
+    quality: dict = field(default_factory=dict)
 
 
 class DriftPart(Part):
@@ -69,7 +71,7 @@ class DriftPart(Part):
             return
         crossed = self.service.evaluate(now)
         if self._report is not None:
-            self._report.on_event(DriftJudged(self.service.rows(), crossed))
+            self._report.on_event(DriftJudged(self.service.rows(), crossed, self.service.quality()))
 
     def figures(self) -> tuple[dict, dict] | None:
         """The snapshot and histograms (the dashboard's), None without a baseline."""

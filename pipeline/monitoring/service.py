@@ -18,6 +18,7 @@ from speechpipe.pipeline.monitoring.collector import FeatureCollector
 from speechpipe.pipeline.monitoring.concept import FEEDBACK, ConceptDrift, ConceptMonitor
 from speechpipe.pipeline.monitoring.drift import DriftMonitor, FeatureDrift
 from speechpipe.pipeline.monitoring.histograms import feature_histogram
+from speechpipe.pipeline.monitoring.quality import LEVEL, Calibration, Estimate, estimate
 from speechpipe.pipeline.monitoring.settings import MonitoringSettings
 
 log = logging.getLogger("speechpipe.drift")
@@ -43,6 +44,13 @@ class DriftService:
             settings.concept_window_words,
             settings.concept_min_words,
         )
+        #: the estimated WER's calibration per baseline variant (profiles without one: none)
+        self.calibrations = {
+            v: Calibration.from_dict(spec["quality"]["calibration"])
+            for v, spec in self.profile["variants"].items()
+            if spec.get("quality", {}).get("calibration")
+        }
+        self._quality: dict[str, Estimate | None] = {}
         self._lock = threading.Lock()
         self._latest: dict[str, list[FeatureDrift]] = {}
         self._concept: dict[str, ConceptDrift] = {}
@@ -69,6 +77,7 @@ class DriftService:
         with self._lock:
             variants = list(dict.fromkeys(self.monitor.variants() + self.concept.variants()))
             self._latest = {v: self.monitor.report(v) for v in variants}
+            self._quality = {v: self._estimate(v) for v in variants}
             for v in variants:
                 alerts = [d.feature for d in self._latest[v] if d.alert]
                 c = self._concept[v] = self.concept.report(v, alerts)
@@ -100,6 +109,20 @@ class DriftService:
             )
         return crossed
 
+    def _estimate(self, variant: str) -> Estimate | None:
+        """The window's estimated WER (None: no calibration, or fewer than ``min_segments``)."""
+        base = self.monitor.baseline_of(variant)
+        calibration = self.calibrations.get(base) if base is not None else None
+        window = self.monitor.window(variant)
+        if calibration is None or len(window) < self.settings.min_segments:
+            return None
+        return estimate(window, calibration)
+
+    def quality(self) -> dict[str, dict]:
+        """Each variant's estimated WER now (``estimated_wer``, ``low``, ``high``, ...)."""
+        with self._lock:
+            return {v: e.to_dict() for v, e in self._quality.items() if e is not None}
+
     def rows(self) -> list[tuple[str, str, str, float, float, bool]]:
         with self._lock:
             return [
@@ -119,11 +142,32 @@ class DriftService:
                     v: {
                         "features": {d.feature: d.to_dict() for d in drifts},
                         "concept": self._concept[v].to_dict() if v in self._concept else None,
+                        "quality": self._quality_doc(v),
                     }
                     for v, drifts in self._latest.items()
                 },
                 "alerts": list(self._alerts),
             }
+
+    def _quality_doc(self, variant: str) -> dict | None:
+        """``{"estimated_wer", "low", "high", "segments", "words", "calibration": {...}}``, or
+        None without a calibration; ``estimated_wer`` None while the window is too small."""
+        base = self.monitor.baseline_of(variant)
+        calibration = self.calibrations.get(base) if base is not None else None
+        if calibration is None:
+            return None
+        est = self._quality.get(variant)
+        figures = est.to_dict() if est is not None else {"estimated_wer": None, "low": None, "high": None}
+        figures.pop("calibration", None)
+        return figures | {
+            "level": LEVEL,
+            "calibration": {
+                "version": calibration.version,
+                "source": calibration.source,
+                "files": calibration.files,
+                "segments": calibration.segments,
+            },
+        }
 
     def histograms(self, bins: int = 16) -> dict:
         """Per variant and feature, the baseline's and the current window's distributions on the

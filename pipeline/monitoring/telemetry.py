@@ -35,6 +35,33 @@ def register_drift_gauges(inst: Instrumentation, rows: DriftRows) -> None:
         meter.create_observable_gauge(spec.name, [observe(index)], spec.unit, spec.description)
 
 
+#: each variant's estimated WER now: ``{variant: {"estimated_wer", "low", "high", ...}}``.
+QualityFigures = Callable[[], dict[str, dict]]
+
+
+def register_quality_gauges(inst: Instrumentation, figures: QualityFigures) -> None:
+    """``speechpipe.quality.estimated_wer`` and its interval's bounds, per variant."""
+    meter = inst.meter
+
+    def observe(key: str):
+        def callback(_options: CallbackOptions):
+            return [
+                Observation(float(q[key]), {n.DRIFT_VARIANT: variant})
+                for variant, q in figures().items()
+                if q.get(key) is not None
+            ]
+
+        return callback
+
+    for key, name in (
+        ("estimated_wer", n.QUALITY_ESTIMATED_WER),
+        ("low", n.QUALITY_ESTIMATED_WER_LOW),
+        ("high", n.QUALITY_ESTIMATED_WER_HIGH),
+    ):
+        spec = METRICS_BY_NAME[name]
+        meter.create_observable_gauge(spec.name, [observe(key)], spec.unit, spec.description)
+
+
 def drift_alert(
     inst: Instrumentation,
     variant: str,

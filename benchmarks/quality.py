@@ -1,0 +1,143 @@
+"""Estimated WER without references against the true WER (issue 26): calibrated on clean files of
+some speakers (what a baseline holds), judged on windows of other speakers' files under held-out
+conditions: clean, 8 kHz telephone audio, -20 dB, and noise beds (the corpus noise clips under
+the whole utterance) at 10, 5 and 0 dB SNR.
+
+Every file runs through the live path offline (one Whisper call per segment, as ``speechpipe
+baseline build`` does), its segments' features collected and its true errors scored against its
+reference. A window is ``--window`` files drawn at random from a condition's files (``--draws``
+windows a condition); its true WER is its files' errors over their reference words; the estimate
+and its 90 % interval come from its segments alone (pipeline/monitoring/quality.py).
+
+    python benchmarks/quality.py                       # calibrate on 12 speakers, judge 8 + speech/
+    python benchmarks/quality.py --window 8 --draws 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from machine import machine_line
+
+from speechpipe.pipeline.config import Config
+from speechpipe.pipeline.monitoring.collector import FeatureCollector
+from speechpipe.pipeline.monitoring.quality import Sample, calibrate, estimate
+from speechpipe.pipeline.offline.runner import load_engine, transcribe_file
+from speechpipe.stages.audio import load_audio, resample
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+RATE = 16000
+CONDITIONS = ("clean", "8k", "-20dB", "snr10", "snr5", "snr0")
+
+
+def speaker(path: Path) -> str:
+    return path.stem.split("_")[1].split("-")[0] if "librispeech" in path.stem else path.stem.split("_")[1]
+
+
+def files() -> tuple[list[Path], list[Path]]:
+    """(calibration files: clean speech-more of 12 speakers; held-out: the other 8 speakers and speech/)."""
+    more = sorted(p for p in (CORPUS / "speech-more").iterdir() if p.suffix in (".flac", ".wav"))
+    speakers = sorted({speaker(p) for p in more})
+    calib = set(random.Random(0).sample(speakers, 12))
+    speech = sorted(p for p in (CORPUS / "speech").iterdir() if p.suffix in (".flac", ".wav") and p.stem != "jfk")
+    return [p for p in more if speaker(p) in calib], [p for p in more if speaker(p) not in calib] + speech
+
+
+def noises() -> list[np.ndarray]:
+    return [load_audio(p)[0] for p in sorted((CORPUS / "noise").glob("*.wav"))]
+
+
+def condition(audio: np.ndarray, name: str, noise: list[np.ndarray], k: int) -> tuple[np.ndarray, int]:
+    """``audio`` (16 kHz) under condition ``name``: (samples, rate to write them at)."""
+    if name == "8k":
+        return resample(audio, RATE, 8000), 8000
+    if name == "-20dB":
+        return audio * 0.1, RATE
+    if name.startswith("snr"):
+        snr = float(name[3:])
+        bed = noise[k % len(noise)]
+        bed = np.tile(bed, int(np.ceil(audio.size / bed.size)))[: audio.size]
+        speech_rms = float(np.sqrt(np.mean(audio**2))) or 1e-9
+        bed = bed * (speech_rms / (float(np.sqrt(np.mean(bed**2))) or 1e-9)) * 10 ** (-snr / 20)
+        return np.clip(audio + bed, -1, 1), RATE
+    return audio, RATE
+
+
+def run(paths: list[Path], name: str, config: Config, engine, noise, tmp: Path) -> list[tuple[list[dict], int, int]]:
+    """Each file under condition ``name``: (its segments' features, errors, reference words)."""
+    out = []
+    for k, path in enumerate(paths):
+        audio, _ = load_audio(path)
+        x, rate = condition(audio, name, noise, k)
+        wav = tmp / f"{name}-{k}.wav"
+        sf.write(wav, x, rate)
+        found: list[dict] = []
+        collector = FeatureCollector(lambda _s, _i, f, found=found: found.append(f))
+        ref = path.with_suffix(".txt").read_text()
+        result = transcribe_file(wav, config, engine, observers=[collector], reference=ref, packed=False)
+        out.append((found, result.wer.errors, result.wer.ref_words))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--window", type=int, default=10, help="files a window (default 10)")
+    ap.add_argument("--draws", type=int, default=30, help="windows drawn a condition (default 30)")
+    ap.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=CONDITIONS)
+    args = ap.parse_args()
+    print(machine_line())
+    config = Config()
+    engine = load_engine(config)
+    calib_files, held = files()
+    noise = noises()
+    with tempfile.TemporaryDirectory() as tmp:
+        calib = run(calib_files, "clean", config, engine, noise, Path(tmp))
+        cal = calibrate([Sample.of(s, e, w) for s, e, w in calib], "baseline")
+        print(
+            f"calibration {cal.version}: {cal.files} clean files, {cal.segments} segments of 12 speakers; "
+            f"error weights {dict(zip(('seg', 'unsure', 'logprob', 'missing', 'empty_s', 'guard_s'), (round(w, 3) for w in cal.errors)))}; "
+            f"word weights {[round(w, 3) for w in cal.words]}",
+            file=sys.stderr,
+        )
+        print(f"calibrated on {cal.files} clean files ({cal.segments} segments), version {cal.version}")
+        print(
+            f"held out: {len(held)} files (8 other speakers of speech-more and speech/), windows of {args.window} files"
+        )
+        print(
+            "| condition | windows | true WER (mean) | estimated (mean) | MAE (points) | in the 90 % interval | interval width (mean, points) |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        for name in args.conditions:
+            judged = run(held, name, config, engine, noise, Path(tmp))
+            rng = random.Random(1)
+            rows = defaultdict(list)
+            for _ in range(args.draws):
+                pick = rng.sample(judged, args.window)
+                segs = [f for s, _, _ in pick for f in s]
+                true = sum(e for _, e, _ in pick) / max(1, sum(w for _, _, w in pick))
+                est = estimate(segs, cal)
+                if est is None:
+                    continue
+                rows["true"].append(true)
+                rows["est"].append(est.estimated_wer)
+                rows["err"].append(abs(est.estimated_wer - true))
+                rows["in"].append(est.low <= true <= est.high)
+                rows["width"].append(est.high - est.low)
+            n = len(rows["true"])
+            print(
+                f"| {name} | {n} | {100 * statistics.mean(rows['true']):.1f} % | {100 * statistics.mean(rows['est']):.1f} % | "
+                f"{100 * statistics.mean(rows['err']):.2f} | {sum(rows['in'])}/{n} | {100 * statistics.mean(rows['width']):.1f} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
