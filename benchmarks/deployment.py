@@ -107,9 +107,9 @@ class Timed:
         return self.result.ready["variant"] if self.result.ready else None
 
 
-async def send_timed(server: Server, s: StreamAudio, client: str) -> Timed:
+async def send_timed(server: Server, s: StreamAudio, client: str, feedback: bool = True) -> Timed:
     started = time.time()
-    result = await send(server, s, client)
+    result = await send(server, s, client, feedback)
     return Timed(result, started, time.time())
 
 
@@ -170,6 +170,10 @@ class CanarySetting:
     per_side: int
     duration_s: float
     max_streams: int
+    #: a baseline profile for the server (``--baseline``): with a calibration, the estimated-WER gate
+    baseline: str = ""
+    #: post each stream's reference as feedback (False: the gates judge with no feedback at all)
+    feedback: bool = True
 
     def config(self, candidate: str) -> str:
         return CANARY.format(candidate=candidate, steps=list(self.steps), step_min_streams=self.step_min_streams)
@@ -186,7 +190,8 @@ async def canary_run(
     so; at 100 % every key is the candidate's), each stream's reference posted as feedback; until
     the canary is promoted or rolled back, or the streams run out. Also returns, for each round
     after which a gate held the step (not yet sure), ``"round r: gate"``."""
-    server = Server(setting.config(candidate), [], workdir)
+    flags = ("--baseline", setting.baseline) if setting.baseline else ()
+    server = Server(setting.config(candidate), [], workdir, flags)
     results: list[Timed] = []
     holds: list[str] = []
     per_round = 2 * setting.per_side
@@ -202,7 +207,9 @@ async def canary_run(
             sides = (True,) * setting.per_side + (False,) * setting.per_side if weight < 1.0 else (True,) * per_round
             keys = [key_for(candidate, weight, side, k + i) for i, side in enumerate(sides)]
             batch = streams[k : k + per_round]
-            results += await asyncio.gather(*(send_timed(server, s, key) for s, key in zip(batch, keys)))
+            results += await asyncio.gather(
+                *(send_timed(server, s, key, setting.feedback) for s, key in zip(batch, keys))
+            )
             k += len(batch)
             await asyncio.sleep(2.5)  # deploy ticks see the last feedback
         state = server.admin()
@@ -476,6 +483,8 @@ def main() -> int:
         action="store_true",
         help="with --repeat: issue 23's run (steps [0.5, 1.0], ~20 s streams, one a side at once, 8 at most)",
     )
+    ap.add_argument("--baseline", default="", help="a baseline profile for the canary's server (estimated-WER gate)")
+    ap.add_argument("--no-feedback", action="store_true", help="canaries: post no feedback at all")
     ap.add_argument("--shadow-streams", type=int, nargs="+", default=[2, 4], help="shadow rows (streams at once)")
     ap.add_argument("--shadow-queue", type=int, default=32, help="server.shadow_max_queued of the shadow rows")
     args = ap.parse_args()
@@ -485,13 +494,15 @@ def main() -> int:
         work = Path(tmp)
         if args.only in (None, "canary") and args.repeat:
             setting = ISSUE_SETTING if args.issue_setting else DEFAULT_SETTING
+            setting = replace(setting, baseline=args.baseline, feedback=not args.no_feedback)
             if args.streams is not None:
                 setting = replace(setting, max_streams=args.streams)
             repeated_table(setting, repeated_canaries(setting, args.repeat, args.seed, work))
         elif args.only in (None, "canary"):
             streams = corpus_streams(max(args.streams or 32, 4), 30.0)
+            setting = replace(DEFAULT_SETTING, baseline=args.baseline, feedback=not args.no_feedback)
             for name in ("harmful", "good"):
-                state, sent, results, _ = asyncio.run(canary_run(name, streams[: args.streams or 32], work))
+                state, sent, results, _ = asyncio.run(canary_run(name, streams[: args.streams or 32], work, setting))
                 canary_table(name, state, sent, results)
         if args.only in (None, "bluegreen"):
             asyncio.run(bluegreen(corpus_streams(4, 30.0, seed=40), work))

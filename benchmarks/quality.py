@@ -5,12 +5,15 @@ the whole utterance) at 10, 5 and 0 dB SNR.
 
 Every file runs through the live path offline (one Whisper call per segment, as ``speechpipe
 baseline build`` does), its segments' features collected and its true errors scored against its
-reference. A window is ``--window`` files drawn at random from a condition's files (``--draws``
-windows a condition); its true WER is its files' errors over their reference words; the estimate
-and its 90 % interval come from its segments alone (pipeline/monitoring/quality.py).
+reference. A window is ``--window`` files drawn at random from half of a condition's files
+(``--draws`` windows a condition); its true WER is its files' errors over their reference words;
+the estimate and its 90 % interval come from its segments alone (pipeline/monitoring/quality.py).
+The table is printed twice: calibrated on the clean files only (a baseline), then with
+``--reviewed`` segments more whose references came from reviewers (files of the other half of
+every condition, in a random order), as the server recalibrates when reviews come in.
 
     python benchmarks/quality.py                       # calibrate on 12 speakers, judge 8 + speech/
-    python benchmarks/quality.py --window 8 --draws 40
+    python benchmarks/quality.py --window 6 --draws 40 --reviewed 100
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from machine import machine_line
 
 from speechpipe.pipeline.config import Config
 from speechpipe.pipeline.monitoring.collector import FeatureCollector
-from speechpipe.pipeline.monitoring.quality import Sample, calibrate, estimate
+from speechpipe.pipeline.monitoring.quality import TERMS, Sample, calibrate, estimate
 from speechpipe.pipeline.offline.runner import load_engine, transcribe_file
 from speechpipe.stages.audio import load_audio, resample
 
@@ -87,10 +90,36 @@ def run(paths: list[Path], name: str, config: Config, engine, noise, tmp: Path) 
     return out
 
 
+def windows(judged: list, draws: int, size: int, seed: int) -> list[list]:
+    rng = random.Random(seed)
+    return [rng.sample(judged, size) for _ in range(draws)]
+
+
+def table_row(name: str, picks: list[list], cal) -> str:
+    rows = defaultdict(list)
+    for pick in picks:
+        segs = [f for s, _, _ in pick for f in s]
+        true = sum(e for _, e, _ in pick) / max(1, sum(w for _, _, w in pick))
+        est = estimate(segs, cal)
+        if est is None:
+            continue
+        rows["true"].append(true)
+        rows["est"].append(est.estimated_wer)
+        rows["err"].append(abs(est.estimated_wer - true))
+        rows["in"].append(est.low <= true <= est.high)
+        rows["width"].append(est.high - est.low)
+    n = len(rows["true"])
+    return (
+        f"| {name} | {n} | {100 * statistics.mean(rows['true']):.1f} % | {100 * statistics.mean(rows['est']):.1f} % | "
+        f"{100 * statistics.mean(rows['err']):.2f} | {sum(rows['in'])}/{n} | {100 * statistics.mean(rows['width']):.1f} |"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--window", type=int, default=10, help="files a window (default 10)")
+    ap.add_argument("--window", type=int, default=8, help="files a window (default 8)")
     ap.add_argument("--draws", type=int, default=30, help="windows drawn a condition (default 30)")
+    ap.add_argument("--reviewed", type=int, default=50, help="reviewed segments added to the calibration (default 50)")
     ap.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=CONDITIONS)
     args = ap.parse_args()
     print(machine_line())
@@ -100,43 +129,47 @@ def main() -> None:
     noise = noises()
     with tempfile.TemporaryDirectory() as tmp:
         calib = run(calib_files, "clean", config, engine, noise, Path(tmp))
-        cal = calibrate([Sample.of(s, e, w) for s, e, w in calib], "baseline")
+        base = [Sample.of(s, e, w) for s, e, w in calib]
+        cal = calibrate(base, "baseline")
+        print(f"calibrated on {cal.files} clean files ({cal.segments} segments) of 12 speakers, version {cal.version}")
         print(
-            f"calibration {cal.version}: {cal.files} clean files, {cal.segments} segments of 12 speakers; "
-            f"error weights {dict(zip(('seg', 'unsure', 'logprob', 'missing', 'empty_s', 'guard_s'), (round(w, 3) for w in cal.errors)))}; "
-            f"word weights {[round(w, 3) for w in cal.words]}",
-            file=sys.stderr,
-        )
-        print(f"calibrated on {cal.files} clean files ({cal.segments} segments), version {cal.version}")
-        print(
-            f"held out: {len(held)} files (8 other speakers of speech-more and speech/), windows of {args.window} files"
+            f"  error weights {[round(w, 3) for w in cal.errors]} (terms {', '.join(TERMS)}); word weights {[round(w, 3) for w in cal.words]}"
         )
         print(
-            "| condition | windows | true WER (mean) | estimated (mean) | MAE (points) | in the 90 % interval | interval width (mean, points) |"
+            f"held out: {len(held)} files (8 other speakers of speech-more, and speech/); under each condition the "
+            f"even-numbered files are the windows' ({args.draws} windows of {args.window} files), the odd ones the pool "
+            f"reviewers corrected"
         )
-        print("|---|---|---|---|---|---|---|")
+        judged, pool = {}, []
         for name in args.conditions:
-            judged = run(held, name, config, engine, noise, Path(tmp))
-            rng = random.Random(1)
-            rows = defaultdict(list)
-            for _ in range(args.draws):
-                pick = rng.sample(judged, args.window)
-                segs = [f for s, _, _ in pick for f in s]
-                true = sum(e for _, e, _ in pick) / max(1, sum(w for _, _, w in pick))
-                est = estimate(segs, cal)
-                if est is None:
-                    continue
-                rows["true"].append(true)
-                rows["est"].append(est.estimated_wer)
-                rows["err"].append(abs(est.estimated_wer - true))
-                rows["in"].append(est.low <= true <= est.high)
-                rows["width"].append(est.high - est.low)
-            n = len(rows["true"])
+            out = run(held, name, config, engine, noise, Path(tmp))
+            judged[name] = out[0::2]
+            pool += [(name, item) for item in out[1::2]]
+            print(f"  ran {name}", file=sys.stderr, flush=True)
+        # reviews: files of the pool, in a random order across conditions, until --reviewed segments
+        rng = random.Random(7)
+        rng.shuffle(pool)
+        reviewed, taken, by = [], 0, defaultdict(int)
+        for name, (segs, e, w) in pool:
+            if taken >= args.reviewed:
+                break
+            reviewed.append(Sample.of(segs, e, w))
+            taken += len(segs)
+            by[name] += len(segs)
+        after = calibrate(base + reviewed, f"baseline + {taken} reviewed segments")
+        print(f"recalibrated with {taken} reviewed segments ({dict(by)}), version {after.version}")
+        print(
+            f"  error weights {[round(w, 3) for w in after.errors]}; word weights {[round(w, 3) for w in after.words]}"
+        )
+        for title, c in (("baseline only", cal), (f"after {taken} reviewed segments", after)):
+            print(f"\n### calibrated on the {title}\n")
             print(
-                f"| {name} | {n} | {100 * statistics.mean(rows['true']):.1f} % | {100 * statistics.mean(rows['est']):.1f} % | "
-                f"{100 * statistics.mean(rows['err']):.2f} | {sum(rows['in'])}/{n} | {100 * statistics.mean(rows['width']):.1f} |",
-                flush=True,
+                "| condition | windows | true WER (mean) | estimated (mean) | MAE (points) | in the 90 % interval "
+                "| interval width (mean, points) |"
             )
+            print("|---|---|---|---|---|---|---|")
+            for name in args.conditions:
+                print(table_row(name, windows(judged[name], args.draws, args.window, seed=1), c), flush=True)
 
 
 if __name__ == "__main__":

@@ -236,6 +236,29 @@ def test_wer_on_feedback_holds_while_unsure_then_rolls_back():
     assert (wer.passed, wer.candidate, wer.primary, wer.threshold) == (False, 0.2, 0.1, 0.03)
 
 
+def test_estimated_wer_rolls_back_without_any_feedback_and_holds_while_unsure():
+    """Each final's expected errors and reference words (issue 26): the candidate's WER estimated
+    at 30 % against 6 % rolls it back with no feedback at all; the same estimates on 4 finals a
+    side (below min_finals) are not judged; a gate with no estimate on either side is left out."""
+    ctl = DeployController(canary(), VARIANTS, now=0.0)
+    healthy_step(ctl, 1.0)
+    assert "estimated_wer_delta" not in {
+        g.name for g in evaluate_gates(ctl._windows["green"], ctl._windows["blue"], ctl.settings.gates)
+    }
+    for k in range(4):
+        ctl.record_final("blue", 2.0, latency_s=0.8, est_errors=0.6, est_words=10.0)
+        ctl.record_final("green", 2.0, latency_s=0.8, est_errors=3.0 + 0.1 * k, est_words=10.0)
+    assert ctl.tick(3.0) == []
+    for k in range(20):
+        ctl.record_final("blue", 4.0, latency_s=0.8, est_errors=0.5 + 0.02 * k, est_words=10.0)
+        ctl.record_final("green", 4.0, latency_s=0.8, est_errors=2.8 + 0.04 * k, est_words=10.0)
+    (change,) = ctl.tick(5.0)
+    assert change.action == "rollback" and "estimated_wer_delta" in change.reason
+    gate = next(g for g in change.gates if g.name == "estimated_wer_delta")
+    assert gate.passed is False and gate.candidate > 0.29 and gate.primary < 0.07 and gate.threshold == 0.05
+    assert ctl.snapshot()["window"]["figures"]["green"]["estimated_wer"] is None  # a new window
+
+
 def test_agreement_gate_rolls_back_when_the_candidate_disagrees_with_the_primary():
     ctl = DeployController(canary(gates={"agreement_min": 0.8}), VARIANTS, now=0.0)
     healthy_step(ctl, 1.0)
@@ -720,7 +743,10 @@ def test_every_gate_states_its_minimum_evidence():
     gates = GateSettings(min_finals=4, min_feedback_words=30, agreement_min=0.5)
     names = [r.name for r in evaluate_gates(WindowStats(), WindowStats(), gates)]
     table = minimum_evidence(gates)
-    assert list(table) == names
+    # the estimated-WER gate is there once a final has an estimate (a calibration)
+    assert [name for name in table if name != "estimated_wer_delta"] == names
+    estimated = WindowStats(est_errors=[1.0], est_words=[10.0])
+    assert "estimated_wer_delta" in {r.name for r in evaluate_gates(estimated, WindowStats(), gates)}
     assert table["latency_p95_ratio"] == f"4 latencies and {LATENCY_MIN_STREAMS} ended streams"
     assert table["wer_delta"] == "30 reference words of feedback"
     # Below a gate's minimum nothing is judged, however bad the figures: four empty finals of four

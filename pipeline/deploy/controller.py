@@ -247,11 +247,20 @@ class DeployController:
         empty: bool = False,
         avg_logprob: float | None = None,
         guard_dropped: bool = False,
+        est_errors: float | None = None,
+        est_words: float | None = None,
     ) -> None:
-        """A final of ``variant`` (``error``: it failed or was lost)."""
+        """A final of ``variant`` (``error``: it failed or was lost; ``est_errors`` and
+        ``est_words``: its expected word errors and reference words, estimated without a reference)."""
         if variant in self._windows:
             self._windows[variant].add_final(
-                latency_s=latency_s, error=error, empty=empty, avg_logprob=avg_logprob, guard_dropped=guard_dropped
+                latency_s=latency_s,
+                error=error,
+                empty=empty,
+                avg_logprob=avg_logprob,
+                guard_dropped=guard_dropped,
+                est_errors=est_errors,
+                est_words=est_words,
             )
 
     def record_feedback(self, variant: str, now: float, errors: int, words: int) -> None:

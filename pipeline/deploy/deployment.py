@@ -24,6 +24,8 @@ from speechpipe.pipeline.deploy.ledger import Comparison, Ledger, Piece, Score
 from speechpipe.pipeline.deploy.replication import SYNC_S, ReplicaInfo, Replicator
 from speechpipe.pipeline.deploy.shared import SharedStore, is_shared
 from speechpipe.pipeline.hooks import AsrJob, Event, FinalLost, FinalTranscript, Observer, StreamEnded
+from speechpipe.pipeline.monitoring.quality import Calibration, expected
+from speechpipe.stages.features import output_features
 
 log = logging.getLogger("speechpipe.deploy")
 
@@ -139,6 +141,8 @@ class Deployment:
         reports: told what the deployment does (the events above; None: nobody listens).
         clock: wall-clock seconds (the times in the deploy history).
         max_unsaved_feedback: the most feedback kept in memory while the store cannot be written.
+        calibration: the estimated WER's (``[monitoring] baseline``'s): each final's expected word
+            errors and reference words go to the ``estimated_wer_delta`` gate. None: no estimate.
         replica: who this replica is, when ``settings.db`` is shared (PostgreSQL): then the state
             lives there, one replica judges the gates on every replica's evidence
             (:mod:`~speechpipe.pipeline.deploy.replication`), and a thread syncs every
@@ -154,7 +158,9 @@ class Deployment:
         clock: Callable[[], float] = time.time,
         max_unsaved_feedback: int = MAX_UNSAVED_FEEDBACK,
         replica: ReplicaInfo | None = None,
+        calibration: Calibration | None = None,
     ) -> None:
+        self.calibration = calibration
         self.settings = settings
         self.max_unsaved_feedback = max_unsaved_feedback
         self.clock = clock
@@ -262,6 +268,7 @@ class Deployment:
                     empty=not tr.text.strip(),
                     avg_logprob=tr.avg_logprob,
                     guard_dropped=tr.dropped > 0,
+                    **self._estimated(tr, seg.duration_s, seg.speech_ratio),
                 )
                 comparisons = self.ledger.final(stream_id, Piece(seg.index, seg.start_s, seg.end_s, tr.text))
             elif isinstance(event, FinalLost):
@@ -292,7 +299,7 @@ class Deployment:
         self._emit(ShadowSegment(job.variant, "shadow", outcome, latency))
         with self._lock:
             if outcome == "done":  # the shadow's own figures (its latency waits below the clients')
-                for tr in transcripts:
+                for seg, tr in zip(job.segments, transcripts):
                     self._evidence(
                         "final",
                         job.variant,
@@ -301,6 +308,7 @@ class Deployment:
                         empty=not tr.text.strip(),
                         avg_logprob=tr.avg_logprob,
                         guard_dropped=tr.dropped > 0,
+                        **self._estimated(tr, seg.duration_s, seg.speech_ratio),
                     )
             comparisons, scores = self.ledger.shadow_done(stream_id, pieces)
             self._touch(stream_id)
@@ -332,6 +340,14 @@ class Deployment:
             self.controller.record_agreement(variant, now, doc["score"])
         elif kind == "ended":
             self.controller.stream_ended(variant, now)
+
+    def _estimated(self, transcript, duration_s: float, speech_ratio: float) -> dict:
+        """A final's expected word errors and reference words (nothing without a calibration)."""
+        if self.calibration is None:
+            return {}
+        features = output_features(transcript, duration_s) | {"duration_s": duration_s, "speech_ratio": speech_ratio}
+        errors, words = expected(features, self.calibration)
+        return {"est_errors": errors, "est_words": words}
 
     def _touch(self, session: str) -> None:
         if self.replicator is not None:

@@ -40,6 +40,7 @@ def minimum_evidence(gates: GateSettings) -> dict[str, str]:
         "logprob_delta": f"{n} non-empty finals with a log-probability",
         "guard_drop_delta": f"{n} answered finals",
         "wer_delta": f"{gates.min_feedback_words} reference words of feedback",
+        "estimated_wer_delta": f"{n} answered finals with an estimate (a baseline with a calibration)",
         "agreement_min": f"{n} agreement scores (candidate side only)",
     }
 
@@ -74,6 +75,10 @@ class WindowStats:
     feedback_words: int = 0
     agreements: list[float] = field(default_factory=list)
     streams_ended: int = 0
+    #: each answered final's expected word errors and reference words, estimated without a
+    #: reference (pipeline/monitoring/quality.py; empty without a calibration)
+    est_errors: list[float] = field(default_factory=list)
+    est_words: list[float] = field(default_factory=list)
 
     def add_final(
         self,
@@ -83,6 +88,8 @@ class WindowStats:
         empty: bool = False,
         avg_logprob: float | None = None,
         guard_dropped: bool = False,
+        est_errors: float | None = None,
+        est_words: float | None = None,
     ) -> None:
         """One final: ``error`` when it failed or was lost (then the other figures are ignored)."""
         self.finals += 1
@@ -96,6 +103,9 @@ class WindowStats:
         # an empty final's log-probability is that of silence, not of words: it would skew the mean
         if avg_logprob is not None and not empty:
             self.logprobs.append(float(avg_logprob))
+        if est_errors is not None and est_words is not None:
+            self.est_errors.append(float(est_errors))
+            self.est_words.append(float(est_words))
 
     def add_feedback(self, errors: int, words: int) -> None:
         """A human reference scored: ``errors`` word errors over ``words`` reference words."""
@@ -114,6 +124,8 @@ class WindowStats:
         self.latencies += other.latencies
         self.logprobs += other.logprobs
         self.agreements += other.agreements
+        self.est_errors += other.est_errors
+        self.est_words += other.est_words
 
     @property
     def answered(self) -> int:
@@ -138,6 +150,18 @@ class WindowStats:
     def mean_agreement(self) -> float | None:
         return _mean(self.agreements)
 
+    def estimated_wer(self) -> float | None:
+        """The WER estimated without references: expected errors over expected reference words."""
+        words = sum(self.est_words)
+        return sum(self.est_errors) / words if words > 0 else None
+
+    def estimated_wer_var(self) -> float:
+        """The sampling variance of :meth:`estimated_wer` (the ratio's delta method over finals)."""
+        words, rate = sum(self.est_words), self.estimated_wer()
+        if rate is None or len(self.est_words) < 2:
+            return 0.0
+        return sum((e - rate * w) ** 2 for e, w in zip(self.est_errors, self.est_words)) / words**2
+
     def figures(self) -> dict:
         """The window's figures by gate, for the deploy state (None where there is no data)."""
         return {
@@ -150,6 +174,7 @@ class WindowStats:
             "guard_drop_rate": self.guard_drop_rate(),
             "feedback_words": self.feedback_words,
             "wer": self.wer(),
+            "estimated_wer": self.estimated_wer(),
             "agreement": self.mean_agreement(),
         }
 
@@ -322,7 +347,8 @@ def evaluate_gates(candidate: WindowStats, primary: WindowStats, gates: GateSett
     A gate needs ``min_finals`` of its figures on both sides (the WER gate ``min_feedback_words``
     reference words on both sides, the agreement gate ``min_finals`` scores, the latency gate also
     ``LATENCY_MIN_STREAMS`` ended streams; :func:`minimum_evidence`); without them its ``passed``
-    is None. The agreement gate is left out while ``agreement_min`` is 0 (off).
+    is None. The agreement gate is left out while ``agreement_min`` is 0 (off), the estimated-WER
+    gate while ``estimated_wer_delta`` is 0 or no final has an estimate (no calibration).
     """
     n = gates.min_finals
     finals = candidate.finals >= n and primary.finals >= n
@@ -389,6 +415,21 @@ def evaluate_gates(candidate: WindowStats, primary: WindowStats, gates: GateSett
             gates.confidence,
         ),
     ]
+    if gates.estimated_wer_delta > 0 and (candidate.est_words or primary.est_words):
+        est = len(candidate.est_words) >= n and len(primary.est_words) >= n
+        results.append(
+            _delta_gate(
+                "estimated_wer_delta",
+                est,
+                candidate.estimated_wer(),
+                primary.estimated_wer(),
+                gates.estimated_wer_delta,
+                "WER estimated without references",
+                "higher",
+                math.sqrt(candidate.estimated_wer_var() + primary.estimated_wer_var()),
+                gates.confidence,
+            )
+        )
     if gates.agreement_min > 0:
         score, limit = candidate.mean_agreement(), gates.agreement_min
         if len(candidate.agreements) < n or score is None:

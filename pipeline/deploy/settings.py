@@ -47,6 +47,10 @@ class GateSettings:
         guard_drop_delta: candidate share of finals where the hallucination guard dropped
             something, minus the primary's, at most.
         wer_delta: candidate WER on human feedback minus the primary's (absolute), at most.
+        estimated_wer_delta: candidate WER estimated without references minus the primary's
+            (absolute), at most: judged on every final, no feedback needed, when the server has a
+            baseline with a calibration (``[monitoring] baseline``; docs/monitoring.md); 0 turns
+            the gate off.
         confidence: how sure a gate must be before it fails or passes. The rates and means of a
             window are samples: a candidate fails a gate only when its figure is worse than the
             primary's by more than the limit with this one-sided confidence (a normal
@@ -69,6 +73,7 @@ class GateSettings:
     logprob_delta: float = 0.25
     guard_drop_delta: float = 0.10
     wer_delta: float = 0.03
+    estimated_wer_delta: float = 0.05
     agreement_min: float = 0.0
     confidence: float = 0.95
 

@@ -8,11 +8,15 @@ The model is additive over segments, so that it can be fitted on whole files (a 
 is not split by segment) and applied to any window of segments:
 
 * expected errors of a segment = ``w . terms(segment)`` (:data:`TERMS`, all >= 0, weights >= 0);
-* expected reference words = ``r . [hypothesis words, speech seconds]``.
+* expected reference words = ``r x hypothesis words`` + the deletions the errors count (the
+  :data:`DELETIONS` terms with their error weights: a word the speech should have held and that
+  did not come out is a deletion and a reference word).
 
 :func:`calibrate` fits both by non-negative least squares on files with a reference (the
 baseline's, then human reviews and trusted feedback), and keeps the residual variance per
-segment. :func:`estimate` gives the window's WER with a 90 % interval that holds both the
+segment. A deletion term the files never show (a clean baseline has no empty final) takes the
+prior :data:`PRIOR_DELETION`: an empty final on speech is then a WER of 1 for that speech, which
+is what a candidate that returns nothing must be estimated at. :func:`estimate` gives the window's WER with a 90 % interval that holds both the
 sampling error of the window's segments (a bootstrap) and the model's own (the residual variance).
 """
 
@@ -23,6 +27,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy.optimize import nnls
@@ -34,10 +39,16 @@ TERMS = (
     "segment",  # 1 per segment: errors at its edges (a word cut in two, a word joined)
     "unsure_words",  # hypothesis words x (1 - their mean probability)
     "logprob_words",  # hypothesis words x -avg_logprob
-    "missing_words",  # words the speech should have held beyond those that came out
-    "empty_speech_s",  # seconds of speech in a segment whose final is empty
-    "guard_speech_s",  # seconds of speech in a segment where the guard dropped text
+    "missing_words",  # words the speech should have held beyond those that came out (a final with text)
+    "empty_words",  # words the speech of a segment whose final is empty should have held
+    "guard_words",  # words the speech of a segment where the guard dropped text should have held
 )
+#: the terms whose weight is also their share of the reference words: a word that should have
+#: come out and did not is a deletion, and a word of the reference
+DELETIONS = ("missing_words", "empty_words", "guard_words")
+#: a term the calibration files never show (no empty final in a clean baseline) gets this weight:
+#: every word its speech should have held is taken for a deletion
+PRIOR_DELETION = 1.0
 #: the interval's coverage (two-sided)
 LEVEL = 0.90
 _Z = 1.6448536269514722  # the normal quantile of (1 + LEVEL) / 2
@@ -45,24 +56,27 @@ BOOTSTRAP = 200
 
 
 def segment_terms(features: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
-    """``(error terms, [hypothesis words, speech seconds])`` of one segment from its features
-    (those of :mod:`speechpipe.stages.features`, input and output)."""
+    """``(error terms, word terms)`` of one segment from its features (those of
+    :mod:`speechpipe.stages.features`, input and output): the :data:`TERMS`, and the hypothesis
+    words followed by the :data:`DELETIONS` terms."""
     duration = float(features.get("duration_s", 0.0))
     words = float(features.get("words_per_s", 0.0)) * duration
     speech = duration * float(features.get("speech_ratio", 1.0))
     prob = float(features.get("word_probability", 0.0)) if words else 0.0
     logprob = float(features.get("avg_logprob", 0.0))
-    empty = float(features.get("empty", 0.0))
-    guard = float(features.get("guard_drops", 0.0))
+    empty = float(features.get("empty", 0.0)) > 0
+    guard = float(features.get("guard_drops", 0.0)) > 0 and not empty
+    expected_words = SPEECH_RATE_WPS * speech
+    missing = 0.0 if empty or guard else max(0.0, expected_words - words)
     terms = [
         1.0,
         words * (1.0 - prob),
         words * max(0.0, -logprob) if words else 0.0,
-        max(0.0, SPEECH_RATE_WPS * speech - words),
-        speech * empty,
-        speech * guard,
+        missing,
+        expected_words if empty else 0.0,
+        max(0.0, expected_words - words) if guard else 0.0,
     ]
-    return np.array(terms, dtype=float), np.array([words, speech], dtype=float)
+    return np.array(terms, dtype=float), np.array([words, *terms[3:]], dtype=float)
 
 
 @dataclass(frozen=True)
@@ -114,8 +128,27 @@ class Sample:
     def of(cls, segments: Sequence[Mapping[str, float]], errors: int, words: int) -> Sample:
         t = [segment_terms(s) for s in segments]
         x = np.sum([a for a, _ in t], axis=0) if t else np.zeros(len(TERMS))
-        y = np.sum([b for _, b in t], axis=0) if t else np.zeros(2)
+        y = np.sum([b for _, b in t], axis=0) if t else np.zeros(1 + len(DELETIONS))
         return cls(tuple(float(v) for v in x), tuple(float(v) for v in y), len(segments), int(errors), int(words))
+
+
+def load_calibration(path: str | Path, variant: str) -> Calibration | None:
+    """The calibration a baseline profile (``speechpipe baseline build``) keeps for ``variant``
+    (or for its only variant); None when it has none. ValueError for a file that is not a profile."""
+    try:
+        doc = json.loads(Path(path).read_text())
+        variants = doc["variants"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a baseline profile: {exc}") from None
+    spec = variants.get(variant) or (next(iter(variants.values())) if len(variants) == 1 else None)
+    found = (spec or {}).get("quality", {}).get("calibration")
+    return Calibration.from_dict(found) if found else None
+
+
+def expected(features: Mapping[str, float], calibration: Calibration) -> tuple[float, float]:
+    """``(expected word errors, expected reference words)`` of one segment."""
+    x, y = segment_terms(features)
+    return float(x @ np.array(calibration.errors)), float(y @ np.array(calibration.words))
 
 
 def calibrate(samples: Sequence[Sample], source: str) -> Calibration | None:
@@ -130,11 +163,20 @@ def calibrate(samples: Sequence[Sample], source: str) -> Calibration | None:
     n = np.array([s.segments for s in samples], dtype=float)
     # weighted by 1/sqrt(segments): a file's residual variance grows with its segments
     sw = 1.0 / np.sqrt(n)
-    we, _ = nnls(x * sw[:, None], e * sw)
-    wr, _ = nnls(y * sw[:, None], r * sw)
-    dof = max(1, len(samples) - int(np.count_nonzero(we)))
+    seen = np.any(x > 0, axis=0)  # a term the files never show is not fitted: its prior stands
+    we = np.zeros(len(TERMS))
+    we[seen], _ = nnls(x[:, seen] * sw[:, None], e * sw)
+    for k, name in enumerate(TERMS):
+        if not seen[k] and name in DELETIONS:
+            we[k] = PRIOR_DELETION
+    # reference words: the hypothesis' words (fitted) and the deletions the errors counted (tied)
+    tied = np.array([we[TERMS.index(d)] for d in DELETIONS])
+    rest = r - y[:, 1:] @ tied
+    (r_hyp,), _ = nnls(y[:, :1] * sw[:, None], rest * sw)
+    wr = np.array([r_hyp, *tied])
+    dof = max(1, len(samples) - int(np.count_nonzero(we[seen])))
     sigma2 = float(np.sum((e - x @ we) ** 2 / n) / dof)
-    sigma2_words = float(np.sum((r - y @ wr) ** 2 / n) / max(1, len(samples) - 2))
+    sigma2_words = float(np.sum((r - y @ wr) ** 2 / n) / max(1, len(samples) - 1))
     body = {"errors": we.round(6).tolist(), "words": wr.round(6).tolist(), "files": len(samples), "source": source}
     version = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:8]
     return Calibration(

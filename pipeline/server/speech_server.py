@@ -46,6 +46,7 @@ from speechpipe.pipeline.hooks import FAULTS, Observer, Observers, StreamRejecte
 from speechpipe.pipeline.live.actions import LiveContext, SubmitReview
 from speechpipe.pipeline.live.connection import Connection
 from speechpipe.pipeline.live.transport import Transport
+from speechpipe.pipeline.monitoring.quality import load_calibration
 from speechpipe.pipeline.scheduling.admission import Admission, Verdict, refusal
 from speechpipe.pipeline.scheduling.scheduler import AsrScheduler
 from speechpipe.pipeline.server.app import build_app, static_routes, upgrade_required
@@ -217,7 +218,14 @@ class SpeechServer:
         ids = {name: v.variant_id for name, v in variants.items()}
         host = self.settings.host
         replica = ReplicaInfo(f"{socket.gethostname()}:{self.port}", f"http://{host}:{self.port}")
-        self.deployment = Deployment(deploy, ids, reports=self.observer, clock=self.clock, replica=replica)
+        baseline = self.config.monitoring.baseline
+        try:  # the estimated-WER gate's calibration: the baseline's, when it has one
+            calibration = load_calibration(baseline, deploy.primary) if baseline else None
+        except ValueError as exc:
+            raise ConfigError(f"monitoring.baseline: {exc}") from None
+        self.deployment = Deployment(
+            deploy, ids, reports=self.observer, clock=self.clock, replica=replica, calibration=calibration
+        )
         self.variants = variants
         self.engine = variants[self.deployment.controller.primary].engine
         review = self._review if self._review_queue is not None else None
