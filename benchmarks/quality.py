@@ -19,6 +19,7 @@ every condition, in a random order), as the server recalibrates when reviews com
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import sys
@@ -74,8 +75,14 @@ def condition(audio: np.ndarray, name: str, noise: list[np.ndarray], k: int) -> 
     return audio, RATE
 
 
-def run(paths: list[Path], name: str, config: Config, engine, noise, tmp: Path) -> list[tuple[list[dict], int, int]]:
-    """Each file under condition ``name``: (its segments' features, errors, reference words)."""
+def run(
+    paths: list[Path], name: str, config: Config, engine, noise, tmp: Path, cache: Path | None = None
+) -> list[tuple[list[dict], int, int]]:
+    """Each file under condition ``name``: (its segments' features, errors, reference words);
+    with ``cache``, read from there when a run of the same files and condition was kept."""
+    key = cache / f"{name}-{len(paths)}-{paths[0].stem}.json" if cache is not None else None
+    if key is not None and key.exists():
+        return [tuple(x) for x in json.loads(key.read_text())]
     out = []
     for k, path in enumerate(paths):
         audio, _ = load_audio(path)
@@ -87,6 +94,9 @@ def run(paths: list[Path], name: str, config: Config, engine, noise, tmp: Path) 
         ref = path.with_suffix(".txt").read_text()
         result = transcribe_file(wav, config, engine, observers=[collector], reference=ref, packed=False)
         out.append((found, result.wer.errors, result.wer.ref_words))
+    if key is not None:
+        key.parent.mkdir(parents=True, exist_ok=True)
+        key.write_text(json.dumps(out))
     return out
 
 
@@ -121,6 +131,7 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=30, help="windows drawn a condition (default 30)")
     ap.add_argument("--reviewed", type=int, default=50, help="reviewed segments added to the calibration (default 50)")
     ap.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=CONDITIONS)
+    ap.add_argument("--cache", type=Path, help="keep each condition's decodes here and read them back (same files)")
     args = ap.parse_args()
     print(machine_line())
     config = Config()
@@ -128,7 +139,7 @@ def main() -> None:
     calib_files, held = files()
     noise = noises()
     with tempfile.TemporaryDirectory() as tmp:
-        calib = run(calib_files, "clean", config, engine, noise, Path(tmp))
+        calib = run(calib_files, "clean", config, engine, noise, Path(tmp), args.cache)
         base = [Sample.of(s, e, w) for s, e, w in calib]
         cal = calibrate(base, "baseline")
         print(f"calibrated on {cal.files} clean files ({cal.segments} segments) of 12 speakers, version {cal.version}")
@@ -142,7 +153,7 @@ def main() -> None:
         )
         judged, pool = {}, []
         for name in args.conditions:
-            out = run(held, name, config, engine, noise, Path(tmp))
+            out = run(held, name, config, engine, noise, Path(tmp), args.cache)
             judged[name] = out[0::2]
             pool += [(name, item) for item in out[1::2]]
             print(f"  ran {name}", file=sys.stderr, flush=True)
