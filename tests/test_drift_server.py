@@ -167,8 +167,12 @@ def test_feedback_wer_is_judged_against_the_baseline_wer(engine, tmp_path):
     calibration = load_profile(baseline)["variants"]["default"]["quality"]["calibration"]
     assert before["quality"]["estimated_wer"] is None or before["quality"]["segments"] >= 2
     q = wrong["quality"]
-    assert q["calibration"] == {k: calibration[k] for k in ("version", "source", "files", "segments")}
-    assert q["calibration"]["files"] == len(files) and q["level"] == 0.9
+    assert before["quality"]["calibration"] == {k: calibration[k] for k in ("version", "source", "files", "segments")}
+    # each trusted feedback on a whole session joined the calibration: fitted again, a new version
+    assert right["quality"]["calibration"]["source"] == "baseline + 1 feedback"
+    assert q["calibration"]["source"] == "baseline + 3 feedback" and q["calibration"]["files"] == len(files) + 3
+    assert len({before["quality"]["calibration"]["version"], q["calibration"]["version"]}) == 2
+    assert q["level"] == 0.9
     assert 0 <= q["low"] <= q["estimated_wer"] <= q["high"] and q["segments"] >= 2
     shown = {
         name: float(x.rsplit(" ", 1)[1])

@@ -112,12 +112,15 @@ class ShadowScored:
 
 @dataclass(frozen=True)
 class FeedbackScored:
-    """A human reference scored against a variant's transcript of the same audio."""
+    """A human reference scored against a variant's transcript of the same audio: of ``session``
+    (whole when ``segment`` is None), "" when not known."""
 
     variant: str
     role: str
     errors: int
     words: int
+    session: str = ""
+    segment: int | None = None
 
 
 @dataclass(frozen=True)
@@ -321,11 +324,11 @@ class Deployment:
                 self._evidence("agreement", rec.shadow, self.clock(), score=c.agreement)
                 self._emit(ShadowScored(rec.shadow, "shadow", c.agreement, c.empty_mismatch))
         for s in scores:
-            self._scored(s)
+            self._scored(s)  # feedback that waited for the shadow: its session is not told
 
-    def _scored(self, s: Score) -> None:
+    def _scored(self, s: Score, session: str = "", segment: int | None = None) -> None:
         self._evidence("feedback", s.variant, self.clock(), errors=s.errors, words=s.words)
-        self._emit(FeedbackScored(s.variant, s.role, s.errors, s.words))
+        self._emit(FeedbackScored(s.variant, s.role, s.errors, s.words, session, segment))
 
     def _evidence(self, kind: str, variant: str, now: float, **doc: object) -> None:
         """What a variant produced, for the gates: to the controller, or (shared) to the store,
@@ -387,7 +390,7 @@ class Deployment:
             self.feedback_counts["counted" if counted else "client"] += 1
             for s in scores:
                 if counted:
-                    self._scored(s)
+                    self._scored(s, session, segment)
                 elif s.role != "shadow":
                     self._emit(ClientFeedback(s.variant, s.role, s.errors, s.words))
             if keep:

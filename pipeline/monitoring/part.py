@@ -65,6 +65,8 @@ class DriftPart(Part):
     def on_event(self, event: object) -> None:
         if self.service is not None and isinstance(event, FeedbackScored):
             self.service.feedback(event.variant, event.errors, event.words)
+            if event.role != "shadow" and event.session and event.segment is None:
+                self.service.recalibrate(event.variant, event.session, event.errors, event.words)
 
     async def tick(self, now: float) -> None:
         if self.service is None:

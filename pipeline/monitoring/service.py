@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 
 from speechpipe.pipeline.config import ConfigError
 from speechpipe.pipeline.monitoring.baseline import load_profile, window_sizes, with_thresholds
@@ -18,10 +19,18 @@ from speechpipe.pipeline.monitoring.collector import FeatureCollector
 from speechpipe.pipeline.monitoring.concept import FEEDBACK, ConceptDrift, ConceptMonitor
 from speechpipe.pipeline.monitoring.drift import DriftMonitor, FeatureDrift
 from speechpipe.pipeline.monitoring.histograms import feature_histogram
-from speechpipe.pipeline.monitoring.quality import LEVEL, Calibration, Estimate, estimate
+from speechpipe.pipeline.monitoring.quality import LEVEL, Calibration, Estimate, Sample, calibrate, estimate
 from speechpipe.pipeline.monitoring.settings import MonitoringSettings
 
 log = logging.getLogger("speechpipe.drift")
+
+#: sessions whose segments are kept for the feedback that may come (the oldest dropped)
+MAX_SESSIONS = 2000
+#: segments kept of one session (a longer one is not used to calibrate: its feedback's truth is
+#: of all of it)
+MAX_SESSION_SEGMENTS = 500
+#: feedback samples kept in the calibration beside the baseline's (the oldest dropped)
+MAX_FEEDBACK_SAMPLES = 2000
 
 
 class DriftService:
@@ -51,6 +60,15 @@ class DriftService:
             if spec.get("quality", {}).get("calibration")
         }
         self._quality: dict[str, Estimate | None] = {}
+        #: per baseline variant, the samples its calibration was fitted on, then feedback's
+        self._samples = {
+            v: [Sample(**d) for d in spec["quality"].get("samples", [])]
+            for v, spec in self.profile["variants"].items()
+            if spec.get("quality", {}).get("calibration")
+        }
+        self._feedback_samples: dict[str, list[Sample]] = {}
+        #: each recent session's segments (features), per variant: what its feedback is scored on
+        self._sessions: OrderedDict[tuple[str, str], list[dict] | None] = OrderedDict()
         self._lock = threading.Lock()
         self._latest: dict[str, list[FeatureDrift]] = {}
         self._concept: dict[str, ConceptDrift] = {}
@@ -60,9 +78,18 @@ class DriftService:
     def observer(self, variant: str) -> FeatureCollector:
         """The observer of one stream served by ``variant``: its segments' features go in."""
 
-        def add(_stream_id: str, _index: int, features: dict) -> None:
+        def add(stream_id: str, _index: int, features: dict) -> None:
             with self._lock:
                 self.monitor.add(variant, features)
+                key = (variant, stream_id)
+                segments = self._sessions.setdefault(key, [])
+                self._sessions.move_to_end(key)
+                if segments is not None:  # a session too long to calibrate with is None
+                    segments.append(dict(features))
+                    if len(segments) > MAX_SESSION_SEGMENTS:
+                        self._sessions[key] = None
+                while len(self._sessions) > MAX_SESSIONS:
+                    self._sessions.popitem(last=False)
 
         return FeatureCollector(add)
 
@@ -70,6 +97,25 @@ class DriftService:
         """A human reference scored against ``variant`` (the deployment's scores)."""
         with self._lock:
             self.concept.add(variant, errors, words)
+
+    def recalibrate(self, variant: str, session: str, errors: int, words: int) -> bool:
+        """Trusted feedback on a whole session ``variant`` served: its segments and the truth join
+        the calibration of the estimated WER, fitted again (a new version; ``source`` counts the
+        feedback). False when the session's segments or a calibration are not here."""
+        with self._lock:
+            base = self.monitor.baseline_of(variant)
+            segments = self._sessions.get((variant, session))
+            if base not in self._samples or not segments or not words:
+                return False
+            added = self._feedback_samples.setdefault(base, [])
+            added.append(Sample.of(segments, errors, words))
+            del added[:-MAX_FEEDBACK_SAMPLES]
+            fitted = calibrate(self._samples[base] + added, f"baseline + {len(added)} feedback")
+            if fitted is None:
+                return False
+            self.calibrations[base] = fitted
+            log.info("estimated WER of %s recalibrated (%s): version %s", base, fitted.source, fitted.version)
+            return True
 
     def evaluate(self, now: float | None = None) -> list[FeatureDrift]:
         """Judge every variant's window now; log and return the features that crossed their
