@@ -115,6 +115,15 @@ def test_dashboard_matches_metrics_shows_drift_and_drives_the_deployment(engine,
                 assert shown == len(drift["variants"]["default"]["features"]) >= 14
                 concept = page.inner_text(".variant-drift[data-variant=default] .concept")
                 assert "stand-in: output confidence" in concept  # no feedback sent: the page says so
+                # the WER estimated without references, as /admin/drift gives it
+                q = drift["variants"]["default"]["quality"]
+                shown_q = page.locator(".variant-drift[data-variant=default] .quality")
+                if q["estimated_wer"] is None:
+                    assert "not yet" in shown_q.inner_text()
+                else:
+                    assert float(shown_q.get_attribute("data-estimated")) == q["estimated_wer"]
+                    assert f"estimated WER {100 * q['estimated_wer']:.1f} %" in shown_q.inner_text()
+                assert f"calibration {q['calibration']['version']}" in shown_q.inner_text()
                 page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
                 # A cancelled action changes nothing; a confirmed one changes the deployment.
                 page.click("button[data-action=rollback]")

@@ -174,6 +174,8 @@ def test_feedback_wer_is_judged_against_the_baseline_wer(engine, tmp_path):
     assert len({before["quality"]["calibration"]["version"], q["calibration"]["version"]}) == 2
     assert q["level"] == 0.9
     assert 0 <= q["low"] <= q["estimated_wer"] <= q["high"] and q["segments"] >= 2
+    # over time: one point a judgement, the last the estimate now (the dashboard's chart)
+    assert len(q["history"]) >= 2 and q["history"][-1][1:] == [round(q[k], 4) for k in ("estimated_wer", "low", "high")]
     shown = {
         name: float(x.rsplit(" ", 1)[1])
         for x in page.splitlines()

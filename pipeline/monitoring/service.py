@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
 from speechpipe.pipeline.config import ConfigError
 from speechpipe.pipeline.monitoring.baseline import load_profile, window_sizes, with_thresholds
@@ -31,6 +31,8 @@ MAX_SESSIONS = 2000
 MAX_SESSION_SEGMENTS = 500
 #: feedback samples kept in the calibration beside the baseline's (the oldest dropped)
 MAX_FEEDBACK_SAMPLES = 2000
+#: estimates kept per variant for the dashboard's chart (one a judgement: an hour at 10 s)
+QUALITY_HISTORY = 360
 
 
 class DriftService:
@@ -67,6 +69,8 @@ class DriftService:
             if spec.get("quality", {}).get("calibration")
         }
         self._feedback_samples: dict[str, list[Sample]] = {}
+        #: each variant's estimates over time: [time, estimated_wer, low, high] at each judgement
+        self._quality_history: dict[str, deque] = {}
         #: each recent session's segments (features), per variant: what its feedback is scored on
         self._sessions: OrderedDict[tuple[str, str], list[dict] | None] = OrderedDict()
         self._lock = threading.Lock()
@@ -124,6 +128,11 @@ class DriftService:
             variants = list(dict.fromkeys(self.monitor.variants() + self.concept.variants()))
             self._latest = {v: self.monitor.report(v) for v in variants}
             self._quality = {v: self._estimate(v) for v in variants}
+            at = now if now is not None else time.time()
+            for v, est in self._quality.items():
+                if est is not None:
+                    point = [round(at, 3), round(est.estimated_wer, 4), round(est.low, 4), round(est.high, 4)]
+                    self._quality_history.setdefault(v, deque(maxlen=QUALITY_HISTORY)).append(point)
             for v in variants:
                 alerts = [d.feature for d in self._latest[v] if d.alert]
                 c = self._concept[v] = self.concept.report(v, alerts)
@@ -206,6 +215,7 @@ class DriftService:
         figures = est.to_dict() if est is not None else {"estimated_wer": None, "low": None, "high": None}
         figures.pop("calibration", None)
         return figures | {
+            "history": list(self._quality_history.get(variant, ())),
             "level": LEVEL,
             "calibration": {
                 "version": calibration.version,

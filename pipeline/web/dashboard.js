@@ -170,6 +170,27 @@ function conceptLine(c) {
   return `accuracy stand-in: output confidence (avg logprob, word probability, no-speech probability, empty finals, guard drops), ${c.words} feedback words so far; ${which}`;
 }
 
+// The estimated WER over time: the estimate as a line inside its interval as a band.
+function qualityChart(history) {
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("viewBox", "0 0 100 30");
+  svg.setAttribute("preserveAspectRatio", "none");
+  svg.setAttribute("class", "quality-chart");
+  const t0 = history[0][0], t1 = history[history.length - 1][0];
+  const top = Math.max(...history.map((h) => h[3]), 1e-9);
+  const x = (t) => (t1 > t0 ? ((t - t0) / (t1 - t0)) * 100 : 0);
+  const y = (v) => 30 - (v / top) * 28;
+  const band = history.map((h) => `${x(h[0])},${y(h[3])}`).concat(history.slice().reverse().map((h) => `${x(h[0])},${y(h[2])}`));
+  const area = document.createElementNS(SVG, "polygon");
+  area.setAttribute("points", band.join(" "));
+  area.setAttribute("class", "band");
+  const line = document.createElementNS(SVG, "polyline");
+  line.setAttribute("points", history.map((h) => `${x(h[0])},${y(h[1])}`).join(" "));
+  line.setAttribute("class", "estimate");
+  svg.append(area, line);
+  return svg;
+}
+
 function renderDrift(drift) {
   $("drift-none").hidden = !!drift;
   $("drift-body").hidden = !drift;
@@ -181,6 +202,15 @@ function renderDrift(drift) {
     const card = el("div", { class: "variant-drift", "data-variant": name });
     card.appendChild(el("h3", {}, name));
     card.appendChild(el("p", { class: `concept ${v.concept && v.concept.alert ? "fail" : ""}`, "data-source": v.concept ? v.concept.source : "" }, conceptLine(v.concept)));
+    if (v.quality) {
+      const q = v.quality, c = q.calibration;
+      const line = q.estimated_wer === null
+        ? `estimated WER: not yet (fewer than ${fmt(drift.min_segments)} segments)`
+        : `estimated WER ${pct(q.estimated_wer)} (${Math.round(q.level * 100)} %: ${pct(q.low)}–${pct(q.high)}) over ${q.segments} segments, no references`;
+      const p = el("p", { class: "quality", "data-estimated": q.estimated_wer === null ? "" : String(q.estimated_wer) }, `${line}; calibration ${c.version} (${c.source}, ${c.files} files)`);
+      if ((q.history || []).length > 1) p.appendChild(qualityChart(q.history));
+      card.appendChild(p);
+    }
     const grid = el("div", { class: "features" });
     const hists = (drift.histograms || {})[name] || {};
     for (const [feature, f] of Object.entries(v.features)) {
