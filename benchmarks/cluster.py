@@ -39,7 +39,6 @@ import functools
 import io
 import json
 import os
-import random
 import signal
 import statistics
 import subprocess
@@ -349,7 +348,6 @@ def phase_sigterm(c: dict) -> None:
     reps = c["replicas"]
     print(f"\n## SIGTERM of a replica under traffic ({len(reps)} replicas, 8 streams)")
     audio = streams(8, 25.0, seed=90)
-    names = {r["url"].rsplit(":", 1)[1]: None for r in reps}
     view: list[tuple[float, dict]] = []
 
     async def scenario():
@@ -380,7 +378,6 @@ def phase_sigterm(c: dict) -> None:
         f"(resume s: {[round(r.resumes[0].get('resume_s', float('nan')), 3) for r in resumed]}); "
         f"finals lost {sum(r.lost for r in results)}, duplicated {sum(duplicates(r) for r in results)}"
     )
-    del names
 
 
 def nearest(ordered: list[float], q: float) -> float:
@@ -416,7 +413,6 @@ def main() -> None:
     ap.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES))
     ap.add_argument("--streams", nargs="+", type=int, default=[4, 8, 12])
     args = ap.parse_args()
-    random.seed(0)
     print(machine_line())
     if {"canary", "agree", "leader"} & set(args.phases):
         with cluster(3, CANARY) as c:

@@ -40,6 +40,18 @@ def _launch(p, wav):
     )
 
 
+def _listening(browser, srv):
+    """The page of ``srv`` opened with the stream token and started, once it listens: ``(page,
+    the page's errors as they come)``."""
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{srv.http}/?token=browser-token")
+    page.click("#start")
+    page.wait_for_selector("#status:has-text('Listening')", timeout=15_000)
+    return page, errors
+
+
 @absent
 def test_browser_page_shows_the_words_spoken_into_its_microphone(engine):
     playwright = pytest.importorskip("playwright.sync_api")
@@ -47,12 +59,7 @@ def test_browser_page_shows_the_words_spoken_into_its_microphone(engine):
     with ServerThread(engine, token="browser-token") as srv, playwright.sync_playwright() as p:
         browser = _launch(p, CLIP)
         try:
-            page = browser.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(f"{srv.http}/?token=browser-token")
-            page.click("#start")
-            page.wait_for_selector("#status:has-text('Listening')", timeout=15_000)
+            page, errors = _listening(browser, srv)
             # The fake microphone plays the clip once, in real time; its finals must show up.
             page.wait_for_function(
                 "() => document.querySelectorAll('#transcript p.final').length > 0"
@@ -117,12 +124,7 @@ def test_browser_page_resumes_its_session_when_the_connection_breaks(engine, tmp
     with ServerThread(engine, token="browser-token") as srv, playwright.sync_playwright() as p:
         browser = _launch(p, wav)
         try:
-            page = browser.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(f"{srv.http}/?token=browser-token")
-            page.click("#start")
-            page.wait_for_selector("#status:has-text('Listening')", timeout=15_000)
+            page, errors = _listening(browser, srv)
             # Broken after the first final, a second into the next segment: the page must send that
             # segment's audio again (the server never finished it).
             page.wait_for_function(BREAK_NOW, timeout=30_000)

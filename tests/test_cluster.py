@@ -112,9 +112,10 @@ def cluster():
         yield c
 
 
-def admin(url: str, body: dict | None = None) -> tuple[int, dict]:
+def call(url: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    """``(status, JSON body)`` of a GET (no ``body``) or a POST of ``body``, as the admin."""
     req = urllib.request.Request(
-        f"{url}/admin/deploy",
+        f"{url}{path}",
         data=None if body is None else json.dumps(body).encode(),
         method="GET" if body is None else "POST",
         headers={"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"},
@@ -126,18 +127,12 @@ def admin(url: str, body: dict | None = None) -> tuple[int, dict]:
         return e.code, json.loads(e.read() or b"{}")
 
 
+def admin(url: str, body: dict | None = None) -> tuple[int, dict]:
+    return call(url, "/admin/deploy", body)
+
+
 def post_feedback(url: str, session: str, text: str) -> tuple[int, dict]:
-    req = urllib.request.Request(
-        f"{url}/v1/feedback",
-        data=json.dumps({"session": session, "text": text}).encode(),
-        method="POST",
-        headers={"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
+    return call(url, "/v1/feedback", {"session": session, "text": text})
 
 
 def states(cluster: dict) -> list[dict]:

@@ -164,10 +164,14 @@ class DriftService:
             )
         return crossed
 
+    def _calibration(self, variant: str) -> Calibration | None:
+        """The estimated WER's calibration of ``variant``'s baseline (None: none)."""
+        base = self.monitor.baseline_of(variant)
+        return self.calibrations.get(base) if base is not None else None
+
     def _estimate(self, variant: str) -> Estimate | None:
         """The window's estimated WER (None: no calibration, or fewer than ``min_segments``)."""
-        base = self.monitor.baseline_of(variant)
-        calibration = self.calibrations.get(base) if base is not None else None
+        calibration = self._calibration(variant)
         window = self.monitor.window(variant)
         if calibration is None or len(window) < self.settings.min_segments:
             return None
@@ -207,8 +211,7 @@ class DriftService:
     def _quality_doc(self, variant: str) -> dict | None:
         """``{"estimated_wer", "low", "high", "segments", "words", "calibration": {...}}``, or
         None without a calibration; ``estimated_wer`` None while the window is too small."""
-        base = self.monitor.baseline_of(variant)
-        calibration = self.calibrations.get(base) if base is not None else None
+        calibration = self._calibration(variant)
         if calibration is None:
             return None
         est = self._quality.get(variant)
