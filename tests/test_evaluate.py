@@ -6,6 +6,7 @@ import base64
 import json
 import shutil
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 import soundfile as sf
@@ -34,6 +35,7 @@ pytestmark = pytest.mark.corpus  # reads ../shared/corpus
 
 SHORT_SPEECH = ["librispeech-test-clean_1089-134691-0000.flac", "librispeech-test-clean_1089-134686-0001.flac"]
 SHORT_CLIP = "tenvad_testset-audio-02"  # 4 s, four labelled phrases
+CALIBRATION_SPEECH = ["cmuarctic_aew_a0001.wav", "cmuarctic_aew_a0002.wav", "cmuarctic_axb_a0004.wav"]  # 3 s each
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +63,18 @@ def variants() -> list[Variant]:
 
 
 @pytest.fixture(scope="module")
-def run(dataset, engine, tmp_path_factory):
+def calibration(tmp_path_factory) -> str:
+    """A tiny baseline profile with a calibration of the estimated WER: ``speechpipe baseline
+    build`` over three short corpus utterances with their references."""
+    out = tmp_path_factory.mktemp("baseline") / "baseline.json"
+    files = [str(SPEECH / name) for name in CALIBRATION_SPEECH]
+    args = ["baseline", "build", *files, "-o", str(out), "--window-segments", "4", "--min-segments", "2"]
+    assert main([*args, "--threads", "2"]) == 0
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def run(dataset, engine, calibration, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
@@ -74,7 +87,7 @@ def run(dataset, engine, tmp_path_factory):
         [dataset / "speech", dataset / "vad"],
         variants(),
         out,
-        options=EvalOptions(timelines=3),
+        options=EvalOptions(timelines=3, calibration=calibration),
         engine_factory=lambda cfg: engine,
         instrumentation=inst,
     )
@@ -230,18 +243,55 @@ def test_report_is_self_contained_html_with_plots(run):
     assert page.stack == []  # every element closed
     assert {
         "Variants",
+        "Estimated WER without references",
         "WER against compute",
         "What changed between variants",
         "Timelines",
         "Reference timing",
         "Per file",
     } <= set(page.headings)
-    # Attribution bars, compute plot, three timelines; all inline PNGs.
-    assert len(page.images) == 5
+    # Attribution bars, estimated against true WER, compute plot, three timelines; all inline PNGs.
+    assert len(page.images) == 6
     for src in page.images:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     assert "http://" not in text and "https://" not in text
+
+
+def test_estimated_wer_beside_the_true_wer(run, calibration):
+    """With ``--calibration`` every variant's WER is also estimated from its segments' features
+    alone, over the files the true WER scores: an interval around the estimate, one segment per
+    final of those files, the calibration the profile holds, and per file the expected errors.
+    Only what holds on any CPU is checked (no WER value: another CPU may decode differently)."""
+    result = run[0]
+    doc = json.loads(result.json_path.read_text())
+    profile = json.loads(Path(calibration).read_text())["variants"]["default"]["quality"]["calibration"]
+    for name, v in doc["variants"].items():
+        est = v["estimated"]  # "harmful" is not in the profile: its only variant stands for it
+        assert est["calibration"] == {"version": profile["version"], "source": "baseline"}, name
+        assert 0.0 <= est["low"] <= est["estimated_wer"] <= est["high"]
+        scored = [r for r in v["per_file"] if r["wer"] is not None]
+        assert est["files"] == len(scored) == 2
+        assert est["segments"] == sum(r["vad"]["segments"] for r in scored) > 0  # each segment has one final
+        assert est["true_wer"] == v["wer"]
+        assert est["covered"] == (est["low"] <= v["wer"] <= est["high"])
+        assert est["abs_error"] == pytest.approx(abs(est["estimated_wer"] - v["wer"]), abs=2e-4)
+        assert est["words"] == pytest.approx(sum(r["estimated"]["expected_words"] for r in scored), abs=0.1)
+        for r in v["per_file"]:
+            e = r["estimated"]
+            assert e["segments"] == r["vad"]["segments"] and e["expected_errors"] >= 0
+            if e["expected_words"]:
+                assert e["estimated_wer"] == pytest.approx(e["expected_errors"] / e["expected_words"], abs=1e-3)
+    (comp,) = doc["comparisons"]
+    assert comp["estimated_wer_delta"] == pytest.approx(
+        doc["variants"]["harmful"]["estimated"]["estimated_wer"]
+        - doc["variants"]["default"]["estimated"]["estimated_wer"],
+        abs=2e-4,
+    )
+    text = result.report_path.read_text(encoding="utf-8")
+    assert "est. WER [90 %]" in text and "Estimated WER without references" in text
+    est = doc["variants"]["default"]["estimated"]
+    assert f"{est['estimated_wer'] * 100:.2f}% [{est['low'] * 100:.1f}–{est['high'] * 100:.1f}]" in text
 
 
 def test_eval_traces_carry_run_variant_config_and_wer(run):
@@ -463,5 +513,6 @@ def test_eval_config_with_variants_tables_evaluates_them(dataset, tmp_path):
     for name in ("default", "harmful"):
         assert doc["variants"][name]["vad_config_id"] == config.for_variant(name).vad.config_id
         assert doc["variants"][name]["wer"] is not None
+        assert "estimated" not in doc["variants"][name]  # no --calibration, no estimate
     assert doc["variants"]["default"]["vad_config_id"] != doc["variants"]["harmful"]["vad_config_id"]
     assert [(c["variant"], c["baseline"]) for c in doc["comparisons"]] == [("harmful", "default")]

@@ -53,6 +53,13 @@ def add_arguments(p) -> None:
     p.add_argument("--timelines", type=int, default=6, help="per-file timelines drawn in the report (default: 6)")
     p.add_argument("--no-report", action="store_true", help="write eval.json only")
     p.add_argument("--cache-dir", help="where reference timings are cached (default: OUTPUT/cache/ref_timing)")
+    p.add_argument(
+        "--calibration",
+        metavar="PROFILE.json",
+        help="a baseline profile, the file `speechpipe baseline build` writes: also estimate each variant's WER "
+        "without references, as the live drift monitor does, with that profile's calibration (the variant of the "
+        "same name, else its only or its 'default' variant), beside the true WER",
+    )
     g = p.add_argument_group("base settings (every variant starts from these)")
     g.add_argument("--config", metavar="TOML", help="base config file")
     add_set_argument(g, "set a base config key (repeatable)")
@@ -65,7 +72,7 @@ def add_arguments(p) -> None:
 def run_cli(args) -> int:
     """Entry point of ``speechpipe eval`` (returns the exit code)."""
     # imported here: every other command of the CLI starts without the eval runner and telemetry
-    from speechpipe.pipeline.evaluate.runner import EvalError, EvalOptions, evaluate
+    from speechpipe.pipeline.evaluate.runner import EvalError, EvalOptions, evaluate, load_calibrations
     from speechpipe.pipeline.observability import start_telemetry
     from speechpipe.pipeline.variants import selected
 
@@ -79,12 +86,15 @@ def run_cli(args) -> int:
     telemetry = None
     try:
         variants = selected(base, args.variants, args.sweep)
+        if args.calibration:  # a bad profile stops the run before anything starts
+            load_calibrations(args.calibration, [v.name for v in variants])
         opts = EvalOptions(
             tolerance=args.tolerance,
             baseline=args.baseline,
             cache_dir=Path(args.cache_dir) if args.cache_dir else None,
             report=not args.no_report,
             timelines=args.timelines,
+            calibration=args.calibration,
         )
         telemetry = start_telemetry(base)
         settings = ray_settings(args)
@@ -123,26 +133,37 @@ def run_cli(args) -> int:
 
 
 def print_summary(doc: dict) -> None:
-    """The variant table on stdout."""
-    from speechpipe.pipeline.evaluate.runner import pct
+    """The variant table on stdout (with ``--calibration``, the estimated WER and its 90 % interval
+    beside the WER)."""
+    from speechpipe.pipeline.evaluate.runner import estimated_text, pct
 
     w = max([len(n) for n in doc["variants"]] + [21])
+    with_est = any("estimated" in v for v in doc["variants"].values())
+
+    def est(v: dict | None) -> str:
+        """The "est. WER [90 %]" cell (nothing without any estimate)."""
+        if not with_est:
+            return ""
+        return f" {estimated_text(v['estimated']) if v and 'estimated' in v else '':>19s}"
+
+    est_head = f" {'est. WER [90 %]':>19s}" if with_est else ""
     print(
-        f"{'variant':{w}s} {'WER':>7s} {'S':>4s} {'D':>4s} {'I':>4s} {'vad_drop':>8s} {'boundary':>8s} {'asr':>5s} "
-        f"{'VAD F1':>6s} {'segs':>5s} {'ASR audio s':>11s} {'ASR s/s':>7s}"
+        f"{'variant':{w}s} {'WER':>7s}{est_head} {'S':>4s} {'D':>4s} {'I':>4s} {'vad_drop':>8s} {'boundary':>8s} "
+        f"{'asr':>5s} {'VAD F1':>6s} {'segs':>5s} {'ASR audio s':>11s} {'ASR s/s':>7s}"
     )
     for name, v in doc["variants"].items():
         e = v["errors"]
         f1 = "-" if v["vad"]["f1"] is None else f"{v['vad']['f1']:.3f}"
         print(
-            f"{name:{w}s} {pct(v['wer']):>7s} {v['substitutions']:4d} {v['deletions']:4d} {v['insertions']:4d} "
+            f"{name:{w}s} {pct(v['wer']):>7s}{est(v)} {v['substitutions']:4d} {v['deletions']:4d} {v['insertions']:4d} "
             f"{e['vad_dropped']:8d} {e['boundary']:8d} {e['asr']:5d} {f1:>6s} {v['vad']['segments']:5d} "
             f"{v['asr_audio_s']:11.1f} {v['asr_s_per_audio_s']:7.3f}"
         )
     if doc.get("unsegmented"):
         u = doc["unsegmented"]
         print(
-            f"{'(whole files, no VAD)':{w}s} {pct(u['wer']):>7s} {u['substitutions']:4d} {u['deletions']:4d} {u['insertions']:4d}"
+            f"{'(whole files, no VAD)':{w}s} {pct(u['wer']):>7s}{est(None)} {u['substitutions']:4d} "
+            f"{u['deletions']:4d} {u['insertions']:4d}"
         )
     for c in doc["comparisons"]:
         if c["new_errors"] is None or not any(c["new_errors"].values()) and not any(c["fixed_errors"].values()):

@@ -8,6 +8,8 @@ same for all variants, so it runs once per file and is cached on disk
 (:class:`ReferenceTimer`). The figures themselves are computed in
 :mod:`speechpipe.pipeline.evaluate.quality.evaluation` and :mod:`speechpipe.pipeline.evaluate.quality.attribution`, the page in
 :mod:`speechpipe.pipeline.evaluate.report.page`. docs/evaluation.md documents the method and eval.json.
+With a baseline profile (``--calibration``) each variant's WER is also estimated without its
+references, as the live drift monitor estimates it (:func:`load_calibrations`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from speechpipe.pipeline.evaluate.reference_timing import (
     timing_summary,
 )
 from speechpipe.pipeline.hooks import Observer
+from speechpipe.pipeline.monitoring.quality import Calibration, load_calibration
 from speechpipe.pipeline.observability import labels_for
 from speechpipe.pipeline.offline.outputs import atomic_write_text
 from speechpipe.pipeline.offline.runner import FILE_ERRORS, transcribe_file
@@ -70,6 +73,9 @@ class EvalOptions:
     #: time the transcripts of labelled files without a reference too, to measure the timing
     #: method against the human labels (one extra whole-file transcription per such file, cached).
     label_check: bool = True
+    #: a baseline profile (``speechpipe baseline build``): estimate each variant's WER without its
+    #: references too, with that profile's calibration (:func:`load_calibrations`)
+    calibration: str | Path | None = None
 
 
 @dataclass
@@ -114,6 +120,8 @@ class _Run:
     summaries: dict[str, dict] = field(default_factory=dict)
     failed: list[dict] = field(default_factory=list)
     pool: RayPool | None = None
+    #: the estimated WER's calibration of each variant (empty without ``--calibration``)
+    calibrations: dict[str, Calibration] = field(default_factory=dict)
 
 
 def evaluate(
@@ -139,10 +147,13 @@ def evaluate(
     point carries the variant and VAD config id. ``observers_factory`` adds further observers of
     each file's session. With a ``pool`` (an entered :class:`~speechpipe.pipeline.offline.ray_runner.RayPool`)
     the reference timings and the variants' files run on Ray actors
-    (:mod:`~speechpipe.pipeline.evaluate.ray_eval`), the figures are the same.
+    (:mod:`~speechpipe.pipeline.evaluate.ray_eval`), the figures are the same. With
+    ``options.calibration`` each variant also gets its WER estimated without references
+    (``estimated``), checked before anything runs (:func:`load_calibrations`).
     """
     opts = options or EvalOptions()
     baseline = _check(variants, opts)
+    calibrations = load_calibrations(opts.calibration, [v.name for v in variants]) if opts.calibration else {}
     # The baseline runs first, so that later variants can record their WER change on their spans.
     ordered = sorted(variants, key=lambda v: v.name != baseline)
     out = Path(out_dir)
@@ -161,6 +172,7 @@ def evaluate(
         log=log or (lambda msg: None),
         failed=failures,
         pool=pool,
+        calibrations=calibrations,
     )
     # Reference timing: once per file with a reference, on the baseline's model.
     timer = ReferenceTimer(run.engines(ordered[0].config.asr), opts.cache_dir or out / "cache" / "ref_timing")
@@ -172,7 +184,11 @@ def evaluate(
     for v_i, variant in enumerate(ordered, 1):
         summary = _run_variant(run, variant, truth)
         run.summaries[variant.name] = summary
-        run.log(f"variant {v_i}/{len(ordered)} {variant.name}: WER {pct(summary['wer'])}, errors {summary['errors']}")
+        est = summary.get("estimated")
+        estimated = f", estimated {estimated_text(est)}" if est else ""
+        run.log(
+            f"variant {v_i}/{len(ordered)} {variant.name}: WER {pct(summary['wer'])}{estimated}, errors {summary['errors']}"
+        )
     doc = _document(run, [v.name for v in variants], ordered, datasets, truth, timer)
     doc["wall_s"] = round(time.perf_counter() - t_start, 2)
     atomic_write_text(out / "eval.json", json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
@@ -199,8 +215,31 @@ def _check(variants: Sequence[Variant], opts: EvalOptions) -> str:
     return baseline
 
 
+def load_calibrations(path: str | Path, names: Sequence[str]) -> dict[str, Calibration]:
+    """The estimated WER's calibration of each variant of ``names`` in the baseline profile at
+    ``path``: the profile's variant of the same name, else its only variant
+    (:func:`~speechpipe.pipeline.monitoring.quality.load_calibration`, the live monitor's rule),
+    else its ``default`` one (the base config's name). :class:`EvalError` naming the file when it
+    is not a profile or holds no calibration for a variant."""
+    found: dict[str, Calibration] = {}
+    for name in names:
+        try:
+            calibration = load_calibration(path, name) or load_calibration(path, "default")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            detail = str(exc) if str(exc).startswith(str(path)) else f"{path}: not a baseline profile: {exc!r}"
+            raise EvalError(f"--calibration {detail}") from None
+        if calibration is None:
+            raise EvalError(
+                f"--calibration {path}: no calibration of the estimated WER for variant {name!r} (a profile gets "
+                "one when `speechpipe baseline build` ran over at least 3 files with a reference: a .txt beside each)"
+            )
+        found[name] = calibration
+    return found
+
+
 def _run_variant(run: _Run, variant: Variant, truth: ReferenceTruths) -> dict:
     """Every usable file through one variant; returns the variant's summary."""
+    calibration = run.calibrations.get(variant.name)
     inst = run.instrumentation.labelled(labels_for(variant.config)) if run.instrumentation is not None else None
     rows, runs, vtruths, vfailed = [], [], [], []
     base_rows = {r["file"]: r for r in run.summaries[run.baseline]["per_file"]} if run.baseline in run.summaries else {}
@@ -220,7 +259,7 @@ def _run_variant(run: _Run, variant: Variant, truth: ReferenceTruths) -> dict:
                 vfailed.append({"file": item.file_id, "error": error})
                 run.log(f"error: [{variant.name}] {item.file_id}: {error}")
                 continue
-            row = ev.evaluate_file(file_run, file_truth, run.opts.tolerance)
+            row = ev.evaluate_file(file_run, file_truth, run.opts.tolerance, calibration)
             if span is not None:
                 _annotate(span, row, variant, base_rows.get(item.file_id), run.baseline)
         rows.append(row)
@@ -230,7 +269,9 @@ def _run_variant(run: _Run, variant: Variant, truth: ReferenceTruths) -> dict:
         run.log(f"[{variant.name} {len(rows) + len(vfailed)}/{len(truth.usable)}] {item.file_id}{wer}")
     run.failed += [{"variant": variant.name, **f} for f in vfailed]
     return ev.summarize_variant(
-        ev.VariantInput(variant.name, rows, runs, vtruths, variant.config.to_dict(), variant.params, vfailed)
+        ev.VariantInput(
+            variant.name, rows, runs, vtruths, variant.config.to_dict(), variant.params, vfailed, calibration
+        )
     )
 
 
@@ -359,3 +400,10 @@ def _annotate(span, row: dict, variant: Variant, base_row: dict | None, baseline
 def pct(x: float | None) -> str:
     """A rate as a percentage with two decimals (``n/a`` for None)."""
     return "n/a" if x is None else f"{x * 100:.2f}%"
+
+
+def estimated_text(est: dict) -> str:
+    """A variant's ``estimated`` figures as ``4.10% [2.5-5.7]`` (``n/a`` without an estimate)."""
+    if est["estimated_wer"] is None:
+        return "n/a"
+    return f"{pct(est['estimated_wer'])} [{est['low'] * 100:.1f}-{est['high'] * 100:.1f}]"

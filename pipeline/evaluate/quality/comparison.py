@@ -128,9 +128,15 @@ def _state(err: dict | None, ref_word: str) -> str:
     return f"{err['hyp_word']} ({err['category']})"
 
 
+def _estimated_delta(base: dict, var: dict) -> float | None:
+    a, b = base["estimated"]["estimated_wer"], var["estimated"]["estimated_wer"]
+    return None if a is None or b is None else round(b - a, 4)
+
+
 def compare_variants(base: dict, var: dict, truths: dict[str, FileTruth]) -> dict:
     """Per-file WER deltas of ``var`` against ``base`` (variant summaries), with details of the
-    files that changed."""
+    files that changed; with both estimated WERs (``--calibration``), their difference too, the
+    figure the canary's ``estimated_wer_delta`` gate judges."""
     base_rows = {r["file"]: r for r in base["per_file"]}
     files = []
     for row in var["per_file"]:
@@ -145,6 +151,7 @@ def compare_variants(base: dict, var: dict, truths: dict[str, FileTruth]) -> dic
         "baseline": base["name"],
         "variant": var["name"],
         "wer_delta": None if base["wer"] is None or var["wer"] is None else round(var["wer"] - base["wer"], 4),
+        **({"estimated_wer_delta": _estimated_delta(base, var)} if "estimated" in base and "estimated" in var else {}),
         "errors_delta": {k: var["errors"][k] - base["errors"][k] for k in CATEGORIES},
         # Errors the variant made that the baseline did not (by the variant's cause), and errors of
         # the baseline the variant no longer makes (by the baseline's cause): new - fixed = delta.

@@ -5,6 +5,11 @@ Pure computations over what a run produced (:class:`FileRun`) and what is known 
 (:class:`FileTruth`); :mod:`speechpipe.pipeline.evaluate` collects both by running the real
 pipeline, and :mod:`speechpipe.pipeline.evaluate.report.page` draws the result. The JSON written from these
 dicts is documented in docs/evaluation.md.
+
+With a calibration of the estimated WER (:mod:`speechpipe.pipeline.monitoring.quality`, the live
+drift monitor's estimator, from a baseline profile), each file also gets its expected word errors
+and reference words from its segments' features alone, and each variant the estimated WER of all
+its scored files' segments beside its true WER (:func:`estimate_variant`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from speechpipe.pipeline.evaluate.quality.word_timing import (
     speech_regions,
     timed_tokens,
 )
+from speechpipe.pipeline.monitoring.quality import LEVEL, Calibration, Estimate, estimate, expected
 from speechpipe.stages.vad import END_MAX_LENGTH
 
 #: an onset or offset counts as clipped when the VAD misses more than this much of it (seconds).
@@ -68,6 +74,9 @@ class FileRun:
     asr_calls: int = 0
     hallucination_drops: int = 0
     vad_config_id: str = ""
+    #: per-segment features (:mod:`speechpipe.stages.features`) of each segment with a final, in
+    #: stream order: what the estimated WER is computed from
+    features: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def asr_audio_s(self) -> float:
@@ -146,8 +155,11 @@ def hypothesis_words(run: FileRun) -> list[TimedWord]:
     return timed_tokens(run.words, normalized_words(run.text))
 
 
-def evaluate_file(run: FileRun, truth: FileTruth, tolerance: float = BOUNDARY_TOLERANCE_S) -> dict:
-    """All per-file figures of one variant on one file (a row of ``per_file`` in eval.json)."""
+def evaluate_file(
+    run: FileRun, truth: FileTruth, tolerance: float = BOUNDARY_TOLERANCE_S, calibration: Calibration | None = None
+) -> dict:
+    """All per-file figures of one variant on one file (a row of ``per_file`` in eval.json); with
+    a ``calibration``, its expected errors and words too (``estimated``, :func:`expect_file`)."""
     segs = run.segments
     minutes = run.duration / 60 if run.duration else 0.0
     vad: dict = {
@@ -190,6 +202,8 @@ def evaluate_file(run: FileRun, truth: FileTruth, tolerance: float = BOUNDARY_TO
         "errors": None,
         "error_list": [],
     }
+    if calibration is not None:
+        row["estimated"] = expect_file(run, calibration).to_dict()
     hyp = hypothesis_words(run)
     if truth.reference is not None:
         wer = score(truth.reference, run.text)
@@ -232,11 +246,14 @@ class VariantInput:
     config: dict = field(default_factory=dict)
     params: dict | None = None
     failed: list[dict] = field(default_factory=list)
+    #: the estimated WER's calibration (None: no ``estimated`` figures)
+    calibration: Calibration | None = None
 
 
 def summarize_variant(v: VariantInput) -> dict:
     """Variant-level figures: pooled over files (errors and reference words summed before
-    dividing; VAD frames pooled over the labelled files)."""
+    dividing; VAD frames pooled over the labelled files); with a calibration, the estimated WER
+    beside the true one (``estimated``, :func:`estimate_variant`)."""
     rows, runs, truths = v.rows, v.runs, v.truths
     audio_s = sum(r.duration for r in runs)
     pairs = [(t.reference, r.text) for r, t in zip(runs, truths) if t.reference is not None]
@@ -290,6 +307,11 @@ def summarize_variant(v: VariantInput) -> dict:
         "attributed_files": attributed,
         "errors": errors,
         "errors_wer": {k: _r(n / ref_words if ref_words else 0.0) for k, n in errors.items()},
+        **(
+            {"estimated": estimate_variant(runs, truths, wer, v.calibration).to_dict()}
+            if v.calibration is not None
+            else {}
+        ),
         "empty_outputs": sum(bool(row["asr"].get("empty_output")) for row in rows),
         "empty_segments": sum(row["asr"]["empty_segments"] for row in rows),
         "hallucinated_words": sum(row["asr"].get("hallucinated_words", 0) for row in rows),
@@ -311,6 +333,88 @@ def summarize_variant(v: VariantInput) -> dict:
         "asr_s_per_audio_s": _r(asr_wall / audio_s if audio_s else 0.0),
         "per_file": rows,
     }
+
+
+# ------------------------------------------------------------------------ the estimated WER
+
+
+@dataclass(frozen=True)
+class FileExpectation:
+    """One file's expected word errors and reference words, from its segments' features alone
+    (summed over the segments: the estimator is additive)."""
+
+    segments: int
+    errors: float
+    words: float
+
+    @property
+    def wer(self) -> float | None:
+        return self.errors / self.words if self.words > 0 else None
+
+    def to_dict(self) -> dict:
+        return {
+            "segments": self.segments,
+            "expected_errors": _r(self.errors, 3),
+            "expected_words": _r(self.words, 3),
+            "estimated_wer": _r(self.wer),
+        }
+
+
+def expect_file(run: FileRun, calibration: Calibration) -> FileExpectation:
+    """The expected errors and reference words of ``run``'s segments under ``calibration``."""
+    pairs = [expected(f, calibration) for f in run.features]
+    return FileExpectation(len(pairs), sum(e for e, _ in pairs), sum(w for _, w in pairs))
+
+
+@dataclass(frozen=True)
+class VariantEstimate:
+    """A variant's estimated WER over a dataset (None: no segment, or no word expected) beside its
+    true WER over the same files (None: no file has a reference)."""
+
+    estimate: Estimate | None
+    calibration: Calibration
+    files: int
+    true_wer: float | None
+
+    @property
+    def covered(self) -> bool | None:
+        """Whether the interval holds the true WER."""
+        if self.estimate is None or self.true_wer is None:
+            return None
+        return self.estimate.low <= self.true_wer <= self.estimate.high
+
+    @property
+    def abs_error(self) -> float | None:
+        if self.estimate is None or self.true_wer is None:
+            return None
+        return abs(self.estimate.estimated_wer - self.true_wer)
+
+    def to_dict(self) -> dict:
+        est = self.estimate
+        return {
+            "estimated_wer": _r(est.estimated_wer) if est else None,
+            "low": _r(est.low) if est else None,
+            "high": _r(est.high) if est else None,
+            "level": LEVEL,
+            "segments": est.segments if est else 0,
+            "words": _r(est.words, 1) if est else 0.0,
+            "files": self.files,
+            "calibration": {"version": self.calibration.version, "source": self.calibration.source},
+            "true_wer": _r(self.true_wer),
+            "covered": self.covered,
+            "abs_error": _r(self.abs_error),
+        }
+
+
+def estimate_variant(
+    runs: Sequence[FileRun], truths: Sequence[FileTruth], wer: WerResult | None, calibration: Calibration
+) -> VariantEstimate:
+    """The estimated WER (:func:`~speechpipe.pipeline.monitoring.quality.estimate`, one window of
+    every segment) over the files the true WER ``wer`` scored (those with a reference; every file
+    when none has one), so that the two speak of the same audio."""
+    scored = [r for r, t in zip(runs, truths) if t.reference is not None] if wer is not None else list(runs)
+    window = [f for r in scored for f in r.features]
+    return VariantEstimate(estimate(window, calibration), calibration, len(scored), wer.wer if wer else None)
 
 
 # --------------------------------------------------------------------------------- comparing

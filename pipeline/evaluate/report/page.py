@@ -2,7 +2,7 @@
 
 :func:`render_report` takes the eval.json document (see docs/evaluation.md) and returns the page:
 a variant table, WER with its attribution as stacked bars, WER against ASR compute (the sweep
-view), what changed between variants file by file, per-file timelines (reference speech, each
+view), the WER estimated without references beside the true one (with ``--calibration``), what changed between variants file by file, per-file timelines (reference speech, each
 variant's segments, errors marked by category), how reliable the reference word times are, and the
 per-file rows. Plots are PNGs inlined as data URIs, so the page opens anywhere without network.
 """
@@ -17,7 +17,13 @@ import matplotlib
 matplotlib.use("Agg")  # headless: never needs a display
 
 from speechpipe.pipeline.evaluate.quality.attribution import CATEGORIES
-from speechpipe.pipeline.evaluate.report.plots import LABELS, plot_attribution, plot_compute, plot_timeline
+from speechpipe.pipeline.evaluate.report.plots import (
+    LABELS,
+    plot_attribution,
+    plot_compute,
+    plot_estimates,
+    plot_timeline,
+)
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1180px;color:#222;padding:0 16px}
@@ -52,9 +58,19 @@ def _num(x, digits: int = 3) -> str:
     return str(x)
 
 
+def _estimated(est: dict | None) -> str:
+    """An ``estimated`` figure as ``4.10% [2.5–5.7]`` (– without an estimate)."""
+    if not est or est["estimated_wer"] is None:
+        return "–"
+    return f"{_pct(est['estimated_wer'])} [{est['low'] * 100:.1f}–{est['high'] * 100:.1f}]"
+
+
 def _variant_table(doc: dict) -> str:
+    with_est = any("estimated" in v for v in doc["variants"].values())
     acc_head = (
-        "<tr><th class=l>variant</th><th>VAD id</th><th>WER</th><th>S</th><th>D</th><th>I</th><th>CER</th>"
+        "<tr><th class=l>variant</th><th>VAD id</th><th>WER</th>"
+        + ("<th>est. WER [90 %]</th>" if with_est else "")
+        + "<th>S</th><th>D</th><th>I</th><th>CER</th>"
         "<th>VAD dropped</th><th>boundary</th><th>ASR</th><th>empty outputs</th><th>words on non-speech</th>"
         "<th>audio to ASR s</th><th>ASR calls</th><th>ASR s per audio s</th></tr>"
     )
@@ -69,7 +85,8 @@ def _variant_table(doc: dict) -> str:
         label = _e(name) + (" (baseline)" if name == doc["baseline"] else "")
         acc.append(
             f"<tr><td class=l>{label}</td><td>{_e(v['vad_config_id'])}</td><td><b>{_pct(v['wer'])}</b></td>"
-            f"<td>{v['substitutions']}</td><td>{v['deletions']}</td><td>{v['insertions']}</td><td>{_pct(v['cer'])}</td>"
+            + (f"<td>{_estimated(v.get('estimated'))}</td>" if with_est else "")
+            + f"<td>{v['substitutions']}</td><td>{v['deletions']}</td><td>{v['insertions']}</td><td>{_pct(v['cer'])}</td>"
             f"<td>{e['vad_dropped']}</td><td>{e['boundary']}</td><td>{e['asr']}</td><td>{v['empty_outputs']}</td>"
             f"<td>{v['hallucinated_words']}</td><td>{v['asr_audio_s']:.1f}</td><td>{v['asr_calls']}</td>"
             f"<td>{v['asr_s_per_audio_s']:.3f}</td></tr>"
@@ -85,7 +102,9 @@ def _variant_table(doc: dict) -> str:
     u = doc.get("unsegmented")
     if u:
         acc.append(
-            f"<tr><td class=l><i>whole files, no VAD</i></td><td></td><td>{_pct(u['wer'])}</td><td>{u['substitutions']}</td>"
+            f"<tr><td class=l><i>whole files, no VAD</i></td><td></td><td>{_pct(u['wer'])}</td>"
+            + ("<td></td>" if with_est else "")
+            + f"<td>{u['substitutions']}</td>"
             f"<td>{u['deletions']}</td><td>{u['insertions']}</td>" + "<td></td>" * 9 + "</tr>"
         )
     labelled = next(iter(doc["variants"].values()))["vad"]["labelled_files"]
@@ -95,6 +114,37 @@ def _variant_table(doc: dict) -> str:
         "labels. Speech ratio: frames the VAD called speech; coverage: share of the audio inside segments. Clipping: "
         f"reference speech regions whose start (onset) or end (offset) the segments miss by more than {doc['settings']['clip_min_s']} s.</p>"
         f"<table>{vad_head}{''.join(vadr)}</table>"
+    )
+
+
+def _estimate_html(doc: dict) -> str:
+    """The WER estimated without references against the true WER, per variant and per file
+    ("" without ``--calibration``)."""
+    rows = []
+    for name, v in doc["variants"].items():
+        est = v.get("estimated")
+        if est is None:
+            continue
+        covered = {True: "yes", False: "<span class=worse>no</span>", None: "–"}[est["covered"]]
+        cal = est["calibration"]
+        rows.append(
+            f"<tr><td class=l>{_e(name)}</td><td><b>{_pct(est['true_wer'])}</b></td><td>{_estimated(est)}</td>"
+            f"<td>{covered}</td><td>{_pct(est['abs_error'])}</td><td>{est['files']}</td><td>{est['segments']}</td>"
+            f"<td>{est['words']:.0f}</td><td class=l><code>{_e(cal['version'])}</code> ({_e(cal['source'])})</td></tr>"
+        )
+    if not rows:
+        return ""
+    return (
+        "<h2>Estimated WER without references</h2>"
+        "<p class=note>What the live drift monitor would say of each variant with no reference at all: expected word "
+        "errors over expected reference words, from each segment's features (word probabilities, log-probability, "
+        "speech without words, empty finals, guard drops) and the calibration of the baseline profile given with "
+        "<code>--calibration</code>, over the files the true WER scores; the interval (90 %) holds the sampling error "
+        "of the segments and the model's own. The calibration was fitted on segments decoded one per Whisper call, as "
+        "live; a variant that packs several into a window has other confidences.</p>"
+        "<table><tr><th class=l>variant</th><th>true WER</th><th>estimated WER [90 %]</th><th>interval holds the "
+        "truth</th><th>|estimate − truth|</th><th>files</th><th>segments</th><th>expected reference words</th>"
+        "<th class=l>calibration</th></tr>" + "".join(rows) + "</table>" + plot_estimates(doc["variants"])
     )
 
 
@@ -173,12 +223,22 @@ def _comparison_html(c: dict, limit: int = 12) -> str:
 
 def _per_file_table(v: dict) -> str:
     rows = []
+    with_est = "estimated" in v
     for r in v["per_file"]:
         w, e, vad = r["wer"], r["errors"], r["vad"]
         clip = vad.get("clipping", {})
+        est = r.get("estimated") or {}
+        est_cells = (
+            f"<td>{_pct(est.get('estimated_wer'), 1)}</td>"
+            f"<td>{_num(est.get('expected_errors'), 1)} / "
+            f"{w['substitutions'] + w['deletions'] + w['insertions'] if w else '–'}</td>"
+            if with_est
+            else ""
+        )
         rows.append(
             f"<tr><td class=l>{_e(r['file'])}</td><td>{r['duration']:.1f}</td><td>{_pct(w['wer'], 1) if w else '–'}</td>"
-            f"<td>{w['substitutions'] if w else '–'}</td><td>{w['deletions'] if w else '–'}</td><td>{w['insertions'] if w else '–'}</td>"
+            + est_cells
+            + f"<td>{w['substitutions'] if w else '–'}</td><td>{w['deletions'] if w else '–'}</td><td>{w['insertions'] if w else '–'}</td>"
             f"<td>{e['vad_dropped'] if e else '–'}</td><td>{e['boundary'] if e else '–'}</td><td>{e['asr'] if e else '–'}</td>"
             f"<td>{_num(vad.get('f1'))}</td><td>{vad['segments']}</td><td>{vad['forced_splits']}</td>"
             f"<td>{clip.get('onset_clipped', '–')}</td><td>{clip.get('offset_clipped', '–')}</td>"
@@ -186,7 +246,9 @@ def _per_file_table(v: dict) -> str:
             f"<td class=l>{_e(r['text'][:140])}</td></tr>"
         )
     return (
-        "<table><tr><th class=l>file</th><th>s</th><th>WER</th><th>S</th><th>D</th><th>I</th><th>VAD dropped</th>"
+        "<table><tr><th class=l>file</th><th>s</th><th>WER</th>"
+        + ("<th>est. WER</th><th>expected / true errors</th>" if with_est else "")
+        + "<th>S</th><th>D</th><th>I</th><th>VAD dropped</th>"
         "<th>boundary</th><th>ASR</th><th>VAD F1</th><th>segs</th><th>splits</th><th>onset clip</th><th>offset clip</th>"
         "<th>non-speech words</th><th>to ASR s</th><th class=l>transcript</th></tr>" + "".join(rows) + "</table>"
     )
@@ -320,6 +382,7 @@ def render_report(
         ),
         _variant_table(doc),
         plot_attribution(variants, doc.get("unsegmented")),
+        _estimate_html(doc),
         "<h2>WER against compute</h2>",
         "<p class=note>Each point is a variant: fewer seconds sent to ASR cost less, at what WER.</p>",
         plot_compute(variants, doc["sweep"]["keys"]),

@@ -110,6 +110,38 @@ def plot_compute(variants: Mapping[str, dict], sweep_keys: Sequence[str]) -> str
     return _png(fig)
 
 
+def plot_estimates(variants: Mapping[str, dict]) -> str:
+    """Per file, the estimated WER (from its segments' features alone) against the true WER, one
+    colour per variant, with the diagonal where they agree ("" when no file has both)."""
+    pts = {
+        name: [
+            (r["wer"]["wer"] * 100, r["estimated"]["estimated_wer"] * 100)
+            for r in v["per_file"]
+            if r["wer"] is not None and r.get("estimated") and r["estimated"]["estimated_wer"] is not None
+        ]
+        for name, v in variants.items()
+    }
+    pts = {name: xy for name, xy in pts.items() if xy}
+    if not pts:
+        return ""
+    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    top = max(max(max(x, y) for x, y in xy) for xy in pts.values())
+    top = max(top * 1.08, 5.0)
+    ax.plot([0, top], [0, top], color="#555", ls="--", lw=1, label="estimate = truth")
+    for name, xy in pts.items():
+        ax.scatter([x for x, _ in xy], [y for _, y in xy], s=22, alpha=0.75, label=name)
+    ax.set_xlim(-0.02 * top, top)  # a file decoded exactly sits on the left edge, not under it
+    ax.set_ylim(-0.02 * top, top)
+    ax.set_aspect("equal")
+    ax.set_xlabel("true WER (%)")
+    ax.set_ylabel("estimated WER (%)")
+    ax.set_title("Per file: WER estimated without the reference", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.legend(fontsize=7, frameon=False, loc="best")
+    return _png(fig)
+
+
 def plot_timeline(
     file_id: str, duration: float, variants: Mapping[str, dict], truth, envelope: Sequence[float] | None
 ) -> str:
