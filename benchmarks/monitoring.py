@@ -5,10 +5,12 @@
 Baseline: ``speechpipe baseline build`` over clean corpus streams (half of the corpus utterances,
 noisy pauses, 16 kHz), written as WAV files with their references. Then, each scenario against its
 own fresh ``speechpipe serve --baseline`` (so windows start empty), streams of the *other* half of
-the utterances: (a) as they are, (b) as 8 kHz telephone audio, (c) at -20 dB, (d) in a 5 dB SNR
-noise bed, (d0) in a 0 dB one. ``GET /admin/drift`` is polled to find the segment at which each
+the utterances: (a) as they are, (b) as 8 kHz telephone audio, (c) at -20 dB, (d10), (d) and (d0)
+in 10, 5 and 0 dB SNR noise beds, (e) as they are through the harmful VAD of issue 10 (webrtc 3,
+no pre-roll, 90 ms hangover). ``GET /admin/drift`` is polled to find the segment at which each
 feature first alerts; the WER of each scenario's finals against its references says how much the
-accuracy really moved (no feedback is sent: the output-confidence features stand in).
+accuracy really moved (no feedback is sent: the output-confidence features stand in), beside the
+WER the server estimated without references over its last window.
 
 Canary: the harmful VAD (webrtc aggressiveness 3, no pre-roll, 90 ms hangover) as a canary
 candidate under 4 live streams in real time with feedback, the dashboard open in headless
@@ -176,22 +178,26 @@ def drift(args, workdir: Path) -> None:
         ("(a) same kind, other recordings", held_out),
         ("(b) 8 kHz telephone", [telephone(s) for s in held_out]),
         ("(c) -20 dB gain", [quieter(s) for s in held_out]),
+        ("(d10) 10 dB SNR noise bed", [noise_bed(noise, 10.0)(s) for s in held_out]),
         ("(d) 5 dB SNR noise bed", [noise_bed(noise, 5.0)(s) for s in held_out]),
         ("(d0) 0 dB SNR noise bed", [noise_bed(noise, 0.0)(s) for s in held_out]),
+        ("(e) the harmful VAD", held_out),
     ]
+    harmful = ["vad.backend=webrtc", "vad.aggressiveness=3", "vad.pre_roll_ms=0", "vad.hangover_ms=90"]
     print(
         f"\nwindow {args.window} segments, judged from {args.min}; 12 streams of 45 s per scenario, "
         f"2 at a time at {args.speed:g}x real time\n"
     )
     print(
-        "| scenario | WER | segments | refused, sent again | first alert at segment (feature) | alerts raised | "
-        "alerting at the end: score / threshold | accuracy stand-in |"
+        "| scenario | WER | estimated WER [90 %] | segments | refused, sent again | first alert at segment (feature) "
+        "| alerts raised | alerting at the end: score / threshold | accuracy stand-in |"
     )
-    print("|---|---:|---:|---:|---|---:|---|---|")
+    print("|---|---:|---:|---:|---:|---|---:|---|---|")
     for label, items in scenarios:
         server = Server(
             f'[monitoring]\nbaseline = "{baseline}"\n',
-            [f"monitoring.window_segments={args.window}", f"monitoring.min_segments={args.min}"],
+            [f"monitoring.window_segments={args.window}", f"monitoring.min_segments={args.min}"]
+            + (harmful if label.startswith("(e)") else []),
             workdir,
         )
         watch = DriftWatch(server)
@@ -216,8 +222,12 @@ def drift(args, workdir: Path) -> None:
         accuracy = f"{concept.get('source')}: " + (
             "ALERT on " + ", ".join(concept.get("stand_ins", [])) if concept.get("alert") else "calm"
         )
+        q = watch.last.get("quality") or {}
+        est = (
+            f"{q['estimated_wer']:.1%} [{q['low']:.1%}, {q['high']:.1%}]" if q.get("estimated_wer") is not None else "-"
+        )
         print(
-            f"| {label} | {wer.wer:.1%} | {segments} | {len(REFUSED)} | {first} | {raised} | {end or 'none'} "
+            f"| {label} | {wer.wer:.1%} | {est} | {segments} | {len(REFUSED)} | {first} | {raised} | {end or 'none'} "
             f"| {accuracy} |"
         )
 

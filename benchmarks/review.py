@@ -10,6 +10,12 @@ that lie in the segment (each utterance's reference forced-aligned to its audio 
 cross-attention, stages/align.py): a perfect human. What a client ends up with is its finals with
 each revision in place of its final.
 
+``--audit``: the VAD audited as the ASR is (issue 26), the default VAD against the harmful one of
+issue 10 (webrtc 3, no pre-roll, 90 ms hangover), each at level assist with every stretch of
+rejected audio audited (``review.vad_audit_share = 1``): the simulated reviewer types the words
+of the segment, apart those of the clip's margins (VAD cuts), and those of audited rejected audio
+(VAD misses); ``/v1/review/stats``'s ``by_stage`` gives each stage's errors per 100 segments.
+
 Rows: ``full`` (no review), ``partial`` at each threshold, ``assist`` (everything reviewed: the
 threshold tool's data, then ``speechpipe review threshold --target-errors 0.8`` on it) and
 ``shadow`` (the AI hidden and scored: its human-vs-AI WER on ``/metrics`` and, with ``--shots``,
@@ -80,8 +86,14 @@ def call(server: Server, method: str, path: str, body: dict | None = None) -> tu
         return e.code, None
 
 
+def said(words: list[tuple[float, str]], a: float, b: float) -> str:
+    """The reference words whose time lies in ``[a, b)``."""
+    return " ".join(w for t, w in words if a <= t < b)
+
+
 class Reviewer(threading.Thread):
-    """Claims every item and submits the reference words of its segment."""
+    """Claims every item and submits the reference words of its segment, and apart those of its
+    clip's margins before and after it (the VAD's cuts, as a reviewer hears them)."""
 
     def __init__(self, server: Server, words: list[list[tuple[float, str]]], sessions: dict[str, int]) -> None:
         super().__init__(daemon=True)
@@ -98,8 +110,12 @@ class Reviewer(threading.Thread):
                 time.sleep(0.2)
                 continue
             words = self.words[self.sessions[item["session"]]]
-            text = " ".join(w for t, w in words if item["start"] <= t < item["end"])
-            call(self.server, "POST", f"/v1/review/{item['id']}", {"text": text, "claim": item["claim"]})
+            start, end = item["start"], item["end"]
+            before, after = item.get("margin_before_s") or 0.0, item.get("margin_after_s") or 0.0
+            body = {"text": said(words, start, end)}
+            if item["reason"] != "vad_audit":  # an audit's clip is all rejected audio: no margins
+                body |= {"before": said(words, start - before, start), "after": said(words, end, end + after)}
+            call(self.server, "POST", f"/v1/review/{item['id']}", body | {"claim": item["claim"]})
             self.done += 1
 
 
@@ -204,6 +220,33 @@ def confidence_comparison(messages: list[list[dict]], target: float = 0.8) -> li
     return out
 
 
+def print_audit(rows: list[dict], streams: list[StreamAudio]) -> None:
+    total = sum(len(s.reference.split()) for s in streams)
+    print(
+        f"\n{len(streams)} streams of 30 s, {total} reference words; reviews simulated from the forced-aligned "
+        "references (a word belongs where its middle lies)\n"
+    )
+    print(
+        "| VAD | segments reviewed | ASR errors / reference words (WER) | ASR errors per 100 segments | VAD cuts: words "
+        "(segments with a cut) | cuts per 100 segments | rejected stretches audited | VAD misses: words (stretches) "
+        "| misses per 100 segments | WER clients end up with before review |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        by = next(iter((r["stats"].get("by_stage") or {}).values()), None)
+        if by is None:
+            print(f"| {r['name']} | no review scored by stage |")
+            continue
+        n = by["segments"] or 1
+        wer = f"{by['asr_errors']} / {by['ref_words']} ({by['asr_wer']:.1%})" if by["asr_wer"] is not None else "-"
+        print(
+            f"| {r['name'].removeprefix('audit-')} | {by['segments']} | {wer} | {100 * by['asr_errors'] / n:.1f} "
+            f"| {by['vad_cuts']} ({by['vad_cut_segments']}) | {100 * by['vad_cuts'] / n:.1f} | {by['vad_audits']} "
+            f"| {by['vad_misses']} ({by['vad_miss_items']}) | {100 * by['vad_misses'] / n:.1f} | {r['ai_wer']:.1%} |"
+        )
+    print("\nby_stage: " + json.dumps({r["name"]: r["stats"].get("by_stage") for r in rows}))
+
+
 def dashboard_shot(server: Server, shots: Path) -> str:
     from playwright.sync_api import sync_playwright
 
@@ -227,6 +270,7 @@ def main() -> int:
     ap.add_argument("--speed", type=float, default=2.0)
     ap.add_argument("--shots", help="folder for a dashboard screenshot at level shadow")
     ap.add_argument("--only", nargs="+", help="only these rows (full, partial, assist, shadow)")
+    ap.add_argument("--audit", action="store_true", help="only the VAD audit: the default VAD against the harmful one")
     ARGS = ap.parse_args()
     print(machine_line(), flush=True)
     utts, noise = utterances(), noises()
@@ -237,6 +281,16 @@ def main() -> int:
     runs += [("assist", ["automation.level=assist"]), ("shadow", ["automation.level=shadow"])]
     if ARGS.only:
         runs = [r for r in runs if r[0].split()[0] in ARGS.only]
+    if ARGS.audit:
+        audit = ["automation.level=assist", "review.vad_audit_share=1"]
+        harmful = ["vad.backend=webrtc", "vad.aggressiveness=3", "vad.pre_roll_ms=0", "vad.hangover_ms=90"]
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = [
+                run(name, overrides, streams, words, Path(tmp), ARGS.speed)
+                for name, overrides in (("audit-default", audit), ("audit-harmful", audit + harmful))
+            ]
+        print_audit(rows, streams)
+        return 0
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, overrides in runs:
@@ -274,6 +328,7 @@ def main() -> int:
     if shadow is not None:
         print("\nshadow level, /metrics:\n" + "\n".join(shadow["metrics"]))
         print(f"shadow level, /v1/review/stats variants: {json.dumps(shadow['stats']['variants'])}")
+        print(f"shadow level, each stage's errors (by_stage): {json.dumps(shadow['stats'].get('by_stage'))}")
         if shadow["shot"]:
             print(f"dashboard: {shadow['shot']}")
     return 0

@@ -106,6 +106,9 @@ class StreamSession:
         start_s: the stream time of the first sample fed (a resumed stream: where the client's
             last final ended; times go on from there).
         first_segment: the index of the stream's first segment (a resumed stream: the next one).
+        audio_tap: given each block of 16 kHz audio as the VAD is about to get it, with the
+            stream sample it starts at (a live stream keeps recent audio for its reviews); it
+            must not write to the block.
     """
 
     def __init__(
@@ -123,6 +126,7 @@ class StreamSession:
         decoding: Decoding | None = None,
         start_s: float = 0.0,
         first_segment: int = 0,
+        audio_tap: Callable[[int, np.ndarray], None] | None = None,
     ) -> None:
         if channels < 1:
             raise SessionError(f"channels must be at least 1, not {channels}")
@@ -135,6 +139,7 @@ class StreamSession:
         self.pack_gap_s = pack_gap_s
         self.observers = Observers(observers)
         self.clock = clock
+        self.audio_tap = audio_tap
         self.vad = VadSegmenter(vad or VadConfig())
         self.vad_config_id = self.vad.config_id
         origin = round(start_s * SAMPLE_RATE)
@@ -187,8 +192,11 @@ class StreamSession:
         elif x.ndim != 1 or (self.channels != 1 and x.size):
             raise SessionError(f"expected audio of shape (n, {self.channels}), got {x.shape}")
         self.arrivals.stamp(raw.shape[0] if raw.ndim else 0, self.clock())
+        y = self._resampler.process(x)
+        if self.audio_tap is not None and y.size:
+            self.audio_tap(self.vad.samples_seen, y)
         t0 = time.perf_counter_ns()
-        events = self.vad.feed(self._resampler.process(x))
+        events = self.vad.feed(y)
         vad_ns = time.perf_counter_ns() - t0
         if self.observers:
             # Observers may read the chunk later, from another thread (BackgroundObservers): they
@@ -211,6 +219,8 @@ class StreamSession:
         if self._finished:
             return []
         tail = self._resampler.flush()
+        if self.audio_tap is not None and tail.size:
+            self.audio_tap(self.vad.samples_seen, tail)
         events = self._vad_events(self.vad.feed(tail)) if tail.size else []
         events += self._vad_events(self.vad.flush())
         self._finished = True

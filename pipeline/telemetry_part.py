@@ -34,7 +34,7 @@ from speechpipe.pipeline.monitoring.part import DriftJudged
 from speechpipe.pipeline.monitoring.telemetry import drift_alert, register_drift_gauges, register_quality_gauges
 from speechpipe.pipeline.observability import labels_for
 from speechpipe.pipeline.review.part import Reviewed, ReviewFigures
-from speechpipe.pipeline.review.telemetry import register_review_gauges, reviewed
+from speechpipe.pipeline.review.telemetry import register_review_gauges, reviewed, vad_words
 from speechpipe.pipeline.server.auth import NO_STORE
 from speechpipe.pipeline.server.parts import Part, StreamInfo
 from speechpipe.telemetry import names as n
@@ -111,8 +111,9 @@ class TelemetryPart(Part):
                     drift_alert(inst, d.variant, d.stage, d.feature, d.score, d.threshold, d.n, d.alert)
             case ReviewFigures(figures):
                 self._review_figures = figures
-            case Reviewed(variant, level, reason):
+            case Reviewed(variant, level, reason, cut, missed):
                 reviewed(inst, variant, level, reason)
+                vad_words(inst, variant, cut, missed)
 
     def _of(self, variant: str, role: str) -> Instrumentation:
         return self.labelled(self.config.for_variant(variant), role)

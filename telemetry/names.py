@@ -122,7 +122,7 @@ DEPLOY_GATE = "deploy.gate"
 SHADOW_OUTCOME = "shadow.outcome"  # done | shed | failed
 SHADOW_EMPTY_MISMATCH = "shadow.empty_mismatch"
 AUTOMATION_LEVEL = "automation.level"  # human | shadow | assist | partial | full, on every stream span
-REVIEW_REASON = "review.reason"  # level | low_confidence | audit
+REVIEW_REASON = "review.reason"  # level | low_confidence | audit | vad_audit
 OBSERVER = "observer"  # an observer's name: its `name` attribute or its class name
 # drift gauges (Prometheus: speechpipe_drift_score{variant,stage,feature})
 DRIFT_VARIANT = "variant"
@@ -168,6 +168,8 @@ REVIEW_OLDEST_AGE = "speechpipe.review.oldest_age"
 REVIEW_REVIEWED = "speechpipe.review.reviewed"
 REVIEW_AI_WER = "speechpipe.review.ai_wer"
 REVIEW_AI_WORDS = "speechpipe.review.ai_words"
+REVIEW_VAD_CUTS = "speechpipe.review.vad_cuts"
+REVIEW_VAD_MISSES = "speechpipe.review.vad_misses"
 PROCESS_CPU_TIME = "process.cpu.time"
 PROCESS_CPU_UTILIZATION = "process.cpu.utilization"
 PROCESS_MEMORY_USAGE = "process.memory.usage"

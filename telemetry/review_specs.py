@@ -41,4 +41,20 @@ REVIEW_METRICS: tuple[MetricSpec, ...] = (
         "output",
         "reviewed words each variant's human-vs-AI WER is measured on",
     ),
+    MetricSpec(
+        n.REVIEW_VAD_CUTS,
+        COUNTER,
+        "{word}",
+        (),
+        "output",
+        "words reviewers on this server heard in the margins around segments: speech the VAD cut off",
+    ),
+    MetricSpec(
+        n.REVIEW_VAD_MISSES,
+        COUNTER,
+        "{word}",
+        (),
+        "output",
+        "words reviewers on this server heard in audio the VAD rejected (its audit sample): speech it missed",
+    ),
 )

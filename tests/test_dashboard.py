@@ -113,6 +113,11 @@ def test_dashboard_matches_metrics_shows_drift_and_drives_the_deployment(engine,
                 shown = page.locator(".variant-drift[data-variant=default] .feature").count()
                 drift = http(srv, "GET", "/admin/drift")[1]
                 assert shown == len(drift["variants"]["default"]["features"]) >= 14
+                # 12 one-utterance files: too few segments to judge a window of 8, and the page says so
+                state = drift["variants"]["default"]["baseline"]
+                assert state["recordings"] == len(files) and not state["judged"] and "too small" in state["reason"]
+                small = page.locator(".variant-drift[data-variant=default] .baseline-small")
+                assert small.count() == 1 and state["reason"] in small.inner_text()
                 concept = page.inner_text(".variant-drift[data-variant=default] .concept")
                 assert "stand-in: output confidence" in concept  # no feedback sent: the page says so
                 # the WER estimated without references, as /admin/drift gives it

@@ -12,7 +12,14 @@ from conftest import ROOT, SPEECH
 from speechpipe.pipeline.config import Config
 from speechpipe.pipeline.monitoring.baseline import build_profile, load_profile, save_profile
 from speechpipe.pipeline.monitoring.collector import FeatureCollector
-from speechpipe.pipeline.monitoring.drift import DriftMonitor, drift_score, learn_threshold, sampling_floor
+from speechpipe.pipeline.monitoring.drift import (
+    MIN_RECORDINGS,
+    DriftMonitor,
+    drift_score,
+    learn_threshold,
+    recordings_factor,
+    sampling_floor,
+)
 from speechpipe.pipeline.session import StreamSession
 from speechpipe.stages.audio import load_audio, resample
 from speechpipe.stages.features import bandwidth_hz, input_features
@@ -66,6 +73,54 @@ def test_input_features_see_telephone_audio_gain_and_noise():
     assert quiet["snr_db"] == pytest.approx(clean["snr_db"], abs=0.5)  # the ratio does not change with gain
     assert noisy["snr_db"] < clean["snr_db"] - 10
     assert bandwidth_hz(np.zeros(100, np.float32)) == 0.0
+
+
+def test_snr_db_hears_a_noise_bed_and_pause_dbfs_the_noise_between_sentences():
+    """Noise in the pauses (the VAD's pre-roll and hangover hear it) leaves ``snr_db`` where it
+    was and raises ``pause_dbfs``; a bed under the speech lowers ``snr_db`` (issue 26: the old
+    ``snr_db`` mixed the two and missed a 5 dB bed)."""
+    x, _ = load_audio(SPEECH / "librispeech-test-clean_1089-134686-0000.flac")
+    tap, _ = load_audio(ROOT.parent / "shared" / "corpus" / "noise" / "speechcommands_running_tap.wav")
+    noise = np.resize(tap[16000 * 10 :], 3 * x.size).astype(np.float64)  # past the clip's quiet start
+    noise /= np.sqrt(np.mean(noise**2))
+    edge = int(0.5 * 16000)
+    pauses = np.r_[noise[:edge] * 10 ** (-30 / 20), x, noise[edge : 2 * edge] * 10 ** (-30 / 20)]
+    silent = np.r_[np.zeros(edge), x, np.zeros(edge)]
+    speech_rms = np.sqrt(np.mean(x.astype(np.float64) ** 2))
+    bed = silent + noise[: silent.size] * speech_rms * 10 ** (-5 / 20)
+    clean, room, noisy = (input_features(a.astype(np.float32), source_rate=16000) for a in (silent, pauses, bed))
+    assert abs(room["snr_db"] - clean["snr_db"]) < 3
+    assert noisy["snr_db"] < clean["snr_db"] - 10
+    assert room["pause_dbfs"] > clean["pause_dbfs"] + 20 and room["pause_dbfs"] == pytest.approx(-30, abs=6)
+
+
+def test_a_baseline_of_few_recordings_does_not_judge_quantities(corpus_streams):
+    """Fewer than MIN_RECORDINGS recordings: the quantities are scored, never alarmed on, and the
+    monitor says why; rates and categories, whose thresholds come from counting, are judged."""
+    streams, _ = corpus_streams
+    per = [segment_features(a) for a in streams[: MIN_RECORDINGS - 1]]
+    small = build_profile(
+        {"default": [f for s in per for f in s]},
+        20,
+        10,
+        groups={"default": [str(k) for k, s in enumerate(per) for _ in s]},
+    )
+    monitor = DriftMonitor(small, 20, 10)
+    for f in segment_features(streams[20] * 0.1, 8000)[:20]:  # quieter and telephone audio
+        monitor.add("default", f)
+    report = {d.feature: d for d in monitor.report("default")}
+    assert not report["rms_dbfs"].judged and not report["rms_dbfs"].alert
+    assert report["rms_dbfs"].score > report["rms_dbfs"].threshold  # it would have alarmed
+    assert report["sample_rate"].judged and report["sample_rate"].alert
+    state = monitor.baseline_state("default")
+    assert state["recordings"] == MIN_RECORDINGS - 1 and not state["judged"] and "too small" in state["reason"]
+    # a baseline of whole recordings allows for the recordings it has not seen: the fewer, the more
+    assert recordings_factor(16) > recordings_factor(40) > recordings_factor(100) > 1.0
+    values = np.array([f["rms_dbfs"] for s in per for f in s])
+    groups = [str(k) for k, s in enumerate(per) for _ in s]
+    assert learn_threshold("numeric", values, 10, groups) > learn_threshold(
+        "numeric", values, 10, groups, confidence=None
+    )
 
 
 def test_drift_scores_and_thresholds_from_the_baseline_itself():
@@ -161,6 +216,9 @@ def test_telephone_audio_quiet_audio_and_a_noise_bed_alarm_on_their_feature(prof
     with pytest.raises(ValueError, match="not a baseline profile"):
         (tmp_path / "bad.json").write_text("{}")
         load_profile(tmp_path / "bad.json")
+    (tmp_path / "old.json").write_text('{"version": 1, "window_segments": 60, "variants": {}}')
+    with pytest.raises(ValueError, match="build it again"):
+        load_profile(tmp_path / "old.json")
 
 
 def test_baseline_build_command_profiles_every_variant_and_reports_a_corrupt_file(tmp_path):

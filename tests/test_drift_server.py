@@ -64,8 +64,8 @@ def offline_profile(engine, tmp_path, files) -> str:
 
 def test_live_streams_drift_on_the_feature_that_changed(engine, tmp_path):
     utts, noise = utterances(), noises()
-    streams = [build_stream(k, utts, 40.0, noise, -45.0, mixed_formats=False) for k in range(8)]
-    per = [segment_features(s.audio) for s in streams[:6]]
+    streams = [build_stream(k, utts, 40.0, noise, -45.0, mixed_formats=False) for k in range(10)]
+    per = [segment_features(s.audio) for s in streams[:8]]  # MIN_RECORDINGS: fewer are not judged
     profile = build_profile(
         {"default": [f for s in per for f in s]},
         8,
@@ -91,17 +91,24 @@ def test_live_streams_drift_on_the_feature_that_changed(engine, tmp_path):
         return asyncio.run(stream_pcm(srv.url, s.fmt.start, paced(s.frames(), 0.02, 0.0)))
 
     with srv:
-        wide = send(streams[6])
+        wide = send(streams[8])
         srv.tick()  # a tick judges the window
         calm = json.loads(get(srv, "/admin/drift"))
-        phone = send(StreamAudio(streams[7].audio, "", FORMATS[1]))  # 8 kHz telephone audio, twice:
-        phone = send(StreamAudio(streams[6].audio, "", FORMATS[1]))  # the window is all telephone then
+        phone = send(StreamAudio(streams[9].audio, "", FORMATS[1]))  # 8 kHz telephone audio, twice:
+        phone = send(StreamAudio(streams[8].audio, "", FORMATS[1]))  # the window is all telephone then
         srv.tick()
         drifted = json.loads(get(srv, "/admin/drift"))
         page = get(srv, "/metrics")
     assert wide.finals and phone.finals
     features = calm["variants"]["default"]["features"]
     assert features and not any(f["alert"] for f in features.values()), features
+    assert calm["variants"]["default"]["baseline"] == {
+        "variant": "default",
+        "recordings": 8,
+        "segments": profile["variants"]["default"]["segments"],
+        "judged": True,
+        "reason": None,
+    }
     after = drifted["variants"]["default"]["features"]
     assert after["bandwidth_hz"]["alert"], after
     assert after["bandwidth_hz"]["score"] > after["bandwidth_hz"]["threshold"]
@@ -154,6 +161,10 @@ def test_feedback_wer_is_judged_against_the_baseline_wer(engine, tmp_path):
             assert http(srv, "POST", "/v1/feedback", {"session": s.ready["session"], "text": other})[0] == 200
         wrong = judged(srv)
         page = get(srv, "/metrics")
+        # feedback on one segment recalibrates too, with that segment alone
+        body = {"session": s.ready["session"], "segment": s.finals[0]["segment"], "text": "and so my fellow americans"}
+        assert http(srv, "POST", "/v1/feedback", body)[0] == 200
+        one = judged(srv)
     assert JFK.exists() and before["concept"]["source"] == "confidence" and "wer" not in before["features"]
     c = right["concept"]
     assert c["source"] == "feedback" and not c["alert"] and c["words"] == len(REFERENCE.split())
@@ -172,6 +183,7 @@ def test_feedback_wer_is_judged_against_the_baseline_wer(engine, tmp_path):
     assert right["quality"]["calibration"]["source"] == "baseline + 1 feedback"
     assert q["calibration"]["source"] == "baseline + 3 feedback" and q["calibration"]["files"] == len(files) + 3
     assert len({before["quality"]["calibration"]["version"], q["calibration"]["version"]}) == 2
+    assert one["quality"]["calibration"]["source"] == "baseline + 4 feedback"
     assert q["level"] == 0.9
     assert 0 <= q["low"] <= q["estimated_wer"] <= q["high"] and q["segments"] >= 2
     # over time: one point a judgement, the last the estimate now (the dashboard's chart)

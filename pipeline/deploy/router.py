@@ -17,14 +17,14 @@ from speechpipe.pipeline.config import Config
 from speechpipe.pipeline.deploy.deployment import Deployment, SessionOpen
 from speechpipe.pipeline.deploy.variants import LoadedVariant
 from speechpipe.pipeline.hooks import Observer
-from speechpipe.pipeline.live.actions import LiveContext, SubmitReview
+from speechpipe.pipeline.live.actions import LiveContext, ReviewRequest
 from speechpipe.pipeline.protocol import ProtocolError, Resume
 from speechpipe.pipeline.server.parts import StreamInfo
 
 #: the observers the server's parts want on a stream.
 StreamObservers = Callable[[StreamInfo], Sequence[Observer]]
 #: takes a segment a stream sends to people (the review queue).
-ReviewSink = Callable[[StreamInfo, SubmitReview], None]
+ReviewSink = Callable[[StreamInfo, ReviewRequest], None]
 
 
 class StreamRouter:
@@ -125,7 +125,7 @@ class StreamRouter:
         def observers(sid: str, attributes: dict) -> list[Observer]:
             return list(factory(info(sid, attributes))) if factory else []
 
-        def on_review(sid: str, request: SubmitReview) -> None:
+        def on_review(sid: str, request: ReviewRequest) -> None:
             review(info(sid, {}), request)
 
         return LiveContext(
@@ -145,6 +145,7 @@ class StreamRouter:
             fetch_session=self.deployment.fetch_session if resume is not None else None,
             automation=variant.config.automation,
             on_review=on_review if review is not None else None,
+            review=variant.config.review,
             window_s=variant.engine.config.window_s,
             gap_s=variant.engine.config.gap_s,
         )

@@ -10,7 +10,7 @@ import numpy as np
 from speechpipe.pipeline.config import ServerSettings
 from speechpipe.pipeline.hooks import AsrJob, Observer
 from speechpipe.pipeline.protocol import Resume
-from speechpipe.pipeline.review.settings import AutomationSettings
+from speechpipe.pipeline.review.settings import AutomationSettings, ReviewSettings
 from speechpipe.stages.vad import VadConfig
 
 
@@ -78,7 +78,11 @@ class SubmitReview:
     """Send a segment to the human review queue (its final has gone out, or goes with this).
 
     ``text`` is the AI's transcript (kept for scoring even where neither client nor reviewer sees
-    it); ``draft`` what the reviewer starts from; ``confidence`` its mean word probability."""
+    it); ``draft`` what the reviewer starts from; ``confidence`` its mean word probability.
+    ``audio`` is the clip the reviewer hears: ``margin_before_s`` of audio before the segment
+    (``start_s`` to ``end_s``), the segment, and ``margin_after_s`` after it (an
+    :class:`AddMargin` may bring more later). A ``vad_audit`` item holds audio the VAD rejected
+    (``segment`` is then its negative key, :func:`~speechpipe.pipeline.review.policy.audit_key`)."""
 
     segment: int
     start_s: float
@@ -88,6 +92,20 @@ class SubmitReview:
     text: str | None = None
     draft: str | None = None
     confidence: float | None = None
+    margin_before_s: float = 0.0
+    margin_after_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class AddMargin:
+    """More audio after a segment already sent to review: its clip held ``after_from_s`` seconds
+    after the segment when it was sent (the audio had not come yet); ``audio`` follows them, and
+    the clip then holds ``margin_after_s``."""
+
+    segment: int
+    audio: np.ndarray = field(repr=False)
+    after_from_s: float
+    margin_after_s: float
 
 
 @dataclass(frozen=True)
@@ -98,7 +116,21 @@ class Close:
     reason: str
 
 
-Action = Send | SubmitFinal | OfferSide | DropSide | Promote | Reuse | Fetch | SubmitShadow | SubmitReview | Close
+Action = (
+    Send
+    | SubmitFinal
+    | OfferSide
+    | DropSide
+    | Promote
+    | Reuse
+    | Fetch
+    | SubmitShadow
+    | SubmitReview
+    | AddMargin
+    | Close
+)
+#: what a stream hands to the review queue
+ReviewRequest = SubmitReview | AddMargin
 
 
 @dataclass(frozen=True)
@@ -127,7 +159,10 @@ class LiveContext:
         fetch_session: looks a session up where the server keeps them (called off the event
             loop; raises when the store cannot answer).
         automation: the level of automation: what the client gets, what humans review.
-        on_review: given the stream id and each :class:`SubmitReview` (None: no review queue).
+        review: the ``[review]`` table: the margins of a segment sent to review, the audit of
+            the audio the VAD rejected.
+        on_review: given the stream id and each :class:`SubmitReview` and :class:`AddMargin`
+            (None: no review queue).
         window_s / gap_s: the variant's Whisper window and the silence between packed pieces: an
             upload's finals are packed into windows of these, fixed by its audio, as offline.
     """
@@ -147,9 +182,10 @@ class LiveContext:
     resume: Callable[[Resume], LiveContext] | None = None
     fetch_session: Callable[[str], None] | None = None
     automation: AutomationSettings = field(default_factory=AutomationSettings)
-    on_review: Callable[[str, SubmitReview], None] | None = None
+    on_review: Callable[[str, SubmitReview | AddMargin], None] | None = None
     window_s: float = 30.0
     gap_s: float = 0.2
+    review: ReviewSettings = field(default_factory=ReviewSettings)
 
 
 @dataclass

@@ -37,6 +37,7 @@ from speechpipe.pipeline import protocol as P
 from speechpipe.pipeline.hooks import AsrJob, BackgroundObservers
 from speechpipe.pipeline.live.actions import (
     Action,
+    AddMargin,
     Close,
     DropSide,
     Fetch,
@@ -206,7 +207,7 @@ class Connection:
                         self.scheduler.promote(fut)  # if it was dropped meanwhile, its None result says so
                 case Reuse(job=job):
                     self.scheduler.reused(self.core.stream_id, job.job_id)
-                case SubmitReview():
+                case SubmitReview() | AddMargin():
                     on_review = self.core.context.on_review
                     if on_review is not None:
                         on_review(self.core.stream_id, action)

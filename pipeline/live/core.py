@@ -16,6 +16,10 @@ ready instead of starting only then. If speech resumes, the result is shown as a
 Latency: a final's ``latency_s`` is the session's final latency (from the arrival of the audio at
 the segment's end to the final), measured when the final is handed to the connection.
 
+Reviews: with a review queue, each final's review leaves with the final, its clip holding a margin
+of audio before and after the segment, and a share of the audio the VAD rejected is audited
+(:class:`~speechpipe.pipeline.live.audit.ReviewAudio`, fed the session's 16 kHz audio).
+
 Observers: the stream's observers (from the context's ``stream_observers``) are handed to the
 session through ``queue_observers`` when the connection gives one (it queues their events for a
 worker thread, off the event loop and the ASR workers); they never change what the client gets.
@@ -45,6 +49,7 @@ from speechpipe.pipeline.live.actions import (
     SubmitFinal,
     SubmitShadow,
 )
+from speechpipe.pipeline.live.audit import ReviewAudio
 from speechpipe.pipeline.live.review import final_actions
 from speechpipe.pipeline.live.side import Result, Side, SideSlot
 from speechpipe.pipeline.protocol import ProtocolError, Start, Stop
@@ -107,6 +112,7 @@ class LiveCore:
         #: the shadow variant's own VAD on the same audio, when its VAD differs from ours
         self._shadow: StreamSession | None = None
         self._resuming = False  # a start that resumes a session waits for its record (Fetch)
+        self._audit: ReviewAudio | None = None  # the reviews' margins and the VAD's audit
 
     # -- what the connection asks ---------------------------------------------------------------
 
@@ -320,12 +326,16 @@ class LiveCore:
         stream |= {"clock": lambda: self._now, "decoding": start.decoding}
         if resume is not None:  # times and indices go on from the client's last final
             stream |= {"start_s": resume.from_s, "first_segment": resume.segment}
+        if self.context.on_review is not None:
+            origin = round(resume.from_s * SAMPLE_RATE) if resume is not None else 0
+            self._audit = ReviewAudio(self.context.review, self.stream_id, origin)
         self.session = StreamSession(
             self.context.vad,
             pack_s=self.context.window_s if self.fed else 0.0,
             pack_gap_s=self.context.gap_s,
             observers=self._observers(attributes),
             variant=self.context.variant,
+            audio_tap=self._audit.fed if self._audit is not None else None,
             **stream,
         )
         if self.context.shadow_variant and self.context.shadow_vad is not None:
@@ -364,6 +374,8 @@ class LiveCore:
             raise ProtocolError("bad_audio", str(exc)) from None
         self.stats.audio_s = self.session.audio_s
         actions = self._handle(events)
+        if self._audit is not None:
+            actions += self._audit.settle(self.session.vad.settled_sample)
         if self._shadow is not None:
             self._shadow.feed_pcm(data, self.start.encoding)
             actions += self._shadow_jobs()
@@ -374,7 +386,7 @@ class LiveCore:
         return actions
 
     def _handle(self, events: list) -> list[Action]:
-        actions: list[Action] = []
+        actions: list[Action] = self._audit.events(events) if self._audit is not None else []
         for ev in events:
             if isinstance(ev, SpeechStarted):
                 self._slot.segment_started()
@@ -458,6 +470,8 @@ class LiveCore:
             log.info(what, self.stream_id, seg.index, latency, queued, ran)
         message = P.final(seg.index, seg.start_s, seg.end_s, final.transcript, latency)
         actions = final_actions(self.context, self.stream_id, seg, final.transcript, message)
+        if self._audit is not None:  # the review's clip gets its margins
+            actions = self._audit.reviewed(seg.index, actions)
         self.stats.latencies.append(latency)
         return actions
 
@@ -470,7 +484,10 @@ class LiveCore:
         if self._shadow is not None:
             self._shadow.finish()
             shadow = self._shadow_jobs()
-        return self._handle(self.session.finish()) + shadow + self._emit_finals() + self._maybe_end()
+        actions = self._handle(self.session.finish())
+        if self._audit is not None:  # the rejected tail, the margins with what there is
+            actions += self._audit.finish()
+        return actions + shadow + self._emit_finals() + self._maybe_end()
 
     def _maybe_end(self) -> list[Action]:
         if self.state is State.DRAINING and not self._finals:

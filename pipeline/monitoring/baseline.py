@@ -13,7 +13,9 @@ from speechpipe.pipeline.monitoring.drift import kind_of, learn_threshold
 from speechpipe.pipeline.monitoring.quality import Sample, calibrate
 from speechpipe.stages.features import INPUT_FEATURES, OUTPUT_FEATURES, SCALES
 
-PROFILE_VERSION = 1
+#: 2: ``snr_db`` measures the noise under the speech, ``pause_dbfs`` the room between sentences
+#: (stages/features.py); a profile of version 1 holds the old ``snr_db`` and is built again
+PROFILE_VERSION = 2
 
 
 def stage_of(feature: str) -> str:
@@ -27,6 +29,7 @@ def build_profile(
     groups: Mapping[str, Sequence[str]] | None = None,
     wer: Mapping[str, Sequence[Sequence[int]]] | None = None,
     quality: Mapping[str, Sequence[Sample]] | None = None,
+    confidence: float | None = 0.95,
 ) -> dict:
     """The profile of ``segments`` (per variant, each segment's features), with thresholds learned
     for windows of ``min_segments`` up to ``window_segments`` segments; ``groups`` gives the stream
@@ -50,7 +53,9 @@ def build_profile(
                 "kind": kind,
                 "scale": scale,
                 "values": values.tolist(),
-                "thresholds": {str(n): learn_threshold(kind, values, n, these, scale=scale) for n in sizes},
+                "thresholds": {
+                    str(n): learn_threshold(kind, values, n, these, scale=scale, confidence=confidence) for n in sizes
+                },
             }
         variants[variant] = {"segments": len(segs), "features": features}
         if seg_groups:
@@ -71,7 +76,12 @@ def build_profile(
                 "samples": [s.to_dict() for s in samples],
                 "calibration": calibration.to_dict(),
             }
-    return {"version": PROFILE_VERSION, "window_segments": window_segments, "variants": variants}
+    return {
+        "version": PROFILE_VERSION,
+        "window_segments": window_segments,
+        "confidence": confidence,
+        "variants": variants,
+    }
 
 
 def window_sizes(window_segments: int, min_segments: int) -> list[int]:
@@ -93,7 +103,7 @@ def with_thresholds(profile: dict, sizes: Sequence[int]) -> dict:
             these = groups if groups is not None and len(groups) == values.size else None
             for n in missing:
                 spec["thresholds"][str(n)] = learn_threshold(
-                    spec["kind"], values, n, these, scale=spec.get("scale", 0.0)
+                    spec["kind"], values, n, these, scale=spec.get("scale", 0.0), confidence=profile.get("confidence")
                 )
     return profile
 
@@ -108,6 +118,11 @@ def load_profile(path: str | Path) -> dict:
         doc = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: not a baseline profile: {exc}") from None
+    if isinstance(doc, dict) and doc.get("version") == 1 and "variants" in doc:
+        raise ValueError(
+            f"{path}: a baseline profile of version 1, whose snr_db measured something else: "
+            "build it again with `speechpipe baseline build`"
+        )
     if not isinstance(doc, dict) or doc.get("version") != PROFILE_VERSION or "variants" not in doc:
         raise ValueError(f"{path}: not a baseline profile of version {PROFILE_VERSION}")
     return doc

@@ -12,6 +12,15 @@ baseline's does not alarm. A baseline cannot show what it never saw: where it ho
 final, no guard drop or one sample rate, resampling it gives a threshold of 0 and one event would
 alarm. So every threshold is at least :func:`sampling_floor`: what chance alone gives a window of
 its size (binomial counts of events the baseline saw at most half a time in its size).
+
+A baseline of a few recordings has seen little of how recordings differ (speakers, rooms,
+microphones): with windows made of whole recordings, the spread of its windows' scores is an
+estimate from few recordings, and other recordings of the same kind went past it (issue 26: a
+16-file baseline alarmed on ``avg_logprob`` for clean recordings it had not seen). So a threshold
+learned from whole recordings is raised by the upper 95 % confidence bound of a spread estimated
+from that many recordings (:func:`recordings_factor`), and a quantity is not judged at all where
+the baseline holds fewer than :data:`MIN_RECORDINGS` recordings or fewer than twice the window's
+segments: the monitor says the baseline is too small for that window instead of raising alarms.
 """
 
 from __future__ import annotations
@@ -24,11 +33,13 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.spatial.distance import jensenshannon
-from scipy.stats import binom, wasserstein_distance
+from scipy.stats import binom, chi2, wasserstein_distance
 
 from speechpipe.stages.features import BINARY, CATEGORICAL
 
 NUMERIC, RATE, CATEGORY = "numeric", "rate", "categorical"
+#: the fewest recordings (files, streams) a baseline needs before its quantities are judged
+MIN_RECORDINGS = 8
 
 
 def kind_of(feature: str) -> str:
@@ -94,9 +105,10 @@ def learn_threshold(
     margin: float = 1.25,
     seed: int = 0,
     scale: float = 0.0,
+    confidence: float | None = 0.95,
 ) -> float:
     """The score that windows of ``size`` segments like the baseline's stay under (``scale``: see
-    :func:`drift_score`).
+    :func:`drift_score`; ``confidence``: of :func:`recordings_factor`, None for none).
 
     With ``groups`` (the stream of each baseline segment) a window is made of whole streams drawn
     at random and scored against the baseline's other streams: segments of one stream share a
@@ -124,7 +136,35 @@ def learn_threshold(
     else:
         values = baseline.tolist()
         scores = [drift_score(kind, baseline, np.array(rng.choices(values, k=size)), scale) for _ in range(resamples)]
-    return max(sampling_floor(kind, baseline, size), float(np.quantile(scores, quantile)) * margin)
+    spread = float(np.quantile(scores, quantile)) * margin
+    if confidence is not None and groups is not None and len(set(groups)) >= 3 and baseline.size >= 2 * size:
+        spread *= recordings_factor(len(set(groups)), confidence)
+    return max(sampling_floor(kind, baseline, size), spread)
+
+
+def recordings_factor(recordings: int, confidence: float = 0.95) -> float:
+    """How much more than it shows the spread of ``recordings`` recordings may be: the upper
+    ``confidence`` bound of a standard deviation estimated from that many, over the estimate
+    (sqrt((n - 1) / chi2 quantile)): 1.44 for 16 recordings, 1.24 for 40, 1.13 for 100."""
+    if recordings < 2:
+        return 1.0
+    return math.sqrt((recordings - 1) / float(chi2.ppf(1 - confidence, recordings - 1)))
+
+
+def too_small(recordings: int | None, segments: int, size: int) -> str | None:
+    """Why a baseline of ``recordings`` recordings (None: not recorded) and ``segments`` segments
+    cannot judge the quantities of a window of ``size`` segments, or None when it can."""
+    if recordings is not None and recordings < MIN_RECORDINGS:
+        return (
+            f"baseline too small: {recordings} recordings; windows are judged from {MIN_RECORDINGS} "
+            "recordings on (build it from more files)"
+        )
+    if segments < 2 * size:
+        return (
+            f"baseline too small: {segments} segments cannot judge a window of {size} "
+            f"(it needs {2 * size}: a window and as much to compare it with)"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -138,9 +178,18 @@ class FeatureDrift:
     threshold: float
     alert: bool
     n: int
+    #: False where the baseline is too small to judge this feature at this window (never alerts)
+    judged: bool = True
 
     def to_dict(self) -> dict:
-        return {"score": self.score, "threshold": self.threshold, "alert": self.alert, "n": self.n, "stage": self.stage}
+        return {
+            "score": self.score,
+            "threshold": self.threshold,
+            "alert": self.alert,
+            "n": self.n,
+            "stage": self.stage,
+            "judged": self.judged,
+        }
 
 
 class DriftMonitor:
@@ -196,14 +245,35 @@ class DriftMonitor:
         """One segment's features (input and output together)."""
         self._windows.setdefault(variant, deque(maxlen=self.window_segments)).append(dict(features))
 
+    def baseline_state(self, variant: str) -> dict | None:
+        """``{"variant", "recordings", "segments", "judged", "reason"}``: the baseline ``variant``
+        is compared with and whether it can judge the quantities of a full window (None: no
+        baseline for it)."""
+        base_name = self.baseline_of(variant)
+        if base_name is None:
+            return None
+        base = self.profile["variants"][base_name]
+        groups = base.get("groups")
+        recordings = len(set(groups)) if groups else None
+        reason = too_small(recordings, int(base["segments"]), self.window_segments)
+        return {
+            "variant": base_name,
+            "recordings": recordings,
+            "segments": int(base["segments"]),
+            "judged": reason is None,
+            "reason": reason,
+        }
+
     def report(self, variant: str) -> list[FeatureDrift]:
         """Every feature of ``variant``'s window against its baseline (empty below ``min_segments``);
-        an alert is raised above the threshold and held down to ``clear_ratio`` of it."""
+        an alert is raised above the threshold and held down to ``clear_ratio`` of it; quantities
+        are scored but not judged where the baseline is too small (:func:`too_small`)."""
         base_name = self.baseline_of(variant)
         window = self._windows.get(variant, ())
         if base_name is None or len(window) < self.min_segments:
             return []
         out = []
+        state = self.baseline_state(variant)
         for name, spec in self.profile["variants"][base_name]["features"].items():
             values = np.array([seg[name] for seg in window if name in seg], dtype=float)
             if not values.size:
@@ -212,9 +282,12 @@ class DriftMonitor:
             threshold = max(_scaled(spec["thresholds"], len(values)), self._floor(base_name, name, len(values)))
             score = drift_score(spec["kind"], base, values, spec.get("scale", 0.0))
             key = (variant, name)
-            alert = score > threshold or (key in self._raised and score > self.clear_ratio * threshold)
+            judged = spec["kind"] != NUMERIC or (
+                state is not None and too_small(state["recordings"], state["segments"], len(values)) is None
+            )
+            alert = judged and (score > threshold or (key in self._raised and score > self.clear_ratio * threshold))
             (self._raised.add if alert else self._raised.discard)(key)
-            out.append(FeatureDrift(variant, spec["stage"], name, score, threshold, alert, len(values)))
+            out.append(FeatureDrift(variant, spec["stage"], name, score, threshold, alert, len(values), judged))
         return out
 
     def _floor(self, variant: str, feature: str, n: int) -> float:

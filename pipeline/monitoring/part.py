@@ -1,7 +1,8 @@
 """Drift monitoring as a part of the live server: each stream's segments to the
 :class:`~speechpipe.pipeline.monitoring.service.DriftService` (streams whose variant runs a
-model), human scores from the deployment's :class:`FeedbackScored` events, the windows judged at
-each tick, and ``GET /admin/drift`` (``admin`` scope):
+model), human scores from the deployment's :class:`FeedbackScored` events (trusted feedback on a
+session or a segment, and every review, which reaches the deployment as feedback on its segment:
+each recalibrates the estimated WER), the windows judged at each tick, and ``GET /admin/drift`` (``admin`` scope):
 ``{"variants": {NAME: {"features": {FEATURE: {"score", "threshold", "alert", "n"}}}}}``.
 
 Each tick reports :class:`DriftJudged` to the server's observer: every feature's figures now (the
@@ -65,8 +66,8 @@ class DriftPart(Part):
     def on_event(self, event: object) -> None:
         if self.service is not None and isinstance(event, FeedbackScored):
             self.service.feedback(event.variant, event.errors, event.words)
-            if event.role != "shadow" and event.session and event.segment is None:
-                self.service.recalibrate(event.variant, event.session, event.errors, event.words)
+            if event.role != "shadow" and event.session:
+                self.service.recalibrate(event.variant, event.session, event.errors, event.words, event.segment)
 
     async def tick(self, now: float) -> None:
         if self.service is None:

@@ -71,8 +71,9 @@ class DriftService:
         self._feedback_samples: dict[str, list[Sample]] = {}
         #: each variant's estimates over time: [time, estimated_wer, low, high] at each judgement
         self._quality_history: dict[str, deque] = {}
-        #: each recent session's segments (features), per variant: what its feedback is scored on
-        self._sessions: OrderedDict[tuple[str, str], list[dict] | None] = OrderedDict()
+        #: each recent session's segments (features by index), per variant: what its feedback is
+        #: scored on
+        self._sessions: OrderedDict[tuple[str, str], dict[int, dict] | None] = OrderedDict()
         self._lock = threading.Lock()
         self._latest: dict[str, list[FeatureDrift]] = {}
         self._concept: dict[str, ConceptDrift] = {}
@@ -82,14 +83,14 @@ class DriftService:
     def observer(self, variant: str) -> FeatureCollector:
         """The observer of one stream served by ``variant``: its segments' features go in."""
 
-        def add(stream_id: str, _index: int, features: dict) -> None:
+        def add(stream_id: str, index: int, features: dict) -> None:
             with self._lock:
                 self.monitor.add(variant, features)
                 key = (variant, stream_id)
-                segments = self._sessions.setdefault(key, [])
+                segments = self._sessions.setdefault(key, {})
                 self._sessions.move_to_end(key)
                 if segments is not None:  # a session too long to calibrate with is None
-                    segments.append(dict(features))
+                    segments[index] = dict(features)
                     if len(segments) > MAX_SESSION_SEGMENTS:
                         self._sessions[key] = None
                 while len(self._sessions) > MAX_SESSIONS:
@@ -102,14 +103,21 @@ class DriftService:
         with self._lock:
             self.concept.add(variant, errors, words)
 
-    def recalibrate(self, variant: str, session: str, errors: int, words: int) -> bool:
-        """Trusted feedback on a whole session ``variant`` served: its segments and the truth join
-        the calibration of the estimated WER, fitted again (a new version; ``source`` counts the
-        feedback). False when the session's segments or a calibration are not here."""
+    def recalibrate(self, variant: str, session: str, errors: int, words: int, segment: int | None = None) -> bool:
+        """Trusted feedback on a whole session ``variant`` served, or on its ``segment``: those
+        segments and the truth join the calibration of the estimated WER, fitted again (a new
+        version; ``source`` counts the feedback). False when the segments or a calibration are
+        not here."""
         with self._lock:
             base = self.monitor.baseline_of(variant)
-            segments = self._sessions.get((variant, session))
-            if base not in self._samples or not segments or not words:
+            kept = self._sessions.get((variant, session))
+            if base not in self._samples or not kept or not words:
+                return False
+            if segment is None:
+                segments = [kept[k] for k in sorted(kept)]
+            elif segment in kept:
+                segments = [kept[segment]]
+            else:
                 return False
             added = self._feedback_samples.setdefault(base, [])
             added.append(Sample.of(segments, errors, words))
@@ -202,6 +210,7 @@ class DriftService:
                         "features": {d.feature: d.to_dict() for d in drifts},
                         "concept": self._concept[v].to_dict() if v in self._concept else None,
                         "quality": self._quality_doc(v),
+                        "baseline": self.monitor.baseline_state(v),
                     }
                     for v, drifts in self._latest.items()
                 },

@@ -4,16 +4,19 @@ and page, a session's revisions, the figures refreshed at each tick (docs/review
 ``review`` scope (the reviewer token; without one configured the routes answer 403):
 
 * ``POST /v1/review/claim`` (``{"reviewer": NAME}`` optional): the next item, claimed, as
-  ``{"id", "session", "segment", "audio_url", "draft", "confidence", "claimed_until", "claim", ...}``;
-  204 when the queue is empty.
-* ``GET /v1/review/{id}/audio``: the segment's audio (FLAC).
-* ``POST /v1/review/{id}`` ``{"text": "...", "claim"?: CLAIM}``: the human transcript.
+  ``{"id", "session", "segment", "audio_url", "draft", "confidence", "claimed_until", "claim",
+  "margin_before_s", "margin_after_s", ...}``; 204 when the queue is empty.
+* ``GET /v1/review/{id}/audio``: the item's clip (FLAC): the segment with its margins.
+* ``POST /v1/review/{id}`` ``{"text": "...", "before"?: "...", "after"?: "...", "claim"?: CLAIM}``:
+  the human transcript of the segment, and the words heard in the margins before and after it.
 * ``POST /v1/review/{id}/release``: back to the queue.
-* ``GET /v1/review/stats``: queue length, oldest age, done, per-variant human-vs-AI WER.
+* ``GET /v1/review/stats``: queue length, oldest age, done, per-variant human-vs-AI WER, and per
+  variant each stage's errors (``by_stage``).
 * ``GET /v1/review/queue``: what waits, in the order claims take it.
 * ``GET /review``: the page.
 
-``GET /v1/sessions/{id}``: the session's segments sent to review with their revisions, to its
+``GET /v1/sessions/{id}``: the session's segments sent to review with their revisions (not the
+VAD's audits of its rejected audio, which are no segments of the client's), to its
 owner (the principal that opened it, ``stream`` scope), reviewers and admins; anyone else gets
 the 404 of an unknown session. The owner is the server's record of its recent sessions, else the
 one stored with the session's review items: so after a restart the owner still reads a session
@@ -38,7 +41,8 @@ from starlette.routing import BaseRoute, Route
 
 from speechpipe.pipeline.config import Config
 from speechpipe.pipeline.hooks import Observer
-from speechpipe.pipeline.live.actions import SubmitReview
+from speechpipe.pipeline.live.actions import AddMargin, ReviewRequest
+from speechpipe.pipeline.review.policy import VAD_AUDIT
 from speechpipe.pipeline.review.service import ReviewService, open_store
 from speechpipe.pipeline.review.store import MAX_TEXT, Item, ReviewError
 from speechpipe.pipeline.server.auth import ADMIN, NO_STORE, REVIEW, STREAM, SessionOwners, requires
@@ -52,11 +56,14 @@ log = logging.getLogger("speechpipe.review")
 
 @dataclass(frozen=True)
 class Reviewed:
-    """A segment reviewed on this server."""
+    """A segment reviewed on this server, with the words the VAD cut off (heard in its margins)
+    and missed (heard in its rejected audio)."""
 
     variant: str
     level: str
     reason: str
+    vad_cut_words: int = 0
+    vad_miss_words: int = 0
 
 
 @dataclass(frozen=True)
@@ -152,15 +159,21 @@ class ReviewPart(Part):
         if self.service is not None and await self.service.upkeep(now) and self._report is not None:
             self._report.on_event(ReviewFigures(self.service.figures))
 
-    def enqueue(self, stream: StreamInfo, request: SubmitReview) -> None:
-        """A segment of ``stream`` goes to review (called on the event loop)."""
-        if self.service is not None:
-            level = stream.config.automation.level
-            self.service.enqueue(stream.variant, stream.role, stream.stream_id, request, level, owner=stream.principal)
+    def enqueue(self, stream: StreamInfo, request: ReviewRequest) -> None:
+        """A segment of ``stream`` goes to review, or more of its after-margin (called on the
+        event loop)."""
+        if self.service is None:
+            return
+        if isinstance(request, AddMargin):
+            self.service.add_margin(stream.variant, stream.stream_id, request)
+            return
+        level = stream.config.automation.level
+        self.service.enqueue(stream.variant, stream.role, stream.stream_id, request, level, owner=stream.principal)
 
     def _reviewed(self, item: Item) -> None:
         if self._report is not None:
-            self._report.on_event(Reviewed(item.variant, item.level, item.reason))
+            cut, missed = item.vad_cut_words or 0, item.vad_miss_words or 0
+            self._report.on_event(Reviewed(item.variant, item.level, item.reason, cut, missed))
 
     def dashboard(self) -> dict | None:
         """The dashboard's view of the queue (from a worker thread), None without one; while the
@@ -207,12 +220,9 @@ class ReviewPart(Part):
     @_served
     async def submit(self, request: Request, svc: ReviewService) -> Response:
         doc = await read_json(request)
-        text = doc.get("text")
-        if not isinstance(text, str) or len(text) > MAX_TEXT:
-            raise BadRequest(
-                400, "bad_request", f"text must be the transcript, a string of at most {MAX_TEXT} characters"
-            )
-        item = await svc.submit(request.path_params["id"], text.strip(), _claim(doc), _reviewer(request, doc))
+        text, before, after = (_text(doc, key, required=key == "text") for key in ("text", "before", "after"))
+        item_id, claim, reviewer = request.path_params["id"], _claim(doc), _reviewer(request, doc)
+        item = await svc.submit(item_id, text, claim, reviewer, before, after)
         return JSONResponse(item_doc(item), headers=NO_STORE)
 
     @requires(REVIEW)
@@ -276,6 +286,7 @@ class ReviewPart(Part):
                 "by": "human" if i.state == "done" else None,
             }
             for i in items
+            if i.reason != VAD_AUDIT
         ]
         return JSONResponse({"session": request.path_params["id"], "segments": segments}, headers=NO_STORE)
 
@@ -297,6 +308,18 @@ def _reviewer(request: Request, doc: dict) -> str:
     if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
         raise BadRequest(400, "bad_request", f"reviewer must be a name of 1-{MAX_NAME} characters")
     return name
+
+
+def _text(doc: dict, key: str, required: bool) -> str:
+    """A transcript field of a submit, stripped: ``text`` must be there (an empty one says there
+    was no speech), ``before`` and ``after`` may be left out (or null)."""
+    value = doc.get(key)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or len(value) > MAX_TEXT:
+        what = "the transcript" if required else "the words heard in the margin, if any"
+        raise BadRequest(400, "bad_request", f"{key} must be {what}, a string of at most {MAX_TEXT} characters")
+    return value.strip()
 
 
 def _claim(doc: dict) -> str | None:

@@ -15,6 +15,10 @@ level         the client's final             review                 the reviewer
 
 Whatever the level, the human's transcript reaches the client as a ``revision`` when it is
 still connected, and ``GET /v1/sessions/{id}`` later.
+
+Whatever the level too, a share of the audio the VAD rejected (``[review] vad_audit_share``) is
+queued with the reason ``vad_audit`` and no AI text (:func:`vad_audited`): the reviewer says
+whether there was speech in it, which measures the VAD's misses.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from dataclasses import dataclass
 from speechpipe.pipeline.review.settings import AutomationSettings
 
 NONE, PENDING, PROVISIONAL = "none", "pending", "provisional"
+#: the reason of an item that holds audio the VAD rejected: "is there speech here?"
+VAD_AUDIT = "vad_audit"
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,20 @@ def audited(session: str, segment: int, share: float) -> bool:
     """Whether a segment is in the audit sample: a hash of session and segment below ``share``."""
     digest = hashlib.sha256(f"audit:{session}:{segment}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < share
+
+
+def vad_audited(session: str, start_sample: int, share: float) -> bool:
+    """Whether a stretch of rejected audio starting at ``start_sample`` (16 kHz stream samples) is
+    in the VAD's audit sample: a hash of session and position below ``share``."""
+    digest = hashlib.sha256(f"vad_audit:{session}:{start_sample}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < share
+
+
+def audit_key(start_sample: int) -> int:
+    """The ``segment`` that keys a VAD audit item in its session: negative, so it never meets a
+    segment's index, and unique per stretch (minus one minus its start in hundredths of a second;
+    audited stretches start at least ``vad_audit_min_s`` apart)."""
+    return -1 - start_sample // 160
 
 
 def decide(settings: AutomationSettings, confidence: float | None, session: str, segment: int) -> Decision:

@@ -10,7 +10,12 @@ one after the other (at once, one of them failed on a duplicate ``CREATE TABLE``
 Versions: 1, the queue and each variant's transcripts; 2, ``review_items.owner``, the principal
 that opened the item's session, so a session's owner may still read it after a restart (the
 server's record of owners lives in memory). Rows of version 1 have no owner: their sessions are
-answered to reviewers and admins only, as they were.
+answered to reviewers and admins only, as they were. 3, each stage's errors: the margins an
+item's clip holds around its segment (``margin_before_s``, ``margin_after_s``), what the reviewer
+heard in them (``text_before``, ``text_after``), and the review scored by stage: the ASR's word
+errors against the segment's words (``asr_errors`` of ``asr_words``), the VAD's cuts (words in
+the margins, ``vad_cut_words``) and misses (words in rejected audio, ``vad_miss_words``). Rows of
+earlier versions have none of them (NULL: no margin, not scored by stage).
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from sqlalchemy.engine import Connection, Engine
 metadata = MetaData()
 
 #: the version this code writes and reads.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 schema = Table("speechpipe_schema", metadata, Column("version", Integer, nullable=False))
 
@@ -52,7 +57,7 @@ items = Table(
     Column("segment", Integer, nullable=False),
     Column("variant", String(64), nullable=False),
     Column("level", String(16), nullable=False),  # the automation level it was sent under
-    Column("reason", String(16), nullable=False),  # why it is here: level, low_confidence, audit
+    Column("reason", String(16), nullable=False),  # why it is here: level, low_confidence, audit, vad_audit
     Column("start_s", Float, nullable=False),
     Column("end_s", Float, nullable=False),
     Column("draft", Text),  # the AI text the reviewer starts from (None: from scratch)
@@ -67,6 +72,15 @@ items = Table(
     Column("done_at", Float),
     Column("audio", String(255)),  # FLAC path under the data directory (None once expired)
     Column("owner", String(128)),  # the principal that opened the session (None: unknown, version 1)
+    # version 3: each stage's errors
+    Column("margin_before_s", Float),  # audio in the clip before the segment (None: none, before version 3)
+    Column("margin_after_s", Float),  # and after it
+    Column("text_before", Text),  # what the reviewer heard in the margins
+    Column("text_after", Text),
+    Column("asr_errors", Integer),  # the item's variant's word errors against the segment's words
+    Column("asr_words", Integer),  # the segment's words (the reference)
+    Column("vad_cut_words", Integer),  # words heard in the margins: the VAD cut them off
+    Column("vad_miss_words", Integer),  # words heard in audio the VAD rejected (vad_audit)
     UniqueConstraint("session", "segment", name="uq_review_items_segment"),
 )
 Index("ix_review_items_queue", items.c.state, items.c.confidence, items.c.created_at)
@@ -98,11 +112,32 @@ def _v2(conn: Connection) -> None:
         conn.execute(text(f"ALTER TABLE {items.name} ADD COLUMN owner VARCHAR(128)"))
 
 
+#: the columns version 3 adds to ``review_items``, with their SQL types.
+V3_COLUMNS = {
+    "margin_before_s": "FLOAT",
+    "margin_after_s": "FLOAT",
+    "text_before": "TEXT",
+    "text_after": "TEXT",
+    "asr_errors": "INTEGER",
+    "asr_words": "INTEGER",
+    "vad_cut_words": "INTEGER",
+    "vad_miss_words": "INTEGER",
+}
+
+
+def _v3(conn: Connection) -> None:
+    """Add each stage's columns (:data:`V3_COLUMNS`) where missing (as :func:`_v2`)."""
+    have = {c["name"] for c in inspect(conn).get_columns(items.name)}
+    for name, kind in V3_COLUMNS.items():
+        if name not in have:
+            conn.execute(text(f"ALTER TABLE {items.name} ADD COLUMN {name} {kind}"))
+
+
 #: the advisory lock a migration holds on PostgreSQL ("spreview" in ASCII, as a bigint).
 MIGRATE_LOCK = 0x7370_7265_7669_6577
 
 #: migration to version N is MIGRATIONS[N - 1]
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
 
 
 def version_of(conn: Connection) -> int:

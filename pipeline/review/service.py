@@ -7,8 +7,12 @@ the server's event loop. A submitted review goes
 * to the client of that session, as a ``revision`` message, while it is still connected;
 * to the deployment as feedback for every variant that transcribed that audio (the ledger scores
   it: shadow agreement, canary gates, concept drift), unless no model did (level ``human``);
-* into the store, where each variant's transcript of the segment is scored against it
-  (``GET /v1/review/stats``).
+* into the store, where each variant's transcript of the segment is scored against it, and the
+  review by stage: the ASR's errors, the VAD's cuts (words heard in the margins) and misses
+  (words heard in the rejected audio of a ``vad_audit`` item) (``GET /v1/review/stats``).
+
+A ``vad_audit`` item is no segment of the client's: its review goes to the store alone (no
+revision, no feedback).
 
 A segment sent to review is durable before its client is told ``review: pending``: the stream's
 hand-over writes it to the local spool (:mod:`.spool`) on the event loop, before the final
@@ -32,10 +36,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from speechpipe.pipeline import protocol
 from speechpipe.pipeline.config import Config, ConfigError
-from speechpipe.pipeline.live.actions import SubmitReview
+from speechpipe.pipeline.live.actions import AddMargin, SubmitReview
+from speechpipe.pipeline.review.policy import VAD_AUDIT
 from speechpipe.pipeline.review.settings import AutomationSettings, ReviewSettings, model_runs_at
 from speechpipe.pipeline.review.spool import ReviewSpool
-from speechpipe.pipeline.review.store import AiText, Item, NewItem, ReviewStore
+from speechpipe.pipeline.review.store import AiText, Item, MarginAfter, NewItem, ReviewStore
 from speechpipe.pipeline.review.threshold import curve
 
 log = logging.getLogger("speechpipe.review")
@@ -66,6 +71,7 @@ class ReviewCounters:
     queued: int = 0
     failed: int = 0
     spooled: int = 0
+    margins: int = 0  # after-margins added to items already sent
     store_failures: int = 0
     reviewed: int = 0
     revisions_sent: int = 0
@@ -144,6 +150,8 @@ class ReviewService:
             confidence=request.confidence,
             transcripts=transcripts,
             owner=owner,
+            margin_before_s=request.margin_before_s,
+            margin_after_s=request.margin_after_s,
         )
         try:
             if self.spool.put(new, self.clock()):
@@ -151,6 +159,20 @@ class ReviewService:
         except Exception:  # the local disk failed: the one case where the item is lost, and it is said
             self.counters.failed += 1
             log.exception("review: segment %d of %s could not be spooled", new.segment, new.session)
+            return
+        self._move(self.clock())
+
+    def add_margin(self, variant: str, stream_id: str, request: AddMargin) -> None:
+        """More after-margin for a segment of ``stream_id`` sent to review before its audio came:
+        spooled behind its item, and moved to the store in the same order (called on the event
+        loop). Lost only with the local disk, and then the item keeps the margin it had."""
+        more = MarginAfter(
+            stream_id, request.segment, variant, request.audio, request.after_from_s, request.margin_after_s
+        )
+        try:
+            self.spool.put(more, self.clock())
+        except Exception:
+            log.exception("review: the after-margin of segment %d of %s could not be spooled", more.segment, stream_id)
             return
         self._move(self.clock())
 
@@ -169,7 +191,11 @@ class ReviewService:
         while batch := await asyncio.to_thread(self.spool.head, MOVE_BATCH):
             for s in batch:
                 try:
-                    await asyncio.to_thread(self.store.add, s.item, s.spooled_at)
+                    if isinstance(s.item, MarginAfter):
+                        if not await asyncio.to_thread(self.store.add_margin, s.item):
+                            log.info("review: %s: no clip to add the after-margin to (gone, or not its own)", s.key)
+                    else:
+                        await asyncio.to_thread(self.store.add, s.item, s.spooled_at)
                 except Exception as exc:  # noqa: BLE001  # the store is down: the item waits in the spool
                     self._failures += 1
                     self.counters.store_failures += 1
@@ -186,6 +212,9 @@ class ReviewService:
                     return
                 await asyncio.to_thread(self.spool.done, s.seq)
                 self._failures, self._retry_at = 0, -math.inf
+                if isinstance(s.item, MarginAfter):
+                    self.counters.margins += 1
+                    continue
                 self.counters.queued += 1
                 self.counters.by_reason[s.item.reason] = self.counters.by_reason.get(s.item.reason, 0) + 1
 
@@ -233,10 +262,17 @@ class ReviewService:
     async def release(self, item_id: str, claim: str | None) -> Item:
         return await asyncio.to_thread(self.store.release, item_id, claim, self.clock())
 
-    async def submit(self, item_id: str, text: str, claim: str | None, reviewer: str) -> Item:
-        """Store a review, then send it where it is ground truth (see the module docstring)."""
-        item = await asyncio.to_thread(self.store.submit, item_id, text, claim, reviewer, self.clock())
+    async def submit(
+        self, item_id: str, text: str, claim: str | None, reviewer: str, before: str = "", after: str = ""
+    ) -> Item:
+        """Store a review (``text`` the segment's words, ``before``/``after`` the words heard in
+        the margins), then send it where it is ground truth (see the module docstring)."""
+        now = self.clock()
+        item = await asyncio.to_thread(self.store.submit, item_id, text, claim, reviewer, now, before, after)
         self.counters.reviewed += 1
+        if item.reason == VAD_AUDIT:  # rejected audio: nothing of the client's to revise or score
+            self._told(item)
+            return item
         if self.push(item.session, protocol.revision(item.segment, text)):
             self.counters.revisions_sent += 1
         if self.feedback is not None and model_runs_at(item.level):
@@ -244,12 +280,15 @@ class ReviewService:
                 self.feedback(item.session, item.segment, text)
             except KeyError:  # a session this replica never served, or one long gone from its ledger
                 log.info("review: session %s is not in this server's ledger; scored in the store only", item.session)
+        self._told(item)
+        return item
+
+    def _told(self, item: Item) -> None:
         if self.on_reviewed is not None:
             try:
                 self.on_reviewed(item)
             except Exception:  # telemetry must never break a review
                 log.exception("review telemetry failed")
-        return item
 
     # -- upkeep (the review part calls it at each tick, on the server's clock) ---------------------
 

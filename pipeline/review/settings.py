@@ -8,6 +8,9 @@ from dataclasses import dataclass
 LEVELS = ("human", "shadow", "assist", "partial", "full")
 #: the level at which no model runs: a human transcribes every segment.
 HUMAN = LEVELS[0]
+#: the longest review margin and the longest piece of rejected audio audited (seconds).
+MAX_MARGIN_S = 10.0
+MAX_AUDIT_S = 60.0
 
 
 def model_runs_at(level: str) -> bool:
@@ -65,6 +68,14 @@ class ReviewSettings:
         spool: the local SQLite file where a segment sent to review waits until the store has it
             ("" : ``spool.db`` in the data directory). It must be on this machine's own disk,
             one per server (docs/review.md, "What is durable").
+        margin_s: the audio kept before and after a segment sent to review (less at the start and
+            end of a stream), so that the reviewer hears the words the VAD cut off.
+        vad_audit_share: the share of the audio the VAD rejected that goes to review anyway ("is
+            there speech here?"), chosen by a hash of session and position: the VAD's misses are
+            measured as the audits measure the ASR. 0: none.
+        vad_audit_min_s / vad_audit_max_s: a rejected stretch shorter than the first is not
+            audited (the short gaps between segments); a longer one than the second is audited in
+            pieces of at most that length.
     """
 
     db: str = ""
@@ -72,7 +83,19 @@ class ReviewSettings:
     spool: str = ""
     keep_days: float = 30.0
     claim_s: float = 300.0
+    margin_s: float = 1.0
+    vad_audit_share: float = 0.0
+    vad_audit_min_s: float = 0.5
+    vad_audit_max_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.keep_days <= 0 or self.claim_s <= 0:
             raise ValueError("review.keep_days and review.claim_s must be positive")
+        if not 0.0 <= self.margin_s <= MAX_MARGIN_S:
+            raise ValueError(f"review.margin_s must lie in [0, {MAX_MARGIN_S:g}] s")
+        if not 0.0 <= self.vad_audit_share <= 1.0:
+            raise ValueError("review.vad_audit_share must lie in [0, 1]")
+        if not 0.0 < self.vad_audit_min_s <= self.vad_audit_max_s <= MAX_AUDIT_S:
+            raise ValueError(
+                f"review.vad_audit_min_s and vad_audit_max_s must satisfy 0 < min <= max <= {MAX_AUDIT_S:g} s"
+            )

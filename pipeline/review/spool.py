@@ -11,7 +11,10 @@ so an item moved twice (the store committed, then the answer was lost) is one ro
 
 An item is kept whole (its fields as JSON, its audio as a blob): the owner of its session
 included, so the store learns who may read the session even when the item is moved by the next
-process; an item spooled by an older speechpipe has no owner and is moved without one.
+process; an item spooled by an older speechpipe has no owner and is moved without one. More of an
+item's after-margin (:class:`~speechpipe.pipeline.review.store.MarginAfter`, the audio that came
+after its segment once the item had left) is spooled the same way, behind its item, as a row of
+kind ``margin`` (a spool of an older speechpipe gains the ``kind`` column on open, its rows items).
 
 Every method is synchronous and thread-safe (one connection behind a lock): the service calls
 :meth:`put` on the event loop, the rest from worker threads.
@@ -27,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from speechpipe.pipeline.review.store import AiText, NewItem
+from speechpipe.pipeline.review.store import AiText, MarginAfter, NewItem
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spool (
@@ -37,14 +40,18 @@ CREATE TABLE IF NOT EXISTS spool (
     audio BLOB NOT NULL,
     spooled_at REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT
+    last_error TEXT,
+    kind TEXT NOT NULL DEFAULT 'item'
 )
 """
+ITEM, MARGIN = "item", "margin"
 
 
-def item_key(new: NewItem) -> str:
-    """The idempotency key of an item: its session, segment and variant."""
-    return f"{new.session}/{new.segment}/{new.variant}"
+def item_key(new: NewItem | MarginAfter) -> str:
+    """The idempotency key of an item: its session, segment and variant (and ``/after`` for more
+    of its after-margin)."""
+    key = f"{new.session}/{new.segment}/{new.variant}"
+    return key + "/after" if isinstance(new, MarginAfter) else key
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,7 @@ class Spooled:
 
     seq: int
     key: str
-    item: NewItem
+    item: NewItem | MarginAfter
     spooled_at: float
     attempts: int
 
@@ -74,19 +81,22 @@ class ReviewSpool:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(_SCHEMA)
+        if "kind" not in {row[1] for row in self._db.execute("PRAGMA table_info(spool)")}:
+            self._db.execute(f"ALTER TABLE spool ADD COLUMN kind TEXT NOT NULL DEFAULT '{ITEM}'")
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    def put(self, new: NewItem, now: float) -> bool:
+    def put(self, new: NewItem | MarginAfter, now: float) -> bool:
         """Keep ``new`` until :meth:`done`; False when an item of the same key is already here."""
         doc = asdict(new)
         audio = np.ascontiguousarray(doc.pop("audio"), dtype=np.float32)
+        kind = MARGIN if isinstance(new, MarginAfter) else ITEM
         with self._lock:
             cur = self._db.execute(
-                "INSERT OR IGNORE INTO spool (key, doc, audio, spooled_at) VALUES (?, ?, ?, ?)",
-                (item_key(new), json.dumps(doc), audio.tobytes(), now),
+                "INSERT OR IGNORE INTO spool (key, doc, audio, spooled_at, kind) VALUES (?, ?, ?, ?, ?)",
+                (item_key(new), json.dumps(doc), audio.tobytes(), now, kind),
             )
             return cur.rowcount == 1
 
@@ -94,9 +104,9 @@ class ReviewSpool:
         """The oldest ``limit`` items, in the order they came."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT seq, key, doc, audio, spooled_at, attempts FROM spool ORDER BY seq LIMIT ?", (limit,)
+                "SELECT seq, key, doc, audio, spooled_at, attempts, kind FROM spool ORDER BY seq LIMIT ?", (limit,)
             ).fetchall()
-        return [Spooled(seq, key, _item(doc, audio), at, attempts) for seq, key, doc, audio, at, attempts in rows]
+        return [Spooled(seq, key, _item(doc, audio, kind), at, n) for seq, key, doc, audio, at, n, kind in rows]
 
     def done(self, seq: int) -> None:
         """The store has item ``seq``: it leaves the spool."""
@@ -117,7 +127,10 @@ class ReviewSpool:
             return int(self._db.execute("SELECT count(*) FROM spool").fetchone()[0])
 
 
-def _item(doc: str, audio: bytes) -> NewItem:
+def _item(doc: str, audio: bytes, kind: str) -> NewItem | MarginAfter:
     fields = json.loads(doc)
+    samples = np.frombuffer(audio, dtype=np.float32).copy()
+    if kind == MARGIN:
+        return MarginAfter(audio=samples, **fields)
     fields["transcripts"] = [AiText(**t) for t in fields["transcripts"]]
-    return NewItem(audio=np.frombuffer(audio, dtype=np.float32).copy(), **fields)
+    return NewItem(audio=samples, **fields)

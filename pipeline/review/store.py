@@ -16,12 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from sqlalchemy import and_, create_engine, event, func, insert, or_, select, update
+from sqlalchemy import and_, case, create_engine, event, func, insert, or_, select, update
 from sqlalchemy.engine import Engine, RowMapping
 from sqlalchemy.exc import IntegrityError
 
 from speechpipe.pipeline.evaluate.quality import score
+from speechpipe.pipeline.review.policy import VAD_AUDIT
 from speechpipe.pipeline.review.schema import ai, items, migrate
+from speechpipe.pipeline.review.stage_scores import by_stage, stage_columns
 from speechpipe.stages.pcm import SAMPLE_RATE
 
 #: the longest human transcript taken, in characters.
@@ -65,6 +67,21 @@ class NewItem:
     confidence: float | None = None
     transcripts: list[AiText] = field(default_factory=list)
     owner: str | None = None  # the principal that opened the session (its name)
+    margin_before_s: float = 0.0  # the clip's audio before the segment
+    margin_after_s: float = 0.0  # and after it
+
+
+@dataclass
+class MarginAfter:
+    """More audio after an item's segment, as the live stream hands it over: its clip held
+    ``after_from_s`` after the segment; ``audio`` follows, and then it holds ``margin_after_s``."""
+
+    session: str
+    segment: int
+    variant: str
+    audio: np.ndarray = field(repr=False)
+    after_from_s: float
+    margin_after_s: float
 
 
 @dataclass(frozen=True)
@@ -90,10 +107,47 @@ class Item:
     done_at: float | None
     audio: str | None
     owner: str | None = None  # the principal that opened the session (None: not recorded)
+    margin_before_s: float | None = None  # the clip's audio around the segment (None: none)
+    margin_after_s: float | None = None
+    text_before: str | None = None  # what the reviewer heard in the margins
+    text_after: str | None = None
+    asr_errors: int | None = None  # the review scored by stage (None: not, or not that stage)
+    asr_words: int | None = None
+    vad_cut_words: int | None = None
+    vad_miss_words: int | None = None
 
     @classmethod
     def of(cls, row: RowMapping) -> Item:
         return cls(**{k: row[k] for k in cls.__dataclass_fields__})
+
+
+def samples(seconds: float) -> int:
+    """A stream time or duration as 16 kHz samples (times are sample positions / 16000)."""
+    return round(seconds * SAMPLE_RATE)
+
+
+def _count(condition) -> object:
+    return func.sum(case((condition, 1), else_=0))
+
+
+_AUDIT = items.c.reason == VAD_AUDIT
+#: each stage's errors per variant, over the reviews scored by stage (:func:`by_stage`)
+_BY_STAGE = (
+    select(
+        items.c.variant,
+        _count(and_(~_AUDIT, items.c.vad_cut_words.is_not(None))).label("segments"),
+        _count(items.c.asr_words.is_not(None)).label("asr_segments"),
+        func.sum(items.c.asr_errors).label("asr_errors"),
+        func.sum(items.c.asr_words).label("asr_words"),
+        func.sum(items.c.vad_cut_words).label("vad_cuts"),
+        _count(items.c.vad_cut_words > 0).label("vad_cut_segments"),
+        _count(and_(_AUDIT, items.c.vad_miss_words.is_not(None))).label("vad_audits"),
+        func.sum(items.c.vad_miss_words).label("vad_misses"),
+        _count(items.c.vad_miss_words > 0).label("vad_miss_items"),
+    )
+    .where(items.c.state == DONE, or_(items.c.vad_cut_words.is_not(None), items.c.vad_miss_words.is_not(None)))
+    .group_by(items.c.variant)
+)
 
 
 def database_url(db: str) -> str:
@@ -175,6 +229,8 @@ class ReviewStore:
             "state": QUEUED,
             "audio": rel.as_posix(),
             "owner": new.owner,
+            "margin_before_s": new.margin_before_s,
+            "margin_after_s": new.margin_after_s,
         }
         try:
             known = self._insert(new, row)
@@ -217,6 +273,39 @@ class ReviewStore:
                 raise
             return Item.of(known._mapping)
         return None
+
+    def add_margin(self, more: MarginAfter) -> bool:
+        """Append ``more`` to its item's clip (idempotent: a retry after the file or the row was
+        done does the rest only). The new clip is written under the temporary name and renamed
+        over the old one, then the row says how much after-margin it holds; the lengths tell
+        which step a retry is at. False when there is nothing to extend (no such item, its audio
+        gone, or a clip that is not the one the margin follows)."""
+        if self.data_dir is None:
+            raise ValueError("this store was opened without a data directory: it cannot keep audio")
+        same = (items.c.session == more.session, items.c.segment == more.segment)
+        with self.engine.connect() as conn:
+            row = conn.execute(select(items).where(*same)).first()
+        item = Item.of(row._mapping) if row is not None else None
+        if item is None or item.audio is None or item.variant != more.variant:
+            return False
+        if (item.margin_after_s or 0.0) >= more.margin_after_s:
+            return True  # done already (a retry)
+        path = self.data_dir / item.audio
+        if not path.is_file():
+            return False
+        base = samples(item.margin_before_s or 0.0) + samples(item.end_s) - samples(item.start_s)
+        frames = sf.info(path).frames
+        if frames == base + samples(more.after_from_s):
+            old, _ = sf.read(path, dtype="float32")
+            tmp = path.with_suffix(TMP)
+            clip = np.concatenate([old, np.clip(more.audio, -1, 1).astype(np.float32)])
+            sf.write(tmp, clip, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+            os.replace(tmp, path)
+        elif frames != base + samples(more.after_from_s) + more.audio.size:
+            return False
+        with self.engine.begin() as conn:
+            conn.execute(update(items).where(*same).values(margin_after_s=more.margin_after_s))
+        return True
 
     def sweep(self, now: float, grace_s: float) -> int:
         """Remove the audio files no row owns that are older than ``grace_s`` (by their
@@ -281,19 +370,35 @@ class ReviewStore:
             )
         return self.get(item_id)
 
-    def submit(self, item_id: str, text: str, claim: str | None, reviewer: str, now: float) -> Item:
-        """The human transcript of a claimed item; every variant's transcript of it is scored
-        against it. A claim that expired still counts while nobody else took the item."""
+    def submit(
+        self,
+        item_id: str,
+        text: str,
+        claim: str | None,
+        reviewer: str,
+        now: float,
+        before: str = "",
+        after: str = "",
+    ) -> Item:
+        """The human transcript of a claimed item: ``text`` the segment's words, ``before`` and
+        ``after`` the words heard in the margins (the VAD cut them off). Every variant's
+        transcript of it is scored against ``text``, and the review by stage
+        (:mod:`.stage_scores`). A claim that expired still counts while nobody else took it."""
         item = self._claimed(item_id, claim, now, expired_ok=True)
+        if item.reason == VAD_AUDIT and (before or after):
+            raise ReviewError(400, "bad_request", "a vad_audit item has no segment: give everything heard as text")
         with self.engine.begin() as conn:
+            transcripts = conn.execute(select(ai).where(ai.c.item == item.id)).mappings().all()
+            own = next((t["text"] for t in transcripts if t["variant"] == item.variant), None)
+            stages = stage_columns(item.reason, text, before, after, own)
             done = conn.execute(
                 update(items)
                 .where(items.c.id == item.id, items.c.state == CLAIMED, items.c.claim == item.claim)
-                .values(state=DONE, text=text, reviewer=reviewer, done_at=now, claimed_until=None)
+                .values(state=DONE, text=text, reviewer=reviewer, done_at=now, claimed_until=None, **stages)
             ).rowcount
             if done != 1:
                 raise ReviewError(409, "claim_lost", "the item was claimed by someone else meanwhile")
-            for row in conn.execute(select(ai).where(ai.c.item == item.id)).mappings().all():
+            for row in transcripts:
                 s = score(text, row["text"])
                 conn.execute(
                     update(ai)
@@ -368,8 +473,9 @@ class ReviewStore:
             return [dict(r) for r in conn.execute(select(ai).where(ai.c.item == item_id)).mappings().all()]
 
     def stats(self, now: float) -> dict:
-        """Queue length, the oldest waiting item's age, claimed and done counts, and per variant the
-        WER of its transcripts against the humans'."""
+        """Queue length, the oldest waiting item's age, claimed and done counts, per variant the
+        WER of its transcripts against the humans', and per variant each stage's errors
+        (``by_stage``: :func:`~speechpipe.pipeline.review.stage_scores.by_stage`)."""
         with self.engine.connect() as conn:
             states = dict(conn.execute(select(items.c.state, func.count()).group_by(items.c.state)).all())
             oldest = conn.execute(
@@ -383,6 +489,7 @@ class ReviewStore:
                 .where(ai.c.errors.is_not(None))
                 .group_by(ai.c.variant)
             ).all()
+            stages = [dict(r) for r in conn.execute(_BY_STAGE).mappings().all()]
         return {
             "queue": int(states.get(QUEUED, 0) + states.get(CLAIMED, 0)),
             "claimed": int(active or 0),
@@ -393,6 +500,7 @@ class ReviewStore:
                 v: {"items": int(n), "errors": int(e or 0), "words": int(w or 0), "wer": (e or 0) / w if w else None}
                 for v, n, e, w in per
             },
+            "by_stage": by_stage(stages),
         }
 
     def reviewed(self, variant: str | None = None, limit: int | None = None) -> list[dict]:

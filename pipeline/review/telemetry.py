@@ -1,6 +1,7 @@
 """Telemetry of the human review queue: the queue and its oldest item, and each variant's WER
 against the reviewers' transcripts, as gauges (read from the store's figures, which every replica
-shares); each review submitted on this server counted."""
+shares); each review submitted on this server counted, with the words its reviewer heard outside
+the VAD's segments (cut off in the margins, missed in rejected audio)."""
 
 from __future__ import annotations
 
@@ -52,3 +53,13 @@ def reviewed(inst: Instrumentation, variant: str, level: str, reason: str) -> No
     """One segment reviewed on this server."""
     attrs = inst.base_attributes() | {n.PIPELINE_VARIANT: variant, n.AUTOMATION_LEVEL: level, n.REVIEW_REASON: reason}
     inst.instruments[n.REVIEW_REVIEWED].add(1, attrs)
+
+
+def vad_words(inst: Instrumentation, variant: str, cut: int, missed: int) -> None:
+    """The words a review found the VAD cut off (``speechpipe.review.vad_cuts``) and missed
+    (``speechpipe.review.vad_misses``)."""
+    attrs = inst.base_attributes() | {n.PIPELINE_VARIANT: variant}
+    if cut:
+        inst.instruments[n.REVIEW_VAD_CUTS].add(cut, attrs)
+    if missed:
+        inst.instruments[n.REVIEW_VAD_MISSES].add(missed, attrs)

@@ -39,7 +39,7 @@ from speechpipe.pipeline.hooks import Observer
 if TYPE_CHECKING:
     from speechpipe.pipeline.deploy.deployment import Deployment
     from speechpipe.pipeline.deploy.variants import LoadedVariant
-    from speechpipe.pipeline.live.actions import SubmitReview
+    from speechpipe.pipeline.live.actions import ReviewRequest
     from speechpipe.pipeline.scheduling.scheduler import AsrScheduler
     from speechpipe.pipeline.server.auth import SessionOwners
 
@@ -121,12 +121,13 @@ class ServerPart(Protocol):
 
 @runtime_checkable
 class ReviewQueue(Protocol):
-    """A part that takes the segments streams send to people (the review queue). The server
-    gives streams the first such part whose ``queues_reviews`` holds."""
+    """A part that takes the segments streams send to people (the review queue), and the
+    after-margins that follow them. The server gives streams the first such part whose
+    ``queues_reviews`` holds."""
 
     queues_reviews: bool
 
-    def enqueue(self, stream: StreamInfo, request: SubmitReview) -> None: ...
+    def enqueue(self, stream: StreamInfo, request: ReviewRequest) -> None: ...
 
 
 class Part:

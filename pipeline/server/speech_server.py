@@ -43,7 +43,7 @@ from speechpipe.pipeline.deploy.deployment import Deployment, ReplicaInfo
 from speechpipe.pipeline.deploy.router import StreamRouter
 from speechpipe.pipeline.deploy.variants import LoadedVariant, load_variants
 from speechpipe.pipeline.hooks import FAULTS, Observer, Observers, StreamRejected
-from speechpipe.pipeline.live.actions import LiveContext, SubmitReview
+from speechpipe.pipeline.live.actions import LiveContext, ReviewRequest
 from speechpipe.pipeline.live.connection import Connection
 from speechpipe.pipeline.live.transport import Transport
 from speechpipe.pipeline.monitoring.quality import load_calibration
@@ -352,7 +352,7 @@ class SpeechServer:
                 FAULTS.record_error(part.name, "StreamStarted", exc)
         return found
 
-    def _review(self, stream: StreamInfo, request: SubmitReview) -> None:
+    def _review(self, stream: StreamInfo, request: ReviewRequest) -> None:
         self._review_queue.enqueue(stream, request)
 
     def _push(self, session: str, message: dict) -> bool:

@@ -211,6 +211,9 @@ function renderDrift(drift) {
       if ((q.history || []).length > 1) p.appendChild(qualityChart(q.history));
       card.appendChild(p);
     }
+    if (v.baseline && !v.baseline.judged) {
+      card.appendChild(el("p", { class: "baseline-small hold", "data-judged": "false" }, `${v.baseline.reason}: levels, confidences and other quantities are shown, not judged`));
+    }
     const grid = el("div", { class: "features" });
     const hists = (drift.histograms || {})[name] || {};
     for (const [feature, f] of Object.entries(v.features)) {
@@ -218,7 +221,7 @@ function renderDrift(drift) {
       const box = el("div", { class: `feature${f.alert ? " alert" : ""}`, "data-feature": feature, "data-alert": String(f.alert) });
       box.appendChild(el("span", { class: "name" }, `${feature} `));
       box.appendChild(el("span", { class: "muted" }, f.stage));
-      box.appendChild(el("span", { class: "score" }, `${fmt(f.score, 3)} / ${fmt(f.threshold, 3)}${f.alert ? " ALERT" : ""} · n ${f.n}`));
+      box.appendChild(el("span", { class: "score" }, `${fmt(f.score, 3)} / ${fmt(f.threshold, 3)}${f.alert ? " ALERT" : f.judged === false ? " (not judged)" : ""} · n ${f.n}`));
       if (hists[feature]) box.appendChild(histogram(hists[feature]));
       grid.appendChild(box);
     }
@@ -265,6 +268,14 @@ function renderReview(r) {
   $("rv-variants").replaceChildren(...Object.entries(f.variants || {}).map(([name, v]) => {
     const tr = el("tr", { "data-variant": name });
     for (const text of [name, fmt(v.items), fmt(v.words), pct(v.wer)]) tr.appendChild(el("td", {}, text));
+    return tr;
+  }));
+  $("rv-stages").replaceChildren(...Object.entries(f.by_stage || {}).map(([name, v]) => {
+    const tr = el("tr", { "data-variant": name });
+    const per = v.per_100_segments || {};
+    for (const text of [name, fmt(v.segments), `${fmt(v.asr_errors)} of ${fmt(v.ref_words)}`, pct(v.asr_wer),
+      `${fmt(v.vad_cuts)} / ${fmt(v.vad_cut_segments)}`, fmt(v.vad_audits), `${fmt(v.vad_misses)} / ${fmt(v.vad_miss_items)}`,
+      `${fmt(per.asr_errors, 1)} · ${fmt(per.cuts, 1)}`, fmt(per.misses, 1)]) tr.appendChild(el("td", {}, text));
     return tr;
   }));
   $("rv-curves").replaceChildren(...Object.entries(r.curves || {}).map(([name, points]) => {

@@ -1,4 +1,6 @@
-// The review page: claims one segment at a time, plays its audio, takes the transcript.
+// The review page: claims one segment at a time, plays its clip (the segment with a margin before
+// and after it), takes the segment's transcript and the words heard in the margins; an audit of
+// audio the VAD rejected asks whether there is speech in it.
 "use strict";
 
 const token = new URLSearchParams(location.search).get("token") || "";
@@ -35,14 +37,37 @@ function age(seconds) {
   return `${(seconds / 3600).toFixed(1)} h`;
 }
 
+const isAudit = (item) => item.reason === "vad_audit";
+
+function clipOf(item) {
+  // Where the segment lies in the clip, in seconds from the clip's start.
+  const before = item.margin_before_s || 0, after = item.margin_after_s || 0, length = item.end - item.start;
+  return { from: before, to: before + length, total: before + length + after };
+}
+
 function show(item) {
   current = item;
   $("item").hidden = !item;
   $("empty").hidden = !!item;
   if (!item) return;
   const conf = item.confidence === null ? "no AI confidence" : `confidence ${item.confidence.toFixed(2)}`;
-  $("item-meta").textContent = `session ${item.session} · segment ${item.segment} · ${item.variant} · ${item.reason} · ${conf} · ${(item.end - item.start).toFixed(1)} s`;
+  const audit = isAudit(item);
+  const what = audit ? `rejected audio ${item.start.toFixed(2)}–${item.end.toFixed(2)} s` : `segment ${item.segment}`;
+  $("item-meta").textContent = `session ${item.session} · ${what} · ${item.variant} · ${item.reason} · ${conf} · ${(item.end - item.start).toFixed(1)} s`;
   $("player").src = `${item.audio_url}?token=${encodeURIComponent(token)}`;
+  const c = clipOf(item);
+  $("clip-seg").style.left = `${(100 * c.from) / c.total}%`;
+  $("clip-seg").style.width = audit ? "0" : `${(100 * (c.to - c.from)) / c.total}%`;
+  $("clip-head").style.left = "0";
+  $("clip-text").textContent = audit
+    ? `the whole clip (0–${c.total.toFixed(2)} s) is audio the VAD rejected as no speech`
+    : `segment ${c.from.toFixed(2)}–${c.to.toFixed(2)} s of 0–${c.total.toFixed(2)} s`;
+  $("question").hidden = !audit;
+  $("margins-before").hidden = audit;
+  $("margins-after").hidden = audit;
+  $("text-label").textContent = audit ? "what you hear (empty: no speech)" : "the segment: what was said";
+  $("before").value = "";
+  $("after").value = "";
   $("text").value = item.draft || "";
   $("text").focus();
 }
@@ -64,7 +89,9 @@ async function submit() {
   if (!current) return;
   const item = current;
   try {
-    await api("POST", `/v1/review/${item.id}`, { text: $("text").value, claim: item.claim, reviewer: reviewer() });
+    const body = { text: $("text").value, claim: item.claim, reviewer: reviewer() };
+    if (!isAudit(item)) Object.assign(body, { before: $("before").value, after: $("after").value });
+    await api("POST", `/v1/review/${item.id}`, body);
     say(`segment ${item.segment} of ${item.session} submitted`);
     await next(null);
   } catch (e) {
@@ -83,6 +110,13 @@ async function release() {
     say(`not given back: ${e.message}`, true);
   }
   refresh();
+}
+
+function playhead() {
+  if (!current) return;
+  const total = clipOf(current).total;
+  const at = total > 0 ? Math.min(1, $("player").currentTime / total) : 0;
+  $("clip-head").style.left = `${100 * at}%`;
 }
 
 function toggle() {
@@ -104,7 +138,8 @@ async function refresh() {
       if (current && i.id === current.id) tr.className = "mine";
       else if (i.state === "claimed") tr.className = "claimed";
       const waited = Date.now() / 1000 - i.created_at;
-      for (const v of [`${i.session.slice(0, 8)} #${i.segment}`, i.variant, i.reason, i.confidence === null ? "–" : i.confidence.toFixed(2), age(waited)]) {
+      const where = isAudit(i) ? `rejected ${i.start.toFixed(1)} s` : `#${i.segment}`;
+      for (const v of [`${i.session.slice(0, 8)} ${where}`, i.variant, i.reason, i.confidence === null ? "–" : i.confidence.toFixed(2), age(waited)]) {
         const td = document.createElement("td");
         td.textContent = v;
         tr.appendChild(td);
@@ -123,6 +158,7 @@ async function refresh() {
 $("reviewer").value = localStorage.getItem("speechpipe.reviewer") || "";
 $("reviewer").addEventListener("change", () => localStorage.setItem("speechpipe.reviewer", reviewer()));
 $("submit").addEventListener("click", submit);
+$("player").addEventListener("timeupdate", playhead);
 $("play").addEventListener("click", toggle);
 $("skip").addEventListener("click", () => next(current));
 $("release").addEventListener("click", release);

@@ -109,6 +109,13 @@ class VadSegmenter:
         return self._index, self._seg_start, self._buf[off:].copy()
 
     @property
+    def settled_sample(self) -> int:
+        """Audio before this stream sample is settled: no segment still open or to come can hold
+        it, so it is in a segment already reported or rejected for good (the history kept for
+        the pre-roll and the open segment starts here)."""
+        return self._buf_start
+
+    @property
     def pausing(self) -> bool:
         """True while a segment is open but its latest frames are not speech (the hangover runs)."""
         return self._triggered and self._silence_run > 0
