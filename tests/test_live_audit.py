@@ -61,16 +61,20 @@ def test_every_clip_is_the_segment_with_its_margins_and_the_after_margin_follows
     finals = {m["segment"]: m for m in h.of_type("final")}
     assert len(reviews) == len(finals) >= 3 and all(r.reason == "level" for r in reviews)
     more = {a.segment: a for a in h.actions if isinstance(a, AddMargin)}
+    spans = sorted((samples(r.start_s), samples(r.end_s)) for r in reviews)
     for r in reviews:
         a, b = samples(r.start_s), samples(r.end_s)
         before, after = samples(r.margin_before_s), samples(r.margin_after_s)
         assert (r.start_s, r.end_s) == (finals[r.segment]["start"], finals[r.segment]["end"])
-        assert before == min(SAMPLE_RATE, a)  # less only at the stream's start
+        # a margin stops at the stream's edges and halfway to the neighbouring segment
+        previous = max([e for _, e in spans if e <= a], default=None)
+        following = min([s for s, _ in spans if s >= b], default=None)
+        assert before == min(SAMPLE_RATE, a if previous is None else a - (previous + a) // 2)
         assert r.audio.size == before + (b - a) + after
         np.testing.assert_array_equal(r.audio, stream[a - before : b + after])
         # The final left when the segment closed: the rest of the after-margin came later, in
         # order (a segment the stream's end closed has no audio after it to wait for).
-        total = min(SAMPLE_RATE, stream.size - b)  # less only at the stream's end
+        total = min(SAMPLE_RATE, stream.size - b if following is None else (b + following) // 2 - b)
         assert after < SAMPLE_RATE and (r.segment in more) == (after < total)
         if after < total:
             m = more[r.segment]
@@ -99,14 +103,26 @@ def test_the_audio_the_vad_rejected_goes_to_review_in_stretches_that_tile_the_st
         assert (r.margin_before_s, r.margin_after_s) == (0.0, 0.0)
         assert samples(0.5) <= b - a <= samples(1.5)
         np.testing.assert_array_equal(r.audio, stream[a:b])
-    # Segments and audited stretches never overlap; together with the gaps too short to audit
-    # they cover the whole stream.
-    spans = sorted((samples(r.start_s), samples(r.end_s), r.reason) for r in reviews)
+    # Segments, their margins and audited stretches never overlap; together with the stretches
+    # too short to audit they cover the whole stream (an audit starts and ends a margin away from
+    # every segment, or at the stream's edges).
+    margin = samples(0.5)
+    spans = sorted(
+        (
+            samples(r.start_s) - (0 if r.reason == VAD_AUDIT else margin),
+            samples(r.end_s) + (0 if r.reason == VAD_AUDIT else margin),
+            r.reason,
+        )
+        for r in reviews
+    )
     edge = 0
     for a, b, _ in spans:
-        assert a >= edge and a - edge < samples(0.5), (a, edge)
-        edge = b
+        assert a >= edge - 2 * margin and a - edge < samples(0.5), (a, edge)  # two margins may share a gap
+        edge = max(edge, b)
     assert stream.size - edge < samples(0.5)
+    for r in audits:
+        a, b = samples(r.start_s), samples(r.end_s)
+        assert all(b <= samples(s.start_s) - margin or a >= samples(s.end_s) + margin for s in segments)
     assert len({r.segment for r in audits}) == len(audits)
     # The ring held the open segment, the margin and one stretch at most.
     longest = max(samples(r.end_s) - samples(r.start_s) for r in segments)

@@ -43,10 +43,10 @@ def stream_and_queue(srv, frames: list[bytes]) -> tuple[list[dict], list[dict]]:
     return messages, queue["items"]
 
 
-def check_clips(srv, items: list[dict], stream_samples: int) -> None:
+def check_clips(srv, items: list[dict], stream_samples: int, margin_s: float = 1.0) -> None:
     """Every clip holds its segment and its margins, as long as the item says: a full second
-    either side but at the stream's edges and at the neighbouring segments (every segment is
-    reviewed here); an audit of rejected audio holds that audio alone."""
+    either side but at the stream's edges and halfway to the neighbouring segments (every segment
+    is reviewed here); an audit of rejected audio holds that audio alone."""
     segments = sorted((samples(i["start"]), samples(i["end"])) for i in items if i["reason"] != "vad_audit")
     for i in items:
         status, flac = call(srv, "GET", i["audio_url"])
@@ -59,9 +59,12 @@ def check_clips(srv, items: list[dict], stream_samples: int) -> None:
             assert (before, after, i["draft"], i["confidence"]) == (0, 0, None, None) and i["segment"] < 0
             assert all(b <= s or a >= e for s, e in segments)  # rejected audio: in no segment
         else:
-            previous = max([e for s, e in segments if e <= a], default=0)
-            following = min([s for s, e in segments if s >= b], default=stream_samples)
-            assert before == min(SR, a - previous) and after == min(SR, following - b), i
+            previous = max([e for s, e in segments if e <= a], default=None)
+            following = min([s for s, e in segments if s >= b], default=None)
+            # a margin stops at the stream's edges and halfway to the neighbouring segment
+            most = samples(margin_s)
+            assert before == min(most, a if previous is None else a - (previous + a) // 2), i
+            assert after == min(most, stream_samples - b if following is None else (b + following) // 2 - b), i
 
 
 def test_clips_have_margins_and_reviews_count_each_stages_errors(engine, noisy_speech, tmp_path):
@@ -148,11 +151,13 @@ def test_the_page_shows_the_clip_and_asks_for_the_margins_and_the_rejected_audio
     after-margin reaches the store after its item, through the spool."""
     playwright = pytest.importorskip("playwright.sync_api")
     frames = noisy_speech[: len(noisy_speech) // 3]
-    cfg = config(tmp_path, "human", **{"review.vad_audit_share": 1.0})
+    # margins of 0.5 s: the audit takes the rejected audio farther than a margin from every
+    # segment, and these pauses are 1-2.5 s
+    cfg = config(tmp_path, "human", **{"review.vad_audit_share": 1.0, "review.margin_s": 0.5})
     srv = ServerThread(engine, config=cfg, token=STREAM, reviewer_token=REVIEWER, clock=lambda: T0)
     with srv:
         _, items = stream_and_queue(srv, frames)  # before Playwright runs an event loop in this thread
-        check_clips(srv, items, len(b"".join(frames)) // 2)
+        check_clips(srv, items, len(b"".join(frames)) // 2, margin_s=0.5)
         segments = [i for i in items if i["reason"] != "vad_audit"]
         assert segments and len(items) > len(segments)
         assert call(srv, "GET", "/v1/review/stats")[1]["server"]["margins"] >= len(segments) - 1

@@ -3,8 +3,8 @@ sent to review, and the audit of the audio the VAD rejected (docs/review.md).
 
 **Margins.** A reviewer hears ``[review] margin_s`` of audio before and after the segment, so
 the words the VAD cut off are heard and counted as its cuts. A margin holds only audio the VAD
-rejected: it stops at the neighbouring segments (whose words are theirs, not cuts), so it is
-shorter, down to nothing, where two segments lie closer than the margin. The before-margin is taken when the
+rejected, and no sample is in two margins: it stops halfway to the neighbouring segment (whose
+words are not cuts of this one), so two segments closer than twice the margin share the gap. The before-margin is taken when the
 VAD announces the segment (its start is known then), the after-margin once that much audio has
 come after its end. A segment's review leaves with its final, whatever the after-margin holds by
 then (its client may have been told ``review: pending``, which must not wait): when more of the
@@ -13,10 +13,11 @@ So nothing is ever held back, and a clip records the margins it really has (less
 end of a stream).
 
 **Rejected audio.** Everything outside the VAD's segments is audio it rejected (a discarded
-region included). As the VAD settles it (:attr:`VadSegmenter.settled_sample`: no segment can hold
-audio before it any more), it is cut into stretches: a stretch ends where a segment starts, or
-after ``vad_audit_max_s``; one shorter than ``vad_audit_min_s`` (the gap between two close
-segments) is not audited. A stretch whose hash of session and start falls below
+region included). The audit takes what lies farther than the margin from every segment (what is
+nearer is a margin's, heard with its segment): so a word the reviewers hear is a cut or a miss,
+never both. As the VAD settles it (:attr:`VadSegmenter.settled_sample`: no segment can hold
+audio before it any more), it is cut into stretches: a stretch ends a margin before a segment
+starts, or after ``vad_audit_max_s``; one shorter than ``vad_audit_min_s`` is not audited. A stretch whose hash of session and start falls below
 ``vad_audit_share`` goes to review with the reason ``vad_audit`` and no AI text.
 
 **Memory.** :class:`AudioRing` holds the 16 kHz audio still needed: from the earliest of the next
@@ -115,7 +116,7 @@ class ReviewAudio:
         self._margins: dict[int, _Margins] = {}
         self._extensions: list[_Extension] = []
         self._rejected_from = origin  # where the rejected stretch being cut began
-        self._last_end = origin  # where the last segment ended: no before-margin reaches into it
+        self._last_end: int | None = None  # where the last segment ended: margins share the gap
         self._settled = origin
         self._finished = False
 
@@ -131,13 +132,16 @@ class ReviewAudio:
         actions: list[Action] = []
         for ev in events:
             if isinstance(ev, SpeechStarted):
-                actions += self._reject_upto(ev.start_sample, closing=True)
+                actions += self._reject_upto(ev.start_sample - self.margin, closing=True)
                 actions += self._close_afters(ev.start_sample)
-                lo = max(ev.start_sample - self.margin, self.origin, self._last_end)
+                lo = max(ev.start_sample - self.margin, self.origin)
+                if self._last_end is not None:
+                    lo = max(lo, (self._last_end + ev.start_sample) // 2)
                 self._margins[ev.index] = _Margins(self.ring.take(lo, ev.start_sample))
             elif isinstance(ev, SpeechSegment):
-                actions += self._reject_upto(ev.start_sample, closing=True)
-                self._rejected_from = self._last_end = ev.end_sample
+                actions += self._reject_upto(ev.start_sample - self.margin, closing=True)
+                self._last_end = ev.end_sample
+                self._rejected_from = ev.end_sample + self.margin
                 self._margins.setdefault(ev.index, _Margins(_EMPTY)).end = ev.end_sample
             elif isinstance(ev, SpeechDiscarded):  # rejected: its audio stays in the stretch
                 self._margins.pop(ev.index, None)
@@ -148,7 +152,8 @@ class ReviewAudio:
         ``vad_audit_max_s`` are cut, after-margins completed; the ring lets go of what no review
         needs any more."""
         self._settled = max(self._settled, settled)
-        actions = self._reject_upto(self._settled, closing=False) + self._complete_margins()
+        # a segment to come starts at the settled sample or later: its margin is not cut into
+        actions = self._reject_upto(self._settled - self.margin, closing=False) + self._complete_margins()
         self._trim()
         return actions
 
@@ -175,7 +180,8 @@ class ReviewAudio:
 
     def _clip(self, request: SubmitReview, m: _Margins) -> SubmitReview:
         end = m.end if m.end is not None else round(request.end_s * SAMPLE_RATE)
-        after = m.after if m.after is not None else self.ring.take(end, end + self.margin)
+        # a segment to come starts at the settled sample or later: halfway to it is the margin's
+        after = m.after if m.after is not None else self.ring.take(end, min(end + self.margin, self._safe(end)))
         if m.after is None and after.size < self.margin and not self._finished:  # the rest comes later
             self._extensions.append(_Extension(request.segment, end, after.size))
         audio = np.concatenate([m.before, np.asarray(request.audio, dtype=np.float32), after])
@@ -186,15 +192,20 @@ class ReviewAudio:
             margin_after_s=after.size / SAMPLE_RATE,
         )
 
+    def _safe(self, end: int) -> int:
+        """How far after ``end`` a margin may reach now: halfway to the settled sample, before
+        which no segment to come can start (all the audio there is, once the stream ended)."""
+        return self.ring.end if self._finished else min(self.ring.end, (end + self._settled) // 2)
+
     def _close_afters(self, start: int) -> list[Action]:
-        """A segment starts at ``start``: the after-margins still gathering stop there (a margin
-        holds only audio the VAD rejected, never the next segment's speech)."""
+        """A segment starts at ``start``: the after-margins still gathering stop halfway to it (the
+        rest of the gap is its before-margin)."""
         for m in self._margins.values():
             if m.end is not None and m.after is None:
-                m.after = self.ring.take(m.end, min(m.end + self.margin, start))
+                m.after = self.ring.take(m.end, min(m.end + self.margin, (m.end + start) // 2))
         actions: list[Action] = []
         for x in self._extensions:
-            more = self.ring.take(x.end + x.have, min(x.end + self.margin, start))
+            more = self.ring.take(x.end + x.have, min(x.end + self.margin, (x.end + start) // 2))
             if more.size:
                 actions.append(AddMargin(x.segment, more, x.have / SAMPLE_RATE, (x.have + more.size) / SAMPLE_RATE))
         self._extensions = []
@@ -203,12 +214,12 @@ class ReviewAudio:
     def _complete_margins(self) -> list[Action]:
         """After-margins whose audio has all come (or that the stream's end completes)."""
         for m in self._margins.values():
-            if m.end is not None and m.after is None and (self._finished or self.ring.end >= m.end + self.margin):
+            if m.end is not None and m.after is None and (self._finished or self._safe(m.end) >= m.end + self.margin):
                 m.after = self.ring.take(m.end, m.end + self.margin)
         actions: list[Action] = []
         waiting: list[_Extension] = []
         for x in self._extensions:
-            if self._finished or self.ring.end >= x.end + self.margin:
+            if self._finished or self._safe(x.end) >= x.end + self.margin:
                 more = self.ring.take(x.end + x.have, x.end + self.margin)
                 if more.size:
                     total = (x.have + more.size) / SAMPLE_RATE
