@@ -193,6 +193,8 @@ def drift(args, workdir: Path) -> None:
         "| alerts raised | alerting at the end: score / threshold | accuracy stand-in |"
     )
     print("|---|---:|---:|---:|---:|---|---:|---|---|")
+    if args.scenarios:
+        scenarios = [sc for sc in scenarios if sc[0].split()[0].strip("()") in args.scenarios]
     for label, items in scenarios:
         server = Server(
             f'[monitoring]\nbaseline = "{baseline}"\n',
@@ -330,6 +332,7 @@ def main() -> int:
     ap.add_argument("--min", type=int, default=30, help="monitoring.min_segments of the drift scenarios")
     ap.add_argument("--speed", type=float, default=4.0, help="pace of the drift scenarios (x real time)")
     ap.add_argument("--shots", default="out/monitoring", help="folder of the dashboard screenshots")
+    ap.add_argument("--scenarios", nargs="+", help="only these drift scenarios (a0 a b c d10 d d0 e)")
     args = ap.parse_args()
     print(machine_line(), flush=True)
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,7 +1,8 @@
 """Estimated WER without references against the true WER (issue 26): calibrated on clean files of
 some speakers (what a baseline holds), judged on windows of other speakers' files under held-out
-conditions: clean, 8 kHz telephone audio, -20 dB, and noise beds (the corpus noise clips under
-the whole utterance) at 10, 5 and 0 dB SNR.
+conditions: clean, 8 kHz telephone audio, -20 dB, noise beds (the corpus noise clips under
+the whole utterance) at 10, 5 and 0 dB SNR, and the clean files through the harmful VAD of issue
+10 (``harmful``).
 
 Every file runs through the live path offline (one Whisper call per segment, as ``speechpipe
 baseline build`` does), its segments' features collected and its true errors scored against its
@@ -39,7 +40,11 @@ from speechpipe.stages.audio import load_audio, resample
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 RATE = 16000
-CONDITIONS = ("clean", "8k", "-20dB", "snr10", "snr5", "snr0")
+CONDITIONS = ("clean", "8k", "-20dB", "snr10", "snr5", "snr0", "harmful")
+#: the harmful VAD of issue 10 (webrtc 3, no pre-roll, 90 ms hangover), the canary candidate the
+#: estimated_wer_delta gate must catch: the clean files through it, estimated with the default's
+#: calibration (as the gate estimates a candidate)
+HARMFUL = {"vad.backend": "webrtc", "vad.aggressiveness": 3, "vad.pre_roll_ms": 0, "vad.hangover_ms": 90}
 
 
 def speaker(path: Path) -> str:
@@ -153,7 +158,8 @@ def main() -> None:
         )
         judged, pool = {}, []
         for name in args.conditions:
-            out = run(held, name, config, engine, noise, Path(tmp), args.cache)
+            cfg = config.with_overrides(HARMFUL) if name == "harmful" else config
+            out = run(held, name, cfg, engine, noise, Path(tmp), args.cache)
             judged[name] = out[0::2]
             pool += [(name, item) for item in out[1::2]]
             print(f"  ran {name}", file=sys.stderr, flush=True)
