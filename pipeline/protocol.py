@@ -291,8 +291,11 @@ def discarded(segment: int, start: float, end: float) -> dict:
     return {"type": "discarded", "segment": segment, "start": round(start, 3), "end": round(end, 3)}
 
 
-def partial(segment: int, transcript: Transcript) -> dict:
-    return {"type": "partial", "segment": segment, "text": transcript.text}
+def partial(segment: int, transcript: Transcript, stable: str = "", text: str | None = None) -> dict:
+    """A partial transcript of the open segment: ``text`` the line to show (``stable``, the words
+    committed for the rest of the segment, then the newest hypothesis' unstable tail;
+    :mod:`speechpipe.pipeline.live.captions`)."""
+    return {"type": "partial", "segment": segment, "text": transcript.text if text is None else text, "stable": stable}
 
 
 def final(segment: int, start: float, end: float, transcript: Transcript, latency_s: float) -> dict:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -133,6 +134,21 @@ def test_a_stream_gets_ready_speech_starts_finals_and_end(engine, jfk):
     # each one the scheduler is told of, so that admission counts its call as the final's
     assert len(h.reused) + len(h.promoted) == len(closed_in_pause)
     assert h.of_type("partial"), "partials of the open segment"
+    # each partial's committed words lead its line and are never taken back within the segment
+    by_segment: dict[int, list[dict]] = {}
+    for m in h.of_type("partial"):
+        assert m["text"].startswith(m["stable"]), m
+        by_segment.setdefault(m["segment"], []).append(m)
+    for shown in by_segment.values():
+        assert all(b["stable"].startswith(a["stable"]) for a, b in pairwise(shown))
+    # a final that did not begin with its segment's committed words is counted
+    final_of = {f["segment"]: f["text"] for f in finals}
+    broken = sum(
+        normalized_words(final_of[k])[: len(normalized_words(shown[-1]["stable"]))]
+        != normalized_words(shown[-1]["stable"])
+        for k, shown in by_segment.items()
+    )
+    assert h.core.stats.commits_broken == broken
     assert h.core.state is State.CLOSED
 
 

@@ -197,6 +197,8 @@ class StreamStats:
     partials: int = 0
     speculative_used: int = 0
     lost: int = 0  # finals sent as lost (the server stopped or broke before they were ready)
+    #: finals that did not begin with the words their partials had committed (live/captions.py)
+    commits_broken: int = 0
     #: the latency of every final sent, in order
     latencies: list[float] = field(default_factory=list)
 

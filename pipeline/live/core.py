@@ -469,6 +469,8 @@ class LiveCore:
             what = "stream %s: segment %d final after %.2f s (ASR queued %.2f s, ran %.2f s)"
             log.info(what, self.stream_id, seg.index, latency, queued, ran)
         message = P.final(seg.index, seg.start_s, seg.end_s, final.transcript, latency)
+        if self._slot is not None and not self._slot.captions.final(seg.index, final.transcript.text):
+            self.stats.commits_broken += 1
         actions = final_actions(self.context, self.stream_id, seg, final.transcript, message)
         if self._audit is not None:  # the review's clip gets its margins
             actions = self._audit.reviewed(seg.index, actions)

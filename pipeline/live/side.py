@@ -16,6 +16,7 @@ from speechpipe.pipeline import protocol as P
 from speechpipe.pipeline.config import ServerSettings
 from speechpipe.pipeline.hooks import AsrJob, JobKind
 from speechpipe.pipeline.live.actions import Action, DropSide, OfferSide, Send, StreamStats
+from speechpipe.pipeline.live.captions import Captions
 from speechpipe.pipeline.session import StreamSession, same_audio
 from speechpipe.stages.pcm import SAMPLE_RATE
 
@@ -54,6 +55,8 @@ class SideSlot:
         self._pending: dict[int, Side] = {}  # jobs whose result has not come back
         self._spec_seen: set[tuple[int, int, int]] = set()
         self._last_partial_len = 0
+        #: the open segment's committed words (each partial's ``stable``)
+        self.captions = Captions()
 
     # -- segments -------------------------------------------------------------------------------
 
@@ -152,7 +155,8 @@ class SideSlot:
         for t in side.result[0]:
             if t.text:
                 self.stats.partials += 1
-                actions.append(Send(P.partial(t.index, t)))
+                caption = self.captions.update(t.index, t.text)
+                actions.append(Send(P.partial(t.index, t, caption.stable, caption.text)))
         return actions
 
     def report_unused(self, side: Side | None = None) -> None:
