@@ -71,9 +71,21 @@ def test_browser_page_shows_the_words_spoken_into_its_microphone(engine):
             finals = page.locator("#transcript p.final .text").all_inner_texts()
             latencies = page.locator("#transcript p.final .latency").all_inner_texts()
             summary = page.inner_text("#summary")
+            # a partial shows its committed words plainly and its unstable tail apart (issue 27)
+            shown = page.evaluate(
+                """() => {
+                    onMessage({type: "speech_start", segment: 99});
+                    onMessage({type: "partial", segment: 99, text: "and so my fellow", stable: "and so"});
+                    const p = [...document.querySelectorAll("#transcript p.partial")].pop();
+                    return [p.querySelector(".stable").textContent, p.querySelector(".tail").textContent,
+                            getComputedStyle(p.querySelector(".stable")).color,
+                            getComputedStyle(p.querySelector(".tail")).color];
+                }"""
+            )
         finally:
             browser.close()
     assert not errors, errors
+    assert shown[:2] == ["and so", " my fellow"] and shown[2] != shown[3], shown
     text = " ".join(t for t in finals if t != "(no words)")
     assert score(reference, text).wer <= live_wer_ceiling(measured("wer.browser_clip_offline.wer")), text
     assert latencies and all(lat.startswith("latency ") and lat.endswith(" s") for lat in latencies)

@@ -49,3 +49,14 @@ def test_a_new_segment_starts_afresh_and_the_final_says_whether_it_kept_the_comm
     c.update(1, "something else entirely")
     assert not c.final(1, "some thing else")  # the final rewrote committed words
     assert c.final(2, "no partial came before it")
+
+
+def test_the_microphone_client_shows_committed_words_plainly_and_the_tail_dimmed():
+    from speechpipe.pipeline.clients.mic import caption_line
+
+    assert caption_line("and so my fellow", "and so") == "and so\x1b[2m my fellow\x1b[0m"
+    assert caption_line("and so", "and so") == "and so"  # nothing unstable: no escape codes
+    assert caption_line("and so", "") == "\x1b[2mand so\x1b[0m"
+    long = "word " * 60
+    shown = caption_line(long.strip(), long[:250].strip(), width=200)  # the last 200 characters
+    assert shown.replace("\x1b[2m", "").replace("\x1b[0m", "") == long.strip()[-200:]

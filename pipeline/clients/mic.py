@@ -74,6 +74,15 @@ async def mic_frames(sd, device, stop: asyncio.Event, rate: int = RATE) -> Async
         print(f"speechpipe: {overflows} audio block(s) dropped (the connection was too slow)", file=sys.stderr)
 
 
+def caption_line(text: str, stable: str, width: int = 200) -> str:
+    """A partial's last ``width`` characters for a terminal: the committed words (``stable``)
+    plainly, the unstable tail dimmed (ANSI faint)."""
+    stable = stable if text.startswith(stable) else ""
+    cut = max(0, len(text) - width)
+    shown_stable, tail = text[cut : max(cut, len(stable))], text[max(cut, len(stable)) :]
+    return shown_stable + (f"\x1b[2m{tail}\x1b[0m" if tail else "")
+
+
 class LinePrinter:
     """Partials rewritten in place on a terminal, finals as lines."""
 
@@ -86,7 +95,7 @@ class LinePrinter:
     def __call__(self, msg: dict) -> None:
         kind = msg["type"]
         if kind == "partial" and self.tty:
-            self.out.write("\r\x1b[2K" + msg["text"][-200:])
+            self.out.write("\r\x1b[2K" + caption_line(msg["text"], msg.get("stable") or ""))
             self.out.flush()
             self._partial = True
         elif kind == "final":

@@ -113,7 +113,15 @@ function onMessage(msg) {
       const p = segmentLine(msg.segment);
       if (p.classList.contains("final")) break;
       p.className = "partial";
-      p.textContent = msg.text;
+      // the committed words plainly, the unstable tail dimmed (docs/protocol.md, partial)
+      const stable = msg.stable && msg.text.startsWith(msg.stable) ? msg.stable : "";
+      const committed = document.createElement("span");
+      committed.className = "stable";
+      committed.textContent = stable;
+      const tail = document.createElement("span");
+      tail.className = "tail";
+      tail.textContent = msg.text.slice(stable.length);
+      p.replaceChildren(committed, tail);
       break;
     }
     case "discarded":
