@@ -152,6 +152,19 @@ def test_a_stream_gets_ready_speech_starts_finals_and_end(engine, jfk):
     assert h.core.state is State.CLOSED
 
 
+def test_partials_without_commit_are_the_newest_hypothesis(engine, jfk):
+    """``server.partial_commit = false``: the behaviour before issue 27, kept to compare: no word
+    is committed, and no final is counted as breaking a commitment."""
+    h = Harness(engine, partial_commit=False)
+    h.send(start())
+    h.stream(jfk)
+    h.send(json.dumps({"type": "stop"}))
+    h.run()
+    partials = h.of_type("partial")
+    assert partials and all(m["stable"] == "" for m in partials)
+    assert h.core.stats.commits_broken == 0
+
+
 def test_final_latency_is_from_the_arrival_of_the_segment_end(engine, jfk):
     h = Harness(engine)
     h.send(start())

@@ -155,8 +155,11 @@ class SideSlot:
         for t in side.result[0]:
             if t.text:
                 self.stats.partials += 1
-                caption = self.captions.update(t.index, t.text)
-                actions.append(Send(P.partial(t.index, t, caption.stable, caption.text)))
+                if self.settings.partial_commit:
+                    caption = self.captions.update(t.index, t.text)
+                    actions.append(Send(P.partial(t.index, t, caption.stable, caption.text)))
+                else:
+                    actions.append(Send(P.partial(t.index, t)))
         return actions
 
     def report_unused(self, side: Side | None = None) -> None:

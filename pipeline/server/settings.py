@@ -37,6 +37,9 @@ class ServerSettings:
             its socket, so the connection's buffers are full) closes the stream as a slow reader
             (1008), well before the WebSocket keepalive (20 s ping + 20 s for its pong) would.
         partials: send partial transcripts at all.
+        partial_commit: each partial's ``stable`` holds the words LocalAgreement-2 committed and its
+            ``text`` keeps them (pipeline/live/captions.py); false: every partial is the newest
+            hypothesis as it is, ``stable`` empty (the behaviour before issue 27, kept to compare).
         partial_interval_s: re-transcribe an open segment once it has grown this much since the
             last partial (only when the ASR worker has nothing better to do).
         partial_rest: after an ASR call of ``d`` seconds no partial starts for ``partial_rest * d``,
@@ -79,6 +82,7 @@ class ServerSettings:
     drain_timeout_s: float = 30.0
     slow_reader_s: float = 10.0
     partials: bool = True
+    partial_commit: bool = True
     partial_interval_s: float = 1.0
     partial_rest: float = 2.0
     speculative: bool = True
