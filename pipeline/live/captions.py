@@ -4,8 +4,8 @@ The open segment is transcribed again from its start at each partial, and each h
 rewrite the last: a reader sees words change under their eyes. LocalAgreement-2 (the policy
 whisper_streaming commits by) fixes a word once two successive hypotheses agree on it and on every
 word before it: the longest common prefix of the last two hypotheses, compared as the WER compares
-words (case and punctuation aside), is **committed** and never taken back for the rest of the
-segment. A ``partial`` then carries ``stable`` (the committed words, as first shown) and ``text``
+words (case and punctuation aside), is **committed** and no later partial of the segment takes it
+back. A ``partial`` then carries ``stable`` (the committed words, as first shown) and ``text``
 (``stable`` and the newest hypothesis' words after them: the unstable tail).
 
 A hypothesis that disagrees with words already committed does not take them back: the tail is
