@@ -203,11 +203,7 @@ class ReviewAudio:
         for m in self._margins.values():
             if m.end is not None and m.after is None:
                 m.after = self.ring.take(m.end, min(m.end + self.margin, (m.end + start) // 2))
-        actions: list[Action] = []
-        for x in self._extensions:
-            more = self.ring.take(x.end + x.have, min(x.end + self.margin, (x.end + start) // 2))
-            if more.size:
-                actions.append(AddMargin(x.segment, more, x.have / SAMPLE_RATE, (x.have + more.size) / SAMPLE_RATE))
+        actions = [a for x in self._extensions for a in self._extend(x, min(x.end + self.margin, (x.end + start) // 2))]
         self._extensions = []
         return actions
 
@@ -220,14 +216,18 @@ class ReviewAudio:
         waiting: list[_Extension] = []
         for x in self._extensions:
             if self._finished or self._safe(x.end) >= x.end + self.margin:
-                more = self.ring.take(x.end + x.have, x.end + self.margin)
-                if more.size:
-                    total = (x.have + more.size) / SAMPLE_RATE
-                    actions.append(AddMargin(x.segment, more, x.have / SAMPLE_RATE, total))
+                actions += self._extend(x, x.end + self.margin)
             else:
                 waiting.append(x)
         self._extensions = waiting
         return actions
+
+    def _extend(self, x: _Extension, upto: int) -> list[Action]:
+        """The rest of ``x``'s after-margin, up to stream sample ``upto`` (none if nothing came)."""
+        more = self.ring.take(x.end + x.have, upto)
+        if not more.size:
+            return []
+        return [AddMargin(x.segment, more, x.have / SAMPLE_RATE, (x.have + more.size) / SAMPLE_RATE)]
 
     # -- rejected audio --------------------------------------------------------------------------------
 

@@ -119,7 +119,9 @@ def learn_threshold(
     """
     rng = random.Random(seed)
     scores = []
-    if groups is not None and len(set(groups)) >= 3 and baseline.size >= 2 * size:
+    recordings = len(set(groups)) if groups is not None else 0
+    by_recording = recordings >= 3 and baseline.size >= 2 * size
+    if by_recording:
         by_group: dict[str, list[float]] = {}
         for g, v in zip(groups, baseline.tolist()):
             by_group.setdefault(g, []).append(v)
@@ -137,8 +139,8 @@ def learn_threshold(
         values = baseline.tolist()
         scores = [drift_score(kind, baseline, np.array(rng.choices(values, k=size)), scale) for _ in range(resamples)]
     spread = float(np.quantile(scores, quantile)) * margin
-    if confidence is not None and groups is not None and len(set(groups)) >= 3 and baseline.size >= 2 * size:
-        spread *= recordings_factor(len(set(groups)), confidence)
+    if by_recording and confidence is not None:
+        spread *= recordings_factor(recordings, confidence)
     return max(sampling_floor(kind, baseline, size), spread)
 
 
