@@ -170,6 +170,28 @@ class FinalLost:
 
 
 @dataclass(frozen=True)
+class SegmentCaptioned:
+    """What a live segment's partials cost their reader, reported after its final (a stream whose
+    client asked for partials; :mod:`speechpipe.pipeline.live.captions`).
+
+    ``first_partial_s``: from ``speech_start`` to the first partial shown (None: none was).
+    ``erased_chars`` / ``stable_erased_chars``: characters the updates and the final took back
+    from the text shown / from the committed text; ``final_chars``: the final's length.
+    ``kept``: the final begins with the committed words. ``redecoded``: its first decode's words
+    were not the committed ones, and it was decoded again with them as Whisper's prefix."""
+
+    stream_id: str
+    index: int
+    partials: int
+    first_partial_s: float | None
+    erased_chars: int
+    stable_erased_chars: int
+    final_chars: int
+    kept: bool
+    redecoded: bool = False
+
+
+@dataclass(frozen=True)
 class StreamEnded:
     """The stream is over: drained (``finished``: every final produced) or abandoned, with what
     stopped it early (``error``), the VAD's frame counts over the whole stream, and how many input
@@ -201,6 +223,7 @@ Event = (
     | AsrCompleted
     | FinalTranscript
     | FinalLost
+    | SegmentCaptioned
     | StreamEnded
     | StreamRejected
 )

@@ -39,6 +39,7 @@ from speechpipe.pipeline.hooks import (
     JobKind,
     Observer,
     Observers,
+    SegmentCaptioned,
     StreamEnded,
     StreamStarted,
     VadOutput,
@@ -286,6 +287,10 @@ class StreamSession:
             return None
         piece = AudioPiece(index, start, audio)
         return AsrJob(self.stream_id, JobKind.SPECULATIVE, [piece], variant=self.variant, decoding=self.decoding)
+
+    def report(self, event: SegmentCaptioned) -> None:
+        """Tell the observers of what the live driver measured of a segment (its captions)."""
+        self.observers.on_event(event)
 
     def job_queued(self, job: AsrJob) -> None:
         """Tell the observers a driver queued ``job`` for a shared engine."""

@@ -23,6 +23,7 @@ _SECONDS_FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 _SECONDS_SLOW = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0)
 _SEGMENT_S = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 12.0, 18.0, 25.0, 30.0)
 _RATIO = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+_ERASURE = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0)
 _SMALL_FRACTION = (0.0, 0.0001, 0.001, 0.005, 0.01, 0.05, 0.1)
 _HEADROOM_DB = (0.1, 1.0, 3.0, 6.0, 10.0, 15.0, 20.0, 25.0, 30.0, 35.0, 40.0, 45.0, 50.0, 60.0, 70.0, 90.0)
 _RTF = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0)
@@ -104,6 +105,59 @@ METRICS: tuple[MetricSpec, ...] = (
         "end of speech -> final transcript: from the arrival of the audio at the segment's end to the final "
         "(live: the latency_s sent to the client; offline: packing wait included)",
         _SECONDS_SLOW,
+    ),
+    MetricSpec(
+        n.PARTIAL_FIRST_LATENCY,
+        HISTOGRAM,
+        "s",
+        (),
+        "software",
+        "speech_start -> the segment's first partial shown (live streams that asked for partials; segments with one)",
+        _SECONDS_SLOW,
+    ),
+    MetricSpec(
+        n.PARTIAL_ERASURE,
+        HISTOGRAM,
+        "1",
+        (),
+        "software",
+        "per segment with partials: characters its updates and final took back from the text shown, over "
+        "the final's characters (0: every update only appended)",
+        _ERASURE,
+    ),
+    MetricSpec(
+        n.PARTIAL_ERASED,
+        COUNTER,
+        "{char}",
+        (n.CAPTION_TEXT,),
+        "software",
+        "characters taken back from the text shown (caption.text=shown) or from the committed words "
+        "(stable: 0 unless a final broke a commit); over partial.final_chars: the normalized erasure",
+    ),
+    MetricSpec(
+        n.PARTIAL_FINAL_CHARS,
+        COUNTER,
+        "{char}",
+        (),
+        "software",
+        "characters of the finals of live streams that asked for partials (the erasure's denominator)",
+    ),
+    MetricSpec(
+        n.PARTIAL_COMMITS_BROKEN,
+        COUNTER,
+        "{segment}",
+        (),
+        "software",
+        "finals that did not begin with the words their partials had committed",
+    ),
+    MetricSpec(
+        n.PARTIAL_REDECODED,
+        COUNTER,
+        "{segment}",
+        (),
+        "software",
+        "finals decoded a second time, with their segment's committed words as Whisper's prefix (the first "
+        "decode's words were not those)",
     ),
     MetricSpec(
         n.FINALS_LOST,

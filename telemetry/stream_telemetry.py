@@ -28,6 +28,7 @@ from speechpipe.pipeline.hooks import (
     Event,
     FinalLost,
     FinalTranscript,
+    SegmentCaptioned,
     StreamEnded,
     StreamStarted,
     VadOutput,
@@ -125,6 +126,8 @@ class StreamTelemetry:
                 self._final(event)
             case FinalLost():
                 self._lost(event)
+            case SegmentCaptioned():
+                self._captioned(event)
             case StreamEnded():
                 self._stream_ended(event)
 
@@ -337,6 +340,20 @@ class StreamTelemetry:
         if transcript.text and segment.duration_s > 0:
             self._metric(n.OUTPUT_WORDS_PER_SECOND).record(words / segment.duration_s, attrs)
         self._metric(n.FINAL_LATENCY).record(ev.latency_s, attrs)
+
+    def _captioned(self, ev: SegmentCaptioned) -> None:
+        attrs = self._attrs
+        if ev.first_partial_s is not None:
+            self._metric(n.PARTIAL_FIRST_LATENCY).record(ev.first_partial_s, attrs)
+        if ev.partials:
+            self._metric(n.PARTIAL_ERASURE).record(ev.erased_chars / max(1, ev.final_chars), attrs)
+        self._metric(n.PARTIAL_ERASED).add(ev.erased_chars, {**attrs, n.CAPTION_TEXT: "shown"})
+        self._metric(n.PARTIAL_ERASED).add(ev.stable_erased_chars, {**attrs, n.CAPTION_TEXT: "stable"})
+        self._metric(n.PARTIAL_FINAL_CHARS).add(ev.final_chars, attrs)
+        if not ev.kept:
+            self._metric(n.PARTIAL_COMMITS_BROKEN).add(1, attrs)
+        if ev.redecoded:
+            self._metric(n.PARTIAL_REDECODED).add(1, attrs)
 
     def _lost(self, ev: FinalLost) -> None:
         now = time.time_ns()

@@ -201,3 +201,26 @@ def test_a_short_context_encodes_the_audio_and_the_silence_asked_for(engine):
     assert run.windows[0].pieces == 1
     with pytest.raises(ValueError, match="context_s"):
         AsrConfig(context_s=31.0)
+
+
+def test_a_prefix_is_the_start_of_the_transcript_with_its_words_aligned(engine):
+    """``Decoding.prefix`` (a live segment's committed words, issue 27): the transcript begins
+    with them as given, they get word times like the words decoded after them, and the decode goes
+    on from them; a prefix that is not what was said is kept too (the caller's words), with the
+    rest of the audio still transcribed after it. What the model decodes after is not asserted."""
+    from speechpipe.stages.asr import Decoding
+
+    audio, _ = load_audio(SPEECH / "jfk_inaugural_ask-not.flac")
+    piece = AudioPiece(0, 16000, audio)  # one second into the stream
+    [(plain, _)] = engine.run([[piece]], resume=False)
+    first = plain[0].text.split()[:3]
+    for prefix in (" ".join(first), "Hello there"):
+        [(transcripts, _)] = engine.run([[piece]], Decoding(prefix=prefix), resume=False)
+        t = transcripts[0]
+        assert t.text.startswith(prefix), (prefix, t.text)
+        assert len(t.text.split()) > len(prefix.split())  # decoded on after it
+        words = t.words[: len(prefix.split())]
+        assert " ".join(w.word.strip() for w in words).startswith(prefix)  # its punctuation may follow
+        assert all(piece.start_s - 5e-4 <= w.start <= w.end <= piece.start_s + piece.duration_s for w in t.words)
+    with pytest.raises(ValueError, match="prefix"):
+        Decoding(prefix="x" * 5000)

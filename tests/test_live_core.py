@@ -15,8 +15,9 @@ from conftest import SAMPLES
 from speechpipe.pipeline import protocol as P
 from speechpipe.pipeline.config import ServerSettings
 from speechpipe.pipeline.evaluate.quality.wer import normalized_words, score
-from speechpipe.pipeline.hooks import JobKind
+from speechpipe.pipeline.hooks import JobKind, SegmentCaptioned
 from speechpipe.pipeline.live.actions import Close, DropSide, LiveContext, OfferSide, Promote, Reuse, Send, SubmitFinal
+from speechpipe.pipeline.live.captions import erased
 from speechpipe.pipeline.live.core import LiveCore, State
 from speechpipe.pipeline.protocol import Start
 from speechpipe.pipeline.scheduling.scheduler import transcribe_call
@@ -149,7 +150,79 @@ def test_a_stream_gets_ready_speech_starts_finals_and_end(engine, jfk):
         for k, shown in by_segment.items()
     )
     assert h.core.stats.commits_broken == broken
+    # the final is decoded on from the committed words (Whisper's prefix): it begins with them
+    # as shown, character for character, unless counted as broken
+    kept = [k for k, shown in by_segment.items() if final_of[k].startswith(shown[-1]["stable"])]
+    assert len(kept) == len(by_segment) - broken
     assert h.core.state is State.CLOSED
+
+
+class DisagreeingFinals(Harness):
+    """A worker whose finals decoded without a prefix begin with a word nobody said: as if
+    Whisper's decode of the whole segment disagreed with the words its partials committed."""
+
+    def run(self) -> None:
+        while self.queued:
+            job = self.queued.pop(0)
+            [(transcripts, run)] = transcribe_call(self.engine, [job], self.engine.config.window_s, 1.0, 3.0)
+            if job.kind is not JobKind.PARTIAL and not job.decoding.prefix:
+                transcripts = [replace(t, text="Banana " + t.text) for t in transcripts]
+            self.apply(self.core.asr_done(job, (transcripts, run), self.now))
+
+
+def test_a_final_that_disagrees_with_the_committed_words_is_decoded_again_from_them(engine, jfk):
+    h = DisagreeingFinals(engine)
+    h.send(start())
+    h.stream(jfk)
+    h.send(json.dumps({"type": "stop"}))
+    h.run()
+    last_stable: dict[int, str] = {}
+    for m in h.of_type("partial"):
+        last_stable[m["segment"]] = m["stable"]
+    committed = {k: v for k, v in last_stable.items() if v}
+    assert committed, "words were committed"
+    finals = {f["segment"]: f["text"] for f in h.of_type("final")}
+    # every segment with committed words was decoded again from them and begins with them
+    assert h.core.stats.commits_redecoded == len(committed)
+    assert all(finals[k].startswith(v) and not finals[k].startswith("Banana") for k, v in committed.items())
+    assert h.core.stats.commits_broken == 0
+    # the others went out as their one decode gave them
+    assert all(finals[k].startswith("Banana") for k in finals if k not in committed)
+
+
+def test_each_segment_reports_what_its_captions_cost_as_the_client_saw_them(engine, jfk):
+    """The SegmentCaptioned event (speechpipe.partial.* metrics) is what the client saw: its
+    partials, the time from speech_start to the first, the characters taken back."""
+    caught: list[SegmentCaptioned] = []
+
+    class Catch:
+        def on_event(self, event) -> None:
+            if isinstance(event, SegmentCaptioned):
+                caught.append(event)
+
+    h = Harness(engine, stream_observers=lambda _sid, _attrs: [Catch()])
+    h.send(start())
+    h.stream(jfk)
+    h.send(json.dumps({"type": "stop"}))
+    h.run()
+    finals = h.of_type("final")
+    assert [e.index for e in caught] == [f["segment"] for f in finals]
+    for event, final in zip(caught, finals):
+        seg = final["segment"]
+        at = [(h.sent_at[k], m) for k, m in enumerate(h.sent) if m.get("segment") == seg]
+        partials = [m for _t, m in at if m["type"] == "partial"]
+        shown = [m["text"] for m in partials] + [final["text"]]
+        stable = [m["stable"] for m in partials] + [final["text"]]
+        assert event.partials == len(partials) and event.final_chars == len(final["text"])
+        assert event.erased_chars == sum(erased(a, b) for a, b in pairwise(shown))
+        assert event.stable_erased_chars == sum(erased(a, b) for a, b in pairwise(stable))
+        if partials:
+            began = next(t for t, m in at if m["type"] == "speech_start")
+            first = next(t for t, m in at if m["type"] == "partial")
+            assert event.first_partial_s == pytest.approx(first - began)
+        else:
+            assert event.first_partial_s is None
+    assert sum(e.partials for e in caught) == h.core.stats.partials > 0
 
 
 def test_partials_without_commit_are_the_newest_hypothesis(engine, jfk):

@@ -45,10 +45,15 @@ def test_live_stream_telemetry_spans_and_metrics(engine):
     metrics = metrics_to_dict(reader.get_metrics_data())
 
     def total(name):
-        return sum(p.get("value", p.get("count", 0)) for p in metrics[name]["points"])
+        return sum(p.get("value", p.get("count", 0)) for p in metrics.get(name, {"points": []})["points"])
 
     assert total(n.STREAMS_ACTIVE) == 0  # opened and closed
     assert total(n.ASR_QUEUE_DEPTH) == 0  # every queued job left the queue
     assert total(n.FINAL_LATENCY) == len(result.finals)
+    # what the partials cost their reader (issue 27): the denominator is the finals the client got
+    assert total(n.PARTIAL_FINAL_CHARS) == sum(len(f["text"]) for f in result.finals)
+    assert total(n.PARTIAL_FIRST_LATENCY) == len({p["segment"] for p in result.partials})
+    erased = {p["attributes"][n.CAPTION_TEXT]: p["value"] for p in metrics[n.PARTIAL_ERASED]["points"]}
+    assert erased["stable"] == 0 and erased["shown"] >= 0  # the finals kept what was committed
     tracer_provider.shutdown()
     meter_provider.shutdown()

@@ -400,6 +400,62 @@ def test_realtime_session_transcribes_as_the_websocket_protocol(srv):
     assert kinds.count("input_audio_buffer.committed") == len(finals)
 
 
+def test_realtime_deltas_add_up_to_completed_on_the_long_recording(srv):
+    """Issue 27: ``...input_audio_transcription.delta`` events append committed text only, while
+    the speaker talks, and an item's deltas add up to its ``completed`` transcript exactly (the
+    OpenAI semantics), on the 62 s recording sent at twice real time."""
+    audio, _ = load_audio(LONG)
+    pcm = pcm16(np.concatenate([resample(audio, 16000, 24000), np.zeros(48000, np.float32)]))
+    deltas: dict[str, list[str]] = {}
+    completed: dict[str, str] = {}
+    before_stop: set[str] = set()  # items with a delta before their speech_stopped
+
+    async def run() -> None:
+        api = openai.AsyncOpenAI(base_url=srv.http + "/v1", api_key=TOKEN, max_retries=0)
+        async with api.realtime.connect(model="speechpipe") as conn:
+            await conn.session.update(
+                session={
+                    "type": "transcription",
+                    "audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000}}},
+                }
+            )
+
+            async def send() -> None:
+                t0 = time.monotonic()
+                for k, i in enumerate(range(0, len(pcm), 4800)):  # 100 ms an event
+                    await conn.input_audio_buffer.append(audio=base64.b64encode(pcm[i : i + 4800]).decode())
+                    await asyncio.sleep(max(0.0, t0 + (k + 1) * 0.1 / 2 - time.monotonic()))
+
+            sender = asyncio.create_task(send())
+            stopped: set[str] = set()
+            quiet = 0.0  # seconds without an event since the last audio went out
+            while quiet < 8.0:  # until the server has been quiet for 8 s after the last audio
+                try:
+                    event = await asyncio.wait_for(conn.recv(), 1.0)  # websockets: recv() may be cancelled
+                except TimeoutError:
+                    quiet += 1.0 if sender.done() else 0.0
+                    continue
+                quiet = 0.0
+                assert event.type != "error", event
+                if event.type == "input_audio_buffer.speech_stopped":
+                    stopped.add(event.item_id)
+                elif event.type == "conversation.item.input_audio_transcription.delta":
+                    deltas.setdefault(event.item_id, []).append(event.delta)
+                    if event.item_id not in stopped:
+                        before_stop.add(event.item_id)
+                elif event.type == "conversation.item.input_audio_transcription.completed":
+                    completed[event.item_id] = event.transcript
+            await sender
+
+    asyncio.run(asyncio.wait_for(run(), 240))
+    assert len(completed) >= 5 and set(completed) >= set(deltas)
+    for item, transcript in completed.items():
+        assert "".join(deltas.get(item, [])) == transcript, (deltas.get(item), transcript)
+    assert before_stop, "committed words went out before their segment's end"
+    text = " ".join(completed.values())
+    assert score_corpus([(LONG.with_suffix(".txt").read_text(), text)]).wer < 0.3
+
+
 def test_realtime_session_takes_telephone_mu_law(srv):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -12,7 +12,7 @@ from conftest import SPEECH
 from speechpipe.pipeline.hooks import AsrJob, JobKind
 from speechpipe.pipeline.scheduling.asr_queue import AsrQueue, Ticket
 from speechpipe.pipeline.scheduling.scheduler import AsrScheduler
-from speechpipe.stages.asr import AudioPiece
+from speechpipe.stages.asr import AudioPiece, Decoding
 from speechpipe.stages.audio import load_audio
 
 
@@ -134,6 +134,26 @@ def test_queue_packs_streams_only_when_asked_and_under_backlog():
     first = q.pick(0.0)
     assert streams_of(first) == ["A", "B", "A"]  # one per stream per round, while they fit
     assert streams_of(q.pick(0.0)) == ["B"]
+
+
+def test_a_job_decoded_on_from_committed_words_holds_its_window_alone():
+    """A job with a prefix (its segment's committed words, issue 27): the prefix is the start of the
+    window's transcript, so no other job shares its window, neither the stream's own final
+    before it nor another stream's partial packed with it."""
+    q = AsrQueue(budget_s=10.0, gap_s=1.0, pack_streams=True, pack_backlog=1, partial_max_age_s=60.0)
+    plain = ticket("A", JobKind.FINAL, 2.0, index=0)
+    committed = ticket("A", JobKind.FINAL, 2.0, index=1)
+    committed.job.decoding = Decoding(prefix="and so my fellow")
+    for t in (plain, committed):
+        q.add_final(t)
+    assert q.pick(0.0) == [plain]  # it would have fit the window: held apart by its prefix
+    assert q.pick(0.0) == [committed]
+    parts = [ticket(s, JobKind.PARTIAL, 1.0) for s in "BCD"]
+    parts[1].job.decoding = Decoding(prefix="ask not")
+    for t in parts:
+        q.offer_side(t)
+    assert streams_of(q.pick(0.0)) == ["B", "D"]  # packed, without C's
+    assert q.pick(0.0) == [parts[1]]
 
 
 def test_queue_slot_replaces_drops_stale_and_promotes():

@@ -199,6 +199,9 @@ class StreamStats:
     lost: int = 0  # finals sent as lost (the server stopped or broke before they were ready)
     #: finals that did not begin with the words their partials had committed (live/captions.py)
     commits_broken: int = 0
+    #: finals decoded a second time, with their segment's committed words as prefix (their words
+    #: differed from them)
+    commits_redecoded: int = 0
     #: the latency of every final sent, in order
     latencies: list[float] = field(default_factory=list)
 

@@ -75,6 +75,7 @@ class _Final:
     job: AsrJob
     result: Result | None = None
     side: Side | None = None  # the speculative job whose result it waits for
+    again: bool = False  # decoded again with its segment's committed words as prefix
 
 
 class LiveCore:
@@ -187,7 +188,7 @@ class LiveCore:
                         actions.append(self._submit(f.job))
                     else:
                         f.result = result
-            actions += self._slot.shown(side, self.state is State.STREAMING)
+            actions += self._slot.shown(side, self.state is State.STREAMING, now)
         return actions + self._emit_finals() + self._maybe_end()
 
     def asr_failed(self, job: AsrJob, error: BaseException, now: float) -> list[Action]:
@@ -389,12 +390,13 @@ class LiveCore:
         actions: list[Action] = self._audit.events(events) if self._audit is not None else []
         for ev in events:
             if isinstance(ev, SpeechStarted):
-                self._slot.segment_started()
+                self._slot.segment_started(ev.index, self._now)
                 actions.append(Send(P.speech_start(ev.index, ev.start_s)))
             elif isinstance(ev, SpeechSegment):
                 self._slot.segment_over()
             elif isinstance(ev, SpeechDiscarded):
                 self._slot.segment_over()
+                self._slot.discarded(ev.index)
                 actions.append(Send(P.discarded(ev.index, ev.start_sample / SAMPLE_RATE, ev.end_sample / SAMPLE_RATE)))
         jobs = self.session.take_jobs()
         for job in jobs:
@@ -447,10 +449,17 @@ class LiveCore:
             while self._finals and self._finals[0].result is not None:
                 item = self._finals[0]
                 transcripts, run = item.result
+                if self._slot is not None and self.context.automation.runs_model:
+                    transcripts, redo = self._slot.settled(item.job, transcripts, item.again)
+                    if redo is not None:  # its words are not the committed ones: decoded on from them
+                        self.stats.commits_redecoded += 1
+                        item.job, item.result, item.again = redo, None, True
+                        actions.append(self._submit(redo))
+                        break
                 made = self.session.complete(item.job, transcripts, run)  # raises before it changes anything
                 self._finals.popleft()
                 while made:
-                    actions += self._final_message(made[0], run)
+                    actions += self._final_message(made[0], run, item.again)
                     made.pop(0)
         except Exception:
             log.exception("stream %s: a final could not be sent", self.stream_id)
@@ -462,15 +471,17 @@ class LiveCore:
             return actions + self.internal_error()
         return actions
 
-    def _final_message(self, final, run) -> list[Action]:
+    def _final_message(self, final, run, again: bool = False) -> list[Action]:
         seg, latency = final.segment, final.latency_s
         if latency > 2.0:
             queued, ran = (run.queue_wait_s, run.wall_s) if run else (-1, -1)
             what = "stream %s: segment %d final after %.2f s (ASR queued %.2f s, ran %.2f s)"
             log.info(what, self.stream_id, seg.index, latency, queued, ran)
         message = P.final(seg.index, seg.start_s, seg.end_s, final.transcript, latency)
-        if self._slot is not None and not self._slot.captions.final(seg.index, final.transcript.text):
-            self.stats.commits_broken += 1
+        captioned = self._slot.captioned(seg.index, final.transcript.text, again) if self._slot is not None else None
+        if captioned is not None:
+            self.stats.commits_broken += not captioned.kept
+            self.session.report(captioned)
         actions = final_actions(self.context, self.stream_id, seg, final.transcript, message)
         if self._audit is not None:  # the review's clip gets its margins
             actions = self._audit.reviewed(seg.index, actions)

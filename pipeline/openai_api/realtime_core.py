@@ -9,6 +9,7 @@ live protocol                          Realtime API
 =====================================  =====================================================
 (connection accepted)                  ``session.created``
 ``speech_start``                       ``input_audio_buffer.speech_started``
+``partial`` (new committed words)      ``conversation.item.input_audio_transcription.delta``
 ``final`` (ok)                         ``input_audio_buffer.speech_stopped``, ``.committed``,
                                        ``conversation.item.input_audio_transcription.delta``
                                        and ``.completed``
@@ -17,6 +18,13 @@ live protocol                          Realtime API
 ``discarded``                          ``input_audio_buffer.speech_stopped`` (no item)
 ``error``                              ``error``
 =====================================  =====================================================
+
+Deltas append only text that will not change: a ``partial``'s ``stable`` words (committed, never
+taken back within the segment, :mod:`speechpipe.pipeline.live.captions`) as they grow, then the
+rest of the final, so that an item's deltas add up to its ``completed`` transcript exactly, as in
+OpenAI's API. The one exception: where the final did not keep the committed words (the server
+counts those, ``commits_broken``: Whisper's hallucination guard dropped them), the deltas already
+sent cannot be taken back, and ``completed`` carries the final's text.
 
 Input formats: ``audio/pcm`` (16-bit, 24 kHz; the legacy ``pcm16``), ``audio/pcmu`` and
 ``audio/pcma`` (G.711 at 8 kHz; ``g711_ulaw``/``g711_alaw``), decoded here to 16-bit PCM. Turn
@@ -104,6 +112,7 @@ class RealtimeTranslator:
         self._events = 0
         self._odd = b""  # a half sample carried to the next append
         self._previous_item: str | None = None
+        self._sent: dict[str, str] = {}  # each open item's text sent in deltas so far
 
     # -- Realtime client -> live stream ------------------------------------------------------------
 
@@ -207,7 +216,7 @@ class RealtimeTranslator:
         step = Step()
         if not self.started:
             rate, _law = _FORMATS[self.format]
-            start = Start(rate, "pcm_s16le", 1, self.language or Start.language, partials=False, prompt=self.prompt)
+            start = Start(rate, "pcm_s16le", 1, self.language or Start.language, partials=True, prompt=self.prompt)
             step.live.append(json.dumps(start.to_dict()))
             self.started = True
         law = _FORMATS[self.format][1]
@@ -236,6 +245,7 @@ class RealtimeTranslator:
                 )
             ]
         if kind == "discarded":
+            self._sent.pop(self._item(message["segment"]), None)
             return [
                 self._event(
                     "input_audio_buffer.speech_stopped",
@@ -243,8 +253,16 @@ class RealtimeTranslator:
                     item_id=self._item(message["segment"]),
                 )
             ]
+        if kind == "partial":
+            item = self._item(message["segment"])
+            stable, sent = message.get("stable") or "", self._sent.get(item, "")
+            if len(stable) <= len(sent) or not stable.startswith(sent):
+                return []
+            self._sent[item] = stable
+            return [self._delta(item, stable[len(sent) :])]
         if kind == "final":
             item = self._item(message["segment"])
+            sent = self._sent.pop(item, "")
             out = [
                 self._event("input_audio_buffer.speech_stopped", audio_end_ms=_ms(message["end"]), item_id=item),
                 self._event("input_audio_buffer.committed", item_id=item, previous_item_id=self._previous_item),
@@ -267,11 +285,10 @@ class RealtimeTranslator:
                 return out
             text = message.get("text", "")
             usage = {"type": "duration", "seconds": round(float(message["end"]) - float(message["start"]), 3)}
-            out.append(
-                self._event(
-                    "conversation.item.input_audio_transcription.delta", item_id=item, content_index=0, delta=text
-                )
-            )
+            if not sent:
+                out.append(self._delta(item, text))
+            elif text.startswith(sent) and len(text) > len(sent):
+                out.append(self._delta(item, text[len(sent) :]))
             out.append(
                 self._event(
                     "conversation.item.input_audio_transcription.completed",
@@ -286,7 +303,7 @@ class RealtimeTranslator:
             return [
                 dict(error_event(message.get("code", "error"), message.get("message", "")), event_id=self._next_id())
             ]
-        return []  # ready, partial, end: nothing the Realtime API has
+        return []  # ready, end: nothing the Realtime API has
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -296,6 +313,11 @@ class RealtimeTranslator:
     def _next_id(self) -> str:
         self._events += 1
         return f"event_{self.session_id[5:17]}_{self._events}"
+
+    def _delta(self, item: str, text: str) -> dict:
+        return self._event(
+            "conversation.item.input_audio_transcription.delta", item_id=item, content_index=0, delta=text
+        )
 
     def _event(self, kind: str, **fields: object) -> dict:
         return {"type": kind, "event_id": self._next_id(), **fields}

@@ -332,10 +332,15 @@ class AsrQueue:
         window."""
         fill, batch = WindowFill(self.budget_s, self.gap_s), []
         q = self._finals.get(sid)
-        while q and fill.fits(q[0].job.audio_s):
+        while q and fill.fits(q[0].job.audio_s) and _joins(batch, q[0]):
             self._take(fill, batch, q.popleft())
         side = self._side.get(sid)
-        if side is not None and (side.kind is not JobKind.PARTIAL or not batch) and fill.fits(side.job.audio_s):
+        if (
+            side is not None
+            and (side.kind is not JobKind.PARTIAL or not batch)
+            and fill.fits(side.job.audio_s)
+            and _joins(batch, side)
+        ):
             del self._side[sid]
             self._take(fill, batch, side)
         self._served(sid)
@@ -356,7 +361,7 @@ class AsrQueue:
                     t = t if t is not None and t.kind is kind else None
                 if t is None or not fill.fits(t.job.audio_s):
                     continue
-                if batch and (t.job.variant, t.job.decoding) != (batch[0].job.variant, batch[0].job.decoding):
+                if not _joins(batch, t):
                     continue  # one call runs one variant's engine, with one prompt and temperature
                 if kind is JobKind.FINAL:
                     self._finals[sid].popleft()
@@ -376,3 +381,15 @@ class AsrQueue:
     def _touch(self, stream_id: str) -> None:
         if stream_id not in self._order:
             self._order.append(stream_id)
+
+
+def _joins(batch: list[Ticket], t: Ticket) -> bool:
+    """Whether ``t``'s job may share a window with ``batch``'s: one variant's engine, one prompt
+    and temperature, and no prefix (a job whose decode must begin with its segment's committed
+    words holds its window alone: the prefix is the start of the window's transcript)."""
+    if not batch:
+        return True
+    first = batch[0].job
+    if first.decoding.prefix or t.job.decoding.prefix:
+        return False
+    return (t.job.variant, t.job.decoding) == (first.variant, first.decoding)

@@ -42,6 +42,17 @@ class ServerSettings:
             hypothesis as it is, ``stable`` empty (the behaviour before issue 27, kept to compare).
         partial_interval_s: re-transcribe an open segment once it has grown this much since the
             last partial (only when the ASR worker has nothing better to do).
+        partial_first_interval_s: until a partial of the open segment has shown words, one is
+            offered each time the segment grew this much (from its first 0.5 s of audio), so the
+            first words come as soon as there are some; then every ``partial_interval_s``.
+        partial_hold_words: the newest hypothesis' last words a partial does not show yet (the
+            audio is cut inside the last word more often than not: it is the word the next
+            hypothesis rewrites); shown anyway where nothing else would be. 0: the whole tail.
+        partial_min_probability: a partial's unstable tail stops before its first word whose
+            Whisper probability is under this (the segment's first word aside); 0: no gate.
+        partial_tail_words: the most words of a partial's unstable tail shown after its committed
+            words (0: no limit). Where partials are few (a loaded server), nothing gets committed
+            and a long uncommitted line is what the final most often replaces whole.
         partial_rest: after an ASR call of ``d`` seconds no partial starts for ``partial_rest * d``,
             so partials take at most 1 / (1 + partial_rest) of the worker (a third by default)
             and stop when finals keep it busy.
@@ -84,6 +95,10 @@ class ServerSettings:
     partials: bool = True
     partial_commit: bool = True
     partial_interval_s: float = 1.0
+    partial_first_interval_s: float = 0.15
+    partial_hold_words: int = 1
+    partial_min_probability: float = 0.5
+    partial_tail_words: int = 4
     partial_rest: float = 2.0
     speculative: bool = True
     pack_streams: bool = False
@@ -114,6 +129,7 @@ class ServerSettings:
             "drain_timeout_s",
             "slow_reader_s",
             "partial_interval_s",
+            "partial_first_interval_s",
             "partial_rest",
             "max_upload_wait_s",
         ):
@@ -121,6 +137,12 @@ class ServerSettings:
                 raise ValueError(f"server.{name} must be positive")
         if not 0.0 < self.max_load <= 1.0 or self.stream_load <= 0:
             raise ValueError("server.max_load must lie in (0, 1] and server.stream_load be positive")
+        if not 0.0 <= self.partial_min_probability <= 1.0:
+            raise ValueError("server.partial_min_probability must lie between 0 and 1")
+        if self.partial_tail_words < 0:
+            raise ValueError("server.partial_tail_words must not be negative (0: no limit)")
+        if self.partial_hold_words < 0:
+            raise ValueError("server.partial_hold_words must not be negative (0: the whole tail)")
         if self.asr_workers < 0:
             raise ValueError("server.asr_workers must not be negative (0: from the cores)")
         if self.retry_after_s < 0 or self.stream_gap_s < 0:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import Future
+from dataclasses import replace
 
 import numpy as np
 
@@ -144,7 +145,10 @@ class AsrEngine:
                     windows.append([(p, origin[id(p)]) for p in w])
                     owner.append(g)
             todo = [[] for _ in groups]
-            decoded = self._transcribe_windows([[p for p, _ in w] for w in windows], decoding or Decoding(), resume)
+            dec = decoding or Decoding()
+            if attempt:  # a prefix is the start of the first piece's transcript, not of a retry's
+                dec = replace(dec, prefix="")
+            decoded = self._transcribe_windows([[p for p, _ in w] for w in windows], dec, resume)
             for g, window, (transcripts, st, missed, crossed) in zip(owner, windows, decoded):
                 st.attempt = attempt
                 stats[g].append(st)

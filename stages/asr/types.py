@@ -24,14 +24,22 @@ class Decoding:
         temperature: the first decoding temperature. 0 decodes greedily and falls back to the
             configured higher temperatures when a decode fails Whisper's checks; above 0 the
             decode samples at it, falling back to the configured temperatures above it.
+        prefix: words the transcript of the window's first piece must begin with (Whisper's
+            decoder is given them and goes on from there): a live segment's committed words
+            (:mod:`speechpipe.pipeline.live.captions`). "" : none. A window with a prefix holds
+            that one piece; audio Whisper did not reach, retried in a window of its own, is
+            decoded without it.
     """
 
     prompt: str = ""
     temperature: float = 0.0
+    prefix: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str) or len(self.prompt) > MAX_PROMPT_CHARS:
             raise ValueError(f"prompt must be text of at most {MAX_PROMPT_CHARS} characters")
+        if not isinstance(self.prefix, str) or len(self.prefix) > MAX_PROMPT_CHARS:
+            raise ValueError(f"prefix must be text of at most {MAX_PROMPT_CHARS} characters")
         t = self.temperature
         if isinstance(t, bool) or not isinstance(t, int | float) or not 0.0 <= t <= 1.0:
             raise ValueError(f"temperature must be a number from 0 to 1, not {t!r}")

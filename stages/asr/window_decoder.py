@@ -124,6 +124,11 @@ class WindowDecoder:
         stops early goes on from the same encoder output (:meth:`_continue`)."""
         decoding = decoding or Decoding()
         prompt = self._prompt(decoding.prompt)
+        if decoding.prefix.strip():
+            # Whisper's prefix: after the start of transcript and a first timestamp, the words the
+            # decode must begin with; CTranslate2 returns them as part of the result, so they are
+            # split into segments and aligned to the audio like the words decoded after them.
+            prompt = prompt + [self.tokenizer.timestamp_begin, *self._prefix_tokens(decoding.prefix)]
         opts = self.options
         if decoding.temperature > 0:
             opts = replace(opts, temperatures=list(decoding.temperatures(tuple(opts.temperatures))))
@@ -159,6 +164,10 @@ class WindowDecoder:
             previous = self.tokenizer.encode(" " + text.strip())
             self._prompts[text] = self.model.get_prompt(self.tokenizer, previous, without_timestamps=False)
         return self._prompts[text]
+
+    def _prefix_tokens(self, text: str) -> list[int]:
+        """``text`` as prefix tokens, at most half of Whisper's context (as faster-whisper cuts it)."""
+        return self.tokenizer.encode(" " + text.strip())[: self.model.max_length // 2 - 1]
 
     def _decode_batch(
         self, audios: list[np.ndarray], prompt: list[int], opts, resume: bool
