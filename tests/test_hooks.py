@@ -54,6 +54,7 @@ def one_of_each() -> list:
         h.AsrCompleted: h.AsrCompleted("s", job, [tr], AsrRun(0, 1)),
         h.FinalTranscript: h.FinalTranscript("s", None, tr, 0.5),
         h.FinalLost: h.FinalLost("s", None, "drain_timeout"),
+        h.SegmentCaptioned: h.SegmentCaptioned("s", 0, 2, 0.4, 3, 0, 20, True),
         h.StreamEnded: h.StreamEnded("s", True, None, 0, 1),
         h.StreamRejected: h.StreamRejected("busy"),
     }
