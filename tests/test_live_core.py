@@ -190,6 +190,32 @@ def test_a_final_that_disagrees_with_the_committed_words_is_decoded_again_from_t
     assert all(finals[k].startswith("Banana") for k in finals if k not in committed)
 
 
+def test_a_partial_running_when_the_vad_pauses_still_shows_the_first_words(engine, jfk):
+    """The hangover's speculative job supersedes the partial in the stream's slot; a partial
+    already running finishes all the same, and while its segment has shown nothing yet its
+    result is the segment's first words (else a segment the VAD keeps pausing in showed none
+    before its end)."""
+    h = Harness(engine, partial_first_interval_s=1.5)  # a partial with words in it ("And so my ...")
+    h.send(start())
+    running = None  # the partial a worker took: a new offer cannot drop it any more
+    for i in range(0, jfk.size, FRAME):
+        h.now += FRAME / SAMPLE_RATE
+        h.send(pcm(jfk[i : i + FRAME]))
+        partials = [j for j in h.queued if j.kind is JobKind.PARTIAL]
+        if running is None and partials:
+            running = partials[0]
+            h.queued.remove(running)
+        if running is not None and any(j.kind is JobKind.SPECULATIVE for j in h.queued):
+            break
+    else:
+        pytest.fail("no pause in the first segment")
+    assert not h.of_type("partial")
+    [result] = transcribe_call(engine, [running], engine.config.window_s, 1.0, 3.0)
+    h.apply(h.core.asr_done(running, result, h.now))
+    shown = h.of_type("partial")
+    assert len(shown) == 1 and shown[0]["segment"] == running.pieces[0].index and shown[0]["text"]
+
+
 def test_each_segment_reports_what_its_captions_cost_as_the_client_saw_them(engine, jfk):
     """The SegmentCaptioned event (speechpipe.partial.* metrics) is what the client saw: its
     partials, the time from speech_start to the first, the characters taken back."""

@@ -208,7 +208,12 @@ class SideSlot:
         """The ``partial`` messages a finished job's result is worth (none once its segment is over)."""
         if side.result is None or side.used:
             return []
-        if not streaming or side.index != self.session.vad.open_index or side is not self.current:
+        # A partial superseded by the hangover's speculative job (the VAD paused within speech)
+        # still shows the segment's first words: in a segment the VAD keeps pausing in, each
+        # partial was superseded that way and the first words waited for the segment's end.
+        first_words = side.job.kind is JobKind.PARTIAL and side.index not in self._first_partial
+        superseded = side is not self.current and not first_words
+        if not streaming or side.index != self.session.vad.open_index or superseded:
             self.report_unused(side)  # its segment closed differently, or it was superseded
             return []
         if side.job.kind is JobKind.PARTIAL:
