@@ -123,12 +123,7 @@ class WindowDecoder:
         ``decoding``: the prompt and first temperature of every window. ``resume``: a decode that
         stops early goes on from the same encoder output (:meth:`_continue`)."""
         decoding = decoding or Decoding()
-        prompt = self._prompt(decoding.prompt)
-        if decoding.prefix.strip():
-            # Whisper's prefix: after the start of transcript and a first timestamp, the words the
-            # decode must begin with; CTranslate2 returns them as part of the result, so they are
-            # split into segments and aligned to the audio like the words decoded after them.
-            prompt = prompt + [self.tokenizer.timestamp_begin, *self._prefix_tokens(decoding.prefix)]
+        prompt = self._prompt(decoding.prompt, decoding.prefix)
         opts = self.options
         if decoding.temperature > 0:
             opts = replace(opts, temperatures=list(decoding.temperatures(tuple(opts.temperatures))))
@@ -156,18 +151,21 @@ class WindowDecoder:
         frames = min(N_FRAMES, size + round(self.context_s / self.time_per_frame))
         return frames + frames % 2
 
-    def _prompt(self, text: str) -> list[int]:
-        """Whisper's prompt tokens with ``text`` as the previous text (as its ``initial_prompt``)."""
+    def _prompt(self, text: str, prefix: str = "") -> list[int]:
+        """Whisper's prompt tokens with ``text`` as the previous text (as its ``initial_prompt``)
+        and ``prefix`` as the words the decode must begin with (after the start of transcript and
+        a first timestamp, as faster-whisper puts them; CTranslate2 returns them as part of the
+        result, so they are split into segments and aligned like the words decoded after them).
+        Prompts are cached per text; prefixes, a live segment's own, are not."""
+        if prefix.strip():
+            previous = self.tokenizer.encode(" " + text.strip()) if text else []
+            return self.model.get_prompt(self.tokenizer, previous, without_timestamps=False, prefix=prefix.strip())
         if text not in self._prompts:
             if len(self._prompts) > 64:  # one per distinct client prompt: keep it bounded
                 self._prompts = {"": self.prompt}
             previous = self.tokenizer.encode(" " + text.strip())
             self._prompts[text] = self.model.get_prompt(self.tokenizer, previous, without_timestamps=False)
         return self._prompts[text]
-
-    def _prefix_tokens(self, text: str) -> list[int]:
-        """``text`` as prefix tokens, at most half of Whisper's context (as faster-whisper cuts it)."""
-        return self.tokenizer.encode(" " + text.strip())[: self.model.max_length // 2 - 1]
 
     def _decode_batch(
         self, audios: list[np.ndarray], prompt: list[int], opts, resume: bool
