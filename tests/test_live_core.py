@@ -84,12 +84,16 @@ class Harness:
     def send(self, message: str | bytes) -> None:
         self.apply(self.core.receive(message, self.now))
 
+    def answer(self, job):
+        """The job's (transcripts, run), as the worker's call gives them."""
+        [result] = transcribe_call(self.engine, [job], self.engine.config.window_s, 1.0, 3.0)
+        return result
+
     def run(self) -> None:
         """Answer every queued job (an idle worker), in order."""
         while self.queued:
             job = self.queued.pop(0)
-            [result] = transcribe_call(self.engine, [job], self.engine.config.window_s, 1.0, 3.0)  # as the worker
-            self.apply(self.core.asr_done(job, result, self.now))
+            self.apply(self.core.asr_done(job, self.answer(job), self.now))
 
     def stream(self, audio, *, realtime: bool = True, run_each: bool = True) -> None:
         for i in range(0, audio.size, FRAME):
@@ -161,13 +165,11 @@ class DisagreeingFinals(Harness):
     """A worker whose finals decoded without a prefix begin with a word nobody said: as if
     Whisper's decode of the whole segment disagreed with the words its partials committed."""
 
-    def run(self) -> None:
-        while self.queued:
-            job = self.queued.pop(0)
-            [(transcripts, run)] = transcribe_call(self.engine, [job], self.engine.config.window_s, 1.0, 3.0)
-            if job.kind is not JobKind.PARTIAL and not job.decoding.prefix:
-                transcripts = [replace(t, text="Banana " + t.text) for t in transcripts]
-            self.apply(self.core.asr_done(job, (transcripts, run), self.now))
+    def answer(self, job):
+        transcripts, run = super().answer(job)
+        if job.kind is not JobKind.PARTIAL and not job.decoding.prefix:
+            transcripts = [replace(t, text="Banana " + t.text) for t in transcripts]
+        return transcripts, run
 
 
 def test_a_final_that_disagrees_with_the_committed_words_is_decoded_again_from_them(engine, jfk):
@@ -210,8 +212,7 @@ def test_a_partial_running_when_the_vad_pauses_still_shows_the_first_words(engin
     else:
         pytest.fail("no pause in the first segment")
     assert not h.of_type("partial")
-    [result] = transcribe_call(engine, [running], engine.config.window_s, 1.0, 3.0)
-    h.apply(h.core.asr_done(running, result, h.now))
+    h.apply(h.core.asr_done(running, h.answer(running), h.now))
     shown = h.of_type("partial")
     assert len(shown) == 1 and shown[0]["segment"] == running.pieces[0].index and shown[0]["text"]
 
