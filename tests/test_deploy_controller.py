@@ -417,7 +417,7 @@ def test_bluegreen_switch_and_rollback():
     [
         (
             {"action": "explode"},
-            r"unknown action 'explode'; known: switch, rollback, promote, set_weight, pause, resume",
+            r"unknown action 'explode'; known: switch, rollback, promote, revert, set_weight, pause, resume",
         ),
         ({}, r'an action needs "action": one of switch'),
         ("promote", r'an action is an object with "action"'),
@@ -550,6 +550,47 @@ def test_a_promoted_canary_stays_promoted_after_a_restart_and_a_memory_store_wor
     again = DeployController(bg, VARIANTS, now=2.0, state=ctl.snapshot())
     assert (again.active, again.state, again.assign(3.0).variant) == ("green", "switched", "green")
     assert again.apply({"action": "rollback"}, 4.0).weights == {"blue": 1.0, "green": 0.0}
+
+
+def test_revert_after_a_promotion_brings_back_the_previous_primary_and_survives_a_restart():
+    """A promoted canary (or shadow) goes back to ``deploy.primary`` with ``revert``: every new
+    stream to it, the promoted variant the candidate again at weight 0 (state ``reverted``), the
+    change in the history; only after a promotion, and never in blue/green (rollback does that)."""
+    ctl = DeployController(canary(), VARIANTS, now=0.0)
+    with pytest.raises(DeployError, match=r"revert: nothing was promoted; 'blue' is the primary \(roll back"):
+        ctl.apply({"action": "revert"}, 0.5)
+    ctl.apply({"action": "promote"}, 1.0)
+    change = ctl.apply({"action": "revert"}, 2.0, reason="the promoted VAD cut words")
+    assert (change.action, change.from_state, change.to_state, change.reason) == (
+        "revert",
+        "promoted",
+        "reverted",
+        "the promoted VAD cut words",
+    )
+    assert change.weights == {"blue": 1.0, "green": 0.0} and change.step == -1
+    assert (ctl.primary, ctl.candidate) == ("blue", "green")
+    assert {ctl.assign(3.0, stream_id=f"s{k}").variant for k in range(50)} == {"blue"}
+    assert ctl.tick(60.0) == []  # no gate steps a reverted canary
+    with pytest.raises(DeployError, match=r"rollback: the canary of 'green' is reverted to its primary already"):
+        ctl.apply({"action": "rollback"}, 3.0)
+    with pytest.raises(DeployError, match=r"revert: nothing was promoted; 'blue' is the primary \(set_weight"):
+        ctl.apply({"action": "revert"}, 3.0)
+    again = DeployController(canary(), VARIANTS, now=5.0, state=ctl.snapshot())
+    assert (again.state, again.primary, again.candidate, again.weight) == ("reverted", "blue", "green", 0.0)
+    assert [c.action for c in again.history] == ["start", "promote", "revert", "start"]
+    again.apply({"action": "set_weight", "variant": "green", "weight": 0.25}, 6.0)  # tried again from there
+    assert (again.state, again.weights()) == ("progressing", {"blue": 0.75, "green": 0.25})
+
+    shadow = DeployController(DeploySettings(mode="shadow", primary="blue", candidate="green"), VARIANTS, now=0.0)
+    shadow.apply({"action": "promote"}, 1.0)
+    assert shadow.apply({"action": "revert"}, 2.0).to_state == "reverted"
+    a = shadow.assign(3.0)
+    assert (a.variant, a.shadow) == ("blue", None)  # no shadowing after a revert
+
+    bg = DeployController(DeploySettings(mode="bluegreen", primary="blue", candidate="green"), VARIANTS, now=0.0)
+    bg.apply({"action": "promote"}, 1.0)
+    with pytest.raises(DeployError, match=r"blue/green goes back to the variant live before with rollback"):
+        bg.apply({"action": "revert"}, 2.0)
 
 
 def test_a_snapshot_that_does_not_continue_the_stored_history_starts_a_new_run(tmp_path):

@@ -155,11 +155,27 @@ def test_canary_promotes_a_good_candidate_through_every_step(engine, tmp_path):
             wait_state(srv, {"promoted", "progressing"}, timeout=3)  # a deploy tick
         state = http(srv, "GET", "/admin/deploy")[1]
         final = stream(srv)
+        # Then the way back: `revert` through the CLI (the admin API underneath) to the old primary.
+        cmd = [sys.executable, "-m", "speechpipe.pipeline.cli", "deploy", "--url", srv.http, "--admin-token", ADMIN]
+        reverted = subprocess.run(
+            [*cmd, "revert", "--reason", "back to the old VAD"], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+        again = http(srv, "POST", "/admin/deploy", {"action": "revert"})
+        back = stream(srv)
+        after = http(srv, "GET", "/admin/deploy")[1]
     assert steps == [0.5, 1.0]
     assert state["state"] == "promoted" and state["variants"]["twin"]["role"] == "primary"
     assert [c["action"] for c in state["history"]] == ["start", "advance", "promote"]
     assert all(g["passed"] is not False for c in state["history"] for g in c["gates"])
     assert final.ready["variant"] == "twin"
+    assert reverted.returncode == 0, reverted.stderr
+    change = json.loads(reverted.stdout)["change"]
+    assert (change["action"], change["from_state"], change["to_state"]) == ("revert", "promoted", "reverted")
+    assert change["reason"] == "admin: back to the old VAD" and change["weights"] == {"default": 1.0, "twin": 0.0}
+    assert again[0] == 400 and "nothing was promoted" in again[1]["message"]
+    assert back.ready["variant"] == "default" and back.ready["role"] == "primary"
+    assert after["state"] == "reverted" and after["variants"]["twin"]["role"] == "candidate"
+    assert [c["action"] for c in after["history"]] == ["start", "advance", "promote", "revert"]
 
 
 def test_bluegreen_switch_and_rollback_under_a_live_stream(engine):

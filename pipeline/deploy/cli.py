@@ -1,4 +1,4 @@
-"""``speechpipe deploy status|switch|promote|rollback|weight|pause|resume|feedback``: the admin
+"""``speechpipe deploy status|switch|promote|rollback|revert|weight|pause|resume|feedback``: the admin
 API of a running server (``/admin/deploy``) from the command line."""
 
 from __future__ import annotations
@@ -34,6 +34,11 @@ def register(sub: Any) -> None:
     actions.add_parser("promote", help="make the candidate the primary, at 100 %%", parents=[reason])
     actions.add_parser(
         "rollback", help="canary back to 0 %%; blue/green back to the previous variant", parents=[reason]
+    )
+    actions.add_parser(
+        "revert",
+        help="after a canary's or shadow's promotion: back to the previous primary (deploy.primary)",
+        parents=[reason],
     )
     w = actions.add_parser("weight", help="canary: route this share of new streams to VARIANT", parents=[reason])
     w.add_argument("variant")

@@ -4,8 +4,9 @@ caller keeps to), decisions go out as :class:`~speechpipe.pipeline.deploy.events
 (the caller persists and reports them). Admin actions are its :meth:`~DeployController.apply`.
 
 States: ``stable`` (single), ``shadowing`` (shadow), ``progressing`` (a canary ramping), ``live``
-(blue/green, nothing switched yet), ``switched`` (blue/green after a switch or a promote), and
-``rolled_back`` / ``promoted`` after those decisions.
+(blue/green, nothing switched yet), ``switched`` (blue/green after a switch or a promote),
+``rolled_back`` / ``promoted`` after those decisions, and ``reverted`` (canary / shadow: a
+promotion undone by the ``revert`` action: the previous primary serves every new stream again).
 
 Canary rules:
 
@@ -47,20 +48,21 @@ INITIAL_STATE = {"single": "stable", "shadow": "shadowing", "canary": "progressi
 #: the states each mode can be in.
 STATES = {
     "single": ("stable",),
-    "shadow": ("shadowing", "rolled_back", "promoted"),
-    "canary": ("progressing", "rolled_back", "promoted"),
+    "shadow": ("shadowing", "rolled_back", "promoted", "reverted"),
+    "canary": ("progressing", "rolled_back", "promoted", "reverted"),
     "bluegreen": ("live", "switched", "rolled_back"),
 }
 
 
 #: the changes after which the gates compare a new window.
-WINDOW_ACTIONS = frozenset({"start", "advance", "rollback", "promote", "set_weight"})
+WINDOW_ACTIONS = frozenset({"start", "advance", "rollback", "promote", "set_weight", "revert"})
 
 #: each action's fields besides "action".
 FIELDS: dict[str, tuple[str, ...]] = {
     "switch": ("active",),
     "rollback": (),
     "promote": (),
+    "revert": (),
     "set_weight": ("variant", "weight"),
     "pause": (),
     "resume": (),
@@ -161,7 +163,7 @@ class DeployController:
         if any(c.action in WINDOW_ACTIONS for c in new):
             window = state.get("window") if isinstance(state.get("window"), dict) else {}
             started = window.get("started_at", now)
-            keep = not any(c.action in ("start", "promote") for c in new)
+            keep = not any(c.action in ("start", "promote", "revert") for c in new)
             self._new_window(float(started) if isinstance(started, int | float) else now, keep_baseline=keep)
         return new
 
@@ -326,6 +328,10 @@ class DeployController:
           stop shadowing; blue/green: switch back to the variant that was live before.
         * ``{"action": "promote"}``: canary / shadow: the candidate becomes the primary, at 100 %;
           blue/green: the standby goes live.
+        * ``{"action": "revert"}``: canary / shadow after a promotion: back to the previous primary
+          (``deploy.primary``), which serves every new stream again; the promoted variant is the
+          candidate again at weight 0 (state ``reverted``: ``set_weight`` or ``promote`` may try it
+          again). Blue/green goes back with ``rollback``.
         * ``{"action": "set_weight", "variant": NAME, "weight": W}``: canary only. NAME is the candidate
           (its weight becomes W) or the primary (its share becomes W, so the candidate's is 1 - W). W = 0
           is a rollback; otherwise the canary runs again from there: its next advance goes to the first
@@ -395,6 +401,8 @@ class DeployController:
             return False
         if name == "promoted":
             self.primary, self.candidate, self.active = self.settings.candidate, "", self.settings.candidate
+        if name == "reverted":
+            self.weight, self.step = 0.0, -1
         variants = state.get("variants") or {}
         if self.mode == "canary" and self.candidate:
             weight = (variants.get(self.candidate) or {}).get("weight", self.weight)
@@ -471,9 +479,28 @@ class DeployController:
             raise DeployError(
                 f"rollback: the {self.mode} was promoted; {self.primary!r} is the primary and there is no candidate"
             )
-        if self.state == "rolled_back":
-            raise DeployError(f"rollback: the {self.mode} of {self.candidate!r} is rolled back already")
+        if self.state in ("rolled_back", "reverted"):
+            what = "rolled back" if self.state == "rolled_back" else "reverted to its primary"
+            raise DeployError(f"rollback: the {self.mode} of {self.candidate!r} is {what} already")
         return self._rollback(now, reason)
+
+    def _action_revert(self, action: Mapping, now: float, reason: str) -> Change:
+        if self.mode == "bluegreen":
+            raise DeployError(
+                f"revert undoes a canary's or a shadow's promotion; blue/green goes back to the variant "
+                f"live before with rollback ({self.active!r} is live)"
+            )
+        if self.candidate:
+            raise DeployError(
+                f"revert: nothing was promoted; {self.primary!r} is the primary "
+                f"({'roll back' if self.state in ('progressing', 'shadowing') else 'set_weight'} acts on the candidate)"
+            )
+        previous, promoted = self.settings.primary, self.primary
+        self.primary, self.candidate, self.active = previous, promoted, previous
+        self.weight, self.step, self.paused = 0.0, -1, False
+        change = self._record(now, "revert", reason, "reverted")
+        self._new_window(now, keep_baseline=False)
+        return change
 
     def _action_promote(self, action: Mapping, now: float, reason: str) -> Change:
         if self.mode == "bluegreen":

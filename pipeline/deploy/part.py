@@ -4,8 +4,9 @@ at each tick, and the observer that feeds each routed stream's finals to the led
 * ``GET /admin/deploy``: the deploy state (mode, variants with role, weight, streams and config
   id, step, state, history).
 * ``POST /admin/deploy``: an action, ``{"action": "switch", "active": NAME}``, ``{"action":
-  "rollback"}``, ``{"action": "promote"}``, ``{"action": "set_weight", "variant": NAME, "weight":
-  0.25}``, ``{"action": "pause"}`` or ``{"action": "resume"}``; answers the change and the state.
+  "rollback"}``, ``{"action": "promote"}``, ``{"action": "revert"}`` (after a promotion: back to
+  the previous primary), ``{"action": "set_weight", "variant": NAME, "weight": 0.25}``,
+  ``{"action": "pause"}`` or ``{"action": "resume"}``; answers the change and the state.
 * ``GET /admin/deploy/feedback?after=SEQ&limit=N&session=ID``: the feedback kept in the state
   store (``seq``, ``at``, ``session``, ``segment``, ``principal``, ``counted``, ``text`` and each
   variant's ``scores`` with its hypothesis), oldest first after ``after``; ``unsaved``: how many

@@ -31,7 +31,7 @@ def deploy_changed(inst: Instrumentation, action: str, reason: str, figures: Map
         event[f"deploy.{key}"] = value if isinstance(value, (str, bool, int, float)) else json.dumps(value)
     with inst.tracer.start_as_current_span(n.SPAN_DEPLOY, context=Context(), attributes=attrs) as span:
         span.add_event(n.EVENT_DEPLOY_CHANGE, event)
-    level = logging.WARNING if action == "rollback" else logging.INFO
+    level = logging.WARNING if action in ("rollback", "revert") else logging.INFO
     log.log(level, "deploy: %s (%s) %s", action, reason, json.dumps(dict(figures), default=str))
 
 
