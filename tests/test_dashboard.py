@@ -105,11 +105,18 @@ def test_dashboard_matches_metrics_shows_drift_and_drives_the_deployment(engine,
                     assert words > 0
                 assert page.inner_text("tr[data-variant=twin] td[data-field=role]") == "candidate"
                 assert page.inner_text("tr[data-variant=twin] td[data-field=weight]") == "50 %"
-                # Drift: every feature of both variants, each with its baseline-vs-recent histogram.
+                # Drift: every feature of both variants, each with its baseline-vs-recent histogram:
+                # quantities as bar charts with axes, 0/1 features as two rates, names people read.
                 page.wait_for_function(
-                    "() => document.querySelectorAll('.variant-drift[data-variant=twin]"
-                    ' .feature[data-feature=bandwidth_hz] svg rect.cur[height]:not([height="0"])\').length > 0'
+                    "() => document.querySelector('.variant-drift[data-variant=twin]"
+                    " .feature[data-feature=bandwidth_hz] .hist canvas') !== null"
                 )
+                bandwidth = page.locator(".variant-drift[data-variant=twin] .feature[data-feature=bandwidth_hz]")
+                assert "audio bandwidth" in bandwidth.inner_text() and "alert above" in bandwidth.inner_text()
+                assert bandwidth.locator(".u-axis").count() == 2  # x (Hz) and y (share %)
+                empty = page.locator(".variant-drift[data-variant=default] .feature[data-feature=empty]")
+                assert empty.locator(".rate-row").count() == 2 and empty.locator("canvas").count() == 0
+                assert all(v.endswith(" %") for v in empty.locator(".rate-value").all_inner_texts())
                 shown = page.locator(".variant-drift[data-variant=default] .feature").count()
                 drift = http(srv, "GET", "/admin/drift")[1]
                 assert shown == len(drift["variants"]["default"]["features"]) >= 14
@@ -129,7 +136,32 @@ def test_dashboard_matches_metrics_shows_drift_and_drives_the_deployment(engine,
                     assert float(shown_q.get_attribute("data-estimated")) == q["estimated_wer"]
                     assert f"estimated WER {100 * q['estimated_wer']:.1f} %" in shown_q.inner_text()
                 assert f"calibration {q['calibration']['version']}" in shown_q.inner_text()
+                # Alerts: one line per variant and feature that drifted, however often it flapped.
+                raised = {(a["variant"], a["feature"]) for a in drift["alerts"]}
+                lines = page.locator("#alerts li")
+                assert lines.count() == len(raised) and raised, drift["alerts"]
+                # The charts: time series with axes, a series per variant, hover values in the legend.
+                page.wait_for_function(
+                    "() => ['latency', 'wer', 'streams', 'weights'].every((c) =>"
+                    " Number(document.getElementById('chart-' + c).dataset.points) >= 2)"
+                )
+                assert (
+                    page.get_attribute("#chart-latency", "data-series") == "default p50|default p95|twin p50|twin p95"
+                )
+                assert page.get_attribute("#chart-weights", "data-series") == "default|twin"
+                assert page.locator("#chart-streams .u-legend .u-series").count() == 4  # time + 3 series
+                # The step says where it is and what it waits for; actions that cannot apply are off.
+                assert page.inner_text("#dep-step") == "50 % (1 of 2)"
+                assert "more candidate streams to end (1 of 50)" in page.inner_text("#dep-next")
+                assert page.is_disabled("button[data-action=revert]") and page.is_disabled("button[data-action=resume]")
+                assert "nothing was promoted" in page.get_attribute("button[data-action=revert]", "title")
+                assert page.is_disabled("button[data-action=switch]")
+                # At 1,024 px the page does not spill sideways (wide tables scroll in their box).
+                page.set_viewport_size({"width": 1024, "height": 1400})
+                page.wait_for_timeout(400)  # the charts follow the resize
+                assert page.evaluate("document.documentElement.scrollWidth") <= 1024
                 page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+                page.set_viewport_size({"width": 1400, "height": 1600})
                 # A cancelled action changes nothing; a confirmed one changes the deployment.
                 page.click("button[data-action=rollback]")
                 assert page.is_visible("#confirm") and "Roll back" in page.inner_text("#confirm-text")
@@ -140,14 +172,33 @@ def test_dashboard_matches_metrics_shows_drift_and_drives_the_deployment(engine,
                 page.click("#confirm-ok")
                 page.wait_for_selector("#action-result:has-text('pause: done')")
                 assert http(srv, "GET", "/admin/deploy")[1]["paused"] is True
-                page.click("button[data-action=rollback]")
+                page.wait_for_selector("button[data-action=resume]:not([disabled])")
+                # Promote, then revert to the old primary, both from the page.
+                page.click("button[data-action=promote]")
                 page.click("#confirm-ok")
-                page.wait_for_selector("#action-result:has-text('rollback: done')")
+                page.wait_for_selector("#action-result:has-text('promote: done')")
+                page.wait_for_selector("button[data-action=revert]:not([disabled])")
+                assert page.is_disabled("button[data-action=rollback]") and page.is_disabled(
+                    "button[data-action=pause]"
+                )
+                assert "Revert promotion sends every new stream back to default" in page.inner_text("#dep-next")
+                page.click("button[data-action=revert]")
+                assert "back to default" in page.inner_text("#confirm-text")
+                page.click("#confirm-ok")
+                page.wait_for_selector("#action-result:has-text('revert: done (promoted → reverted)')")
                 state = http(srv, "GET", "/admin/deploy")[1]
-                assert state["state"] == "rolled_back" and state["variants"]["twin"]["weight"] == 0.0
+                assert state["state"] == "reverted" and state["variants"]["twin"]["weight"] == 0.0
+                assert [c["action"] for c in state["history"]][-3:] == ["pause", "promote", "revert"]
                 assert state["history"][-1]["reason"] == "admin: dashboard"
-                page.wait_for_selector("#dep-state:has-text('rolled_back')")
-                page.wait_for_selector("#history li:has-text('rollback')")
+                with ThreadPoolExecutor(1) as pool:  # (Playwright keeps an event loop in this thread)
+                    back = pool.submit(stream, srv, key_for("twin", 0.5, True)).result()
+                assert back.ready["variant"] == "default"
+                page.wait_for_selector("#dep-state:has-text('reverted')")
+                page.wait_for_selector("#history li[data-action=revert]")
+                # the reverted candidate takes no traffic: its drift is shown dimmed, without alerts
+                page.wait_for_selector(".variant-drift[data-variant=twin][data-idle=true]")
+                assert page.locator(".variant-drift[data-variant=twin] .feature.alert").count() == 0
+                assert page.locator("#alerts li[data-variant=twin]").count() == 0
                 t0 = time.monotonic()
             # the server drained and stopped with the page's event stream still open
             assert time.monotonic() - t0 < 15

@@ -8,6 +8,7 @@ import pytest
 
 from speechpipe.pipeline.dashboard.figures import DashboardFeed, Query, parse, quantile
 from speechpipe.pipeline.dashboard.state import finite
+from speechpipe.pipeline.dashboard.timeline import Timeline, timeline_point
 from speechpipe.pipeline.monitoring.concept import CONFIDENCE, FEEDBACK, ConceptMonitor, learn_wer_threshold
 from speechpipe.pipeline.monitoring.histograms import feature_histogram
 
@@ -55,7 +56,53 @@ def test_recent_figures_are_increases_over_the_recent_span():
     assert svc["latency"]["n"] == 30 and svc["latency_recent"]["n"] == 10
     assert svc["latency_recent"]["p50"] > 2.0 > svc["latency"]["p50"]
     assert var["empty_rate"] == pytest.approx(5 / 30) and var["empty_rate_recent"] == pytest.approx(5 / 10)
-    assert second["series"]["streams_open"] == [2.0, 3.0] and second["recent_s"] == 30.0
+    assert second["recent_s"] == 30.0 and svc["accepted_recent"] == 0.0
+
+
+def test_human_wer_is_read_over_its_own_longer_span():
+    """Feedback comes a few times a minute: each variant's human WER is the increase of its
+    feedback errors over words in the last ``human_s`` (300 s), not the recent minute's."""
+
+    def page(errors: int, words: int) -> str:
+        return (
+            "# TYPE speechpipe_feedback_errors counter\n"
+            f'speechpipe_feedback_errors_total{{pipeline_variant="a"}} {errors}\n'
+            "# TYPE speechpipe_feedback_words counter\n"
+            f'speechpipe_feedback_words_total{{pipeline_variant="a"}} {words}\n'
+        )
+
+    feed = DashboardFeed(recent_s=60.0, human_s=300.0)
+    assert feed.update(0.0, page(50, 100))["variants"]["a"]["human_wer_recent"] == pytest.approx(0.5)
+    feed.update(200.0, page(52, 200))
+    at = feed.update(400.0, page(52, 200))  # nothing new in the last minute; 400 s ago is the first page
+    assert at["variants"]["a"]["human_wer_recent"] == pytest.approx(2 / 100) and at["human_s"] == 300.0
+    later = feed.update(550.0, page(62, 300))  # the span begins at the page of 200 s
+    assert later["variants"]["a"]["human_wer_recent"] == pytest.approx(10 / 100)
+    assert later["variants"]["a"]["feedback_wer"] == pytest.approx(62 / 300)
+
+
+def test_the_timeline_keeps_points_apart_drops_old_ones_and_gives_columns():
+    timeline = Timeline(span_s=10.0, every_s=2.0)
+    state = {
+        "time": 100.0,
+        "service": {"streams_open": 2.0, "accepted_recent": 3.0, "refused_recent": 1.0, "lost": 0.0},
+        "variants": {"a": {"latency_recent": {"p50": 0.4, "p95": 0.9}, "human_wer_recent": None, "streams_open": 2.0}},
+        "deploy": {"variants": {"a": {"weight": 0.75}, "b": {"weight": 0.25}}},
+        "drift": {"variants": {"a": {"quality": {"estimated_wer": 0.06, "low": 0.02, "high": 0.1}}}},
+    }
+    point = timeline_point(state)
+    assert point["t"] == 100.0 and point["refused_last_min"] == 1.0
+    assert point["latency_p95.a"] == 0.9 and point["estimated_wer.a"] == 0.06 and point["weight.b"] == 0.25
+    assert point["latency_p95.b"] is None  # deployed, no figures yet
+    assert timeline.add(point) and not timeline.add(point | {"t": 101.0})  # under every_s apart
+    for t in (102.0, 104.0, 112.0):
+        assert timeline.add(point | {"t": t, "streams_open": t})
+    cols = timeline.columns()
+    assert cols["t"] == [102.0, 104.0, 112.0]  # 100 is older than span_s
+    assert cols["streams_open"] == [102.0, 104.0, 112.0] and next(iter(cols)) == "t"
+    assert timeline.columns(since=104.0)["t"] == [112.0] and timeline.last["t"] == 112.0
+    assert timeline.add({"t": 114.0, "weight.c": 1.0})
+    assert timeline.columns()["weight.c"] == [None, None, 1.0]  # 102 went: older than 10 s
 
 
 def test_histograms_share_bins_and_sum_to_one():

@@ -158,7 +158,12 @@ def test_canary_promotes_a_good_candidate_through_every_step(engine, tmp_path):
         # Then the way back: `revert` through the CLI (the admin API underneath) to the old primary.
         cmd = [sys.executable, "-m", "speechpipe.pipeline.cli", "deploy", "--url", srv.http, "--admin-token", ADMIN]
         reverted = subprocess.run(
-            [*cmd, "revert", "--reason", "back to the old VAD"], cwd=ROOT, capture_output=True, text=True, timeout=60
+            [*cmd, "revert", "--reason", "back to the old VAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
         again = http(srv, "POST", "/admin/deploy", {"action": "revert"})
         back = stream(srv)

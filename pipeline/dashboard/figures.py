@@ -20,7 +20,6 @@ Labels = tuple[tuple[str, str], ...]
 Samples = dict[tuple[str, Labels], float]
 
 VARIANT, ROLE = "pipeline_variant", "deploy_role"
-SERIES = ("streams_open", "latency_p95", "cpu", "queue")
 
 
 def parse(text: str) -> Samples:
@@ -158,38 +157,52 @@ class DashboardFeed:
 
     Args:
         recent_s: the span of the ``recent`` figures.
-        history: how many past points of :data:`SERIES` are kept for the sparklines.
+        human_s: the span of each variant's ``human_wer_recent`` (human references come a few a
+            minute at best: a minute would mostly hold none).
     """
 
-    def __init__(self, recent_s: float = 60.0, history: int = 300) -> None:
-        self.recent_s = recent_s
+    def __init__(self, recent_s: float = 60.0, human_s: float = 300.0) -> None:
+        self.recent_s, self.human_s = recent_s, human_s
         self._past: deque[tuple[float, Samples]] = deque()
-        self.series: dict[str, deque] = {k: deque(maxlen=history) for k in ("t", *SERIES)}
+
+    def _before(self, now: float, span: float) -> tuple[float, Samples]:
+        """The latest exposition at least ``span`` old (the oldest kept when none is)."""
+        found = self._past[0]
+        for then, samples in self._past:
+            if then > now - span:
+                break
+            found = (then, samples)
+        return found
 
     def update(self, now: float, text: str, extra: Mapping[str, object] | None = None) -> dict:
         """The figures at ``now`` from the exposition ``text`` (``extra`` is merged in as is)."""
         samples = parse(text)
         self._past.append((now, samples))
-        while len(self._past) > 1 and self._past[1][0] <= now - self.recent_s:
+        longest = max(self.recent_s, self.human_s)
+        while len(self._past) > 1 and self._past[1][0] <= now - longest:
             self._past.popleft()
-        then, before = self._past[0]
+        then, before = self._before(now, self.recent_s)
         q, recent = Query(samples), Query(minus(samples, before) if then < now else samples)
+        human_then, human_before = self._before(now, self.human_s)
+        human = Query(minus(samples, human_before) if human_then < now else samples)
         service = service_figures(q, recent)
+        recent_s = min(self.recent_s, now - then) if then < now else 0.0
+        service["accepted_recent"] = recent.total("speechpipe_input_streams_total")
+        service["refused_recent"] = recent.total("speechpipe_streams_rejected_total")
         names = sorted({dict(labels).get(VARIANT) for (_, labels) in samples} - {None, ""})
-        point = {
-            "t": now,
-            "streams_open": service["streams_open"],
-            "latency_p95": service["latency_recent"]["p95"],
-            "cpu": service["cpu"],
-            "queue": sum(service["queue"].values()),
-        }
-        for key, value in point.items():
-            self.series[key].append(value)
+        variants = {}
+        for name in names:
+            v = variant_figures(q, recent, name)
+            v["human_wer_recent"] = _ratio(
+                human.total("speechpipe_feedback_errors_total", **{VARIANT: name}),
+                human.total("speechpipe_feedback_words_total", **{VARIANT: name}),
+            )
+            variants[name] = v
         return {
             "time": now,
-            "recent_s": min(self.recent_s, now - then) if then < now else 0.0,
+            "recent_s": recent_s,
+            "human_s": min(self.human_s, now - human_then) if human_then < now else 0.0,
             "service": service,
-            "variants": {name: variant_figures(q, recent, name) for name in names},
-            "series": {k: list(v) for k, v in self.series.items()},
+            "variants": variants,
             **(extra or {}),
         }

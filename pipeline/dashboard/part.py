@@ -1,7 +1,10 @@
 """The live dashboard as a part of the live server: ``/dashboard`` (the page), ``/dashboard.js``,
-``/dashboard.css``, ``/dashboard/state`` (one snapshot as JSON) and ``/dashboard/events``
-(server-sent events, one snapshot a second). The page and its data need the ``admin`` scope
-(``?token=`` for browsers); its deploy actions go to ``POST /admin/deploy`` with the same token.
+``/dashboard.css``, the vendored chart library (``/vendor/uplot/...``, uPlot, MIT), ``/dashboard/state``
+(one snapshot as JSON), ``/dashboard/events`` (server-sent events, one snapshot a second) and
+``/dashboard/history`` (the time series so far, as columns). The page and its data need the
+``admin`` scope (``?token=`` for browsers); its deploy actions go to ``POST /admin/deploy`` with
+the same token. At each tick of the server a snapshot is taken (at most one a second), so the
+charts have the time before a page was opened.
 
 It reads what other parts hold, given to it by whoever builds the parts: the ``/metrics`` page
 (telemetry), the drift figures and the review queue's; the deploy state comes from the
@@ -16,10 +19,10 @@ from collections.abc import AsyncIterator, Callable
 from importlib import resources
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from speechpipe.pipeline.dashboard.state import DashboardState
+from speechpipe.pipeline.dashboard.state import DashboardState, finite
 from speechpipe.pipeline.deploy.deployment import Deployment
 from speechpipe.pipeline.server.auth import ADMIN, NO_STORE, requires
 from speechpipe.pipeline.server.http import STORE_UNAVAILABLE, unavailable
@@ -29,6 +32,12 @@ from speechpipe.pipeline.server.parts import Part, ServerContext
 EVENT_INTERVAL_S = 1.0
 
 EMPTY_METRICS = (b"", "text/plain; version=0.0.4; charset=utf-8")
+#: the vendored chart library's files and their content types.
+VENDORED = {
+    "uPlot.iife.min.js": "text/javascript; charset=utf-8",
+    "uPlot.min.css": "text/css; charset=utf-8",
+    "LICENSE": "text/plain; charset=utf-8",
+}
 
 
 class DashboardPart(Part):
@@ -59,6 +68,9 @@ class DashboardPart(Part):
         self.deployment = ctx.deployment
         self.stopping = ctx.stopping
 
+    async def tick(self, now: float) -> None:
+        await asyncio.to_thread(self.state.snapshot)
+
     def _deploy(self) -> dict | None:
         return None if self.deployment is None else self.deployment.snapshot()
 
@@ -66,9 +78,12 @@ class DashboardPart(Part):
         return [
             Route("/dashboard", self.page),
             Route("/dashboard.js", self.script),
+            Route("/dashboard-charts.js", self.charts),
             Route("/dashboard.css", self.style),
             Route("/dashboard/state", self.snapshot),
             Route("/dashboard/events", self.events),
+            Route("/dashboard/history", self.history),
+            Route("/vendor/uplot/{name}", self.vendor),
         ]
 
     @requires(ADMIN)
@@ -78,8 +93,29 @@ class DashboardPart(Part):
     async def script(self, request: Request) -> Response:
         return _asset("dashboard.js", "text/javascript; charset=utf-8")
 
+    async def charts(self, request: Request) -> Response:
+        return _asset("dashboard-charts.js", "text/javascript; charset=utf-8")
+
     async def style(self, request: Request) -> Response:
         return _asset("dashboard.css", "text/css; charset=utf-8")
+
+    async def vendor(self, request: Request) -> Response:
+        """The vendored uPlot files (its script, its style sheet, its licence)."""
+        name = request.path_params["name"]
+        if name not in VENDORED:
+            return PlainTextResponse("not found\n", 404)
+        return _asset(f"vendor/uplot/{name}", VENDORED[name])
+
+    @requires(ADMIN)
+    async def history(self, request: Request) -> Response:
+        """``{"columns": {"t": [...], SERIES: [...]}, "every_s"}``: the time series (after
+        ``?since=T``, seconds since the epoch)."""
+        since = request.query_params.get("since")
+        try:
+            after = float(since) if since is not None else None
+        except ValueError:
+            return JSONResponse({"error": "bad_request", "message": f"since must be a number, not {since!r}"}, 400)
+        return JSONResponse(finite(await asyncio.to_thread(self.state.history, after)), headers=NO_STORE)
 
     @requires(ADMIN)
     async def snapshot(self, request: Request) -> Response:

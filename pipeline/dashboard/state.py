@@ -1,6 +1,8 @@
 """One dashboard snapshot: the figures of ``/metrics`` (:mod:`.figures`), the deploy state, and
 drift per feature with its baseline and current histograms. Built at most once a second however
-many pages are open (each page's event stream reads the latest one)."""
+many pages are open (each page's event stream reads the latest one), and at each of the server's
+ticks, so the time series (:mod:`.timeline`) go on while no page is open; each snapshot carries
+the latest ``point``."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import time
 from collections.abc import Callable
 
 from speechpipe.pipeline.dashboard.figures import DashboardFeed
+from speechpipe.pipeline.dashboard.timeline import Timeline, timeline_point
 
 
 def finite(value: object) -> object:
@@ -33,6 +36,7 @@ class DashboardState:
         review: the review queue's figures and threshold curves (None without a review queue).
         clock: wall-clock seconds.
         min_interval_s: a snapshot younger than this is served again.
+        timeline: where the time series' points go (a new one of 3 h, a point every 2 s).
     """
 
     def __init__(
@@ -44,11 +48,13 @@ class DashboardState:
         *,
         clock: Callable[[], float] = time.time,
         min_interval_s: float = 0.9,
+        timeline: Timeline | None = None,
     ) -> None:
         self.metrics, self.deploy, self.drift, self.review = metrics, deploy, drift, review
         self.clock = clock
         self.min_interval_s = min_interval_s
         self.feed = DashboardFeed()
+        self.timeline = timeline or Timeline()
         self._lock = threading.Lock()
         self._latest: tuple[float, dict] | None = None
 
@@ -66,5 +72,12 @@ class DashboardState:
                 "review": self.review(),
             }
             state = finite(self.feed.update(now, body.decode("utf-8", "replace"), extra))
+            self.timeline.add(finite(timeline_point(state)))
+            state["point"] = self.timeline.last
             self._latest = (now, state)
             return state
+
+    def history(self, since: float | None = None) -> dict:
+        """The time series as columns (after ``since``), for a page that opens."""
+        with self._lock:
+            return {"columns": self.timeline.columns(since), "every_s": self.timeline.every_s}

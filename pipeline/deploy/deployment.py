@@ -470,9 +470,13 @@ class Deployment:
 
     def snapshot(self) -> dict:
         """The controller's state, with the feedback received since start (``counted`` and
-        ``client``: the client feedback kept apart)."""
+        ``client``: the client feedback kept apart), and the rules a step advances by (``steps``,
+        ``step_min_s``, ``step_min_streams``, and ``previous_primary``, what ``revert`` goes back to)."""
         with self._lock:
+            s = self.settings
             saved = {"saved": self.unsaved_since is None, "unsaved_since": self.unsaved_since}
+            saved |= {"steps": list(s.steps), "step_min_s": s.step_min_s, "step_min_streams": s.step_min_streams}
+            saved["previous_primary"] = s.primary
             feedback = {**self.feedback_counts, "unsaved": len(self._unsaved_feedback)}
             rep = self.replicator
             if rep is None:
