@@ -299,6 +299,25 @@ def test_token_auth(engine):
         # Health and metrics stay open (bind to a private address to keep them private).
         assert urllib.request.urlopen(srv.http + "/healthz").status == 200
 
+        # Who a token makes its caller, answered to anyone: the browser client asks it first,
+        # since a WebSocket refused in its handshake only shows a browser 1006.
+        def whoami(headers):
+            with urllib.request.urlopen(urllib.request.Request(srv.http + "/v1/whoami", headers=headers)) as r:
+                assert r.status == 200 and r.headers["Cache-Control"] == "no-store"
+                return json.loads(r.read())
+
+        nobody = {"principal": "anonymous", "authenticated": False, "scopes": [], "stream": False}
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            assert whoami(headers) == nobody | {"stream_token_required": True}
+        for headers in ({"Authorization": "Bearer s3cret"}, {"X-Speechpipe-Token": "s3cret"}):
+            assert whoami(headers) == {
+                "principal": "stream",
+                "authenticated": True,
+                "scopes": ["feedback", "stream"],
+                "stream": True,
+                "stream_token_required": True,
+            }
+
 
 def test_http_routes(server):
     def get(path):
@@ -312,7 +331,20 @@ def test_http_routes(server):
     assert get("/readyz")[0] == 200
     status, ctype, body = get("/")
     assert status == 200 and ctype.startswith("text/html") and "app.js" in body
-    assert get("/app.js")[0] == 200 and get("/pcm-worklet.js")[0] == 200
+    assert get("/app.js")[0] == 200 and get("/transcript.js")[0] == 200 and get("/pcm-worklet.js")[0] == 200
+    # The page's icon, also where browsers look for one unasked (no 404 in the console).
+    assert 'rel="icon"' in body
+    for path in ("/favicon.svg", "/favicon.ico"):
+        status, ctype, icon = get(path)
+        assert status == 200 and ctype.startswith("image/") and icon.startswith("<svg"), (path, status, ctype)
+    # Without a stream token anyone may stream, and /v1/whoami says so.
+    assert json.loads(get("/v1/whoami")[2]) == {
+        "principal": "anonymous",
+        "authenticated": False,
+        "scopes": ["feedback", "stream"],
+        "stream": True,
+        "stream_token_required": False,
+    }
     assert get("/metrics")[0] == 200
     assert get("/nope")[0] == 404
     assert get("/stream")[0] in (400, 426)  # a plain GET is not a WebSocket handshake

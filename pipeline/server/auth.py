@@ -163,6 +163,19 @@ class Principals:
         """Whether anyone can hold ``scope`` (a token grants it, or everyone has it)."""
         return scope in self.anonymous or any(scope in p.scopes for p in self.digests.values())
 
+    def describe(self, principal: Principal) -> dict:
+        """What ``GET /v1/whoami`` tells a caller about itself: its principal's name and scopes,
+        whether it may open a stream, and whether streaming needs a token at all on this server.
+        A client asks before it connects: a WebSocket refused for its token closes with 1006 in a
+        browser, which cannot read the 401, so only this says why."""
+        return {
+            "principal": principal.name,
+            "authenticated": principal.is_authenticated,
+            "scopes": sorted(principal.scopes),
+            "stream": STREAM in principal.scopes,
+            "stream_token_required": STREAM not in self.anonymous,
+        }
+
 
 # -- sessions belong to who opened them ---------------------------------------------------------
 

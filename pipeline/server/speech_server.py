@@ -49,7 +49,7 @@ from speechpipe.pipeline.live.transport import Transport
 from speechpipe.pipeline.monitoring.quality import load_calibration
 from speechpipe.pipeline.scheduling.admission import Admission, Verdict, refusal
 from speechpipe.pipeline.scheduling.scheduler import AsrScheduler
-from speechpipe.pipeline.server.app import build_app, static_routes, upgrade_required
+from speechpipe.pipeline.server.app import build_app, static_routes, upgrade_required, whoami
 from speechpipe.pipeline.server.auth import (
     NO_STORE,
     STREAM,
@@ -170,6 +170,7 @@ class SpeechServer:
             Route("/stream", upgrade_required),
             Route("/healthz", self.healthz),
             Route("/readyz", self.readyz),
+            Route("/v1/whoami", whoami),
             *static_routes(),
         ]
         return own + [route for part in self.parts for route in part.routes()]
