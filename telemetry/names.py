@@ -123,7 +123,7 @@ DEPLOY_GATE = "deploy.gate"
 SHADOW_OUTCOME = "shadow.outcome"  # done | shed | failed
 SHADOW_EMPTY_MISMATCH = "shadow.empty_mismatch"
 AUTOMATION_LEVEL = "automation.level"  # human | shadow | assist | partial | full, on every stream span
-REVIEW_REASON = "review.reason"  # level | low_confidence | audit | vad_audit
+REVIEW_REASON = "review.reason"  # level | low_confidence | empty | audit | vad_audit
 OBSERVER = "observer"  # an observer's name: its `name` attribute or its class name
 # drift gauges (Prometheus: speechpipe_drift_score{variant,stage,feature})
 DRIFT_VARIANT = "variant"

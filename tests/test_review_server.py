@@ -124,9 +124,10 @@ def test_partial_sends_low_confidence_finals_to_review_and_the_revision_reaches_
     confidence = {f["segment"]: sum(w["probability"] for w in f["words"]) / len(f["words"]) for f in finals}
     assert all(confidence[f["segment"]] < 0.9 for f in pending)
     assert all(confidence[f["segment"]] >= 0.9 for f in finals if f["review"] == "none")
-    # The reviewer got exactly those, lowest confidence first, with the AI text as the draft.
+    # The reviewer got exactly those, with the AI text as the draft. (Claimed as they came while the
+    # stream ran, so their order is the order they came in, not lowest confidence first: that order
+    # among items waiting together is test_review_store's.)
     assert sorted(i["segment"] for i in items) == sorted(f["segment"] for f in pending)
-    assert [i["confidence"] for i in items] == sorted(i["confidence"] for i in items)
     by_segment = {f["segment"]: f for f in finals}
     assert all(i["draft"] == by_segment[i["segment"]]["text"].strip() for i in items)
     revisions = [m for m in messages if m["type"] == "revision"]

@@ -184,10 +184,13 @@ def review_on_the_page(p, srv, items: list[dict], segments: list[dict], seen: di
         page.wait_for_selector("#item:not([hidden])")
         for _ in items:
             meta = page.inner_text("#item-meta")
+            key = "Control+Enter"
             if page.is_visible("#question"):  # rejected audio: is there speech?
                 assert not page.is_visible("#before") and not page.is_visible("#after")
                 assert "rejected audio" in meta and "rejected as no speech" in page.inner_text("#clip-text")
-                page.fill("#text", "" if seen["audit"] else "someone spoke")
+                page.fill("#text", "someone spoke")
+                if seen["audit"]:
+                    key = "Alt+n"  # "No speech in this clip": an empty transcript on purpose
                 seen["audit"] += 1
             else:
                 shown = re.fullmatch(r"segment (\S+)–(\S+) s of 0–(\S+) s", page.inner_text("#clip-text"))
@@ -202,7 +205,7 @@ def review_on_the_page(p, srv, items: list[dict], segments: list[dict], seen: di
                 if not seen["segment"]:
                     page.fill("#after", "cut off words")
                 seen["segment"] += 1
-            page.keyboard.press("Control+Enter")
+            page.keyboard.press(key)
             page.wait_for_function(
                 "m => !document.getElementById('item').hidden"
                 " ? document.getElementById('item-meta').textContent !== m"

@@ -1,6 +1,7 @@
 """The review queue's store on SQLite and on a real PostgreSQL server, with real corpus audio:
-order of claims, no item twice, expiry, release, submit and its scoring, retention, migrations and
-a restart that loses nothing."""
+order of claims, no item twice, expiry, release (and who released it, held from them a while),
+submit and its scoring, neighbouring segments, retention, migrations and a restart that loses
+nothing."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import soundfile as sf
 from conftest import SPEECH
 from sqlalchemy import create_engine, text
 
-from speechpipe.pipeline.review.schema import SCHEMA_VERSION
-from speechpipe.pipeline.review.store import AiText, NewItem, ReviewError, ReviewStore, database_url
+from speechpipe.pipeline.review.policy import VAD_AUDIT, audit_key
+from speechpipe.pipeline.review.schema import SCHEMA_VERSION, V4_COLUMNS
+from speechpipe.pipeline.review.store import AiText, NewItem, ReviewError, ReviewStore, database_url, given_back_by
 from speechpipe.stages.audio import load_audio
 
 pytestmark = pytest.mark.corpus
@@ -196,3 +198,89 @@ def test_replicas_starting_together_on_a_new_postgresql_database_migrate_it_once
             e.dispose()
     assert not failed, failed
     assert sorted(was) == [0] + [SCHEMA_VERSION] * (len(engines) - 1)  # one migrated, the others found it done
+
+
+def test_an_item_given_back_is_not_handed_straight_back_to_its_reviewer(review_db, tmp_path):
+    """Issue 28: after Skip or Esc the page claimed the same item again at once. An item a reviewer
+    released is held from them for ``hold_s`` while anything else is free; with nothing else it
+    comes back only when they ask (``take_back``), and the rule is theirs alone."""
+    store = ReviewStore(review_db, tmp_path / "audio")
+    a, b = store.add(new(0, 0.2), T0), store.add(new(1, 0.5), T0)
+    first = store.claim("ann", T0 + 1, 60, hold_s=60)
+    assert first.id == a.id and (first.released_by, first.released_at) == (None, None)
+    skipped = store.release(a.id, first.claim, T0 + 2)
+    assert (skipped.state, skipped.released_by, skipped.released_at) == ("queued", "ann", T0 + 2)
+    second = store.claim("ann", T0 + 3, 60, hold_s=60)
+    assert second.id == b.id  # a is the lowest confidence, but ann just put it down
+    store.release(b.id, second.claim, T0 + 4)
+    assert store.claim("ann", T0 + 5, 60, hold_s=60, take_back=False) is None  # both held, both waiting
+    assert [i.state for i in store.queue(T0 + 5)] == ["queued", "queued"]
+    back = store.claim("ann", T0 + 5, 60, hold_s=60)  # nothing else free, and ann asks: it comes back
+    assert back.id == a.id and given_back_by(back, "ann", T0 + 5, 60) and not given_back_by(back, "bob", T0 + 5, 60)
+    other = store.claim("bob", T0 + 5, 60, hold_s=60, take_back=False)  # not held from anyone else
+    assert other.id == b.id and not given_back_by(other, "bob", T0 + 5, 60)
+    store.release(a.id, back.claim, T0 + 6)
+    store.close()
+    # The hold is in the database (every replica's claims keep it, and a restart), and it runs out.
+    again = ReviewStore(review_db, tmp_path / "audio")
+    assert again.claim("ann", T0 + 65, 60, hold_s=60, take_back=False) is None
+    later = again.claim("ann", T0 + 66, 60, hold_s=60, take_back=False)
+    assert later.id == a.id and not given_back_by(later, "ann", T0 + 66, 60)
+    # the one who gives it back is named where the page renamed its reviewer since the claim
+    assert again.release(a.id, later.claim, T0 + 67, reviewer="ann at home").released_by == "ann at home"
+    again.close()
+
+
+def test_neighbours_are_the_segments_around_an_item_in_its_session_and_variant(review_db, tmp_path):
+    """What the page shows above and below the text box: the items of segment - 1 and + 1 of the
+    same session and variant; around an audit of rejected audio, the nearest segments in time.
+    Another session, another variant and the audits (whose keys are negative) are no neighbours."""
+    store = ReviewStore(review_db, tmp_path / "audio")
+    length = AUDIO.size / 16000
+
+    def at(segment: int, session: str = "s1", **more) -> NewItem:
+        item = replace(new(segment, 0.5, session=session), start_s=segment * 10.0, end_s=segment * 10.0 + length)
+        return replace(item, **more)
+
+    audit = {"reason": VAD_AUDIT, "draft": None, "confidence": None, "transcripts": []}
+    items = {k: store.add(at(k), T0 + k) for k in (0, 1, 2, 4)}
+    store.add(at(3, session="s2"), T0)
+    green = store.add(at(5, variant="green"), T0)
+    first_audit = store.add(replace(at(0), segment=audit_key(0), start_s=0.0, end_s=0.0, **audit), T0)
+    gap = store.add(replace(at(0), segment=audit_key(25 * 16000), start_s=25.0, end_s=28.0, **audit), T0)
+    assert first_audit.segment == -1  # the key segment 0's "segment - 1" would meet
+    claimed = store.claim("ann", T0 + 10, 60)
+    while claimed.id != items[1].id:
+        claimed = store.claim("ann", T0 + 10, 60)
+    store.submit(items[1].id, REFERENCE, claimed.claim, "ann", T0 + 11)
+
+    def around(item) -> tuple:
+        return tuple(n.segment if n is not None else None for n in store.neighbours(item))
+
+    assert around(items[0]) == (None, 1)
+    assert around(items[1]) == (0, 2) and around(items[2]) == (1, None)  # segment 3 is another session's
+    assert around(items[4]) == (None, None)  # segment 5 is another variant's
+    assert around(green) == (None, None)
+    assert around(gap) == (2, 4) and around(first_audit) == (None, 0)
+    before, _ = store.neighbours(items[2])
+    assert (before.state, before.text) == ("done", REFERENCE)  # what the reviewer typed, once reviewed
+    store.close()
+
+
+def test_a_version_3_database_gains_who_gave_an_item_back_and_keeps_its_items(review_db, tmp_path):
+    store = ReviewStore(review_db, tmp_path / "audio")
+    old = store.add(new(0, 0.5), T0)
+    store.close()
+    engine = create_engine(database_url(review_db))
+    with engine.begin() as conn:  # back to version 3's shape
+        for column in V4_COLUMNS:
+            conn.execute(text(f"ALTER TABLE review_items DROP COLUMN {column}"))
+        conn.execute(text("UPDATE speechpipe_schema SET version = 3"))
+    engine.dispose()
+    again = ReviewStore(review_db, tmp_path / "audio")
+    assert again.schema_was == 3
+    kept = again.get(old.id)
+    assert (kept.state, kept.released_by, kept.released_at) == ("queued", None, None)
+    claimed = again.claim("ann", T0 + 1, 60, hold_s=60)
+    assert again.release(old.id, claimed.claim, T0 + 2).released_by == "ann"
+    again.close()

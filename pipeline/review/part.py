@@ -3,13 +3,17 @@ and page, a session's revisions, the figures refreshed at each tick (docs/review
 
 ``review`` scope (the reviewer token; without one configured the routes answer 403):
 
-* ``POST /v1/review/claim`` (``{"reviewer": NAME}`` optional): the next item, claimed, as
-  ``{"id", "session", "segment", "audio_url", "draft", "confidence", "claimed_until", "claim",
-  "margin_before_s", "margin_after_s", ...}``; 204 when the queue is empty.
+* ``POST /v1/review/claim`` (``{"reviewer": NAME, "take_back": BOOL}`` optional): the next item,
+  claimed, as ``{"id", "session", "segment", "audio_url", "draft", "confidence", "claimed_until",
+  "claim", "margin_before_s", "margin_after_s", "reason_label", "reason_text", "neighbours",
+  "back_to_you", ...}``; 204 when the queue is empty. An item this reviewer skipped or gave back
+  within ``[review] release_hold_s`` comes only when nothing else is free (``back_to_you``), and
+  not at all with ``"take_back": false``.
 * ``GET /v1/review/{id}/audio``: the item's clip (FLAC): the segment with its margins.
 * ``POST /v1/review/{id}`` ``{"text": "...", "before"?: "...", "after"?: "...", "claim"?: CLAIM}``:
   the human transcript of the segment, and the words heard in the margins before and after it.
-* ``POST /v1/review/{id}/release``: back to the queue.
+* ``POST /v1/review/{id}/release`` (``{"claim", "reviewer"}`` optional): back to the queue; the
+  reviewer who gives it back (by default the one who claimed it) is not handed it again at once.
 * ``GET /v1/review/stats``: queue length, oldest age, done, per-variant human-vs-AI WER, and per
   variant each stage's errors (``by_stage``).
 * ``GET /v1/review/queue``: what waits, in the order claims take it.
@@ -42,9 +46,9 @@ from starlette.routing import BaseRoute, Route
 from speechpipe.pipeline.config import Config
 from speechpipe.pipeline.hooks import Observer
 from speechpipe.pipeline.live.actions import AddMargin, ReviewRequest
-from speechpipe.pipeline.review.policy import VAD_AUDIT
+from speechpipe.pipeline.review.policy import VAD_AUDIT, explain
 from speechpipe.pipeline.review.service import ReviewService, open_store
-from speechpipe.pipeline.review.store import MAX_TEXT, Item, ReviewError
+from speechpipe.pipeline.review.store import DONE, MAX_TEXT, Item, ReviewError
 from speechpipe.pipeline.server.auth import ADMIN, NO_STORE, REVIEW, STREAM, SessionOwners, requires
 from speechpipe.pipeline.server.http import STORE_UNAVAILABLE, BadRequest, error, read_json, unavailable
 from speechpipe.pipeline.server.parts import Part, ServerContext, StreamInfo
@@ -73,13 +77,37 @@ class ReviewFigures:
     figures: dict
 
 
-def item_doc(item: Item) -> dict:
-    """An item as the API shows it."""
+def item_doc(item: Item, review_below: float | None = None) -> dict:
+    """An item as the API shows it, with why it is queued in words (``reason_label``, short, and
+    ``reason_text``, a sentence: :func:`~speechpipe.pipeline.review.policy.explain`, against
+    ``review_below``, its variant's threshold now)."""
     doc = asdict(item)
     doc["audio_url"] = f"/v1/review/{item.id}/audio" if item.audio else None
     doc["start"], doc["end"] = doc.pop("start_s"), doc.pop("end_s")
     doc.pop("owner")  # who opened the session is the session route's business, not the reviewers'
+    why = explain(item.reason, item.level, item.confidence, review_below, item.draft)
+    doc["reason_label"], doc["reason_text"] = why.label, why.text
     return doc
+
+
+def neighbour_doc(item: Item | None) -> dict | None:
+    """A neighbouring segment as a claim shows it (None: not in the store): ``text`` the
+    reviewer's words once it is reviewed (``by: human``), else the AI text that its level lets a
+    reviewer see, its draft (``by: ai``), else none (``by: null``: at ``human`` and ``shadow``
+    the AI's text is kept from reviewers, at ``full`` from the audit's)."""
+    if item is None:
+        return None
+    done = item.state == DONE
+    text = item.text if done else item.draft
+    by = "human" if done else "ai" if text is not None else None
+    return {
+        "segment": item.segment,
+        "start": item.start_s,
+        "end": item.end_s,
+        "state": item.state,
+        "text": text,
+        "by": by,
+    }
 
 
 def _page(name: str, content_type: str) -> Response:
@@ -131,6 +159,8 @@ class ReviewPart(Part):
         self.service: ReviewService | None = None
         self._report: Observer | None = None
         self.owners = SessionOwners()  # the server's, once started
+        #: each variant's ``review_below``, which says why a low-confidence item is queued
+        self.review_below = {n: config.for_variant(n).automation.review_below for n in config.variant_names()}
 
     @property
     def queues_reviews(self) -> bool:
@@ -211,10 +241,19 @@ class ReviewPart(Part):
     @requires(REVIEW)
     @_served
     async def claim(self, request: Request, svc: ReviewService) -> Response:
-        item = await svc.claim(_reviewer(request, await _optional_json(request)))
+        doc = await _optional_json(request)
+        take_back = doc.get("take_back", True)
+        if not isinstance(take_back, bool):
+            raise BadRequest(400, "bad_request", "take_back must be true or false")
+        item, back = await svc.claim(_reviewer(request, doc), take_back)
         if item is None:
             return Response(status_code=204, headers=NO_STORE)
-        return JSONResponse(item_doc(item), headers=NO_STORE)
+        before, after = await svc.neighbours(item)
+        neighbours = {"before": neighbour_doc(before), "after": neighbour_doc(after)}
+        return JSONResponse(self._doc(item) | {"neighbours": neighbours, "back_to_you": back}, headers=NO_STORE)
+
+    def _doc(self, item: Item) -> dict:
+        return item_doc(item, self.review_below.get(item.variant))
 
     @requires(REVIEW)
     @_served
@@ -223,13 +262,15 @@ class ReviewPart(Part):
         text, before, after = (_text(doc, key, required=key == "text") for key in ("text", "before", "after"))
         item_id, claim, reviewer = request.path_params["id"], _claim(doc), _reviewer(request, doc)
         item = await svc.submit(item_id, text, claim, reviewer, before, after)
-        return JSONResponse(item_doc(item), headers=NO_STORE)
+        return JSONResponse(self._doc(item), headers=NO_STORE)
 
     @requires(REVIEW)
     @_served
     async def release(self, request: Request, svc: ReviewService) -> Response:
-        item = await svc.release(request.path_params["id"], _claim(await _optional_json(request)))
-        return JSONResponse(item_doc(item), headers=NO_STORE)
+        doc = await _optional_json(request)
+        named = "reviewer" in doc or "x-reviewer" in request.headers  # else: who claimed it gave it back
+        item = await svc.release(request.path_params["id"], _claim(doc), _reviewer(request, doc) if named else None)
+        return JSONResponse(self._doc(item), headers=NO_STORE)
 
     @requires(REVIEW)
     @_served
@@ -249,7 +290,7 @@ class ReviewPart(Part):
     @_served
     async def queue(self, request: Request, svc: ReviewService) -> Response:
         items = await svc.queue()
-        return JSONResponse({"items": [item_doc(i) for i in items]}, headers=NO_STORE)
+        return JSONResponse({"items": [self._doc(i) for i in items]}, headers=NO_STORE)
 
     @requires(REVIEW)
     @_served

@@ -15,7 +15,10 @@ item's clip holds around its segment (``margin_before_s``, ``margin_after_s``), 
 heard in them (``text_before``, ``text_after``), and the review scored by stage: the ASR's word
 errors against the segment's words (``asr_errors`` of ``asr_words``), the VAD's cuts (words in
 the margins, ``vad_cut_words``) and misses (words in rejected audio, ``vad_miss_words``). Rows of
-earlier versions have none of them (NULL: no margin, not scored by stage).
+earlier versions have none of them (NULL: no margin, not scored by stage). 4, who last gave an
+item back and when (``released_by``, ``released_at``): a reviewer is not handed back at once the
+item they skipped or gave back (:meth:`~speechpipe.pipeline.review.store.ReviewStore.claim`). Rows
+of earlier versions have none (NULL: never given back since).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from sqlalchemy.engine import Connection, Engine
 metadata = MetaData()
 
 #: the version this code writes and reads.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 schema = Table("speechpipe_schema", metadata, Column("version", Integer, nullable=False))
 
@@ -57,7 +60,7 @@ items = Table(
     Column("segment", Integer, nullable=False),
     Column("variant", String(64), nullable=False),
     Column("level", String(16), nullable=False),  # the automation level it was sent under
-    Column("reason", String(16), nullable=False),  # why it is here: level, low_confidence, audit, vad_audit
+    Column("reason", String(16), nullable=False),  # why: level, low_confidence, empty, audit, vad_audit
     Column("start_s", Float, nullable=False),
     Column("end_s", Float, nullable=False),
     Column("draft", Text),  # the AI text the reviewer starts from (None: from scratch)
@@ -81,6 +84,9 @@ items = Table(
     Column("asr_words", Integer),  # the segment's words (the reference)
     Column("vad_cut_words", Integer),  # words heard in the margins: the VAD cut them off
     Column("vad_miss_words", Integer),  # words heard in audio the VAD rejected (vad_audit)
+    # version 4: who skipped or gave the item back last, and when
+    Column("released_by", String(128)),
+    Column("released_at", Float),
     UniqueConstraint("session", "segment", name="uq_review_items_segment"),
 )
 Index("ix_review_items_queue", items.c.state, items.c.confidence, items.c.created_at)
@@ -133,11 +139,23 @@ def _v3(conn: Connection) -> None:
             conn.execute(text(f"ALTER TABLE {items.name} ADD COLUMN {name} {kind}"))
 
 
+#: the columns version 4 adds to ``review_items``, with their SQL types.
+V4_COLUMNS = {"released_by": "VARCHAR(128)", "released_at": "FLOAT"}
+
+
+def _v4(conn: Connection) -> None:
+    """Add who gave an item back and when (:data:`V4_COLUMNS`) where missing (as :func:`_v2`)."""
+    have = {c["name"] for c in inspect(conn).get_columns(items.name)}
+    for name, kind in V4_COLUMNS.items():
+        if name not in have:
+            conn.execute(text(f"ALTER TABLE {items.name} ADD COLUMN {name} {kind}"))
+
+
 #: the advisory lock a migration holds on PostgreSQL ("spreview" in ASCII, as a bigint).
 MIGRATE_LOCK = 0x7370_7265_7669_6577
 
 #: migration to version N is MIGRATIONS[N - 1]
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4]
 
 
 def version_of(conn: Connection) -> int:

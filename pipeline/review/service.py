@@ -40,7 +40,7 @@ from speechpipe.pipeline.live.actions import AddMargin, SubmitReview
 from speechpipe.pipeline.review.policy import VAD_AUDIT
 from speechpipe.pipeline.review.settings import AutomationSettings, ReviewSettings, model_runs_at
 from speechpipe.pipeline.review.spool import ReviewSpool
-from speechpipe.pipeline.review.store import AiText, Item, MarginAfter, NewItem, ReviewStore
+from speechpipe.pipeline.review.store import AiText, Item, MarginAfter, NewItem, ReviewStore, given_back_by
 from speechpipe.pipeline.review.threshold import curve
 
 log = logging.getLogger("speechpipe.review")
@@ -256,11 +256,19 @@ class ReviewService:
     async def session(self, session: str) -> list[Item]:
         return await asyncio.to_thread(self.store.session, session)
 
-    async def claim(self, reviewer: str) -> Item | None:
-        return await asyncio.to_thread(self.store.claim, reviewer, self.clock(), self.settings.claim_s)
+    async def claim(self, reviewer: str, take_back: bool = True) -> tuple[Item | None, bool]:
+        """The next item for ``reviewer`` (:meth:`ReviewStore.claim`, an item they gave back held
+        for ``release_hold_s``), and whether it is one they gave back within that hold (then
+        nothing else was free)."""
+        now, hold = self.clock(), self.settings.release_hold_s
+        item = await asyncio.to_thread(self.store.claim, reviewer, now, self.settings.claim_s, hold, take_back)
+        return item, item is not None and given_back_by(item, reviewer, now, hold)
 
-    async def release(self, item_id: str, claim: str | None) -> Item:
-        return await asyncio.to_thread(self.store.release, item_id, claim, self.clock())
+    async def neighbours(self, item: Item) -> tuple[Item | None, Item | None]:
+        return await asyncio.to_thread(self.store.neighbours, item)
+
+    async def release(self, item_id: str, claim: str | None, reviewer: str | None = None) -> Item:
+        return await asyncio.to_thread(self.store.release, item_id, claim, self.clock(), reviewer)
 
     async def submit(
         self, item_id: str, text: str, claim: str | None, reviewer: str, before: str = "", after: str = ""

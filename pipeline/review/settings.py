@@ -65,6 +65,9 @@ class ReviewSettings:
         keep_days: the audio of a segment is deleted this long after it was queued (an item
             still waiting then expires).
         claim_s: how long a reviewer holds a claimed item before it returns to the queue.
+        release_hold_s: an item a reviewer skipped or gave back is not claimed again by that
+            reviewer for this long while anything else waits (after it, or with nothing else
+            waiting, it may come back, and the claim says so: ``back_to_you``).
         spool: the local SQLite file where a segment sent to review waits until the store has it
             ("" : ``spool.db`` in the data directory). It must be on this machine's own disk,
             one per server (docs/review.md, "What is durable").
@@ -83,6 +86,7 @@ class ReviewSettings:
     spool: str = ""
     keep_days: float = 30.0
     claim_s: float = 300.0
+    release_hold_s: float = 300.0
     margin_s: float = 1.0
     vad_audit_share: float = 0.0
     vad_audit_min_s: float = 0.5
@@ -91,6 +95,8 @@ class ReviewSettings:
     def __post_init__(self) -> None:
         if self.keep_days <= 0 or self.claim_s <= 0:
             raise ValueError("review.keep_days and review.claim_s must be positive")
+        if self.release_hold_s < 0:
+            raise ValueError("review.release_hold_s must be 0 or more seconds")
         if not 0.0 <= self.margin_s <= MAX_MARGIN_S:
             raise ValueError(f"review.margin_s must lie in [0, {MAX_MARGIN_S:g}] s")
         if not 0.0 <= self.vad_audit_share <= 1.0:

@@ -4,7 +4,9 @@ directory, deleted after the retention period.
 
 Claims are a compare-and-set: an item is taken by an ``UPDATE ... WHERE`` that only matches
 while it is free (queued, or claimed with the claim expired), so two reviewers, on one server or
-on several sharing a database, never hold the same item. Times are passed in (Unix seconds).
+on several sharing a database, never hold the same item. An item given back (skipped, or put
+down) remembers who gave it back and when, so that reviewer is handed the others first for a
+while (:meth:`ReviewStore.claim`). Times are passed in (Unix seconds).
 """
 
 from __future__ import annotations
@@ -115,6 +117,8 @@ class Item:
     asr_words: int | None = None
     vad_cut_words: int | None = None
     vad_miss_words: int | None = None
+    released_by: str | None = None  # who last skipped or gave it back, and when (None: nobody since)
+    released_at: float | None = None
 
     @classmethod
     def of(cls, row: RowMapping) -> Item:
@@ -124,6 +128,12 @@ class Item:
 def samples(seconds: float) -> int:
     """A stream time or duration as 16 kHz samples (times are sample positions / 16000)."""
     return round(seconds * SAMPLE_RATE)
+
+
+def given_back_by(item: Item, reviewer: str, now: float, hold_s: float) -> bool:
+    """Whether ``reviewer`` skipped or gave ``item`` back less than ``hold_s`` before ``now``: while
+    so, a claim of theirs takes any other free item first."""
+    return item.released_by == reviewer and item.released_at is not None and item.released_at > now - hold_s
 
 
 def _count(condition) -> object:
@@ -339,14 +349,29 @@ class ReviewStore:
                     removed += 1
         return removed
 
-    def claim(self, reviewer: str, now: float, claim_s: float) -> Item | None:
+    def claim(
+        self, reviewer: str, now: float, claim_s: float, hold_s: float = 0.0, take_back: bool = True
+    ) -> Item | None:
         """The next free item for ``reviewer`` (lowest confidence first, then oldest), claimed until
-        ``now + claim_s``; None when the queue is empty."""
+        ``now + claim_s``; None when the queue is empty.
+
+        An item ``reviewer`` skipped or gave back less than ``hold_s`` ago (:func:`given_back_by`)
+        is taken only when no other item is free, and then only with ``take_back`` (without it
+        the answer is None, though that item waits): a reviewer who gives an item back is not
+        handed it straight back while there is anything else to do."""
         free = or_(items.c.state == QUEUED, and_(items.c.state == CLAIMED, items.c.claimed_until < now))
+        not_held = or_(
+            items.c.released_by.is_(None),
+            items.c.released_by != reviewer,
+            items.c.released_at.is_(None),
+            items.c.released_at <= now - hold_s,
+        )
         order = (func.coalesce(items.c.confidence, -1.0), items.c.created_at, items.c.id)
         for _ in range(20):  # lost races retry with the next candidate
             with self.engine.begin() as conn:
-                item_id = conn.execute(select(items.c.id).where(free).order_by(*order).limit(1)).scalar()
+                item_id = conn.execute(select(items.c.id).where(free, not_held).order_by(*order).limit(1)).scalar()
+                if item_id is None and take_back:
+                    item_id = conn.execute(select(items.c.id).where(free).order_by(*order).limit(1)).scalar()
                 if item_id is None:
                     return None
                 claim = uuid.uuid4().hex
@@ -359,14 +384,23 @@ class ReviewStore:
                 return self.get(item_id)
         raise ReviewError(503, "busy", "the queue is contended; retry")
 
-    def release(self, item_id: str, claim: str | None, now: float) -> Item:
-        """Give a claimed item back to the queue."""
+    def release(self, item_id: str, claim: str | None, now: float, reviewer: str | None = None) -> Item:
+        """Give a claimed item back to the queue (skipped, or put down), noting who gave it back
+        (``reviewer``; None: who claimed it) and when: :meth:`claim` hands it to them again only
+        when nothing else is free."""
         item = self._claimed(item_id, claim, now)
         with self.engine.begin() as conn:
             conn.execute(
                 update(items)
                 .where(items.c.id == item.id, items.c.claim == item.claim)
-                .values(state=QUEUED, claim=None, claimed_by=None, claimed_until=None)
+                .values(
+                    state=QUEUED,
+                    claim=None,
+                    claimed_by=None,
+                    claimed_until=None,
+                    released_by=reviewer if reviewer is not None else items.c.claimed_by,
+                    released_at=now,
+                )
             )
         return self.get(item_id)
 
@@ -466,6 +500,24 @@ class ReviewStore:
         with self.engine.connect() as conn:
             rows = conn.execute(select(items).where(items.c.session == session).order_by(items.c.segment)).all()
         return [Item.of(r._mapping) for r in rows]
+
+    def neighbours(self, item: Item) -> tuple[Item | None, Item | None]:
+        """The items of the segments just before and just after ``item`` in its session and
+        variant (None where the store has none): indices ``segment - 1`` and ``segment + 1``; for
+        a ``vad_audit`` item, the nearest segments ending before it and starting after it. The
+        store keeps only the segments sent to review, so at ``partial`` or ``full`` a neighbour
+        that went out without review is not here."""
+        same = (items.c.session == item.session, items.c.variant == item.variant, items.c.reason != VAD_AUDIT)
+        if item.reason == VAD_AUDIT:
+            before = select(items).where(*same, items.c.end_s <= item.start_s).order_by(items.c.start_s.desc())
+            after = select(items).where(*same, items.c.start_s >= item.end_s).order_by(items.c.start_s)
+        else:
+            before = select(items).where(*same, items.c.segment == item.segment - 1)
+            after = select(items).where(*same, items.c.segment == item.segment + 1)
+        with self.engine.connect() as conn:
+            rows = [conn.execute(q.limit(1)).first() for q in (before, after)]
+        found = [Item.of(r._mapping) if r is not None else None for r in rows]
+        return found[0], found[1]
 
     def transcripts(self, item_id: str) -> list[dict]:
         """Every variant's transcript of an item, with its errors against the human once reviewed."""
