@@ -130,6 +130,14 @@ def test_partial_sends_low_confidence_finals_to_review_and_the_revision_reaches_
     assert sorted(i["segment"] for i in items) == sorted(f["segment"] for f in pending)
     by_segment = {f["segment"]: f for f in finals}
     assert all(i["draft"] == by_segment[i["segment"]]["text"].strip() for i in items)
+    # Neighbours that went out without review are the finals the client got (the store lacks them:
+    # from the server's ledger); the one before an item was always out when the item was claimed.
+    for i in items:
+        for side, segment in (("before", i["segment"] - 1), ("after", i["segment"] + 1)):
+            sent, n = by_segment.get(segment), i["neighbours"][side]
+            if sent is None or sent["review"] != "none" or (n is None and side == "after"):
+                continue
+            assert (n["segment"], n["state"], n["by"], n["text"]) == (segment, "sent", "ai", sent["text"].strip())
     revisions = [m for m in messages if m["type"] == "revision"]
     assert {(r["segment"], r["text"], r["by"]) for r in revisions} == {
         (f["segment"], f"human words of segment {f['segment']}", "human") for f in pending

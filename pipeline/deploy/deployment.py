@@ -440,6 +440,15 @@ class Deployment:
             rec = self.ledger.get(session)
             return rec.variant if rec is not None else None
 
+    def finals_of(self, session: str, segments: tuple[int, ...]) -> tuple[str, dict[int, Piece]] | None:
+        """The variant that served ``session`` and its finals of ``segments`` as the client got
+        them (those the ledger has; None: the session is unknown here)."""
+        with self._lock:
+            rec = self.ledger.get(session)
+            if rec is None:
+                return None
+            return rec.variant, {i: rec.finals[i] for i in segments if i in rec.finals}
+
     def apply(self, action: dict, reason: str = "admin") -> Change:
         """An admin action (``POST /admin/deploy``); DeployError for a bad one. Shared: made on
         the stored state (a store that cannot be written raises, nothing changed); call it off

@@ -159,6 +159,8 @@ class ReviewPart(Part):
         self.service: ReviewService | None = None
         self._report: Observer | None = None
         self.owners = SessionOwners()  # the server's, once started
+        #: the finals a session's client got (the deployment's ledger), once started
+        self.finals_of: Callable[[str, tuple[int, ...]], tuple[str, dict] | None] | None = None
         #: each variant's ``review_below``, which says why a low-confidence item is queued
         self.review_below = {n: config.for_variant(n).automation.review_below for n in config.variant_names()}
 
@@ -168,6 +170,7 @@ class ReviewPart(Part):
 
     async def start(self, ctx: ServerContext) -> None:
         self.owners = ctx.owners
+        self.finals_of = ctx.deployment.finals_of
         if self.store is None:
             return
         self._report = ctx.observer
@@ -250,7 +253,26 @@ class ReviewPart(Part):
             return Response(status_code=204, headers=NO_STORE)
         before, after = await svc.neighbours(item)
         neighbours = {"before": neighbour_doc(before), "after": neighbour_doc(after)}
+        neighbours |= self._sent_around(item, neighbours)
         return JSONResponse(self._doc(item) | {"neighbours": neighbours, "back_to_you": back}, headers=NO_STORE)
+
+    def _sent_around(self, item: Item, found: dict) -> dict:
+        """The neighbours the store lacks (finals that went out without review), from what the
+        client of the session got, as the deployment's ledger keeps it: only where the item's own
+        AI text is shown to its reviewer (its draft), and for the variant that served it."""
+        missing = {k: item.segment + d for k, d in (("before", -1), ("after", 1)) if found[k] is None}
+        if not missing or item.reason == VAD_AUDIT or item.draft is None or self.finals_of is None:
+            return {}
+        served = self.finals_of(item.session, tuple(missing.values()))
+        if served is None or served[0] != item.variant:
+            return {}
+        out = {}
+        for key, segment in missing.items():
+            piece = served[1].get(segment)
+            if piece is not None:
+                out[key] = {"segment": segment, "start": piece.start_s, "end": piece.end_s, "state": "sent"}
+                out[key] |= {"text": piece.text.strip(), "by": "ai"}
+        return out
 
     def _doc(self, item: Item) -> dict:
         return item_doc(item, self.review_below.get(item.variant))

@@ -221,7 +221,7 @@ function neighbour(where, n) {
   let said = n.text;
   if (said === null) said = "(not reviewed yet; its AI text is not shown at this level)";
   else if (said === "") said = n.by === "human" ? "(no speech)" : "(the model heard no words)";
-  const by = n.by === "human" ? "reviewed" : n.by === "ai" ? "AI" : "pending";
+  const by = n.by === "human" ? "reviewed" : n.state === "sent" ? "AI, sent without review" : n.by === "ai" ? "AI" : "pending";
   $(`nb-${where}`).textContent = `${where}: segment ${n.segment} (${by}): ${said}`;
 }
 
