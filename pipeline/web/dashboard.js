@@ -191,6 +191,7 @@ function renderDeploy(d, now) {
   set("gates-window", gates.length
     ? (last ? "as they were judged at that decision" : `this step's window, since ${clock(w.started_at)}: candidate and primary figures over it (the tables below are since the server started)`)
     : "no gate in this mode, or none judged yet");
+  $("gate-rows").closest(".table-wrap").hidden = !gates.length;
   $("gate-rows").replaceChildren(...gates.map((g) => {
     const tr = el("tr", { "data-gate": g.name });
     const verdict = g.passed === null ? (g.held ? "hold" : "waiting") : g.passed ? "pass" : "fail";
