@@ -24,6 +24,7 @@ from speechpipe.pipeline.deploy import (
     evaluate_gates,
     p95,
 )
+from speechpipe.pipeline.deploy.golden import GoldenVerdict
 
 VARIANTS = {"blue": "cfg-blue", "green": "cfg-green", "other": "cfg-other"}
 #: latencies of a healthy variant, 0.6-1.5 s (above the 0.5 s floor, so the ratio counts).
@@ -469,7 +470,7 @@ def test_snapshot_is_the_documented_shape():
     healthy_step(ctl, 12.0)
     ctl.tick(13.0)
     snap = ctl.snapshot()
-    assert list(snap) == ["mode", "variants", "step", "state", "history", "paused", "window"]
+    assert list(snap) == ["mode", "variants", "step", "state", "history", "paused", "golden", "window"]
     assert (snap["mode"], snap["step"], snap["state"], snap["paused"]) == ("canary", 0, "progressing", False)
     assert snap["variants"]["green"]["weight"] == 0.05 and snap["variants"]["blue"]["weight"] == 0.95
     assert snap["window"]["started_at"] == 10.0 and snap["window"]["streams"] == {"blue": 10, "green": 10}
@@ -797,3 +798,93 @@ def test_every_gate_states_its_minimum_evidence():
         cand.add_final(empty=True, latency_s=9.0)
         prim.add_final(latency_s=1.0)
     assert all(r.passed is None for r in evaluate_gates(cand, prim, GateSettings()))
+
+
+# -- the golden set -------------------------------------------------------------------------------
+
+
+def verdict(primary_wer: float, candidate_wer: float, candidate: str = "green", **kw) -> GoldenVerdict:
+    ids = {"primary_id": VARIANTS["blue"], "candidate_id": VARIANTS[candidate]}
+    return GoldenVerdict("blue", candidate=candidate, primary_wer=primary_wer, candidate_wer=candidate_wer, limit=0.02,
+                         files=12, words=300, **(ids | kw))  # fmt: skip
+
+
+def test_a_gated_canary_takes_no_traffic_until_the_golden_set_admits_its_candidate():
+    ctl = DeployController(canary(golden="/golden"), VARIANTS, now=0.0)
+    assert (ctl.state, ctl.weights(), ctl.golden_wanted()) == ("gating", {"blue": 1.0, "green": 0.0}, ("blue", "green"))
+    assert {ctl.assign(1.0, stream_id=f"s{k}").variant for k in range(40)} == {"blue"}
+    assert ctl.tick(100.0) == []
+    for action in ({"action": "set_weight", "variant": "green", "weight": 0.5}, {"action": "promote"}):
+        with pytest.raises(
+            DeployError, match=r"'green' is being evaluated against 'blue' on the golden set \(/golden\)"
+        ):
+            ctl.apply(action, 2.0)
+    with pytest.raises(DeployError, match=r"rollback: 'green' takes no traffic \(canary gating\)"):
+        ctl.apply({"action": "rollback"}, 2.0)
+    assert ctl.record_golden(3.0, verdict(0.05, 0.06, candidate="other")) is None  # not the pair wanted
+    change = ctl.record_golden(3.0, verdict(0.05, 0.06))
+    assert (change.action, change.from_state, change.to_state) == ("golden", "gating", "progressing")
+    assert change.reason.startswith("admitted: golden set (12 files, 300 words): green WER 6.0 % against blue 5.0 %")
+    (gate,) = change.gates
+    assert (gate.name, gate.passed, gate.candidate, gate.primary, gate.threshold) == (
+        "golden_wer_delta", True, 0.06, 0.05, 0.02)  # fmt: skip
+    assert gate.value == pytest.approx(0.01)
+    assert (ctl.step, ctl.weights(), ctl.golden_wanted()) == (0, {"blue": 0.95, "green": 0.05}, None)
+    assert ctl.snapshot()["golden"]["candidate_wer"] == 0.06
+
+
+def test_a_candidate_worse_on_the_golden_set_is_refused_with_the_figures_and_stays_refused():
+    ctl = DeployController(canary(golden="/golden"), VARIANTS, now=0.0)
+    change = ctl.record_golden(5.0, verdict(0.05, 0.213))
+    assert (change.to_state, ctl.weights()) == ("refused", {"blue": 1.0, "green": 0.0})
+    assert "green WER 21.3 % against blue 5.0 % (+16.3 points > 2.0)" in change.reason
+    assert change.gates[0].passed is False
+    with pytest.raises(
+        DeployError, match=r"set_weight: 'green' was refused by the golden set .*\(\+16\.3 points > 2\.0\)"
+    ):
+        ctl.apply({"action": "set_weight", "variant": "green", "weight": 0.25}, 6.0)
+    with pytest.raises(DeployError, match=r"promote: 'green' was refused by the golden set"):
+        ctl.apply({"action": "promote"}, 6.0)
+    # a restart keeps the verdict (same configurations) and the refusal
+    again = DeployController(canary(golden="/golden"), VARIANTS, now=7.0, state=ctl.snapshot())
+    assert (again.state, again.golden_wanted(), again.golden["candidate_wer"]) == ("refused", None, 0.213)
+    # a verdict judged another configuration of the candidate is dropped
+    changed = DeployController(
+        canary(golden="/golden"), VARIANTS | {"green": "cfg-green-2"}, now=8.0, state=ctl.snapshot()
+    )
+    assert changed.golden is None
+    # an evaluation that could not run fails closed, saying why
+    shadow = DeployController(
+        DeploySettings(mode="shadow", primary="blue", candidate="green", golden="/g"), VARIANTS, now=0.0
+    )
+    assert shadow.assign(1.0).shadow is None  # gating: no copy goes to the candidate
+    failed = shadow.record_golden(2.0, verdict(None, None, error="FileNotFoundError('/g')"))
+    assert failed.to_state == "refused" and "the evaluation of 'green' failed: FileNotFoundError" in failed.reason
+    admitted = DeployController(
+        DeploySettings(mode="shadow", primary="blue", candidate="green", golden="/g"), VARIANTS, now=0.0
+    )
+    assert admitted.record_golden(2.0, verdict(0.05, 0.05)).to_state == "shadowing"
+    assert admitted.assign(3.0).shadow == "green"
+
+
+def test_bluegreen_switches_to_the_candidate_only_once_the_golden_set_admitted_it():
+    settings = DeploySettings(mode="bluegreen", primary="blue", candidate="green", golden="/golden")
+    ctl = DeployController(settings, VARIANTS, now=0.0)
+    assert (ctl.state, ctl.golden_wanted()) == ("live", ("blue", "green"))
+    with pytest.raises(DeployError, match=r"switch: 'green' is being evaluated"):
+        ctl.apply({"action": "switch", "active": "green"}, 1.0)
+    refused = ctl.record_golden(2.0, verdict(0.05, 0.30))
+    assert (refused.action, refused.to_state) == ("golden", "live") and refused.reason.startswith("refused (green")
+    with pytest.raises(DeployError, match=r"promote: 'green' was refused by the golden set"):
+        ctl.apply({"action": "promote"}, 3.0)
+    ok = DeployController(settings, VARIANTS, now=0.0)
+    ok.record_golden(2.0, verdict(0.05, 0.04))
+    assert ok.apply({"action": "switch", "active": "green"}, 3.0).to_state == "switched"
+    assert ok.apply({"action": "switch", "active": "blue"}, 4.0).to_state == "switched"  # back: always
+
+
+def test_golden_settings_are_checked():
+    with pytest.raises(ValueError, match=r"deploy.max_golden_wer_delta must lie in \[0, 1\]"):
+        canary(golden="/g", max_golden_wer_delta=-0.1)
+    with pytest.raises(ValueError, match=r"deploy.golden with a shared deploy.db"):
+        canary(golden="/g", db="postgresql://x/y")

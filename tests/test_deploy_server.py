@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -324,3 +325,92 @@ def test_the_deploy_command_drives_the_admin_api(engine):
     assert refused.returncode == 1 and "401" in refused.stderr
     assert bad.returncode == 1 and "canary" in bad.stderr  # set_weight is not a blue/green action
     assert [c["action"] for c in json.loads(status.stdout)["history"]] == ["start", "switch"]
+
+
+def golden_set(tmp_path) -> str:
+    """A golden set: three corpus utterances with their references, as `speechpipe review export`
+    writes a split (audio and a `.txt` beside it)."""
+    import shutil
+
+    folder = tmp_path / "golden"
+    folder.mkdir()
+    for name in ("cmuarctic_aew_a0001", "cmuarctic_aew_a0002", "cmuarctic_axb_a0004"):
+        for ext in (".wav", ".txt"):
+            shutil.copy(SPEECH / f"{name}{ext}", folder / f"{name}{ext}")
+    return str(folder)
+
+
+def test_the_golden_set_refuses_a_worse_candidate_and_admits_an_equal_one(engine, tmp_path):
+    """The candidate is evaluated against the primary on the golden set before it takes any
+    traffic, off the serving path: the mute candidate (every final dropped: WER 100 %, on any CPU)
+    is refused with both figures and takes no stream, and an admin or the CLI cannot give it a
+    weight; the twin (the same pipeline: the same WER) is admitted and the canary starts."""
+    golden = golden_set(tmp_path)
+    overrides = {"deploy.golden": golden, "deploy.max_golden_wer_delta": 0.02}
+    mute = canary_config("mute", tmp_path / "a").with_overrides(overrides)
+    with ServerThread(engine, config=mute, admin_token=ADMIN) as srv:
+        during = http(srv, "GET", "/admin/deploy")[1]
+        served = stream(srv, key_for("mute", 0.5, True))  # served meanwhile, by the primary
+        assert srv.server.deployment.wait_golden(300)
+        state = http(srv, "GET", "/admin/deploy")[1]
+        weight = http(srv, "POST", "/admin/deploy", {"action": "set_weight", "variant": "mute", "weight": 0.5})
+        cmd = [sys.executable, "-m", "speechpipe.pipeline.cli", "deploy", "--url", srv.http, "--admin-token", ADMIN]
+        cli = subprocess.run([*cmd, "promote"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+        after = stream(srv, key_for("mute", 0.5, True))
+        page = dashboard_says(srv)
+    assert during["state"] in ("gating", "refused") and served.ready["variant"] == "default"
+    golden_change = state["history"][-1]
+    (gate,) = golden_change["gates"]
+    assert (state["state"], golden_change["action"], gate["name"], gate["passed"]) == (
+        "refused",
+        "golden",
+        "golden_wer_delta",
+        False,
+    )
+    assert gate["candidate"] == 1.0 and gate["primary"] < 0.2  # every word of the mute one is missing
+    assert f"mute WER 100.0 % against default {100 * gate['primary']:.1f} %" in golden_change["reason"]
+    assert state["golden"]["files"] == 3 and state["variants"]["mute"]["weight"] == 0.0
+    assert weight[0] == 400 and "'mute' was refused by the golden set (3 files" in weight[1]["message"]
+    assert cli.returncode == 1 and "'mute' was refused by the golden set" in cli.stderr
+    assert after.ready["variant"] == "default"
+    # the dashboard says why, and offers nothing that would send it traffic
+    assert (
+        page["next"].startswith("Refused by the golden set: golden set (3 files") and "mute WER 100.0 %" in page["next"]
+    )
+    assert page["step"] == "none (refused by the golden set)" and page["gate"] == "golden_wer_delta fail"
+    assert (
+        page["promote"] == "mute was refused by the golden set: WER 100.0 % against " + f"{100 * gate['primary']:.1f} %"
+    )
+
+    twin = canary_config("twin", tmp_path / "b").with_overrides(overrides)
+    with ServerThread(engine, config=twin, admin_token=ADMIN) as srv:
+        assert srv.server.deployment.wait_golden(300)
+        state = http(srv, "GET", "/admin/deploy")[1]
+        on_candidate = stream(srv, key_for("twin", 0.5, True))
+    golden_change = next(c for c in state["history"] if c["action"] == "golden")
+    assert state["state"] == "progressing" and golden_change["gates"][0]["passed"] is True
+    assert golden_change["gates"][0]["value"] == 0.0 and golden_change["reason"].startswith("admitted: golden set")
+    assert state["variants"]["twin"]["weight"] == 0.5 and on_candidate.ready["variant"] == "twin"
+
+
+def dashboard_says(srv) -> dict:
+    """What the dashboard shows of the deployment, read in headless Debian Chromium."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not os.path.exists("/usr/bin/chromium"):
+        pytest.skip("/usr/bin/chromium is absent (apt-get install chromium)")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(f"{srv.http}/dashboard?token={ADMIN}")
+            page.wait_for_selector("#gate-rows tr[data-gate=golden_wer_delta]")
+            return {
+                "next": page.inner_text("#dep-next"),
+                "step": page.inner_text("#dep-step"),
+                "gate": " ".join(page.locator("#gate-rows tr td").all_inner_texts()[:2]),
+                "promote": page.get_attribute("button[data-action=promote]", "title")
+                if page.is_disabled("button[data-action=promote]")
+                else "enabled",
+            }
+        finally:
+            browser.close()

@@ -38,4 +38,4 @@ __all__ = [
 ]
 
 #: the modules other features may import; the rest are this package's own (tests/importgraph.py).
-PUBLIC = ("cli", "deployment", "part", "router", "variants")
+PUBLIC = ("cli", "deployment", "golden", "part", "router", "variants")

@@ -86,6 +86,7 @@ class AdminActions:
             )
         if target == self.active:
             raise DeployError(f"switch: {target!r} is live already")
+        self._golden_block("switch", target)
         self.active = target
         return self._record(now, "switch", reason, "switched")
 
@@ -99,6 +100,8 @@ class AdminActions:
             raise DeployError(
                 f"rollback: the {self.mode} was promoted; {self.primary!r} is the primary and there is no candidate"
             )
+        if self.state in ("gating", "refused"):
+            raise DeployError(f"rollback: {self.candidate!r} takes no traffic ({self.mode} {self.state})")
         if self.state in ("rolled_back", "reverted"):
             what = "rolled back" if self.state == "rolled_back" else "reverted to its primary"
             raise DeployError(f"rollback: the {self.mode} of {self.candidate!r} is {what} already")
@@ -124,10 +127,12 @@ class AdminActions:
 
     def _action_promote(self, action: Mapping, now: float, reason: str) -> Change:
         if self.mode == "bluegreen":
+            self._golden_block("promote", self._other())
             self.active = self._other()
             return self._record(now, "promote", reason, "switched")
         if not self.candidate:
             raise DeployError(f"promote: the {self.mode} was promoted already; {self.primary!r} is the primary")
+        self._golden_block("promote", self.candidate)
         return self._promote(now, reason)
 
     def _action_set_weight(self, action: Mapping, now: float, reason: str) -> Change:
@@ -143,6 +148,8 @@ class AdminActions:
             raise DeployError(f"set_weight: weight must be a number from 0 to 1, not {weight!r}")
         if not 0.0 <= weight <= 1.0:
             raise DeployError(f"set_weight: weight must be from 0 to 1, not {weight!r}")
+        if (float(weight) if variant == self.candidate else 1.0 - float(weight)) > 0:
+            self._golden_block("set_weight", self.candidate)
         self.weight = float(weight) if variant == self.candidate else 1.0 - float(weight)
         if self.weight == 0.0:
             to_state = "rolled_back"

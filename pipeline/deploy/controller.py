@@ -40,22 +40,26 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from speechpipe.pipeline.deploy.actions import AdminActions
-from speechpipe.pipeline.deploy.events import Assignment, Change, share_of
+from speechpipe.pipeline.deploy.events import Assignment, Change, DeployError, share_of
 from speechpipe.pipeline.deploy.gates import GateResult, WindowStats, evaluate_gates
+from speechpipe.pipeline.deploy.golden import GoldenVerdict
 from speechpipe.pipeline.deploy.settings import DeploySettings
 
 INITIAL_STATE = {"single": "stable", "shadow": "shadowing", "canary": "progressing", "bluegreen": "live"}
+#: a canary's or shadow's states before its candidate takes traffic, with a golden set: being
+#: evaluated on it, and refused by it (:mod:`~speechpipe.pipeline.deploy.golden`).
+GATING, REFUSED = "gating", "refused"
 #: the states each mode can be in.
 STATES = {
     "single": ("stable",),
-    "shadow": ("shadowing", "rolled_back", "promoted", "reverted"),
-    "canary": ("progressing", "rolled_back", "promoted", "reverted"),
+    "shadow": ("shadowing", "rolled_back", "promoted", "reverted", GATING, REFUSED),
+    "canary": ("progressing", "rolled_back", "promoted", "reverted", GATING, REFUSED),
     "bluegreen": ("live", "switched", "rolled_back"),
 }
 
 
 #: the changes after which the gates compare a new window.
-WINDOW_ACTIONS = frozenset({"start", "advance", "rollback", "promote", "set_weight", "revert"})
+WINDOW_ACTIONS = frozenset({"start", "advance", "rollback", "promote", "set_weight", "revert", "golden"})
 
 
 class DeployController(AdminActions):
@@ -85,6 +89,7 @@ class DeployController(AdminActions):
         self.streams: dict[str, int] = {name: 0 for name in self.variants}
         self.paused = False
         self.state = ""
+        self.golden: dict | None = None  # the golden set's verdict (GoldenVerdict.to_dict)
         self._start_over()
         self.last_gates: list[GateResult] = []
         self._unkeyed = 0
@@ -93,7 +98,7 @@ class DeployController(AdminActions):
         self._window_started = now
         if state is None:
             self._new_window(now, keep_baseline=False)
-            self._record(now, "start", f"deploy started: {self._describe(self.deployment)}", INITIAL_STATE[self.mode])
+            self._record(now, "start", f"deploy started: {self._describe(self.deployment)}", self._initial())
             return
         try:
             self.history = [Change.from_dict(c) for c in state.get("history", [])]
@@ -103,7 +108,7 @@ class DeployController(AdminActions):
                 now,
                 "start",
                 f"the saved history could not be read ({exc!r}): the deployment starts over",
-                INITIAL_STATE[self.mode],
+                self._initial(),
             )
             return
         saved = self.history[-1].deployment if self.history else {}
@@ -121,7 +126,7 @@ class DeployController(AdminActions):
             if saved != self.deployment
             else f"the saved state could not be resumed: {self._describe(self.deployment)} starts over"
         )
-        self._record(now, "start", why, INITIAL_STATE[self.mode])
+        self._record(now, "start", why, self._initial())
 
     def adopt(self, state: dict, now: float) -> list[Change] | None:
         """Take another replica's snapshot as this one's (a shared deployment: a change decided
@@ -306,6 +311,59 @@ class DeployController(AdminActions):
             primary = merged
         return evaluate_gates(self._windows[self.candidate], primary, self.settings.gates)
 
+    # -- the golden set (see :mod:`~speechpipe.pipeline.deploy.golden`) ------------------------------
+
+    def _gated(self) -> bool:
+        """A canary or shadow whose candidate must first pass the golden set."""
+        return bool(self.settings.golden and self.settings.candidate) and self.mode in ("canary", "shadow")
+
+    def _initial(self) -> str:
+        return GATING if self._gated() else INITIAL_STATE[self.mode]
+
+    def golden_wanted(self) -> tuple[str, str] | None:
+        """``(primary, candidate)`` to evaluate on the golden set now (None: nothing to evaluate):
+        a canary or shadow still ``gating``, or a blue/green pair without a verdict."""
+        if not self.settings.golden:
+            return None
+        if self._gated() and self.state == GATING:
+            return self.primary, self.candidate
+        if self.mode == "bluegreen" and self.golden is None:
+            return self.settings.primary, self.settings.candidate
+        return None
+
+    def record_golden(self, now: float, verdict: GoldenVerdict) -> Change | None:
+        """The golden set's ``verdict``: a gating canary or shadow starts (its first step, its
+        first copy) or is ``refused`` (no traffic); blue/green notes it (a switch to the candidate
+        needs it passed). None when it is not the evaluation wanted now (the deployment moved on)."""
+        if (verdict.primary, verdict.candidate) != self.golden_wanted():
+            return None
+        self.golden = verdict.to_dict()
+        gate, text = verdict.gate(), verdict.describe()
+        if self.mode == "bluegreen":
+            what = "admitted" if verdict.passed else f"refused ({verdict.candidate} cannot be switched to)"
+            return self._record(now, "golden", f"{what}: {text}", self.state, [gate])
+        if not verdict.passed:
+            return self._record(now, "golden", f"refused: {text}; {self.candidate} takes no traffic", REFUSED, [gate])
+        if self.mode == "canary":
+            self.step, self.weight = 0, self.settings.steps[0]
+        change = self._record(now, "golden", f"admitted: {text}", INITIAL_STATE[self.mode], [gate])
+        self._new_window(now)
+        return change
+
+    def _golden_block(self, action: str, variant: str) -> None:
+        """Refuse an action that would send traffic to ``variant`` before the golden set admitted
+        it (still evaluating, or refused), saying why with the figures."""
+        if not self.settings.golden or variant != self.settings.candidate:
+            return
+        if self.golden is None:
+            raise DeployError(
+                f"{action}: {variant!r} is being evaluated against {self.settings.primary!r} on the golden set "
+                f"({self.settings.golden}); it takes no traffic until it is admitted"
+            )
+        verdict = GoldenVerdict.from_dict(self.golden)
+        if not verdict.passed:
+            raise DeployError(f"{action}: {variant!r} was refused by the {verdict.describe()}")
+
     # -- state ------------------------------------------------------------------------------------
 
     def snapshot(self) -> dict:
@@ -328,6 +386,7 @@ class DeployController(AdminActions):
         if self.mode == "bluegreen":
             out["active"] = self.active
         out["paused"] = self.paused
+        out["golden"] = self.golden
         out["window"] = {
             "started_at": self._window_started,
             "streams": {name: w.streams_ended for name, w in self._windows.items()},
@@ -342,8 +401,8 @@ class DeployController(AdminActions):
         s = self.settings
         self.primary, self.candidate = s.primary, (s.candidate if self.mode != "single" else "")
         self.active, self.paused = self.primary, False
-        self.step = 0 if self.mode == "canary" else -1
-        self.weight = s.steps[0] if self.mode == "canary" else 0.0
+        self.step = 0 if self.mode == "canary" and not self._gated() else -1
+        self.weight = s.steps[0] if self.mode == "canary" and not self._gated() else 0.0
 
     def _resume(self, state: dict) -> bool:
         """Take mode-specific state from a snapshot; False when it does not make sense here."""
@@ -352,8 +411,13 @@ class DeployController(AdminActions):
             return False
         if name == "promoted":
             self.primary, self.candidate, self.active = self.settings.candidate, "", self.settings.candidate
-        if name == "reverted":
+        if name in ("reverted", GATING, REFUSED):
             self.weight, self.step = 0.0, -1
+        golden = state.get("golden")
+        if isinstance(golden, dict) and all(
+            self.variants.get(golden.get(k)) == golden.get(f"{k}_id") for k in ("primary", "candidate")
+        ):
+            self.golden = golden  # a verdict holds for the configurations it judged only
         variants = state.get("variants") or {}
         if self.mode == "canary" and self.candidate:
             weight = (variants.get(self.candidate) or {}).get("weight", self.weight)

@@ -17,11 +17,20 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 
 from speechpipe.pipeline.deploy import Assignment, Change, DeployController, DeployError, DeploySettings, DeployStore
+from speechpipe.pipeline.deploy.golden import GoldenVerdict
 from speechpipe.pipeline.deploy.ledger import Comparison, Ledger, Piece, Score
 from speechpipe.pipeline.deploy.replication import SYNC_S, ReplicaInfo, Replicator
+from speechpipe.pipeline.deploy.reports import (
+    ClientFeedback,
+    DeployChanged,
+    FeedbackScored,
+    RolledBack,
+    ShadowScored,
+    ShadowSegment,
+    WeightChanged,
+)
 from speechpipe.pipeline.deploy.shared import SharedStore, is_shared
 from speechpipe.pipeline.hooks import AsrJob, Event, FinalLost, FinalTranscript, Observer, StreamEnded
 from speechpipe.pipeline.monitoring.quality import Calibration, expected
@@ -58,83 +67,6 @@ __all__ = [
 ]
 
 
-# -- what the deployment reports (every event names the variant and its role then) -----------------
-
-
-@dataclass(frozen=True)
-class WeightChanged:
-    """A variant's share of new streams moved by ``delta`` (its first weight at start)."""
-
-    variant: str
-    role: str
-    delta: float
-
-
-@dataclass(frozen=True)
-class DeployChanged:
-    """A change of the deployment (``doc``: the change as its history keeps it)."""
-
-    variant: str
-    role: str
-    action: str
-    reason: str
-    doc: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class RolledBack:
-    """A rollback, by the gate that failed first (``admin`` when someone asked for it)."""
-
-    variant: str
-    role: str
-    gate: str
-
-
-@dataclass(frozen=True)
-class ShadowSegment:
-    """A shadow job ended: ``done`` (after ``latency_s``), ``failed`` or ``shed``."""
-
-    variant: str
-    role: str
-    outcome: str
-    latency_s: float | None
-
-
-@dataclass(frozen=True)
-class ShadowScored:
-    """The shadow's transcript of a segment compared with the primary's."""
-
-    variant: str
-    role: str
-    agreement: float
-    empty_mismatch: bool
-
-
-@dataclass(frozen=True)
-class FeedbackScored:
-    """A human reference scored against a variant's transcript of the same audio: of ``session``
-    (whole when ``segment`` is None), "" when not known."""
-
-    variant: str
-    role: str
-    errors: int
-    words: int
-    session: str = ""
-    segment: int | None = None
-
-
-@dataclass(frozen=True)
-class ClientFeedback:
-    """Feedback from a principal whose feedback does not count (a client with the ``stream``
-    scope only), scored against the variant that served it: reported apart, never scored into
-    the gates, drift or review figures (telemetry counts it as ``speechpipe.feedback.client``)."""
-
-    variant: str
-    role: str
-    errors: int
-    words: int
-
-
 class Deployment:
     """See the module docstring.
 
@@ -150,6 +82,10 @@ class Deployment:
             lives there, one replica judges the gates on every replica's evidence
             (:mod:`~speechpipe.pipeline.deploy.replication`), and a thread syncs every
             :data:`~speechpipe.pipeline.deploy.replication.SYNC_S` until :meth:`close`.
+        golden: evaluates ``(primary, candidate)`` on ``settings.golden``
+            (:func:`~speechpipe.pipeline.deploy.golden.run_golden`): run in a thread of its own
+            when the controller wants a verdict (a gated canary or shadow, a blue/green pair), the
+            verdict recorded when it comes; meanwhile the candidate takes no traffic.
     """
 
     def __init__(
@@ -162,6 +98,7 @@ class Deployment:
         max_unsaved_feedback: int = MAX_UNSAVED_FEEDBACK,
         replica: ReplicaInfo | None = None,
         calibration: Calibration | None = None,
+        golden: Callable[[str, str], GoldenVerdict] | None = None,
     ) -> None:
         self.calibration = calibration
         self.settings = settings
@@ -200,6 +137,35 @@ class Deployment:
         if shared:
             self._sync = threading.Thread(target=self._sync_loop, name="deploy-sync", daemon=True)
             self._sync.start()
+        self.golden = golden
+        self._golden: threading.Thread | None = None
+        self._start_golden()
+
+    # -- the golden set ---------------------------------------------------------------------------
+
+    def _start_golden(self) -> None:
+        """Evaluate the candidate on the golden set off the serving path, if a verdict is wanted."""
+        wanted = self.controller.golden_wanted()
+        if wanted is None or self.golden is None or self.replicator is not None:
+            return
+        self._golden = threading.Thread(target=self._judge_golden, args=wanted, name="deploy-golden", daemon=True)
+        self._golden.start()
+
+    def _judge_golden(self, primary: str, candidate: str) -> None:
+        log.info("deploy: evaluating %s against %s on the golden set %s", candidate, primary, self.settings.golden)
+        verdict = self.golden(primary, candidate)
+        with self._lock:
+            if self._stop.is_set():
+                return
+            change = self.controller.record_golden(self.clock(), verdict)
+            if change is not None:
+                self._changed([change])
+
+    def wait_golden(self, timeout: float | None = None) -> bool:
+        """Wait for the golden evaluation under way (tests, benchmarks); True when none runs."""
+        if self._golden is not None:
+            self._golden.join(timeout)
+        return self._golden is None or not self._golden.is_alive()
 
     # -- routing --------------------------------------------------------------------------------
 
@@ -486,6 +452,7 @@ class Deployment:
             saved = {"saved": self.unsaved_since is None, "unsaved_since": self.unsaved_since}
             saved |= {"steps": list(s.steps), "step_min_s": s.step_min_s, "step_min_streams": s.step_min_streams}
             saved["previous_primary"] = s.primary
+            saved["golden_set"] = {"folder": s.golden, "max_wer_delta": s.max_golden_wer_delta} if s.golden else None
             feedback = {**self.feedback_counts, "unsaved": len(self._unsaved_feedback)}
             rep = self.replicator
             if rep is None:

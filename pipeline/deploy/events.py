@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from speechpipe.pipeline.deploy.gates import GateResult
 
 #: every action a :class:`Change` can record.
-ACTIONS = ("start", "advance", "rollback", "promote", "switch", "set_weight", "pause", "resume", "revert")
+ACTIONS = ("start", "advance", "rollback", "promote", "switch", "set_weight", "pause", "resume", "revert", "golden")
 
 
 class DeployError(ValueError):

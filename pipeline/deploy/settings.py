@@ -128,6 +128,13 @@ class DeploySettings:
             (``speechpipe serve --db`` sets it with the review queue's); then ``state_file`` is
             not used. "" : one process, ``state_file``.
         gates: the canary's gates.
+        golden: a folder of audio with ``.txt`` references (the test split of ``speechpipe review
+            export``): before a candidate takes any traffic (a canary's first step, a shadow's
+            first copy, a blue/green switch to it) it is evaluated against the primary there, off
+            the serving path, and refused if worse (:mod:`~speechpipe.pipeline.deploy.golden`).
+            "" : no golden gate.
+        max_golden_wer_delta: how much higher (absolute) the candidate's golden-set WER may be
+            than the primary's.
     """
 
     mode: str = "single"
@@ -140,11 +147,13 @@ class DeploySettings:
     state_file: str = ""
     db: str = ""
     gates: GateSettings = field(default_factory=GateSettings)
+    golden: str = ""
+    max_golden_wer_delta: float = 0.02
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"deploy.mode must be one of {', '.join(MODES)}, not {self.mode!r}")
-        for key in ("primary", "candidate", "state_file", "db"):
+        for key in ("primary", "candidate", "state_file", "db", "golden"):
             if not isinstance(getattr(self, key), str):
                 raise ValueError(f"deploy.{key} must be a string, not {getattr(self, key)!r}")  # noqa: TRY004 - a config error
         if self.sticky not in STICKY:
@@ -159,6 +168,13 @@ class DeploySettings:
         if not _number(self.step_min_s) or self.step_min_s < 0:
             raise ValueError(f"deploy.step_min_s must be a number >= 0, not {self.step_min_s!r}")
         object.__setattr__(self, "step_min_s", float(self.step_min_s))
+        if not _number(self.max_golden_wer_delta) or not 0 <= self.max_golden_wer_delta <= 1:
+            raise ValueError(f"deploy.max_golden_wer_delta must lie in [0, 1], not {self.max_golden_wer_delta!r}")
+        if self.golden and self.db:
+            raise ValueError(
+                "deploy.golden with a shared deploy.db (replicas) is not supported yet: gate the candidate on one "
+                "server (speechpipe eval GOLDEN --variant ...) before the replicas roll it out"
+            )
         if isinstance(self.gates, Mapping):
             object.__setattr__(self, "gates", GateSettings.from_mapping(self.gates))
         elif not isinstance(self.gates, GateSettings):

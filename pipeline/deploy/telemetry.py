@@ -31,7 +31,8 @@ def deploy_changed(inst: Instrumentation, action: str, reason: str, figures: Map
         event[f"deploy.{key}"] = value if isinstance(value, (str, bool, int, float)) else json.dumps(value)
     with inst.tracer.start_as_current_span(n.SPAN_DEPLOY, context=Context(), attributes=attrs) as span:
         span.add_event(n.EVENT_DEPLOY_CHANGE, event)
-    level = logging.WARNING if action in ("rollback", "revert") else logging.INFO
+    refused = action == "golden" and reason.startswith("refused")
+    level = logging.WARNING if action in ("rollback", "revert") or refused else logging.INFO
     log.log(level, "deploy: %s (%s) %s", action, reason, json.dumps(dict(figures), default=str))
 
 

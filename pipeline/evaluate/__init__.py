@@ -10,4 +10,4 @@ The figures are computed in :mod:`speechpipe.pipeline.evaluate.quality.evaluatio
 """
 
 #: the modules other features may import; the rest are this package's own (tests/importgraph.py).
-PUBLIC = ("cli", "quality")
+PUBLIC = ("cli", "quality", "runner")  # runner: the deploy golden gate runs an evaluation

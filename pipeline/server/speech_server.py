@@ -40,6 +40,7 @@ from starlette.websockets import WebSocket
 
 from speechpipe.pipeline.config import Config, ConfigError
 from speechpipe.pipeline.deploy.deployment import Deployment, ReplicaInfo
+from speechpipe.pipeline.deploy.golden import GoldenVerdict, run_golden
 from speechpipe.pipeline.deploy.router import StreamRouter
 from speechpipe.pipeline.deploy.variants import LoadedVariant, load_variants
 from speechpipe.pipeline.hooks import FAULTS, Observer, Observers, StreamRejected
@@ -224,8 +225,21 @@ class SpeechServer:
             calibration = load_calibration(baseline, deploy.primary) if baseline else None
         except ValueError as exc:
             raise ConfigError(f"monitoring.baseline: {exc}") from None
+        golden = None
+        if deploy.golden:  # the candidate against the primary on the golden set, in a thread of the deployment's
+
+            def golden(primary: str, candidate: str) -> GoldenVerdict:
+                configs = variants[primary].config, variants[candidate].config
+                return run_golden(deploy.golden, *configs, deploy.max_golden_wer_delta)
+
         self.deployment = Deployment(
-            deploy, ids, reports=self.observer, clock=self.clock, replica=replica, calibration=calibration
+            deploy,
+            ids,
+            reports=self.observer,
+            clock=self.clock,
+            replica=replica,
+            calibration=calibration,
+            golden=golden,
         )
         self.variants = variants
         self.engine = variants[self.deployment.controller.primary].engine

@@ -95,20 +95,35 @@ function refusals(d) {
   const candidate = Object.entries(d.variants).find(([, v]) => v.role === "candidate" || v.role === "shadow");
   const promoted = d.state === "promoted";
   const single = d.mode === "single" ? "one variant is deployed (mode single)" : "";
+  const golden = goldenBlock(d);
+  const standby = bluegreen && Object.keys(d.variants).find((k) => d.variants[k].role === "standby");
+  const toCandidate = bluegreen && golden && standby === (d.golden_set && golden.name);
   return {
-    promote: single || (bluegreen ? "" : !candidate ? "nothing to promote: no candidate" : ""),
+    promote: single || (bluegreen ? (toCandidate ? golden.why : "") : !candidate ? "nothing to promote: no candidate" : golden ? golden.why : ""),
     rollback: single || (bluegreen ? (d.state === "live" ? "nothing to roll back to: the first variant is still live" : "")
-      : promoted ? "the candidate was promoted: use Revert promotion" : !["progressing", "shadowing"].includes(d.state) ? `the ${d.mode} is ${d.state.replace("_", " ")} already` : ""),
+      : ["gating", "refused"].includes(d.state) ? "the candidate takes no traffic" : promoted ? "the candidate was promoted: use Revert promotion" : !["progressing", "shadowing"].includes(d.state) ? `the ${d.mode} is ${d.state.replace("_", " ")} already` : ""),
     revert: single || (bluegreen ? "blue/green goes back with Roll back" : !promoted ? "nothing was promoted" : ""),
     pause: !canary ? "only a canary steps by itself" : d.state !== "progressing" ? `the canary is ${d.state.replace("_", " ")}` : d.paused ? "paused already" : "",
     resume: !canary ? "only a canary steps by itself" : !d.paused ? "the canary is not paused" : "",
-    switch: bluegreen ? "" : "switch is a blue/green action",
+    switch: bluegreen ? (toCandidate ? golden.why : "") : "switch is a blue/green action",
   };
+}
+
+// Why the golden set keeps the candidate from traffic (null: it does not): still being evaluated,
+// or refused by it with the figures.
+function goldenBlock(d) {
+  if (!d.golden_set) return null;
+  const name = (d.history || []).map((c) => c.deployment && c.deployment.candidate).filter(Boolean).pop();
+  if (!d.golden) return { name, why: `${name} is being evaluated on the golden set; it takes no traffic until admitted` };
+  const passed = d.golden.error === null && d.golden.candidate_wer - d.golden.primary_wer <= d.golden.limit + 1e-9;
+  return passed ? null : { name, why: `${name} was refused by the golden set: WER ${pct(d.golden.candidate_wer)} against ${pct(d.golden.primary_wer)}` };
 }
 
 function stepText(d) {
   if (d.mode !== "canary") return d.mode === "bluegreen" ? "–" : "none (no steps)";
   const cand = Object.entries(d.variants).find(([, v]) => v.role === "candidate");
+  if (d.state === "gating") return "none yet (golden set first)";
+  if (d.state === "refused") return "none (refused by the golden set)";
   if (!cand || d.step < 0) return d.state === "promoted" ? "done (promoted)" : d.state === "reverted" ? "none (reverted)" : `none (${d.state.replace("_", " ")})`;
   const n = (d.steps || []).length;
   return `${pct(cand[1].weight, 0)} (${d.step + 1} of ${n})`;
@@ -116,7 +131,7 @@ function stepText(d) {
 
 // What must still happen before the canary's step advances (or promotes, at the last step).
 function nextText(d, now) {
-  const cand = Object.entries(d.variants).find(([, v]) => v.role === "candidate");
+  const cand = Object.entries(d.variants).find(([, v]) => v.role === "candidate" || v.role === "shadow");
   if (d.mode === "canary" && d.state === "progressing" && cand) {
     const name = cand[0], w = d.window || {};
     const ended = (w.streams || {})[name] || 0;
@@ -137,6 +152,9 @@ function nextText(d, now) {
     if (failing.length) return `${failing.join(", ")} failing: rolls back at the next tick.`;
     return wants.length ? `To ${to}: ${wants.join("; ")}.` : `Ready to ${to} at the next tick.`;
   }
+  const lastGolden = [...(d.history || [])].reverse().find((c) => c.action === "golden");
+  if (d.state === "gating") return `Evaluating ${cand ? cand[0] : "the candidate"} against the primary on the golden set (${d.golden_set.folder}), off the serving path, before it takes any traffic.`;
+  if (d.state === "refused") return `Refused by the golden set: ${lastGolden ? lastGolden.reason.replace(/^refused: /, "") : ""}.`;
   if (d.state === "promoted") return `${Object.keys(d.variants).find((k) => d.variants[k].role === "primary")} was promoted; Revert promotion sends every new stream back to ${d.previous_primary}.`;
   if (d.state === "reverted") return `Reverted: ${d.previous_primary} serves every new stream again; ${cand ? cand[0] : "the candidate"} gets none (promote or set a weight to try it again).`;
   if (d.state === "rolled_back") return `Rolled back: ${cand ? cand[0] : "the candidate"} gets no new streams.`;
