@@ -2,6 +2,7 @@
 references: what share goes to people, and what WER clients end up with.
 
     python benchmarks/review.py [--streams 8] [--thresholds 0.7 0.8 0.9] [--shots DIR]
+                                [--export DIR [--hf-python PY]]
 
 Streams: corpus utterances joined by pauses with real room noise (benchmarks/live_streams.py),
 sent at 2x real time, two at a time; each client stays connected until the revisions it was
@@ -20,6 +21,13 @@ Rows: ``full`` (no review), ``partial`` at each threshold, ``assist`` (everythin
 threshold tool's data, then ``speechpipe review threshold --target-errors 0.8`` on it) and
 ``shadow`` (the AI hidden and scored: its human-vs-AI WER on ``/metrics`` and, with ``--shots``,
 on the dashboard in headless Chromium).
+
+``--export DIR``: after the levels ran, ``speechpipe review export --splits 0.5,0.25,0.25`` of
+the assist run's store (every segment reviewed) into DIR, as a training set: its summary (the
+counts per split, what was left out), the first lines of the test split's manifest, and with
+``--hf-python PY`` (a python with Hugging Face ``datasets``, see benchmarks/load_export.py) the
+dataset loaded back from DIR. (A run's sessions are its streams, a few: 0.8,0.1,0.1 would often
+leave dev and test empty.)
 """
 
 from __future__ import annotations
@@ -247,6 +255,31 @@ def print_audit(rows: list[dict], streams: list[StreamAudio]) -> None:
     print("\nby_stage: " + json.dumps({r["name"]: r["stats"].get("by_stage") for r in rows}))
 
 
+def export(db: Path, out: Path) -> str:
+    """``speechpipe review export`` of ``db`` into ``out``, and what it wrote: its summary, the
+    first lines of the test manifest (of the first split with segments where the test split has
+    none), and the dataset loaded back (with ``--hf-python``). A run has a few sessions only (one
+    per stream), so the splits' shares are 0.5,0.25,0.25 here, to see all three filled."""
+    command = [sys.executable, "-m", "speechpipe.pipeline.cli", "review", "export", "--db", str(db), "-o", str(out)]
+    command += ["--splits", "0.5,0.25,0.25"]
+    t0 = time.perf_counter()
+    done = subprocess.run(command, check=False, cwd=ROOT, capture_output=True, text=True)
+    took = time.perf_counter() - t0
+    shown = " ".join(["speechpipe", *command[3:]])
+    text = f"\n{shown} (the assist run's store, {took:.1f} s):\n{done.stdout}{done.stderr}"
+    manifest = next((m for s in ("test", "dev", "train") if (m := out / s / "metadata.jsonl").exists()), None)
+    if manifest is not None:
+        head = manifest.read_text(encoding="utf-8").splitlines()[:3]
+        text += f"\n{manifest} (first {len(head)} lines):\n" + "\n".join(head) + "\n"
+    if ARGS.hf_python:
+        script = [ARGS.hf_python, str(ROOT / "benchmarks" / "load_export.py"), str(out)]
+        loaded = subprocess.run(script, check=False, capture_output=True, text=True)
+        text += f"\nloaded back with Hugging Face datasets ({ARGS.hf_python}):\n{loaded.stdout}"
+        if loaded.returncode:
+            text += loaded.stderr[-2000:]
+    return text
+
+
 def dashboard_shot(server: Server, shots: Path) -> str:
     from playwright.sync_api import sync_playwright
 
@@ -271,7 +304,11 @@ def main() -> int:
     ap.add_argument("--shots", help="folder for a dashboard screenshot at level shadow")
     ap.add_argument("--only", nargs="+", help="only these rows (full, partial, assist, shadow)")
     ap.add_argument("--audit", action="store_true", help="only the VAD audit: the default VAD against the harmful one")
+    ap.add_argument("--export", metavar="DIR", help="speechpipe review export of the assist run's store into DIR")
+    ap.add_argument("--hf-python", metavar="PY", help="with --export: load DIR back with this python's datasets")
     ARGS = ap.parse_args()
+    if ARGS.export and ARGS.only and "assist" not in ARGS.only:
+        ap.error("--export exports the assist run's store: keep assist in --only")
     print(machine_line(), flush=True)
     utts, noise = utterances(), noises()
     streams = [build_stream(200 + k, utts, 30.0, noise, None, mixed_formats=False) for k in range(ARGS.streams)]
@@ -308,6 +345,7 @@ def main() -> int:
                 text=True,
             )
         )
+        exported = export(assist["db"], Path(ARGS.export)) if ARGS.export and assist is not None else None
     total_words = sum(len(s.reference.split()) for s in streams)
     print(f"\n{len(streams)} streams of 30 s, {total_words} reference words, reviews simulated from the references\n")
     print("| level | finals | sent to review | WER clients end up with | WER of the AI's finals |")
@@ -324,6 +362,8 @@ def main() -> int:
         print("|---|---:|---:|")
         for key, at80, at90 in confidence_comparison(assist["messages"]):
             print(f"| {key} | {at80:.0%} | {at90:.0%} |")
+    if exported is not None:
+        print(exported)
     shadow = next((r for r in rows if r["name"] == "shadow"), None)
     if shadow is not None:
         print("\nshadow level, /metrics:\n" + "\n".join(shadow["metrics"]))

@@ -118,7 +118,9 @@ STREAM_REJECT_REASON = "stream.reject_reason"
 INPUT_REASON = "input.reason"
 AUDIO_SCOPE = "audio.scope"  # "segment" | "stream"
 CPU_MODE = "cpu.mode"
-DEPLOY_ACTION = "deploy.action"  # start | advance | rollback | promote | revert | switch | set_weight | pause | resume | golden
+DEPLOY_ACTION = (
+    "deploy.action"  # start | advance | rollback | promote | revert | switch | set_weight | pause | resume | golden
+)
 DEPLOY_GATE = "deploy.gate"
 SHADOW_OUTCOME = "shadow.outcome"  # done | shed | failed
 SHADOW_EMPTY_MISMATCH = "shadow.empty_mismatch"

@@ -276,10 +276,10 @@ def txt(result: FileResult) -> str:
 # ------------------------------------------------------------------------------------- files
 
 
-def _temp_copy(path: Path, text: str) -> Path:
-    """``text`` (UTF-8) written and fsynced to a new temporary file beside ``path``; its name.
-    Parent directories are created. On error nothing is left behind and the error propagates
-    (a full disk shows here, at the write or the fsync, never at the rename)."""
+def _temp_copy(path: Path, text: str | bytes) -> Path:
+    """``text`` (UTF-8, or bytes as they are) written and fsynced to a new temporary file beside
+    ``path``; its name. Parent directories are created. On error nothing is left behind and the error
+    propagates (a full disk shows here, at the write or the fsync, never at the rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
@@ -290,8 +290,8 @@ def _temp_copy(path: Path, text: str) -> Path:
         except FileExistsError:
             continue
     try:
-        with open(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
+        with open(fd, "wb") as f:
+            f.write(text.encode("utf-8") if isinstance(text, str) else text)
             f.flush()
             os.fsync(f.fileno())
     except BaseException:
@@ -318,7 +318,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     write_together([(Path(path), text)])
 
 
-def write_together(files: Sequence[tuple[Path, str]]) -> None:
+def write_together(files: Sequence[tuple[Path, str | bytes]]) -> None:
     """Write several files as one unit: each to a temporary name first (all of them, fsynced),
     then renamed into place in the order given (so the last one named, the JSON that marks a
     set complete, lands last). A file that cannot be written (a full disk, no permission, a

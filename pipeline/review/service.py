@@ -40,7 +40,15 @@ from speechpipe.pipeline.live.actions import AddMargin, SubmitReview
 from speechpipe.pipeline.review.policy import VAD_AUDIT
 from speechpipe.pipeline.review.settings import AutomationSettings, ReviewSettings, model_runs_at
 from speechpipe.pipeline.review.spool import ReviewSpool
-from speechpipe.pipeline.review.store import AiText, Item, MarginAfter, NewItem, ReviewStore, given_back_by
+from speechpipe.pipeline.review.store import (
+    AiText,
+    Item,
+    MarginAfter,
+    NewItem,
+    ReviewStore,
+    default_data_dir,
+    given_back_by,
+)
 from speechpipe.pipeline.review.threshold import curve
 
 log = logging.getLogger("speechpipe.review")
@@ -361,9 +369,7 @@ def open_store(config: Config) -> ReviewStore | None:
             wanted = ", ".join(sorted(levels - {"full"}))
             raise ConfigError(f"automation.level {wanted} sends segments to people: set [review] db (--db)")
         return None
-    data_dir = settings.data_dir or (
-        Path(settings.db).expanduser().resolve().parent / "review-audio" if "://" not in settings.db else "review-audio"
-    )
+    data_dir = settings.data_dir or default_data_dir(settings.db)
     try:
         return ReviewStore(settings.db, data_dir)
     except ModuleNotFoundError as exc:

@@ -169,6 +169,14 @@ def database_url(db: str) -> str:
     return db
 
 
+def default_data_dir(db: str) -> Path:
+    """Where the audio of ``--db`` is kept when ``[review] data_dir`` is unset: ``review-audio``
+    beside a SQLite file, in the working directory for a database URL."""
+    if "://" in db:
+        return Path("review-audio")
+    return Path(db).expanduser().resolve().parent / "review-audio"
+
+
 def _engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
