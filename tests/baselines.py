@@ -24,6 +24,16 @@ def floor(key: str) -> float:
     return measured(key) - TOLERANCE["score"]
 
 
+def share_floor(key: str, items: int) -> float:
+    """The lowest share of ``items`` (words agreeing, segments matched) a test accepts: the
+    measurement less one item or the score tolerance, whichever is lower. A share of a few dozen
+    items moves by a whole item when another CPU decodes one word differently (JFK's 22 words:
+    20 agreed on an AVX-512 machine, 19 on an AVX2-only AMD EPYC)."""
+    value = measured(key)
+    one_item_less = (round(value * items) - 1) / items
+    return min(value - TOLERANCE["score"], one_item_less) - 5e-5  # shares are written rounded to 4 decimals
+
+
 def wer_ceiling(key: str) -> float:
     """The highest WER a test accepts: the measurement plus one reference word or the WER
     tolerance, whichever is more."""

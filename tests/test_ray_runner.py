@@ -21,9 +21,19 @@ ray = pytest.importorskip("ray")
 
 @pytest.fixture(scope="module")
 def local_ray():
+    """Ray on this machine; its workers with this process's OpenMP threads. Ray gives a worker
+    ``OMP_NUM_THREADS`` = its CPUs (1) unless the environment sets it, and on some CPUs (an
+    AVX2-only AMD EPYC) CTranslate2 decodes differently with 1 OpenMP thread ("Philip Steels"
+    against "fill up steels"): the local run's default is one per core."""
+    before = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = str(len(os.sched_getaffinity(0)))
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield
     ray.shutdown()
+    if before is None:
+        del os.environ["OMP_NUM_THREADS"]
+    else:
+        os.environ["OMP_NUM_THREADS"] = before
 
 
 def corpus_folder(dest: Path, files: int) -> Path:
