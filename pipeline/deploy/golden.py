@@ -31,6 +31,8 @@ log = logging.getLogger("speechpipe.deploy")
 
 #: the gate's name in the deploy history (its ``gates``) and on the dashboard.
 GATE = "golden_wer_delta"
+#: the Whisper window of the golden evaluation: each segment decoded alone, as live.
+LIVE_WINDOW_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,12 @@ def run_golden(
     """Evaluate ``candidate`` against ``primary`` on the golden folder (``speechpipe eval``'s
     scoring, no report). Each variant's model is loaded for the evaluation with ``threads`` CPU
     threads (the serving engines are left to the streams), unless ``engine_factory`` is given.
-    Never raises: a failure is a verdict with ``error``."""
+    Never raises: a failure is a verdict with ``error``.
+
+    Both variants decode each segment alone (``asr.window_s`` = :data:`LIVE_WINDOW_S`), as the
+    live streams they will serve do: offline packing puts neighbouring segments in one Whisper
+    window, where a VAD that cuts words at segment edges is forgiven (issue 10's harmful VAD: +0.8
+    points packed, against several times that alone; docs/evaluation.md)."""
     from speechpipe.pipeline.evaluate.runner import EvalOptions, evaluate
     from speechpipe.pipeline.variants import Variant
     from speechpipe.stages.asr import AsrEngine, load_checked
@@ -141,13 +148,14 @@ def run_golden(
         return AsrEngine(cfg, model=load_checked(cfg))
 
     names = (primary.pipeline.variant, candidate.pipeline.variant)
+    live = {"asr.window_s": LIVE_WINDOW_S}
     try:
         if not Path(golden).is_dir():
             raise FileNotFoundError(f"deploy.golden: no folder {str(golden)!r}")
         with tempfile.TemporaryDirectory(prefix="speechpipe-golden-") as out:
             result = evaluate(
                 [golden],
-                [Variant(names[0], primary), Variant(names[1], candidate)],
+                [Variant(names[0], primary.with_overrides(live)), Variant(names[1], candidate.with_overrides(live))],
                 out,
                 options=EvalOptions(report=False, baseline=names[0], label_check=False),
                 engine_factory=engine_factory or own_engine,
