@@ -205,3 +205,55 @@ def test_a_new_service_moves_what_a_gone_process_left_in_the_spool(tmp_path):
         audio, _ = sf.read(data_dir / r.audio, dtype="float32")
         assert audio.size == AUDIO.size and np.max(np.abs(audio - AUDIO)) < 1 / 32767 + 1e-6
     assert service.counters.queued == 3 and service.counters.store_failures == 0
+
+
+class PausingSpool(ReviewSpool):
+    """A spool whose first empty read waits until told to go on: the moment when the mover has
+    found the spool empty in its thread and has not yet stopped."""
+
+    def __init__(self, path) -> None:
+        super().__init__(path)
+        self.found_empty = threading.Event()
+        self.go_on = threading.Event()
+
+    def head(self, limit: int):
+        rows = super().head(limit)
+        if not rows and not self.found_empty.is_set():
+            self.found_empty.set()
+            self.go_on.wait(30)
+        return rows
+
+
+def test_an_item_spooled_while_the_mover_finds_the_spool_empty_is_moved_in_the_same_flush(tmp_path):
+    """A segment handed over while the mover reads an empty spool (its last look, in a worker
+    thread) reaches the store without waiting for the next hand-over or tick: the end of a stream's
+    last after-margin was left spooled that way (an item with no after-margin in a test's queue)."""
+    from speechpipe.pipeline.live.actions import SubmitReview
+
+    db, spool_file = str(tmp_path / "reviews.db"), tmp_path / "spool.db"
+
+    def segment(i: int) -> SubmitReview:
+        return SubmitReview(
+            i, float(i), i + AUDIO.size / 16000, AUDIO, reason="low_confidence", text="a", draft="a", confidence=0.5
+        )
+
+    async def run() -> ReviewService:
+        spool = PausingSpool(spool_file)
+        service = ReviewService(
+            ReviewStore(db, tmp_path / "audio"),
+            AutomationSettings(level="partial"),
+            ReviewSettings(db=db, spool=str(spool_file)),
+            push=lambda session, message: False,
+            clock=lambda: T0,
+            spool=spool,
+        )
+        service.enqueue("default", "primary", "s1", segment(0))  # the mover starts, moves it, finds none
+        await asyncio.to_thread(spool.found_empty.wait, 30)
+        service.enqueue("default", "primary", "s1", segment(1))  # handed over meanwhile
+        spool.go_on.set()
+        await service.flush()
+        return service
+
+    service = asyncio.run(run())
+    assert [r.segment for r in service.store.session("s1")] == [0, 1] and len(service.spool) == 0
+    assert service.counters.queued == 2

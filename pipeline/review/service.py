@@ -124,6 +124,8 @@ class ReviewService:
         self._tasks: set[asyncio.Task] = set()
         self._last_stats = self._last_purge = self._last_sweep = -math.inf
         self._mover: asyncio.Task | None = None
+        #: something was spooled since the mover last looked at the spool (see :meth:`_move_all`)
+        self._spooled_since = False
         self._failures = 0  # failed moves in a row
         self._retry_at = -math.inf
         self._stopped = False
@@ -188,6 +190,7 @@ class ReviewService:
         """Start the mover unless it runs or waits for its next try."""
         if self._stopped:
             return
+        self._spooled_since = True
         if (self._mover is None or self._mover.done()) and now >= self._retry_at:
             task = asyncio.get_running_loop().create_task(self._move_all(), name="review-spool-mover")
             self._mover = task
@@ -195,7 +198,16 @@ class ReviewService:
             task.add_done_callback(self._tasks.discard)
 
     async def _move_all(self) -> None:
-        """Move the spool to the store, oldest first, until it is empty or the store fails."""
+        """Move the spool to the store, oldest first, until it is empty or the store fails; and
+        again while something was spooled during a pass (an item put while the mover read an
+        empty spool in its thread would otherwise wait for the next put or tick)."""
+        while self._spooled_since:
+            self._spooled_since = False
+            if not await self._move_pass():
+                return
+
+    async def _move_pass(self) -> bool:
+        """One pass over the spool; False when the store failed (the rest waits for a retry)."""
         while batch := await asyncio.to_thread(self.spool.head, MOVE_BATCH):
             for s in batch:
                 try:
@@ -217,7 +229,7 @@ class ReviewService:
                         tries,
                         wait,
                     )
-                    return
+                    return False
                 await asyncio.to_thread(self.spool.done, s.seq)
                 self._failures, self._retry_at = 0, -math.inf
                 if isinstance(s.item, MarginAfter):
@@ -225,6 +237,7 @@ class ReviewService:
                     continue
                 self.counters.queued += 1
                 self.counters.by_reason[s.item.reason] = self.counters.by_reason.get(s.item.reason, 0) + 1
+        return True
 
     async def flush(self) -> None:
         """Wait for the mover (a server stopping, a test); what the store refused stays spooled."""
