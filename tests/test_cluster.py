@@ -270,6 +270,16 @@ def test_a_canary_is_judged_once_on_the_evidence_of_every_replica(cluster):
         status, body = post_feedback(through["url"], result.ready["session"], REFERENCE)
         assert status == 200 and body["counted"], body
     assert post_feedback(other["url"], candidate.ready["session"], REFERENCE)[1]["scores"]["mute"]["wer"] == 1.0
+    # The feedback reaches the leader as evidence through the shared store, at its next sync:
+    # resumed before that, the leader would judge without it (the WER gate holding, the empty
+    # finals alone rolling back). Resumed once every replica's state shows both sides' feedback.
+    until(
+        lambda: all(
+            all(((s["window"]["figures"].get(v) or {}).get("feedback_words") or 0) > 0 for v in ("default", "mute"))
+            for s in states(cluster)
+        ),
+        what="both sides' feedback in the leader's window",
+    )
     assert admin(b["url"], {"action": "resume"})[0] == 200
     rolled = until(
         lambda: (s := states(cluster)) and all(x["state"] == "rolled_back" for x in s) and s, what="rolled back"
