@@ -100,6 +100,15 @@ class ServerThread:
         """The server's part called ``name`` (``review``, ``drift``, ``deploy``...)."""
         return next(p for p in self.server.parts if p.name == name)
 
+    def released(self, session: str, timeout: float = 30.0) -> None:
+        """Wait until the server has let go of the stream ``session``: its connection has handled
+        every action of its end (the review's last after-margins handed over, ``StreamEnded``
+        reported), which the client's ``end`` comes before."""
+        deadline = time.monotonic() + timeout
+        while session in self.server.streams:
+            assert time.monotonic() < deadline, "the stream never closed on the server"
+            time.sleep(0.01)
+
     def tick(self, timeout: float = 30.0) -> None:
         """Run every part's periodic work now (the deploy gates, drift, the review figures), once
         the streams the test opened have closed: a stream's observers have had all of its events

@@ -60,10 +60,7 @@ def settled(srv: ServerThread, result, timeout: float = 30.0):
     but the stream's end itself (``StreamEnded``: the streams a step counts, the ledger's
     comparisons) is reported as the connection closes: once the stream is gone from the server's
     streams, its observers have had all of its events."""
-    deadline = time.monotonic() + timeout
-    while result.ready["session"] in srv.server.streams:
-        assert time.monotonic() < deadline, "the stream never closed on the server"
-        time.sleep(0.01)
+    srv.released(result.ready["session"], timeout)
     return result
 
 

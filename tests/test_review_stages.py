@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 from sqlalchemy import create_engine, text
-from test_review_store import AUDIO, REFERENCE, T0, new
+from test_review_store import AUDIO, REFERENCE, T0, downgrade, new
 
-from speechpipe.pipeline.review.schema import SCHEMA_VERSION, V3_COLUMNS
+from speechpipe.pipeline.review.schema import SCHEMA_VERSION, V3_COLUMNS, V4_COLUMNS
 from speechpipe.pipeline.review.service import ReviewService
 from speechpipe.pipeline.review.settings import AutomationSettings, ReviewSettings
 from speechpipe.pipeline.review.spool import ReviewSpool
@@ -147,12 +147,7 @@ def test_a_version_2_database_gains_the_stage_columns_and_keeps_its_reviews(revi
     claimed = store.claim("ann", T0, 60)
     store.submit(claimed.id, REFERENCE, claimed.claim, "ann", T0)
     store.close()
-    engine = create_engine(database_url(review_db))
-    with engine.begin() as conn:  # back to version 2's shape
-        for column in V3_COLUMNS:
-            conn.execute(text(f"ALTER TABLE review_items DROP COLUMN {column}"))
-        conn.execute(text("UPDATE speechpipe_schema SET version = 2"))
-    engine.dispose()
+    downgrade(review_db, (*V3_COLUMNS, *V4_COLUMNS), 2)  # back to version 2's shape
     again = ReviewStore(review_db, tmp_path / "audio")
     assert again.schema_was == 2
     kept = again.get(old.id)

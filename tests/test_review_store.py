@@ -267,16 +267,22 @@ def test_neighbours_are_the_segments_around_an_item_in_its_session_and_variant(r
     store.close()
 
 
+def downgrade(db: str, columns, version: int) -> None:
+    """Put a store's database back in an older version's shape: ``columns`` dropped (what the
+    versions after ``version`` added), the schema version set to ``version``."""
+    engine = create_engine(database_url(db))
+    with engine.begin() as conn:
+        for column in columns:
+            conn.execute(text(f"ALTER TABLE review_items DROP COLUMN {column}"))
+        conn.execute(text(f"UPDATE speechpipe_schema SET version = {int(version)}"))
+    engine.dispose()
+
+
 def test_a_version_3_database_gains_who_gave_an_item_back_and_keeps_its_items(review_db, tmp_path):
     store = ReviewStore(review_db, tmp_path / "audio")
     old = store.add(new(0, 0.5), T0)
     store.close()
-    engine = create_engine(database_url(review_db))
-    with engine.begin() as conn:  # back to version 3's shape
-        for column in V4_COLUMNS:
-            conn.execute(text(f"ALTER TABLE review_items DROP COLUMN {column}"))
-        conn.execute(text("UPDATE speechpipe_schema SET version = 3"))
-    engine.dispose()
+    downgrade(review_db, V4_COLUMNS, 3)
     again = ReviewStore(review_db, tmp_path / "audio")
     assert again.schema_was == 3
     kept = again.get(old.id)
