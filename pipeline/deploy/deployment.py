@@ -452,7 +452,8 @@ class Deployment:
             saved = {"saved": self.unsaved_since is None, "unsaved_since": self.unsaved_since}
             saved |= {"steps": list(s.steps), "step_min_s": s.step_min_s, "step_min_streams": s.step_min_streams}
             saved["previous_primary"] = s.primary
-            saved["golden_set"] = {"folder": s.golden, "max_wer_delta": s.max_golden_wer_delta} if s.golden else None
+            golden = {"folder": s.golden, "max_wer_delta": s.max_golden_wer_delta, "candidate": s.candidate}
+            saved["golden_set"] = golden if s.golden else None
             feedback = {**self.feedback_counts, "unsaved": len(self._unsaved_feedback)}
             rep = self.replicator
             if rep is None:

@@ -90,7 +90,9 @@ class GoldenVerdict:
         )
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The fields, and ``passed`` and ``delta`` as :attr:`passed` and :attr:`delta` judge them
+        (so a reader of the deploy state, the dashboard, never judges again)."""
+        return dataclasses.asdict(self) | {"passed": self.passed, "delta": self.delta}
 
     @classmethod
     def from_dict(cls, doc: dict) -> GoldenVerdict:

@@ -97,7 +97,7 @@ function refusals(d) {
   const single = d.mode === "single" ? "one variant is deployed (mode single)" : "";
   const golden = goldenBlock(d);
   const standby = bluegreen && Object.keys(d.variants).find((k) => d.variants[k].role === "standby");
-  const toCandidate = bluegreen && golden && standby === (d.golden_set && golden.name);
+  const toCandidate = bluegreen && golden && standby === d.golden_set.candidate;
   return {
     promote: single || (bluegreen ? (toCandidate ? golden.why : "") : !candidate ? "nothing to promote: no candidate" : golden ? golden.why : ""),
     rollback: single || (bluegreen ? (d.state === "live" ? "nothing to roll back to: the first variant is still live" : "")
@@ -113,10 +113,9 @@ function refusals(d) {
 // or refused by it with the figures.
 function goldenBlock(d) {
   if (!d.golden_set) return null;
-  const name = (d.history || []).map((c) => c.deployment && c.deployment.candidate).filter(Boolean).pop();
-  if (!d.golden) return { name, why: `${name} is being evaluated on the golden set; it takes no traffic until admitted` };
-  const passed = d.golden.error === null && d.golden.candidate_wer - d.golden.primary_wer <= d.golden.limit + 1e-9;
-  return passed ? null : { name, why: `${name} was refused by the golden set: WER ${pct(d.golden.candidate_wer)} against ${pct(d.golden.primary_wer)}` };
+  const name = d.golden_set.candidate;
+  if (!d.golden) return { why: `${name} is being evaluated on the golden set; it takes no traffic until admitted` };
+  return d.golden.passed ? null : { why: `${name} was refused by the golden set: WER ${pct(d.golden.candidate_wer)} against ${pct(d.golden.primary_wer)}` };
 }
 
 function stepText(d) {
