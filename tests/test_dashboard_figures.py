@@ -143,3 +143,18 @@ def test_concept_drift_compares_feedback_wer_with_the_baseline_wer():
     other = ConceptMonitor({}, 400, 100)
     other.add("b", 50, 100)
     assert other.report("b").wer == 0.5 and not other.report("b").alert and other.report("b").threshold is None
+
+
+def test_a_snapshot_is_due_at_a_tick_only_when_the_time_series_wants_a_point():
+    from speechpipe.pipeline.dashboard.state import DashboardState
+
+    now = [1000.0]
+    page = exposition([0.3], {"false": 1}, 1).encode()
+    state = DashboardState(lambda: (page, "text/plain"), lambda: None, lambda: None, clock=lambda: now[0])
+    assert state.point_due()  # no point yet
+    state.snapshot()
+    now[0] += 1.0
+    assert not state.point_due()  # a point every 2 s: the next tick parses nothing
+    now[0] += 1.0
+    assert state.point_due()
+    assert state.snapshot()["point"]["t"] == 1002.0 and state.history()["columns"]["t"] == [1000.0, 1002.0]

@@ -3,8 +3,8 @@
 (one snapshot as JSON), ``/dashboard/events`` (server-sent events, one snapshot a second) and
 ``/dashboard/history`` (the time series so far, as columns). The page and its data need the
 ``admin`` scope (``?token=`` for browsers); its deploy actions go to ``POST /admin/deploy`` with
-the same token. At each tick of the server a snapshot is taken (at most one a second), so the
-charts have the time before a page was opened.
+the same token. At a tick of the server a snapshot is taken when the time series wants its next
+point (every 2 s), so the charts have the time before a page was opened.
 
 It reads what other parts hold, given to it by whoever builds the parts: the ``/metrics`` page
 (telemetry), the drift figures and the review queue's; the deploy state comes from the
@@ -69,7 +69,8 @@ class DashboardPart(Part):
         self.stopping = ctx.stopping
 
     async def tick(self, now: float) -> None:
-        await asyncio.to_thread(self.state.snapshot)
+        if self.state.point_due():
+            await asyncio.to_thread(self.state.snapshot)
 
     def _deploy(self) -> dict | None:
         return None if self.deployment is None else self.deployment.snapshot()

@@ -1,8 +1,8 @@
 """One dashboard snapshot: the figures of ``/metrics`` (:mod:`.figures`), the deploy state, and
 drift per feature with its baseline and current histograms. Built at most once a second however
-many pages are open (each page's event stream reads the latest one), and at each of the server's
-ticks, so the time series (:mod:`.timeline`) go on while no page is open; each snapshot carries
-the latest ``point``."""
+many pages are open (each page's event stream reads the latest one), and at the server's ticks
+when the time series (:mod:`.timeline`) want a point, so they go on while no page is open; each
+snapshot carries the latest ``point``."""
 
 from __future__ import annotations
 
@@ -76,6 +76,12 @@ class DashboardState:
             state["point"] = self.timeline.last
             self._latest = (now, state)
             return state
+
+    def point_due(self) -> bool:
+        """Whether the time series wants a new point now (the server's tick asks, so that no
+        page being open costs a ``/metrics`` parse only every ``every_s``)."""
+        last = self.timeline.last
+        return last is None or self.clock() - float(last["t"]) >= self.timeline.every_s
 
     def history(self, since: float | None = None) -> dict:
         """The time series as columns (after ``since``), for a page that opens."""
